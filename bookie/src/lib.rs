@@ -1,1 +1,35 @@
-//! placeholder
+//! The bookie: Magnetar's storage node, and `client`, the ledger protocol that brokers use to
+//! write and read ledgers on bookies.
+//!
+//! A bookie stores entries of ledgers, each entry addressed by (ledger id, entry id), and
+//! answers [`BookieService`](magnetar_proto::bookie::bookie_service_server::BookieService) over
+//! gRPC. Its promise: an add is answered OK only once the entry is durable on this bookie's
+//! disk; a fenced ledger accepts no more adds from its writer.
+//!
+//! - [`storage`]: the durable entry store (this version: RocksDB with synced writes, whose
+//!   write group commit shares one sync among concurrent adds).
+//! - [`server`]: the gRPC service on top of storage, and bookie registration in metadata.
+//! - [`client`]: bookie connections and ledger handles (create, add, read, recover, close).
+
+pub mod client;
+pub mod error;
+pub mod registration;
+pub mod server;
+pub mod storage;
+
+pub use error::BookieError;
+pub use server::{BookieConfig, BookieServer};
+
+/// Metadata key under which live bookies register (ephemeral), one child per bookie id.
+pub const BOOKIES_PATH: &str = "/magnetar/bookies/available";
+
+/// Metadata key holding one ledger's metadata record.
+pub fn ledger_path(ledger_id: u64) -> String {
+    format!("/magnetar/ledgers/{ledger_id:020}")
+}
+
+/// Metadata key of the ledger id allocator.
+pub const LEDGER_ID_SEQUENCE: &str = "/magnetar/sequences/ledger-id";
+
+/// Largest entry a bookie accepts (a Pulsar frame's maximum plus room for headers).
+pub const MAX_ENTRY_SIZE: usize = 6 * 1024 * 1024;

@@ -1,1 +1,22 @@
-//! placeholder
+//! The broker: stateless front of Magnetar. It speaks the Pulsar binary protocol to clients
+//! ([`protocol`]), keeps each topic's messages in a managed ledger on bookies
+//! ([`managed_ledger`]), tracks subscriptions with durable cursors and dispatches to consumers
+//! ([`subscription`], [`dispatcher`]), and serves admin and metrics over HTTP ([`http`]).
+//! [`standalone`] wires one bookie and one broker into one process on the local store.
+
+pub mod config;
+pub mod dispatcher;
+pub mod error;
+pub mod http;
+pub mod managed_ledger;
+pub mod metrics;
+pub mod namespace;
+pub mod protocol;
+pub mod service;
+pub mod standalone;
+pub mod subscription;
+pub mod topic;
+pub mod topic_name;
+
+pub use error::BrokerError;
+pub use service::BrokerService;

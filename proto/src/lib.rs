@@ -1,1 +1,40 @@
-//! placeholder
+//! Magnetar's wire contracts.
+//!
+//! - [`pulsar`]: the Pulsar binary protocol messages (our own .proto, wire-compatible) and
+//!   [`frame`], the codec for the frames that carry them, shared by broker and client.
+//! - [`bookie`]: BookieService, the gRPC contract between the ledger client and a bookie.
+//! - [`records`]: what Magnetar keeps in its metadata store.
+//!
+//! Generated code lives in OUT_DIR; this crate adds only the codec and small helpers.
+
+pub mod frame;
+pub mod command;
+
+/// Pulsar protocol messages.
+#[allow(clippy::all, missing_docs)]
+pub mod pulsar {
+    include!(concat!(env!("OUT_DIR"), "/magnetar.pulsar.rs"));
+}
+
+/// BookieService messages, client and server.
+#[allow(clippy::all, missing_docs)]
+pub mod bookie {
+    include!(concat!(env!("OUT_DIR"), "/magnetar.bookie.rs"));
+}
+
+/// Records kept in the metadata store.
+#[allow(clippy::all, missing_docs)]
+pub mod records {
+    include!(concat!(env!("OUT_DIR"), "/magnetar.records.rs"));
+}
+
+pub use frame::{Frame, FrameCodec, FrameError, Payload};
+
+/// Protocol version Magnetar speaks (v19 in Pulsar's numbering).
+pub const PROTOCOL_VERSION: i32 = 19;
+
+/// Largest message a producer may send by default (Pulsar's default, 5 MiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 5 * 1024 * 1024;
+
+/// Room for the command and metadata on top of the largest message in a frame.
+pub const FRAME_OVERHEAD: usize = 10 * 1024;

@@ -1,0 +1,254 @@
+//! Connections to bookies, by bookie id.
+//!
+//! [`Bookies`] resolves a bookie id to its registered address and keeps one
+//! [`BookieConnection`] per bookie, reconnecting after a failure. A connection multiplexes
+//! every add of every ledger over one gRPC stream: adds are queued on a bounded channel
+//! ([`ADD_QUEUE`]; a full queue makes the caller wait), and a response task completes each
+//! add's oneshot by (ledger, entry). When the stream breaks, every pending add fails and the
+//! connection is marked broken so that the next use dials again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use magnetar_meta::MetadataStore;
+use magnetar_proto::bookie::bookie_service_client::BookieServiceClient;
+use magnetar_proto::bookie::{
+    AddEntryRequest, FenceLedgerRequest, ReadEntriesRequest, ReadLacRequest, ReadLacResponse, Status,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tracing::warn;
+
+use crate::error::BookieError;
+use crate::registration;
+use crate::server::MAX_GRPC_MESSAGE;
+
+/// Adds queued to one bookie before callers wait.
+pub const ADD_QUEUE: usize = 4096;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+type AddReply = oneshot::Sender<Result<(), BookieError>>;
+
+/// One bookie's gRPC client and its add stream.
+pub struct BookieConnection {
+    bookie_id: String,
+    grpc: BookieServiceClient<Channel>,
+    adds: mpsc::Sender<AddEntryRequest>,
+    pending: Arc<Mutex<HashMap<(u64, u64), AddReply>>>,
+    broken: Arc<AtomicBool>,
+}
+
+impl BookieConnection {
+    pub async fn connect(bookie_id: &str, address: &str) -> Result<Arc<Self>, BookieError> {
+        let transport = |source| BookieError::Transport { bookie: bookie_id.to_owned(), source };
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(transport)?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect().await.map_err(transport)?;
+        let mut grpc = BookieServiceClient::new(channel)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE);
+        let (adds, queue) = mpsc::channel(ADD_QUEUE);
+        let mut responses = grpc
+            .add_entries(ReceiverStream::new(queue))
+            .await
+            .map_err(|source| BookieError::Rpc { bookie: bookie_id.to_owned(), source })?
+            .into_inner();
+        let pending: Arc<Mutex<HashMap<(u64, u64), AddReply>>> = Arc::default();
+        let broken = Arc::new(AtomicBool::new(false));
+        let (task_pending, task_broken, task_bookie) = (pending.clone(), broken.clone(), bookie_id.to_owned());
+        tokio::spawn(async move {
+            let reason = loop {
+                match responses.message().await {
+                    Ok(Some(response)) => {
+                        let reply = task_pending
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&(response.ledger_id, response.entry_id));
+                        if let Some(reply) = reply {
+                            let status = Status::try_from(response.status).unwrap_or(Status::IoError);
+                            let result = if status == Status::Ok {
+                                Ok(())
+                            } else {
+                                Err(BookieError::from_status(
+                                    &task_bookie,
+                                    response.ledger_id,
+                                    response.entry_id,
+                                    status,
+                                    response.message,
+                                ))
+                            };
+                            let _ = reply.send(result);
+                        }
+                    }
+                    Ok(None) => break "stream ended".to_owned(),
+                    Err(status) => break status.to_string(),
+                }
+            };
+            task_broken.store(true, Ordering::SeqCst);
+            warn!(bookie = %task_bookie, %reason, "bookie add stream closed");
+            let failed: Vec<_> = task_pending.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+            for ((ledger_id, entry_id), reply) in failed {
+                let _ = reply.send(Err(BookieError::Remote {
+                    bookie: task_bookie.clone(),
+                    status: Status::IoError,
+                    message: format!("connection lost before entry {ledger_id}:{entry_id} was answered: {reason}"),
+                }));
+            }
+        });
+        Ok(Arc::new(BookieConnection { bookie_id: bookie_id.to_owned(), grpc, adds, pending, broken }))
+    }
+
+    pub fn bookie_id(&self) -> &str {
+        &self.bookie_id
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+
+    fn rpc_error(&self, source: tonic::Status) -> BookieError {
+        BookieError::Rpc { bookie: self.bookie_id.clone(), source }
+    }
+
+    /// Queues an add; the returned receiver answers once the bookie made it durable.
+    pub async fn add(
+        &self,
+        ledger_id: u64,
+        entry_id: u64,
+        master_key: Bytes,
+        last_add_confirmed: i64,
+        payload: Bytes,
+        recovery: bool,
+    ) -> oneshot::Receiver<Result<(), BookieError>> {
+        let (reply, answer) = oneshot::channel();
+        if self.is_broken() {
+            let _ = reply.send(Err(BookieError::Remote {
+                bookie: self.bookie_id.clone(),
+                status: Status::IoError,
+                message: "connection is broken".to_owned(),
+            }));
+            return answer;
+        }
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert((ledger_id, entry_id), reply);
+        let request = AddEntryRequest { ledger_id, entry_id, master_key, last_add_confirmed, payload, recovery };
+        if self.adds.send(request).await.is_err() {
+            self.broken.store(true, Ordering::SeqCst);
+            if let Some(reply) = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&(ledger_id, entry_id)) {
+                let _ = reply.send(Err(BookieError::Stopped { what: "bookie add stream" }));
+            }
+        }
+        answer
+    }
+
+    pub async fn read_range(
+        &self,
+        ledger_id: u64,
+        first_entry_id: u64,
+        last_entry_id: u64,
+        max_entries: u32,
+        max_bytes: u64,
+    ) -> Result<Vec<(u64, Bytes)>, BookieError> {
+        let response = self
+            .grpc
+            .clone()
+            .read_entries(ReadEntriesRequest { ledger_id, first_entry_id, last_entry_id, max_entries, max_bytes })
+            .await
+            .map_err(|e| self.rpc_error(e))?
+            .into_inner();
+        let status = Status::try_from(response.status).unwrap_or(Status::IoError);
+        if status != Status::Ok {
+            return Err(BookieError::from_status(&self.bookie_id, ledger_id, first_entry_id, status, response.message));
+        }
+        Ok(response.entries.into_iter().map(|entry| (entry.entry_id, entry.payload)).collect())
+    }
+
+    /// Fences the ledger on this bookie; answers (last-add-confirmed, last entry stored).
+    pub async fn fence(&self, ledger_id: u64, master_key: Bytes) -> Result<(i64, i64), BookieError> {
+        let response = self
+            .grpc
+            .clone()
+            .fence_ledger(FenceLedgerRequest { ledger_id, master_key })
+            .await
+            .map_err(|e| self.rpc_error(e))?
+            .into_inner();
+        let status = Status::try_from(response.status).unwrap_or(Status::IoError);
+        if status != Status::Ok {
+            return Err(BookieError::from_status(&self.bookie_id, ledger_id, 0, status, response.message));
+        }
+        Ok((response.last_add_confirmed, response.last_entry_id))
+    }
+
+    pub async fn read_lac(&self, ledger_id: u64, previous_lac: i64, long_poll: Duration) -> Result<ReadLacResponse, BookieError> {
+        let response = self
+            .grpc
+            .clone()
+            .read_last_add_confirmed(ReadLacRequest {
+                ledger_id,
+                previous_lac,
+                long_poll_timeout_ms: long_poll.as_millis() as u64,
+            })
+            .await
+            .map_err(|e| self.rpc_error(e))?
+            .into_inner();
+        Ok(response)
+    }
+
+    pub async fn delete_ledger(&self, ledger_id: u64) -> Result<(), BookieError> {
+        let response = self
+            .grpc
+            .clone()
+            .delete_ledger(magnetar_proto::bookie::DeleteLedgerRequest { ledger_id })
+            .await
+            .map_err(|e| self.rpc_error(e))?
+            .into_inner();
+        let status = Status::try_from(response.status).unwrap_or(Status::IoError);
+        if status != Status::Ok && status != Status::NoSuchLedger {
+            return Err(BookieError::from_status(&self.bookie_id, ledger_id, 0, status, response.message));
+        }
+        Ok(())
+    }
+}
+
+/// Connections to every bookie this process talks to, by bookie id.
+#[derive(Clone)]
+pub struct Bookies {
+    meta: Arc<dyn MetadataStore>,
+    connections: Arc<tokio::sync::Mutex<HashMap<String, Arc<BookieConnection>>>>,
+}
+
+impl Bookies {
+    pub fn new(meta: Arc<dyn MetadataStore>) -> Self {
+        Bookies { meta, connections: Arc::default() }
+    }
+
+    pub fn meta(&self) -> &Arc<dyn MetadataStore> {
+        &self.meta
+    }
+
+    /// A live connection to the bookie, dialing it if needed.
+    pub async fn get(&self, bookie_id: &str) -> Result<Arc<BookieConnection>, BookieError> {
+        let mut connections = self.connections.lock().await;
+        if let Some(connection) = connections.get(bookie_id) {
+            if !connection.is_broken() {
+                return Ok(connection.clone());
+            }
+        }
+        let registration = registration::lookup(self.meta.as_ref(), bookie_id)
+            .await?
+            .ok_or_else(|| BookieError::UnknownBookie { bookie: bookie_id.to_owned() })?;
+        let connection = BookieConnection::connect(bookie_id, &registration.address).await?;
+        connections.insert(bookie_id.to_owned(), connection.clone());
+        Ok(connection)
+    }
+
+    /// Ids of the bookies registered now.
+    pub async fn available(&self) -> Result<Vec<String>, BookieError> {
+        Ok(registration::available(self.meta.as_ref()).await?.into_iter().map(|r| r.bookie_id).collect())
+    }
+}

@@ -1,0 +1,85 @@
+//! Errors of the bookie server and the ledger client.
+
+use magnetar_proto::bookie::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BookieError {
+    #[error("ledger {ledger_id} is fenced")]
+    Fenced { ledger_id: u64 },
+    #[error("ledger {ledger_id} does not exist")]
+    NoSuchLedger { ledger_id: u64 },
+    #[error("entry {entry_id} of ledger {ledger_id} does not exist")]
+    NoSuchEntry { ledger_id: u64, entry_id: u64 },
+    #[error("wrong master key for ledger {ledger_id}")]
+    Unauthorized { ledger_id: u64 },
+    #[error("bookie is read-only: {reason}")]
+    ReadOnly { reason: String },
+    #[error("invalid request: {reason}")]
+    InvalidRequest { reason: String },
+    #[error("storage at {path}: {source}")]
+    Storage {
+        path: String,
+        #[source]
+        source: rocksdb::Error,
+    },
+    #[error("corrupt stored record {what}: {reason}")]
+    Corrupt { what: String, reason: String },
+    #[error("bookie {bookie} answered {status:?}: {message}")]
+    Remote { bookie: String, status: Status, message: String },
+    #[error("cannot reach bookie {bookie}: {source}")]
+    Transport {
+        bookie: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("bookie {bookie} rpc failed: {source}")]
+    Rpc {
+        bookie: String,
+        #[source]
+        source: tonic::Status,
+    },
+    #[error("bookie {bookie} is not registered in metadata")]
+    UnknownBookie { bookie: String },
+    #[error("no bookies available: need {needed}, have {available}")]
+    NotEnoughBookies { needed: usize, available: usize },
+    #[error("ledger {ledger_id} is closed")]
+    LedgerClosed { ledger_id: u64 },
+    #[error("ledger {ledger_id} writer failed earlier: {reason}")]
+    WriterFailed { ledger_id: u64, reason: String },
+    #[error("metadata: {0}")]
+    Meta(#[from] magnetar_meta::MetaError),
+    #[error("i/o on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bookie task stopped: {what}")]
+    Stopped { what: &'static str },
+}
+
+impl BookieError {
+    /// The wire status for this error, as a bookie answers it.
+    pub fn status(&self) -> Status {
+        match self {
+            BookieError::Fenced { .. } => Status::Fenced,
+            BookieError::NoSuchLedger { .. } => Status::NoSuchLedger,
+            BookieError::NoSuchEntry { .. } => Status::NoSuchEntry,
+            BookieError::Unauthorized { .. } => Status::Unauthorized,
+            BookieError::ReadOnly { .. } => Status::ReadOnly,
+            BookieError::InvalidRequest { .. } => Status::InvalidRequest,
+            _ => Status::IoError,
+        }
+    }
+
+    /// Rebuilds the error a remote bookie answered with.
+    pub fn from_status(bookie: &str, ledger_id: u64, entry_id: u64, status: Status, message: String) -> Self {
+        match status {
+            Status::Fenced => BookieError::Fenced { ledger_id },
+            Status::NoSuchLedger => BookieError::NoSuchLedger { ledger_id },
+            Status::NoSuchEntry => BookieError::NoSuchEntry { ledger_id, entry_id },
+            Status::Unauthorized => BookieError::Unauthorized { ledger_id },
+            _ => BookieError::Remote { bookie: bookie.to_owned(), status, message },
+        }
+    }
+}

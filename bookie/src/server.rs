@@ -1,0 +1,292 @@
+//! BookieService over gRPC: thin handlers that convert requests, run the storage call on a
+//! blocking thread and map errors to a per-request [`Status`].
+//!
+//! Adds arrive on a bidirectional stream; each add runs as soon as it arrives (up to
+//! [`MAX_ADDS_IN_FLIGHT_PER_STREAM`] per stream, after which the stream stops reading, which
+//! pushes back on the writer) and its response is sent when it is durable, in completion order.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use magnetar_proto::bookie::bookie_service_server::{BookieService, BookieServiceServer};
+use magnetar_proto::bookie::{
+    AddEntryRequest, AddEntryResponse, DeleteLedgerRequest, DeleteLedgerResponse, Entry, FenceLedgerRequest,
+    FenceLedgerResponse, ReadEntriesRequest, ReadEntriesResponse, ReadEntryRequest, ReadEntryResponse, ReadLacRequest,
+    ReadLacResponse, Status,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Streaming};
+use tracing::{info, warn};
+
+use crate::error::BookieError;
+use crate::storage::EntryStore;
+
+/// Adds one stream may have in flight before it stops reading more.
+pub const MAX_ADDS_IN_FLIGHT_PER_STREAM: usize = 4096;
+/// Longest long-poll a reader may ask for.
+pub const MAX_LONG_POLL: Duration = Duration::from_secs(30);
+/// Most entries and bytes one range read returns.
+pub const MAX_RANGE_ENTRIES: usize = 1000;
+pub const MAX_RANGE_BYTES: usize = 8 * 1024 * 1024;
+/// Largest gRPC message accepted (an entry plus headers).
+pub const MAX_GRPC_MESSAGE: usize = crate::MAX_ENTRY_SIZE + 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct BookieConfig {
+    /// Stable identity of this bookie; ledger ensembles name bookies by it.
+    pub bookie_id: String,
+    pub data_dir: PathBuf,
+}
+
+/// A bookie's gRPC service; clone-cheap.
+#[derive(Clone)]
+pub struct BookieServer {
+    store: Arc<EntryStore>,
+}
+
+impl BookieServer {
+    pub fn open(config: &BookieConfig) -> Result<Self, BookieError> {
+        let store = EntryStore::open(&config.data_dir.join("entries"))?;
+        Ok(BookieServer { store })
+    }
+
+    pub fn store(&self) -> &Arc<EntryStore> {
+        &self.store
+    }
+
+    /// Serves until `cancel` fires, then drains in-flight calls.
+    pub async fn run(self, listener: TcpListener, cancel: CancellationToken) -> Result<(), tonic::transport::Error> {
+        let address = listener.local_addr().ok();
+        info!(?address, "bookie serving BookieService");
+        let service = BookieServiceServer::new(self)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE);
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.cancelled_owned())
+            .await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&EntryStore) -> Result<T, BookieError> + Send + 'static,
+    ) -> Result<T, BookieError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|_| BookieError::Stopped { what: "storage thread" })?
+    }
+}
+
+fn add_response(ledger_id: u64, entry_id: u64, result: Result<(), BookieError>) -> AddEntryResponse {
+    let (status, message) = match result {
+        Ok(()) => (Status::Ok, String::new()),
+        Err(error) => {
+            if !matches!(error, BookieError::Fenced { .. }) {
+                warn!(ledger_id, entry_id, %error, "add failed");
+            }
+            (error.status(), error.to_string())
+        }
+    };
+    AddEntryResponse { ledger_id, entry_id, status: status as i32, message }
+}
+
+type AddStream = Pin<Box<dyn Stream<Item = Result<AddEntryResponse, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl BookieService for BookieServer {
+    type AddEntriesStream = AddStream;
+
+    async fn add_entries(
+        &self,
+        request: Request<Streaming<AddEntryRequest>>,
+    ) -> Result<Response<Self::AddEntriesStream>, tonic::Status> {
+        let mut incoming = request.into_inner();
+        let (responses, receiver) = mpsc::channel(MAX_ADDS_IN_FLIGHT_PER_STREAM);
+        let server = self.clone();
+        tokio::spawn(async move {
+            let in_flight = Arc::new(Semaphore::new(MAX_ADDS_IN_FLIGHT_PER_STREAM));
+            loop {
+                let add = match incoming.message().await {
+                    Ok(Some(add)) => add,
+                    Ok(None) => break,
+                    Err(status) => {
+                        warn!(%status, "add stream ended with an error");
+                        break;
+                    }
+                };
+                let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+                let server = server.clone();
+                let responses = responses.clone();
+                tokio::spawn(async move {
+                    let (ledger_id, entry_id) = (add.ledger_id, add.entry_id);
+                    let result = server
+                        .blocking(move |store| {
+                            store.add(
+                                add.ledger_id,
+                                add.entry_id,
+                                &add.master_key,
+                                add.last_add_confirmed,
+                                &add.payload,
+                                add.recovery,
+                            )
+                        })
+                        .await;
+                    // A writer that went away no longer needs the answer.
+                    let _ = responses.send(Ok(add_response(ledger_id, entry_id, result))).await;
+                    drop(permit);
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn read_entry(&self, request: Request<ReadEntryRequest>) -> Result<Response<ReadEntryResponse>, tonic::Status> {
+        let read = request.into_inner();
+        let (ledger_id, entry_id) = (read.ledger_id, read.entry_id);
+        let result = self
+            .blocking(move |store| {
+                if read.fence {
+                    store.fence(read.ledger_id, &read.master_key)?;
+                }
+                let payload = store.read(read.ledger_id, read.entry_id)?;
+                let lac = store.last_add_confirmed(read.ledger_id)?.unwrap_or(-1);
+                Ok((payload, lac))
+            })
+            .await;
+        Ok(Response::new(match result {
+            Ok((payload, last_add_confirmed)) => ReadEntryResponse {
+                status: Status::Ok as i32,
+                ledger_id,
+                entry_id,
+                payload,
+                last_add_confirmed,
+                message: String::new(),
+            },
+            Err(error) => ReadEntryResponse {
+                status: error.status() as i32,
+                ledger_id,
+                entry_id,
+                message: error.to_string(),
+                last_add_confirmed: -1,
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn read_entries(
+        &self,
+        request: Request<ReadEntriesRequest>,
+    ) -> Result<Response<ReadEntriesResponse>, tonic::Status> {
+        let read = request.into_inner();
+        if read.last_entry_id < read.first_entry_id {
+            return Ok(Response::new(ReadEntriesResponse {
+                status: Status::InvalidRequest as i32,
+                entries: Vec::new(),
+                message: format!("empty range {}..={}", read.first_entry_id, read.last_entry_id),
+            }));
+        }
+        let max_entries = (read.max_entries as usize).clamp(1, MAX_RANGE_ENTRIES);
+        let max_bytes = (read.max_bytes as usize).clamp(1, MAX_RANGE_BYTES);
+        let result = self
+            .blocking(move |store| {
+                store.read_range(read.ledger_id, read.first_entry_id, read.last_entry_id, max_entries, max_bytes)
+            })
+            .await;
+        Ok(Response::new(match result {
+            Ok(entries) => ReadEntriesResponse {
+                status: Status::Ok as i32,
+                entries: entries.into_iter().map(|(entry_id, payload)| Entry { entry_id, payload }).collect(),
+                message: String::new(),
+            },
+            Err(error) => ReadEntriesResponse { status: error.status() as i32, entries: Vec::new(), message: error.to_string() },
+        }))
+    }
+
+    async fn read_last_add_confirmed(
+        &self,
+        request: Request<ReadLacRequest>,
+    ) -> Result<Response<ReadLacResponse>, tonic::Status> {
+        let read = request.into_inner();
+        let ledger_id = read.ledger_id;
+        let wait = Duration::from_millis(read.long_poll_timeout_ms).min(MAX_LONG_POLL);
+        let store = self.store.clone();
+        let watcher = self.blocking(move |store| store.watch_lac(ledger_id)).await;
+        let lac = match watcher {
+            Ok(mut watcher) => {
+                if !wait.is_zero() && *watcher.borrow() <= read.previous_lac {
+                    let _ = tokio::time::timeout(wait, watcher.wait_for(|lac| *lac > read.previous_lac)).await;
+                }
+                let lac = *watcher.borrow();
+                Ok(lac)
+            }
+            Err(error) => Err(error),
+        };
+        let last = tokio::task::spawn_blocking(move || store.last_entry_id(ledger_id))
+            .await
+            .map_err(|_| BookieError::Stopped { what: "storage thread" })
+            .and_then(|r| r);
+        Ok(Response::new(match (lac, last) {
+            (Ok(last_add_confirmed), Ok(last_entry_id)) => {
+                ReadLacResponse { status: Status::Ok as i32, last_add_confirmed, last_entry_id, message: String::new() }
+            }
+            (Err(error), _) | (_, Err(error)) => ReadLacResponse {
+                status: error.status() as i32,
+                last_add_confirmed: -1,
+                last_entry_id: -1,
+                message: error.to_string(),
+            },
+        }))
+    }
+
+    async fn fence_ledger(
+        &self,
+        request: Request<FenceLedgerRequest>,
+    ) -> Result<Response<FenceLedgerResponse>, tonic::Status> {
+        let fence = request.into_inner();
+        let ledger_id = fence.ledger_id;
+        let result = self.blocking(move |store| store.fence(fence.ledger_id, &fence.master_key)).await;
+        Ok(Response::new(match result {
+            Ok(found) => {
+                info!(ledger_id, last_entry_id = found.last_entry_id, "ledger fenced");
+                FenceLedgerResponse {
+                    status: Status::Ok as i32,
+                    last_add_confirmed: found.last_add_confirmed,
+                    last_entry_id: found.last_entry_id,
+                    message: String::new(),
+                }
+            }
+            Err(error) => FenceLedgerResponse {
+                status: error.status() as i32,
+                last_add_confirmed: -1,
+                last_entry_id: -1,
+                message: error.to_string(),
+            },
+        }))
+    }
+
+    async fn delete_ledger(
+        &self,
+        request: Request<DeleteLedgerRequest>,
+    ) -> Result<Response<DeleteLedgerResponse>, tonic::Status> {
+        let ledger_id = request.into_inner().ledger_id;
+        let result = self.blocking(move |store| store.delete(ledger_id)).await;
+        Ok(Response::new(match result {
+            Ok(()) => DeleteLedgerResponse { status: Status::Ok as i32, message: String::new() },
+            Err(error) => DeleteLedgerResponse { status: error.status() as i32, message: error.to_string() },
+        }))
+    }
+}
+
+/// The address a bookie listening on `local` should be reached at.
+pub fn advertised(local: SocketAddr, advertised_host: &str) -> String {
+    format!("{advertised_host}:{}", local.port())
+}

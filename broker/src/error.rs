@@ -1,0 +1,45 @@
+//! The broker's errors and their one mapping to Pulsar's wire error codes.
+
+use magnetar_proto::pulsar::ServerError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopicName { name: String, reason: &'static str },
+    #[error("namespace {namespace} does not exist")]
+    NamespaceNotFound { namespace: String },
+    #[error("topic {topic} not found")]
+    TopicNotFound { topic: String },
+    #[error("subscription {subscription} on {topic} already has an exclusive consumer")]
+    ConsumerBusy { topic: String, subscription: String },
+    #[error("producer {producer} is already connected to {topic}")]
+    ProducerBusy { topic: String, producer: String },
+    #[error("{what} is not supported yet")]
+    NotSupported { what: String },
+    #[error("{what}")]
+    NotAllowed { what: String },
+    #[error("storage: {0}")]
+    Storage(#[from] magnetar_bookie::BookieError),
+    #[error("metadata: {0}")]
+    Meta(#[from] magnetar_meta::MetaError),
+    #[error("corrupt stored record {what}: {reason}")]
+    Corrupt { what: String, reason: String },
+    #[error("broker is shutting down")]
+    ShuttingDown,
+}
+
+impl BrokerError {
+    /// The Pulsar error code a client receives for this error.
+    pub fn server_error(&self) -> ServerError {
+        match self {
+            BrokerError::InvalidTopicName { .. } => ServerError::InvalidTopicName,
+            BrokerError::NamespaceNotFound { .. } | BrokerError::TopicNotFound { .. } => ServerError::TopicNotFound,
+            BrokerError::ConsumerBusy { .. } => ServerError::ConsumerBusy,
+            BrokerError::ProducerBusy { .. } => ServerError::ProducerBusy,
+            BrokerError::NotSupported { .. } | BrokerError::NotAllowed { .. } => ServerError::NotAllowedError,
+            BrokerError::Storage(_) => ServerError::PersistenceError,
+            BrokerError::Meta(_) | BrokerError::Corrupt { .. } => ServerError::MetadataError,
+            BrokerError::ShuttingDown => ServerError::ServiceNotReady,
+        }
+    }
+}

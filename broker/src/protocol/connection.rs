@@ -1,0 +1,514 @@
+//! One client connection.
+//!
+//! Two tasks: this reader, which decodes frames and handles each command in turn, and a
+//! writer fed by a bounded queue ([`OUTBOUND_QUEUE`](super::OUTBOUND_QUEUE)) that dispatchers,
+//! receipt tasks and the reader all send frames through. Each producer has a receipt task
+//! that answers its publishes strictly in order (Pulsar clients require receipts in send
+//! order) once each is durable.
+//!
+//! Bad input never takes the broker down: a frame that cannot be decoded but left the stream
+//! in step is answered with an error and the connection goes on; a frame that breaks the
+//! stream (oversized, truncated) closes this connection with a log line.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use magnetar_proto::command;
+use magnetar_proto::frame::{self, FrameCodec, FrameError, Payload};
+use magnetar_proto::pulsar::{self as pb, base_command::Type, BaseCommand, ServerError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{Outbound, MAX_PENDING_SENDS_PER_PRODUCER, OUTBOUND_QUEUE};
+use crate::error::BrokerError;
+use crate::managed_ledger::{AddFuture, Position};
+use crate::metrics::Metrics;
+use crate::service::BrokerService;
+use crate::subscription::{ConsumerHandle, InitialPosition, Subscription};
+use crate::topic::Topic;
+use crate::topic_name::TopicName;
+
+const SERVER_VERSION: &str = concat!("Magnetar ", env!("CARGO_PKG_VERSION"));
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Distinguishes producers across connections when they unregister.
+static NEXT_PRODUCER_KEY: AtomicU64 = AtomicU64::new(1);
+
+struct PendingReceipt {
+    sequence_id: u64,
+    highest_sequence_id: u64,
+    messages: u64,
+    bytes: u64,
+    durable: AddFuture,
+}
+
+struct ProducerEntry {
+    topic: Arc<Topic>,
+    name: String,
+    key: u64,
+    receipts: mpsc::Sender<PendingReceipt>,
+}
+
+struct ConsumerEntry {
+    topic: Arc<Topic>,
+    subscription: Arc<Subscription>,
+}
+
+struct Connection {
+    service: Arc<BrokerService>,
+    peer: SocketAddr,
+    outbound: mpsc::Sender<Outbound>,
+    connected: bool,
+    producers: HashMap<u64, ProducerEntry>,
+    consumers: HashMap<u64, ConsumerEntry>,
+}
+
+/// Serves one connection until the client leaves, the stream breaks or `cancel` fires.
+pub async fn serve(service: Arc<BrokerService>, stream: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
+    let _ = stream.set_nodelay(true);
+    Metrics::add(&service.metrics.connections_opened, 1);
+    let (mut reader, writer) = stream.into_split();
+    let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
+    let writer_task = tokio::spawn(write_frames(writer, queue, service.config.max_frame_size(), peer));
+    let mut connection =
+        Connection { service: service.clone(), peer, outbound, connected: false, producers: HashMap::new(), consumers: HashMap::new() };
+    let mut codec = FrameCodec::new(service.config.max_frame_size());
+    let mut buffer = BytesMut::with_capacity(READ_CHUNK);
+    'read: loop {
+        loop {
+            match codec.decode(&mut buffer) {
+                Ok(Some(frame)) => {
+                    if !connection.handle(frame.command, frame.payload).await {
+                        break 'read;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    Metrics::add(&service.metrics.protocol_errors, 1);
+                    if !connection.frame_error(error).await {
+                        break 'read;
+                    }
+                }
+            }
+        }
+        buffer.reserve(READ_CHUNK);
+        let read = tokio::select! {
+            read = reader.read_buf(&mut buffer) => read,
+            () = cancel.cancelled() => break,
+        };
+        match read {
+            Ok(0) => {
+                if !buffer.is_empty() {
+                    warn!(%peer, buffered = buffer.len(), "connection closed inside a frame");
+                }
+                break;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                debug!(%peer, %error, "read failed");
+                break;
+            }
+        }
+    }
+    connection.cleanup();
+    drop(connection);
+    let _ = writer_task.await;
+    Metrics::add(&service.metrics.connections_closed, 1);
+    debug!(%peer, "connection closed");
+}
+
+async fn write_frames(mut writer: OwnedWriteHalf, mut queue: mpsc::Receiver<Outbound>, max_frame_size: usize, peer: SocketAddr) {
+    let mut buffer = BytesMut::with_capacity(64 * 1024);
+    while let Some(first) = queue.recv().await {
+        let mut next = Some(first);
+        // Gather what is queued into one write.
+        while let Some(frame) = next.take() {
+            if let Err(error) = frame::encode_parts(&frame.command, frame.payload.as_deref(), max_frame_size, &mut buffer) {
+                warn!(%peer, %error, "cannot encode an outgoing frame; dropping it");
+            }
+            if buffer.len() < 256 * 1024 {
+                next = queue.try_recv().ok();
+            }
+        }
+        if let Err(error) = writer.write_all(&buffer).await {
+            debug!(%peer, %error, "write failed");
+            return;
+        }
+        buffer.clear();
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// The request id a command carries, for error answers.
+fn request_id_of(command: &BaseCommand) -> Option<u64> {
+    command
+        .lookup_topic
+        .as_ref()
+        .map(|c| c.request_id)
+        .or(command.partition_metadata.as_ref().map(|c| c.request_id))
+        .or(command.producer.as_ref().map(|c| c.request_id))
+        .or(command.subscribe.as_ref().map(|c| c.request_id))
+        .or(command.close_producer.as_ref().map(|c| c.request_id))
+        .or(command.close_consumer.as_ref().map(|c| c.request_id))
+        .or(command.unsubscribe.as_ref().map(|c| c.request_id))
+        .or(command.seek.as_ref().map(|c| c.request_id))
+        .or(command.get_last_message_id.as_ref().map(|c| c.request_id))
+        .or(command.get_topics_of_namespace.as_ref().map(|c| c.request_id))
+        .or(command.get_schema.as_ref().map(|c| c.request_id))
+        .or(command.get_or_create_schema.as_ref().map(|c| c.request_id))
+        .or(command.consumer_stats.as_ref().map(|c| c.request_id))
+}
+
+impl Connection {
+    async fn send(&self, command: BaseCommand) {
+        // A closed writer means the connection is ending; the reader notices on its own.
+        let _ = self.outbound.send(Outbound::command(command)).await;
+    }
+
+    async fn send_error(&self, request_id: u64, error: &BrokerError) {
+        self.send(command::error(request_id, error.server_error(), &error.to_string())).await;
+    }
+
+    /// Answers a frame that could not be decoded; false closes the connection.
+    async fn frame_error(&mut self, error: FrameError) -> bool {
+        if error.is_fatal() {
+            warn!(peer = %self.peer, %error, "closing connection after a bad frame");
+            return false;
+        }
+        warn!(peer = %self.peer, %error, "bad frame");
+        match error {
+            FrameError::Checksum { command: Some(command), .. } if command.send.is_some() => {
+                if let Some(send) = command.send {
+                    Metrics::add(&self.service.metrics.send_errors, 1);
+                    self.send(command::send_error(send.producer_id, send.sequence_id, ServerError::ChecksumError, "payload checksum mismatch"))
+                        .await;
+                }
+                true
+            }
+            other => {
+                // Answer with request id 0: the client cannot match it, but the command was
+                // not understood well enough to know its id.
+                self.send(command::error(0, ServerError::UnknownError, &other.to_string())).await;
+                true
+            }
+        }
+    }
+
+    /// Handles one command; false closes the connection.
+    async fn handle(&mut self, command: BaseCommand, payload: Option<Payload>) -> bool {
+        let Ok(command_type) = Type::try_from(command.command_type) else {
+            // The codec refuses unknown types; this is defensive.
+            return true;
+        };
+        if !self.connected && command_type != Type::Connect {
+            warn!(peer = %self.peer, ?command_type, "command before CONNECT; closing");
+            self.send(command::error(request_id_of(&command).unwrap_or(0), ServerError::NotAllowedError, "CONNECT first"))
+                .await;
+            return false;
+        }
+        match (command_type, command) {
+            (Type::Connect, BaseCommand { connect: Some(connect), .. }) => self.on_connect(connect).await,
+            (Type::Ping, _) => self.send(command::pong()).await,
+            (Type::Pong, _) => {}
+            (Type::Lookup, BaseCommand { lookup_topic: Some(lookup), .. }) => self.on_lookup(lookup).await,
+            (Type::PartitionedMetadata, BaseCommand { partition_metadata: Some(request), .. }) => {
+                self.on_partitioned_metadata(request).await
+            }
+            (Type::Producer, BaseCommand { producer: Some(producer), .. }) => self.on_producer(producer).await,
+            (Type::Send, BaseCommand { send: Some(send), .. }) => self.on_send(send, payload).await,
+            (Type::CloseProducer, BaseCommand { close_producer: Some(close), .. }) => {
+                self.remove_producer(close.producer_id);
+                self.send(command::success(close.request_id)).await;
+            }
+            (Type::Subscribe, BaseCommand { subscribe: Some(subscribe), .. }) => self.on_subscribe(subscribe).await,
+            (Type::Flow, BaseCommand { flow: Some(flow), .. }) => {
+                if let Some(consumer) = self.consumers.get(&flow.consumer_id) {
+                    consumer.subscription.add_permits(flow.message_permits);
+                }
+            }
+            (Type::Ack, BaseCommand { ack: Some(ack), .. }) => self.on_ack(ack).await,
+            (Type::RedeliverUnacknowledgedMessages, BaseCommand { redeliver_unacknowledged_messages: Some(r), .. }) => {
+                if let Some(consumer) = self.consumers.get(&r.consumer_id) {
+                    consumer.subscription.redeliver_unacknowledged();
+                }
+            }
+            (Type::CloseConsumer, BaseCommand { close_consumer: Some(close), .. }) => {
+                self.remove_consumer(close.consumer_id);
+                self.send(command::success(close.request_id)).await;
+            }
+            (Type::Unsubscribe, BaseCommand { unsubscribe: Some(request), .. }) => self.on_unsubscribe(request).await,
+            (Type::GetLastMessageId, BaseCommand { get_last_message_id: Some(request), .. }) => {
+                self.on_get_last_message_id(request).await
+            }
+            (Type::GetTopicsOfNamespace, BaseCommand { get_topics_of_namespace: Some(request), .. }) => {
+                match self.service.topics_of_namespace(&request.namespace).await {
+                    Ok(topics) => self.send(command::topics_of_namespace_response(request.request_id, topics)).await,
+                    Err(error) => self.send_error(request.request_id, &error).await,
+                }
+            }
+            (command_type, command) => {
+                Metrics::add(&self.service.metrics.protocol_errors, 1);
+                let request_id = request_id_of(&command).unwrap_or(0);
+                warn!(peer = %self.peer, ?command_type, "unsupported or incomplete command");
+                let what = format!("command {command_type:?} is not supported or lacks its body");
+                self.send(command::error(request_id, ServerError::NotAllowedError, &what)).await;
+            }
+        }
+        true
+    }
+
+    async fn on_connect(&mut self, connect: pb::CommandConnect) {
+        let version = connect.protocol_version.unwrap_or(0).min(magnetar_proto::PROTOCOL_VERSION);
+        debug!(peer = %self.peer, client = %connect.client_version, version, "connected");
+        self.connected = true;
+        let max = self.service.config.max_message_size as i32;
+        self.send(command::connected(SERVER_VERSION, version, max)).await;
+    }
+
+    async fn on_lookup(&self, lookup: pb::CommandLookupTopic) {
+        let checked = match TopicName::parse(&lookup.topic) {
+            Ok(name) => self.service.check_topic(&name).await,
+            Err(error) => Err(error),
+        };
+        match checked {
+            Ok(()) => self.send(command::lookup_connect(lookup.request_id, &self.service.config.broker_service_url())).await,
+            Err(error) => {
+                self.send(command::lookup_failed(lookup.request_id, error.server_error(), &error.to_string())).await
+            }
+        }
+    }
+
+    async fn on_partitioned_metadata(&self, request: pb::CommandPartitionedTopicMetadata) {
+        let checked = match TopicName::parse(&request.topic) {
+            Ok(name) => self.service.check_topic(&name).await,
+            Err(error) => Err(error),
+        };
+        match checked {
+            // Partitioned topics come with the admin API; every topic is non-partitioned now.
+            Ok(()) => self.send(command::partitioned_metadata_response(request.request_id, 0)).await,
+            Err(error) => {
+                self.send(command::partitioned_metadata_failed(request.request_id, error.server_error(), &error.to_string()))
+                    .await
+            }
+        }
+    }
+
+    async fn on_producer(&mut self, request: pb::CommandProducer) {
+        if self.producers.contains_key(&request.producer_id) {
+            let error = BrokerError::NotAllowed { what: format!("producer id {} is already in use", request.producer_id) };
+            return self.send_error(request.request_id, &error).await;
+        }
+        let topic = match TopicName::parse(&request.topic) {
+            Ok(name) => self.service.topic(&name).await,
+            Err(error) => Err(error),
+        };
+        let topic = match topic {
+            Ok(topic) => topic,
+            Err(error) => {
+                info!(peer = %self.peer, topic = %request.topic, %error, "producer refused");
+                return self.send_error(request.request_id, &error).await;
+            }
+        };
+        let key = NEXT_PRODUCER_KEY.fetch_add(1, Ordering::Relaxed);
+        let name = match request.producer_name.as_deref() {
+            Some(name) if !name.is_empty() => name.to_owned(),
+            _ => format!("{}-{key}", self.service.config.cluster_name),
+        };
+        if let Err(error) = topic.add_producer(&name, key) {
+            return self.send_error(request.request_id, &error).await;
+        }
+        let (receipts, queue) = mpsc::channel(MAX_PENDING_SENDS_PER_PRODUCER);
+        tokio::spawn(answer_receipts(request.producer_id, queue, self.outbound.clone(), self.service.metrics.clone()));
+        self.producers.insert(request.producer_id, ProducerEntry { topic, name: name.clone(), key, receipts });
+        self.send(command::producer_success(request.request_id, &name, -1)).await;
+    }
+
+    async fn on_send(&mut self, send: pb::CommandSend, payload: Option<Payload>) {
+        let refuse = |error: ServerError, message: &str| command::send_error(send.producer_id, send.sequence_id, error, message);
+        let Some(producer) = self.producers.get(&send.producer_id) else {
+            Metrics::add(&self.service.metrics.send_errors, 1);
+            return self.send(refuse(ServerError::NotAllowedError, "no such producer on this connection")).await;
+        };
+        let Some(payload) = payload else {
+            Metrics::add(&self.service.metrics.send_errors, 1);
+            return self.send(refuse(ServerError::NotAllowedError, "SEND without a payload")).await;
+        };
+        if payload.body().len() > self.service.config.max_message_size {
+            Metrics::add(&self.service.metrics.send_errors, 1);
+            return self.send(refuse(ServerError::NotAllowedError, "message exceeds the maximum message size")).await;
+        }
+        let messages = u64::from(payload.num_messages());
+        let data: Bytes = payload.into_bytes();
+        let bytes = data.len() as u64;
+        let highest_sequence_id = send.highest_sequence_id.unwrap_or(0).max(send.sequence_id);
+        let receipt = match producer.topic.publish(data).await {
+            Ok(durable) => PendingReceipt { sequence_id: send.sequence_id, highest_sequence_id, messages, bytes, durable },
+            Err(error) => {
+                warn!(topic = %producer.topic.name(), %error, "publish failed");
+                Metrics::add(&self.service.metrics.send_errors, 1);
+                return self.send(refuse(error.server_error(), &error.to_string())).await;
+            }
+        };
+        // Waits when the producer has too many publishes in flight: backpressure on the socket.
+        let _ = producer.receipts.send(receipt).await;
+    }
+
+    async fn on_subscribe(&mut self, request: pb::CommandSubscribe) {
+        let request_id = request.request_id;
+        match self.subscribe(request).await {
+            Ok(()) => self.send(command::success(request_id)).await,
+            Err(error) => {
+                info!(peer = %self.peer, %error, "subscribe refused");
+                self.send_error(request_id, &error).await
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, request: pb::CommandSubscribe) -> Result<(), BrokerError> {
+        if self.consumers.contains_key(&request.consumer_id) {
+            return Err(BrokerError::NotAllowed { what: format!("consumer id {} is already in use", request.consumer_id) });
+        }
+        let sub_type = pb::command_subscribe::SubType::try_from(request.sub_type)
+            .map_err(|_| BrokerError::NotAllowed { what: format!("unknown subscription type {}", request.sub_type) })?;
+        if sub_type != pb::command_subscribe::SubType::Exclusive {
+            return Err(BrokerError::NotSupported { what: format!("subscription type {sub_type:?}") });
+        }
+        if !request.durable.unwrap_or(true) {
+            return Err(BrokerError::NotSupported { what: "non-durable subscriptions (readers)".to_owned() });
+        }
+        if request.subscription.is_empty() || request.subscription.contains('/') {
+            return Err(BrokerError::NotAllowed { what: "subscription name must be non-empty and hold no '/'".to_owned() });
+        }
+        let name = TopicName::parse(&request.topic)?;
+        let topic = self.service.topic(&name).await?;
+        let initial = match request.initial_position() {
+            pb::command_subscribe::InitialPosition::Earliest => InitialPosition::Earliest,
+            pb::command_subscribe::InitialPosition::Latest => InitialPosition::Latest,
+        };
+        let subscription = topic.subscription(&request.subscription, initial).await?;
+        let handle = Arc::new(ConsumerHandle {
+            consumer_id: request.consumer_id,
+            consumer_name: request.consumer_name.clone().unwrap_or_default(),
+            permits: AtomicI64::new(0),
+            outbound: self.outbound.clone(),
+            metrics: self.service.metrics.clone(),
+        });
+        subscription.attach(handle)?;
+        self.consumers.insert(request.consumer_id, ConsumerEntry { topic, subscription });
+        Ok(())
+    }
+
+    async fn on_ack(&self, ack: pb::CommandAck) {
+        let Some(consumer) = self.consumers.get(&ack.consumer_id) else {
+            debug!(peer = %self.peer, consumer_id = ack.consumer_id, "ack for an unknown consumer");
+            return;
+        };
+        let cumulative = ack.ack_type() == pb::command_ack::AckType::Cumulative;
+        // A batch-index ack with bits still set leaves part of the entry unacknowledged.
+        let positions: Vec<Position> = ack
+            .message_id
+            .iter()
+            .filter(|id| id.ack_set.iter().all(|word| *word == 0))
+            .map(|id| Position::new(id.ledger_id, id.entry_id))
+            .collect();
+        consumer.subscription.ack(&positions, cumulative);
+        if let Some(request_id) = ack.request_id {
+            let response = BaseCommand {
+                command_type: Type::AckResponse as i32,
+                ack_response: Some(pb::CommandAckResponse {
+                    consumer_id: ack.consumer_id,
+                    request_id: Some(request_id),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            self.send(response).await;
+        }
+    }
+
+    async fn on_unsubscribe(&mut self, request: pb::CommandUnsubscribe) {
+        let Some(consumer) = self.consumers.remove(&request.consumer_id) else {
+            let error = BrokerError::NotAllowed { what: format!("no consumer {}", request.consumer_id) };
+            return self.send_error(request.request_id, &error).await;
+        };
+        match consumer.topic.unsubscribe(consumer.subscription.name(), request.consumer_id).await {
+            Ok(()) => self.send(command::success(request.request_id)).await,
+            Err(error) => self.send_error(request.request_id, &error).await,
+        }
+    }
+
+    async fn on_get_last_message_id(&self, request: pb::CommandGetLastMessageId) {
+        let Some(consumer) = self.consumers.get(&request.consumer_id) else {
+            let error = BrokerError::NotAllowed { what: format!("no consumer {}", request.consumer_id) };
+            return self.send_error(request.request_id, &error).await;
+        };
+        // An empty topic answers -1:-1, as Pulsar does.
+        let (ledger_id, entry_id) =
+            consumer.topic.ledger().last_confirmed().map_or((u64::MAX, u64::MAX), |p| (p.ledger_id, p.entry_id));
+        self.send(command::get_last_message_id_response(request.request_id, ledger_id, entry_id)).await;
+    }
+
+    fn remove_producer(&mut self, producer_id: u64) {
+        if let Some(producer) = self.producers.remove(&producer_id) {
+            producer.topic.remove_producer(&producer.name, producer.key);
+        }
+    }
+
+    fn remove_consumer(&mut self, consumer_id: u64) {
+        if let Some(consumer) = self.consumers.remove(&consumer_id) {
+            consumer.subscription.detach(consumer_id);
+        }
+    }
+
+    fn cleanup(&mut self) {
+        let producers: Vec<u64> = self.producers.keys().copied().collect();
+        for producer_id in producers {
+            self.remove_producer(producer_id);
+        }
+        let consumers: Vec<u64> = self.consumers.keys().copied().collect();
+        for consumer_id in consumers {
+            self.remove_consumer(consumer_id);
+        }
+    }
+}
+
+/// Answers one producer's publishes in order, each once durable.
+async fn answer_receipts(
+    producer_id: u64,
+    mut queue: mpsc::Receiver<PendingReceipt>,
+    outbound: mpsc::Sender<Outbound>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(pending) = queue.recv().await {
+        let answer = match pending.durable.await {
+            Ok(position) => {
+                Metrics::add(&metrics.in_messages, pending.messages);
+                Metrics::add(&metrics.in_bytes, pending.bytes);
+                command::send_receipt(
+                    producer_id,
+                    pending.sequence_id,
+                    pending.highest_sequence_id,
+                    position.ledger_id,
+                    position.entry_id,
+                )
+            }
+            Err(error) => {
+                warn!(producer_id, sequence_id = pending.sequence_id, %error, "publish not durable");
+                Metrics::add(&metrics.send_errors, 1);
+                command::send_error(producer_id, pending.sequence_id, error.server_error(), &error.to_string())
+            }
+        };
+        if outbound.send(Outbound::command(answer)).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The Pulsar binary protocol server: an accept loop ([`server`]) and one handler per client
+//! connection ([`connection`]).
+
+pub mod connection;
+pub mod server;
+
+use bytes::Bytes;
+use magnetar_proto::pulsar::BaseCommand;
+
+/// One frame for a connection's writer: a command and, for MESSAGE, the stored entry bytes.
+#[derive(Debug)]
+pub struct Outbound {
+    pub command: BaseCommand,
+    pub payload: Option<Bytes>,
+}
+
+impl Outbound {
+    pub fn command(command: BaseCommand) -> Self {
+        Outbound { command, payload: None }
+    }
+}
+
+/// Frames queued to one connection's writer before senders wait (dispatchers, receipts).
+pub const OUTBOUND_QUEUE: usize = 1024;
+/// Publishes of one producer awaiting durability before its connection stops reading.
+pub const MAX_PENDING_SENDS_PER_PRODUCER: usize = 10_000;

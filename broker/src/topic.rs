@@ -1,0 +1,102 @@
+//! A persistent topic: its managed ledger, its producers and its subscriptions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use magnetar_meta::MetadataStore;
+use tracing::warn;
+
+use crate::error::BrokerError;
+use crate::managed_ledger::{AddFuture, ManagedLedger};
+use crate::subscription::{InitialPosition, Subscription};
+use crate::topic_name::TopicName;
+
+pub struct Topic {
+    name: TopicName,
+    ledger: Arc<ManagedLedger>,
+    meta: Arc<dyn MetadataStore>,
+    /// Connected producers by name.
+    producers: Mutex<HashMap<String, u64>>,
+    subscriptions: tokio::sync::Mutex<HashMap<String, Arc<Subscription>>>,
+}
+
+impl Topic {
+    pub fn new(name: TopicName, ledger: Arc<ManagedLedger>, meta: Arc<dyn MetadataStore>) -> Arc<Self> {
+        Arc::new(Topic { name, ledger, meta, producers: Mutex::new(HashMap::new()), subscriptions: Default::default() })
+    }
+
+    pub fn name(&self) -> &TopicName {
+        &self.name
+    }
+
+    pub fn ledger(&self) -> &Arc<ManagedLedger> {
+        &self.ledger
+    }
+
+    /// Registers a producer name; a name already connected is refused.
+    pub fn add_producer(&self, producer_name: &str, producer_key: u64) -> Result<(), BrokerError> {
+        let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+        if producers.contains_key(producer_name) {
+            return Err(BrokerError::ProducerBusy { topic: self.name.to_string(), producer: producer_name.to_owned() });
+        }
+        producers.insert(producer_name.to_owned(), producer_key);
+        Ok(())
+    }
+
+    pub fn remove_producer(&self, producer_name: &str, producer_key: u64) {
+        let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+        if producers.get(producer_name) == Some(&producer_key) {
+            producers.remove(producer_name);
+        }
+    }
+
+    pub fn producer_count(&self) -> usize {
+        self.producers.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Appends a message entry; the future answers once it is durable.
+    pub async fn publish(&self, data: Bytes) -> Result<AddFuture, BrokerError> {
+        self.ledger.add_entry(data).await
+    }
+
+    /// The subscription, opened (and created at `initial` if new).
+    pub async fn subscription(&self, name: &str, initial: InitialPosition) -> Result<Arc<Subscription>, BrokerError> {
+        let mut subscriptions = self.subscriptions.lock().await;
+        if let Some(found) = subscriptions.get(name) {
+            return Ok(found.clone());
+        }
+        let opened = Subscription::open(&self.name.to_string(), name, self.ledger.clone(), self.meta.clone(), initial).await?;
+        subscriptions.insert(name.to_owned(), opened.clone());
+        Ok(opened)
+    }
+
+    /// Removes a subscription that has no consumer other than `consumer_id`.
+    pub async fn unsubscribe(&self, name: &str, consumer_id: u64) -> Result<(), BrokerError> {
+        let mut subscriptions = self.subscriptions.lock().await;
+        let Some(subscription) = subscriptions.get(name).cloned() else {
+            return Err(BrokerError::NotAllowed { what: format!("subscription {name} does not exist") });
+        };
+        subscription.detach(consumer_id);
+        if subscription.has_consumer() {
+            return Err(BrokerError::NotAllowed { what: format!("subscription {name} has other consumers") });
+        }
+        subscriptions.remove(name);
+        subscription.close().await;
+        subscription.delete().await
+    }
+
+    pub async fn subscriptions(&self) -> Vec<Arc<Subscription>> {
+        self.subscriptions.lock().await.values().cloned().collect()
+    }
+
+    /// Flushes cursors and closes the ledger, so the next owner starts without recovery.
+    pub async fn close(&self) {
+        for subscription in self.subscriptions().await {
+            subscription.close().await;
+        }
+        if let Err(error) = self.ledger.close().await {
+            warn!(topic = %self.name, %error, "closing the managed ledger failed; the next owner recovers it");
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Constructors for the commands broker and client send, so that each call site states only
+//! what varies. Every constructor sets the envelope's type to match the command it carries.
+
+use crate::pulsar::{self as pb, base_command::Type, BaseCommand};
+
+fn base(command_type: Type) -> BaseCommand {
+    BaseCommand { command_type: command_type as i32, ..Default::default() }
+}
+
+pub fn connect(client_version: &str, auth_method_name: Option<String>, auth_data: Option<Vec<u8>>) -> BaseCommand {
+    BaseCommand {
+        connect: Some(pb::CommandConnect {
+            client_version: client_version.to_owned(),
+            protocol_version: Some(crate::PROTOCOL_VERSION),
+            auth_method_name,
+            auth_data,
+            ..Default::default()
+        }),
+        ..base(Type::Connect)
+    }
+}
+
+pub fn connected(server_version: &str, protocol_version: i32, max_message_size: i32) -> BaseCommand {
+    BaseCommand {
+        connected: Some(pb::CommandConnected {
+            server_version: server_version.to_owned(),
+            protocol_version: Some(protocol_version),
+            max_message_size: Some(max_message_size),
+        }),
+        ..base(Type::Connected)
+    }
+}
+
+pub fn ping() -> BaseCommand {
+    BaseCommand { ping: Some(pb::CommandPing {}), ..base(Type::Ping) }
+}
+
+pub fn pong() -> BaseCommand {
+    BaseCommand { pong: Some(pb::CommandPong {}), ..base(Type::Pong) }
+}
+
+pub fn lookup(topic: &str, request_id: u64, authoritative: bool) -> BaseCommand {
+    BaseCommand {
+        lookup_topic: Some(pb::CommandLookupTopic {
+            topic: topic.to_owned(),
+            request_id,
+            authoritative: Some(authoritative),
+            ..Default::default()
+        }),
+        ..base(Type::Lookup)
+    }
+}
+
+pub fn lookup_connect(request_id: u64, broker_service_url: &str) -> BaseCommand {
+    BaseCommand {
+        lookup_topic_response: Some(pb::CommandLookupTopicResponse {
+            broker_service_url: Some(broker_service_url.to_owned()),
+            response: Some(pb::command_lookup_topic_response::LookupType::Connect as i32),
+            request_id,
+            authoritative: Some(true),
+            proxy_through_service_url: Some(false),
+            ..Default::default()
+        }),
+        ..base(Type::LookupResponse)
+    }
+}
+
+pub fn lookup_failed(request_id: u64, error: pb::ServerError, message: &str) -> BaseCommand {
+    BaseCommand {
+        lookup_topic_response: Some(pb::CommandLookupTopicResponse {
+            response: Some(pb::command_lookup_topic_response::LookupType::Failed as i32),
+            request_id,
+            error: Some(error as i32),
+            message: Some(message.to_owned()),
+            ..Default::default()
+        }),
+        ..base(Type::LookupResponse)
+    }
+}
+
+pub fn partitioned_metadata(topic: &str, request_id: u64) -> BaseCommand {
+    BaseCommand {
+        partition_metadata: Some(pb::CommandPartitionedTopicMetadata {
+            topic: topic.to_owned(),
+            request_id,
+            ..Default::default()
+        }),
+        ..base(Type::PartitionedMetadata)
+    }
+}
+
+pub fn partitioned_metadata_response(request_id: u64, partitions: u32) -> BaseCommand {
+    BaseCommand {
+        partition_metadata_response: Some(pb::CommandPartitionedTopicMetadataResponse {
+            partitions: Some(partitions),
+            request_id,
+            response: Some(pb::command_partitioned_topic_metadata_response::LookupType::Success as i32),
+            ..Default::default()
+        }),
+        ..base(Type::PartitionedMetadataResponse)
+    }
+}
+
+pub fn partitioned_metadata_failed(request_id: u64, error: pb::ServerError, message: &str) -> BaseCommand {
+    BaseCommand {
+        partition_metadata_response: Some(pb::CommandPartitionedTopicMetadataResponse {
+            request_id,
+            response: Some(pb::command_partitioned_topic_metadata_response::LookupType::Failed as i32),
+            error: Some(error as i32),
+            message: Some(message.to_owned()),
+            ..Default::default()
+        }),
+        ..base(Type::PartitionedMetadataResponse)
+    }
+}
+
+pub fn producer(topic: &str, producer_id: u64, request_id: u64, producer_name: Option<String>) -> BaseCommand {
+    BaseCommand {
+        producer: Some(pb::CommandProducer {
+            topic: topic.to_owned(),
+            producer_id,
+            request_id,
+            user_provided_producer_name: Some(producer_name.is_some()),
+            producer_name,
+            ..Default::default()
+        }),
+        ..base(Type::Producer)
+    }
+}
+
+pub fn producer_success(request_id: u64, producer_name: &str, last_sequence_id: i64) -> BaseCommand {
+    BaseCommand {
+        producer_success: Some(pb::CommandProducerSuccess {
+            request_id,
+            producer_name: producer_name.to_owned(),
+            last_sequence_id: Some(last_sequence_id),
+            producer_ready: Some(true),
+            ..Default::default()
+        }),
+        ..base(Type::ProducerSuccess)
+    }
+}
+
+pub fn send(producer_id: u64, sequence_id: u64, num_messages: i32) -> BaseCommand {
+    BaseCommand {
+        send: Some(pb::CommandSend {
+            producer_id,
+            sequence_id,
+            num_messages: Some(num_messages),
+            ..Default::default()
+        }),
+        ..base(Type::Send)
+    }
+}
+
+pub fn send_receipt(producer_id: u64, sequence_id: u64, highest_sequence_id: u64, ledger_id: u64, entry_id: u64) -> BaseCommand {
+    BaseCommand {
+        send_receipt: Some(pb::CommandSendReceipt {
+            producer_id,
+            sequence_id,
+            message_id: Some(message_id(ledger_id, entry_id)),
+            highest_sequence_id: Some(highest_sequence_id),
+        }),
+        ..base(Type::SendReceipt)
+    }
+}
+
+pub fn send_error(producer_id: u64, sequence_id: u64, error: pb::ServerError, message: &str) -> BaseCommand {
+    BaseCommand {
+        send_error: Some(pb::CommandSendError {
+            producer_id,
+            sequence_id,
+            error: error as i32,
+            message: message.to_owned(),
+        }),
+        ..base(Type::SendError)
+    }
+}
+
+pub fn message_id(ledger_id: u64, entry_id: u64) -> pb::MessageIdData {
+    pb::MessageIdData { ledger_id, entry_id, ..Default::default() }
+}
+
+pub fn subscribe(
+    topic: &str,
+    subscription: &str,
+    sub_type: pb::command_subscribe::SubType,
+    consumer_id: u64,
+    request_id: u64,
+    initial_position: pb::command_subscribe::InitialPosition,
+) -> BaseCommand {
+    BaseCommand {
+        subscribe: Some(pb::CommandSubscribe {
+            topic: topic.to_owned(),
+            subscription: subscription.to_owned(),
+            sub_type: sub_type as i32,
+            consumer_id,
+            request_id,
+            initial_position: Some(initial_position as i32),
+            ..Default::default()
+        }),
+        ..base(Type::Subscribe)
+    }
+}
+
+pub fn flow(consumer_id: u64, message_permits: u32) -> BaseCommand {
+    BaseCommand { flow: Some(pb::CommandFlow { consumer_id, message_permits }), ..base(Type::Flow) }
+}
+
+pub fn message(consumer_id: u64, ledger_id: u64, entry_id: u64, redelivery_count: u32) -> BaseCommand {
+    BaseCommand {
+        message: Some(pb::CommandMessage {
+            consumer_id,
+            message_id: message_id(ledger_id, entry_id),
+            redelivery_count: Some(redelivery_count),
+            ..Default::default()
+        }),
+        ..base(Type::Message)
+    }
+}
+
+pub fn ack(consumer_id: u64, ack_type: pb::command_ack::AckType, message_ids: Vec<pb::MessageIdData>) -> BaseCommand {
+    BaseCommand {
+        ack: Some(pb::CommandAck {
+            consumer_id,
+            ack_type: ack_type as i32,
+            message_id: message_ids,
+            ..Default::default()
+        }),
+        ..base(Type::Ack)
+    }
+}
+
+pub fn close_producer(producer_id: u64, request_id: u64) -> BaseCommand {
+    BaseCommand {
+        close_producer: Some(pb::CommandCloseProducer { producer_id, request_id }),
+        ..base(Type::CloseProducer)
+    }
+}
+
+pub fn close_consumer(consumer_id: u64, request_id: u64) -> BaseCommand {
+    BaseCommand {
+        close_consumer: Some(pb::CommandCloseConsumer { consumer_id, request_id }),
+        ..base(Type::CloseConsumer)
+    }
+}
+
+pub fn success(request_id: u64) -> BaseCommand {
+    BaseCommand { success: Some(pb::CommandSuccess { request_id, schema: None }), ..base(Type::Success) }
+}
+
+pub fn error(request_id: u64, error: pb::ServerError, message: &str) -> BaseCommand {
+    BaseCommand {
+        error: Some(pb::CommandError { request_id, error: error as i32, message: message.to_owned() }),
+        ..base(Type::Error)
+    }
+}
+
+pub fn get_last_message_id_response(request_id: u64, ledger_id: u64, entry_id: u64) -> BaseCommand {
+    BaseCommand {
+        get_last_message_id_response: Some(pb::CommandGetLastMessageIdResponse {
+            last_message_id: message_id(ledger_id, entry_id),
+            request_id,
+            consumer_mark_delete_position: None,
+        }),
+        ..base(Type::GetLastMessageIdResponse)
+    }
+}
+
+pub fn topics_of_namespace_response(request_id: u64, topics: Vec<String>) -> BaseCommand {
+    BaseCommand {
+        get_topics_of_namespace_response: Some(pb::CommandGetTopicsOfNamespaceResponse {
+            request_id,
+            topics,
+            filtered: Some(false),
+            changed: Some(true),
+            topics_hash: None,
+        }),
+        ..base(Type::GetTopicsOfNamespaceResponse)
+    }
+}
