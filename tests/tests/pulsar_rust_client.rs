@@ -19,7 +19,7 @@ async fn client(standalone: &Standalone) -> anyhow::Result<Pulsar<TokioExecutor>
     Ok(Pulsar::builder(standalone.service_url(), TokioExecutor).build().await?)
 }
 
-async fn consumer(client: &Pulsar<TokioExecutor>) -> anyhow::Result<Consumer<String, TokioExecutor>> {
+async fn subscribe(client: &Pulsar<TokioExecutor>) -> anyhow::Result<Consumer<String, TokioExecutor>> {
     Ok(client
         .consumer()
         .with_topic(TOPIC)
@@ -48,7 +48,7 @@ async fn acknowledged_messages_and_acks_survive_kill9() -> anyhow::Result<()> {
         // Each receipt means the broker made the message durable.
         producer.send_non_blocking(format!("msg-{i}")).await?.await?;
     }
-    let mut consumer = consumer(&pulsar).await?;
+    let mut consumer = subscribe(&pulsar).await?;
     for i in 0..ACKED {
         let (body, message) = next(&mut consumer).await?;
         assert_eq!(body, format!("msg-{i}"), "first run delivers in order");
@@ -64,7 +64,7 @@ async fn acknowledged_messages_and_acks_survive_kill9() -> anyhow::Result<()> {
     standalone.restart().await?;
 
     let pulsar = client(&standalone).await?;
-    let mut consumer = consumer(&pulsar).await?;
+    let mut consumer = subscribe(&pulsar).await?;
     let (first, message) = next(&mut consumer).await?;
     let first_index: usize = first.trim_start_matches("msg-").parse()?;
     assert!(first_index <= ACKED, "message msg-{ACKED} was skipped: first after restart is {first}");
@@ -73,6 +73,7 @@ async fn acknowledged_messages_and_acks_survive_kill9() -> anyhow::Result<()> {
         "{} acknowledged messages came back; at most the few unpersisted acks may",
         ACKED - first_index
     );
+    eprintln!("after kill -9: {} acknowledged messages redelivered", ACKED - first_index);
     consumer.ack(&message).await?;
     for i in first_index + 1..TOTAL {
         let (body, message) = next(&mut consumer).await?;
