@@ -84,6 +84,7 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
         let _ = pulsar_task.await;
         let _ = http_task.await;
         service.close_all_topics().await;
+        service.bookies.close().await;
         bookie_cancel.cancel();
         let _ = bookie_task.await;
         if let Err(error) = meta.close_session(session).await {

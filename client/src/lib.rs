@@ -1,1 +1,76 @@
-//! placeholder
+//! Magnetar's Rust client: an async (tokio) client of the Pulsar binary protocol, for
+//! Magnetar and for Apache Pulsar brokers alike.
+//!
+//! ```no_run
+//! use magnetar_client::{Client, InitialPosition, ProducerMessage, SubscriptionType};
+//!
+//! # async fn example() -> Result<(), magnetar_client::ClientError> {
+//! let client = Client::connect("pulsar://127.0.0.1:6650").await?;
+//!
+//! // "my-topic" is short for "persistent://public/default/my-topic".
+//! let mut producer = client.producer("my-topic").name("orders").create().await?;
+//! let id = producer.send("hello").await?;
+//! println!("stored as {id}");
+//! producer.send_with(ProducerMessage::new("with a key").key("customer-7").property("kind", "demo")).await?;
+//!
+//! // Pipelined: queue many, then wait for the receipts.
+//! let mut receipts = Vec::new();
+//! for n in 0..100 {
+//!     receipts.push(producer.send_async(ProducerMessage::new(format!("message {n}"))).await?);
+//! }
+//! for receipt in receipts {
+//!     receipt.await?;
+//! }
+//! producer.close().await?;
+//!
+//! let mut consumer = client
+//!     .consumer("my-topic", "my-subscription")
+//!     .subscription_type(SubscriptionType::Shared)
+//!     .initial_position(InitialPosition::Earliest)
+//!     .subscribe()
+//!     .await?;
+//! let message = consumer.receive().await?;
+//! println!("{}: {:?}", message.id, message.payload);
+//! consumer.ack(&message).await?;
+//! consumer.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! How it is built:
+//!
+//! - [`Client`] (client.rs) holds one connection per broker and looks topics up, following
+//!   redirects to the owning broker.
+//! - connection.rs: one task per TCP connection owns the socket; requests, sends and
+//!   consumers are routed to and from it through bounded channels.
+//! - [`Producer`] (producer.rs) and [`Consumer`] (consumer.rs) hold a connection handle and
+//!   their own state (sequence ids; permits, queued messages, batch acks).
+//! - entry.rs splits delivered entries (batches) into [`Message`]s; message.rs defines them.
+//!
+//! Not supported yet: partitioned topics, TLS, authentication, compression (a compressed
+//! message is reported as an error, never returned as garbage), reconnection after a lost
+//! connection (producers and consumers on it fail and must be recreated).
+
+mod address;
+mod client;
+mod connection;
+mod consumer;
+mod entry;
+mod error;
+mod message;
+mod producer;
+mod topic;
+
+#[cfg(test)]
+mod fake_broker;
+
+pub use address::{BrokerAddress, ServiceUrl, DEFAULT_PORT};
+pub use client::{Client, ClientConfig, MAX_LOOKUP_REDIRECTS};
+pub use consumer::{Consumer, ConsumerBuilder, InitialPosition, SubscriptionType, DEFAULT_RECEIVER_QUEUE_SIZE};
+pub use error::ClientError;
+pub use message::{Message, MessageId, ParseMessageIdError};
+pub use producer::{Producer, ProducerBuilder, ProducerMessage, SendReceipt, DEFAULT_MAX_PENDING_MESSAGES};
+pub use topic::TopicName;
+
+/// The client version sent to brokers in CONNECT: `magnetar-client/<version>`.
+pub const CLIENT_VERSION: &str = connection::CLIENT_VERSION;

@@ -63,7 +63,7 @@ impl BookieConnection {
         let broken = Arc::new(AtomicBool::new(false));
         let (task_pending, task_broken, task_bookie) = (pending.clone(), broken.clone(), bookie_id.to_owned());
         tokio::spawn(async move {
-            let reason = loop {
+            let (reason, abnormal) = loop {
                 match responses.message().await {
                     Ok(Some(response)) => {
                         let reply = task_pending
@@ -86,12 +86,16 @@ impl BookieConnection {
                             let _ = reply.send(result);
                         }
                     }
-                    Ok(None) => break "stream ended".to_owned(),
-                    Err(status) => break status.to_string(),
+                    Ok(None) => break ("stream ended".to_owned(), false),
+                    Err(status) => break (status.to_string(), true),
                 }
             };
             task_broken.store(true, Ordering::SeqCst);
-            warn!(bookie = %task_bookie, %reason, "bookie add stream closed");
+            if abnormal {
+                warn!(bookie = %task_bookie, %reason, "bookie add stream failed");
+            } else {
+                tracing::debug!(bookie = %task_bookie, "bookie add stream closed");
+            }
             let failed: Vec<_> = task_pending.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
             for ((ledger_id, entry_id), reply) in failed {
                 let _ = reply.send(Err(BookieError::Remote {
@@ -245,6 +249,12 @@ impl Bookies {
         let connection = BookieConnection::connect(bookie_id, &registration.address).await?;
         connections.insert(bookie_id.to_owned(), connection.clone());
         Ok(connection)
+    }
+
+    /// Drops every connection this pool holds, ending their add streams (a bookie's graceful
+    /// shutdown waits for its clients to leave).
+    pub async fn close(&self) {
+        self.connections.lock().await.clear();
     }
 
     /// Ids of the bookies registered now.

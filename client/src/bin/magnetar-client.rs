@@ -1,1 +1,327 @@
-fn main() {}
+//! `magnetar-client`: produce and consume messages from the command line, with the verbs and
+//! options of Pulsar's `pulsar-client`.
+//!
+//! ```text
+//! magnetar-client produce my-topic -m hello -n 10
+//! magnetar-client consume my-topic -s sub -n 10 -p Earliest
+//! ```
+//!
+//! Logs go to stderr (filter with RUST_LOG); messages and the summary go to stdout.
+
+use std::collections::VecDeque;
+use std::io::{IsTerminal, Write};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use magnetar_client::{
+    Client, InitialPosition, Message, ProducerMessage, SubscriptionType, DEFAULT_MAX_PENDING_MESSAGES,
+};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "magnetar-client", version, about = "Produce and consume messages on a Magnetar (or Pulsar) cluster")]
+struct Cli {
+    /// The cluster's service URL.
+    #[arg(long, global = true, default_value = "pulsar://localhost:6650", env = "MAGNETAR_URL")]
+    url: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Produce messages to a topic.
+    Produce(ProduceArgs),
+    /// Consume messages from a subscription, acknowledging each.
+    Consume(ConsumeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ProduceArgs {
+    /// Topic name (a short name means persistent://public/default/<name>).
+    topic: String,
+
+    /// Message bodies to send; each value is split on the separator.
+    #[arg(short = 'm', long = "messages", required = true, num_args = 1..)]
+    messages: Vec<String>,
+
+    /// What splits a --messages value into several messages; empty for no splitting.
+    #[arg(short = 's', long, default_value = ",")]
+    separator: String,
+
+    /// How many times to send each message.
+    #[arg(short = 'n', long = "num-produce", default_value_t = 1)]
+    num_produce: u64,
+
+    /// Partition key of every message.
+    #[arg(short = 'k', long)]
+    key: Option<String>,
+
+    /// Properties of every message, as key=value (repeat, or separate with commas).
+    #[arg(short = 'p', long = "properties", value_delimiter = ',')]
+    properties: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConsumeArgs {
+    /// Topic name (a short name means persistent://public/default/<name>).
+    topic: String,
+
+    /// Subscription name.
+    #[arg(short = 's', long = "subscription-name", required = true)]
+    subscription: String,
+
+    /// How many messages to consume; 0 means until interrupted.
+    #[arg(short = 'n', long = "num-messages", default_value_t = 1)]
+    num_messages: u64,
+
+    /// Subscription type.
+    #[arg(short = 't', long = "subscription-type", value_enum, default_value = "Exclusive", ignore_case = true)]
+    subscription_type: SubscriptionTypeArg,
+
+    /// Where a new subscription starts.
+    #[arg(short = 'p', long = "subscription-position", value_enum, default_value = "Latest", ignore_case = true)]
+    subscription_position: PositionArg,
+
+    /// Print the content as hexadecimal.
+    #[arg(long)]
+    hex: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SubscriptionTypeArg {
+    #[value(name = "Exclusive")]
+    Exclusive,
+    #[value(name = "Shared")]
+    Shared,
+    #[value(name = "Failover")]
+    Failover,
+    #[value(name = "Key_Shared")]
+    KeyShared,
+}
+
+impl From<SubscriptionTypeArg> for SubscriptionType {
+    fn from(arg: SubscriptionTypeArg) -> Self {
+        match arg {
+            SubscriptionTypeArg::Exclusive => SubscriptionType::Exclusive,
+            SubscriptionTypeArg::Shared => SubscriptionType::Shared,
+            SubscriptionTypeArg::Failover => SubscriptionType::Failover,
+            SubscriptionTypeArg::KeyShared => SubscriptionType::KeyShared,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PositionArg {
+    #[value(name = "Latest")]
+    Latest,
+    #[value(name = "Earliest")]
+    Earliest,
+}
+
+impl From<PositionArg> for InitialPosition {
+    fn from(arg: PositionArg) -> Self {
+        match arg {
+            PositionArg::Latest => InitialPosition::Latest,
+            PositionArg::Earliest => InitialPosition::Earliest,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Produce(args) => produce(&cli.url, args).await,
+        Command::Consume(args) => consume(&cli.url, args).await,
+    }
+}
+
+async fn produce(url: &str, args: ProduceArgs) -> anyhow::Result<()> {
+    let bodies: Vec<String> = args
+        .messages
+        .iter()
+        .flat_map(|value| {
+            if args.separator.is_empty() {
+                vec![value.clone()]
+            } else {
+                value.split(args.separator.as_str()).map(str::to_owned).collect()
+            }
+        })
+        .collect();
+    let properties = args
+        .properties
+        .iter()
+        .map(|pair| pair.split_once('=').with_context(|| format!("property {pair:?} is not key=value")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let client = Client::connect(url).await.with_context(|| format!("connect to {url}"))?;
+    let mut producer =
+        client.producer(&args.topic).create().await.with_context(|| format!("create a producer on {}", args.topic))?;
+
+    // Pipelined: queue up to the producer's pending limit, then wait for the oldest receipt.
+    let mut receipts = VecDeque::new();
+    let mut produced = 0u64;
+    for _ in 0..args.num_produce {
+        for body in &bodies {
+            let mut message = ProducerMessage::new(body.clone().into_bytes());
+            if let Some(key) = &args.key {
+                message = message.key(key.clone());
+            }
+            for (key, value) in &properties {
+                message = message.property(*key, *value);
+            }
+            if receipts.len() >= DEFAULT_MAX_PENDING_MESSAGES {
+                if let Some(receipt) = receipts.pop_front() {
+                    receipt_done(receipt).await?;
+                    produced += 1;
+                }
+            }
+            receipts.push_back(producer.send_async(message).await.context("send a message")?);
+        }
+    }
+    for receipt in receipts {
+        receipt_done(receipt).await?;
+        produced += 1;
+    }
+    producer.close().await.context("close the producer")?;
+    println!("{produced} messages successfully produced");
+    Ok(())
+}
+
+async fn receipt_done(receipt: magnetar_client::SendReceipt) -> anyhow::Result<()> {
+    let id = receipt.await.context("wait for a send receipt")?;
+    tracing::debug!(%id, "message stored");
+    Ok(())
+}
+
+async fn consume(url: &str, args: ConsumeArgs) -> anyhow::Result<()> {
+    let client = Client::connect(url).await.with_context(|| format!("connect to {url}"))?;
+    let mut consumer = client
+        .consumer(&args.topic, &args.subscription)
+        .subscription_type(args.subscription_type.into())
+        .initial_position(args.subscription_position.into())
+        .subscribe()
+        .await
+        .with_context(|| format!("subscribe {} to {}", args.subscription, args.topic))?;
+
+    let mut consumed = 0u64;
+    let stdout = std::io::stdout();
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    while args.num_messages == 0 || consumed < args.num_messages {
+        let received = tokio::select! {
+            // receive() is cancel-safe: an interrupt loses no message.
+            received = consumer.receive() => received,
+            _ = &mut interrupted => break,
+        };
+        let message = match received {
+            Ok(message) => message,
+            Err(error) if error.is_message_error() => {
+                let error = anyhow::Error::from(error);
+                tracing::error!("skipping a message that cannot be read: {error:#}");
+                continue;
+            }
+            Err(error) => return Err(error).context("receive a message"),
+        };
+        {
+            let mut out = stdout.lock();
+            writeln!(out, "----- got message -----")?;
+            writeln!(out, "{}", describe(&message, args.hex))?;
+        }
+        consumer.ack(&message).await.context("acknowledge a message")?;
+        consumed += 1;
+    }
+    if let Err(error) = consumer.close().await {
+        tracing::warn!(%error, "could not close the consumer cleanly");
+    }
+    println!("{consumed} messages successfully consumed");
+    if args.num_messages != 0 && consumed < args.num_messages {
+        bail!("interrupted after {consumed} of {} messages", args.num_messages);
+    }
+    Ok(())
+}
+
+/// One message as Pulsar's CLI prints it: `key:[...], properties:[...], content:...`.
+fn describe(message: &Message, hex: bool) -> String {
+    let key = message.key.as_deref().unwrap_or("null");
+    let properties: Vec<String> = message.properties.iter().map(|(key, value)| format!("{key}={value}")).collect();
+    let content = if hex {
+        message.payload.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(" ")
+    } else {
+        String::from_utf8_lossy(&message.payload).into_owned()
+    };
+    format!("key:[{key}], properties:[{}], content:{content}", properties.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn consume_defaults_match_pulsar() {
+        let cli = Cli::parse_from(["magnetar-client", "consume", "t", "-s", "sub"]);
+        let Command::Consume(args) = cli.command else { panic!("consume expected") };
+        assert_eq!(args.num_messages, 1);
+        assert!(matches!(args.subscription_type, SubscriptionTypeArg::Exclusive));
+        assert!(matches!(args.subscription_position, PositionArg::Latest));
+        assert_eq!(cli.url, "pulsar://localhost:6650");
+    }
+
+    #[test]
+    fn produce_accepts_several_messages_and_url_after_the_verb() {
+        let cli = Cli::parse_from([
+            "magnetar-client",
+            "produce",
+            "t",
+            "-m",
+            "a,b",
+            "-m",
+            "c",
+            "-n",
+            "3",
+            "--url",
+            "pulsar://x:1",
+        ]);
+        let Command::Produce(args) = cli.command else { panic!("produce expected") };
+        assert_eq!(args.messages, ["a,b", "c"]);
+        assert_eq!(args.num_produce, 3);
+        assert_eq!(cli.url, "pulsar://x:1");
+    }
+
+    #[test]
+    fn key_shared_is_spelled_as_in_pulsar() {
+        let cli = Cli::parse_from(["magnetar-client", "consume", "t", "-s", "s", "-t", "Key_Shared", "-p", "earliest"]);
+        let Command::Consume(args) = cli.command else { panic!("consume expected") };
+        assert!(matches!(args.subscription_type, SubscriptionTypeArg::KeyShared));
+        assert!(matches!(args.subscription_position, PositionArg::Earliest));
+    }
+
+    #[test]
+    fn message_is_described_like_pulsar_cli() {
+        let message = Message {
+            id: magnetar_client::MessageId::entry(1, 2),
+            payload: bytes::Bytes::from_static(b"hello"),
+            key: None,
+            properties: [("a".to_owned(), "1".to_owned()), ("b".to_owned(), "2".to_owned())].into(),
+            publish_time: 0,
+            event_time: None,
+            producer_name: "p".into(),
+            redelivery_count: 0,
+        };
+        assert_eq!(describe(&message, false), "key:[null], properties:[a=1, b=2], content:hello");
+        assert_eq!(describe(&message, true), "key:[null], properties:[a=1, b=2], content:68 65 6c 6c 6f");
+    }
+}

@@ -1,0 +1,246 @@
+//! [`Client`]: the entry point. It holds the service URL, the settings, and a pool of broker
+//! connections keyed by broker address, so every producer and consumer on the same broker
+//! shares one TCP connection.
+//!
+//! Before a producer or consumer is created, its topic is looked up: a LOOKUP goes to the
+//! service URL, and each Redirect answer sends the next LOOKUP (marked authoritative when the
+//! broker says so) to the broker it names, until one answers Connect with the owner. At most
+//! [`MAX_LOOKUP_REDIRECTS`] redirects are followed.
+//!
+//! The pool's lock is a plain mutex held only to read or insert, never across an `.await`;
+//! two tasks that connect to the same new broker at once may both open a connection, and the
+//! second one to finish is dropped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use magnetar_proto::command;
+use magnetar_proto::pulsar::{command_lookup_topic_response::LookupType, command_partitioned_topic_metadata_response};
+use tracing::{debug, warn};
+
+use crate::address::{BrokerAddress, ServiceUrl};
+use crate::connection::{Connection, ConnectionConfig};
+use crate::consumer::ConsumerBuilder;
+use crate::error::{error_chain, ClientError};
+use crate::producer::ProducerBuilder;
+use crate::topic::TopicName;
+
+/// How many Redirect answers a lookup follows before giving up.
+pub const MAX_LOOKUP_REDIRECTS: u32 = 8;
+
+/// Client settings. The defaults are Pulsar's.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// How long a request (lookup, create a producer, subscribe, close) and a send wait for
+    /// the broker's answer.
+    pub operation_timeout: Duration,
+    /// TCP connect plus the protocol handshake.
+    pub connection_timeout: Duration,
+    /// How often each connection sends a PING; a connection silent for a whole interval
+    /// after one is closed as dead.
+    pub keepalive_interval: Duration,
+    /// Commands (sends, acks, requests) waiting for a connection's writer. When full, the
+    /// callers wait.
+    pub connection_queue_size: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            operation_timeout: Duration::from_secs(30),
+            connection_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            connection_queue_size: 1000,
+        }
+    }
+}
+
+impl ClientConfig {
+    fn validate(&self) -> Result<(), ClientError> {
+        let invalid = |setting, reason| Err(ClientError::InvalidConfig { setting, reason });
+        if self.operation_timeout.is_zero() {
+            return invalid("operation_timeout", "must be more than zero");
+        }
+        if self.connection_timeout.is_zero() {
+            return invalid("connection_timeout", "must be more than zero");
+        }
+        if self.keepalive_interval.is_zero() {
+            return invalid("keepalive_interval", "must be more than zero");
+        }
+        if self.connection_queue_size == 0 {
+            return invalid("connection_queue_size", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn connection_config(&self) -> ConnectionConfig {
+        ConnectionConfig {
+            connection_timeout: self.connection_timeout,
+            operation_timeout: self.operation_timeout,
+            keepalive_interval: self.keepalive_interval,
+            command_queue_size: self.connection_queue_size,
+        }
+    }
+}
+
+/// A client of a Magnetar (or Pulsar) cluster. Cheap to clone; clones share connections.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+#[derive(Debug)]
+struct ClientInner {
+    service_url: ServiceUrl,
+    config: ClientConfig,
+    connections: Mutex<HashMap<BrokerAddress, Connection>>,
+}
+
+impl Client {
+    /// Connects to the service URL (`pulsar://host:port`) with the default settings.
+    pub async fn connect(service_url: &str) -> Result<Client, ClientError> {
+        Client::connect_with_config(service_url, ClientConfig::default()).await
+    }
+
+    /// Connects to the service URL with the given settings. The first connection is opened
+    /// here, so an unreachable cluster is reported at once.
+    pub async fn connect_with_config(service_url: &str, config: ClientConfig) -> Result<Client, ClientError> {
+        config.validate()?;
+        let client = Client {
+            inner: Arc::new(ClientInner {
+                service_url: ServiceUrl::parse(service_url)?,
+                config,
+                connections: Mutex::new(HashMap::new()),
+            }),
+        };
+        client.service_connection().await?;
+        Ok(client)
+    }
+
+    pub fn service_url(&self) -> &ServiceUrl {
+        &self.inner.service_url
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Starts building a producer for `topic` (a short name means `public/default`).
+    pub fn producer(&self, topic: impl Into<String>) -> ProducerBuilder {
+        ProducerBuilder::new(self.clone(), topic.into())
+    }
+
+    /// Starts building a consumer of `subscription` on `topic`.
+    pub fn consumer(&self, topic: impl Into<String>, subscription: impl Into<String>) -> ConsumerBuilder {
+        ConsumerBuilder::new(self.clone(), topic.into(), subscription.into())
+    }
+
+    /// The broker that serves `topic`, following redirects.
+    pub async fn lookup(&self, topic: &TopicName) -> Result<BrokerAddress, ClientError> {
+        Ok(self.lookup_connection(topic).await?.broker().clone())
+    }
+
+    /// How many partitions `topic` has; 0 for a topic that is not partitioned.
+    pub async fn partitions(&self, topic: &TopicName) -> Result<u32, ClientError> {
+        let connection = self.service_connection().await?;
+        let topic_name = topic.to_string();
+        let answer = connection.request(|request_id| command::partitioned_metadata(&topic_name, request_id)).await?;
+        let broker = connection.broker().to_string();
+        let metadata = answer.partition_metadata_response.ok_or_else(|| ClientError::UnexpectedResponse {
+            broker,
+            expected: "PARTITIONED_METADATA_RESPONSE",
+            got: crate::connection::command_name(answer.command_type),
+        })?;
+        if metadata.response == Some(command_partitioned_topic_metadata_response::LookupType::Failed as i32) {
+            return Err(ClientError::from_server(metadata.error.unwrap_or(0), metadata.message.unwrap_or_default()));
+        }
+        Ok(metadata.partitions.unwrap_or(0))
+    }
+
+    /// Forgets the pooled connections. Each closes once the producers and consumers that use
+    /// it are closed or dropped.
+    pub fn close(&self) {
+        self.pool().clear();
+    }
+
+    /// The connection to the broker that owns `topic`.
+    pub(crate) async fn lookup_connection(&self, topic: &TopicName) -> Result<Connection, ClientError> {
+        let topic_name = topic.to_string();
+        let mut connection = self.service_connection().await?;
+        let mut authoritative = false;
+        for _ in 0..=MAX_LOOKUP_REDIRECTS {
+            let answer =
+                connection.request(|request_id| command::lookup(&topic_name, request_id, authoritative)).await?;
+            let unexpected = |got: &str| ClientError::UnexpectedResponse {
+                broker: connection.broker().to_string(),
+                expected: "LOOKUP_RESPONSE",
+                got: got.to_owned(),
+            };
+            let lookup = answer
+                .lookup_topic_response
+                .ok_or_else(|| unexpected(&crate::connection::command_name(answer.command_type)))?;
+            let response = lookup
+                .response
+                .and_then(|response| LookupType::try_from(response).ok())
+                .ok_or_else(|| unexpected("LOOKUP_RESPONSE without a known response type"))?;
+            if response == LookupType::Failed {
+                return Err(ClientError::from_server(lookup.error.unwrap_or(0), lookup.message.unwrap_or_default()));
+            }
+            let Some(url) = lookup.broker_service_url.as_deref() else {
+                if lookup.broker_service_url_tls.is_some() {
+                    return Err(ClientError::Unsupported { what: format!("TLS brokers (lookup of {topic_name})") });
+                }
+                return Err(unexpected("LOOKUP_RESPONSE without a broker URL"));
+            };
+            let broker = BrokerAddress::parse_url(url)?;
+            if lookup.proxy_through_service_url == Some(true) {
+                warn!(%topic, %broker, "the lookup asks to go through a proxy, which this client does not support yet; connecting directly");
+            }
+            if response == LookupType::Connect {
+                debug!(%topic, %broker, "lookup found the owner");
+                return self.connection(&broker).await;
+            }
+            debug!(%topic, %broker, "lookup redirected");
+            authoritative = lookup.authoritative.unwrap_or(false);
+            connection = self.connection(&broker).await?;
+        }
+        Err(ClientError::TooManyRedirects { topic: topic_name, hops: MAX_LOOKUP_REDIRECTS })
+    }
+
+    /// A connection to one of the service URL's hosts, trying them in order.
+    async fn service_connection(&self) -> Result<Connection, ClientError> {
+        let mut last_error = None;
+        for host in self.inner.service_url.hosts() {
+            match self.connection(host).await {
+                Ok(connection) => return Ok(connection),
+                Err(error) => {
+                    debug!(%host, error = %error_chain(&error), "service host unavailable");
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| ClientError::InvalidUrl { url: self.inner.service_url.to_string(), reason: "no hosts" }))
+    }
+
+    /// The pooled connection to `broker`, opening one when there is none or it has ended.
+    pub(crate) async fn connection(&self, broker: &BrokerAddress) -> Result<Connection, ClientError> {
+        if let Some(connection) = self.pool().get(broker).filter(|c| !c.is_closed()) {
+            return Ok(connection.clone());
+        }
+        let fresh = Connection::connect(broker.clone(), &self.inner.config.connection_config()).await?;
+        let mut pool = self.pool();
+        match pool.get(broker) {
+            Some(existing) if !existing.is_closed() => Ok(existing.clone()),
+            _ => {
+                pool.insert(broker.clone(), fresh.clone());
+                Ok(fresh)
+            }
+        }
+    }
+
+    fn pool(&self) -> MutexGuard<'_, HashMap<BrokerAddress, Connection>> {
+        self.inner.connections.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

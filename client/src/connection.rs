@@ -1,0 +1,840 @@
+//! One TCP connection to one broker.
+//!
+//! A single task owns the socket and all routing state; everything else holds a cloneable
+//! [`Connection`] and talks to the task through one bounded command channel
+//! ([`ConnectionConfig::command_queue_size`]; when full, callers wait). The task:
+//!
+//! - writes what callers queue, giving each request a slot keyed by its request id whose
+//!   oneshot receives the broker's answer (an ERROR answer becomes [`ClientError::Server`]);
+//! - routes SEND_RECEIPT / SEND_ERROR to the pending send keyed by (producer id, sequence id);
+//! - routes MESSAGE frames to the consumer by consumer id through that consumer's bounded
+//!   channel (capacity: its receiver queue size, which is also the most permits it grants, so
+//!   a broker that keeps to flow control can never fill it; a broker that overruns it has the
+//!   consumer's channel closed, so nothing is dropped silently and the connection never
+//!   waits on a slow application);
+//! - answers PING with PONG and sends its own PING every keepalive interval; a connection
+//!   that received nothing for a whole interval after a PING is considered dead.
+//!
+//! Reads never wait on writes: the socket is split, outgoing frames are encoded into a buffer
+//! that is written in the same `select!` as reads, and new commands are taken from the
+//! channel only while that buffer is below a high-water mark.
+//!
+//! When the connection ends, for whatever reason, every pending request and send fails with
+//! [`ClientError::Disconnected`] carrying the reason, and every consumer's channel is closed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use magnetar_proto::command;
+use magnetar_proto::pulsar::{self as pb, base_command::Type, BaseCommand};
+use magnetar_proto::{Frame, FrameCodec, FrameError, Payload};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio_util::codec::{Encoder, FramedRead};
+use tracing::{debug, info, warn};
+
+use crate::address::BrokerAddress;
+use crate::error::{error_chain, ClientError};
+
+/// What this client says it is in CONNECT.
+pub(crate) const CLIENT_VERSION: &str = concat!("magnetar-client/", env!("CARGO_PKG_VERSION"));
+
+/// The largest message size a broker may announce that this client accepts; a larger one is
+/// capped, so a broker cannot make the client buffer arbitrarily large frames.
+const MAX_ACCEPTED_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
+
+/// Stop taking new commands while this much is waiting to be written.
+const WRITE_BUFFER_HIGH_WATER: usize = 1024 * 1024;
+
+/// Past this, even control answers (PONG) are not buffered: the broker is not reading.
+const WRITE_BUFFER_HARD_LIMIT: usize = 4 * WRITE_BUFFER_HIGH_WATER;
+
+/// How long a closing connection may take to write what it still has buffered.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Settings of one connection.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionConfig {
+    /// TCP connect plus the CONNECT/CONNECTED handshake.
+    pub connection_timeout: Duration,
+    /// How long a request waits for its answer.
+    pub operation_timeout: Duration,
+    /// How often a PING is sent; the connection is dead after a silent interval.
+    pub keepalive_interval: Duration,
+    /// Commands queued for the connection task; when full, callers wait.
+    pub command_queue_size: usize,
+}
+
+/// A handle to one broker connection. Cheap to clone; the connection lives while any handle
+/// (or a producer or consumer using it) does.
+#[derive(Debug, Clone)]
+pub(crate) struct Connection {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    broker: BrokerAddress,
+    commands: mpsc::Sender<Outgoing>,
+    next_request_id: AtomicU64,
+    next_producer_id: AtomicU64,
+    next_consumer_id: AtomicU64,
+    /// The broker's limit from CONNECTED (Pulsar's default when it gives none).
+    max_message_size: usize,
+    operation_timeout: Duration,
+    /// Why the connection ended; written once by the task before it fails what is pending.
+    close_reason: Arc<Mutex<Option<String>>>,
+}
+
+/// What a consumer's channel carries.
+#[derive(Debug)]
+pub(crate) enum ConsumerEvent {
+    Message {
+        command: pb::CommandMessage,
+        payload: Box<Payload>,
+    },
+    /// A MESSAGE whose payload failed its checksum or was missing.
+    Corrupt {
+        message_id: pb::MessageIdData,
+        error: FrameError,
+    },
+    /// The broker closed the consumer, or the connection ended.
+    Closed {
+        reason: String,
+    },
+}
+
+/// The broker's answer to a send: the stored message's id.
+pub(crate) type ReceiptResult = Result<pb::MessageIdData, ClientError>;
+
+/// A send waiting for its SEND_RECEIPT.
+#[derive(Debug)]
+pub(crate) struct PendingReceipt {
+    pub reply: oneshot::Sender<ReceiptResult>,
+    /// The producer's in-flight allowance, given back when the receipt arrives.
+    #[allow(dead_code, reason = "held, never read: dropping it gives the permit back")]
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+#[derive(Debug)]
+enum Outgoing {
+    // Commands are boxed: a BaseCommand holds every command type inline (kilobytes).
+    Request {
+        request_id: u64,
+        command: Box<BaseCommand>,
+        reply: oneshot::Sender<Result<BaseCommand, ClientError>>,
+    },
+    Send {
+        producer_id: u64,
+        sequence_id: u64,
+        frame: Box<Frame>,
+        receipt: PendingReceipt,
+    },
+    /// A command with no answer (FLOW, ACK) or whose answer nobody waits for.
+    Command(Box<BaseCommand>),
+    /// Adds a producer's routing slot, or renames it once the broker named the producer.
+    AddProducer {
+        producer_id: u64,
+        label: String,
+        topic: String,
+    },
+    RemoveProducer {
+        producer_id: u64,
+        reason: String,
+    },
+    /// Sends CLOSE_PRODUCER and removes the routing when the broker answers.
+    CloseProducer {
+        producer_id: u64,
+        request_id: u64,
+    },
+    AddConsumer {
+        consumer_id: u64,
+        events: mpsc::Sender<ConsumerEvent>,
+    },
+    RemoveConsumer {
+        consumer_id: u64,
+    },
+}
+
+impl Connection {
+    /// Opens a TCP connection to `broker` and performs the CONNECT handshake.
+    pub(crate) async fn connect(broker: BrokerAddress, config: &ConnectionConfig) -> Result<Connection, ClientError> {
+        let (reader, writer, connected) = tokio::time::timeout(config.connection_timeout, handshake(&broker))
+            .await
+            .map_err(|_| ClientError::Timeout {
+            broker: broker.to_string(),
+            operation: "connect and CONNECT handshake".into(),
+            after: config.connection_timeout,
+        })??;
+        let max_message_size = connected
+            .max_message_size
+            .and_then(|size| usize::try_from(size).ok())
+            .filter(|&size| size > 0)
+            .unwrap_or(magnetar_proto::DEFAULT_MAX_MESSAGE_SIZE)
+            .min(MAX_ACCEPTED_MESSAGE_SIZE);
+        info!(
+            %broker,
+            server_version = %connected.server_version,
+            protocol_version = connected.protocol_version.unwrap_or(0),
+            max_message_size,
+            "connected"
+        );
+
+        let codec = FrameCodec::new(max_message_size + magnetar_proto::FRAME_OVERHEAD);
+        let mut reader = reader;
+        *reader.decoder_mut() = codec.clone();
+        let (commands, command_receiver) = mpsc::channel(config.command_queue_size.max(1));
+        let close_reason = Arc::new(Mutex::new(None));
+        let task = ConnectionTask {
+            broker: broker.clone(),
+            reader,
+            writer,
+            codec,
+            out: BytesMut::new(),
+            commands: command_receiver,
+            keepalive_interval: config.keepalive_interval,
+            waiting_for_pong: false,
+            pending: HashMap::new(),
+            producers: HashMap::new(),
+            closing_producers: HashMap::new(),
+            consumers: HashMap::new(),
+            close_reason: close_reason.clone(),
+        };
+        tokio::spawn(task.run());
+        Ok(Connection {
+            shared: Arc::new(Shared {
+                broker,
+                commands,
+                next_request_id: AtomicU64::new(0),
+                next_producer_id: AtomicU64::new(0),
+                next_consumer_id: AtomicU64::new(0),
+                max_message_size,
+                operation_timeout: config.operation_timeout,
+                close_reason,
+            }),
+        })
+    }
+
+    pub(crate) fn broker(&self) -> &BrokerAddress {
+        &self.shared.broker
+    }
+
+    /// True once the connection has ended; a pool should then open a new one.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.commands.is_closed()
+    }
+
+    pub(crate) fn max_message_size(&self) -> usize {
+        self.shared.max_message_size
+    }
+
+    pub(crate) fn operation_timeout(&self) -> Duration {
+        self.shared.operation_timeout
+    }
+
+    pub(crate) fn new_request_id(&self) -> u64 {
+        self.shared.next_request_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn new_producer_id(&self) -> u64 {
+        self.shared.next_producer_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn new_consumer_id(&self) -> u64 {
+        self.shared.next_consumer_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The error for an operation that found the connection gone.
+    pub(crate) fn disconnected(&self) -> ClientError {
+        let reason = self
+            .shared
+            .close_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| "the connection task stopped".to_owned());
+        ClientError::Disconnected { broker: self.shared.broker.to_string(), reason }
+    }
+
+    /// Sends the command `build` makes with a fresh request id and waits for the answer (at
+    /// most the operation timeout). An ERROR answer is returned as [`ClientError::Server`].
+    pub(crate) async fn request(&self, build: impl FnOnce(u64) -> BaseCommand) -> Result<BaseCommand, ClientError> {
+        let request_id = self.new_request_id();
+        let command = build(request_id);
+        let operation = command_name(command.command_type);
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Outgoing::Request { request_id, command: Box::new(command), reply }).await?;
+        match tokio::time::timeout(self.shared.operation_timeout, answer).await {
+            Err(_) => Err(ClientError::Timeout {
+                broker: self.shared.broker.to_string(),
+                operation,
+                after: self.shared.operation_timeout,
+            }),
+            Ok(Err(_)) => Err(self.disconnected()),
+            Ok(Ok(result)) => result,
+        }
+    }
+
+    /// Queues a SEND frame; the returned receiver gets the broker's receipt or error.
+    /// Cancel-safe: if the future is dropped, nothing was queued.
+    pub(crate) async fn send_message(
+        &self,
+        producer_id: u64,
+        sequence_id: u64,
+        frame: Frame,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<oneshot::Receiver<ReceiptResult>, ClientError> {
+        let (reply, receipt) = oneshot::channel();
+        let pending = PendingReceipt { reply, permit };
+        self.enqueue(Outgoing::Send { producer_id, sequence_id, frame: Box::new(frame), receipt: pending }).await?;
+        Ok(receipt)
+    }
+
+    /// Queues a command that has no answer (FLOW, ACK). Cancel-safe.
+    pub(crate) async fn send_command(&self, command: BaseCommand) -> Result<(), ClientError> {
+        self.enqueue(Outgoing::Command(Box::new(command))).await
+    }
+
+    pub(crate) async fn add_producer(&self, producer_id: u64, label: String, topic: String) -> Result<(), ClientError> {
+        self.enqueue(Outgoing::AddProducer { producer_id, label, topic }).await
+    }
+
+    /// Removes a producer's routing; its pending sends fail with `reason`.
+    pub(crate) async fn remove_producer(&self, producer_id: u64, reason: String) {
+        // A closed connection has already failed everything.
+        let _ = self.enqueue(Outgoing::RemoveProducer { producer_id, reason }).await;
+    }
+
+    pub(crate) async fn add_consumer(
+        &self,
+        consumer_id: u64,
+        events: mpsc::Sender<ConsumerEvent>,
+    ) -> Result<(), ClientError> {
+        self.enqueue(Outgoing::AddConsumer { consumer_id, events }).await
+    }
+
+    pub(crate) async fn remove_consumer(&self, consumer_id: u64) {
+        let _ = self.enqueue(Outgoing::RemoveConsumer { consumer_id }).await;
+    }
+
+    /// For `Drop` of a producer that was not closed: tells the broker without waiting. Sends
+    /// already queued still get their receipts (the broker answers the close after them);
+    /// the routing is removed with that answer. If the command queue is full, the broker
+    /// learns when the connection ends.
+    pub(crate) fn abandon_producer(&self, producer_id: u64) {
+        let request_id = self.new_request_id();
+        let _ = self.shared.commands.try_send(Outgoing::CloseProducer { producer_id, request_id });
+    }
+
+    /// For `Drop` of a consumer that was not closed; see [`Connection::abandon_producer`].
+    pub(crate) fn abandon_consumer(&self, consumer_id: u64) {
+        let request_id = self.new_request_id();
+        let _ = self.shared.commands.try_send(Outgoing::RemoveConsumer { consumer_id });
+        let _ = self
+            .shared
+            .commands
+            .try_send(Outgoing::Command(Box::new(command::close_consumer(consumer_id, request_id))));
+    }
+
+    async fn enqueue(&self, outgoing: Outgoing) -> Result<(), ClientError> {
+        self.shared.commands.send(outgoing).await.map_err(|_| self.disconnected())
+    }
+}
+
+/// Connects and exchanges CONNECT / CONNECTED.
+async fn handshake(
+    broker: &BrokerAddress,
+) -> Result<(FramedRead<OwnedReadHalf, FrameCodec>, OwnedWriteHalf, pb::CommandConnected), ClientError> {
+    let connect_error = |source| ClientError::Connect { broker: broker.to_string(), source };
+    let stream = TcpStream::connect(broker.socket_target()).await.map_err(connect_error)?;
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%broker, %error, "cannot set TCP_NODELAY");
+    }
+    let (read_half, mut writer) = stream.into_split();
+    let mut reader = FramedRead::new(read_half, FrameCodec::default());
+    let mut out = BytesMut::new();
+    let mut codec = FrameCodec::default();
+    encode(&mut codec, Frame::simple(command::connect(CLIENT_VERSION, None, None)), &mut out, broker)?;
+    writer.write_all(&out).await.map_err(connect_error)?;
+    let disconnected = |reason: String| ClientError::Disconnected { broker: broker.to_string(), reason };
+    loop {
+        let frame = match reader.next().await {
+            None => return Err(disconnected("the broker closed the connection during the handshake".into())),
+            Some(Err(error)) => return Err(disconnected(format!("during the handshake: {error}"))),
+            Some(Ok(frame)) => frame,
+        };
+        match frame.command_type() {
+            Some(Type::Connected) => {
+                let connected = frame
+                    .command
+                    .connected
+                    .ok_or_else(|| unexpected(broker, "CONNECTED", "CONNECTED without its body"))?;
+                return Ok((reader, writer, connected));
+            }
+            Some(Type::Error) => {
+                let error = frame.command.error.unwrap_or_default();
+                return Err(ClientError::from_server(error.error, error.message));
+            }
+            Some(Type::Ping) => {
+                out.clear();
+                encode(&mut codec, Frame::simple(command::pong()), &mut out, broker)?;
+                writer.write_all(&out).await.map_err(connect_error)?;
+            }
+            Some(Type::AuthChallenge) => {
+                return Err(ClientError::Unsupported { what: "authentication (the broker sent AUTH_CHALLENGE)".into() })
+            }
+            _ => return Err(unexpected(broker, "CONNECTED", &command_name(frame.command.command_type))),
+        }
+    }
+}
+
+fn encode(codec: &mut FrameCodec, frame: Frame, out: &mut BytesMut, broker: &BrokerAddress) -> Result<(), ClientError> {
+    codec.encode(frame, out).map_err(|source| ClientError::Encode { broker: broker.to_string(), source })
+}
+
+fn unexpected(broker: &BrokerAddress, expected: &'static str, got: &str) -> ClientError {
+    ClientError::UnexpectedResponse { broker: broker.to_string(), expected, got: got.to_owned() }
+}
+
+/// A command's name for errors and logs, e.g. `LOOKUP`.
+pub(crate) fn command_name(command_type: i32) -> String {
+    Type::try_from(command_type).map_or_else(|_| format!("command type {command_type}"), |t| t.as_str_name().to_owned())
+}
+
+/// Routing state of one producer.
+struct ProducerSlot {
+    /// The producer's name once the broker confirmed it, else its id.
+    label: String,
+    topic: String,
+    /// Set when the broker closed the producer: later sends fail with it.
+    closed: Option<String>,
+    receipts: HashMap<u64, PendingReceipt>,
+}
+
+impl ProducerSlot {
+    fn closed_error(&self, reason: &str) -> ClientError {
+        ClientError::ProducerClosed {
+            producer: self.label.clone(),
+            topic: self.topic.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// The task that owns the socket. See the module documentation.
+struct ConnectionTask {
+    broker: BrokerAddress,
+    reader: FramedRead<OwnedReadHalf, FrameCodec>,
+    writer: OwnedWriteHalf,
+    codec: FrameCodec,
+    /// Encoded frames not yet written.
+    out: BytesMut,
+    commands: mpsc::Receiver<Outgoing>,
+    keepalive_interval: Duration,
+    /// A PING went out and nothing has come in since.
+    waiting_for_pong: bool,
+    pending: HashMap<u64, oneshot::Sender<Result<BaseCommand, ClientError>>>,
+    producers: HashMap<u64, ProducerSlot>,
+    /// CLOSE_PRODUCER requests of dropped producers: request id to producer id.
+    closing_producers: HashMap<u64, u64>,
+    consumers: HashMap<u64, mpsc::Sender<ConsumerEvent>>,
+    close_reason: Arc<Mutex<Option<String>>>,
+}
+
+/// Why the task loop ended.
+enum Exit {
+    /// Every handle was dropped: a normal end.
+    Released,
+    Failed(String),
+}
+
+impl ConnectionTask {
+    async fn run(mut self) {
+        let exit = self.serve().await;
+        let reason = match exit {
+            Exit::Released => {
+                debug!(broker = %self.broker, "connection released");
+                // Best effort: the last commands (closes of dropped producers) may still be buffered.
+                let _ = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, self.writer.write_all(&self.out)).await;
+                let _ = self.writer.shutdown().await;
+                "the client released the connection".to_owned()
+            }
+            Exit::Failed(reason) => {
+                warn!(broker = %self.broker, %reason, "connection lost");
+                reason
+            }
+        };
+        *self.close_reason.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
+        self.fail_everything(&reason);
+    }
+
+    async fn serve(&mut self) -> Exit {
+        let start = tokio::time::Instant::now() + self.keepalive_interval;
+        let mut keepalive = tokio::time::interval_at(start, self.keepalive_interval);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                frame = self.reader.next() => match frame {
+                    None => return Exit::Failed("the broker closed the connection".into()),
+                    Some(Ok(frame)) => {
+                        self.waiting_for_pong = false;
+                        self.handle_frame(frame);
+                    }
+                    Some(Err(error)) if error.is_fatal() => return Exit::Failed(format!("cannot read a frame: {error}")),
+                    Some(Err(error)) => {
+                        self.waiting_for_pong = false;
+                        self.handle_bad_frame(error);
+                    }
+                },
+                written = self.writer.write_buf(&mut self.out), if !self.out.is_empty() => match written {
+                    Ok(0) => return Exit::Failed("the socket no longer accepts writes".into()),
+                    Ok(_) => {}
+                    Err(error) => return Exit::Failed(format!("cannot write: {error}")),
+                },
+                outgoing = self.commands.recv(), if self.out.len() < WRITE_BUFFER_HIGH_WATER => match outgoing {
+                    None => return Exit::Released,
+                    Some(outgoing) => self.handle_outgoing(outgoing),
+                },
+                _ = keepalive.tick() => {
+                    if self.waiting_for_pong {
+                        return Exit::Failed(format!("no answer to a keepalive PING within {:?}", self.keepalive_interval));
+                    }
+                    self.queue_control(command::ping());
+                    self.waiting_for_pong = true;
+                    self.forget_abandoned();
+                }
+            }
+        }
+    }
+
+    fn handle_outgoing(&mut self, outgoing: Outgoing) {
+        match outgoing {
+            Outgoing::Request { request_id, command, reply } => {
+                match encode(&mut self.codec, Frame::simple(*command), &mut self.out, &self.broker) {
+                    Ok(()) => {
+                        self.pending.insert(request_id, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            Outgoing::Send { producer_id, sequence_id, frame, receipt } => {
+                let Some(slot) = self.producers.get_mut(&producer_id) else {
+                    let error = ClientError::ProducerClosed {
+                        producer: format!("#{producer_id}"),
+                        topic: String::new(),
+                        reason: "it is not open on this connection".into(),
+                    };
+                    let _ = receipt.reply.send(Err(error));
+                    return;
+                };
+                if let Some(reason) = &slot.closed {
+                    let _ = receipt.reply.send(Err(slot.closed_error(reason)));
+                    return;
+                }
+                match encode(&mut self.codec, *frame, &mut self.out, &self.broker) {
+                    Ok(()) => {
+                        slot.receipts.insert(sequence_id, receipt);
+                    }
+                    Err(error) => {
+                        let _ = receipt.reply.send(Err(error));
+                    }
+                }
+            }
+            Outgoing::Command(command) => {
+                let name = command_name(command.command_type);
+                if let Err(error) = encode(&mut self.codec, Frame::simple(*command), &mut self.out, &self.broker) {
+                    warn!(broker = %self.broker, command = %name, error = %error_chain(&error), "cannot send a command");
+                }
+            }
+            Outgoing::AddProducer { producer_id, label, topic } => {
+                let slot = self.producers.entry(producer_id).or_insert_with(|| ProducerSlot {
+                    label: String::new(),
+                    topic: String::new(),
+                    closed: None,
+                    receipts: HashMap::new(),
+                });
+                slot.label = label;
+                slot.topic = topic;
+            }
+            Outgoing::RemoveProducer { producer_id, reason } => self.remove_producer(producer_id, &reason),
+            Outgoing::CloseProducer { producer_id, request_id } => {
+                let close = command::close_producer(producer_id, request_id);
+                match encode(&mut self.codec, Frame::simple(close), &mut self.out, &self.broker) {
+                    Ok(()) => {
+                        self.closing_producers.insert(request_id, producer_id);
+                    }
+                    Err(error) => {
+                        warn!(broker = %self.broker, error = %error_chain(&error), "cannot close a dropped producer");
+                        self.remove_producer(producer_id, "the producer was dropped");
+                    }
+                }
+            }
+            Outgoing::AddConsumer { consumer_id, events } => {
+                self.consumers.insert(consumer_id, events);
+            }
+            Outgoing::RemoveConsumer { consumer_id } => {
+                self.consumers.remove(&consumer_id);
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, frame: Frame) {
+        let Frame { command, payload } = frame;
+        let Ok(kind) = Type::try_from(command.command_type) else {
+            // The codec refuses unknown types before they get here.
+            return;
+        };
+        match kind {
+            Type::Ping => self.queue_control(command::pong()),
+            Type::Pong => {}
+            Type::Success => {
+                let request_id = command.success.as_ref().map(|c| c.request_id);
+                self.complete(request_id, command);
+            }
+            Type::Error => {
+                let request_id = command.error.as_ref().map(|c| c.request_id);
+                self.complete(request_id, command);
+            }
+            Type::ProducerSuccess => {
+                let Some(success) = &command.producer_success else {
+                    return self.malformed(kind);
+                };
+                if success.producer_ready == Some(false) {
+                    // The broker answers again when the producer gets its exclusive access.
+                    info!(broker = %self.broker, producer = %success.producer_name, "producer waits for exclusive access");
+                    return;
+                }
+                let request_id = Some(success.request_id);
+                self.complete(request_id, command);
+            }
+            Type::LookupResponse => {
+                let request_id = command.lookup_topic_response.as_ref().map(|c| c.request_id);
+                self.complete(request_id, command);
+            }
+            Type::PartitionedMetadataResponse => {
+                let request_id = command.partition_metadata_response.as_ref().map(|c| c.request_id);
+                self.complete(request_id, command);
+            }
+            Type::GetLastMessageIdResponse => {
+                let request_id = command.get_last_message_id_response.as_ref().map(|c| c.request_id);
+                self.complete(request_id, command);
+            }
+            Type::GetTopicsOfNamespaceResponse => {
+                let request_id = command.get_topics_of_namespace_response.as_ref().map(|c| c.request_id);
+                self.complete(request_id, command);
+            }
+            Type::GetSchemaResponse => {
+                let request_id = command.get_schema_response.as_ref().map(|c| c.request_id);
+                self.complete(request_id, command);
+            }
+            Type::GetOrCreateSchemaResponse => {
+                let request_id = command.get_or_create_schema_response.as_ref().map(|c| c.request_id);
+                self.complete(request_id, command);
+            }
+            Type::ConsumerStatsResponse => {
+                let request_id = command.consumer_stats_response.as_ref().map(|c| c.request_id);
+                self.complete(request_id, command);
+            }
+            Type::AckResponse => {
+                // Only acks that carry a request id are answered; this client sends none.
+                let request_id = command.ack_response.as_ref().and_then(|c| c.request_id);
+                if request_id.is_some() {
+                    self.complete(request_id, command);
+                }
+            }
+            Type::SendReceipt => {
+                let Some(receipt) = command.send_receipt else { return self.malformed(kind) };
+                let result = receipt.message_id.ok_or_else(|| {
+                    unexpected(&self.broker, "SEND_RECEIPT with a message id", "SEND_RECEIPT without one")
+                });
+                self.complete_send(receipt.producer_id, receipt.sequence_id, result);
+            }
+            Type::SendError => {
+                let Some(error) = command.send_error else { return self.malformed(kind) };
+                let result = Err(ClientError::from_server(error.error, error.message));
+                self.complete_send(error.producer_id, error.sequence_id, result);
+            }
+            Type::Message => {
+                let Some(message) = command.message else { return self.malformed(kind) };
+                let consumer_id = message.consumer_id;
+                let event = match payload {
+                    Some(payload) => ConsumerEvent::Message { command: message, payload: Box::new(payload) },
+                    None => ConsumerEvent::Corrupt {
+                        message_id: message.message_id,
+                        error: FrameError::Malformed { reason: "MESSAGE without a payload" },
+                    },
+                };
+                self.deliver(consumer_id, event);
+            }
+            Type::CloseProducer => {
+                let Some(close) = command.close_producer else { return self.malformed(kind) };
+                if let Some(slot) = self.producers.get_mut(&close.producer_id) {
+                    let reason = "the broker closed the producer".to_owned();
+                    info!(broker = %self.broker, producer = %slot.label, topic = %slot.topic, "{reason}");
+                    for (_, receipt) in slot.receipts.drain() {
+                        let error = ClientError::ProducerClosed {
+                            producer: slot.label.clone(),
+                            topic: slot.topic.clone(),
+                            reason: reason.clone(),
+                        };
+                        let _ = receipt.reply.send(Err(error));
+                    }
+                    slot.closed = Some(reason);
+                }
+            }
+            Type::CloseConsumer => {
+                let Some(close) = command.close_consumer else { return self.malformed(kind) };
+                if let Some(events) = self.consumers.remove(&close.consumer_id) {
+                    info!(broker = %self.broker, consumer_id = close.consumer_id, "the broker closed the consumer");
+                    let _ = events.try_send(ConsumerEvent::Closed { reason: "the broker closed the consumer".into() });
+                }
+            }
+            Type::ReachedEndOfTopic => {
+                let consumer_id = command.reached_end_of_topic.map(|c| c.consumer_id);
+                info!(broker = %self.broker, ?consumer_id, "the topic was terminated: no more messages will arrive");
+            }
+            Type::ActiveConsumerChange => {
+                let change = command.active_consumer_change;
+                debug!(broker = %self.broker, ?change, "active consumer changed");
+            }
+            Type::AuthChallenge => {
+                warn!(broker = %self.broker, "the broker asks to refresh authentication, which this client does not support");
+            }
+            other => {
+                warn!(broker = %self.broker, command = other.as_str_name(), "unexpected command from the broker; ignored");
+            }
+        }
+    }
+
+    /// A frame that could be read but not decoded; the stream is still in step.
+    fn handle_bad_frame(&mut self, error: FrameError) {
+        if let FrameError::Checksum { command: Some(command), .. } = &error {
+            if let Some(message) = &command.message {
+                let consumer_id = message.consumer_id;
+                let message_id = message.message_id.clone();
+                self.deliver(consumer_id, ConsumerEvent::Corrupt { message_id, error });
+                return;
+            }
+        }
+        warn!(broker = %self.broker, %error, "skipped a frame that could not be decoded");
+    }
+
+    /// Removes a producer's routing; sends still waiting for receipts fail with `reason`.
+    fn remove_producer(&mut self, producer_id: u64, reason: &str) {
+        if let Some(mut slot) = self.producers.remove(&producer_id) {
+            for (_, receipt) in std::mem::take(&mut slot.receipts) {
+                let _ = receipt.reply.send(Err(slot.closed_error(reason)));
+            }
+        }
+    }
+
+    /// Answers the request `request_id`; an ERROR answer becomes a server error.
+    fn complete(&mut self, request_id: Option<u64>, command: BaseCommand) {
+        let kind = command.command_type;
+        let Some(request_id) = request_id else {
+            return warn!(broker = %self.broker, command = %command_name(kind), "answer without its body; ignored");
+        };
+        if let Some(producer_id) = self.closing_producers.remove(&request_id) {
+            return self.remove_producer(producer_id, "the producer was dropped");
+        }
+        let Some(reply) = self.pending.remove(&request_id) else {
+            return debug!(broker = %self.broker, request_id, command = %command_name(kind), "answer to no pending request");
+        };
+        let result = match command.error {
+            Some(error) if kind == Type::Error as i32 => Err(ClientError::from_server(error.error, error.message)),
+            _ => Ok(command),
+        };
+        let _ = reply.send(result);
+    }
+
+    fn complete_send(&mut self, producer_id: u64, sequence_id: u64, result: ReceiptResult) {
+        let receipt = self.producers.get_mut(&producer_id).and_then(|slot| slot.receipts.remove(&sequence_id));
+        match receipt {
+            Some(receipt) => {
+                let _ = receipt.reply.send(result);
+            }
+            None => debug!(broker = %self.broker, producer_id, sequence_id, "receipt for no pending send"),
+        }
+    }
+
+    fn deliver(&mut self, consumer_id: u64, event: ConsumerEvent) {
+        let Some(events) = self.consumers.get(&consumer_id) else {
+            return debug!(broker = %self.broker, consumer_id, "message for no open consumer; dropped");
+        };
+        match events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(
+                    broker = %self.broker,
+                    consumer_id,
+                    "the broker sent more messages than the consumer's permits; closing the consumer's queue \
+                     (its unacknowledged messages are redelivered after it closes)"
+                );
+                self.consumers.remove(&consumer_id);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.consumers.remove(&consumer_id);
+            }
+        }
+    }
+
+    /// Queues a small control command (PING, PONG) even above the high-water mark, but not
+    /// without bound.
+    fn queue_control(&mut self, command: BaseCommand) {
+        if self.out.len() > WRITE_BUFFER_HARD_LIMIT {
+            return debug!(broker = %self.broker, "write buffer full; control command skipped");
+        }
+        if let Err(error) = encode(&mut self.codec, Frame::simple(command), &mut self.out, &self.broker) {
+            warn!(broker = %self.broker, error = %error_chain(&error), "cannot encode a control command");
+        }
+    }
+
+    fn malformed(&self, kind: Type) {
+        warn!(broker = %self.broker, command = kind.as_str_name(), "command without its body; ignored");
+    }
+
+    /// Drops slots whose caller gave up (timed out or dropped the future).
+    fn forget_abandoned(&mut self) {
+        self.pending.retain(|_, reply| !reply.is_closed());
+        for slot in self.producers.values_mut() {
+            slot.receipts.retain(|_, receipt| !receipt.reply.is_closed());
+        }
+        self.consumers.retain(|_, events| !events.is_closed());
+    }
+
+    fn fail_everything(&mut self, reason: &str) {
+        let disconnected = || ClientError::Disconnected { broker: self.broker.to_string(), reason: reason.to_owned() };
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(disconnected()));
+        }
+        for (_, slot) in self.producers.drain() {
+            for (_, receipt) in slot.receipts {
+                let _ = receipt.reply.send(Err(disconnected()));
+            }
+        }
+        for (_, events) in self.consumers.drain() {
+            let _ = events
+                .try_send(ConsumerEvent::Closed { reason: format!("connection to {} lost: {reason}", self.broker) });
+        }
+        self.commands.close();
+        while let Ok(outgoing) = self.commands.try_recv() {
+            match outgoing {
+                Outgoing::Request { reply, .. } => {
+                    let _ = reply.send(Err(disconnected()));
+                }
+                Outgoing::Send { receipt, .. } => {
+                    let _ = receipt.reply.send(Err(disconnected()));
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The client's one error type.
+//!
+//! Broker-reported failures keep Pulsar's `ServerError` code and message
+//! ([`ClientError::Server`]); [`ClientError::from_server`] is the one place a wire code becomes
+//! an error. Errors about a single received message ([`ClientError::is_message_error`]) leave
+//! the consumer usable; the others end the operation, and those about the connection end every
+//! producer and consumer on it.
+//!
+//! A variant with a `#[source]` does not repeat it in its message: print the chain (as
+//! `anyhow`'s `{:#}` does) to see the cause.
+
+use std::time::Duration;
+
+use magnetar_proto::pulsar::ServerError;
+use magnetar_proto::FrameError;
+
+use crate::message::MessageId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid service URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: &'static str },
+
+    #[error("invalid topic name {topic:?}: {reason}")]
+    InvalidTopic { topic: String, reason: &'static str },
+
+    #[error("invalid setting {setting}: {reason}")]
+    InvalidConfig { setting: &'static str, reason: &'static str },
+
+    #[error("cannot connect to {broker}")]
+    Connect {
+        broker: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{operation} on {broker} timed out after {after:?}")]
+    Timeout { broker: String, operation: String, after: Duration },
+
+    /// The broker answered with an error: Pulsar's code and the broker's message.
+    #[error("broker error {}: {message}", code.as_str_name())]
+    Server { code: ServerError, message: String },
+
+    #[error("connection to {broker} closed: {reason}")]
+    Disconnected { broker: String, reason: String },
+
+    #[error("cannot encode a frame for {broker}")]
+    Encode {
+        broker: String,
+        #[source]
+        source: FrameError,
+    },
+
+    #[error("unexpected answer from {broker}: expected {expected}, got {got}")]
+    UnexpectedResponse { broker: String, expected: &'static str, got: String },
+
+    #[error("lookup of {topic} was redirected more than {hops} times")]
+    TooManyRedirects { topic: String, hops: u32 },
+
+    #[error("not supported yet: {what}")]
+    Unsupported { what: String },
+
+    #[error("message {id} is compressed with {compression}, which this client cannot decompress yet")]
+    UnsupportedCompression { id: MessageId, compression: String },
+
+    #[error("message {id} uses {feature}, which this client does not support yet")]
+    UnsupportedMessage { id: MessageId, feature: &'static str },
+
+    #[error("message {id} is malformed: {reason}")]
+    MalformedMessage { id: MessageId, reason: String },
+
+    #[error("message {id} arrived corrupted")]
+    CorruptMessage {
+        id: MessageId,
+        #[source]
+        source: FrameError,
+    },
+
+    #[error("message of {size} bytes exceeds the broker's limit of {max} bytes")]
+    MessageTooLarge { size: usize, max: usize },
+
+    #[error("producer {producer} on {topic} is closed: {reason}")]
+    ProducerClosed { producer: String, topic: String, reason: String },
+
+    #[error("consumer of subscription {subscription} on {topic} is closed: {reason}")]
+    ConsumerClosed { subscription: String, topic: String, reason: String },
+
+    #[error("{operation} is not allowed on a {subscription_type} subscription")]
+    NotAllowed { operation: &'static str, subscription_type: &'static str },
+}
+
+impl ClientError {
+    /// The error for a Pulsar `ServerError` code and message as the broker sent them. Codes
+    /// this client does not know become `UnknownError`, with the number kept in the message.
+    pub fn from_server(code: i32, message: impl Into<String>) -> Self {
+        let message = message.into();
+        match ServerError::try_from(code) {
+            Ok(code) => ClientError::Server { code, message },
+            Err(_) => ClientError::Server {
+                code: ServerError::UnknownError,
+                message: format!("(unknown error code {code}) {message}"),
+            },
+        }
+    }
+
+    /// The broker's error code, when the broker reported this error.
+    pub fn server_code(&self) -> Option<ServerError> {
+        match self {
+            ClientError::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// True when the error concerns one received message only: the consumer can go on
+    /// receiving the next ones.
+    pub fn is_message_error(&self) -> bool {
+        matches!(
+            self,
+            ClientError::UnsupportedCompression { .. }
+                | ClientError::UnsupportedMessage { .. }
+                | ClientError::MalformedMessage { .. }
+                | ClientError::CorruptMessage { .. }
+        )
+    }
+}
+
+/// An error and its causes on one line, `outer: cause: root cause`, for logs.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_server_code_keeps_code_and_message() {
+        let error = ClientError::from_server(ServerError::TopicNotFound as i32, "no such topic");
+        assert_eq!(error.server_code(), Some(ServerError::TopicNotFound));
+        assert_eq!(error.to_string(), "broker error TOPIC_NOT_FOUND: no such topic");
+    }
+
+    #[test]
+    fn unknown_server_code_becomes_unknown_error_with_number() {
+        let error = ClientError::from_server(4242, "odd");
+        assert_eq!(error.server_code(), Some(ServerError::UnknownError));
+        assert!(error.to_string().contains("4242"));
+    }
+
+    #[test]
+    fn error_chain_names_every_cause() {
+        let error = ClientError::Connect {
+            broker: "pulsar://b:6650".into(),
+            source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"),
+        };
+        assert_eq!(error_chain(&error), "cannot connect to pulsar://b:6650: refused");
+    }
+}

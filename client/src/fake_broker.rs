@@ -1,0 +1,652 @@
+//! A tiny in-process broker for the client's end-to-end tests, and those tests.
+//!
+//! It speaks just enough of the protocol (CONNECT, PING/PONG, LOOKUP, PARTITIONED_METADATA,
+//! PRODUCER, SEND, SUBSCRIBE, FLOW, ACK, CLOSE_*) over real TCP on 127.0.0.1:0 with the shared
+//! FrameCodec. Every topic is one ledger (id 1) whose entry ids are the indexes of its
+//! entries. Subscriptions live in the connection that made them and honour FLOW permits, so
+//! the tests also check the client's flow control. Special topic names trigger failures:
+//! `missing-*` (lookup fails), `elsewhere-*` (lookup redirects), `partitioned-*`,
+//! `blackhole-*` (the connection drops on SEND), `rejected-*` (SEND_ERROR).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use magnetar_proto::command;
+use magnetar_proto::pulsar::{self as pb, base_command::Type, command_lookup_topic_response::LookupType, ServerError};
+use magnetar_proto::{Frame, FrameCodec, Payload};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::codec::Framed;
+
+/// What the fake broker saw and holds.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub connections: usize,
+    pub connects: Vec<pb::CommandConnect>,
+    pub pongs: usize,
+    pub entries: HashMap<String, Vec<Payload>>,
+    pub flows: Vec<u32>,
+    pub acks: Vec<pb::CommandAck>,
+    pub closed_producers: usize,
+    pub closed_consumers: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Options {
+    /// Where `elsewhere-*` lookups are redirected.
+    pub redirect_to: Option<String>,
+    /// `last_sequence_id` to report for producers of these names.
+    pub last_sequence_ids: HashMap<String, i64>,
+    /// Answer CONNECT, then never send anything again (not even PONG).
+    pub mute_after_connect: bool,
+}
+
+pub(crate) struct FakeBroker {
+    pub url: String,
+    state: Arc<Mutex<State>>,
+    /// Bumped whenever an entry is added, so connections dispatch to their consumers.
+    appended: watch::Sender<u64>,
+    accept_loop: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeBroker {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
+    }
+}
+
+impl FakeBroker {
+    pub async fn start(options: Options) -> FakeBroker {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("pulsar://{}", listener.local_addr().expect("address"));
+        let state = Arc::new(Mutex::new(State::default()));
+        let (appended, _) = watch::channel(0);
+        let shared = Shared { url: url.clone(), options, state: state.clone(), appended: appended.clone() };
+        let accept_loop = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                shared.lock().connections += 1;
+                tokio::spawn(serve(stream, shared.clone()));
+            }
+        });
+        FakeBroker { url, state, appended, accept_loop }
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("state")
+    }
+
+    /// Stores an entry as if a producer had sent it.
+    pub fn append(&self, topic: &str, payload: Payload) {
+        self.state().entries.entry(topic.to_owned()).or_default().push(payload);
+        self.appended.send_modify(|count| *count += 1);
+    }
+
+    /// Waits (bounded) until `condition` holds for the state.
+    pub async fn eventually(&self, what: &str, condition: impl Fn(&State) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !condition(&self.state()) {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    url: String,
+    options: Options,
+    state: Arc<Mutex<State>>,
+    appended: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("state")
+    }
+}
+
+struct Subscription {
+    topic: String,
+    next_entry: usize,
+    permits: i64,
+}
+
+async fn serve(stream: TcpStream, shared: Shared) {
+    let mut framed = Framed::new(stream, FrameCodec::default());
+    let mut appended = shared.appended.subscribe();
+    let mut producers: HashMap<u64, String> = HashMap::new();
+    let mut subscriptions: HashMap<u64, Subscription> = HashMap::new();
+    let mut muted = false;
+    loop {
+        let frame = tokio::select! {
+            frame = framed.next() => match frame {
+                Some(Ok(frame)) => Some(frame),
+                _ => return,
+            },
+            changed = appended.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                None
+            }
+        };
+        let mut replies = Vec::new();
+        if let Some(frame) = frame {
+            if muted {
+                continue;
+            }
+            let Some(kind) = frame.command_type() else { continue };
+            let command = frame.command;
+            match kind {
+                Type::Connect => {
+                    shared.lock().connects.push(command.connect.expect("connect"));
+                    replies.push(Frame::simple(command::connected("fake-broker", 19, 5 * 1024 * 1024)));
+                    if shared.options.mute_after_connect {
+                        muted = true;
+                    } else {
+                        replies.push(Frame::simple(command::ping()));
+                    }
+                }
+                Type::Ping => replies.push(Frame::simple(command::pong())),
+                Type::Pong => shared.lock().pongs += 1,
+                Type::Lookup => {
+                    let lookup = command.lookup_topic.expect("lookup");
+                    let local = local_name(&lookup.topic);
+                    let reply = if local.starts_with("missing") {
+                        command::lookup_failed(lookup.request_id, ServerError::TopicNotFound, "no such topic")
+                    } else if let (true, Some(target)) = (local.starts_with("elsewhere"), &shared.options.redirect_to) {
+                        let mut redirect = command::lookup_connect(lookup.request_id, target);
+                        if let Some(response) = redirect.lookup_topic_response.as_mut() {
+                            response.response = Some(LookupType::Redirect as i32);
+                        }
+                        redirect
+                    } else {
+                        command::lookup_connect(lookup.request_id, &shared.url)
+                    };
+                    replies.push(Frame::simple(reply));
+                }
+                Type::PartitionedMetadata => {
+                    let request = command.partition_metadata.expect("partitioned metadata");
+                    let partitions = if local_name(&request.topic).starts_with("partitioned") { 4 } else { 0 };
+                    replies.push(Frame::simple(command::partitioned_metadata_response(request.request_id, partitions)));
+                }
+                Type::Producer => {
+                    let producer = command.producer.expect("producer");
+                    if producer.producer_name.as_deref() == Some("busy") {
+                        replies.push(Frame::simple(command::error(
+                            producer.request_id,
+                            ServerError::ProducerBusy,
+                            "taken",
+                        )));
+                    } else {
+                        let name =
+                            producer.producer_name.clone().unwrap_or_else(|| format!("fake-{}", producer.producer_id));
+                        let last = shared.options.last_sequence_ids.get(&name).copied().unwrap_or(-1);
+                        producers.insert(producer.producer_id, producer.topic);
+                        replies.push(Frame::simple(command::producer_success(producer.request_id, &name, last)));
+                    }
+                }
+                Type::Send => {
+                    let send = command.send.expect("send");
+                    let topic = producers.get(&send.producer_id).cloned().unwrap_or_default();
+                    let local = local_name(&topic);
+                    if local.starts_with("blackhole") {
+                        return;
+                    }
+                    if local.starts_with("rejected") {
+                        let error = command::send_error(
+                            send.producer_id,
+                            send.sequence_id,
+                            ServerError::PersistenceError,
+                            "disk full",
+                        );
+                        replies.push(Frame::simple(error));
+                    } else {
+                        let entry_id = {
+                            let mut state = shared.lock();
+                            let entries = state.entries.entry(topic).or_default();
+                            entries.push(frame.payload.expect("payload"));
+                            entries.len() as u64 - 1
+                        };
+                        shared.appended.send_modify(|count| *count += 1);
+                        let receipt =
+                            command::send_receipt(send.producer_id, send.sequence_id, send.sequence_id, 1, entry_id);
+                        replies.push(Frame::simple(receipt));
+                    }
+                }
+                Type::Subscribe => {
+                    let subscribe = command.subscribe.expect("subscribe");
+                    let existing = shared.lock().entries.get(&subscribe.topic).map_or(0, Vec::len);
+                    let earliest =
+                        subscribe.initial_position == Some(pb::command_subscribe::InitialPosition::Earliest as i32);
+                    subscriptions.insert(
+                        subscribe.consumer_id,
+                        Subscription {
+                            topic: subscribe.topic,
+                            next_entry: if earliest { 0 } else { existing },
+                            permits: 0,
+                        },
+                    );
+                    replies.push(Frame::simple(command::success(subscribe.request_id)));
+                }
+                Type::Flow => {
+                    let flow = command.flow.expect("flow");
+                    shared.lock().flows.push(flow.message_permits);
+                    if let Some(subscription) = subscriptions.get_mut(&flow.consumer_id) {
+                        subscription.permits += i64::from(flow.message_permits);
+                    }
+                }
+                Type::Ack => shared.lock().acks.push(command.ack.expect("ack")),
+                Type::CloseProducer => {
+                    let close = command.close_producer.expect("close producer");
+                    producers.remove(&close.producer_id);
+                    shared.lock().closed_producers += 1;
+                    replies.push(Frame::simple(command::success(close.request_id)));
+                }
+                Type::CloseConsumer => {
+                    let close = command.close_consumer.expect("close consumer");
+                    subscriptions.remove(&close.consumer_id);
+                    shared.lock().closed_consumers += 1;
+                    replies.push(Frame::simple(command::success(close.request_id)));
+                }
+                other => panic!("the fake broker does not handle {other:?}"),
+            }
+        }
+        if !muted {
+            // Dispatch what the permits allow, a batch counting as its number of messages.
+            let state = shared.lock();
+            for (&consumer_id, subscription) in subscriptions.iter_mut() {
+                let Some(entries) = state.entries.get(&subscription.topic) else { continue };
+                while subscription.permits > 0 && subscription.next_entry < entries.len() {
+                    let payload = entries[subscription.next_entry].clone();
+                    subscription.permits -= i64::from(payload.num_messages());
+                    let message = command::message(consumer_id, 1, subscription.next_entry as u64, 0);
+                    replies.push(Frame { command: message, payload: Some(payload) });
+                    subscription.next_entry += 1;
+                }
+            }
+        }
+        for reply in replies {
+            if framed.send(reply).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn local_name(topic: &str) -> &str {
+    topic.rsplit('/').next().unwrap_or(topic)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::entry::{encode_batch, BatchedMessage};
+    use crate::{Client, ClientConfig, ClientError, InitialPosition, MessageId, ProducerMessage, SubscriptionType};
+
+    const TOPIC: &str = "persistent://public/default/my-topic";
+
+    fn metadata(batch: Option<i32>) -> pb::MessageMetadata {
+        pb::MessageMetadata {
+            producer_name: "injected".into(),
+            sequence_id: 0,
+            publish_time: 1_700_000_000_000,
+            num_messages_in_batch: batch,
+            ..Default::default()
+        }
+    }
+
+    fn batch_payload(bodies: &[&str]) -> Payload {
+        let messages: Vec<BatchedMessage> = bodies
+            .iter()
+            .map(|body| BatchedMessage {
+                metadata: Default::default(),
+                payload: Bytes::copy_from_slice(body.as_bytes()),
+            })
+            .collect();
+        Payload::new(metadata(Some(bodies.len() as i32)), &encode_batch(&messages))
+    }
+
+    async fn start() -> (FakeBroker, Client) {
+        let broker = FakeBroker::start(Options::default()).await;
+        let client = Client::connect(&broker.url).await.expect("connect");
+        (broker, client)
+    }
+
+    async fn with_timeout<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), future).await.expect("timed out")
+    }
+
+    #[tokio::test]
+    async fn handshake_names_the_client_and_pings_are_answered() {
+        let (broker, _client) = start().await;
+        broker.eventually("a PONG", |state| state.pongs >= 1).await;
+        let state = broker.state();
+        let connect = &state.connects[0];
+        assert_eq!(connect.client_version, format!("magnetar-client/{}", env!("CARGO_PKG_VERSION")));
+        assert_eq!(connect.protocol_version, Some(magnetar_proto::PROTOCOL_VERSION));
+    }
+
+    #[tokio::test]
+    async fn send_returns_the_id_from_the_receipt_and_writes_metadata() {
+        let (broker, client) = start().await;
+        let mut producer = client.producer("my-topic").create().await.expect("producer");
+        assert_eq!(producer.name(), "fake-0");
+        assert_eq!(producer.send("hello").await.expect("send"), MessageId::entry(1, 0));
+        let message = ProducerMessage::new("keyed").key("k").property("a", "1");
+        assert_eq!(producer.send_with(message).await.expect("send"), MessageId::entry(1, 1));
+
+        let state = broker.state();
+        let entries = &state.entries[TOPIC];
+        assert_eq!(entries[0].body(), Bytes::from_static(b"hello"));
+        assert_eq!(entries[0].metadata().sequence_id, 0);
+        assert_eq!(entries[0].metadata().producer_name, "fake-0");
+        assert_eq!(entries[0].metadata().num_messages_in_batch, None);
+        assert_eq!(entries[1].metadata().sequence_id, 1);
+        assert_eq!(entries[1].metadata().partition_key.as_deref(), Some("k"));
+        assert_eq!(entries[1].metadata().properties, [pb::KeyValue { key: "a".into(), value: "1".into() }]);
+    }
+
+    #[tokio::test]
+    async fn sequence_ids_continue_after_the_brokers_last_sequence_id() {
+        let options = Options { last_sequence_ids: [("resumed".to_owned(), 41)].into(), ..Default::default() };
+        let broker = FakeBroker::start(options).await;
+        let client = Client::connect(&broker.url).await.expect("connect");
+        let mut producer = client.producer("my-topic").name("resumed").create().await.expect("producer");
+        assert_eq!(producer.next_sequence_id(), 42);
+        producer.send("x").await.expect("send");
+        assert_eq!(broker.state().entries[TOPIC][0].metadata().sequence_id, 42);
+    }
+
+    #[tokio::test]
+    async fn pipelined_sends_resolve_in_order() {
+        let (broker, client) = start().await;
+        let mut producer = client.producer("my-topic").max_pending_messages(16).create().await.expect("producer");
+        let mut receipts = Vec::new();
+        for n in 0..100 {
+            receipts.push(producer.send_async(ProducerMessage::new(format!("m{n}"))).await.expect("queue"));
+            // Keep within the pending limit, as the CLI does.
+            if receipts.len() >= 16 {
+                let receipt: crate::SendReceipt = receipts.remove(0);
+                with_timeout(receipt).await.expect("receipt");
+            }
+        }
+        for receipt in receipts {
+            with_timeout(receipt).await.expect("receipt");
+        }
+        let state = broker.state();
+        let bodies: Vec<Bytes> = state.entries[TOPIC].iter().map(Payload::body).collect();
+        let expected: Vec<Bytes> = (0..100).map(|n| Bytes::from(format!("m{n}"))).collect();
+        assert_eq!(bodies, expected);
+        let sequence_ids: Vec<u64> = state.entries[TOPIC].iter().map(|p| p.metadata().sequence_id).collect();
+        assert_eq!(sequence_ids, (0..100).collect::<Vec<u64>>());
+    }
+
+    #[tokio::test]
+    async fn consumer_receives_messages_and_acknowledges_them() {
+        let (broker, client) = start().await;
+        let mut producer = client.producer("my-topic").create().await.expect("producer");
+        for body in ["one", "two", "three"] {
+            producer.send(body).await.expect("send");
+        }
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        for (index, body) in ["one", "two", "three"].into_iter().enumerate() {
+            let message = with_timeout(consumer.receive()).await.expect("receive");
+            assert_eq!(message.payload, Bytes::from(body));
+            assert_eq!(message.id, MessageId::entry(1, index as u64));
+            assert_eq!(message.producer_name, "fake-0");
+            consumer.ack(&message).await.expect("ack");
+        }
+        broker.eventually("three acks", |state| state.acks.len() == 3).await;
+        let state = broker.state();
+        assert_eq!(state.flows[0], crate::DEFAULT_RECEIVER_QUEUE_SIZE);
+        let acked: Vec<u64> = state.acks.iter().map(|ack| ack.message_id[0].entry_id).collect();
+        assert_eq!(acked, [0, 1, 2]);
+        assert!(state.acks.iter().all(|ack| ack.ack_type == pb::command_ack::AckType::Individual as i32));
+    }
+
+    #[tokio::test]
+    async fn latest_subscription_sees_only_new_messages() {
+        let (broker, client) = start().await;
+        broker.append(TOPIC, Payload::new(metadata(None), b"old"));
+        let mut consumer = client.consumer("my-topic", "sub").subscribe().await.expect("subscribe");
+        broker.append(TOPIC, Payload::new(metadata(None), b"new"));
+        let message = with_timeout(consumer.receive()).await.expect("receive");
+        assert_eq!(message.payload, Bytes::from_static(b"new"));
+    }
+
+    #[tokio::test]
+    async fn batch_is_split_and_acknowledged_once_every_message_was() {
+        let (broker, client) = start().await;
+        broker.append(TOPIC, batch_payload(&["a", "b", "c"]));
+        broker.append(TOPIC, Payload::new(metadata(None), b"single"));
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let mut batch = Vec::new();
+        for _ in 0..3 {
+            batch.push(with_timeout(consumer.receive()).await.expect("receive"));
+        }
+        let ids: Vec<String> = batch.iter().map(|m| m.id.to_string()).collect();
+        assert_eq!(ids, ["1:0:-1:0", "1:0:-1:1", "1:0:-1:2"]);
+        assert_eq!(batch[1].payload, Bytes::from_static(b"b"));
+
+        consumer.ack(&batch[0]).await.expect("ack");
+        consumer.ack(&batch[2]).await.expect("ack");
+        consumer.ack(&batch[2]).await.expect("ack twice");
+        let single = with_timeout(consumer.receive()).await.expect("receive");
+        // This ack arriving proves the partial batch acks sent nothing before it.
+        consumer.ack(&single).await.expect("ack");
+        broker.eventually("the single message's ack", |state| !state.acks.is_empty()).await;
+        assert_eq!(broker.state().acks.len(), 1);
+        assert_eq!(broker.state().acks[0].message_id[0].entry_id, 1);
+
+        consumer.ack(&batch[1]).await.expect("ack");
+        broker.eventually("the batch's ack", |state| state.acks.len() == 2).await;
+        let state = broker.state();
+        let batch_ack = &state.acks[1].message_id[0];
+        assert_eq!((batch_ack.ledger_id, batch_ack.entry_id, batch_ack.batch_index), (1, 0, None));
+    }
+
+    #[tokio::test]
+    async fn cumulative_ack_sends_the_entry_id() {
+        let (broker, client) = start().await;
+        broker.append(TOPIC, batch_payload(&["a", "b"]));
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let first = with_timeout(consumer.receive()).await.expect("receive");
+        consumer.ack_cumulative(&first).await.expect("ack");
+        broker.eventually("the cumulative ack", |state| state.acks.len() == 1).await;
+        let state = broker.state();
+        assert_eq!(state.acks[0].ack_type, pb::command_ack::AckType::Cumulative as i32);
+        assert_eq!(state.acks[0].message_id[0].batch_index, None);
+    }
+
+    #[tokio::test]
+    async fn cumulative_ack_is_refused_on_shared_subscriptions() {
+        let (broker, client) = start().await;
+        broker.append(TOPIC, Payload::new(metadata(None), b"x"));
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .subscription_type(SubscriptionType::Shared)
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let message = with_timeout(consumer.receive()).await.expect("receive");
+        assert!(matches!(consumer.ack_cumulative(&message).await, Err(ClientError::NotAllowed { .. })));
+    }
+
+    #[tokio::test]
+    async fn permits_are_granted_again_when_half_the_queue_is_used() {
+        let (broker, client) = start().await;
+        for n in 0..10 {
+            broker.append(TOPIC, Payload::new(metadata(None), format!("m{n}").as_bytes()));
+        }
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .initial_position(InitialPosition::Earliest)
+            .receiver_queue_size(4)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        for n in 0..10 {
+            let message = with_timeout(consumer.receive()).await.expect("receive");
+            assert_eq!(message.payload, Bytes::from(format!("m{n}")));
+        }
+        let flows = broker.state().flows.clone();
+        assert_eq!(flows[0], 4);
+        assert!(flows[1..].iter().all(|&permits| permits == 2), "{flows:?}");
+    }
+
+    #[tokio::test]
+    async fn compressed_message_is_an_error_and_the_next_one_arrives() {
+        let (broker, client) = start().await;
+        let mut compressed = metadata(None);
+        compressed.compression = Some(pb::CompressionType::Zstd as i32);
+        broker.append(TOPIC, Payload::new(compressed, b"\x28\xb5\x2f\xfd"));
+        broker.append(TOPIC, Payload::new(metadata(None), b"plain"));
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let error = with_timeout(consumer.receive()).await.expect_err("compressed");
+        assert!(matches!(&error, ClientError::UnsupportedCompression { compression, .. } if compression == "ZSTD"));
+        assert!(error.is_message_error());
+        let message = with_timeout(consumer.receive()).await.expect("receive");
+        assert_eq!(message.payload, Bytes::from_static(b"plain"));
+    }
+
+    #[tokio::test]
+    async fn failed_lookup_carries_the_server_error() {
+        let (_broker, client) = start().await;
+        let error = client.producer("missing-topic").create().await.expect_err("lookup fails");
+        assert_eq!(error.server_code(), Some(ServerError::TopicNotFound));
+        assert!(error.to_string().contains("no such topic"));
+    }
+
+    #[tokio::test]
+    async fn broker_error_on_producer_is_reported() {
+        let (_broker, client) = start().await;
+        let error = client.producer("my-topic").name("busy").create().await.expect_err("busy");
+        assert_eq!(error.server_code(), Some(ServerError::ProducerBusy));
+    }
+
+    #[tokio::test]
+    async fn partitioned_topics_are_refused_clearly() {
+        let (_broker, client) = start().await;
+        let error = client.producer("partitioned-topic").create().await.expect_err("partitioned");
+        assert!(matches!(error, ClientError::Unsupported { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn lookup_follows_a_redirect_to_the_owning_broker() {
+        let owner = FakeBroker::start(Options::default()).await;
+        let front = FakeBroker::start(Options { redirect_to: Some(owner.url.clone()), ..Default::default() }).await;
+        let client = Client::connect(&front.url).await.expect("connect");
+        let mut producer = client.producer("elsewhere-topic").create().await.expect("producer");
+        producer.send("moved").await.expect("send");
+        assert_eq!(owner.state().entries["persistent://public/default/elsewhere-topic"].len(), 1);
+        assert!(front.state().entries.is_empty());
+        assert_eq!(client.lookup(producer.topic()).await.expect("lookup").to_string(), owner.url);
+    }
+
+    #[tokio::test]
+    async fn producers_and_consumers_on_one_broker_share_a_connection() {
+        let (broker, client) = start().await;
+        let _first = client.producer("a").create().await.expect("producer");
+        let _second = client.producer("b").create().await.expect("producer");
+        let _consumer = client.consumer("c", "sub").subscribe().await.expect("subscribe");
+        assert_eq!(broker.state().connections, 1);
+    }
+
+    #[tokio::test]
+    async fn pending_send_fails_when_the_connection_is_lost() {
+        let (_broker, client) = start().await;
+        let mut producer = client.producer("blackhole-topic").create().await.expect("producer");
+        let error = with_timeout(producer.send("lost")).await.expect_err("connection dropped");
+        assert!(matches!(error, ClientError::Disconnected { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn send_error_carries_the_server_error() {
+        let (_broker, client) = start().await;
+        let mut producer = client.producer("rejected-topic").create().await.expect("producer");
+        let error = with_timeout(producer.send("no")).await.expect_err("rejected");
+        assert_eq!(error.server_code(), Some(ServerError::PersistenceError));
+    }
+
+    #[tokio::test]
+    async fn silent_broker_is_detected_by_keepalive_and_pending_requests_fail() {
+        let broker = FakeBroker::start(Options { mute_after_connect: true, ..Default::default() }).await;
+        let config = ClientConfig { keepalive_interval: Duration::from_millis(50), ..Default::default() };
+        let client = Client::connect_with_config(&broker.url, config).await.expect("connect");
+        let error = with_timeout(client.producer("my-topic").create()).await.expect_err("no answer");
+        assert!(matches!(&error, ClientError::Disconnected { reason, .. } if reason.contains("keepalive")), "{error}");
+    }
+
+    #[tokio::test]
+    async fn close_tells_the_broker() {
+        let (broker, client) = start().await;
+        let producer = client.producer("my-topic").create().await.expect("producer");
+        let consumer = client.consumer("my-topic", "sub").subscribe().await.expect("subscribe");
+        producer.close().await.expect("close producer");
+        consumer.close().await.expect("close consumer");
+        let state = broker.state();
+        assert_eq!((state.closed_producers, state.closed_consumers), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn dropped_producer_is_closed_at_the_broker() {
+        let (broker, client) = start().await;
+        drop(client.producer("my-topic").create().await.expect("producer"));
+        broker.eventually("the producer closed", |state| state.closed_producers == 1).await;
+    }
+
+    #[tokio::test]
+    async fn receipt_arrives_after_its_producer_was_dropped() {
+        let (broker, client) = start().await;
+        let mut producer = client.producer("my-topic").create().await.expect("producer");
+        let receipt = producer.send_async(ProducerMessage::new("last words")).await.expect("queue");
+        drop(producer);
+        assert_eq!(with_timeout(receipt).await.expect("receipt"), MessageId::entry(1, 0));
+        broker.eventually("the producer closed", |state| state.closed_producers == 1).await;
+    }
+
+    #[tokio::test]
+    async fn too_large_message_is_refused_before_sending() {
+        let (_broker, client) = start().await;
+        let mut producer = client.producer("my-topic").create().await.expect("producer");
+        let error = producer.send(vec![0u8; 5 * 1024 * 1024 + 1]).await.expect_err("too large");
+        assert!(matches!(error, ClientError::MessageTooLarge { .. }));
+    }
+
+    #[tokio::test]
+    async fn unreachable_service_url_fails_to_connect() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        drop(listener);
+        let error = Client::connect(&format!("pulsar://{address}")).await.expect_err("nothing listens");
+        assert!(matches!(error, ClientError::Connect { .. }), "{error}");
+    }
+}

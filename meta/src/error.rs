@@ -1,0 +1,44 @@
+//! The metadata store's errors.
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// A compare-and-set condition did not hold: someone else changed the key first.
+    #[error("version mismatch on {key}: expected {expected}")]
+    BadVersion { key: String, expected: String },
+    #[error("no session {session}: expired or closed")]
+    SessionExpired { session: i64 },
+    #[error("invalid metadata key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: &'static str },
+    #[error("local metadata store at {path}: {source}")]
+    Rocks {
+        path: String,
+        #[source]
+        source: rocksdb::Error,
+    },
+    #[error("etcd at {endpoint}: {source}")]
+    Etcd {
+        endpoint: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    /// etcd did not answer within the store's operation timeout (no leader, no reachable
+    /// endpoint, or overloaded). Retryable.
+    #[error("etcd at {endpoint} did not answer {operation} within {after:?}")]
+    EtcdTimeout { endpoint: String, operation: &'static str, after: std::time::Duration },
+    #[error("corrupt record at {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("metadata store task stopped: {what}")]
+    Stopped { what: &'static str },
+}
+
+impl MetaError {
+    /// The error for a write or delete whose `expected` condition did not hold on `key`.
+    pub(crate) fn bad_version(key: &str, expected: crate::Expected) -> MetaError {
+        let expected = match expected {
+            crate::Expected::Any => "any version".to_owned(),
+            crate::Expected::Absent => "absent".to_owned(),
+            crate::Expected::Version(version) => format!("version {version}"),
+        };
+        MetaError::BadVersion { key: key.to_owned(), expected }
+    }
+}

@@ -1,0 +1,448 @@
+//! `EtcdStore`: the [`MetadataStore`] of a Magnetar cluster, kept in etcd (v3 API).
+//!
+//! **Mapping.** A key's [`Version`] is etcd's `mod_revision`. Conditional writes are one `Txn`:
+//! `Expected::Absent` compares `create_revision == 0`; `Expected::Version(v)` compares
+//! `create_revision > 0` and `mod_revision == v`. Sessions are leases and ephemeral keys are
+//! attached to them. Only KV, Txn, Lease and Watch are used, all present in etcd 3.4.
+//!
+//! **Concurrency.** The `etcd_client::Client` is cheap to clone; each call clones the part it
+//! needs, so calls run concurrently. Every unary call is bounded by [`OPERATION_TIMEOUT`].
+//! Two kinds of background task exist, each stopped by a `CancellationToken` that is a child
+//! of the store's, which is cancelled when the last clone of the store is dropped:
+//!
+//! - one keep-alive task per session, refreshing its lease every ttl/3 (and reopening the
+//!   keep-alive stream after an error) until the session is closed or the store dropped;
+//!   after that the lease expires on the server within its ttl and its keys vanish;
+//! - one forwarding task per watch, moving etcd watch events into a bounded channel of
+//!   [`WATCH_CAPACITY`]. It never waits for a slow reader: when the channel is full, or the
+//!   etcd watch fails, it stops and the channel closes; the reader must re-read and re-watch.
+//!
+//! Operations are not cancel-safe: a write whose future is dropped may still be applied.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseClient, PutOptions, ResponseHeader, Txn,
+    TxnOp, WatchOptions, WatchStream,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::{key, Expected, MetaError, MetadataStore, Result, SessionId, Version, Versioned, Watch, WatchEvent};
+
+/// How many events a watcher may fall behind before it is cut off.
+pub const WATCH_CAPACITY: usize = 1024;
+/// The longest any single etcd request may take before it fails with
+/// [`MetaError::EtcdTimeout`].
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time limit for opening a TCP connection to an etcd endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 ping interval and timeout, so a dead connection is noticed while idle.
+const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(5));
+/// Pause before reopening a failed lease keep-alive stream.
+const KEEP_ALIVE_RETRY: Duration = Duration::from_millis(200);
+
+/// A metadata store in an etcd cluster. Cheap to clone: clones share the connection, sessions
+/// and background tasks, which stop when the last clone is dropped.
+#[derive(Clone)]
+pub struct EtcdStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    /// The endpoints, comma-separated, for error messages.
+    endpoint: String,
+    /// Open sessions (lease id) and the token that stops each one's keep-alive task.
+    sessions: Mutex<HashMap<i64, CancellationToken>>,
+    /// Parent of every background task's token; cancelled on drop.
+    shutdown: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl EtcdStore {
+    /// Connects to the etcd cluster at `endpoints` (`127.0.0.1:2379` or
+    /// `http://127.0.0.1:2379`) and checks that it answers a read.
+    pub async fn connect(endpoints: &[String]) -> Result<EtcdStore> {
+        let endpoint = endpoints.join(",");
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_keep_alive(HTTP2_KEEP_ALIVE.0, HTTP2_KEEP_ALIVE.1)
+            .with_keep_alive_while_idle(true);
+        let client = bounded(&endpoint, "connect", Client::connect(endpoints, Some(options))).await?;
+        let mut kv = client.kv_client();
+        bounded(&endpoint, "connect (first read)", kv.get("/", Some(GetOptions::new().with_count_only()))).await?;
+        Ok(EtcdStore {
+            inner: Arc::new(Inner {
+                client,
+                endpoint,
+                sessions: Mutex::new(HashMap::new()),
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    async fn call<T>(
+        &self,
+        operation: &'static str,
+        future: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T> {
+        bounded(&self.inner.endpoint, operation, future).await
+    }
+
+    /// `put` and `put_ephemeral`: `lease` 0 means a persistent key.
+    async fn put_with_lease(&self, key: &str, value: Vec<u8>, expected: Expected, lease: i64) -> Result<Version> {
+        key::validate(key)?;
+        let options = PutOptions::new().with_lease(lease);
+        let result = match condition(key, expected) {
+            None => {
+                let mut kv = self.inner.client.kv_client();
+                self.call("put", kv.put(key, value, Some(options)))
+                    .await
+                    .and_then(|response| revision(key, response.header()))
+            }
+            Some(compares) => {
+                let txn = Txn::new().when(compares).and_then(vec![TxnOp::put(key, value, Some(options))]);
+                self.conditional("conditional put", key, expected, txn).await
+            }
+        };
+        result.map_err(|error| {
+            if lease != 0 && is_not_found(&error) {
+                MetaError::SessionExpired { session: lease }
+            } else {
+                error
+            }
+        })
+    }
+
+    /// Runs `txn` and answers the revision it wrote at, or `BadVersion` if its compares failed.
+    async fn conditional(&self, operation: &'static str, key: &str, expected: Expected, txn: Txn) -> Result<Version> {
+        let mut kv = self.inner.client.kv_client();
+        let response = self.call(operation, kv.txn(txn)).await?;
+        if !response.succeeded() {
+            return Err(MetaError::bad_version(key, expected));
+        }
+        revision(key, response.header())
+    }
+}
+
+#[async_trait]
+impl MetadataStore for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>> {
+        key::validate(key)?;
+        let mut kv = self.inner.client.kv_client();
+        let response = self.call("get", kv.get(key, None)).await?;
+        Ok(response
+            .kvs()
+            .first()
+            .map(|found| Versioned { value: found.value().to_vec(), version: found.mod_revision() }))
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, expected: Expected) -> Result<Version> {
+        self.put_with_lease(key, value, expected, 0).await
+    }
+
+    async fn delete(&self, key: &str, expected: Expected) -> Result<()> {
+        key::validate(key)?;
+        match condition(key, expected) {
+            None => {
+                let mut kv = self.inner.client.kv_client();
+                self.call("delete", kv.delete(key, None)).await?;
+            }
+            Some(compares) => {
+                // Deleting an absent key "expected absent" is a successful no-op.
+                let operations = match expected {
+                    Expected::Absent => vec![],
+                    _ => vec![TxnOp::delete(key, None)],
+                };
+                let txn = Txn::new().when(compares).and_then(operations);
+                self.conditional("conditional delete", key, expected, txn).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One range read of all keys under `path` (keys only); fine for metadata directories,
+    /// whose listings stay far below etcd's response size limit.
+    async fn list_children(&self, path: &str) -> Result<Vec<String>> {
+        key::validate(path)?;
+        let prefix = key::children_prefix(path);
+        let mut kv = self.inner.client.kv_client();
+        let options = GetOptions::new().with_prefix().with_keys_only();
+        let response = self.call("list children", kv.get(prefix.as_str(), Some(options))).await?;
+        let mut children = BTreeSet::new();
+        for found in response.kvs() {
+            match found.key_str() {
+                Ok(found_key) => {
+                    if let Some(child) = key::child_of(&prefix, found_key) {
+                        children.insert(child.to_owned());
+                    }
+                }
+                Err(_) => debug!(prefix = %prefix, "skipping a non-UTF-8 key written by another client"),
+            }
+        }
+        Ok(children.into_iter().collect())
+    }
+
+    /// Returns once etcd has confirmed the watch, so every change after the call is seen.
+    async fn watch(&self, prefix: &str) -> Result<Watch> {
+        key::validate(prefix)?;
+        let mut watch_client = self.inner.client.watch_client();
+        let mut stream =
+            self.call("watch", watch_client.watch(prefix, Some(WatchOptions::new().with_prefix()))).await?;
+        let confirmation = self.call("watch (confirmation)", stream.message()).await?;
+        match confirmation {
+            Some(response) if response.created() && !response.canceled() => {}
+            other => {
+                let reason = match other {
+                    Some(response) => format!("watch not created: {}", response.cancel_reason()),
+                    None => "watch stream ended before it was created".to_owned(),
+                };
+                return Err(MetaError::Etcd {
+                    endpoint: self.inner.endpoint.clone(),
+                    source: etcd_client::Error::WatchError(reason),
+                });
+            }
+        }
+        let (sender, receiver) = mpsc::channel(WATCH_CAPACITY);
+        tokio::spawn(forward_watch(stream, sender, self.inner.shutdown.child_token(), prefix.to_owned()));
+        Ok(receiver)
+    }
+
+    /// Grants a lease of `ttl` rounded up to whole seconds (at least 1; etcd may raise it to
+    /// its minimum lease ttl) and keeps it alive in the background.
+    async fn create_session(&self, ttl: Duration) -> Result<SessionId> {
+        let ttl_seconds = i64::try_from(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).unwrap_or(i64::MAX).max(1);
+        let mut lease = self.inner.client.lease_client();
+        let granted = self.call("grant lease", lease.grant(ttl_seconds, None)).await?;
+        let id = granted.id();
+        let granted_ttl = Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(1).max(1));
+        let cancel = self.inner.shutdown.child_token();
+        self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner).insert(id, cancel.clone());
+        tokio::spawn(keep_alive(lease, id, granted_ttl, cancel));
+        Ok(SessionId(id))
+    }
+
+    async fn put_ephemeral(
+        &self,
+        session: SessionId,
+        key: &str,
+        value: Vec<u8>,
+        expected: Expected,
+    ) -> Result<Version> {
+        if session.0 == 0 {
+            return Err(MetaError::SessionExpired { session: session.0 });
+        }
+        self.put_with_lease(key, value, expected, session.0).await
+    }
+
+    /// Stops the keep-alive and revokes the lease, which deletes its keys at once. Closing an
+    /// unknown or expired session is a no-op.
+    async fn close_session(&self, session: SessionId) -> Result<()> {
+        let keeper = self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(&session.0);
+        if let Some(keeper) = keeper {
+            keeper.cancel();
+        }
+        let mut lease = self.inner.client.lease_client();
+        match self.call("revoke lease", lease.revoke(session.0)).await {
+            Ok(_) => Ok(()),
+            Err(error) if is_not_found(&error) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// Awaits an etcd call for at most [`OPERATION_TIMEOUT`], naming `endpoint` in errors.
+async fn bounded<T>(
+    endpoint: &str,
+    operation: &'static str,
+    future: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(OPERATION_TIMEOUT, future).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(source)) => Err(MetaError::Etcd { endpoint: endpoint.to_owned(), source }),
+        Err(_) => Err(MetaError::EtcdTimeout { endpoint: endpoint.to_owned(), operation, after: OPERATION_TIMEOUT }),
+    }
+}
+
+/// The Txn compares that make `expected` hold, or `None` for an unconditional operation.
+fn condition(key: &str, expected: Expected) -> Option<Vec<Compare>> {
+    match expected {
+        Expected::Any => None,
+        Expected::Absent => Some(vec![Compare::create_revision(key, CompareOp::Equal, 0)]),
+        Expected::Version(version) => Some(vec![
+            Compare::create_revision(key, CompareOp::Greater, 0),
+            Compare::mod_revision(key, CompareOp::Equal, version),
+        ]),
+    }
+}
+
+/// The revision a write was applied at: its key's new `mod_revision`.
+fn revision(key: &str, header: Option<&ResponseHeader>) -> Result<Version> {
+    header.map(ResponseHeader::revision).ok_or_else(|| MetaError::Corrupt {
+        key: key.to_owned(),
+        reason: "etcd answered a write without a header".to_owned(),
+    })
+}
+
+/// True for etcd's "requested lease not found" (gRPC NotFound): the session is gone.
+fn is_not_found(error: &MetaError) -> bool {
+    matches!(
+        error,
+        MetaError::Etcd { source: etcd_client::Error::GRpcStatus(status), .. } if status.code() == tonic::Code::NotFound
+    )
+}
+
+/// Moves events from one etcd watch into `sender` until the reader falls behind or leaves,
+/// the watch fails, or the store is dropped.
+async fn forward_watch(
+    mut stream: WatchStream,
+    sender: mpsc::Sender<WatchEvent>,
+    cancel: CancellationToken,
+    prefix: String,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = sender.closed() => return,
+            message = stream.message() => message,
+        };
+        let response = match message {
+            Ok(Some(response)) => response,
+            Ok(None) => {
+                warn!(prefix = %prefix, "etcd closed the watch stream; closing the watch");
+                return;
+            }
+            Err(error) => {
+                warn!(prefix = %prefix, %error, "etcd watch failed; closing the watch");
+                return;
+            }
+        };
+        if response.canceled() {
+            warn!(prefix = %prefix, reason = response.cancel_reason(), "etcd cancelled the watch; closing it");
+            return;
+        }
+        for event in response.events() {
+            let Some(changed) = event.kv() else { continue };
+            let Ok(key) = changed.key_str() else {
+                debug!(prefix = %prefix, "skipping a non-UTF-8 key written by another client");
+                continue;
+            };
+            let key = key.to_owned();
+            let watch_event = match event.event_type() {
+                EventType::Put => {
+                    WatchEvent::Put { key, value: changed.value().to_vec(), version: changed.mod_revision() }
+                }
+                EventType::Delete => WatchEvent::Delete { key },
+            };
+            match sender.try_send(watch_event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    warn!(prefix = %prefix, capacity = WATCH_CAPACITY, "watcher fell behind; closing its watch");
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+    }
+}
+
+/// Refreshes lease `id` every `ttl / 3` until `cancel` fires or etcd says the lease is gone.
+/// A failed stream is reopened; if it stays down for a whole ttl the lease expires on the
+/// server and the next use of the session fails with `SessionExpired`.
+async fn keep_alive(mut lease: LeaseClient, id: i64, ttl: Duration, cancel: CancellationToken) {
+    let period = ttl / 3;
+    loop {
+        // Opening the stream also refreshes the lease once.
+        let opened = tokio::select! {
+            _ = cancel.cancelled() => return,
+            opened = tokio::time::timeout(period, lease.keep_alive(id)) => opened,
+        };
+        let (mut keeper, mut responses) = match opened {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(reason))) => {
+                warn!(lease = id, %reason, "session lease is gone; stopping its keep-alive");
+                return;
+            }
+            Ok(Err(error)) => {
+                warn!(lease = id, %error, "cannot open lease keep-alive stream; retrying");
+                if sleep_or_cancel(KEEP_ALIVE_RETRY, &cancel).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => {
+                warn!(lease = id, "opening lease keep-alive stream timed out; retrying");
+                continue;
+            }
+        };
+        loop {
+            if sleep_or_cancel(period, &cancel).await {
+                return;
+            }
+            let refreshed = tokio::time::timeout(period, async {
+                keeper.keep_alive().await?;
+                responses.message().await
+            });
+            let refreshed = tokio::select! {
+                _ = cancel.cancelled() => return,
+                refreshed = refreshed => refreshed,
+            };
+            match refreshed {
+                Ok(Ok(Some(response))) if response.ttl() > 0 => {}
+                Ok(Ok(Some(_))) => {
+                    warn!(lease = id, "session lease expired; stopping its keep-alive");
+                    return;
+                }
+                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                    warn!(lease = id, "lease keep-alive stream failed; reopening it");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps for `duration`; true if `cancel` fired first.
+async fn sleep_or_cancel(duration: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => true,
+        _ = tokio::time::sleep(duration) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unconditional_writes_need_no_txn() {
+        assert!(condition("/k", Expected::Any).is_none());
+        assert_eq!(condition("/k", Expected::Absent).map(|compares| compares.len()), Some(1));
+        assert_eq!(condition("/k", Expected::Version(3)).map(|compares| compares.len()), Some(2));
+    }
+
+    #[test]
+    fn lease_not_found_means_session_gone() {
+        let not_found = MetaError::Etcd {
+            endpoint: "e".to_owned(),
+            source: etcd_client::Error::GRpcStatus(tonic::Status::not_found("etcdserver: requested lease not found")),
+        };
+        assert!(is_not_found(&not_found));
+        let unavailable = MetaError::Etcd {
+            endpoint: "e".to_owned(),
+            source: etcd_client::Error::GRpcStatus(tonic::Status::unavailable("no leader")),
+        };
+        assert!(!is_not_found(&unavailable));
+    }
+}
