@@ -9,9 +9,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure()
         .bytes(".magnetar.bookie")
-        .compile_protos(
-            &["proto/pulsar.proto", "proto/bookie.proto", "proto/records.proto"],
-            &["proto"],
-        )?;
+        .compile_protos(&["proto/pulsar.proto", "proto/bookie.proto", "proto/records.proto"], &["proto"])?;
     Ok(())
 }

@@ -28,7 +28,8 @@ pub async fn register(
     ttl: Duration,
 ) -> Result<SessionId, BookieError> {
     let session = store.create_session(ttl).await?;
-    let value = serde_json::to_vec(registration).map_err(|error| BookieError::InvalidRequest { reason: error.to_string() })?;
+    let value =
+        serde_json::to_vec(registration).map_err(|error| BookieError::InvalidRequest { reason: error.to_string() })?;
     store.put_ephemeral(session, &registration_path(&registration.bookie_id), value, Expected::Any).await?;
     Ok(session)
 }
@@ -47,9 +48,7 @@ pub async fn available(store: &dyn MetadataStore) -> Result<Vec<BookieRegistrati
 /// Where a bookie id lives now, if it is registered.
 pub async fn lookup(store: &dyn MetadataStore, bookie_id: &str) -> Result<Option<BookieRegistration>, BookieError> {
     let Some(found) = store.get(&registration_path(bookie_id)).await? else { return Ok(None) };
-    let registration = serde_json::from_slice(&found.value).map_err(|error| BookieError::Corrupt {
-        what: registration_path(bookie_id),
-        reason: error.to_string(),
-    })?;
+    let registration = serde_json::from_slice(&found.value)
+        .map_err(|error| BookieError::Corrupt { what: registration_path(bookie_id), reason: error.to_string() })?;
     Ok(Some(registration))
 }

@@ -149,7 +149,10 @@ impl BookieService for BookieServer {
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
-    async fn read_entry(&self, request: Request<ReadEntryRequest>) -> Result<Response<ReadEntryResponse>, tonic::Status> {
+    async fn read_entry(
+        &self,
+        request: Request<ReadEntryRequest>,
+    ) -> Result<Response<ReadEntryResponse>, tonic::Status> {
         let read = request.into_inner();
         let (ledger_id, entry_id) = (read.ledger_id, read.entry_id);
         let result = self
@@ -207,7 +210,9 @@ impl BookieService for BookieServer {
                 entries: entries.into_iter().map(|(entry_id, payload)| Entry { entry_id, payload }).collect(),
                 message: String::new(),
             },
-            Err(error) => ReadEntriesResponse { status: error.status() as i32, entries: Vec::new(), message: error.to_string() },
+            Err(error) => {
+                ReadEntriesResponse { status: error.status() as i32, entries: Vec::new(), message: error.to_string() }
+            }
         }))
     }
 

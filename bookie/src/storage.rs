@@ -54,7 +54,11 @@ impl LedgerState {
         }
         let mut lac = [0u8; 8];
         lac.copy_from_slice(&bytes[1..9]);
-        Ok(LedgerState { fenced: bytes[0] != 0, last_add_confirmed: i64::from_be_bytes(lac), master_key: bytes[9..].to_vec() })
+        Ok(LedgerState {
+            fenced: bytes[0] != 0,
+            last_add_confirmed: i64::from_be_bytes(lac),
+            master_key: bytes[9..].to_vec(),
+        })
     }
 }
 
@@ -288,9 +292,12 @@ impl EntryStore {
         };
         if !state.fenced {
             state.fenced = true;
-            self.db.put_opt(ledger_key(ledger_id), state.encode(), &Self::synced()).map_err(|e| self.storage_error(e))?;
+            self.db
+                .put_opt(ledger_key(ledger_id), state.encode(), &Self::synced())
+                .map_err(|e| self.storage_error(e))?;
         }
-        let result = FenceResult { last_add_confirmed: state.last_add_confirmed, last_entry_id: self.last_entry_id(ledger_id)? };
+        let result =
+            FenceResult { last_add_confirmed: state.last_add_confirmed, last_entry_id: self.last_entry_id(ledger_id)? };
         self.states.lock().unwrap_or_else(|p| p.into_inner()).insert(ledger_id, state);
         Ok(result)
     }

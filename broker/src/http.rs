@@ -66,7 +66,10 @@ async fn tenants(State(service): State<AppState>) -> Result<Json<Vec<String>>, A
     Ok(Json(namespace::tenants(service.meta.as_ref()).await?))
 }
 
-async fn namespaces(State(service): State<AppState>, Path(tenant): Path<String>) -> Result<Json<Vec<String>>, ApiError> {
+async fn namespaces(
+    State(service): State<AppState>,
+    Path(tenant): Path<String>,
+) -> Result<Json<Vec<String>>, ApiError> {
     if service.meta.get(&format!("{}/{tenant}", namespace::TENANTS_PATH)).await.map_err(BrokerError::from)?.is_none() {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("tenant {tenant} does not exist")));
     }

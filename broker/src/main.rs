@@ -82,7 +82,8 @@ async fn main() -> anyhow::Result<()> {
     });
     match cli.command {
         Command::Standalone { data_dir, bind_address, pulsar_port, http_port, bookie_port, advertised_address } => {
-            let config = StandaloneConfig { data_dir, bind_address, pulsar_port, http_port, bookie_port, advertised_address };
+            let config =
+                StandaloneConfig { data_dir, bind_address, pulsar_port, http_port, bookie_port, advertised_address };
             standalone::run(config, cancel).await
         }
     }

@@ -46,8 +46,18 @@ impl Metrics {
         metric("pulsar_in_bytes_total", "counter", "Bytes published and made durable", get(&self.in_bytes));
         metric("pulsar_out_messages_total", "counter", "Messages dispatched to consumers", get(&self.out_messages));
         metric("pulsar_out_bytes_total", "counter", "Bytes dispatched to consumers", get(&self.out_bytes));
-        metric("magnetar_connections_opened_total", "counter", "Client connections accepted", get(&self.connections_opened));
-        metric("magnetar_connections_closed_total", "counter", "Client connections closed", get(&self.connections_closed));
+        metric(
+            "magnetar_connections_opened_total",
+            "counter",
+            "Client connections accepted",
+            get(&self.connections_opened),
+        );
+        metric(
+            "magnetar_connections_closed_total",
+            "counter",
+            "Client connections closed",
+            get(&self.connections_closed),
+        );
         metric("magnetar_send_errors_total", "counter", "Publishes answered with an error", get(&self.send_errors));
         metric("magnetar_protocol_errors_total", "counter", "Malformed or refused frames", get(&self.protocol_errors));
         out

@@ -24,8 +24,12 @@ async fn create_if_absent(store: &dyn MetadataStore, key: &str, value: &[u8]) ->
 /// as Pulsar's standalone does.
 pub async fn initialize_defaults(store: &dyn MetadataStore, cluster: &str) -> Result<(), BrokerError> {
     create_if_absent(store, &format!("{CLUSTERS_PATH}/{cluster}"), b"{}").await?;
-    create_if_absent(store, &format!("{TENANTS_PATH}/public"), format!(r#"{{"allowedClusters":["{cluster}"]}}"#).as_bytes())
-        .await?;
+    create_if_absent(
+        store,
+        &format!("{TENANTS_PATH}/public"),
+        format!(r#"{{"allowedClusters":["{cluster}"]}}"#).as_bytes(),
+    )
+    .await?;
     create_if_absent(store, &namespace_path("public/default"), b"{}").await?;
     Ok(())
 }

@@ -105,7 +105,13 @@ impl BrokerService {
     /// Closes every topic: cursors flushed, ledgers closed.
     pub async fn close_all_topics(&self) {
         self.shutdown.cancel();
-        let topics: Vec<_> = self.topics.lock().unwrap_or_else(|p| p.into_inner()).drain().filter_map(|(_, c)| c.get().cloned()).collect();
+        let topics: Vec<_> = self
+            .topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .filter_map(|(_, c)| c.get().cloned())
+            .collect();
         for topic in topics {
             topic.close().await;
         }

@@ -35,27 +35,35 @@ pub struct StandaloneConfig {
 }
 
 async fn bind(address: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
-    let listener = TcpListener::bind((address, port)).await.with_context(|| format!("bind the {what} port {address}:{port}"))?;
+    let listener =
+        TcpListener::bind((address, port)).await.with_context(|| format!("bind the {what} port {address}:{port}"))?;
     Ok(listener)
 }
 
 /// Runs standalone until `cancel` fires, then shuts down cleanly.
 pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
     let meta_dir = config.data_dir.join("metadata");
-    let store = tokio::task::spawn_blocking(move || LocalStore::open(&meta_dir)).await.context("open metadata store")??;
+    let store =
+        tokio::task::spawn_blocking(move || LocalStore::open(&meta_dir)).await.context("open metadata store")??;
     let meta: Arc<dyn MetadataStore> = Arc::new(store);
     namespace::initialize_defaults(meta.as_ref(), "standalone").await.context("create default tenant and namespace")?;
 
     // Bookie.
-    let bookie_config = BookieConfig { bookie_id: STANDALONE_BOOKIE_ID.to_owned(), data_dir: config.data_dir.join("bookie-0") };
-    let bookie = tokio::task::spawn_blocking(move || BookieServer::open(&bookie_config)).await.context("open bookie")??;
+    let bookie_config =
+        BookieConfig { bookie_id: STANDALONE_BOOKIE_ID.to_owned(), data_dir: config.data_dir.join("bookie-0") };
+    let bookie =
+        tokio::task::spawn_blocking(move || BookieServer::open(&bookie_config)).await.context("open bookie")??;
     let bookie_listener = bind("127.0.0.1", config.bookie_port, "bookie").await?;
     let bookie_address: SocketAddr = bookie_listener.local_addr().context("bookie address")?;
     let bookie_cancel = CancellationToken::new();
     let bookie_task = tokio::spawn(bookie.run(bookie_listener, bookie_cancel.clone()));
-    let registration = BookieRegistration { bookie_id: STANDALONE_BOOKIE_ID.to_owned(), address: bookie_address.to_string() };
-    let session = registration::register(meta.as_ref(), &registration, Duration::from_secs(10)).await.context("register bookie")?;
+    let registration =
+        BookieRegistration { bookie_id: STANDALONE_BOOKIE_ID.to_owned(), address: bookie_address.to_string() };
+    let session = registration::register(meta.as_ref(), &registration, Duration::from_secs(10))
+        .await
+        .context("register bookie")?;
 
     // Broker.
     let pulsar_listener = bind(&config.bind_address, config.pulsar_port, "Pulsar").await?;

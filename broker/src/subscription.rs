@@ -73,7 +73,11 @@ pub struct Subscription {
 pub(crate) enum Next {
     /// Nothing to send now: wait for permits or entries.
     Wait,
-    Read { from: Position, max: u32, epoch: u64 },
+    Read {
+        from: Position,
+        max: u32,
+        epoch: u64,
+    },
 }
 
 impl Subscription {
@@ -283,7 +287,12 @@ impl Subscription {
 
     pub(crate) fn message_frame(consumer_id: u64, position: Position, redelivery_count: u32, data: Bytes) -> Outbound {
         Outbound {
-            command: magnetar_proto::command::message(consumer_id, position.ledger_id, position.entry_id, redelivery_count),
+            command: magnetar_proto::command::message(
+                consumer_id,
+                position.ledger_id,
+                position.entry_id,
+                redelivery_count,
+            ),
             payload: Some(data),
         }
     }

@@ -66,7 +66,8 @@ impl Topic {
         if let Some(found) = subscriptions.get(name) {
             return Ok(found.clone());
         }
-        let opened = Subscription::open(&self.name.to_string(), name, self.ledger.clone(), self.meta.clone(), initial).await?;
+        let opened =
+            Subscription::open(&self.name.to_string(), name, self.ledger.clone(), self.meta.clone(), initial).await?;
         subscriptions.insert(name.to_owned(), opened.clone());
         Ok(opened)
     }

@@ -1,114 +1,11 @@
-//! Topic names as Pulsar spells them: `persistent://tenant/namespace/topic`. A short name
-//! `my-topic` means `persistent://public/default/my-topic`, and `tenant/ns/topic` means
-//! `persistent://tenant/ns/topic`. Partitions are `<topic>-partition-<i>`.
+//! Topic names: the broker uses the shared definition in magnetar-proto.
 
-use std::fmt;
+pub use magnetar_proto::topic_name::{TopicName, TopicNameError};
 
 use crate::error::BrokerError;
 
-/// Longest topic name accepted, in bytes.
-pub const MAX_TOPIC_NAME_LEN: usize = 1024;
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TopicName {
-    pub persistent: bool,
-    pub tenant: String,
-    pub namespace: String,
-    pub local_name: String,
-}
-
-fn valid_segment(segment: &str) -> bool {
-    !segment.is_empty()
-        && segment.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '=' | ':' | '.' | '%'))
-}
-
-impl TopicName {
-    pub fn parse(name: &str) -> Result<Self, BrokerError> {
-        let invalid = |reason| BrokerError::InvalidTopicName { name: name.to_owned(), reason };
-        if name.is_empty() {
-            return Err(invalid("empty"));
-        }
-        if name.len() > MAX_TOPIC_NAME_LEN {
-            return Err(invalid("longer than 1024 bytes"));
-        }
-        let (persistent, rest) = if let Some(rest) = name.strip_prefix("persistent://") {
-            (true, rest)
-        } else if let Some(rest) = name.strip_prefix("non-persistent://") {
-            (false, rest)
-        } else if name.contains("://") {
-            return Err(invalid("domain must be persistent:// or non-persistent://"));
-        } else if !name.contains('/') {
-            return TopicName::parse(&format!("persistent://public/default/{name}"));
-        } else {
-            (true, name)
-        };
-        let mut parts = rest.splitn(3, '/');
-        let (Some(tenant), Some(namespace), Some(local_name)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(invalid("expected tenant/namespace/topic"));
-        };
-        if !valid_segment(tenant) {
-            return Err(invalid("tenant must be non-empty and use only letters, digits and -_=:.%"));
-        }
-        if !valid_segment(namespace) {
-            return Err(invalid("namespace must be non-empty and use only letters, digits and -_=:.%"));
-        }
-        if local_name.is_empty() || local_name.contains('/') {
-            return Err(invalid("topic must be non-empty and hold no '/'"));
-        }
-        if local_name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(invalid("topic must not contain whitespace or control characters"));
-        }
-        Ok(TopicName {
-            persistent,
-            tenant: tenant.to_owned(),
-            namespace: namespace.to_owned(),
-            local_name: local_name.to_owned(),
-        })
-    }
-
-    /// `tenant/namespace`.
-    pub fn namespace_name(&self) -> String {
-        format!("{}/{}", self.tenant, self.namespace)
-    }
-
-    /// Name of the managed ledger (and the path segment in metadata) for this topic.
-    pub fn persistence_name(&self) -> String {
-        format!("{}/{}/persistent/{}", self.tenant, self.namespace, self.local_name)
-    }
-}
-
-impl fmt::Display for TopicName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let domain = if self.persistent { "persistent" } else { "non-persistent" };
-        write!(f, "{domain}://{}/{}/{}", self.tenant, self.namespace, self.local_name)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn short_names_expand_to_public_default() {
-        let name = TopicName::parse("my-topic").expect("valid");
-        assert_eq!(name.to_string(), "persistent://public/default/my-topic");
-        assert_eq!(TopicName::parse("t/ns/x").expect("valid").to_string(), "persistent://t/ns/x");
-    }
-
-    #[test]
-    fn invalid_names_are_refused() {
-        for bad in [
-            "",
-            "persistent://only-two/parts",
-            "persistent://public/default/has space",
-            "persistent://public//topic",
-            "persistent://public/default/",
-            "persistent://public/default/a/b",
-            "http://public/default/x",
-            "persistent://pub lic/default/x",
-        ] {
-            assert!(TopicName::parse(bad).is_err(), "{bad:?} should be invalid");
-        }
-        assert!(TopicName::parse(&"x".repeat(2000)).is_err());
+impl From<TopicNameError> for BrokerError {
+    fn from(error: TopicNameError) -> Self {
+        BrokerError::InvalidTopicName { name: error.name, reason: error.reason }
     }
 }

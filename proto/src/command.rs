@@ -153,7 +153,13 @@ pub fn send(producer_id: u64, sequence_id: u64, num_messages: i32) -> BaseComman
     }
 }
 
-pub fn send_receipt(producer_id: u64, sequence_id: u64, highest_sequence_id: u64, ledger_id: u64, entry_id: u64) -> BaseCommand {
+pub fn send_receipt(
+    producer_id: u64,
+    sequence_id: u64,
+    highest_sequence_id: u64,
+    ledger_id: u64,
+    entry_id: u64,
+) -> BaseCommand {
     BaseCommand {
         send_receipt: Some(pb::CommandSendReceipt {
             producer_id,

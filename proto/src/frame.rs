@@ -156,7 +156,13 @@ pub enum FrameError {
 impl FrameError {
     /// True when the byte stream is out of step and the connection must be closed.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, FrameError::TooLarge { .. } | FrameError::TooSmall { .. } | FrameError::Truncated { .. } | FrameError::Io(_))
+        matches!(
+            self,
+            FrameError::TooLarge { .. }
+                | FrameError::TooSmall { .. }
+                | FrameError::Truncated { .. }
+                | FrameError::Io(_)
+        )
     }
 }
 
@@ -210,8 +216,8 @@ impl Decoder for FrameCodec {
             return Err(FrameError::Malformed { reason: "command size exceeds the frame" });
         }
         let command_bytes = frame.split_to(command_len);
-        let command = BaseCommand::decode(command_bytes)
-            .map_err(|source| FrameError::Decode { what: "BaseCommand", source })?;
+        let command =
+            BaseCommand::decode(command_bytes).map_err(|source| FrameError::Decode { what: "BaseCommand", source })?;
         if base_command::Type::try_from(command.command_type).is_err() {
             return Err(FrameError::UnknownCommand { command_type: command.command_type });
         }
@@ -346,7 +352,10 @@ mod tests {
 
     #[test]
     fn bad_checksum_is_reported_with_its_command_and_frame_consumed() {
-        let frame = Frame { command: command::send(3, 9, 1), payload: Some(Payload::new(metadata("p".into(), 9, 1), b"hello")) };
+        let frame = Frame {
+            command: command::send(3, 9, 1),
+            payload: Some(Payload::new(metadata("p".into(), 9, 1), b"hello")),
+        };
         let mut buf = encode(frame.clone());
         let last = buf.len() - 1;
         buf[last] ^= 0xff;

@@ -7,8 +7,9 @@
 //!
 //! Generated code lives in OUT_DIR; this crate adds only the codec and small helpers.
 
-pub mod frame;
 pub mod command;
+pub mod frame;
+pub mod topic_name;
 
 /// Pulsar protocol messages.
 #[allow(clippy::all, missing_docs)]

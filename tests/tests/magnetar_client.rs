@@ -46,7 +46,8 @@ async fn cli_produces_and_consumes_with_pulsar_style_verbs() -> anyhow::Result<(
     let standalone = Standalone::start().await?;
     let cli = binary("magnetar-client")?;
     let url = standalone.service_url();
-    let produce = Command::new(&cli).args(["--url", &url, "produce", "my-topic", "-m", "hello", "-n", "10"]).output()?;
+    let produce =
+        Command::new(&cli).args(["--url", &url, "produce", "my-topic", "-m", "hello", "-n", "10"]).output()?;
     assert!(produce.status.success(), "produce failed: {}", String::from_utf8_lossy(&produce.stderr));
     let stdout = String::from_utf8_lossy(&produce.stdout);
     assert!(stdout.contains("10 messages successfully produced"), "{stdout}");

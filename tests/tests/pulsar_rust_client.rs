@@ -30,7 +30,9 @@ async fn subscribe(client: &Pulsar<TokioExecutor>) -> anyhow::Result<Consumer<St
         .await?)
 }
 
-async fn next(consumer: &mut Consumer<String, TokioExecutor>) -> anyhow::Result<(String, pulsar::consumer::Message<String>)> {
+async fn next(
+    consumer: &mut Consumer<String, TokioExecutor>,
+) -> anyhow::Result<(String, pulsar::consumer::Message<String>)> {
     let message = tokio::time::timeout(Duration::from_secs(30), consumer.try_next())
         .await
         .map_err(|_| anyhow::anyhow!("no message within 30 s"))??

@@ -188,7 +188,12 @@ impl BookieConnection {
         Ok((response.last_add_confirmed, response.last_entry_id))
     }
 
-    pub async fn read_lac(&self, ledger_id: u64, previous_lac: i64, long_poll: Duration) -> Result<ReadLacResponse, BookieError> {
+    pub async fn read_lac(
+        &self,
+        ledger_id: u64,
+        previous_lac: i64,
+        long_poll: Duration,
+    ) -> Result<ReadLacResponse, BookieError> {
         let response = self
             .grpc
             .clone()

@@ -17,7 +17,8 @@ pub async fn read_entries(
     max_entries: u32,
     max_bytes: u64,
 ) -> Result<Vec<(u64, Bytes)>, BookieError> {
-    let ensemble = ensemble_for(ledger, first).ok_or(BookieError::NoSuchEntry { ledger_id: ledger.ledger_id, entry_id: first })?;
+    let ensemble =
+        ensemble_for(ledger, first).ok_or(BookieError::NoSuchEntry { ledger_id: ledger.ledger_id, entry_id: first })?;
     // Stay within the fragment that holds `first`.
     let fragment_end = ledger
         .fragments

@@ -16,9 +16,8 @@ use crate::error::BookieError;
 /// Recovers and closes the ledger if it is not closed yet; returns its closed metadata.
 pub async fn recover_ledger(bookies: &Bookies, ledger_id: u64) -> Result<LedgerMetadata, BookieError> {
     loop {
-        let (mut current, version) = metadata::read(bookies.meta().as_ref(), ledger_id)
-            .await?
-            .ok_or(BookieError::NoSuchLedger { ledger_id })?;
+        let (mut current, version) =
+            metadata::read(bookies.meta().as_ref(), ledger_id).await?.ok_or(BookieError::NoSuchLedger { ledger_id })?;
         if metadata::is_closed(&current) {
             return Ok(current);
         }

@@ -181,7 +181,8 @@ impl LedgerWriter {
         let lac = self.last_add_confirmed();
         let mut answers = Vec::with_capacity(self.ensemble.len());
         for bookie in &self.ensemble {
-            answers.push(bookie.add(self.ledger_id, entry_id, self.master_key.clone(), lac, payload.clone(), false).await);
+            answers
+                .push(bookie.add(self.ledger_id, entry_id, self.master_key.clone(), lac, payload.clone(), false).await);
         }
         let (reply, answer) = oneshot::channel();
         self.completions

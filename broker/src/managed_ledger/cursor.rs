@@ -101,7 +101,10 @@ impl CursorState {
                 return Err("ack range without start or end".to_owned());
             };
             if start.ledger_id != end.ledger_id || start.entry_id > end.entry_id {
-                return Err(format!("bad ack range {}:{}..{}:{}", start.ledger_id, start.entry_id, end.ledger_id, end.entry_id));
+                return Err(format!(
+                    "bad ack range {}:{}..{}:{}",
+                    start.ledger_id, start.entry_id, end.ledger_id, end.entry_id
+                ));
             }
             if individually_acked.len() as u64 + (end.entry_id - start.entry_id + 1) > MAX_RESTORED_ACKS {
                 return Err(format!("more than {MAX_RESTORED_ACKS} individually acknowledged positions"));
@@ -122,7 +125,8 @@ pub async fn load(store: &dyn MetadataStore, path: &str) -> Result<Option<Cursor
     let Some(found) = store.get(path).await? else { return Ok(None) };
     let record = CursorInfo::decode(&found.value[..])
         .map_err(|error| BrokerError::Corrupt { what: path.to_owned(), reason: error.to_string() })?;
-    let state = CursorState::from_record(&record).map_err(|reason| BrokerError::Corrupt { what: path.to_owned(), reason })?;
+    let state =
+        CursorState::from_record(&record).map_err(|reason| BrokerError::Corrupt { what: path.to_owned(), reason })?;
     Ok(Some(state))
 }
 

@@ -99,14 +99,17 @@ impl ManagedLedger {
         let before = info.ledgers.len();
         info.ledgers.retain(|l| l.entries > 0);
         changed |= info.ledgers.len() != before;
-        let last_confirmed = info
-            .ledgers
-            .last()
-            .map(|l| Position::new(l.ledger_id, l.entries - 1));
+        let last_confirmed = info.ledgers.last().map(|l| Position::new(l.ledger_id, l.entries - 1));
         let (sender, _) = watch::channel(last_confirmed);
         let sender_for_hook = sender.clone();
         let writer = Self::new_writer(&bookies, config, sender_for_hook).await?;
-        info.ledgers.push(LedgerInfo { ledger_id: writer.ledger_id(), entries: 0, size: 0, created_at_ms: now_ms(), closed: false });
+        info.ledgers.push(LedgerInfo {
+            ledger_id: writer.ledger_id(),
+            entries: 0,
+            size: 0,
+            created_at_ms: now_ms(),
+            closed: false,
+        });
         version = meta.put(&path, info.encode_to_vec(), Expected::Version(version)).await?;
         let _ = changed;
         info!(managed_ledger = name, ledger_id = writer.ledger_id(), ?last_confirmed, "managed ledger opened");

@@ -79,8 +79,14 @@ pub async fn serve(service: Arc<BrokerService>, stream: TcpStream, peer: SocketA
     let (mut reader, writer) = stream.into_split();
     let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
     let writer_task = tokio::spawn(write_frames(writer, queue, service.config.max_frame_size(), peer));
-    let mut connection =
-        Connection { service: service.clone(), peer, outbound, connected: false, producers: HashMap::new(), consumers: HashMap::new() };
+    let mut connection = Connection {
+        service: service.clone(),
+        peer,
+        outbound,
+        connected: false,
+        producers: HashMap::new(),
+        consumers: HashMap::new(),
+    };
     let mut codec = FrameCodec::new(service.config.max_frame_size());
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     'read: loop {
@@ -126,13 +132,20 @@ pub async fn serve(service: Arc<BrokerService>, stream: TcpStream, peer: SocketA
     debug!(%peer, "connection closed");
 }
 
-async fn write_frames(mut writer: OwnedWriteHalf, mut queue: mpsc::Receiver<Outbound>, max_frame_size: usize, peer: SocketAddr) {
+async fn write_frames(
+    mut writer: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Outbound>,
+    max_frame_size: usize,
+    peer: SocketAddr,
+) {
     let mut buffer = BytesMut::with_capacity(64 * 1024);
     while let Some(first) = queue.recv().await {
         let mut next = Some(first);
         // Gather what is queued into one write.
         while let Some(frame) = next.take() {
-            if let Err(error) = frame::encode_parts(&frame.command, frame.payload.as_deref(), max_frame_size, &mut buffer) {
+            if let Err(error) =
+                frame::encode_parts(&frame.command, frame.payload.as_deref(), max_frame_size, &mut buffer)
+            {
                 warn!(%peer, %error, "cannot encode an outgoing frame; dropping it");
             }
             if buffer.len() < 256 * 1024 {
@@ -189,8 +202,13 @@ impl Connection {
             FrameError::Checksum { command: Some(command), .. } if command.send.is_some() => {
                 if let Some(send) = command.send {
                     Metrics::add(&self.service.metrics.send_errors, 1);
-                    self.send(command::send_error(send.producer_id, send.sequence_id, ServerError::ChecksumError, "payload checksum mismatch"))
-                        .await;
+                    self.send(command::send_error(
+                        send.producer_id,
+                        send.sequence_id,
+                        ServerError::ChecksumError,
+                        "payload checksum mismatch",
+                    ))
+                    .await;
                 }
                 true
             }
@@ -211,8 +229,12 @@ impl Connection {
         };
         if !self.connected && command_type != Type::Connect {
             warn!(peer = %self.peer, ?command_type, "command before CONNECT; closing");
-            self.send(command::error(request_id_of(&command).unwrap_or(0), ServerError::NotAllowedError, "CONNECT first"))
-                .await;
+            self.send(command::error(
+                request_id_of(&command).unwrap_or(0),
+                ServerError::NotAllowedError,
+                "CONNECT first",
+            ))
+            .await;
             return false;
         }
         match (command_type, command) {
@@ -277,10 +299,12 @@ impl Connection {
     async fn on_lookup(&self, lookup: pb::CommandLookupTopic) {
         let checked = match TopicName::parse(&lookup.topic) {
             Ok(name) => self.service.check_topic(&name).await,
-            Err(error) => Err(error),
+            Err(error) => Err(error.into()),
         };
         match checked {
-            Ok(()) => self.send(command::lookup_connect(lookup.request_id, &self.service.config.broker_service_url())).await,
+            Ok(()) => {
+                self.send(command::lookup_connect(lookup.request_id, &self.service.config.broker_service_url())).await
+            }
             Err(error) => {
                 self.send(command::lookup_failed(lookup.request_id, error.server_error(), &error.to_string())).await
             }
@@ -290,26 +314,31 @@ impl Connection {
     async fn on_partitioned_metadata(&self, request: pb::CommandPartitionedTopicMetadata) {
         let checked = match TopicName::parse(&request.topic) {
             Ok(name) => self.service.check_topic(&name).await,
-            Err(error) => Err(error),
+            Err(error) => Err(error.into()),
         };
         match checked {
             // Partitioned topics come with the admin API; every topic is non-partitioned now.
             Ok(()) => self.send(command::partitioned_metadata_response(request.request_id, 0)).await,
             Err(error) => {
-                self.send(command::partitioned_metadata_failed(request.request_id, error.server_error(), &error.to_string()))
-                    .await
+                self.send(command::partitioned_metadata_failed(
+                    request.request_id,
+                    error.server_error(),
+                    &error.to_string(),
+                ))
+                .await
             }
         }
     }
 
     async fn on_producer(&mut self, request: pb::CommandProducer) {
         if self.producers.contains_key(&request.producer_id) {
-            let error = BrokerError::NotAllowed { what: format!("producer id {} is already in use", request.producer_id) };
+            let error =
+                BrokerError::NotAllowed { what: format!("producer id {} is already in use", request.producer_id) };
             return self.send_error(request.request_id, &error).await;
         }
         let topic = match TopicName::parse(&request.topic) {
             Ok(name) => self.service.topic(&name).await,
-            Err(error) => Err(error),
+            Err(error) => Err(error.into()),
         };
         let topic = match topic {
             Ok(topic) => topic,
@@ -333,7 +362,8 @@ impl Connection {
     }
 
     async fn on_send(&mut self, send: pb::CommandSend, payload: Option<Payload>) {
-        let refuse = |error: ServerError, message: &str| command::send_error(send.producer_id, send.sequence_id, error, message);
+        let refuse =
+            |error: ServerError, message: &str| command::send_error(send.producer_id, send.sequence_id, error, message);
         let Some(producer) = self.producers.get(&send.producer_id) else {
             Metrics::add(&self.service.metrics.send_errors, 1);
             return self.send(refuse(ServerError::NotAllowedError, "no such producer on this connection")).await;
@@ -351,7 +381,9 @@ impl Connection {
         let bytes = data.len() as u64;
         let highest_sequence_id = send.highest_sequence_id.unwrap_or(0).max(send.sequence_id);
         let receipt = match producer.topic.publish(data).await {
-            Ok(durable) => PendingReceipt { sequence_id: send.sequence_id, highest_sequence_id, messages, bytes, durable },
+            Ok(durable) => {
+                PendingReceipt { sequence_id: send.sequence_id, highest_sequence_id, messages, bytes, durable }
+            }
             Err(error) => {
                 warn!(topic = %producer.topic.name(), %error, "publish failed");
                 Metrics::add(&self.service.metrics.send_errors, 1);
@@ -375,7 +407,9 @@ impl Connection {
 
     async fn subscribe(&mut self, request: pb::CommandSubscribe) -> Result<(), BrokerError> {
         if self.consumers.contains_key(&request.consumer_id) {
-            return Err(BrokerError::NotAllowed { what: format!("consumer id {} is already in use", request.consumer_id) });
+            return Err(BrokerError::NotAllowed {
+                what: format!("consumer id {} is already in use", request.consumer_id),
+            });
         }
         let sub_type = pb::command_subscribe::SubType::try_from(request.sub_type)
             .map_err(|_| BrokerError::NotAllowed { what: format!("unknown subscription type {}", request.sub_type) })?;
@@ -386,7 +420,9 @@ impl Connection {
             return Err(BrokerError::NotSupported { what: "non-durable subscriptions (readers)".to_owned() });
         }
         if request.subscription.is_empty() || request.subscription.contains('/') {
-            return Err(BrokerError::NotAllowed { what: "subscription name must be non-empty and hold no '/'".to_owned() });
+            return Err(BrokerError::NotAllowed {
+                what: "subscription name must be non-empty and hold no '/'".to_owned(),
+            });
         }
         let name = TopicName::parse(&request.topic)?;
         let topic = self.service.topic(&name).await?;
