@@ -12,13 +12,17 @@
 //! - [`client`]: bookie connections and ledger handles (create, add, read, recover, close).
 
 pub mod client;
+pub mod config;
+pub mod uring;
 pub mod error;
+pub mod ledger_state;
 pub mod registration;
 pub mod server;
 pub mod storage;
 
 pub use error::BookieError;
-pub use server::{BookieConfig, BookieServer};
+pub use config::BookieConfig;
+pub use server::BookieServer;
 
 /// Metadata key under which live bookies register (ephemeral), one child per bookie id.
 pub const BOOKIES_PATH: &str = "/magnetar/bookies/available";

@@ -6,7 +6,6 @@
 //! pushes back on the writer) and its response is sent when it is durable, in completion order.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Streaming};
 use tracing::{info, warn};
 
+use crate::config::BookieConfig;
 use crate::error::BookieError;
 use crate::storage::EntryStore;
 
@@ -37,13 +37,6 @@ pub const MAX_RANGE_ENTRIES: usize = 1000;
 pub const MAX_RANGE_BYTES: usize = 8 * 1024 * 1024;
 /// Largest gRPC message accepted (an entry plus headers).
 pub const MAX_GRPC_MESSAGE: usize = crate::MAX_ENTRY_SIZE + 64 * 1024;
-
-#[derive(Debug, Clone)]
-pub struct BookieConfig {
-    /// Stable identity of this bookie; ledger ensembles name bookies by it.
-    pub bookie_id: String,
-    pub data_dir: PathBuf,
-}
 
 /// A bookie's gRPC service; clone-cheap.
 #[derive(Clone)]

@@ -22,45 +22,11 @@ use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use tokio::sync::watch;
 
 use crate::error::BookieError;
+use crate::ledger_state::LedgerState;
 
 const ENTRY_PREFIX: u8 = b'e';
 const LEDGER_PREFIX: u8 = b'l';
 const LOCK_STRIPES: usize = 64;
-
-/// Per-ledger state a bookie keeps.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LedgerState {
-    pub fenced: bool,
-    /// Highest last-add-confirmed any add carried (-1: none).
-    pub last_add_confirmed: i64,
-    pub master_key: Vec<u8>,
-}
-
-impl LedgerState {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + self.master_key.len());
-        out.push(u8::from(self.fenced));
-        out.extend_from_slice(&self.last_add_confirmed.to_be_bytes());
-        out.extend_from_slice(&self.master_key);
-        out
-    }
-
-    fn decode(ledger_id: u64, bytes: &[u8]) -> Result<Self, BookieError> {
-        if bytes.len() < 9 {
-            return Err(BookieError::Corrupt {
-                what: format!("state of ledger {ledger_id}"),
-                reason: format!("{} bytes, need at least 9", bytes.len()),
-            });
-        }
-        let mut lac = [0u8; 8];
-        lac.copy_from_slice(&bytes[1..9]);
-        Ok(LedgerState {
-            fenced: bytes[0] != 0,
-            last_add_confirmed: i64::from_be_bytes(lac),
-            master_key: bytes[9..].to_vec(),
-        })
-    }
-}
 
 fn entry_key(ledger_id: u64, entry_id: u64) -> [u8; 17] {
     let mut key = [0u8; 17];

@@ -1,0 +1,139 @@
+//! Bookie settings: from flags or a TOML file (`magnetar bookie --config bookie.toml`).
+//! Every size and interval that bounds memory or I/O is here, with its default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BookieConfig {
+    /// Stable identity of this bookie; ledger ensembles name bookies by it.
+    pub bookie_id: String,
+    /// Entry logs, the RocksDB index and the cookie.
+    pub data_dir: PathBuf,
+    /// Journal files; best on their own disk. Defaults to `<data_dir>/journal`.
+    pub journal_dir: Option<PathBuf>,
+    pub journal: JournalConfig,
+    /// Bytes of one write-cache half; a checkpoint starts when the active half is this full.
+    pub write_cache_bytes: usize,
+    /// Longest time entries stay only in the journal before a checkpoint writes them out.
+    #[serde(with = "millis")]
+    pub checkpoint_interval: Duration,
+    /// An entry log is closed and a new one started at this size.
+    pub entry_log_bytes: u64,
+    /// Bytes of recently read entries kept in memory.
+    pub read_cache_bytes: u64,
+    /// Entries read ahead after a read that went to an entry log.
+    pub read_ahead_entries: usize,
+    /// Garbage collection: how often, and below which fraction of live data an entry log
+    /// is compacted.
+    #[serde(with = "millis")]
+    pub gc_interval: Duration,
+    pub gc_compaction_threshold: f64,
+    /// The bookie turns read-only when a data or journal disk is fuller than this fraction,
+    /// and writable again below `disk_usage_lwm`.
+    pub disk_usage_threshold: f64,
+    pub disk_usage_lwm: f64,
+    #[serde(with = "millis")]
+    pub disk_check_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Size a journal file is preallocated to; a new file starts when it is full.
+    pub file_bytes: u64,
+    /// Most bytes one group commit writes before its sync.
+    pub max_batch_bytes: usize,
+    /// Longest a group commit waits for more adds before it syncs what it has.
+    #[serde(with = "micros")]
+    pub max_batch_wait: Duration,
+    /// Bytes of adds queued for the journal before adders wait.
+    pub max_queued_bytes: usize,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            file_bytes: 256 * 1024 * 1024,
+            max_batch_bytes: 4 * 1024 * 1024,
+            max_batch_wait: Duration::from_micros(0),
+            max_queued_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for BookieConfig {
+    fn default() -> Self {
+        BookieConfig {
+            bookie_id: "bookie-0".to_owned(),
+            data_dir: PathBuf::from("./data/bookie"),
+            journal_dir: None,
+            journal: JournalConfig::default(),
+            write_cache_bytes: 64 * 1024 * 1024,
+            checkpoint_interval: Duration::from_secs(10),
+            entry_log_bytes: 1024 * 1024 * 1024,
+            read_cache_bytes: 64 * 1024 * 1024,
+            read_ahead_entries: 64,
+            gc_interval: Duration::from_secs(60),
+            gc_compaction_threshold: 0.5,
+            disk_usage_threshold: 0.95,
+            disk_usage_lwm: 0.90,
+            disk_check_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl BookieConfig {
+    /// A config for one bookie with everything under `data_dir`.
+    pub fn new(bookie_id: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        BookieConfig { bookie_id: bookie_id.into(), data_dir: data_dir.into(), ..BookieConfig::default() }
+    }
+
+    pub fn journal_dir(&self) -> PathBuf {
+        self.journal_dir.clone().unwrap_or_else(|| self.data_dir.join("journal"))
+    }
+
+    /// Checks values that would make the bookie misbehave; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let checks: [(bool, &str); 8] = [
+            (self.bookie_id.is_empty() || self.bookie_id.contains('/'), "bookie_id must be non-empty without '/'"),
+            (self.journal.file_bytes < 1024 * 1024, "journal.file_bytes must be at least 1 MiB"),
+            (self.journal.max_batch_bytes == 0, "journal.max_batch_bytes must be positive"),
+            (self.journal.max_queued_bytes < crate::MAX_ENTRY_SIZE, "journal.max_queued_bytes must hold one maximal entry"),
+            (self.write_cache_bytes == 0, "write_cache_bytes must be positive"),
+            (self.entry_log_bytes < 1024 * 1024, "entry_log_bytes must be at least 1 MiB"),
+            (!(0.0..=1.0).contains(&self.gc_compaction_threshold), "gc_compaction_threshold must be within 0..=1"),
+            (
+                !(0.0..=1.0).contains(&self.disk_usage_threshold) || self.disk_usage_lwm > self.disk_usage_threshold,
+                "disk_usage_threshold must be within 0..=1 and at least disk_usage_lwm",
+            ),
+        ];
+        match checks.iter().find(|(bad, _)| *bad) {
+            Some((_, message)) => Err((*message).to_owned()),
+            None => Ok(()),
+        }
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(deserializer)?))
+    }
+}
+
+mod micros {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_micros(u64::deserialize(deserializer)?))
+    }
+}
