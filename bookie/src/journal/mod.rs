@@ -1,0 +1,428 @@
+//! The journal: where an add becomes durable.
+//!
+//! One dedicated thread owns an io_uring [`Ring`] and the current journal file. Adds are queued
+//! to it (unbounded channel, bounded by a byte semaphore that adders acquire first: when
+//! `max_queued_bytes` are waiting, adders wait). The thread takes everything queued (up to
+//! `max_batch_bytes`, waiting at most `max_batch_wait` for more), writes it with one write and
+//! one fdatasync linked in a single submission, and only then answers each add. Adds that arrive
+//! while a sync is in flight form the next batch: group commit, many small entries per sync.
+//!
+//! Files are `<id:016x>.journal`, preallocated to `file_bytes` (zeros mark the end of data),
+//! starting with a 16-byte header (magic, id). A new file starts when one is full, and after
+//! every restart. Files whose records are all covered by a checkpoint are removed.
+//!
+//! On a write error (a full disk among them) the journal turns read-only: the failed batch and
+//! every later add are answered with an error, and nothing is written after the failed offset,
+//! so the file never holds garbage before valid records.
+
+pub mod record;
+pub mod replay;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tracing::{error, info, warn};
+
+pub use record::Record;
+pub use replay::Replayed;
+
+use crate::config::JournalConfig;
+use crate::error::BookieError;
+use crate::uring::Ring;
+
+pub const FILE_MAGIC: &[u8; 8] = b"MGNTJRN1";
+pub const FILE_HEADER_LEN: usize = 16;
+const FILE_SUFFIX: &str = ".journal";
+/// How often an idle journal thread looks for files to remove.
+const IDLE_TICK: Duration = Duration::from_millis(200);
+
+pub fn file_name(id: u64) -> String {
+    format!("{id:016x}{FILE_SUFFIX}")
+}
+
+pub fn file_id_of(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    u64::from_str_radix(name.strip_suffix(FILE_SUFFIX)?, 16).ok()
+}
+
+type Reply = oneshot::Sender<Result<(), BookieError>>;
+
+struct Request {
+    sequence: u64,
+    record: Record,
+    reply: Reply,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Space in the journal queue, reserved before an add takes the bookie's lock.
+pub struct Reservation(OwnedSemaphorePermit);
+
+/// Handle to the journal thread. Dropping it lets the thread finish what is queued and stop.
+pub struct Journal {
+    sender: Option<mpsc::Sender<Request>>,
+    queued: Arc<Semaphore>,
+    max_queued: usize,
+    checkpointed: Arc<AtomicU64>,
+    read_only: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    dir: PathBuf,
+}
+
+struct Writer {
+    dir: PathBuf,
+    config: JournalConfig,
+    ring: Ring,
+    file: File,
+    file_id: u64,
+    offset: u64,
+    /// Every file and the highest sequence it holds, oldest first (the last is current).
+    files: Vec<(u64, u64)>,
+    checkpointed: Arc<AtomicU64>,
+    read_only: Arc<AtomicBool>,
+    buffer: Vec<u8>,
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> BookieError {
+    BookieError::Io { path: path.display().to_string(), source }
+}
+
+impl Journal {
+    /// Replays the journal in `dir` after checkpoint `mark`, then starts the journal thread on a
+    /// new file. Returns the handle and what replay found.
+    pub fn open(dir: &Path, config: JournalConfig, mark: u64) -> Result<(Journal, Replayed), BookieError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let mut replayed = replay::replay(dir, mark)?;
+        let next_id = replayed.files.last().map_or(1, |(id, _)| id + 1);
+        let mut ring = Ring::new().map_err(|e| io_error(dir, e))?;
+        let (file, offset) = create_file(dir, next_id, config.file_bytes, &mut ring)?;
+        replayed.files.retain(|(id, _)| dir.join(file_name(*id)).exists());
+        let mut files = replayed.files.clone();
+        files.push((next_id, 0));
+        let checkpointed = Arc::new(AtomicU64::new(mark));
+        let read_only = Arc::new(AtomicBool::new(false));
+        let (sender, receiver) = mpsc::channel();
+        let mut writer = Writer {
+            dir: dir.to_owned(),
+            config: config.clone(),
+            ring,
+            file,
+            file_id: next_id,
+            offset,
+            files,
+            checkpointed: checkpointed.clone(),
+            read_only: read_only.clone(),
+            buffer: Vec::with_capacity(config.max_batch_bytes + crate::MAX_ENTRY_SIZE),
+        };
+        let thread = std::thread::Builder::new()
+            .name("journal".to_owned())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| io_error(dir, e))?;
+        info!(journal = %dir.display(), file_id = next_id, replayed = replayed.records.len(), "journal open");
+        Ok((
+            Journal {
+                sender: Some(sender),
+                queued: Arc::new(Semaphore::new(config.max_queued_bytes)),
+                max_queued: config.max_queued_bytes,
+                checkpointed,
+                read_only,
+                thread: Some(thread),
+                dir: dir.to_owned(),
+            },
+            replayed,
+        ))
+    }
+
+    /// Waits for room in the queue for a record of `len` bytes.
+    pub async fn reserve(&self, len: usize) -> Result<Reservation, BookieError> {
+        let bytes = len.clamp(1, self.max_queued) as u32;
+        let permit = self.queued.clone().acquire_many_owned(bytes).await.map_err(|_| BookieError::Stopped { what: "journal" })?;
+        Ok(Reservation(permit))
+    }
+
+    /// Queues a record; the receiver answers once it is durable. Never blocks: call it under
+    /// the lock that orders sequence numbers.
+    pub fn submit(
+        &self,
+        sequence: u64,
+        record: Record,
+        reservation: Reservation,
+    ) -> oneshot::Receiver<Result<(), BookieError>> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request { sequence, record, reply, _permit: reservation.0 };
+        match &self.sender {
+            Some(sender) => {
+                if let Err(mpsc::SendError(request)) = sender.send(request) {
+                    let _ = request.reply.send(Err(BookieError::Stopped { what: "journal" }));
+                }
+            }
+            None => {
+                let _ = request.reply.send(Err(BookieError::Stopped { what: "journal" }));
+            }
+        }
+        answer
+    }
+
+    /// Tells the journal that every record up to `mark` is in ledger storage; files holding
+    /// nothing newer are removed by the journal thread.
+    pub fn checkpointed(&self, mark: u64) {
+        self.checkpointed.fetch_max(mark, Ordering::SeqCst);
+    }
+
+    /// True once a write failed: the journal accepts nothing more.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.load(Ordering::SeqCst)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.sender.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), BookieError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(dir, e))
+}
+
+/// Creates, preallocates and heads a new journal file; returns it and the offset after the
+/// header. The directory is synced so the file survives a crash.
+fn create_file(dir: &Path, id: u64, size: u64, ring: &mut Ring) -> Result<(File, u64), BookieError> {
+    let path = dir.join(file_name(id));
+    let file = File::options().create_new(true).read(true).write(true).open(&path).map_err(|e| io_error(&path, e))?;
+    ring.fallocate(&file, size).map_err(|e| io_error(&path, e))?;
+    let mut header = [0u8; FILE_HEADER_LEN];
+    header[..8].copy_from_slice(FILE_MAGIC);
+    header[8..].copy_from_slice(&id.to_be_bytes());
+    ring.write_at(&file, &header, 0, true).map_err(|e| io_error(&path, e))?;
+    sync_dir(dir)?;
+    Ok((file, FILE_HEADER_LEN as u64))
+}
+
+impl Writer {
+    fn run(&mut self, receiver: mpsc::Receiver<Request>) {
+        let mut batch: Vec<Request> = Vec::new();
+        loop {
+            let first = match receiver.recv_timeout(IDLE_TICK) {
+                Ok(request) => request,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.remove_checkpointed_files();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut bytes = first.record.encoded_len();
+            batch.push(first);
+            let deadline = Instant::now() + self.config.max_batch_wait;
+            while bytes < self.config.max_batch_bytes {
+                let next = match receiver.try_recv() {
+                    Ok(request) => Some(request),
+                    Err(mpsc::TryRecvError::Empty) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            None
+                        } else {
+                            receiver.recv_timeout(deadline - now).ok()
+                        }
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => None,
+                };
+                let Some(request) = next else { break };
+                bytes += request.record.encoded_len();
+                batch.push(request);
+            }
+            let result = self.write_batch(&batch);
+            for request in batch.drain(..) {
+                let answer = match &result {
+                    Ok(()) => Ok(()),
+                    Err(reason) => Err(BookieError::ReadOnly { reason: reason.clone() }),
+                };
+                let _ = request.reply.send(answer);
+            }
+        }
+        info!(journal = %self.dir.display(), "journal thread stopped");
+    }
+
+    /// Writes and syncs one batch; on failure the journal turns read-only.
+    fn write_batch(&mut self, batch: &[Request]) -> Result<(), String> {
+        if self.read_only.load(Ordering::SeqCst) {
+            return Err("journal is read-only after an earlier write failure".to_owned());
+        }
+        self.buffer.clear();
+        for request in batch {
+            request.record.encode(request.sequence, &mut self.buffer);
+        }
+        if self.offset + self.buffer.len() as u64 > self.config.file_bytes {
+            if let Err(error) = self.rotate() {
+                return Err(self.fail(&error.to_string()));
+            }
+        }
+        let path = self.dir.join(file_name(self.file_id));
+        if let Err(error) = self.ring.write_at(&self.file, &self.buffer, self.offset, true) {
+            return Err(self.fail(&format!("write to {}: {error}", path.display())));
+        }
+        self.offset += self.buffer.len() as u64;
+        if let (Some(last), Some(request)) = (self.files.last_mut(), batch.iter().map(|r| r.sequence).max()) {
+            last.1 = last.1.max(request);
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, reason: &str) -> String {
+        if !self.read_only.swap(true, Ordering::SeqCst) {
+            error!(journal = %self.dir.display(), reason, "journal write failed; the bookie is read-only now");
+        }
+        format!("journal write failed: {reason}")
+    }
+
+    /// Starts the next file. A batch larger than a whole file still gets a file of its own.
+    fn rotate(&mut self) -> Result<(), BookieError> {
+        let id = self.file_id + 1;
+        let size = self.config.file_bytes.max(FILE_HEADER_LEN as u64 + self.buffer.len() as u64);
+        let (file, offset) = create_file(&self.dir, id, size, &mut self.ring)?;
+        self.file = file;
+        self.file_id = id;
+        self.offset = offset;
+        self.files.push((id, 0));
+        self.remove_checkpointed_files();
+        Ok(())
+    }
+
+    /// Removes files (other than the current one) whose records a checkpoint covers.
+    fn remove_checkpointed_files(&mut self) {
+        let mark = self.checkpointed.load(Ordering::SeqCst);
+        let current = self.file_id;
+        let dir = self.dir.clone();
+        self.files.retain(|(id, max_sequence)| {
+            if *id == current || *max_sequence > mark {
+                return true;
+            }
+            let path = dir.join(file_name(*id));
+            match std::fs::remove_file(&path) {
+                Ok(()) => false,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
+                Err(error) => {
+                    warn!(journal = %path.display(), %error, "cannot remove a checkpointed journal file");
+                    true
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn config() -> JournalConfig {
+        JournalConfig { file_bytes: 1024 * 1024, ..JournalConfig::default() }
+    }
+
+    fn add(ledger_id: u64, entry_id: u64, size: usize) -> Record {
+        Record::Add { ledger_id, entry_id, last_add_confirmed: entry_id as i64 - 1, payload: Bytes::from(vec![entry_id as u8; size]) }
+    }
+
+    async fn append(journal: &Journal, sequence: u64, record: Record) -> Result<(), BookieError> {
+        let reservation = journal.reserve(record.encoded_len()).await?;
+        journal.submit(sequence, record, reservation).await.map_err(|_| BookieError::Stopped { what: "reply" })?
+    }
+
+    #[tokio::test]
+    async fn appended_records_replay_after_reopen_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (journal, replayed) = Journal::open(dir.path(), config(), 0).expect("open");
+            assert!(replayed.records.is_empty());
+            let mut answers = Vec::new();
+            for entry in 0..100u64 {
+                let reservation = journal.reserve(1100).await.expect("reserve");
+                answers.push(journal.submit(entry + 1, add(7, entry, 1000), reservation));
+            }
+            for answer in answers {
+                answer.await.expect("answered").expect("durable");
+            }
+        }
+        let (_journal, replayed) = Journal::open(dir.path(), config(), 40).expect("reopen");
+        let sequences: Vec<u64> = replayed.records.iter().map(|(s, _)| *s).collect();
+        assert_eq!(sequences, (41..=100).collect::<Vec<_>>());
+        assert_eq!(replayed.last_sequence, 100);
+        assert_eq!(replayed.records[0].1, add(7, 40, 1000));
+    }
+
+    #[tokio::test]
+    async fn files_rotate_and_checkpointed_ones_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (journal, _) = Journal::open(dir.path(), config(), 0).expect("open");
+        for entry in 0..40u64 {
+            append(&journal, entry + 1, add(1, entry, 100_000)).await.expect("durable");
+        }
+        let files = replay::list_files(dir.path()).expect("list");
+        assert!(files.len() >= 4, "4 MB over 1 MiB files rotates: {files:?}");
+        journal.checkpointed(40);
+        append(&journal, 41, add(1, 40, 10)).await.expect("durable");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while replay::list_files(dir.path()).expect("list").len() > 1 {
+            assert!(Instant::now() < deadline, "checkpointed files were not removed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_truncated_with_earlier_records_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (journal, _) = Journal::open(dir.path(), config(), 0).expect("open");
+            for entry in 0..10u64 {
+                append(&journal, entry + 1, add(3, entry, 500)).await.expect("durable");
+            }
+        }
+        // Tear the last record: cut its last bytes as a crash inside a write would.
+        let (_, path) = replay::list_files(dir.path()).expect("list").pop().expect("a file");
+        let data = std::fs::read(&path).expect("read");
+        let end = FILE_HEADER_LEN + 10 * add(3, 0, 500).encoded_len();
+        let mut torn = data[..end - 7].to_vec();
+        torn.resize(data.len(), 0xee);
+        std::fs::write(&path, torn).expect("write");
+        let (journal, replayed) = Journal::open(dir.path(), config(), 0).expect("reopen after a torn tail");
+        assert_eq!(replayed.records.len(), 9, "the torn record is dropped, the others kept");
+        append(&journal, 11, add(3, 10, 500)).await.expect("writes go on");
+        drop(journal);
+        let (_, replayed) = Journal::open(dir.path(), config(), 0).expect("third open");
+        assert_eq!(replayed.records.len(), 10);
+    }
+
+    #[tokio::test]
+    async fn corruption_in_an_older_file_refuses_to_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (journal, _) = Journal::open(dir.path(), config(), 0).expect("open");
+            append(&journal, 1, add(1, 0, 100)).await.expect("durable");
+        }
+        {
+            let (journal, _) = Journal::open(dir.path(), config(), 0).expect("reopen");
+            append(&journal, 2, add(1, 1, 100)).await.expect("durable");
+        }
+        let (_, first) = replay::list_files(dir.path()).expect("list").remove(0);
+        let mut data = std::fs::read(&first).expect("read");
+        data[FILE_HEADER_LEN + 20] ^= 0xff;
+        std::fs::write(&first, data).expect("write");
+        match Journal::open(dir.path(), config(), 0) {
+            Err(BookieError::Corrupt { what, .. }) => assert!(what.contains(&file_name(1)), "{what}"),
+            other => panic!("expected a corruption error, got {:?}", other.map(|_| ())),
+        }
+    }
+}
