@@ -56,6 +56,10 @@ pub enum BookieError {
     },
     #[error("bookie task stopped: {what}")]
     Stopped { what: &'static str },
+    /// The bookie's directories do not match its cookie (wiped, swapped or moved disks): it
+    /// must not start. The reason says what differs and how to recover.
+    #[error("cookie mismatch, refusing to start: {reason}")]
+    CookieMismatch { reason: String },
 }
 
 impl BookieError {

@@ -6,19 +6,24 @@
 //! gRPC. Its promise: an add is answered OK only once the entry is durable on this bookie's
 //! disk; a fenced ledger accepts no more adds from its writer.
 //!
-//! - [`storage`]: the durable entry store (this version: RocksDB with synced writes, whose
-//!   write group commit shares one sync among concurrent adds).
+//! - [`journal`]: where adds become durable (io_uring, group commit, replay).
+//! - [`ledger_storage`]: write cache, entry logs, RocksDB index, read cache, GC.
+//! - [`bookie`]: ties them together: ordering, fencing, checkpoints.
 //! - [`server`]: the gRPC service on top of storage, and bookie registration in metadata.
 //! - [`client`]: bookie connections and ledger handles (create, add, read, recover, close).
 
+pub mod bookie;
 pub mod client;
 pub mod config;
+pub mod cookie;
+pub mod disk;
 pub mod uring;
 pub mod error;
+pub mod journal;
 pub mod ledger_state;
+pub mod ledger_storage;
 pub mod registration;
 pub mod server;
-pub mod storage;
 
 pub use error::BookieError;
 pub use config::BookieConfig;

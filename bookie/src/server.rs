@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::config::BookieConfig;
 use crate::error::BookieError;
-use crate::storage::EntryStore;
+use crate::bookie::Bookie;
 
 /// Adds one stream may have in flight before it stops reading more.
 pub const MAX_ADDS_IN_FLIGHT_PER_STREAM: usize = 4096;
@@ -41,17 +41,16 @@ pub const MAX_GRPC_MESSAGE: usize = crate::MAX_ENTRY_SIZE + 64 * 1024;
 /// A bookie's gRPC service; clone-cheap.
 #[derive(Clone)]
 pub struct BookieServer {
-    store: Arc<EntryStore>,
+    bookie: Arc<Bookie>,
 }
 
 impl BookieServer {
     pub fn open(config: &BookieConfig) -> Result<Self, BookieError> {
-        let store = EntryStore::open(&config.data_dir.join("entries"))?;
-        Ok(BookieServer { store })
+        Ok(BookieServer { bookie: Bookie::open(config)? })
     }
 
-    pub fn store(&self) -> &Arc<EntryStore> {
-        &self.store
+    pub fn bookie(&self) -> &Arc<Bookie> {
+        &self.bookie
     }
 
     /// Serves until `cancel` fires, then drains in-flight calls.
@@ -70,10 +69,10 @@ impl BookieServer {
 
     async fn blocking<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&EntryStore) -> Result<T, BookieError> + Send + 'static,
+        work: impl FnOnce(&Bookie) -> Result<T, BookieError> + Send + 'static,
     ) -> Result<T, BookieError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || work(&store))
+        let bookie = self.bookie.clone();
+        tokio::task::spawn_blocking(move || work(&bookie))
             .await
             .map_err(|_| BookieError::Stopped { what: "storage thread" })?
     }
@@ -122,16 +121,8 @@ impl BookieService for BookieServer {
                 tokio::spawn(async move {
                     let (ledger_id, entry_id) = (add.ledger_id, add.entry_id);
                     let result = server
-                        .blocking(move |store| {
-                            store.add(
-                                add.ledger_id,
-                                add.entry_id,
-                                &add.master_key,
-                                add.last_add_confirmed,
-                                &add.payload,
-                                add.recovery,
-                            )
-                        })
+                        .bookie
+                        .add(add.ledger_id, add.entry_id, &add.master_key, add.last_add_confirmed, add.payload, add.recovery)
                         .await;
                     // A writer that went away no longer needs the answer.
                     let _ = responses.send(Ok(add_response(ledger_id, entry_id, result))).await;
@@ -148,16 +139,18 @@ impl BookieService for BookieServer {
     ) -> Result<Response<ReadEntryResponse>, tonic::Status> {
         let read = request.into_inner();
         let (ledger_id, entry_id) = (read.ledger_id, read.entry_id);
-        let result = self
-            .blocking(move |store| {
-                if read.fence {
-                    store.fence(read.ledger_id, &read.master_key)?;
-                }
-                let payload = store.read(read.ledger_id, read.entry_id)?;
-                let lac = store.last_add_confirmed(read.ledger_id)?.unwrap_or(-1);
-                Ok((payload, lac))
-            })
-            .await;
+        let fenced = if read.fence { self.bookie.fence(read.ledger_id, &read.master_key).await.map(|_| ()) } else { Ok(()) };
+        let result = match fenced {
+            Ok(()) => {
+                self.blocking(move |bookie| {
+                    let payload = bookie.read(read.ledger_id, read.entry_id)?;
+                    let lac = bookie.last_add_confirmed(read.ledger_id)?.unwrap_or(-1);
+                    Ok((payload, lac))
+                })
+                .await
+            }
+            Err(error) => Err(error),
+        };
         Ok(Response::new(match result {
             Ok((payload, last_add_confirmed)) => ReadEntryResponse {
                 status: Status::Ok as i32,
@@ -193,8 +186,8 @@ impl BookieService for BookieServer {
         let max_entries = (read.max_entries as usize).clamp(1, MAX_RANGE_ENTRIES);
         let max_bytes = (read.max_bytes as usize).clamp(1, MAX_RANGE_BYTES);
         let result = self
-            .blocking(move |store| {
-                store.read_range(read.ledger_id, read.first_entry_id, read.last_entry_id, max_entries, max_bytes)
+            .blocking(move |bookie| {
+                bookie.read_range(read.ledger_id, read.first_entry_id, read.last_entry_id, max_entries, max_bytes)
             })
             .await;
         Ok(Response::new(match result {
@@ -216,8 +209,7 @@ impl BookieService for BookieServer {
         let read = request.into_inner();
         let ledger_id = read.ledger_id;
         let wait = Duration::from_millis(read.long_poll_timeout_ms).min(MAX_LONG_POLL);
-        let store = self.store.clone();
-        let watcher = self.blocking(move |store| store.watch_lac(ledger_id)).await;
+        let watcher = self.blocking(move |bookie| bookie.watch_lac(ledger_id)).await;
         let lac = match watcher {
             Ok(mut watcher) => {
                 if !wait.is_zero() && *watcher.borrow() <= read.previous_lac {
@@ -228,10 +220,7 @@ impl BookieService for BookieServer {
             }
             Err(error) => Err(error),
         };
-        let last = tokio::task::spawn_blocking(move || store.last_entry_id(ledger_id))
-            .await
-            .map_err(|_| BookieError::Stopped { what: "storage thread" })
-            .and_then(|r| r);
+        let last = self.blocking(move |bookie| bookie.last_entry_id(ledger_id)).await;
         Ok(Response::new(match (lac, last) {
             (Ok(last_add_confirmed), Ok(last_entry_id)) => {
                 ReadLacResponse { status: Status::Ok as i32, last_add_confirmed, last_entry_id, message: String::new() }
@@ -251,7 +240,7 @@ impl BookieService for BookieServer {
     ) -> Result<Response<FenceLedgerResponse>, tonic::Status> {
         let fence = request.into_inner();
         let ledger_id = fence.ledger_id;
-        let result = self.blocking(move |store| store.fence(fence.ledger_id, &fence.master_key)).await;
+        let result = self.bookie.fence(fence.ledger_id, &fence.master_key).await;
         Ok(Response::new(match result {
             Ok(found) => {
                 info!(ledger_id, last_entry_id = found.last_entry_id, "ledger fenced");
@@ -276,7 +265,7 @@ impl BookieService for BookieServer {
         request: Request<DeleteLedgerRequest>,
     ) -> Result<Response<DeleteLedgerResponse>, tonic::Status> {
         let ledger_id = request.into_inner().ledger_id;
-        let result = self.blocking(move |store| store.delete(ledger_id)).await;
+        let result = self.blocking(move |bookie| bookie.delete(ledger_id)).await;
         Ok(Response::new(match result {
             Ok(()) => DeleteLedgerResponse { status: Status::Ok as i32, message: String::new() },
             Err(error) => DeleteLedgerResponse { status: error.status() as i32, message: error.to_string() },

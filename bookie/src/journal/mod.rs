@@ -57,7 +57,7 @@ struct Request {
     sequence: u64,
     record: Record,
     reply: Reply,
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Space in the journal queue, reserved before an add takes the bookie's lock.
@@ -146,15 +146,16 @@ impl Journal {
     }
 
     /// Queues a record; the receiver answers once it is durable. Never blocks: call it under
-    /// the lock that orders sequence numbers.
+    /// the lock that orders sequence numbers. Small records (keys, fences) may go without a
+    /// reservation.
     pub fn submit(
         &self,
         sequence: u64,
         record: Record,
-        reservation: Reservation,
+        reservation: Option<Reservation>,
     ) -> oneshot::Receiver<Result<(), BookieError>> {
         let (reply, answer) = oneshot::channel();
-        let request = Request { sequence, record, reply, _permit: reservation.0 };
+        let request = Request { sequence, record, reply, _permit: reservation.map(|r| r.0) };
         match &self.sender {
             Some(sender) => {
                 if let Err(mpsc::SendError(request)) = sender.send(request) {
@@ -338,7 +339,7 @@ mod tests {
 
     async fn append(journal: &Journal, sequence: u64, record: Record) -> Result<(), BookieError> {
         let reservation = journal.reserve(record.encoded_len()).await?;
-        journal.submit(sequence, record, reservation).await.map_err(|_| BookieError::Stopped { what: "reply" })?
+        journal.submit(sequence, record, Some(reservation)).await.map_err(|_| BookieError::Stopped { what: "reply" })?
     }
 
     #[tokio::test]
@@ -350,7 +351,7 @@ mod tests {
             let mut answers = Vec::new();
             for entry in 0..100u64 {
                 let reservation = journal.reserve(1100).await.expect("reserve");
-                answers.push(journal.submit(entry + 1, add(7, entry, 1000), reservation));
+                answers.push(journal.submit(entry + 1, add(7, entry, 1000), Some(reservation)));
             }
             for answer in answers {
                 answer.await.expect("answered").expect("durable");

@@ -1,0 +1,411 @@
+//! Ledger storage: where entries live once the journal has made them durable, in the manner of
+//! BookKeeper's DbLedgerStorage.
+//!
+//! An add goes to the journal (durability) and to the [`write_cache`] (memory, no I/O). A
+//! checkpoint swaps the write cache's halves, recording the journal mark that covers the swapped
+//! half, then [`LedgerStorage::flush`] writes that half sorted by (ledger, entry) to the current
+//! [`entry_log`], fdatasyncs it, and writes one synced [`index`] batch with the entries'
+//! locations, the ledger states changed since the last checkpoint, the [`log_usage`] accounting
+//! and the mark. From then on the journal may drop everything up to the mark. Reads look in the
+//! write cache's halves, then the [`read_cache`], then the index and the entry logs (reading
+//! ahead the ledger's following entries into the read cache). [`gc`] reclaims entry log space of
+//! deleted ledgers and superseded records.
+//!
+//! Concurrency: `LedgerStorage` is shared as `Arc<LedgerStorage>`; every method blocks and is
+//! meant for blocking threads. Locks, always taken in this order: `checkpoint` (the entry log
+//! writer with its io_uring ring, and the log accounting: held by whoever appends to entry logs
+//! or changes locations, accounting or ledger existence in the index, i.e. flush, GC moves and
+//! removals, ledger deletion), then `cache` (write cache, held only for map operations), then
+//! `states` (ledger states). Reads of the index and entry logs take no lock.
+//!
+//! Invariants:
+//! - after `flush` returns mark M, every entry put before the swap that recorded M reads back
+//!   byte for byte, also after a restart; entries put after it are only in memory (the journal
+//!   replays them);
+//! - an entry is always in a write cache half or in the index: a half is dropped only after the
+//!   index batch naming its entries is written, and that batch is written only after the entry
+//!   log is synced. A crash between the two leaves the previous checkpoint intact, the unindexed
+//!   records being garbage for GC;
+//! - a deleted ledger's state, cached entries and index entries are gone when `delete_ledger`
+//!   returns, and reads of it return None;
+//! - GC never removes a record the index points to.
+//! - entries are immutable per (ledger, entry) (the ledger protocol writes each with one
+//!   content; recovery re-adds the same bytes): a put of an existing entry with other bytes
+//!   replaces it in the write cache and the index, but a read cache copy is not refreshed.
+
+pub mod entry_log;
+pub mod gc;
+pub mod index;
+pub mod ledger_states;
+pub mod log_usage;
+pub mod read_cache;
+pub mod write_cache;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use tracing::info;
+
+pub use gc::GcStats;
+
+use self::entry_log::{io_error, EntryLogReader, EntryLogWriter, Location};
+use self::index::{Index, IndexBatch};
+use self::ledger_states::LedgerStates;
+use self::log_usage::{LogUsage, UsageChange};
+use self::read_cache::ReadCache;
+use self::write_cache::{FlushingHalf, WriteCache};
+use crate::config::BookieConfig;
+use crate::error::BookieError;
+use crate::ledger_state::LedgerState;
+use crate::uring::Ring;
+
+/// Entry logs, under the data directory.
+pub const ENTRY_LOG_DIR: &str = "entry-logs";
+/// The RocksDB index, under the data directory.
+pub const INDEX_DIR: &str = "index";
+/// Read-ahead reads at most this many bytes besides the entry asked for.
+const READ_AHEAD_MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// Times a read looks an entry up again when GC removed the log it was in between the lookup
+/// and the read (once is enough unless the log went missing otherwise).
+const READ_ATTEMPTS: usize = 3;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the checkpoint mutex guards: the right to append to entry logs and to change the
+/// accounting that goes with the index.
+struct Checkpointer {
+    writer: EntryLogWriter,
+    usage: LogUsage,
+}
+
+pub struct LedgerStorage {
+    read_ahead_entries: usize,
+    compaction_threshold: f64,
+    log_dir: PathBuf,
+    index: Index,
+    logs: EntryLogReader,
+    cache: Mutex<WriteCache>,
+    read_cache: ReadCache,
+    states: RwLock<LedgerStates>,
+    checkpoint: Mutex<Checkpointer>,
+    /// The mark the last flush made durable.
+    mark: AtomicU64,
+    /// One GC at a time.
+    gc_running: Mutex<()>,
+}
+
+impl LedgerStorage {
+    /// Opens (creating) entry logs under `<config.data_dir>/entry-logs/` and the RocksDB index
+    /// under `<config.data_dir>/index/`.
+    pub fn open(config: &BookieConfig) -> Result<Arc<Self>, BookieError> {
+        let log_dir = config.data_dir.join(ENTRY_LOG_DIR);
+        std::fs::create_dir_all(&log_dir).map_err(|e| io_error(&log_dir, e))?;
+        let index = Index::open(&config.data_dir.join(INDEX_DIR))?;
+        let mark = index.mark()?;
+        let states = LedgerStates::loaded(index.states()?);
+        let usage = index.usage()?;
+        // A restart always starts a new log: nothing is appended after a possibly torn tail.
+        let newest_file = entry_log::list_logs(&log_dir)?.last().map(|(log_id, _)| *log_id);
+        let next_log_id = newest_file.max(usage.max_log_id()).map_or(1, |log_id| log_id + 1);
+        let ring = Ring::new().map_err(|e| io_error(&log_dir, e))?;
+        let writer = EntryLogWriter::new(log_dir.clone(), ring, config.entry_log_bytes, next_log_id);
+        info!(
+            data_dir = %config.data_dir.display(),
+            mark,
+            ledgers = states.ids().len(),
+            entry_logs = usage.iter().count(),
+            "ledger storage opened"
+        );
+        Ok(Arc::new(LedgerStorage {
+            read_ahead_entries: config.read_ahead_entries,
+            compaction_threshold: config.gc_compaction_threshold,
+            logs: EntryLogReader::new(log_dir.clone()),
+            log_dir,
+            index,
+            cache: Mutex::new(WriteCache::default()),
+            read_cache: ReadCache::new(config.read_cache_bytes),
+            states: RwLock::new(states),
+            checkpoint: Mutex::new(Checkpointer { writer, usage }),
+            mark: AtomicU64::new(mark),
+            gc_running: Mutex::new(()),
+        }))
+    }
+
+    /// Puts an entry into the write cache's active half. No I/O. Overwrites an existing
+    /// (ledger, entry) in the cache. The caller has checked the size against
+    /// [`crate::MAX_ENTRY_SIZE`] (a larger entry would make every flush fail).
+    pub fn put_entry(&self, ledger_id: u64, entry_id: u64, data: Bytes) {
+        lock(&self.cache).put(ledger_id, entry_id, data);
+    }
+
+    /// Reads an entry: active half, flushing half, read cache, then index + entry log (filling
+    /// the read cache and reading ahead `read_ahead_entries` following entries of the same
+    /// ledger from the same entry log).
+    pub fn get_entry(&self, ledger_id: u64, entry_id: u64) -> Result<Option<Bytes>, BookieError> {
+        if let Some(data) = lock(&self.cache).get(ledger_id, entry_id) {
+            return Ok(Some(data));
+        }
+        if let Some(data) = self.read_cache.get(ledger_id, entry_id) {
+            return Ok(Some(data));
+        }
+        let mut run = self.read_from_logs(ledger_id, entry_id)?;
+        Ok((!run.is_empty()).then(|| run.swap_remove(0).1))
+    }
+
+    /// The entry from the entry logs and the entries read ahead after it, all now in the read
+    /// cache; empty if the index does not have the entry.
+    fn read_from_logs(&self, ledger_id: u64, entry_id: u64) -> Result<Vec<(u64, Bytes)>, BookieError> {
+        for _ in 0..READ_ATTEMPTS {
+            let generation = self.read_cache.generation();
+            let Some(first) = self.index.location(ledger_id, entry_id)? else { return Ok(Vec::new()) };
+            let run = self.read_ahead_run(ledger_id, entry_id, first)?;
+            if let Some(data) = self.logs.read_run(ledger_id, &run)? {
+                let entries: Vec<(u64, Bytes)> = run.iter().map(|(id, _)| *id).zip(data).collect();
+                self.read_cache.insert_if_unchanged(generation, ledger_id, &entries);
+                return Ok(entries);
+            }
+            // GC moved the entry and removed the log since the lookup: look again.
+        }
+        Err(BookieError::Corrupt {
+            what: format!("entry {entry_id} of ledger {ledger_id}"),
+            reason: "the index keeps naming an entry log that does not exist".to_owned(),
+        })
+    }
+
+    /// The entry and the following entries of the ledger that lie right after it in the same
+    /// log (what one flush wrote together), up to the read-ahead limits.
+    fn read_ahead_run(
+        &self,
+        ledger_id: u64,
+        entry_id: u64,
+        first: Location,
+    ) -> Result<Vec<(u64, Location)>, BookieError> {
+        let mut run = vec![(entry_id, first)];
+        if self.read_ahead_entries == 0 {
+            return Ok(run);
+        }
+        let mut span = first.record_bytes();
+        for (next_id, location) in self.index.locations_after(ledger_id, entry_id, self.read_ahead_entries)? {
+            let Some(&(last_id, last)) = run.last() else { break };
+            let adjacent = Some(next_id) == last_id.checked_add(1)
+                && location.log_id == last.log_id
+                && location.offset == last.offset + last.record_bytes();
+            if !adjacent || span + location.record_bytes() > READ_AHEAD_MAX_BYTES {
+                break;
+            }
+            span += location.record_bytes();
+            run.push((next_id, location));
+        }
+        Ok(run)
+    }
+
+    /// Consecutive entries first..=last, stopping at the first gap, after max_entries, or once
+    /// max_bytes is reached (always at least one if present). Empty if `first` is absent.
+    pub fn get_range(
+        &self,
+        ledger_id: u64,
+        first: u64,
+        last: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Bytes)>, BookieError> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        // Entries read ahead by the last read that went to the logs.
+        let mut ahead: VecDeque<(u64, Bytes)> = VecDeque::new();
+        let mut entry_id = first;
+        while entry_id <= last && out.len() < max_entries {
+            while ahead.front().is_some_and(|(id, _)| *id < entry_id) {
+                ahead.pop_front();
+            }
+            let cached = lock(&self.cache).get(ledger_id, entry_id);
+            let data = match cached {
+                Some(data) => data,
+                None => match ahead.front() {
+                    Some((id, data)) if *id == entry_id => data.clone(),
+                    _ => match self.read_cache.get(ledger_id, entry_id) {
+                        Some(data) => data,
+                        None => {
+                            ahead = self.read_from_logs(ledger_id, entry_id)?.into();
+                            match ahead.front() {
+                                Some((_, data)) => data.clone(),
+                                None => break,
+                            }
+                        }
+                    },
+                },
+            };
+            if !out.is_empty() && bytes + data.len() > max_bytes {
+                break;
+            }
+            bytes += data.len();
+            out.push((entry_id, data));
+            if bytes >= max_bytes {
+                break;
+            }
+            match entry_id.checked_add(1) {
+                Some(next) => entry_id = next,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Highest entry id stored for the ledger (write cache halves and index), None if none.
+    pub fn last_entry_id(&self, ledger_id: u64) -> Result<Option<u64>, BookieError> {
+        // The cache first: a flush drops its half only after the index has the entries.
+        let cached = lock(&self.cache).last_entry_id(ledger_id);
+        let indexed = self.index.last_entry_id(ledger_id)?;
+        Ok(cached.max(indexed))
+    }
+
+    /// Ledger state: kept in memory, persisted at each checkpoint in the same RocksDB batch as
+    /// the index.
+    pub fn ledger_state(&self, ledger_id: u64) -> Result<Option<LedgerState>, BookieError> {
+        Ok(read(&self.states).get(ledger_id).cloned())
+    }
+
+    pub fn set_ledger_state(&self, ledger_id: u64, state: LedgerState) {
+        write(&self.states).set(ledger_id, state);
+    }
+
+    /// Deletes the ledger: state, cached entries and index entries go now (persisted in one
+    /// synced batch with the ledger's log accounting); entry log space is reclaimed by `gc`.
+    /// Waits for a flush or GC move in progress.
+    pub fn delete_ledger(&self, ledger_id: u64) -> Result<(), BookieError> {
+        let mut checkpoint = lock(&self.checkpoint);
+        let mut batch = IndexBatch::default();
+        batch.delete_ledger_entries(ledger_id);
+        batch.delete_state(ledger_id);
+        for log_id in checkpoint.usage.logs_holding(ledger_id) {
+            batch.put_usage(log_id, ledger_id, 0);
+        }
+        self.index.write(batch)?;
+        checkpoint.usage.remove_ledger(ledger_id);
+        // No flush runs (we hold the checkpoint lock), so the flushing half is not being written.
+        lock(&self.cache).remove_ledger(ledger_id);
+        write(&self.states).remove(ledger_id);
+        self.read_cache.invalidate_ledger(ledger_id);
+        info!(ledger_id, "ledger deleted from ledger storage");
+        Ok(())
+    }
+
+    /// Makes the active half the flushing half and starts a new active half; records `mark`
+    /// (the journal sequence number every entry put before this call is covered by). Cheap; the
+    /// caller holds its own lock around put_entry and this call so the mark is exact. Returns
+    /// false (and does nothing) if a flush is still pending.
+    pub fn swap_write_cache(&self, mark: u64) -> bool {
+        lock(&self.cache).swap(mark)
+    }
+
+    /// Whether a swapped half waits for (or is in) `flush`.
+    pub fn flush_pending(&self) -> bool {
+        lock(&self.cache).flush_pending()
+    }
+
+    /// Writes the flushing half to the current entry log (entries sorted by ledger then entry),
+    /// fdatasyncs the entry log, then writes in ONE synced RocksDB batch: the index entries, the
+    /// ledger states changed since the last checkpoint, the log accounting and the mark. Then
+    /// drops the flushing half. Returns the mark now durable. No-op returning the last mark if
+    /// nothing is flushing. After an error the half stays, and the next call tries again.
+    pub fn flush(&self) -> Result<u64, BookieError> {
+        let mut checkpoint = lock(&self.checkpoint);
+        let Some(half) = lock(&self.cache).flushing() else { return Ok(self.checkpoint_mark()) };
+        let states = write(&self.states).take_dirty();
+        if let Err(error) = self.write_checkpoint(&mut checkpoint, &half, &states) {
+            write(&self.states).restore_dirty(states.into_iter().map(|(ledger_id, _)| ledger_id));
+            return Err(error);
+        }
+        self.mark.store(half.mark, Ordering::Release);
+        lock(&self.cache).finish_flush();
+        Ok(half.mark)
+    }
+
+    fn write_checkpoint(
+        &self,
+        checkpoint: &mut Checkpointer,
+        half: &FlushingHalf,
+        states: &[(u64, LedgerState)],
+    ) -> Result<(), BookieError> {
+        let (locations, ends) = Self::append_half(&mut checkpoint.writer, half)?;
+        let mut batch = IndexBatch::default();
+        let mut change = UsageChange::default();
+        for (ledger_id, entry_id, location) in &locations {
+            batch.put_location(*ledger_id, *entry_id, location);
+            change.add(location.log_id, *ledger_id, location.record_bytes());
+        }
+        for (log_id, end) in ends {
+            change.extend_log(log_id, end);
+        }
+        checkpoint.usage.stage(&change, &mut batch);
+        for (ledger_id, state) in states {
+            batch.put_state(*ledger_id, state);
+        }
+        batch.put_mark(half.mark);
+        self.index.write(batch)?;
+        checkpoint.usage.apply(change);
+        Ok(())
+    }
+
+    /// Appends the half's entries and syncs: their locations, and the logs written with the
+    /// end of their records.
+    #[allow(clippy::type_complexity)]
+    fn append_half(
+        writer: &mut EntryLogWriter,
+        half: &FlushingHalf,
+    ) -> Result<(Vec<(u64, u64, Location)>, Vec<(u64, u64)>), BookieError> {
+        let mut locations = Vec::with_capacity(half.entries.len());
+        for (ledger_id, entry_id, data) in half.entries.iter() {
+            locations.push((ledger_id, entry_id, writer.append(ledger_id, entry_id, data)?));
+        }
+        let ends = writer.finish()?;
+        Ok((locations, ends))
+    }
+
+    /// A crash in the middle of `flush`: the entry log is written and synced, the index batch
+    /// never is.
+    #[cfg(test)]
+    fn flush_entry_log_only(&self) -> Result<(), BookieError> {
+        let mut checkpoint = lock(&self.checkpoint);
+        let Some(half) = lock(&self.cache).flushing() else { return Ok(()) };
+        Self::append_half(&mut checkpoint.writer, &half).map(|_| ())
+    }
+
+    /// The last mark made durable by flush (0 on a new bookie).
+    pub fn checkpoint_mark(&self) -> u64 {
+        self.mark.load(Ordering::Acquire)
+    }
+
+    /// Bytes in the active half (the bookie checkpoints when it passes write_cache_bytes).
+    pub fn active_bytes(&self) -> usize {
+        lock(&self.cache).active_bytes()
+    }
+
+    /// Garbage collection: entry logs whose live fraction is below gc_compaction_threshold are
+    /// compacted (live entries rewritten to the current entry log, index updated, old log
+    /// removed); logs with no live data, and log files the index does not know, are removed.
+    pub fn gc(&self) -> Result<GcStats, BookieError> {
+        gc::collect(self)
+    }
+
+    /// Ids of ledgers known here (states), sorted.
+    pub fn ledgers(&self) -> Result<Vec<u64>, BookieError> {
+        Ok(read(&self.states).ids())
+    }
+}
