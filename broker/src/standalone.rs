@@ -52,7 +52,7 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
 
     // Bookie.
     let bookie_config =
-        BookieConfig { bookie_id: STANDALONE_BOOKIE_ID.to_owned(), data_dir: config.data_dir.join("bookie-0") };
+        BookieConfig::new(STANDALONE_BOOKIE_ID, config.data_dir.join("bookie-0"));
     let bookie =
         tokio::task::spawn_blocking(move || BookieServer::open(&bookie_config)).await.context("open bookie")??;
     let bookie_listener = bind("127.0.0.1", config.bookie_port, "bookie").await?;
