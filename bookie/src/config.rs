@@ -19,7 +19,7 @@ pub struct BookieConfig {
     /// Bytes of one write-cache half; a checkpoint starts when the active half is this full.
     pub write_cache_bytes: usize,
     /// Longest time entries stay only in the journal before a checkpoint writes them out.
-    #[serde(with = "millis")]
+    #[serde(with = "millis", rename = "checkpoint_interval_ms")]
     pub checkpoint_interval: Duration,
     /// An entry log is closed and a new one started at this size.
     pub entry_log_bytes: u64,
@@ -29,14 +29,14 @@ pub struct BookieConfig {
     pub read_ahead_entries: usize,
     /// Garbage collection: how often, and below which fraction of live data an entry log
     /// is compacted.
-    #[serde(with = "millis")]
+    #[serde(with = "millis", rename = "gc_interval_ms")]
     pub gc_interval: Duration,
     pub gc_compaction_threshold: f64,
     /// The bookie turns read-only when a data or journal disk is fuller than this fraction,
     /// and writable again below `disk_usage_lwm`.
     pub disk_usage_threshold: f64,
     pub disk_usage_lwm: f64,
-    #[serde(with = "millis")]
+    #[serde(with = "millis", rename = "disk_check_interval_ms")]
     pub disk_check_interval: Duration,
 }
 
@@ -48,7 +48,7 @@ pub struct JournalConfig {
     /// Most bytes one group commit writes before its sync.
     pub max_batch_bytes: usize,
     /// Longest a group commit waits for more adds before it syncs what it has.
-    #[serde(with = "micros")]
+    #[serde(with = "micros", rename = "max_batch_wait_us")]
     pub max_batch_wait: Duration,
     /// Bytes of adds queued for the journal before adders wait.
     pub max_queued_bytes: usize,

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use magnetar_proto::bookie::bookie_service_server::{BookieService, BookieServiceServer};
 use magnetar_proto::bookie::{
     AddEntryRequest, AddEntryResponse, DeleteLedgerRequest, DeleteLedgerResponse, Entry, FenceLedgerRequest,
@@ -60,10 +60,17 @@ impl BookieServer {
         let service = BookieServiceServer::new(self)
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
+        // With our own listener, tonic's tcp_nodelay setting does not apply: set it on each
+        // accepted socket, or small answers wait for delayed ACKs (~40 ms each).
+        let incoming = TcpListenerStream::new(listener).map(|accepted| {
+            if let Ok(stream) = &accepted {
+                let _ = stream.set_nodelay(true);
+            }
+            accepted
+        });
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), cancel.cancelled_owned())
+            .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
             .await
     }
 
