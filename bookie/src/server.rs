@@ -53,10 +53,12 @@ impl BookieServer {
         &self.bookie
     }
 
-    /// Serves until `cancel` fires, then drains in-flight calls.
+    /// Serves until `cancel` fires, then drains in-flight calls and closes the bookie (final
+    /// checkpoint) on a blocking thread.
     pub async fn run(self, listener: TcpListener, cancel: CancellationToken) -> Result<(), tonic::transport::Error> {
         let address = listener.local_addr().ok();
         info!(?address, "bookie serving BookieService");
+        let bookie = self.bookie.clone();
         let service = BookieServiceServer::new(self)
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
@@ -68,10 +70,13 @@ impl BookieServer {
             }
             accepted
         });
-        tonic::transport::Server::builder()
+        let served = tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
-            .await
+            .await;
+        // The last reference closes the bookie: a checkpoint and thread joins, off the runtime.
+        let _ = tokio::task::spawn_blocking(move || drop(bookie)).await;
+        served
     }
 
     async fn blocking<T: Send + 'static>(

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use magnetar_bookie::registration::{self, BookieRegistration};
-use magnetar_bookie::{BookieConfig, BookieServer};
+use magnetar_bookie::disk::DiskMonitor;
+use magnetar_bookie::{cookie, BookieConfig, BookieServer};
 use magnetar_meta::{LocalStore, MetadataStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -51,10 +52,12 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
     namespace::initialize_defaults(meta.as_ref(), "standalone").await.context("create default tenant and namespace")?;
 
     // Bookie.
-    let bookie_config =
-        BookieConfig::new(STANDALONE_BOOKIE_ID, config.data_dir.join("bookie-0"));
-    let bookie =
-        tokio::task::spawn_blocking(move || BookieServer::open(&bookie_config)).await.context("open bookie")??;
+    let bookie_config = BookieConfig::new(STANDALONE_BOOKIE_ID, config.data_dir.join("bookie-0"));
+    cookie::verify_or_create(meta.as_ref(), &bookie_config).await.context("check the bookie's cookie")?;
+    let opened_config = bookie_config.clone();
+    let bookie = tokio::task::spawn_blocking(move || BookieServer::open(&opened_config)).await.context("open bookie")??;
+    let disk_cancel = CancellationToken::new();
+    DiskMonitor::new(&bookie_config, bookie.bookie().read_only_flag()).spawn(disk_cancel.clone());
     let bookie_listener = bind("127.0.0.1", config.bookie_port, "bookie").await?;
     let bookie_address: SocketAddr = bookie_listener.local_addr().context("bookie address")?;
     let bookie_cancel = CancellationToken::new();
@@ -94,6 +97,7 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
         service.close_all_topics().await;
         service.bookies.close().await;
         bookie_cancel.cancel();
+        disk_cancel.cancel();
         let _ = bookie_task.await;
         if let Err(error) = meta.close_session(session).await {
             warn!(%error, "closing the bookie's metadata session");
