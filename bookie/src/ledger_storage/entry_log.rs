@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
+use tracing::warn;
 
 use crate::error::BookieError;
 use crate::uring::Ring;
@@ -124,7 +125,12 @@ fn be_u64(bytes: &[u8], at: usize) -> u64 {
 
 /// `bytes` holds at least [`RECORD_HEADER_LEN`] bytes.
 fn parse_header(bytes: &[u8]) -> RecordHeader {
-    RecordHeader { len: be_u32(bytes, 0), crc: be_u32(bytes, 4), ledger_id: be_u64(bytes, 8), entry_id: be_u64(bytes, 16) }
+    RecordHeader {
+        len: be_u32(bytes, 0),
+        crc: be_u32(bytes, 4),
+        ledger_id: be_u64(bytes, 8),
+        entry_id: be_u64(bytes, 16),
+    }
 }
 
 /// One log the writer appends to. `buffer` holds appended bytes not yet written; they belong
@@ -227,12 +233,8 @@ impl EntryLogWriter {
         let log_id = self.next_log_id;
         self.next_log_id += 1;
         let path = self.dir.join(file_name(log_id));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| io_error(&path, e))?;
+        let file =
+            OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|e| io_error(&path, e))?;
         // The new name must survive a crash as surely as the records the index will point to.
         File::open(&self.dir).and_then(|dir| dir.sync_all()).map_err(|e| io_error(&self.dir, e))?;
         let mut buffer = Vec::with_capacity(WRITE_CHUNK_BYTES);
@@ -308,59 +310,79 @@ impl EntryLogReader {
     }
 
     /// Reads records of `ledger_id` that lie back to back in one log, starting at `run[0]`'s
-    /// offset, with one read; returns their data in order. None if the log no longer exists
-    /// (GC moved its records: look them up again).
+    /// offset, with one read; returns their data in order. The first record must be sound (else
+    /// Corrupt); the others are read ahead, so the answer stops before the first that is not
+    /// (it is reported when read for itself). None if the log no longer exists (GC moved its
+    /// records: look them up again).
     pub fn read_run(&self, ledger_id: u64, run: &[(u64, Location)]) -> Result<Option<Vec<Bytes>>, BookieError> {
         let Some(&(first_entry, first)) = run.first() else { return Ok(Some(Vec::new())) };
-        let mut span = 0u64;
-        for (entry_id, location) in run {
-            if location.len as usize > MAX_ENTRY_SIZE {
-                return Err(BookieError::Corrupt {
-                    what: format!("index entry of ledger {ledger_id} entry {entry_id}"),
-                    reason: format!("length {} exceeds the limit of {MAX_ENTRY_SIZE}", location.len),
-                });
-            }
-            span += location.record_bytes();
+        if first.len as usize > MAX_ENTRY_SIZE {
+            return Err(BookieError::Corrupt {
+                what: format!("index entry of ledger {ledger_id} entry {first_entry}"),
+                reason: format!("length {} exceeds the limit of {MAX_ENTRY_SIZE}", first.len),
+            });
         }
         let Some(file) = self.file(first.log_id)? else { return Ok(None) };
         let path = self.path(first.log_id);
         let size = file.metadata().map_err(|e| io_error(&path, e))?.len();
-        if first.offset < HEADER_LEN || first.offset.saturating_add(span) > size {
+        if first.offset < HEADER_LEN || first.offset.saturating_add(first.record_bytes()) > size {
             return Err(corrupt(
                 &path,
                 first.offset,
-                format!("entry {first_entry} of ledger {ledger_id}: {span} bytes do not fit in a file of {size}"),
+                format!(
+                    "entry {first_entry} of ledger {ledger_id}: {} bytes do not fit in a file of {size}",
+                    first.len
+                ),
             ));
+        }
+        // Read-ahead takes what fits in the file and the entry size limit.
+        let mut span = 0u64;
+        let mut count = 0;
+        for (_, location) in run {
+            let end = first.offset + span + location.record_bytes();
+            if location.len as usize > MAX_ENTRY_SIZE || end > size {
+                break;
+            }
+            span += location.record_bytes();
+            count += 1;
         }
         let mut buffer = vec![0u8; span as usize];
         file.read_exact_at(&mut buffer, first.offset).map_err(|e| io_error(&path, e))?;
         let buffer = Bytes::from(buffer);
-        let mut out = Vec::with_capacity(run.len());
+        let mut out = Vec::with_capacity(count);
         let mut at = 0usize;
-        for &(entry_id, location) in run {
-            let offset = first.offset + at as u64;
-            let header = parse_header(&buffer[at..at + RECORD_HEADER_LEN]);
-            if header.len != location.len || header.ledger_id != ledger_id || header.entry_id != entry_id {
-                return Err(corrupt(
-                    &path,
-                    offset,
-                    format!(
-                        "expected entry {entry_id} of ledger {ledger_id} with {} bytes, found entry {} of ledger {} \
-                         with {} bytes",
-                        location.len, header.entry_id, header.ledger_id, header.len
-                    ),
-                ));
-            }
+        for &(entry_id, location) in &run[..count] {
             let end = at + RECORD_HEADER_LEN + location.len as usize;
-            let crc = crc32c::crc32c(&buffer[at + 8..end]);
-            if crc != header.crc {
-                return Err(corrupt(&path, offset, format!("crc32c {crc:#010x}, record says {:#010x}", header.crc)));
+            match check_record(&buffer[at..end], ledger_id, entry_id) {
+                Ok(()) => out.push(buffer.slice(at + RECORD_HEADER_LEN..end)),
+                Err(reason) if out.is_empty() => return Err(corrupt(&path, first.offset + at as u64, reason)),
+                Err(reason) => {
+                    warn!(path = %path.display(), offset = first.offset + at as u64, %reason, "read-ahead stopped at a bad record");
+                    break;
+                }
             }
-            out.push(buffer.slice(at + RECORD_HEADER_LEN..end));
             at = end;
         }
         Ok(Some(out))
     }
+}
+
+/// Checks that `record` (header and data, its length as the index says) is the entry's and
+/// its crc matches; the reason if not.
+fn check_record(record: &[u8], ledger_id: u64, entry_id: u64) -> Result<(), String> {
+    let header = parse_header(record);
+    let len = record.len() - RECORD_HEADER_LEN;
+    if header.len as usize != len || header.ledger_id != ledger_id || header.entry_id != entry_id {
+        return Err(format!(
+            "expected entry {entry_id} of ledger {ledger_id} with {len} bytes, found entry {} of ledger {} with {} bytes",
+            header.entry_id, header.ledger_id, header.len
+        ));
+    }
+    let crc = crc32c::crc32c(&record[8..]);
+    if crc != header.crc {
+        return Err(format!("crc32c {crc:#010x}, record says {:#010x}", header.crc));
+    }
+    Ok(())
 }
 
 /// A record a scan found.
@@ -457,7 +479,10 @@ mod tests {
         let locations: Vec<(u64, Location)> = (0..100u64)
             .map(|entry| (entry, writer.append(9, entry, format!("data {entry}").as_bytes()).expect("append")))
             .collect();
-        assert_eq!(writer.finish().expect("finish"), vec![(1, locations[99].1.offset + locations[99].1.record_bytes())]);
+        assert_eq!(
+            writer.finish().expect("finish"),
+            vec![(1, locations[99].1.offset + locations[99].1.record_bytes())]
+        );
         let reader = EntryLogReader::new(dir.path().to_path_buf());
         let data = reader.read_run(9, &locations[10..20]).expect("read").expect("log exists");
         for (i, bytes) in data.iter().enumerate() {
@@ -512,7 +537,9 @@ mod tests {
         let path = reader.path(1);
         let file = OpenOptions::new().write(true).open(&path).expect("open");
         file.write_all_at(b"W", second.offset + RECORD_HEADER_LEN as u64).expect("damage");
-        let error = reader.read_run(3, &[(0, first), (1, second)]).expect_err("corrupt");
+        let run = reader.read_run(3, &[(0, first), (1, second)]).expect("first is sound").expect("exists");
+        assert_eq!(run, vec![Bytes::from_static(b"hello")], "read-ahead stops before the bad record");
+        let error = reader.read_run(3, &[(1, second)]).expect_err("corrupt");
         match error {
             BookieError::Corrupt { what, .. } => {
                 assert!(what.contains(&file_name(1)) && what.contains(&format!("offset {}", second.offset)), "{what}")
@@ -542,6 +569,8 @@ mod tests {
         assert!(matches!(reader.read_run(3, &[(0, huge)]), Err(BookieError::Corrupt { .. })));
         let past_end = Location { len: 1000, ..location };
         assert!(matches!(reader.read_run(3, &[(0, past_end)]), Err(BookieError::Corrupt { .. })));
+        let ahead_past_end = reader.read_run(3, &[(0, location), (1, past_end)]).expect("first is sound");
+        assert_eq!(ahead_past_end.expect("exists"), vec![Bytes::from_static(b"hello")]);
         let file = OpenOptions::new().write(true).open(&path).expect("open");
         file.write_all_at(&u32::MAX.to_be_bytes(), location.offset).expect("damage length");
         let scanned = scan(&path, 1, location.offset + location.record_bytes(), |_| Ok(()));

@@ -11,11 +11,13 @@
 //!   each synced and followed by one index batch with the new locations and accounting, then
 //!   forgets the log in the index and removes its file.
 //!
-//! Concurrency: one GC at a time (`gc_running`). Deciding, moving and removing take the
-//! storage's checkpoint lock, so they never interleave with a flush or a ledger deletion;
-//! scanning and index lookups run without it, and each move re-checks under it that the index
-//! still points at the old record. Readers that looked up an old location before a move find the
-//! log gone and look up again.
+//! Concurrency: one GC at a time (`gc_running`). Deciding which logs go takes the storage's
+//! `appender` and `usage` locks, so no flush is halfway through writing a log it has not indexed
+//! yet. Scanning and index lookups take no lock. A move appends its batch under `appender`, then
+//! under `usage` keeps only the records the index still points at (a flush or a deletion may
+//! have changed them since the scan) and commits their new locations; the copies it drops are
+//! unaccounted garbage. Readers that looked up an old location before a move find the log gone
+//! and look up again.
 //!
 //! Invariants: GC never removes a record the index points to. Only flush and GC change
 //! locations, and both write only to the current log, which GC never collects; so once a scan
@@ -27,12 +29,13 @@ use std::collections::HashSet;
 use std::io;
 use std::path::Path;
 
-use tracing::{error, info};
+use tracing::{debug, error};
 
 use super::entry_log::{self, io_error, Location, ScannedRecord};
 use super::index::IndexBatch;
+use super::log_usage::LogUsage;
 use super::log_usage::UsageChange;
-use super::{lock, Checkpointer, LedgerStorage};
+use super::{lock, LedgerStorage};
 use crate::error::BookieError;
 
 /// Live records gathered before they are moved in one batch.
@@ -61,17 +64,18 @@ pub(super) fn collect(storage: &LedgerStorage) -> Result<GcStats, BookieError> {
     let _one_at_a_time = lock(&storage.gc_running);
     let mut stats = GcStats::default();
     let candidates = {
-        let mut checkpoint = lock(&storage.checkpoint);
-        let current = checkpoint.writer.current_log_id();
+        let writer = lock(&storage.appender);
+        let mut usage = lock(&storage.usage);
+        let current = writer.current_log_id();
         for (log_id, path) in entry_log::list_logs(&storage.log_dir)? {
-            if Some(log_id) != current && checkpoint.usage.get(log_id).is_none() {
+            if Some(log_id) != current && usage.get(log_id).is_none() {
                 stats.bytes_reclaimed += remove_file(storage, log_id, &path)?;
                 stats.logs_removed += 1;
             }
         }
         let mut empty = Vec::new();
         let mut candidates = Vec::new();
-        for (log_id, info) in checkpoint.usage.iter() {
+        for (log_id, info) in usage.iter() {
             if Some(log_id) == current {
                 continue;
             }
@@ -83,7 +87,7 @@ pub(super) fn collect(storage: &LedgerStorage) -> Result<GcStats, BookieError> {
             }
         }
         for log_id in empty {
-            stats.bytes_reclaimed += forget_log(storage, &mut checkpoint, log_id)?;
+            stats.bytes_reclaimed += forget_log(storage, &mut usage, log_id)?;
             stats.logs_removed += 1;
         }
         candidates
@@ -102,7 +106,7 @@ pub(super) fn collect(storage: &LedgerStorage) -> Result<GcStats, BookieError> {
         }
     }
     if stats != GcStats::default() {
-        info!(?stats, "entry log garbage collected");
+        debug!(?stats, "entry log garbage collected");
     }
     Ok(stats)
 }
@@ -160,42 +164,40 @@ impl Compaction<'_> {
         Ok(())
     }
 
-    /// Appends the pending records that are still live to the current log, syncs, and points
-    /// the index at the copies.
+    /// Appends the pending records to the current log, syncs, and points the index at the
+    /// copies of those still live.
     fn move_pending(&mut self) -> Result<(), BookieError> {
         self.pending_bytes = 0;
         if self.pending.is_empty() {
             return Ok(());
         }
         let storage = self.storage;
-        let mut checkpoint = lock(&storage.checkpoint);
-        let mut moves = Vec::with_capacity(self.pending.len());
+        let mut writer = lock(&storage.appender);
+        let mut copies = Vec::with_capacity(self.pending.len());
         for record in self.pending.drain(..) {
-            // Deleted or overwritten since the scan looked.
-            if storage.index.location(record.ledger_id, record.entry_id)? != Some(record.location) {
-                continue;
-            }
-            let copy = checkpoint.writer.append(record.ledger_id, record.entry_id, &record.data)?;
-            moves.push((record.ledger_id, record.entry_id, record.location, copy));
+            let copy = writer.append(record.ledger_id, record.entry_id, &record.data)?;
+            copies.push((record.ledger_id, record.entry_id, record.location, copy));
         }
-        let ends = checkpoint.writer.finish()?;
-        if moves.is_empty() {
-            return Ok(());
-        }
+        let ends = writer.finish()?;
+        let mut usage = lock(&storage.usage);
         let mut batch = IndexBatch::default();
         let mut change = UsageChange::default();
-        for (ledger_id, entry_id, old, copy) in &moves {
+        for (ledger_id, entry_id, old, copy) in &copies {
+            // Deleted or overwritten since the scan looked: the copy is garbage.
+            if storage.index.location(*ledger_id, *entry_id)? != Some(*old) {
+                continue;
+            }
             batch.put_location(*ledger_id, *entry_id, copy);
             change.add(copy.log_id, *ledger_id, copy.record_bytes());
             change.remove(old.log_id, *ledger_id, old.record_bytes());
+            self.moved_bytes += copy.record_bytes();
         }
         for (log_id, end) in ends {
             change.extend_log(log_id, end);
         }
-        checkpoint.usage.stage(&change, &mut batch);
+        usage.stage(&change, &mut batch);
         storage.index.write(batch)?;
-        checkpoint.usage.apply(change);
-        self.moved_bytes += moves.iter().map(|(_, _, _, copy)| copy.record_bytes()).sum::<u64>();
+        usage.apply(change);
         Ok(())
     }
 }
@@ -212,17 +214,17 @@ fn compact(storage: &LedgerStorage, candidate: &Candidate) -> Result<u64, Compac
     }
     scanned.map_err(CompactionError::Unreadable)?;
     compaction.move_pending().map_err(CompactionError::Failed)?;
-    let mut checkpoint = lock(&storage.checkpoint);
-    let removed = forget_log(storage, &mut checkpoint, candidate.log_id).map_err(CompactionError::Failed)?;
+    let mut usage = lock(&storage.usage);
+    let removed = forget_log(storage, &mut usage, candidate.log_id).map_err(CompactionError::Failed)?;
     Ok(removed.saturating_sub(compaction.moved_bytes))
 }
 
 /// Drops the log from the index and the accounting, then removes its file; returns its size.
-fn forget_log(storage: &LedgerStorage, checkpoint: &mut Checkpointer, log_id: u64) -> Result<u64, BookieError> {
+fn forget_log(storage: &LedgerStorage, usage: &mut LogUsage, log_id: u64) -> Result<u64, BookieError> {
     let mut batch = IndexBatch::default();
     batch.delete_log(log_id);
     storage.index.write(batch)?;
-    checkpoint.usage.remove_log(log_id);
+    usage.remove_log(log_id);
     remove_file(storage, log_id, &storage.logs.path(log_id))
 }
 

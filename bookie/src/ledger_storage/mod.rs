@@ -12,11 +12,16 @@
 //! deleted ledgers and superseded records.
 //!
 //! Concurrency: `LedgerStorage` is shared as `Arc<LedgerStorage>`; every method blocks and is
-//! meant for blocking threads. Locks, always taken in this order: `checkpoint` (the entry log
-//! writer with its io_uring ring, and the log accounting: held by whoever appends to entry logs
-//! or changes locations, accounting or ledger existence in the index, i.e. flush, GC moves and
-//! removals, ledger deletion), then `cache` (write cache, held only for map operations), then
-//! `states` (ledger states). Reads of the index and entry logs take no lock.
+//! meant for blocking threads. Locks, always taken in this order:
+//! 1. `appender`: the entry log writer with its io_uring ring; held while appending and syncing
+//!    (flush, GC moves) and while GC decides which log files are garbage;
+//! 2. `usage`: the log accounting, and the right to commit index batches that change locations,
+//!    accounting or ledger existence (flush, GC moves and removals, ledger deletion). Held only
+//!    around a batch, never across entry log I/O, so a deletion never waits for a flush's writes;
+//! 3. `cache`: the write cache, held only for map operations;
+//! 4. `states`: ledger states.
+//!
+//! Reads of the index and entry logs take no lock.
 //!
 //! Invariants:
 //! - after `flush` returns mark M, every entry put before the swap that recorded M reads back
@@ -27,8 +32,9 @@
 //!   log is synced. A crash between the two leaves the previous checkpoint intact, the unindexed
 //!   records being garbage for GC;
 //! - a deleted ledger's state, cached entries and index entries are gone when `delete_ledger`
-//!   returns, and reads of it return None;
-//! - GC never removes a record the index points to.
+//!   returns, and reads of it return None; a flush writing meanwhile leaves it out of its batch
+//!   (the write cache hides it until then);
+//! - GC never removes a record the index points to;
 //! - entries are immutable per (ledger, entry) (the ledger protocol writes each with one
 //!   content; recovery re-adds the same bytes): a put of an existing entry with other bytes
 //!   replaces it in the write cache and the index, but a read cache copy is not refreshed.
@@ -44,13 +50,13 @@ pub mod write_cache;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
-use tracing::info;
+use tracing::{debug, info};
 
 pub use gc::GcStats;
 
@@ -87,11 +93,20 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What the checkpoint mutex guards: the right to append to entry logs and to change the
-/// accounting that goes with the index.
-struct Checkpointer {
-    writer: EntryLogWriter,
-    usage: LogUsage,
+/// A flush between taking its half and committing it.
+struct PendingFlush {
+    half: Arc<FlushingHalf>,
+    /// Ledgers deleted before the flush started: not written at all.
+    skip: HashSet<u64>,
+    /// Ledger states changed since the last checkpoint.
+    states: Vec<(u64, LedgerState)>,
+}
+
+/// What a flush appended, synced: each entry's location, and the logs written with the end of
+/// their records.
+struct Appended {
+    locations: Vec<(u64, u64, Location)>,
+    ends: Vec<(u64, u64)>,
 }
 
 pub struct LedgerStorage {
@@ -103,7 +118,10 @@ pub struct LedgerStorage {
     cache: Mutex<WriteCache>,
     read_cache: ReadCache,
     states: RwLock<LedgerStates>,
-    checkpoint: Mutex<Checkpointer>,
+    /// Appends to entry logs (see the lock order above).
+    appender: Mutex<EntryLogWriter>,
+    /// Commits index batches that change locations, accounting or ledgers.
+    usage: Mutex<LogUsage>,
     /// The mark the last flush made durable.
     mark: AtomicU64,
     /// One GC at a time.
@@ -141,7 +159,8 @@ impl LedgerStorage {
             cache: Mutex::new(WriteCache::default()),
             read_cache: ReadCache::new(config.read_cache_bytes),
             states: RwLock::new(states),
-            checkpoint: Mutex::new(Checkpointer { writer, usage }),
+            appender: Mutex::new(writer),
+            usage: Mutex::new(usage),
             mark: AtomicU64::new(mark),
             gc_running: Mutex::new(()),
         }))
@@ -287,22 +306,22 @@ impl LedgerStorage {
 
     /// Deletes the ledger: state, cached entries and index entries go now (persisted in one
     /// synced batch with the ledger's log accounting); entry log space is reclaimed by `gc`.
-    /// Waits for a flush or GC move in progress.
+    /// Waits at most for one index batch of a flush or GC move, never for entry log writes.
     pub fn delete_ledger(&self, ledger_id: u64) -> Result<(), BookieError> {
-        let mut checkpoint = lock(&self.checkpoint);
+        let mut usage = lock(&self.usage);
         let mut batch = IndexBatch::default();
         batch.delete_ledger_entries(ledger_id);
         batch.delete_state(ledger_id);
-        for log_id in checkpoint.usage.logs_holding(ledger_id) {
+        for log_id in usage.logs_holding(ledger_id) {
             batch.put_usage(log_id, ledger_id, 0);
         }
         self.index.write(batch)?;
-        checkpoint.usage.remove_ledger(ledger_id);
-        // No flush runs (we hold the checkpoint lock), so the flushing half is not being written.
+        usage.remove_ledger(ledger_id);
+        // A flush in progress sees the ledger hidden when it commits (under `usage`, which we hold).
         lock(&self.cache).remove_ledger(ledger_id);
         write(&self.states).remove(ledger_id);
         self.read_cache.invalidate_ledger(ledger_id);
-        info!(ledger_id, "ledger deleted from ledger storage");
+        debug!(ledger_id, "ledger deleted from ledger storage");
         Ok(())
     }
 
@@ -325,66 +344,96 @@ impl LedgerStorage {
     /// drops the flushing half. Returns the mark now durable. No-op returning the last mark if
     /// nothing is flushing. After an error the half stays, and the next call tries again.
     pub fn flush(&self) -> Result<u64, BookieError> {
-        let mut checkpoint = lock(&self.checkpoint);
-        let Some(half) = lock(&self.cache).flushing() else { return Ok(self.checkpoint_mark()) };
-        let states = write(&self.states).take_dirty();
-        if let Err(error) = self.write_checkpoint(&mut checkpoint, &half, &states) {
-            write(&self.states).restore_dirty(states.into_iter().map(|(ledger_id, _)| ledger_id));
-            return Err(error);
+        let mut writer = lock(&self.appender);
+        let Some(pending) = self.start_flush() else { return Ok(self.checkpoint_mark()) };
+        match Self::append_half(&mut writer, &pending.half, &pending.skip) {
+            Ok(appended) => self.commit_flush(pending, appended),
+            Err(error) => {
+                self.abort_flush(pending);
+                Err(error)
+            }
         }
-        self.mark.store(half.mark, Ordering::Release);
-        lock(&self.cache).finish_flush();
-        Ok(half.mark)
     }
 
-    fn write_checkpoint(
-        &self,
-        checkpoint: &mut Checkpointer,
-        half: &FlushingHalf,
-        states: &[(u64, LedgerState)],
-    ) -> Result<(), BookieError> {
-        let (locations, ends) = Self::append_half(&mut checkpoint.writer, half)?;
+    /// What a flush is about to write; None if nothing is flushing. The caller holds `appender`.
+    fn start_flush(&self) -> Option<PendingFlush> {
+        let (half, skip) = {
+            let cache = lock(&self.cache);
+            (cache.flushing()?, cache.hidden().clone())
+        };
+        let states = write(&self.states).take_dirty();
+        Some(PendingFlush { half, skip, states })
+    }
+
+    /// Puts back what a failed flush took; its half stays for the next try.
+    fn abort_flush(&self, pending: PendingFlush) {
+        write(&self.states).restore_dirty(pending.states.into_iter().map(|(ledger_id, _)| ledger_id));
+    }
+
+    /// Commits the index batch of an appended (and synced) flush, leaving out ledgers deleted
+    /// meanwhile; then drops the half. Returns the mark now durable.
+    fn commit_flush(&self, pending: PendingFlush, appended: Appended) -> Result<u64, BookieError> {
+        let mut usage = lock(&self.usage);
+        // Stable while we hold `usage`: deletions add to it only under that lock.
+        let deleted = lock(&self.cache).hidden().clone();
         let mut batch = IndexBatch::default();
         let mut change = UsageChange::default();
-        for (ledger_id, entry_id, location) in &locations {
-            batch.put_location(*ledger_id, *entry_id, location);
-            change.add(location.log_id, *ledger_id, location.record_bytes());
+        for (ledger_id, entry_id, location) in &appended.locations {
+            if !deleted.contains(ledger_id) {
+                batch.put_location(*ledger_id, *entry_id, location);
+                change.add(location.log_id, *ledger_id, location.record_bytes());
+            }
         }
-        for (log_id, end) in ends {
-            change.extend_log(log_id, end);
+        for (log_id, end) in &appended.ends {
+            change.extend_log(*log_id, *end);
         }
-        checkpoint.usage.stage(&change, &mut batch);
-        for (ledger_id, state) in states {
-            batch.put_state(*ledger_id, state);
+        usage.stage(&change, &mut batch);
+        // A state taken before its ledger was deleted is not written; if the ledger was created
+        // again since, its new state waits for the next checkpoint.
+        let mut later = Vec::new();
+        for (ledger_id, state) in &pending.states {
+            if deleted.contains(ledger_id) {
+                later.push(*ledger_id);
+            } else {
+                batch.put_state(*ledger_id, state);
+            }
         }
-        batch.put_mark(half.mark);
-        self.index.write(batch)?;
-        checkpoint.usage.apply(change);
-        Ok(())
+        let mark = pending.half.mark;
+        batch.put_mark(mark);
+        if let Err(error) = self.index.write(batch) {
+            self.abort_flush(pending);
+            return Err(error);
+        }
+        usage.apply(change);
+        self.mark.store(mark, Ordering::Release);
+        lock(&self.cache).finish_flush();
+        write(&self.states).restore_dirty(later);
+        Ok(mark)
     }
 
-    /// Appends the half's entries and syncs: their locations, and the logs written with the
-    /// end of their records.
-    #[allow(clippy::type_complexity)]
+    /// Appends the half's entries (but those of `skip`) and syncs.
     fn append_half(
         writer: &mut EntryLogWriter,
         half: &FlushingHalf,
-    ) -> Result<(Vec<(u64, u64, Location)>, Vec<(u64, u64)>), BookieError> {
+        skip: &HashSet<u64>,
+    ) -> Result<Appended, BookieError> {
         let mut locations = Vec::with_capacity(half.entries.len());
         for (ledger_id, entry_id, data) in half.entries.iter() {
-            locations.push((ledger_id, entry_id, writer.append(ledger_id, entry_id, data)?));
+            if !skip.contains(&ledger_id) {
+                locations.push((ledger_id, entry_id, writer.append(ledger_id, entry_id, data)?));
+            }
         }
         let ends = writer.finish()?;
-        Ok((locations, ends))
+        Ok(Appended { locations, ends })
     }
 
     /// A crash in the middle of `flush`: the entry log is written and synced, the index batch
     /// never is.
     #[cfg(test)]
     fn flush_entry_log_only(&self) -> Result<(), BookieError> {
-        let mut checkpoint = lock(&self.checkpoint);
+        let mut writer = lock(&self.appender);
         let Some(half) = lock(&self.cache).flushing() else { return Ok(()) };
-        Self::append_half(&mut checkpoint.writer, &half).map(|_| ())
+        Self::append_half(&mut writer, &half, &HashSet::new()).map(|_| ())
     }
 
     /// The last mark made durable by flush (0 on a new bookie).

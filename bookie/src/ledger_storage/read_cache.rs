@@ -30,9 +30,7 @@ impl ReadCache {
     pub fn new(capacity_bytes: u64) -> Self {
         let entries = Cache::builder()
             .max_capacity(capacity_bytes)
-            .weigher(|_key: &(u64, u64), data: &Bytes| {
-                u32::try_from(data.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
-            })
+            .weigher(|_key: &(u64, u64), data: &Bytes| u32::try_from(data.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX))
             .support_invalidation_closures()
             .build();
         ReadCache { entries, deletions: RwLock::new(0) }

@@ -10,10 +10,12 @@
 //! readers keep finding its entries here.
 //!
 //! Invariants: at most one flushing half exists; it is dropped only after its entries are in the
-//! index, so an entry is always findable in a half or through the index. Byte counts are the sum
-//! of the entries' data lengths.
+//! index, so an entry is always findable in a half or through the index. The flushing half is
+//! never changed (a flush may be writing it): a ledger deleted while it exists is hidden instead,
+//! its entries there no longer found, and the flush leaves them out of the index. Byte counts are
+//! the sum of the entries' data lengths.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -70,7 +72,7 @@ impl CacheHalf {
 }
 
 /// The half being written out, and the journal mark that every entry in it is covered by.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FlushingHalf {
     pub entries: CacheHalf,
     pub mark: u64,
@@ -80,6 +82,8 @@ pub struct FlushingHalf {
 pub struct WriteCache {
     active: CacheHalf,
     flushing: Option<Arc<FlushingHalf>>,
+    /// Ledgers deleted since the flushing half was swapped in: its entries of them are dead.
+    hidden: HashSet<u64>,
 }
 
 impl WriteCache {
@@ -91,12 +95,17 @@ impl WriteCache {
     pub fn get(&self, ledger_id: u64, entry_id: u64) -> Option<Bytes> {
         self.active
             .get(ledger_id, entry_id)
-            .or_else(|| self.flushing.as_ref().and_then(|half| half.entries.get(ledger_id, entry_id)))
+            .or_else(|| self.visible_flushing(ledger_id)?.entries.get(ledger_id, entry_id))
     }
 
     pub fn last_entry_id(&self, ledger_id: u64) -> Option<u64> {
-        let flushing = self.flushing.as_ref().and_then(|half| half.entries.last_entry_id(ledger_id));
+        let flushing = self.visible_flushing(ledger_id).and_then(|half| half.entries.last_entry_id(ledger_id));
         self.active.last_entry_id(ledger_id).max(flushing)
+    }
+
+    /// The flushing half, if the ledger's entries there are not hidden.
+    fn visible_flushing(&self, ledger_id: u64) -> Option<&FlushingHalf> {
+        self.flushing.as_deref().filter(|_| !self.hidden.contains(&ledger_id))
     }
 
     pub fn active_bytes(&self) -> usize {
@@ -122,19 +131,22 @@ impl WriteCache {
         self.flushing.is_some()
     }
 
+    /// Ledgers whose entries in the flushing half are dead (deleted since the swap).
+    pub fn hidden(&self) -> &HashSet<u64> {
+        &self.hidden
+    }
+
     /// Drops the flushing half once its entries are in the index.
     pub fn finish_flush(&mut self) {
         self.flushing = None;
+        self.hidden.clear();
     }
 
-    /// Removes a ledger's entries from both halves. The caller makes sure no flush is writing
-    /// the flushing half (otherwise the half is copied first and the flush writes the old copy).
+    /// Removes a ledger's entries from the active half and hides them in the flushing half.
     pub fn remove_ledger(&mut self, ledger_id: u64) {
         self.active.remove_ledger(ledger_id);
-        if let Some(half) = self.flushing.as_mut() {
-            if half.entries.last_entry_id(ledger_id).is_some() {
-                Arc::make_mut(half).entries.remove_ledger(ledger_id);
-            }
+        if self.flushing.is_some() {
+            self.hidden.insert(ledger_id);
         }
     }
 }
@@ -170,6 +182,7 @@ mod tests {
         cache.finish_flush();
         assert_eq!(cache.get(1, 0), None);
         assert!(cache.swap(8));
+        assert!(cache.hidden().is_empty());
     }
 
     #[test]
@@ -182,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn remove_ledger_clears_both_halves_only_for_that_ledger() {
+    fn remove_ledger_clears_the_active_half_and_hides_the_flushing_half() {
         let mut cache = WriteCache::default();
         cache.put(1, 0, Bytes::from_static(b"a"));
         cache.put(2, 0, Bytes::from_static(b"b"));
@@ -194,8 +207,15 @@ mod tests {
         assert_eq!(cache.get(1, 0), None);
         assert_eq!(cache.get(1, 1), None);
         assert_eq!(cache.get(u64::MAX, u64::MAX), None);
+        assert_eq!(cache.last_entry_id(1), None);
         assert_eq!(cache.get(2, 0), Some(Bytes::from_static(b"b")));
         assert_eq!(cache.active_bytes(), 0);
-        assert_eq!(cache.flushing().expect("flushing").entries.bytes(), 1);
+        assert_eq!(cache.hidden(), &HashSet::from([1, u64::MAX]));
+        // A ledger re-created after its deletion is seen in the active half only.
+        cache.put(1, 2, Bytes::from_static(b"e"));
+        assert_eq!(cache.get(1, 0), None);
+        assert_eq!(cache.last_entry_id(1), Some(2));
+        cache.finish_flush();
+        assert!(cache.hidden().is_empty());
     }
 }
