@@ -112,8 +112,8 @@ pub async fn verify_or_create(store: &dyn MetadataStore, config: &BookieConfig) 
         None => None,
     };
     let local_dirs = dirs.clone();
-    let (data, journal) = blocking(move || Ok((local_dirs.read(&local_dirs.data)?, local_dirs.read(&local_dirs.journal)?)))
-        .await?;
+    let (data, journal) =
+        blocking(move || Ok((local_dirs.read(&local_dirs.data)?, local_dirs.read(&local_dirs.journal)?))).await?;
 
     match decide(&config.bookie_id, &dirs, metadata, data, journal) {
         Decision::Verified(cookie) => {
@@ -183,8 +183,7 @@ struct Dirs {
 impl Dirs {
     fn of(config: &BookieConfig) -> Result<Dirs, BookieError> {
         let absolute = |path: &Path| {
-            std::path::absolute(path)
-                .map_err(|source| BookieError::Io { path: path.display().to_string(), source })
+            std::path::absolute(path).map_err(|source| BookieError::Io { path: path.display().to_string(), source })
         };
         Ok(Dirs { data: absolute(&config.data_dir)?, journal: absolute(&config.journal_dir())? })
     }
@@ -322,7 +321,9 @@ fn decide(bookie_id: &str, dirs: &Dirs, metadata: Option<Cookie>, data: Local, j
                             recovery_hint(bookie_id),
                         ));
                     }
-                    let ours = first.bookie_id == bookie_id && first.data_dir == dirs.data && first.journal_dir == dirs.journal;
+                    let ours = first.bookie_id == bookie_id
+                        && first.data_dir == dirs.data
+                        && first.journal_dir == dirs.journal;
                     match (ours, stored) {
                         (true, None) => Decision::Create { cookie: (*first).clone(), fresh: false },
                         (false, _) => Decision::Refuse(format!(

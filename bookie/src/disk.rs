@@ -25,10 +25,8 @@ use crate::error::BookieError;
 /// Fraction (0..=1) of the disk holding `dir` that is used, as `df` counts it: used blocks
 /// over the blocks an unprivileged writer could use (root's reserve excluded). Blocking.
 pub fn usage(dir: &Path) -> Result<f64, BookieError> {
-    let stats = nix::sys::statvfs::statvfs(dir).map_err(|errno| BookieError::Io {
-        path: dir.display().to_string(),
-        source: std::io::Error::from(errno),
-    })?;
+    let stats = nix::sys::statvfs::statvfs(dir)
+        .map_err(|errno| BookieError::Io { path: dir.display().to_string(), source: std::io::Error::from(errno) })?;
     #[allow(clippy::unnecessary_cast)] // fsblkcnt_t is u32 on some targets.
     let (total, free, available) = (stats.blocks() as u64, stats.blocks_free() as u64, stats.blocks_available() as u64);
     Ok(used_fraction(total, free, available))

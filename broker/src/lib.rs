@@ -9,6 +9,7 @@ pub mod dispatcher;
 pub mod error;
 pub mod http;
 pub mod managed_ledger;
+pub mod metadata_url;
 pub mod metrics;
 pub mod namespace;
 pub mod protocol;

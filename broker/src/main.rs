@@ -1,11 +1,24 @@
-//! The `magnetar` server binary.
+//! The `magnetar` server binary: `standalone` (everything in one process) and `bookie` (one
+//! storage node of a cluster).
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use magnetar_broker::standalone::{self, StandaloneConfig};
+use magnetar_bookie::disk::DiskMonitor;
+use magnetar_bookie::registration::{self, BookieRegistration};
+use magnetar_bookie::{cookie, BookieConfig, BookieServer};
+use magnetar_broker::metadata_url::MetadataUrl;
+use magnetar_broker::standalone::{self, StandaloneConfig, SHUTDOWN_GRACE};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
+
+/// Time a bookie's registration outlives contact with the metadata store (its session ttl):
+/// how long writers may still pick a bookie that died without closing its session.
+const BOOKIE_REGISTRATION_TTL: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
 #[command(name = "magnetar", version, about = "Magnetar: a Pulsar-compatible messaging platform")]
@@ -37,6 +50,153 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1")]
         advertised_address: String,
     },
+    /// One bookie (storage node): serves BookieService over gRPC and registers in metadata.
+    Bookie(BookieArgs),
+}
+
+/// `magnetar bookie`: flags override the TOML file, which overrides the defaults.
+#[derive(clap::Args)]
+struct BookieArgs {
+    /// TOML file with the bookie's settings (the fields of the bookie config; unknown fields
+    /// are an error).
+    #[arg(long, value_name = "FILE.toml")]
+    config: Option<PathBuf>,
+    /// Stable identity of this bookie.
+    #[arg(long, env = "MAGNETAR_BOOKIE_ID")]
+    bookie_id: Option<String>,
+    /// Entry logs, index and cookie.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Journal files (default: <data dir>/journal); best on a disk of its own.
+    #[arg(long)]
+    journal_dir: Option<PathBuf>,
+    /// Address the gRPC listener binds to (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:3181")]
+    listen: String,
+    /// Host other processes reach this bookie at (default: the listen address's host).
+    #[arg(long)]
+    advertised_address: Option<String>,
+    /// Metadata store: etcd://host:port[,host:port...] or local:/path (single host only).
+    #[arg(long, default_value = "etcd://127.0.0.1:2379", env = "MAGNETAR_METADATA_URL")]
+    metadata_url: String,
+}
+
+impl BookieArgs {
+    /// The config file (if any) with the flags applied, validated.
+    async fn bookie_config(&self) -> anyhow::Result<BookieConfig> {
+        let mut config = match &self.config {
+            Some(path) => load_bookie_config(path).await?,
+            None => BookieConfig::default(),
+        };
+        if let Some(bookie_id) = &self.bookie_id {
+            config.bookie_id = bookie_id.clone();
+        }
+        if let Some(data_dir) = &self.data_dir {
+            config.data_dir = data_dir.clone();
+        }
+        if let Some(journal_dir) = &self.journal_dir {
+            config.journal_dir = Some(journal_dir.clone());
+        }
+        if let Err(reason) = config.validate() {
+            match &self.config {
+                Some(path) => bail!("invalid bookie config (file {} and flags): {reason}", path.display()),
+                None => bail!("invalid bookie config: {reason}"),
+            }
+        }
+        Ok(config)
+    }
+}
+
+async fn load_bookie_config(path: &Path) -> anyhow::Result<BookieConfig> {
+    let text =
+        tokio::fs::read_to_string(path).await.with_context(|| format!("read bookie config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("bookie config file {}", path.display()))
+}
+
+/// Runs one bookie until `cancel` fires: check the cookie, open storage, watch the disks,
+/// serve, register; on cancel, deregister and drain (the server closes the bookie).
+async fn run_bookie(args: BookieArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    let config = args.bookie_config().await?;
+    let metadata_url: MetadataUrl = args.metadata_url.parse()?;
+    let meta = metadata_url.connect().await?;
+    let cookie = cookie::verify_or_create(meta.as_ref(), &config)
+        .await
+        .with_context(|| format!("check the cookie of bookie {}", config.bookie_id))?;
+
+    let open_config = config.clone();
+    let server = tokio::task::spawn_blocking(move || BookieServer::open(&open_config))
+        .await
+        .context("open bookie storage")?
+        .with_context(|| format!("open bookie storage in {}", config.data_dir.display()))?;
+    let listener =
+        TcpListener::bind(&args.listen).await.with_context(|| format!("bind the bookie port {}", args.listen))?;
+    let local: SocketAddr = listener.local_addr().context("read the bound bookie address")?;
+    let advertised_host = match &args.advertised_address {
+        Some(host) => host.clone(),
+        None if local.ip().is_unspecified() => {
+            bail!(
+                "--listen {} binds every interface: say which host others reach it at with --advertised-address",
+                args.listen
+            )
+        }
+        None => local.ip().to_string(),
+    };
+    let address = magnetar_bookie::server::advertised(local, &advertised_host);
+
+    let disk_cancel = CancellationToken::new();
+    let disk_task = DiskMonitor::new(&config, server.bookie().read_only_flag()).spawn(disk_cancel.clone());
+    let serve_cancel = CancellationToken::new();
+    let mut server_task = tokio::spawn(server.run(listener, serve_cancel.clone()));
+    let registration = BookieRegistration { bookie_id: config.bookie_id.clone(), address: address.clone() };
+    let session = match registration::register(meta.as_ref(), &registration, BOOKIE_REGISTRATION_TTL).await {
+        Ok(session) => session,
+        Err(error) => {
+            serve_cancel.cancel();
+            disk_cancel.cancel();
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, server_task).await;
+            return Err(error).context("register the bookie in metadata");
+        }
+    };
+    info!(
+        bookie_id = %config.bookie_id,
+        instance_id = %cookie.instance_id,
+        listen = %local,
+        advertised = %address,
+        metadata = %metadata_url,
+        data_dir = %config.data_dir.display(),
+        journal_dir = %config.journal_dir().display(),
+        "magnetar bookie is ready"
+    );
+    // The one line tools and tests parse to find a bookie started on port 0.
+    eprintln!("magnetar bookie listening on {local}");
+
+    let served = tokio::select! {
+        _ = cancel.cancelled() => None,
+        result = &mut server_task => Some(result),
+    };
+    info!("shutting down");
+    if let Err(error) = meta.close_session(session).await {
+        warn!(%error, "closing the bookie's metadata session (its registration expires with the session)");
+    }
+    serve_cancel.cancel();
+    disk_cancel.cancel();
+    let _ = disk_task.await;
+    let served = match served {
+        Some(result) => result,
+        None => match tokio::time::timeout(SHUTDOWN_GRACE, server_task).await {
+            Ok(result) => result,
+            Err(_) => {
+                warn!("bookie did not drain within {SHUTDOWN_GRACE:?}; exiting anyway");
+                return Ok(());
+            }
+        },
+    };
+    served.context("bookie server task")?.context("serve BookieService")?;
+    if !cancel.is_cancelled() {
+        bail!("bookie server stopped without being asked to");
+    }
+    info!("stopped");
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -86,5 +246,6 @@ async fn main() -> anyhow::Result<()> {
                 StandaloneConfig { data_dir, bind_address, pulsar_port, http_port, bookie_port, advertised_address };
             standalone::run(config, cancel).await
         }
+        Command::Bookie(args) => run_bookie(args, cancel).await,
     }
 }

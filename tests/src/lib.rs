@@ -164,3 +164,188 @@ impl Drop for Standalone {
         }
     }
 }
+
+/// The line `magnetar bookie` prints on stderr once it serves, followed by its address.
+pub const BOOKIE_LISTENING_LINE: &str = "magnetar bookie listening on ";
+
+/// How a [`BookieProcess`] is started.
+#[derive(Debug, Clone)]
+pub struct BookieOptions {
+    pub bookie_id: String,
+    /// `etcd://...` or `local:/path`.
+    pub metadata_url: String,
+    pub data_dir: PathBuf,
+    /// `None`: the bookie's default, `<data dir>/journal`.
+    pub journal_dir: Option<PathBuf>,
+    /// `host:port` to bind; port 0 picks a free port on every start.
+    pub listen: String,
+    /// More arguments for `magnetar bookie` (e.g. `--config FILE`).
+    pub extra_args: Vec<String>,
+}
+
+impl BookieOptions {
+    /// A bookie with its data under `dir/<bookie id>`, on any free loopback port.
+    pub fn new(bookie_id: &str, metadata_url: &str, dir: &Path) -> Self {
+        BookieOptions {
+            bookie_id: bookie_id.to_owned(),
+            metadata_url: metadata_url.to_owned(),
+            data_dir: dir.join(bookie_id),
+            journal_dir: None,
+            listen: "127.0.0.1:0".to_owned(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A `magnetar bookie` process that tests can SIGKILL and restart on the same directories.
+/// Its output of each start goes to `<data dir>/../<bookie id>-<start>.log`.
+pub struct BookieProcess {
+    child: Option<Child>,
+    options: BookieOptions,
+    /// Where the bookie of the latest start listens (set once it printed its address).
+    address: Option<std::net::SocketAddr>,
+    starts: u32,
+}
+
+impl BookieProcess {
+    /// Starts a bookie and waits until it serves.
+    pub async fn start(options: BookieOptions) -> anyhow::Result<Self> {
+        let mut bookie = BookieProcess { child: None, options, address: None, starts: 0 };
+        bookie.launch()?;
+        bookie.wait_listening().await?;
+        Ok(bookie)
+    }
+
+    pub fn options(&self) -> &BookieOptions {
+        &self.options
+    }
+
+    /// Where the running bookie listens.
+    pub fn address(&self) -> anyhow::Result<std::net::SocketAddr> {
+        self.address.context("the bookie is not serving")
+    }
+
+    /// `http://host:port`, for a gRPC channel.
+    pub fn grpc_url(&self) -> anyhow::Result<String> {
+        Ok(format!("http://{}", self.address()?))
+    }
+
+    fn log_path(&self, start: u32) -> PathBuf {
+        let parent = self.options.data_dir.parent().unwrap_or(&self.options.data_dir);
+        parent.join(format!("{}-{start}.log", self.options.bookie_id))
+    }
+
+    /// The output of the latest start.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path(self.starts)).unwrap_or_default()
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        self.starts += 1;
+        self.address = None;
+        let log_path = self.log_path(self.starts);
+        if let Some(parent) = log_path.parent() {
+            std::fs::create_dir_all(parent).context("create the log dir")?;
+        }
+        let log = File::create(&log_path).context("create bookie log file")?;
+        let mut command = Command::new(binary("magnetar")?);
+        command
+            .arg("bookie")
+            .args(["--bookie-id", &self.options.bookie_id])
+            .args(["--metadata-url", &self.options.metadata_url])
+            .arg("--data-dir")
+            .arg(&self.options.data_dir)
+            .args(["--listen", &self.options.listen]);
+        if let Some(journal_dir) = &self.options.journal_dir {
+            command.arg("--journal-dir").arg(journal_dir);
+        }
+        let child = command
+            .args(&self.options.extra_args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn magnetar bookie")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits for the `listening on` line; fails with the log if the bookie exits first.
+    async fn wait_listening(&mut self) -> anyhow::Result<std::net::SocketAddr> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = self.log();
+            if let Some(address) = log.lines().find_map(|line| line.strip_prefix(BOOKIE_LISTENING_LINE)) {
+                let address = address.trim().parse().with_context(|| format!("bookie address {address:?}"))?;
+                self.address = Some(address);
+                return Ok(address);
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    bail!("magnetar bookie exited during startup ({status})\n--- log ---\n{log}");
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("magnetar bookie did not start within 60 s\n--- log ---\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().context("kill -9 bookie")?;
+            child.wait().context("reap bookie")?;
+        }
+        self.address = None;
+        Ok(())
+    }
+
+    /// SIGKILLs the bookie if it runs, starts it again on the same directories and waits
+    /// until it serves (on a new port if `listen` has port 0).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9()?;
+        self.launch()?;
+        self.wait_listening().await?;
+        Ok(())
+    }
+
+    /// SIGKILLs the bookie if it runs, starts it again, and waits for it to exit on its own
+    /// (a start that must be refused); fails if it serves instead. Returns its exit status
+    /// and output.
+    pub async fn restart_expecting_exit(&mut self) -> anyhow::Result<(std::process::ExitStatus, String)> {
+        self.kill9()?;
+        self.launch()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    return Ok((status, self.log()));
+                }
+            }
+            if self.log().contains(BOOKIE_LISTENING_LINE) {
+                bail!("magnetar bookie started although it should have refused\n--- log ---\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                bail!("magnetar bookie neither exited nor served within 60 s\n--- log ---\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for BookieProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- magnetar bookie {} log ---\n{}", self.options.bookie_id, self.log());
+        }
+    }
+}

@@ -120,3 +120,46 @@ async fn corrupt_journal_tail_is_truncated_and_everything_before_it_served() -> 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookie_over_its_disk_usage_threshold_refuses_adds_and_still_serves_reads() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let meta = format!("local:{}", dir.path().join("meta").display());
+    let mut options = BookieOptions::new("full-bookie", &meta, dir.path());
+    let mut bookie = BookieProcess::start(options.clone()).await?;
+    let mut client = connect(&bookie).await?;
+    add(&mut client, 0..3).await?;
+    bookie.kill9()?;
+
+    // Any usage at all is over a threshold of zero: the disk counts as full.
+    let config = dir.path().join("full.toml");
+    std::fs::write(&config, "disk_usage_threshold = 0.0\ndisk_usage_lwm = 0.0\ndisk_check_interval_ms = 50\n")?;
+    options.extra_args = vec!["--config".to_owned(), config.display().to_string()];
+    let bookie = BookieProcess::start(options).await?;
+    let mut client = connect(&bookie).await?;
+    // The disk monitor flips the bookie read-only within a few check intervals.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let request = AddEntryRequest {
+            ledger_id: LEDGER,
+            entry_id: 3,
+            master_key: Bytes::from_static(KEY),
+            last_add_confirmed: 2,
+            payload: payload(3),
+            recovery: false,
+        };
+        let mut responses = client.add_entries(futures::stream::iter([request])).await?.into_inner();
+        let response = responses.message().await?.context("add answered")?;
+        if response.status == Status::ReadOnly as i32 {
+            break Some(response.message);
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the bookie never turned read-only");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let message = refused.unwrap_or_default();
+    assert!(message.contains("read-only"), "the writer is told why: {message}");
+    for entry_id in 0..3 {
+        assert_eq!(read(&mut client, entry_id).await?.1, payload(entry_id), "reads go on while read-only");
+    }
+    Ok(())
+}

@@ -1,0 +1,536 @@
+//! `magnetar-perf`: benchmarks that print figures (never timed tests).
+//!
+//! ```text
+//! magnetar-perf bookie --size 1024 --writers 64 --seconds 10 [--bookie ADDR] [--dir DIR] [--json]
+//! ```
+//!
+//! `bookie` writes entries straight to one bookie over BookieService (gRPC), each writer its
+//! own ledger on its own add stream with up to `--max-outstanding` adds in flight, and measures
+//! adds/s, MB/s and add latency. Without `--bookie` it runs a `magnetar bookie` process of its
+//! own on a temporary directory (inside `--dir` if given), kills it at the end and removes the
+//! directory. In the same run it measures the disk's own limit on the same file system:
+//! sequential 1 MiB writes each followed by fdatasync, as many bytes as the bookie took, and
+//! reports `ratio` = bookie MB/s over raw MB/s. MB is 10^6 bytes.
+//!
+//! Figures go to stdout (one JSON object with `--json`); logs go to stderr (RUST_LOG).
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use magnetar_proto::bookie::bookie_service_client::BookieServiceClient;
+use magnetar_proto::bookie::{AddEntryRequest, Status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+/// The line `magnetar bookie` prints on stderr once it serves, followed by its address.
+const LISTENING_LINE: &str = "magnetar bookie listening on ";
+/// Longest a spawned bookie may take to start serving.
+const BOOKIE_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest the in-flight adds may take to be answered after the run's end.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest gRPC message the client sends (an entry plus headers, as the bookie accepts).
+const MAX_GRPC_MESSAGE: usize = 6 * 1024 * 1024 + 64 * 1024;
+/// Size of one raw-baseline write.
+const RAW_CHUNK: usize = 1024 * 1024;
+/// Secret every benchmark ledger is written with.
+const MASTER_KEY: &[u8] = b"magnetar-perf";
+
+#[derive(Debug, Parser)]
+#[command(name = "magnetar-perf", version, about = "Magnetar benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: PerfCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum PerfCommand {
+    /// Write entries straight to a bookie over BookieService and compare with the raw disk.
+    Bookie(BookieArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BookieArgs {
+    /// Bytes per entry.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=5 * 1024 * 1024))]
+    size: u32,
+    /// Concurrent writers, each its own ledger and add stream.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    writers: u32,
+    /// How long writers keep adding.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Address (host:port) of a running bookie; without it, a `magnetar bookie` of its own is
+    /// started ($MAGNETAR_BIN, or `magnetar` next to this executable).
+    #[arg(long)]
+    bookie: Option<String>,
+    /// Directory for the bookie's data (own bookie) and the raw-disk baseline; default: the
+    /// system temp dir.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Adds one writer keeps in flight.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_outstanding: u32,
+    /// gRPC connections the writers share (a broker keeps one per bookie).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    connections: u32,
+    /// Print exactly one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    // On Ctrl-C, return so that destructors kill the spawned bookie and remove temp dirs.
+    tokio::select! {
+        result = async {
+            match cli.command {
+                PerfCommand::Bookie(args) => bookie_benchmark(args).await,
+            }
+        } => result,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    }
+}
+
+/// Everything one `bookie` run measured.
+struct BookieFigures {
+    adds: u64,
+    errors: u64,
+    first_error: Option<String>,
+    bytes: u64,
+    elapsed: Duration,
+    /// Add latencies in microseconds, sorted.
+    latencies_us: Vec<u32>,
+    raw_bytes: u64,
+    raw_elapsed: Duration,
+}
+
+impl BookieFigures {
+    fn adds_per_sec(&self) -> f64 {
+        self.adds as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn mb_per_sec(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
+    }
+
+    fn raw_mb_per_sec(&self) -> f64 {
+        self.raw_bytes as f64 / 1e6 / self.raw_elapsed.as_secs_f64()
+    }
+
+    fn ratio(&self) -> f64 {
+        self.mb_per_sec() / self.raw_mb_per_sec()
+    }
+
+    /// The `quantile` latency in milliseconds (0 without samples).
+    fn latency_ms(&self, quantile: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let rank = ((self.latencies_us.len() - 1) as f64 * quantile).round() as usize;
+        f64::from(self.latencies_us[rank.min(self.latencies_us.len() - 1)]) / 1000.0
+    }
+}
+
+async fn bookie_benchmark(args: BookieArgs) -> anyhow::Result<()> {
+    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
+        bail!("--seconds must be a positive number, not {}", args.seconds);
+    }
+    let duration = Duration::from_secs_f64(args.seconds);
+    let parent = match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("create --dir {}", dir.display()))?;
+            dir.clone()
+        }
+        None => std::env::temp_dir(),
+    };
+    let work_dir = tempfile::Builder::new()
+        .prefix("magnetar-perf-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("create a temp dir in {}", parent.display()))?;
+
+    let mut own_bookie = None;
+    let address = match &args.bookie {
+        Some(address) => address.clone(),
+        None => {
+            let bookie = OwnBookie::start(work_dir.path()).await?;
+            let address = bookie.address.clone();
+            own_bookie = Some(bookie);
+            address
+        }
+    };
+    info!(%address, size = args.size, writers = args.writers, "benchmark starting");
+
+    let run = write_entries(&address, &args, duration).await;
+    if let Some(bookie) = own_bookie.take() {
+        bookie.kill();
+    }
+    let run = run?;
+
+    let raw_bytes = run.bytes.max(1);
+    let raw_file = work_dir.path().join("raw-baseline");
+    let raw_elapsed = tokio::task::spawn_blocking(move || raw_sequential_fdatasync(&raw_file, raw_bytes))
+        .await
+        .context("raw baseline thread")??;
+
+    let figures = BookieFigures {
+        adds: run.adds,
+        errors: run.errors,
+        first_error: run.first_error,
+        bytes: run.bytes,
+        elapsed: run.elapsed,
+        latencies_us: run.latencies_us,
+        raw_bytes: raw_bytes.div_ceil(RAW_CHUNK as u64) * RAW_CHUNK as u64,
+        raw_elapsed,
+    };
+    let bookie_label = args.bookie.clone().unwrap_or_else(|| format!("own ({address})"));
+    print_figures(&args, &figures, &bookie_label, work_dir.path())?;
+    if figures.adds == 0 {
+        bail!("no add succeeded{}", figures.first_error.map(|error| format!(": {error}")).unwrap_or_default());
+    }
+    Ok(())
+}
+
+fn print_figures(args: &BookieArgs, figures: &BookieFigures, bookie: &str, dir: &Path) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let object = serde_json::json!({
+            "adds_per_sec": figures.adds_per_sec(),
+            "mb_per_sec": figures.mb_per_sec(),
+            "p50_ms": figures.latency_ms(0.50),
+            "p99_ms": figures.latency_ms(0.99),
+            "raw_mb_per_sec": figures.raw_mb_per_sec(),
+            "ratio": figures.ratio(),
+            "p999_ms": figures.latency_ms(0.999),
+            "max_ms": figures.latency_ms(1.0),
+            "adds": figures.adds,
+            "errors": figures.errors,
+            "first_error": figures.first_error,
+            "bytes": figures.bytes,
+            "seconds": figures.elapsed.as_secs_f64(),
+            "raw_bytes": figures.raw_bytes,
+            "raw_seconds": figures.raw_elapsed.as_secs_f64(),
+            "size": args.size,
+            "writers": args.writers,
+            "max_outstanding": args.max_outstanding,
+            "connections": args.connections,
+            "bookie": bookie,
+            "dir": dir.parent().unwrap_or(dir).display().to_string(),
+        });
+        writeln!(out, "{object}")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "bookie {bookie}: {} writers, {} B entries, {} in flight per writer, {:.1} s",
+        args.writers,
+        args.size,
+        args.max_outstanding,
+        figures.elapsed.as_secs_f64()
+    )?;
+    writeln!(out, "adds/s      {:>12.0}   ({} adds, {} errors)", figures.adds_per_sec(), figures.adds, figures.errors)?;
+    writeln!(out, "MB/s        {:>12.2}", figures.mb_per_sec())?;
+    writeln!(
+        out,
+        "latency ms  p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+        figures.latency_ms(0.50),
+        figures.latency_ms(0.99),
+        figures.latency_ms(0.999),
+        figures.latency_ms(1.0)
+    )?;
+    writeln!(
+        out,
+        "raw MB/s    {:>12.2}   (1 MiB write + fdatasync, {} MiB in {})",
+        figures.raw_mb_per_sec(),
+        figures.raw_bytes / RAW_CHUNK as u64,
+        dir.parent().unwrap_or(dir).display()
+    )?;
+    writeln!(out, "ratio       {:>12.3}   (bookie MB/s / raw MB/s)", figures.ratio())?;
+    if let Some(error) = &figures.first_error {
+        writeln!(out, "first error: {error}")?;
+    }
+    Ok(())
+}
+
+/// What the writers did, together.
+#[derive(Default)]
+struct WriteRun {
+    adds: u64,
+    errors: u64,
+    first_error: Option<String>,
+    bytes: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+}
+
+async fn connect(address: &str) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .with_context(|| format!("bookie address {address:?}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    endpoint.connect().await.with_context(|| format!("connect to bookie {address}"))
+}
+
+async fn write_entries(address: &str, args: &BookieArgs, duration: Duration) -> anyhow::Result<WriteRun> {
+    let mut channels = Vec::new();
+    for _ in 0..args.connections {
+        channels.push(connect(address).await?);
+    }
+    // Ledger ids of this run: unlikely to meet another run's on a shared bookie.
+    let base_ledger_id =
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|since| since.as_micros() as u64).unwrap_or(1) << 16;
+    let payload = Bytes::from((0..args.size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut writers = Vec::new();
+    for index in 0..args.writers {
+        let client = BookieServiceClient::new(channels[index as usize % channels.len()].clone())
+            .max_encoding_message_size(MAX_GRPC_MESSAGE)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE);
+        let ledger_id = base_ledger_id + u64::from(index);
+        writers.push(tokio::spawn(writer(client, ledger_id, payload.clone(), args.max_outstanding as usize, deadline)));
+    }
+    let mut run = WriteRun::default();
+    for writer in writers {
+        let done = writer.await.context("writer task")??;
+        run.adds += done.adds;
+        run.errors += done.errors;
+        run.bytes += done.adds * payload.len() as u64;
+        if run.first_error.is_none() {
+            run.first_error = done.first_error;
+        }
+        run.latencies_us.extend(done.latencies_us);
+    }
+    run.elapsed = start.elapsed();
+    run.latencies_us.sort_unstable();
+    Ok(run)
+}
+
+/// One writer's results.
+struct WriterRun {
+    adds: u64,
+    errors: u64,
+    first_error: Option<String>,
+    latencies_us: Vec<u32>,
+}
+
+/// The last-add-confirmed a writer sends: the highest entry id up to which every add was
+/// answered OK.
+struct Confirmed {
+    last: i64,
+    /// Entries answered OK above a gap.
+    ahead: BTreeSet<u64>,
+}
+
+impl Confirmed {
+    fn ack(&mut self, entry_id: u64) {
+        if entry_id as i64 == self.last + 1 {
+            self.last += 1;
+            while self.ahead.remove(&((self.last + 1) as u64)) {
+                self.last += 1;
+            }
+        } else {
+            self.ahead.insert(entry_id);
+        }
+    }
+}
+
+/// Adds entries to `ledger_id` until `deadline`, keeping up to `max_outstanding` in flight,
+/// then waits for the answers still due.
+async fn writer(
+    mut client: BookieServiceClient<Channel>,
+    ledger_id: u64,
+    payload: Bytes,
+    max_outstanding: usize,
+    deadline: Instant,
+) -> anyhow::Result<WriterRun> {
+    let (sender, requests) = mpsc::channel::<AddEntryRequest>(max_outstanding);
+    let mut responses = client
+        .add_entries(ReceiverStream::new(requests))
+        .await
+        .with_context(|| format!("open the add stream of ledger {ledger_id}"))?
+        .into_inner();
+    let mut sender = Some(sender);
+    let mut sent_at: Vec<Instant> = Vec::new();
+    let mut confirmed = Confirmed { last: -1, ahead: BTreeSet::new() };
+    let mut run = WriterRun { adds: 0, errors: 0, first_error: None, latencies_us: Vec::new() };
+    let mut in_flight = 0usize;
+    let mut drain_deadline = None;
+    loop {
+        if sender.is_some() && Instant::now() >= deadline {
+            // Closing the request stream tells the bookie no more adds come.
+            sender = None;
+            drain_deadline = Some(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+        }
+        if sender.is_none() && in_flight == 0 {
+            break;
+        }
+        let can_send = sender.is_some() && in_flight < max_outstanding;
+        let next_entry = sent_at.len() as u64;
+        tokio::select! {
+            biased;
+            message = responses.message() => {
+                let response = match message {
+                    Ok(Some(response)) => response,
+                    Ok(None) => bail!("ledger {ledger_id}: the bookie closed the add stream with {in_flight} adds unanswered"),
+                    Err(status) => bail!("ledger {ledger_id}: add stream failed: {status}"),
+                };
+                in_flight = in_flight.saturating_sub(1);
+                let Some(sent) = sent_at.get(response.entry_id as usize) else {
+                    bail!("ledger {ledger_id}: answer for entry {} that was never sent", response.entry_id);
+                };
+                if response.status == Status::Ok as i32 {
+                    run.adds += 1;
+                    run.latencies_us.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    confirmed.ack(response.entry_id);
+                } else {
+                    run.errors += 1;
+                    if run.first_error.is_none() {
+                        let status = Status::try_from(response.status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN");
+                        run.first_error = Some(format!("{status}: {}", response.message));
+                    }
+                }
+            }
+            sent = async {
+                match &sender {
+                    Some(sender) => {
+                        let request = AddEntryRequest {
+                            ledger_id,
+                            entry_id: next_entry,
+                            master_key: Bytes::from_static(MASTER_KEY),
+                            last_add_confirmed: confirmed.last,
+                            payload: payload.clone(),
+                            recovery: false,
+                        };
+                        sender.send(request).await.is_ok()
+                    }
+                    None => std::future::pending().await,
+                }
+            }, if can_send => {
+                if !sent {
+                    bail!("ledger {ledger_id}: the add stream closed while sending");
+                }
+                sent_at.push(Instant::now());
+                in_flight += 1;
+            }
+            _ = tokio::time::sleep_until(deadline.into()), if sender.is_some() => {}
+            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(tokio::time::Instant::now)), if drain_deadline.is_some() => {
+                bail!("ledger {ledger_id}: {in_flight} adds unanswered {DRAIN_TIMEOUT:?} after the run ended");
+            }
+        }
+    }
+    Ok(run)
+}
+
+/// The disk's own limit: `bytes` (rounded up to whole MiB) written sequentially to a new file
+/// in 1 MiB writes, each followed by fdatasync. Blocking.
+fn raw_sequential_fdatasync(path: &Path, bytes: u64) -> anyhow::Result<Duration> {
+    let chunk: Vec<u8> = (0..RAW_CHUNK).map(|i| (i % 253) as u8).collect();
+    let chunks = bytes.div_ceil(RAW_CHUNK as u64);
+    let mut file = File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let start = Instant::now();
+    for _ in 0..chunks {
+        file.write_all(&chunk).with_context(|| format!("write {}", path.display()))?;
+        file.sync_data().with_context(|| format!("fdatasync {}", path.display()))?;
+    }
+    let elapsed = start.elapsed();
+    drop(file);
+    std::fs::remove_file(path).with_context(|| format!("remove {}", path.display()))?;
+    Ok(elapsed)
+}
+
+/// A `magnetar bookie` process of this run, on local metadata in a temp dir; SIGKILLed when
+/// dropped.
+struct OwnBookie {
+    child: Option<Child>,
+    address: String,
+}
+
+impl OwnBookie {
+    async fn start(dir: &Path) -> anyhow::Result<OwnBookie> {
+        let binary = magnetar_binary()?;
+        let log_path = dir.join("bookie.log");
+        let log = File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
+        let child = Command::new(&binary)
+            .arg("bookie")
+            .arg("--metadata-url")
+            .arg(format!("local:{}", dir.join("meta").display()))
+            .arg("--data-dir")
+            .arg(dir.join("bookie"))
+            .args(["--listen", "127.0.0.1:0", "--bookie-id", "perf-bookie"])
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("duplicate the log handle")?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {} bookie", binary.display()))?;
+        let mut bookie = OwnBookie { child: Some(child), address: String::new() };
+        let started = Instant::now();
+        loop {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(address) = log.lines().find_map(|line| line.strip_prefix(LISTENING_LINE)) {
+                bookie.address = address.trim().to_owned();
+                info!(address = %bookie.address, "own bookie started");
+                return Ok(bookie);
+            }
+            if let Some(child) = bookie.child.as_mut() {
+                if let Some(status) = child.try_wait().context("check on the bookie")? {
+                    bail!("the bookie exited during startup ({status}); its log:\n{log}");
+                }
+            }
+            if started.elapsed() > BOOKIE_STARTUP_TIMEOUT {
+                bail!("the bookie did not start within {BOOKIE_STARTUP_TIMEOUT:?}; its log:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Already gone is fine; anything else leaves a process that dies with the machine.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnBookie {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `$MAGNETAR_BIN`, else `magnetar` next to this executable.
+fn magnetar_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("MAGNETAR_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("locate magnetar-perf's executable")?;
+    let path = exe.parent().map(|dir| dir.join("magnetar")).context("magnetar-perf's executable has no directory")?;
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it (cargo build --bin magnetar), set MAGNETAR_BIN, or pass --bookie ADDR",
+            path.display()
+        );
+    }
+    Ok(path)
+}
