@@ -29,6 +29,41 @@ use crate::journal::{Journal, Record};
 use crate::ledger_state::LedgerState;
 use crate::ledger_storage::LedgerStorage;
 
+/// One add as the bookie receives it.
+#[derive(Debug, Clone)]
+pub struct AddRequest {
+    pub ledger_id: u64,
+    pub entry_id: u64,
+    pub master_key: Bytes,
+    pub last_add_confirmed: i64,
+    pub payload: Bytes,
+    /// Recovery writes go through on a fenced ledger.
+    pub recovery: bool,
+}
+
+impl AddRequest {
+    fn validate(&self) -> Result<(), BookieError> {
+        if self.payload.len() > crate::MAX_ENTRY_SIZE {
+            return Err(BookieError::InvalidRequest {
+                reason: format!("entry of {} bytes exceeds the limit of {}", self.payload.len(), crate::MAX_ENTRY_SIZE),
+            });
+        }
+        if self.master_key.len() > crate::journal::record::MAX_KEY_LEN {
+            return Err(BookieError::InvalidRequest { reason: "master key too long".to_owned() });
+        }
+        Ok(())
+    }
+
+    fn record(&self) -> Record {
+        Record::Add {
+            ledger_id: self.ledger_id,
+            entry_id: self.entry_id,
+            last_add_confirmed: self.last_add_confirmed,
+            payload: self.payload.clone(),
+        }
+    }
+}
+
 /// What a fence found on this bookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FenceResult {
@@ -72,7 +107,9 @@ impl Bookie {
     /// Opens storage, replays the journal after the last checkpoint, and starts the checkpoint
     /// and GC threads. Blocking.
     pub fn open(config: &BookieConfig) -> Result<Arc<Bookie>, BookieError> {
-        config.validate().map_err(|reason| BookieError::InvalidRequest { reason: format!("bookie config: {reason}") })?;
+        config
+            .validate()
+            .map_err(|reason| BookieError::InvalidRequest { reason: format!("bookie config: {reason}") })?;
         let storage = LedgerStorage::open(config)?;
         let mark = storage.checkpoint_mark();
         let (journal, replayed) = Journal::open(&config.journal_dir(), config.journal.clone(), mark)?;
@@ -139,17 +176,26 @@ impl Bookie {
         payload: Bytes,
         recovery: bool,
     ) -> Result<(), BookieError> {
-        if payload.len() > crate::MAX_ENTRY_SIZE {
-            return Err(BookieError::InvalidRequest {
-                reason: format!("entry of {} bytes exceeds the limit of {}", payload.len(), crate::MAX_ENTRY_SIZE),
-            });
-        }
-        if master_key.len() > crate::journal::record::MAX_KEY_LEN {
-            return Err(BookieError::InvalidRequest { reason: "master key too long".to_owned() });
-        }
+        let add = AddRequest {
+            ledger_id,
+            entry_id,
+            master_key: Bytes::copy_from_slice(master_key),
+            last_add_confirmed,
+            payload,
+            recovery,
+        };
+        self.add_batch(vec![add]).await.pop().unwrap_or(Err(BookieError::Stopped { what: "add" }))
+    }
+
+    /// Stores several entries under one pass of the ordering lock; answers each once it is
+    /// durable in the journal, in the order given.
+    pub async fn add_batch(&self, adds: Vec<AddRequest>) -> Vec<Result<(), BookieError>> {
         let shared = &self.shared;
+        let mut results: Vec<Option<Result<(), BookieError>>> =
+            adds.iter().map(|add| add.validate().err().map(Err)).collect();
         if self.is_read_only() {
-            return Err(BookieError::ReadOnly { reason: "the bookie is read-only (disk full or journal failure)".to_owned() });
+            let reason = "the bookie is read-only (disk full or journal failure)";
+            return adds.iter().map(|_| Err(BookieError::ReadOnly { reason: reason.to_owned() })).collect();
         }
         // Back off while the write cache holds twice its size: a checkpoint is behind.
         while shared.storage.active_bytes() > 2 * shared.config.write_cache_bytes {
@@ -160,41 +206,48 @@ impl Bookie {
             }
             wait.await;
         }
-        let record = Record::Add { ledger_id, entry_id, last_add_confirmed, payload: payload.clone() };
-        let reservation = shared.journal.reserve(record.encoded_len()).await?;
-        let durable = {
-            let mut ordering = lock(&shared.ordering);
-            let mut state = match shared.storage.ledger_state(ledger_id)? {
-                Some(state) if state.master_key != master_key => return Err(BookieError::Unauthorized { ledger_id }),
-                Some(state) if state.fenced && !recovery => return Err(BookieError::Fenced { ledger_id }),
-                Some(state) => state,
-                None => {
-                    let state = LedgerState { fenced: false, last_add_confirmed: -1, master_key: master_key.to_vec() };
-                    let sequence = ordering.next_sequence;
-                    ordering.next_sequence += 1;
-                    let key = Record::Key { ledger_id, master_key: Bytes::copy_from_slice(master_key) };
-                    // The key's durability is implied by the add's: same journal, earlier record.
-                    drop(shared.journal.submit(sequence, key, None));
-                    state
-                }
-            };
-            if last_add_confirmed > state.last_add_confirmed {
-                state.last_add_confirmed = last_add_confirmed;
-            }
-            shared.storage.set_ledger_state(ledger_id, state);
-            shared.storage.put_entry(ledger_id, entry_id, payload);
-            let sequence = ordering.next_sequence;
-            ordering.next_sequence += 1;
-            shared.journal.submit(sequence, record, Some(reservation))
+        let bytes: usize = adds.iter().map(|add| add.record().encoded_len()).sum();
+        let mut reservation = match shared.journal.reserve(bytes).await {
+            Ok(reservation) => Some(reservation),
+            Err(_) => return adds.iter().map(|_| Err(BookieError::Stopped { what: "journal" })).collect(),
         };
-        durable.await.map_err(|_| BookieError::Stopped { what: "journal" })??;
+        let mut durable = Vec::with_capacity(adds.len());
+        {
+            let mut ordering = lock(&shared.ordering);
+            let last_valid = results.iter().rposition(Option::is_none);
+            for (index, add) in adds.iter().enumerate() {
+                if results[index].is_some() {
+                    durable.push(None);
+                    continue;
+                }
+                match shared.admit(&mut ordering, add) {
+                    Ok(()) => {
+                        let sequence = ordering.next_sequence;
+                        ordering.next_sequence += 1;
+                        // The reservation rides on the last record, released once all are written.
+                        let permit = if Some(index) == last_valid { reservation.take() } else { None };
+                        durable.push(Some(shared.journal.submit(sequence, add.record(), permit)));
+                    }
+                    Err(error) => {
+                        results[index] = Some(Err(error));
+                        durable.push(None);
+                    }
+                }
+            }
+        }
+        for (index, answer) in durable.into_iter().enumerate() {
+            if let Some(answer) = answer {
+                let result = answer.await.unwrap_or(Err(BookieError::Stopped { what: "journal" }));
+                if result.is_ok() && adds[index].last_add_confirmed >= 0 {
+                    shared.publish_lac(adds[index].ledger_id, adds[index].last_add_confirmed);
+                }
+                results[index] = Some(result);
+            }
+        }
         if shared.storage.active_bytes() > shared.config.write_cache_bytes {
             shared.wake_checkpoint();
         }
-        if last_add_confirmed >= 0 {
-            shared.publish_lac(ledger_id, last_add_confirmed);
-        }
-        Ok(())
+        results.into_iter().map(|r| r.unwrap_or(Err(BookieError::Stopped { what: "add" }))).collect()
     }
 
     /// Fences the ledger durably: from now on only recovery adds succeed. Fencing a ledger
@@ -237,7 +290,9 @@ impl Bookie {
     pub fn read(&self, ledger_id: u64, entry_id: u64) -> Result<Bytes, BookieError> {
         match self.shared.storage.get_entry(ledger_id, entry_id)? {
             Some(data) => Ok(data),
-            None if self.shared.storage.ledger_state(ledger_id)?.is_none() => Err(BookieError::NoSuchLedger { ledger_id }),
+            None if self.shared.storage.ledger_state(ledger_id)?.is_none() => {
+                Err(BookieError::NoSuchLedger { ledger_id })
+            }
             None => Err(BookieError::NoSuchEntry { ledger_id, entry_id }),
         }
     }
@@ -351,6 +406,36 @@ fn apply(storage: &LedgerStorage, record: Record) -> Result<(), BookieError> {
 }
 
 impl Shared {
+    /// Checks an add against its ledger's state and puts it in the write cache; the caller
+    /// holds the ordering lock and queues the journal record right after.
+    fn admit(&self, ordering: &mut Sequencer, add: &AddRequest) -> Result<(), BookieError> {
+        let ledger_id = add.ledger_id;
+        let mut changed = false;
+        let mut state = match self.storage.ledger_state(ledger_id)? {
+            Some(state) if state.master_key != add.master_key => return Err(BookieError::Unauthorized { ledger_id }),
+            Some(state) if state.fenced && !add.recovery => return Err(BookieError::Fenced { ledger_id }),
+            Some(state) => state,
+            None => {
+                changed = true;
+                let sequence = ordering.next_sequence;
+                ordering.next_sequence += 1;
+                let key = Record::Key { ledger_id, master_key: add.master_key.clone() };
+                // The key's durability is implied by the add's: same journal, earlier record.
+                drop(self.journal.submit(sequence, key, None));
+                LedgerState { fenced: false, last_add_confirmed: -1, master_key: add.master_key.to_vec() }
+            }
+        };
+        if add.last_add_confirmed > state.last_add_confirmed {
+            state.last_add_confirmed = add.last_add_confirmed;
+            changed = true;
+        }
+        if changed {
+            self.storage.set_ledger_state(ledger_id, state);
+        }
+        self.storage.put_entry(ledger_id, add.entry_id, add.payload.clone());
+        Ok(())
+    }
+
     fn wake_checkpoint(&self) {
         self.checkpoint_wake.1.notify_one();
     }

@@ -102,7 +102,10 @@ impl BookieConfig {
             (self.bookie_id.is_empty() || self.bookie_id.contains('/'), "bookie_id must be non-empty without '/'"),
             (self.journal.file_bytes < 1024 * 1024, "journal.file_bytes must be at least 1 MiB"),
             (self.journal.max_batch_bytes == 0, "journal.max_batch_bytes must be positive"),
-            (self.journal.max_queued_bytes < crate::MAX_ENTRY_SIZE, "journal.max_queued_bytes must hold one maximal entry"),
+            (
+                self.journal.max_queued_bytes < crate::MAX_ENTRY_SIZE,
+                "journal.max_queued_bytes must hold one maximal entry",
+            ),
             (self.write_cache_bytes == 0, "write_cache_bytes must be positive"),
             (self.entry_log_bytes < 1024 * 1024, "entry_log_bytes must be at least 1 MiB"),
             (!(0.0..=1.0).contains(&self.gc_compaction_threshold), "gc_compaction_threshold must be within 0..=1"),

@@ -17,16 +17,16 @@ pub mod client;
 pub mod config;
 pub mod cookie;
 pub mod disk;
-pub mod uring;
 pub mod error;
 pub mod journal;
 pub mod ledger_state;
 pub mod ledger_storage;
 pub mod registration;
 pub mod server;
+pub mod uring;
 
-pub use error::BookieError;
 pub use config::BookieConfig;
+pub use error::BookieError;
 pub use server::BookieServer;
 
 /// Metadata key under which live bookies register (ephemeral), one child per bookie id.

@@ -13,9 +13,9 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use magnetar_proto::bookie::bookie_service_server::{BookieService, BookieServiceServer};
 use magnetar_proto::bookie::{
-    AddEntryRequest, AddEntryResponse, DeleteLedgerRequest, DeleteLedgerResponse, Entry, FenceLedgerRequest,
-    FenceLedgerResponse, ReadEntriesRequest, ReadEntriesResponse, ReadEntryRequest, ReadEntryResponse, ReadLacRequest,
-    ReadLacResponse, Status,
+    AddEntryBatch, AddEntryRequest, AddEntryResponse, AddEntryResponseBatch, DeleteLedgerRequest, DeleteLedgerResponse,
+    Entry, FenceLedgerRequest, FenceLedgerResponse, ReadEntriesRequest, ReadEntriesResponse, ReadEntryRequest,
+    ReadEntryResponse, ReadLacRequest, ReadLacResponse, Status,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Streaming};
 use tracing::{info, warn};
 
+use crate::bookie::{AddRequest, Bookie};
 use crate::config::BookieConfig;
 use crate::error::BookieError;
-use crate::bookie::Bookie;
 
 /// Adds one stream may have in flight before it stops reading more.
 pub const MAX_ADDS_IN_FLIGHT_PER_STREAM: usize = 4096;
@@ -104,10 +104,62 @@ fn add_response(ledger_id: u64, entry_id: u64, result: Result<(), BookieError>) 
 }
 
 type AddStream = Pin<Box<dyn Stream<Item = Result<AddEntryResponse, tonic::Status>> + Send>>;
+type AddBatchStream = Pin<Box<dyn Stream<Item = Result<AddEntryResponseBatch, tonic::Status>> + Send>>;
+
+fn to_add(add: AddEntryRequest) -> AddRequest {
+    AddRequest {
+        ledger_id: add.ledger_id,
+        entry_id: add.entry_id,
+        master_key: add.master_key,
+        last_add_confirmed: add.last_add_confirmed,
+        payload: add.payload,
+        recovery: add.recovery,
+    }
+}
 
 #[tonic::async_trait]
 impl BookieService for BookieServer {
     type AddEntriesStream = AddStream;
+    type AddEntryBatchesStream = AddBatchStream;
+
+    async fn add_entry_batches(
+        &self,
+        request: Request<Streaming<AddEntryBatch>>,
+    ) -> Result<Response<Self::AddEntryBatchesStream>, tonic::Status> {
+        let mut incoming = request.into_inner();
+        let (responses, receiver) = mpsc::channel(MAX_ADDS_IN_FLIGHT_PER_STREAM);
+        let server = self.clone();
+        tokio::spawn(async move {
+            let in_flight = Arc::new(Semaphore::new(MAX_ADDS_IN_FLIGHT_PER_STREAM));
+            loop {
+                let batch = match incoming.message().await {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => break,
+                    Err(status) => {
+                        warn!(%status, "add batch stream ended with an error");
+                        break;
+                    }
+                };
+                let count = batch.adds.len().clamp(1, MAX_ADDS_IN_FLIGHT_PER_STREAM) as u32;
+                let Ok(permit) = in_flight.clone().acquire_many_owned(count).await else { break };
+                let server = server.clone();
+                let responses = responses.clone();
+                tokio::spawn(async move {
+                    let ids: Vec<(u64, u64)> = batch.adds.iter().map(|a| (a.ledger_id, a.entry_id)).collect();
+                    let results = server.bookie.add_batch(batch.adds.into_iter().map(to_add).collect()).await;
+                    let answers = ids
+                        .into_iter()
+                        .zip(results)
+                        .map(|((ledger_id, entry_id), result)| add_response(ledger_id, entry_id, result))
+                        .collect();
+                    // A writer that went away no longer needs the answers.
+                    let _ = responses.send(Ok(AddEntryResponseBatch { responses: answers })).await;
+                    drop(permit);
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
 
     async fn add_entries(
         &self,
@@ -134,7 +186,14 @@ impl BookieService for BookieServer {
                     let (ledger_id, entry_id) = (add.ledger_id, add.entry_id);
                     let result = server
                         .bookie
-                        .add(add.ledger_id, add.entry_id, &add.master_key, add.last_add_confirmed, add.payload, add.recovery)
+                        .add(
+                            add.ledger_id,
+                            add.entry_id,
+                            &add.master_key,
+                            add.last_add_confirmed,
+                            add.payload,
+                            add.recovery,
+                        )
                         .await;
                     // A writer that went away no longer needs the answer.
                     let _ = responses.send(Ok(add_response(ledger_id, entry_id, result))).await;
@@ -151,7 +210,8 @@ impl BookieService for BookieServer {
     ) -> Result<Response<ReadEntryResponse>, tonic::Status> {
         let read = request.into_inner();
         let (ledger_id, entry_id) = (read.ledger_id, read.entry_id);
-        let fenced = if read.fence { self.bookie.fence(read.ledger_id, &read.master_key).await.map(|_| ()) } else { Ok(()) };
+        let fenced =
+            if read.fence { self.bookie.fence(read.ledger_id, &read.master_key).await.map(|_| ()) } else { Ok(()) };
         let result = match fenced {
             Ok(()) => {
                 self.blocking(move |bookie| {

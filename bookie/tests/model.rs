@@ -14,10 +14,21 @@ const KEY: &[u8] = b"model-key";
 
 #[derive(Debug, Clone)]
 enum Op {
-    Add { ledger: u64, size: usize, fill: u8 },
-    Fence { ledger: u64 },
-    RecoveryAdd { ledger: u64, fill: u8 },
-    Delete { ledger: u64 },
+    Add {
+        ledger: u64,
+        size: usize,
+        fill: u8,
+    },
+    Fence {
+        ledger: u64,
+    },
+    RecoveryAdd {
+        ledger: u64,
+        fill: u8,
+    },
+    Delete {
+        ledger: u64,
+    },
     Checkpoint,
     Restart,
     /// Stop without the final checkpoint: everything since the last one comes from the journal.
@@ -61,7 +72,9 @@ fn config(dir: &std::path::Path) -> BookieConfig {
 
 fn check(bookie: &Bookie, model: &Model) -> Result<(), TestCaseError> {
     for ((ledger_id, entry_id), expected) in &model.entries {
-        let found = bookie.read(*ledger_id, *entry_id).map_err(|e| TestCaseError::fail(format!("{ledger_id}:{entry_id}: {e}")))?;
+        let found = bookie
+            .read(*ledger_id, *entry_id)
+            .map_err(|e| TestCaseError::fail(format!("{ledger_id}:{entry_id}: {e}")))?;
         prop_assert_eq!(&found, expected, "entry {}:{} reads back byte for byte", ledger_id, entry_id);
     }
     Ok(())
@@ -80,7 +93,10 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let payload = Bytes::from(vec![fill; size]);
                 let result = bookie.add(ledger_id, entry_id, KEY, entry_id as i64 - 1, payload.clone(), false).await;
                 if model.fenced.contains(&ledger_id) {
-                    prop_assert!(matches!(result, Err(BookieError::Fenced { .. })), "fenced ledger refused the add: {result:?}");
+                    prop_assert!(
+                        matches!(result, Err(BookieError::Fenced { .. })),
+                        "fenced ledger refused the add: {result:?}"
+                    );
                 } else {
                     result.map_err(|e| TestCaseError::fail(format!("add: {e}")))?;
                     model.entries.insert((ledger_id, entry_id), payload);
@@ -89,7 +105,8 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Fence { ledger } => {
                 let ledger_id = model.ledger_id(ledger);
-                let found = bookie.fence(ledger_id, KEY).await.map_err(|e| TestCaseError::fail(format!("fence: {e}")))?;
+                let found =
+                    bookie.fence(ledger_id, KEY).await.map_err(|e| TestCaseError::fail(format!("fence: {e}")))?;
                 let last = model.next_entry.get(&ledger_id).map_or(-1, |n| *n as i64 - 1);
                 prop_assert_eq!(found.last_entry_id, last);
                 model.fenced.insert(ledger_id);

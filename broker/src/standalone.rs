@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use magnetar_bookie::registration::{self, BookieRegistration};
 use magnetar_bookie::disk::DiskMonitor;
+use magnetar_bookie::registration::{self, BookieRegistration};
 use magnetar_bookie::{cookie, BookieConfig, BookieServer};
 use magnetar_meta::{LocalStore, MetadataStore};
 use tokio::net::TcpListener;
@@ -55,7 +55,8 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
     let bookie_config = BookieConfig::new(STANDALONE_BOOKIE_ID, config.data_dir.join("bookie-0"));
     cookie::verify_or_create(meta.as_ref(), &bookie_config).await.context("check the bookie's cookie")?;
     let opened_config = bookie_config.clone();
-    let bookie = tokio::task::spawn_blocking(move || BookieServer::open(&opened_config)).await.context("open bookie")??;
+    let bookie =
+        tokio::task::spawn_blocking(move || BookieServer::open(&opened_config)).await.context("open bookie")??;
     let disk_cancel = CancellationToken::new();
     DiskMonitor::new(&bookie_config, bookie.bookie().read_only_flag()).spawn(disk_cancel.clone());
     let bookie_listener = bind("127.0.0.1", config.bookie_port, "bookie").await?;

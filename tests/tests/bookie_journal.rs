@@ -83,7 +83,8 @@ async fn corrupt_journal_tail_is_truncated_and_everything_before_it_served() -> 
     // No checkpoint during the test: every entry lives only in the journal when it is killed.
     let config = dir.path().join("bookie.toml");
     std::fs::write(&config, "checkpoint_interval_ms = 3600000\n")?;
-    let mut options = BookieOptions::new("journal-bookie", &format!("local:{}", dir.path().join("meta").display()), dir.path());
+    let mut options =
+        BookieOptions::new("journal-bookie", &format!("local:{}", dir.path().join("meta").display()), dir.path());
     options.extra_args = vec!["--config".to_owned(), config.display().to_string()];
     let journal_dir = options.data_dir.join("journal");
     let mut bookie = BookieProcess::start(options).await?;
@@ -116,7 +117,11 @@ async fn corrupt_journal_tail_is_truncated_and_everything_before_it_served() -> 
     bookie.restart().await?;
     let mut client = connect(&bookie).await?;
     for entry_id in 0..ENTRIES + 10 {
-        assert_eq!(read(&mut client, entry_id).await?.1, payload(entry_id), "entry {entry_id} after the second restart");
+        assert_eq!(
+            read(&mut client, entry_id).await?.1,
+            payload(entry_id),
+            "entry {entry_id} after the second restart"
+        );
     }
     Ok(())
 }

@@ -16,10 +16,9 @@ use bytes::Bytes;
 use magnetar_meta::MetadataStore;
 use magnetar_proto::bookie::bookie_service_client::BookieServiceClient;
 use magnetar_proto::bookie::{
-    AddEntryRequest, FenceLedgerRequest, ReadEntriesRequest, ReadLacRequest, ReadLacResponse, Status,
+    AddEntryBatch, AddEntryRequest, FenceLedgerRequest, ReadEntriesRequest, ReadLacRequest, ReadLacResponse, Status,
 };
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tracing::warn;
 
@@ -32,6 +31,35 @@ pub const ADD_QUEUE: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 type AddReply = oneshot::Sender<Result<(), BookieError>>;
+
+/// Most adds, and bytes of entries, one AddEntryBatch message carries.
+pub const MAX_BATCH_ADDS: usize = 256;
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Turns the queue of single adds into a stream of batches: each batch is whatever is queued
+/// when the stream is polled (at least one add), within the bounds above, so batches grow
+/// only when adds arrive faster than they are sent and a lone add never waits.
+fn batches(queue: mpsc::Receiver<AddEntryRequest>) -> impl futures::Stream<Item = AddEntryBatch> {
+    futures::stream::unfold((queue, None::<AddEntryRequest>), |(mut queue, carried)| async move {
+        let first = match carried {
+            Some(add) => add,
+            None => queue.recv().await?,
+        };
+        let mut bytes = first.payload.len();
+        let mut adds = vec![first];
+        let mut carry = None;
+        while adds.len() < MAX_BATCH_ADDS {
+            let Ok(add) = queue.try_recv() else { break };
+            if bytes + add.payload.len() > MAX_BATCH_BYTES {
+                carry = Some(add);
+                break;
+            }
+            bytes += add.payload.len();
+            adds.push(add);
+        }
+        Some((AddEntryBatch { adds }, (queue, carry)))
+    })
+}
 
 /// One bookie's gRPC client and its add stream.
 pub struct BookieConnection {
@@ -55,7 +83,7 @@ impl BookieConnection {
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
         let (adds, queue) = mpsc::channel(ADD_QUEUE);
         let mut responses = grpc
-            .add_entries(ReceiverStream::new(queue))
+            .add_entry_batches(batches(queue))
             .await
             .map_err(|source| BookieError::Rpc { bookie: bookie_id.to_owned(), source })?
             .into_inner();
@@ -65,25 +93,27 @@ impl BookieConnection {
         tokio::spawn(async move {
             let (reason, abnormal) = loop {
                 match responses.message().await {
-                    Ok(Some(response)) => {
-                        let reply = task_pending
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&(response.ledger_id, response.entry_id));
-                        if let Some(reply) = reply {
-                            let status = Status::try_from(response.status).unwrap_or(Status::IoError);
-                            let result = if status == Status::Ok {
-                                Ok(())
-                            } else {
-                                Err(BookieError::from_status(
-                                    &task_bookie,
-                                    response.ledger_id,
-                                    response.entry_id,
-                                    status,
-                                    response.message,
-                                ))
-                            };
-                            let _ = reply.send(result);
+                    Ok(Some(batch)) => {
+                        for response in batch.responses {
+                            let reply = task_pending
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&(response.ledger_id, response.entry_id));
+                            if let Some(reply) = reply {
+                                let status = Status::try_from(response.status).unwrap_or(Status::IoError);
+                                let result = if status == Status::Ok {
+                                    Ok(())
+                                } else {
+                                    Err(BookieError::from_status(
+                                        &task_bookie,
+                                        response.ledger_id,
+                                        response.entry_id,
+                                        status,
+                                        response.message,
+                                    ))
+                                };
+                                let _ = reply.send(result);
+                            }
                         }
                     }
                     Ok(None) => break ("stream ended".to_owned(), false),

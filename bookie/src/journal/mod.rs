@@ -141,7 +141,12 @@ impl Journal {
     /// Waits for room in the queue for a record of `len` bytes.
     pub async fn reserve(&self, len: usize) -> Result<Reservation, BookieError> {
         let bytes = len.clamp(1, self.max_queued) as u32;
-        let permit = self.queued.clone().acquire_many_owned(bytes).await.map_err(|_| BookieError::Stopped { what: "journal" })?;
+        let permit = self
+            .queued
+            .clone()
+            .acquire_many_owned(bytes)
+            .await
+            .map_err(|_| BookieError::Stopped { what: "journal" })?;
         Ok(Reservation(permit))
     }
 
@@ -334,7 +339,12 @@ mod tests {
     }
 
     fn add(ledger_id: u64, entry_id: u64, size: usize) -> Record {
-        Record::Add { ledger_id, entry_id, last_add_confirmed: entry_id as i64 - 1, payload: Bytes::from(vec![entry_id as u8; size]) }
+        Record::Add {
+            ledger_id,
+            entry_id,
+            last_add_confirmed: entry_id as i64 - 1,
+            payload: Bytes::from(vec![entry_id as u8; size]),
+        }
     }
 
     async fn append(journal: &Journal, sequence: u64, record: Record) -> Result<(), BookieError> {

@@ -122,7 +122,9 @@ pub fn decode_body(body: &[u8], crc: u32) -> Decoded {
             let last_add_confirmed = cursor.get_i64();
             Record::Add { ledger_id, entry_id, last_add_confirmed, payload: Bytes::copy_from_slice(cursor) }
         }
-        KIND_KEY if cursor.len() <= MAX_KEY_LEN => Record::Key { ledger_id, master_key: Bytes::copy_from_slice(cursor) },
+        KIND_KEY if cursor.len() <= MAX_KEY_LEN => {
+            Record::Key { ledger_id, master_key: Bytes::copy_from_slice(cursor) }
+        }
         KIND_FENCE if cursor.is_empty() => Record::Fence { ledger_id },
         _ => return Decoded::Invalid("unknown record kind"),
     };

@@ -25,7 +25,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use magnetar_proto::bookie::bookie_service_client::BookieServiceClient;
-use magnetar_proto::bookie::{AddEntryRequest, Status};
+use magnetar_proto::bookie::{AddEntryBatch, AddEntryRequest, Status};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -350,6 +350,9 @@ impl Confirmed {
     }
 }
 
+/// Most adds one AddEntryBatch message carries.
+const MAX_BATCH: usize = 64;
+
 /// Adds entries to `ledger_id` until `deadline`, keeping up to `max_outstanding` in flight,
 /// then waits for the answers still due.
 async fn writer(
@@ -359,9 +362,9 @@ async fn writer(
     max_outstanding: usize,
     deadline: Instant,
 ) -> anyhow::Result<WriterRun> {
-    let (sender, requests) = mpsc::channel::<AddEntryRequest>(max_outstanding);
+    let (sender, requests) = mpsc::channel::<AddEntryBatch>(max_outstanding);
     let mut responses = client
-        .add_entries(ReceiverStream::new(requests))
+        .add_entry_batches(ReceiverStream::new(requests))
         .await
         .with_context(|| format!("open the add stream of ledger {ledger_id}"))?
         .into_inner();
@@ -385,11 +388,12 @@ async fn writer(
         tokio::select! {
             biased;
             message = responses.message() => {
-                let response = match message {
-                    Ok(Some(response)) => response,
+                let batch = match message {
+                    Ok(Some(batch)) => batch,
                     Ok(None) => bail!("ledger {ledger_id}: the bookie closed the add stream with {in_flight} adds unanswered"),
                     Err(status) => bail!("ledger {ledger_id}: add stream failed: {status}"),
                 };
+                for response in batch.responses {
                 in_flight = in_flight.saturating_sub(1);
                 let Some(sent) = sent_at.get(response.entry_id as usize) else {
                     bail!("ledger {ledger_id}: answer for entry {} that was never sent", response.entry_id);
@@ -405,28 +409,34 @@ async fn writer(
                         run.first_error = Some(format!("{status}: {}", response.message));
                     }
                 }
+                }
             }
             sent = async {
                 match &sender {
                     Some(sender) => {
-                        let request = AddEntryRequest {
-                            ledger_id,
-                            entry_id: next_entry,
-                            master_key: Bytes::from_static(MASTER_KEY),
-                            last_add_confirmed: confirmed.last,
-                            payload: payload.clone(),
-                            recovery: false,
-                        };
-                        sender.send(request).await.is_ok()
+                        // Everything the window allows goes in one message, up to MAX_BATCH.
+                        let count = (max_outstanding - in_flight).min(MAX_BATCH) as u64;
+                        let adds = (next_entry..next_entry + count)
+                            .map(|entry_id| AddEntryRequest {
+                                ledger_id,
+                                entry_id,
+                                master_key: Bytes::from_static(MASTER_KEY),
+                                last_add_confirmed: confirmed.last,
+                                payload: payload.clone(),
+                                recovery: false,
+                            })
+                            .collect();
+                        sender.send(AddEntryBatch { adds }).await.is_ok().then_some(count as usize)
                     }
                     None => std::future::pending().await,
                 }
             }, if can_send => {
-                if !sent {
+                let Some(count) = sent else {
                     bail!("ledger {ledger_id}: the add stream closed while sending");
-                }
-                sent_at.push(Instant::now());
-                in_flight += 1;
+                };
+                let now = Instant::now();
+                sent_at.extend(std::iter::repeat_n(now, count));
+                in_flight += count;
             }
             _ = tokio::time::sleep_until(deadline.into()), if sender.is_some() => {}
             _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(tokio::time::Instant::now)), if drain_deadline.is_some() => {
