@@ -128,7 +128,7 @@ mod tests {
     fn writes_syncs_and_preallocates() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f");
-        let file = File::options().create(true).read(true).write(true).open(&path).expect("open");
+        let file = File::options().create_new(true).read(true).write(true).open(&path).expect("open");
         let mut ring = Ring::new().expect("io_uring is available");
         ring.fallocate(&file, 1 << 20).expect("fallocate");
         assert_eq!(file.metadata().expect("metadata").len(), 1 << 20);
