@@ -117,6 +117,55 @@ fn to_add(add: AddEntryRequest) -> AddRequest {
     }
 }
 
+/// Serves one add stream of either shape: each incoming message becomes a batch of adds
+/// (`unpack`), run through `Bookie::add_batch` as soon as it arrives, and its answers go back as
+/// one message (`pack`) once all are durable. At most `MAX_ADDS_IN_FLIGHT_PER_STREAM` adds run
+/// at once; past that the stream stops reading, which pushes back on the writer.
+fn serve_adds<In, Out>(
+    server: BookieServer,
+    mut incoming: Streaming<In>,
+    unpack: fn(In) -> Vec<AddEntryRequest>,
+    pack: fn(Vec<AddEntryResponse>) -> Option<Out>,
+) -> ReceiverStream<Result<Out, tonic::Status>>
+where
+    In: Send + 'static,
+    Out: Send + 'static,
+{
+    let (responses, receiver) = mpsc::channel(MAX_ADDS_IN_FLIGHT_PER_STREAM);
+    tokio::spawn(async move {
+        let in_flight = Arc::new(Semaphore::new(MAX_ADDS_IN_FLIGHT_PER_STREAM));
+        loop {
+            let adds = match incoming.message().await {
+                Ok(Some(message)) => unpack(message),
+                Ok(None) => break,
+                Err(status) => {
+                    warn!(%status, "add stream ended with an error");
+                    break;
+                }
+            };
+            let count = adds.len().clamp(1, MAX_ADDS_IN_FLIGHT_PER_STREAM) as u32;
+            let Ok(permit) = in_flight.clone().acquire_many_owned(count).await else { break };
+            let server = server.clone();
+            let responses = responses.clone();
+            tokio::spawn(async move {
+                let ids: Vec<(u64, u64)> = adds.iter().map(|a| (a.ledger_id, a.entry_id)).collect();
+                let results = server.bookie.add_batch(adds.into_iter().map(to_add).collect()).await;
+                let answers = ids
+                    .into_iter()
+                    .zip(results)
+                    .map(|((ledger_id, entry_id), result)| add_response(ledger_id, entry_id, result))
+                    .collect();
+                if let Some(answer) = pack(answers) {
+                    // A writer that went away no longer needs the answers.
+                    let _ = responses.send(Ok(answer)).await;
+                }
+                drop(permit);
+            });
+        }
+    });
+    ReceiverStream::new(receiver)
+}
+
 #[tonic::async_trait]
 impl BookieService for BookieServer {
     type AddEntriesStream = AddStream;
@@ -126,82 +175,21 @@ impl BookieService for BookieServer {
         &self,
         request: Request<Streaming<AddEntryBatch>>,
     ) -> Result<Response<Self::AddEntryBatchesStream>, tonic::Status> {
-        let mut incoming = request.into_inner();
-        let (responses, receiver) = mpsc::channel(MAX_ADDS_IN_FLIGHT_PER_STREAM);
-        let server = self.clone();
-        tokio::spawn(async move {
-            let in_flight = Arc::new(Semaphore::new(MAX_ADDS_IN_FLIGHT_PER_STREAM));
-            loop {
-                let batch = match incoming.message().await {
-                    Ok(Some(batch)) => batch,
-                    Ok(None) => break,
-                    Err(status) => {
-                        warn!(%status, "add batch stream ended with an error");
-                        break;
-                    }
-                };
-                let count = batch.adds.len().clamp(1, MAX_ADDS_IN_FLIGHT_PER_STREAM) as u32;
-                let Ok(permit) = in_flight.clone().acquire_many_owned(count).await else { break };
-                let server = server.clone();
-                let responses = responses.clone();
-                tokio::spawn(async move {
-                    let ids: Vec<(u64, u64)> = batch.adds.iter().map(|a| (a.ledger_id, a.entry_id)).collect();
-                    let results = server.bookie.add_batch(batch.adds.into_iter().map(to_add).collect()).await;
-                    let answers = ids
-                        .into_iter()
-                        .zip(results)
-                        .map(|((ledger_id, entry_id), result)| add_response(ledger_id, entry_id, result))
-                        .collect();
-                    // A writer that went away no longer needs the answers.
-                    let _ = responses.send(Ok(AddEntryResponseBatch { responses: answers })).await;
-                    drop(permit);
-                });
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        let answers = serve_adds(
+            self.clone(),
+            request.into_inner(),
+            |batch| batch.adds,
+            |responses| Some(AddEntryResponseBatch { responses }),
+        );
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn add_entries(
         &self,
         request: Request<Streaming<AddEntryRequest>>,
     ) -> Result<Response<Self::AddEntriesStream>, tonic::Status> {
-        let mut incoming = request.into_inner();
-        let (responses, receiver) = mpsc::channel(MAX_ADDS_IN_FLIGHT_PER_STREAM);
-        let server = self.clone();
-        tokio::spawn(async move {
-            let in_flight = Arc::new(Semaphore::new(MAX_ADDS_IN_FLIGHT_PER_STREAM));
-            loop {
-                let add = match incoming.message().await {
-                    Ok(Some(add)) => add,
-                    Ok(None) => break,
-                    Err(status) => {
-                        warn!(%status, "add stream ended with an error");
-                        break;
-                    }
-                };
-                let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
-                let server = server.clone();
-                let responses = responses.clone();
-                tokio::spawn(async move {
-                    let (ledger_id, entry_id) = (add.ledger_id, add.entry_id);
-                    let result = server
-                        .bookie
-                        .add(
-                            add.ledger_id,
-                            add.entry_id,
-                            &add.master_key,
-                            add.last_add_confirmed,
-                            add.payload,
-                            add.recovery,
-                        )
-                        .await;
-                    // A writer that went away no longer needs the answer.
-                    let _ = responses.send(Ok(add_response(ledger_id, entry_id, result))).await;
-                    drop(permit);
-                });
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        let answers = serve_adds(self.clone(), request.into_inner(), |add| vec![add], |mut responses| responses.pop());
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn read_entry(
