@@ -259,15 +259,8 @@ impl Bookie {
             let mut state = match shared.storage.ledger_state(ledger_id)? {
                 Some(state) if state.master_key != master_key => return Err(BookieError::Unauthorized { ledger_id }),
                 Some(state) => state,
-                None => LedgerState { fenced: false, last_add_confirmed: -1, master_key: master_key.to_vec() },
+                None => shared.new_ledger(&mut ordering, ledger_id, Bytes::copy_from_slice(master_key)),
             };
-            let newly_known = shared.storage.ledger_state(ledger_id)?.is_none();
-            if newly_known {
-                let sequence = ordering.next_sequence;
-                ordering.next_sequence += 1;
-                let key = Record::Key { ledger_id, master_key: Bytes::copy_from_slice(master_key) };
-                drop(shared.journal.submit(sequence, key, None));
-            }
             let mut durable = None;
             if !state.fenced {
                 state.fenced = true;
@@ -417,12 +410,7 @@ impl Shared {
             Some(state) => state,
             None => {
                 changed = true;
-                let sequence = ordering.next_sequence;
-                ordering.next_sequence += 1;
-                let key = Record::Key { ledger_id, master_key: add.master_key.clone() };
-                // The key's durability is implied by the add's: same journal, earlier record.
-                drop(self.journal.submit(sequence, key, None));
-                LedgerState { fenced: false, last_add_confirmed: -1, master_key: add.master_key.to_vec() }
+                self.new_ledger(ordering, ledger_id, add.master_key.clone())
             }
         };
         if add.last_add_confirmed > state.last_add_confirmed {
@@ -434,6 +422,17 @@ impl Shared {
         }
         self.storage.put_entry(ledger_id, add.entry_id, add.payload.clone());
         Ok(())
+    }
+
+    /// State for a ledger this bookie has not seen, with its master key journaled. The key's
+    /// durability is implied by that of the add or fence queued right after it: same journal,
+    /// earlier record. The caller holds the ordering lock and stores the state.
+    fn new_ledger(&self, ordering: &mut Sequencer, ledger_id: u64, master_key: Bytes) -> LedgerState {
+        let sequence = ordering.next_sequence;
+        ordering.next_sequence += 1;
+        let state = LedgerState { fenced: false, last_add_confirmed: -1, master_key: master_key.to_vec() };
+        drop(self.journal.submit(sequence, Record::Key { ledger_id, master_key }, None));
+        state
     }
 
     fn wake_checkpoint(&self) {
