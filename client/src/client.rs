@@ -164,6 +164,20 @@ impl Client {
         self.pool().clear();
     }
 
+    /// Parses `topic` and connects to the broker that owns it, for a producer or consumer.
+    /// Partitioned topics are refused: routing over partitions is not supported yet.
+    pub(crate) async fn topic_connection(&self, topic: &str) -> Result<(TopicName, Connection), ClientError> {
+        let topic = TopicName::parse(topic)?;
+        let partitions = self.partitions(&topic).await?;
+        if partitions > 0 {
+            return Err(ClientError::Unsupported {
+                what: format!("partitioned topics ({topic} has {partitions} partitions)"),
+            });
+        }
+        let connection = self.lookup_connection(&topic).await?;
+        Ok((topic, connection))
+    }
+
     /// The connection to the broker that owns `topic`.
     pub(crate) async fn lookup_connection(&self, topic: &TopicName) -> Result<Connection, ClientError> {
         let topic_name = topic.to_string();

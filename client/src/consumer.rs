@@ -184,14 +184,7 @@ impl ConsumerBuilder {
         if self.subscription.is_empty() {
             return Err(ClientError::InvalidConfig { setting: "subscription", reason: "must not be empty" });
         }
-        let topic = TopicName::parse(&self.topic)?;
-        let partitions = self.client.partitions(&topic).await?;
-        if partitions > 0 {
-            return Err(ClientError::Unsupported {
-                what: format!("partitioned topics ({topic} has {partitions} partitions)"),
-            });
-        }
-        let connection = self.client.lookup_connection(&topic).await?;
+        let (topic, connection) = self.client.topic_connection(&self.topic).await?;
         let consumer_id = connection.new_consumer_id();
         let (sender, events) = mpsc::channel(self.receiver_queue_size as usize);
         connection.add_consumer(consumer_id, sender).await?;

@@ -64,14 +64,7 @@ impl ProducerBuilder {
         if self.max_pending_messages == 0 {
             return Err(ClientError::InvalidConfig { setting: "max_pending_messages", reason: "must be at least 1" });
         }
-        let topic = TopicName::parse(&self.topic)?;
-        let partitions = self.client.partitions(&topic).await?;
-        if partitions > 0 {
-            return Err(ClientError::Unsupported {
-                what: format!("partitioned topics ({topic} has {partitions} partitions)"),
-            });
-        }
-        let connection = self.client.lookup_connection(&topic).await?;
+        let (topic, connection) = self.client.topic_connection(&self.topic).await?;
         let producer_id = connection.new_producer_id();
         let topic_name = topic.to_string();
         let label = self.name.clone().unwrap_or_else(|| format!("#{producer_id}"));
