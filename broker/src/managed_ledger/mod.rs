@@ -89,16 +89,12 @@ impl ManagedLedger {
             }
         };
         // Close what a previous owner left open; drop ledgers that ended up empty.
-        let mut changed = false;
         for ledger_info in info.ledgers.iter_mut().filter(|l| !l.closed) {
             let closed = ledger::recover_ledger(&bookies, ledger_info.ledger_id).await?;
             ledger_info.closed = true;
             ledger_info.entries = (closed.last_entry_id + 1).max(0) as u64;
-            changed = true;
         }
-        let before = info.ledgers.len();
         info.ledgers.retain(|l| l.entries > 0);
-        changed |= info.ledgers.len() != before;
         let last_confirmed = info.ledgers.last().map(|l| Position::new(l.ledger_id, l.entries - 1));
         let (sender, _) = watch::channel(last_confirmed);
         let sender_for_hook = sender.clone();
@@ -111,7 +107,6 @@ impl ManagedLedger {
             closed: false,
         });
         version = meta.put(&path, info.encode_to_vec(), Expected::Version(version)).await?;
-        let _ = changed;
         info!(managed_ledger = name, ledger_id = writer.ledger_id(), ?last_confirmed, "managed ledger opened");
         Ok(Arc::new(ManagedLedger {
             name: name.to_owned(),
@@ -243,12 +238,9 @@ impl ManagedLedger {
             .info
             .ledgers
             .iter()
-            .map(|l| {
-                let confirmed = match last {
-                    Some(p) if p.ledger_id == l.ledger_id => p.entry_id + 1,
-                    _ => l.entries,
-                };
-                (l.ledger_id, if l.closed { l.entries } else { confirmed.min(l.entries.max(confirmed)) })
+            .map(|l| match last {
+                Some(p) if !l.closed && p.ledger_id == l.ledger_id => (l.ledger_id, p.entry_id + 1),
+                _ => (l.ledger_id, l.entries),
             })
             .collect()
     }

@@ -297,10 +297,7 @@ impl Connection {
     }
 
     async fn on_lookup(&self, lookup: pb::CommandLookupTopic) {
-        let checked = match TopicName::parse(&lookup.topic) {
-            Ok(name) => self.service.check_topic(&name).await,
-            Err(error) => Err(error.into()),
-        };
+        let checked = async { self.service.check_topic(&TopicName::parse(&lookup.topic)?).await }.await;
         match checked {
             Ok(()) => {
                 self.send(command::lookup_connect(lookup.request_id, &self.service.config.broker_service_url())).await
@@ -312,10 +309,7 @@ impl Connection {
     }
 
     async fn on_partitioned_metadata(&self, request: pb::CommandPartitionedTopicMetadata) {
-        let checked = match TopicName::parse(&request.topic) {
-            Ok(name) => self.service.check_topic(&name).await,
-            Err(error) => Err(error.into()),
-        };
+        let checked = async { self.service.check_topic(&TopicName::parse(&request.topic)?).await }.await;
         match checked {
             // Partitioned topics come with the admin API; every topic is non-partitioned now.
             Ok(()) => self.send(command::partitioned_metadata_response(request.request_id, 0)).await,
@@ -336,10 +330,7 @@ impl Connection {
                 BrokerError::NotAllowed { what: format!("producer id {} is already in use", request.producer_id) };
             return self.send_error(request.request_id, &error).await;
         }
-        let topic = match TopicName::parse(&request.topic) {
-            Ok(name) => self.service.topic(&name).await,
-            Err(error) => Err(error.into()),
-        };
+        let topic = async { self.service.topic(&TopicName::parse(&request.topic)?).await }.await;
         let topic = match topic {
             Ok(topic) => topic,
             Err(error) => {
