@@ -269,6 +269,11 @@ impl Subscription {
         Ok(Some(count))
     }
 
+    /// Waits until every acknowledgement received so far is persisted.
+    pub async fn flush(&self) {
+        self.persister.flush().await;
+    }
+
     /// Removes the subscription's cursor for good.
     pub async fn delete(&self) -> Result<(), BrokerError> {
         self.persister.flush_and_stop().await;

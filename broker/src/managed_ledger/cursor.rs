@@ -132,14 +132,21 @@ pub async fn load(store: &dyn MetadataStore, path: &str) -> Result<Option<Cursor
 
 /// Writes cursor states to the metadata store in the background, latest state wins.
 pub struct CursorPersister {
-    latest: watch::Sender<Option<CursorInfo>>,
+    /// The latest state queued, numbered by generation.
+    latest: watch::Sender<Option<(u64, CursorInfo)>>,
+    /// The highest generation written to the store.
+    written: watch::Receiver<u64>,
     done: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     stop: CancellationToken,
 }
 
+/// Longest a flush waits for the store before giving up (the state stays queued).
+pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl CursorPersister {
     pub fn start(store: Arc<dyn MetadataStore>, path: String) -> Self {
-        let (latest, mut changes) = watch::channel::<Option<CursorInfo>>(None);
+        let (latest, mut changes) = watch::channel::<Option<(u64, CursorInfo)>>(None);
+        let (mark_written, written) = watch::channel(0u64);
         let stop = CancellationToken::new();
         let task_stop = stop.clone();
         let task = tokio::spawn(async move {
@@ -148,10 +155,15 @@ impl CursorPersister {
                     changed = changes.changed() => changed.is_err(),
                     () = task_stop.cancelled() => true,
                 };
-                let record = changes.borrow_and_update().clone();
-                if let Some(record) = record {
-                    if let Err(error) = store.put(&path, record.encode_to_vec(), Expected::Any).await {
-                        warn!(cursor = %path, %error, "cannot persist cursor; will retry with the next ack");
+                let queued = changes.borrow_and_update().clone();
+                if let Some((generation, record)) = queued {
+                    match store.put(&path, record.encode_to_vec(), Expected::Any).await {
+                        Ok(_) => {
+                            mark_written.send_replace(generation);
+                        }
+                        Err(error) => {
+                            warn!(cursor = %path, %error, "cannot persist cursor; will retry with the next ack")
+                        }
                     }
                 }
                 if stopping {
@@ -159,12 +171,25 @@ impl CursorPersister {
                 }
             }
         });
-        CursorPersister { latest, done: tokio::sync::Mutex::new(Some(task)), stop }
+        CursorPersister { latest, written, done: tokio::sync::Mutex::new(Some(task)), stop }
     }
 
     /// Queues the state for writing.
     pub fn persist(&self, state: &CursorState) {
-        self.latest.send_replace(Some(state.to_record()));
+        let record = state.to_record();
+        self.latest.send_modify(|latest| {
+            let generation = latest.as_ref().map_or(1, |(generation, _)| generation + 1);
+            *latest = Some((generation, record));
+        });
+    }
+
+    /// Waits until the latest queued state is written (or `FLUSH_TIMEOUT` passes).
+    pub async fn flush(&self) {
+        let Some(target) = self.latest.borrow().as_ref().map(|(generation, _)| *generation) else { return };
+        let mut written = self.written.clone();
+        if tokio::time::timeout(FLUSH_TIMEOUT, written.wait_for(|done| *done >= target)).await.is_err() {
+            warn!("cursor flush timed out; the latest acks stay queued");
+        }
     }
 
     /// Writes the latest queued state and stops.

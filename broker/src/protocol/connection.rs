@@ -264,7 +264,10 @@ impl Connection {
                 }
             }
             (Type::CloseConsumer, BaseCommand { close_consumer: Some(close), .. }) => {
-                self.remove_consumer(close.consumer_id);
+                // A consumer closed cleanly keeps every ack it sent: answer once they are persisted.
+                if let Some(subscription) = self.remove_consumer(close.consumer_id) {
+                    subscription.flush().await;
+                }
                 self.send(command::success(close.request_id)).await;
             }
             (Type::Unsubscribe, BaseCommand { unsubscribe: Some(request), .. }) => self.on_unsubscribe(request).await,
@@ -490,10 +493,11 @@ impl Connection {
         }
     }
 
-    fn remove_consumer(&mut self, consumer_id: u64) {
-        if let Some(consumer) = self.consumers.remove(&consumer_id) {
-            consumer.subscription.detach(consumer_id);
-        }
+    /// Detaches the consumer; returns its subscription if it existed.
+    fn remove_consumer(&mut self, consumer_id: u64) -> Option<Arc<Subscription>> {
+        let consumer = self.consumers.remove(&consumer_id)?;
+        consumer.subscription.detach(consumer_id);
+        Some(consumer.subscription)
     }
 
     fn cleanup(&mut self) {
