@@ -11,6 +11,11 @@
 //! starting with a 16-byte header (magic, id). A new file starts when one is full, and after
 //! every restart. Files whose records are all covered by a checkpoint are removed.
 //!
+//! Rotation stays off the add path: while a file fills, a helper thread already creates,
+//! preallocates and heads the next one under a `.journal.next` name (which replay ignores and
+//! start-up removes), and removes checkpointed files. Rotating is then a rename and a directory
+//! sync, done before any record in the new file is acknowledged.
+//!
 //! On a write error (a full disk among them) the journal turns read-only: the failed batch and
 //! every later add are answered with an error, and nothing is written after the failed offset,
 //! so the file never holds garbage before valid records.
@@ -39,6 +44,8 @@ use crate::uring::Ring;
 pub const FILE_MAGIC: &[u8; 8] = b"MGNTJRN1";
 pub const FILE_HEADER_LEN: usize = 16;
 const FILE_SUFFIX: &str = ".journal";
+/// Suffix of the next file while it is prepared; never replayed.
+const NEXT_SUFFIX: &str = ".journal.next";
 /// How often an idle journal thread looks for files to remove.
 const IDLE_TICK: Duration = Duration::from_millis(200);
 
@@ -86,6 +93,8 @@ struct Writer {
     checkpointed: Arc<AtomicU64>,
     read_only: Arc<AtomicBool>,
     buffer: Vec<u8>,
+    /// The next file being prepared off the add path: its id and the helper thread.
+    next: Option<(u64, JoinHandle<Result<File, BookieError>>)>,
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> BookieError {
@@ -97,6 +106,7 @@ impl Journal {
     /// new file. Returns the handle and what replay found.
     pub fn open(dir: &Path, config: JournalConfig, mark: u64) -> Result<(Journal, Replayed), BookieError> {
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        remove_unused_next_files(dir)?;
         let mut replayed = replay::replay(dir, mark)?;
         let next_id = replayed.files.last().map_or(1, |(id, _)| id + 1);
         let mut ring = Ring::new().map_err(|e| io_error(dir, e))?;
@@ -118,7 +128,9 @@ impl Journal {
             checkpointed: checkpointed.clone(),
             read_only: read_only.clone(),
             buffer: Vec::with_capacity(config.max_batch_bytes + crate::MAX_ENTRY_SIZE),
+            next: None,
         };
+        writer.prepare_next(Vec::new());
         let thread = std::thread::Builder::new()
             .name("journal".to_owned())
             .spawn(move || writer.run(receiver))
@@ -207,14 +219,45 @@ fn sync_dir(dir: &Path) -> Result<(), BookieError> {
 /// header. The directory is synced so the file survives a crash.
 fn create_file(dir: &Path, id: u64, size: u64, ring: &mut Ring) -> Result<(File, u64), BookieError> {
     let path = dir.join(file_name(id));
-    let file = File::options().create_new(true).read(true).write(true).open(&path).map_err(|e| io_error(&path, e))?;
-    ring.fallocate(&file, size).map_err(|e| io_error(&path, e))?;
+    let file = create_headed(&path, id, size, ring)?;
+    sync_dir(dir)?;
+    Ok((file, FILE_HEADER_LEN as u64))
+}
+
+/// Creates `path`, preallocates it to `size` and writes and syncs the header of file `id`.
+fn create_headed(path: &Path, id: u64, size: u64, ring: &mut Ring) -> Result<File, BookieError> {
+    let file = File::options().create_new(true).read(true).write(true).open(path).map_err(|e| io_error(path, e))?;
+    ring.fallocate(&file, size).map_err(|e| io_error(path, e))?;
     let mut header = [0u8; FILE_HEADER_LEN];
     header[..8].copy_from_slice(FILE_MAGIC);
     header[8..].copy_from_slice(&id.to_be_bytes());
-    ring.write_at(&file, &header, 0, true).map_err(|e| io_error(&path, e))?;
-    sync_dir(dir)?;
-    Ok((file, FILE_HEADER_LEN as u64))
+    ring.write_at(&file, &header, 0, true).map_err(|e| io_error(path, e))?;
+    Ok(file)
+}
+
+fn next_file_name(id: u64) -> String {
+    format!("{id:016x}{NEXT_SUFFIX}")
+}
+
+/// Removes next files a stopped journal had prepared but never used.
+fn remove_unused_next_files(dir: &Path) -> Result<(), BookieError> {
+    for item in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+        let path = item.map_err(|e| io_error(dir, e))?.path();
+        if path.file_name().and_then(|name| name.to_str()).is_some_and(|name| name.ends_with(NEXT_SUFFIX)) {
+            std::fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_files(paths: &[PathBuf]) {
+    for path in paths {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => warn!(journal = %path.display(), %error, "cannot remove a checkpointed journal file"),
+        }
+    }
 }
 
 impl Writer {
@@ -293,38 +336,82 @@ impl Writer {
         format!("journal write failed: {reason}")
     }
 
-    /// Starts the next file. A batch larger than a whole file still gets a file of its own.
+    /// Starts the next file: the prepared one if it is big enough, else one made here. A batch
+    /// larger than a whole file still gets a file of its own.
     fn rotate(&mut self) -> Result<(), BookieError> {
         let id = self.file_id + 1;
         let size = self.config.file_bytes.max(FILE_HEADER_LEN as u64 + self.buffer.len() as u64);
-        let (file, offset) = create_file(&self.dir, id, size, &mut self.ring)?;
+        let prepared = match self.next.take() {
+            Some((next_id, helper)) if next_id == id => match helper.join() {
+                Ok(Ok(file)) if size <= self.config.file_bytes => {
+                    let (from, to) = (self.dir.join(next_file_name(id)), self.dir.join(file_name(id)));
+                    std::fs::rename(&from, &to).map_err(|e| io_error(&to, e))?;
+                    sync_dir(&self.dir)?;
+                    Some(file)
+                }
+                Ok(Ok(_too_small)) => {
+                    let unused = self.dir.join(next_file_name(id));
+                    std::fs::remove_file(&unused).map_err(|e| io_error(&unused, e))?;
+                    None
+                }
+                Ok(Err(error)) => {
+                    // Made here instead; if the disk is the trouble, that fails with its error.
+                    warn!(journal = %self.dir.display(), %error, "preparing the next journal file failed");
+                    remove_unused_next_files(&self.dir)?;
+                    None
+                }
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        let file = match prepared {
+            Some(file) => file,
+            None => create_file(&self.dir, id, size, &mut self.ring)?.0,
+        };
         self.file = file;
         self.file_id = id;
-        self.offset = offset;
+        self.offset = FILE_HEADER_LEN as u64;
         self.files.push((id, 0));
-        self.remove_checkpointed_files();
+        let removable = self.take_checkpointed_files();
+        self.prepare_next(removable);
         Ok(())
+    }
+
+    /// Starts a helper thread that prepares the file after the current one and removes
+    /// `removable`. Without a thread, the next rotation creates its file itself.
+    fn prepare_next(&mut self, removable: Vec<PathBuf>) {
+        let (id, dir, size) = (self.file_id + 1, self.dir.clone(), self.config.file_bytes);
+        let helper = std::thread::Builder::new().name("journal-next".to_owned()).spawn(move || {
+            remove_files(&removable);
+            let mut ring = Ring::new().map_err(|e| io_error(&dir, e))?;
+            create_headed(&dir.join(next_file_name(id)), id, size, &mut ring)
+        });
+        match helper {
+            Ok(helper) => self.next = Some((id, helper)),
+            Err(error) => warn!(journal = %self.dir.display(), %error, "cannot start the journal file helper"),
+        }
     }
 
     /// Removes files (other than the current one) whose records a checkpoint covers.
     fn remove_checkpointed_files(&mut self) {
+        let removable = self.take_checkpointed_files();
+        remove_files(&removable);
+    }
+
+    /// Forgets files (other than the current one) whose records a checkpoint covers and
+    /// returns their paths, to be removed.
+    fn take_checkpointed_files(&mut self) -> Vec<PathBuf> {
         let mark = self.checkpointed.load(Ordering::SeqCst);
         let current = self.file_id;
-        let dir = self.dir.clone();
+        let mut removable = Vec::new();
         self.files.retain(|(id, max_sequence)| {
             if *id == current || *max_sequence > mark {
                 return true;
             }
-            let path = dir.join(file_name(*id));
-            match std::fs::remove_file(&path) {
-                Ok(()) => false,
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
-                Err(error) => {
-                    warn!(journal = %path.display(), %error, "cannot remove a checkpointed journal file");
-                    true
-                }
-            }
+            removable.push(self.dir.join(file_name(*id)));
+            false
         });
+        removable
     }
 }
 
@@ -372,6 +459,34 @@ mod tests {
         assert_eq!(sequences, (41..=100).collect::<Vec<_>>());
         assert_eq!(replayed.last_sequence, 100);
         assert_eq!(replayed.records[0].1, add(7, 40, 1000));
+    }
+
+    #[tokio::test]
+    async fn prepared_next_files_take_over_on_rotation_and_are_never_replayed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (journal, _) = Journal::open(dir.path(), config(), 0).expect("open");
+            for entry in 0..30u64 {
+                append(&journal, entry + 1, add(2, entry, 100_000)).await.expect("durable");
+            }
+        }
+        // The stopped journal leaves the file it prepared; it holds only a header.
+        let next_files = || {
+            std::fs::read_dir(dir.path())
+                .expect("read dir")
+                .filter(|item| item.as_ref().expect("item").file_name().to_string_lossy().ends_with(NEXT_SUFFIX))
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while next_files() == 0 {
+            assert!(Instant::now() < deadline, "no next file was prepared");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (_journal, replayed) = Journal::open(dir.path(), config(), 0).expect("reopen");
+        let sequences: Vec<u64> = replayed.records.iter().map(|(s, _)| *s).collect();
+        assert_eq!(sequences, (1..=30).collect::<Vec<_>>(), "every record once, in order, across rotations");
+        let ids: Vec<u64> = replay::list_files(dir.path()).expect("list").into_iter().map(|(id, _)| id).collect();
+        assert!(ids.windows(2).all(|pair| pair[1] == pair[0] + 1), "file ids follow each other: {ids:?}");
     }
 
     #[tokio::test]

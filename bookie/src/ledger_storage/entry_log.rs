@@ -153,6 +153,11 @@ impl OpenLog {
     fn write_buffer(&mut self, ring: &mut Ring, sync: bool) -> Result<(), BookieError> {
         if !self.buffer.is_empty() {
             ring.write_at(&self.file, &self.buffer, self.written, sync).map_err(|e| io_error(&self.path, e))?;
+            if !sync {
+                // Spread the flush's disk writes over its course instead of one burst at its sync.
+                ring.start_writeback(&self.file, self.written, self.buffer.len() as u32)
+                    .map_err(|e| io_error(&self.path, e))?;
+            }
             self.written += self.buffer.len() as u64;
             self.buffer.clear();
         } else if sync {

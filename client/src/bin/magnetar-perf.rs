@@ -137,6 +137,17 @@ impl BookieFigures {
         self.mb_per_sec() / self.raw_mb_per_sec()
     }
 
+    /// Mean time of one raw-baseline step (1 MiB write + fdatasync), in milliseconds.
+    fn raw_sync_ms(&self) -> f64 {
+        let steps = (self.raw_bytes / RAW_CHUNK as u64).max(1);
+        self.raw_elapsed.as_secs_f64() * 1000.0 / steps as f64
+    }
+
+    /// The p99 add latency in raw-baseline steps (the goal is at most 3).
+    fn p99_in_syncs(&self) -> f64 {
+        self.latency_ms(0.99) / self.raw_sync_ms()
+    }
+
     /// The `quantile` latency in milliseconds (0 without samples).
     fn latency_ms(&self, quantile: f64) -> f64 {
         if self.latencies_us.is_empty() {
@@ -216,6 +227,8 @@ fn print_figures(args: &BookieArgs, figures: &BookieFigures, bookie: &str, dir: 
             "p99_ms": figures.latency_ms(0.99),
             "raw_mb_per_sec": figures.raw_mb_per_sec(),
             "ratio": figures.ratio(),
+            "raw_sync_ms": figures.raw_sync_ms(),
+            "p99_in_syncs": figures.p99_in_syncs(),
             "p999_ms": figures.latency_ms(0.999),
             "max_ms": figures.latency_ms(1.0),
             "adds": figures.adds,
@@ -261,6 +274,12 @@ fn print_figures(args: &BookieArgs, figures: &BookieFigures, bookie: &str, dir: 
         dir.parent().unwrap_or(dir).display()
     )?;
     writeln!(out, "ratio       {:>12.3}   (bookie MB/s / raw MB/s)", figures.ratio())?;
+    writeln!(
+        out,
+        "p99/sync    {:>12.2}   (p99 add latency / {:.3} ms, one raw 1 MiB write + fdatasync)",
+        figures.p99_in_syncs(),
+        figures.raw_sync_ms()
+    )?;
     if let Some(error) = &figures.first_error {
         writeln!(out, "first error: {error}")?;
     }
