@@ -2,7 +2,8 @@
 //! ([`protocol`]), keeps each topic's messages in a managed ledger on bookies
 //! ([`managed_ledger`]), tracks subscriptions with durable cursors and dispatches to consumers
 //! ([`subscription`], [`dispatcher`]), and serves admin and metrics over HTTP ([`http`]).
-//! [`standalone`] wires one bookie and one broker into one process on the local store.
+//! [`standalone`] wires bookies and a broker into one process on the local store; [`node`] runs
+//! a broker of a cluster against a shared metadata store and separate bookies.
 
 pub mod config;
 pub mod dispatcher;
@@ -12,6 +13,7 @@ pub mod managed_ledger;
 pub mod metadata_url;
 pub mod metrics;
 pub mod namespace;
+pub mod node;
 pub mod protocol;
 pub mod service;
 pub mod standalone;

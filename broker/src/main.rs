@@ -1,5 +1,5 @@
-//! The `magnetar` server binary: `standalone` (everything in one process) and `bookie` (one
-//! storage node of a cluster).
+//! The `magnetar` server binary: `standalone` (everything in one process), `bookie` (one
+//! storage node of a cluster) and `broker` (one broker of a cluster).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use magnetar_bookie::client::LedgerConfig;
 use magnetar_bookie::disk::DiskMonitor;
 use magnetar_bookie::registration::{self, BookieRegistration};
 use magnetar_bookie::{cookie, BookieConfig, BookieServer};
 use magnetar_broker::metadata_url::MetadataUrl;
+use magnetar_broker::node::{self, BrokerNodeConfig};
 use magnetar_broker::standalone::{self, StandaloneConfig, SHUTDOWN_GRACE};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +54,41 @@ enum Command {
     },
     /// One bookie (storage node): serves BookieService over gRPC and registers in metadata.
     Bookie(BookieArgs),
+    /// One broker of a cluster: Pulsar protocol and admin HTTP over a shared metadata store,
+    /// writing to the registered bookies.
+    Broker(BrokerArgs),
+}
+
+/// `magnetar broker`.
+#[derive(clap::Args)]
+struct BrokerArgs {
+    /// Metadata store: etcd://host:port[,host:port...] or local:/path (single host only).
+    #[arg(long, default_value = "etcd://127.0.0.1:2379", env = "MAGNETAR_METADATA_URL")]
+    metadata_url: String,
+    /// Name of the cluster (created in metadata if missing).
+    #[arg(long, default_value = "magnetar")]
+    cluster_name: String,
+    /// Address the Pulsar and HTTP listeners bind to.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: String,
+    /// Pulsar binary protocol port.
+    #[arg(long, default_value_t = 6650)]
+    pulsar_port: u16,
+    /// HTTP port for admin and metrics.
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// Host name clients are told to connect to.
+    #[arg(long, default_value = "127.0.0.1")]
+    advertised_address: String,
+    /// Bookies each new ledger is spread over (E); Pulsar's managedLedgerDefaultEnsembleSize.
+    #[arg(long, default_value_t = 2)]
+    ensemble_size: u32,
+    /// Copies written of each entry (Qw); Pulsar's managedLedgerDefaultWriteQuorum.
+    #[arg(long, default_value_t = 2)]
+    write_quorum: u32,
+    /// Copies durable before an entry is acknowledged (Qa); Pulsar's managedLedgerDefaultAckQuorum.
+    #[arg(long, default_value_t = 2)]
+    ack_quorum: u32,
 }
 
 /// `magnetar bookie`: flags override the TOML file, which overrides the defaults.
@@ -247,5 +284,21 @@ async fn main() -> anyhow::Result<()> {
             standalone::run(config, cancel).await
         }
         Command::Bookie(args) => run_bookie(args, cancel).await,
+        Command::Broker(args) => {
+            let config = BrokerNodeConfig {
+                metadata_url: args.metadata_url.parse()?,
+                cluster_name: args.cluster_name,
+                bind_address: args.bind_address,
+                pulsar_port: args.pulsar_port,
+                http_port: args.http_port,
+                advertised_address: args.advertised_address,
+                ledger: LedgerConfig {
+                    ensemble_size: args.ensemble_size,
+                    write_quorum: args.write_quorum,
+                    ack_quorum: args.ack_quorum,
+                },
+            };
+            node::run(config, cancel).await
+        }
     }
 }

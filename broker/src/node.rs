@@ -1,0 +1,103 @@
+//! `magnetar broker`: a broker of a cluster. Metadata comes from a shared store (etcd, or a
+//! local directory for a single host); the bookies are separate `magnetar bookie` processes
+//! found through their registrations in that store. The broker keeps no state of its own on
+//! disk: everything it serves lives in the metadata store and on the bookies, so a restarted or
+//! replaced broker recovers each topic it opens (fencing the previous owner's ledger).
+//!
+//! Until namespace bundles and ownership exist, run one broker per metadata store: two brokers
+//! opening the same topic fence each other's ledgers (no acknowledged message is lost, but
+//! producers of the fenced one see errors).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use magnetar_bookie::client::LedgerConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::BrokerConfig;
+use crate::metadata_url::MetadataUrl;
+use crate::standalone::SHUTDOWN_GRACE;
+use crate::{http, namespace, protocol, BrokerService};
+
+#[derive(Debug, Clone)]
+pub struct BrokerNodeConfig {
+    pub metadata_url: MetadataUrl,
+    pub cluster_name: String,
+    pub bind_address: String,
+    pub pulsar_port: u16,
+    pub http_port: u16,
+    pub advertised_address: String,
+    pub ledger: LedgerConfig,
+}
+
+/// Checks ensemble size E, write quorum Qw and ack quorum Qa: E >= Qw >= Qa >= 1. The message
+/// names the flags.
+pub fn check_ledger_config(ledger: &LedgerConfig) -> anyhow::Result<()> {
+    let LedgerConfig { ensemble_size, write_quorum, ack_quorum } = *ledger;
+    anyhow::ensure!(ack_quorum >= 1, "--ack-quorum must be at least 1");
+    anyhow::ensure!(
+        write_quorum >= ack_quorum,
+        "--write-quorum ({write_quorum}) must be at least --ack-quorum ({ack_quorum})"
+    );
+    anyhow::ensure!(
+        ensemble_size >= write_quorum,
+        "--ensemble-size ({ensemble_size}) must be at least --write-quorum ({write_quorum})"
+    );
+    Ok(())
+}
+
+/// Runs the broker until `cancel` fires, then closes its topics (their ledgers are closed and
+/// cursors flushed) and stops.
+pub async fn run(config: BrokerNodeConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    check_ledger_config(&config.ledger)?;
+    let meta = config.metadata_url.connect().await?;
+    namespace::initialize_defaults(meta.as_ref(), &config.cluster_name)
+        .await
+        .context("create the cluster, the public tenant and public/default")?;
+    let pulsar_listener = TcpListener::bind((config.bind_address.as_str(), config.pulsar_port))
+        .await
+        .with_context(|| format!("bind the Pulsar port {}:{}", config.bind_address, config.pulsar_port))?;
+    let http_listener = TcpListener::bind((config.bind_address.as_str(), config.http_port))
+        .await
+        .with_context(|| format!("bind the HTTP port {}:{}", config.bind_address, config.http_port))?;
+    let broker_config = BrokerConfig {
+        cluster_name: config.cluster_name.clone(),
+        advertised_address: config.advertised_address.clone(),
+        advertised_pulsar_port: pulsar_listener.local_addr().context("read the Pulsar address")?.port(),
+        ledger: config.ledger,
+        ..BrokerConfig::default()
+    };
+    let service = BrokerService::new(broker_config, Arc::clone(&meta));
+    let serve_cancel = CancellationToken::new();
+    let pulsar_task = tokio::spawn(protocol::server::run(service.clone(), pulsar_listener, serve_cancel.clone()));
+    let http_task = tokio::spawn(http::run(service.clone(), http_listener, serve_cancel.clone()));
+    info!(
+        pulsar = %service.config.broker_service_url(),
+        http_port = config.http_port,
+        metadata = %config.metadata_url,
+        cluster = %config.cluster_name,
+        ensemble_size = config.ledger.ensemble_size,
+        write_quorum = config.ledger.write_quorum,
+        ack_quorum = config.ledger.ack_quorum,
+        "magnetar broker is ready"
+    );
+
+    cancel.cancelled().await;
+    info!("shutting down");
+    let drain = async {
+        serve_cancel.cancel();
+        let _ = pulsar_task.await;
+        let _ = http_task.await;
+        service.close_all_topics().await;
+        service.bookies.close().await;
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        tracing::warn!(
+            "shutdown did not finish in {SHUTDOWN_GRACE:?}; exiting anyway (recovery on next open covers it)"
+        );
+    }
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! Processes of a cluster on loopback: a real etcd, `magnetar bookie` processes and a
+//! `magnetar broker` process, each with its own directory and log, for tests that kill and
+//! restart them.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use magnetar_meta::testing::EtcdServer;
+use magnetar_meta::MetadataStore;
+use magnetar_proto::records::{LedgerMetadata, ManagedLedgerInfo};
+use prost::Message;
+
+use crate::{binary, eventually, free_port, BookieOptions, BookieProcess};
+
+/// The metadata URL of a test etcd.
+pub fn etcd_url(etcd: &EtcdServer) -> String {
+    format!("etcd://{}", etcd.endpoint().trim_start_matches("http://"))
+}
+
+/// Replication of a broker's new ledgers: ensemble size, write quorum, ack quorum.
+#[derive(Debug, Clone, Copy)]
+pub struct Replication {
+    pub ensemble_size: u32,
+    pub write_quorum: u32,
+    pub ack_quorum: u32,
+}
+
+/// A `magnetar broker` process on fixed free ports, restartable on the same ports.
+pub struct BrokerProcess {
+    child: Option<Child>,
+    metadata_url: String,
+    replication: Replication,
+    dir: PathBuf,
+    pub pulsar_port: u16,
+    pub http_port: u16,
+    starts: u32,
+}
+
+impl BrokerProcess {
+    /// Starts a broker on `metadata_url` and waits until it accepts connections. Its logs go to
+    /// `dir/broker-<start>.log`.
+    pub async fn start(metadata_url: &str, replication: Replication, dir: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&dir).context("create the broker's dir")?;
+        let mut broker = BrokerProcess {
+            child: None,
+            metadata_url: metadata_url.to_owned(),
+            replication,
+            dir,
+            pulsar_port: free_port()?,
+            http_port: free_port()?,
+            starts: 0,
+        };
+        broker.spawn().await?;
+        Ok(broker)
+    }
+
+    pub fn service_url(&self) -> String {
+        format!("pulsar://127.0.0.1:{}", self.pulsar_port)
+    }
+
+    fn log_path(&self, start: u32) -> PathBuf {
+        self.dir.join(format!("broker-{start}.log"))
+    }
+
+    /// The log of the latest start.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path(self.starts)).unwrap_or_default()
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        self.starts += 1;
+        let log = File::create(self.log_path(self.starts)).context("create the broker log")?;
+        let Replication { ensemble_size, write_quorum, ack_quorum } = self.replication;
+        let child = Command::new(binary("magnetar")?)
+            .arg("broker")
+            .args(["--metadata-url", &self.metadata_url, "--cluster-name", "test"])
+            .args(["--bind-address", "127.0.0.1", "--advertised-address", "127.0.0.1"])
+            .args(["--pulsar-port", &self.pulsar_port.to_string(), "--http-port", &self.http_port.to_string()])
+            .args(["--ensemble-size", &ensemble_size.to_string()])
+            .args(["--write-quorum", &write_quorum.to_string()])
+            .args(["--ack-quorum", &ack_quorum.to_string()])
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn magnetar broker")?;
+        self.child = Some(child);
+        let port = self.pulsar_port;
+        let ready = eventually(Duration::from_secs(60), "the broker to accept connections", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        if let Err(error) = ready {
+            bail!("{error}\n--- broker log ---\n{}", self.log());
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().context("kill -9 the broker")?;
+            child.wait().context("reap the broker")?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs the broker if it runs and starts it again on the same ports.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9()?;
+        self.spawn().await
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- magnetar broker log ---\n{}", self.log());
+        }
+    }
+}
+
+/// etcd, `count` bookies (`bookie-0`...) and one broker, in a temp dir.
+pub struct Cluster {
+    pub bookies: Vec<BookieProcess>,
+    pub broker: BrokerProcess,
+    pub meta: Arc<dyn MetadataStore>,
+    // Dropped last: the processes above stop before etcd does.
+    pub etcd: EtcdServer,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub async fn start(bookies: usize, replication: Replication) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("create the cluster's temp dir")?;
+        let etcd = EtcdServer::start().await.context("start etcd")?;
+        let url = etcd_url(&etcd);
+        let mut started = Vec::new();
+        for index in 0..bookies {
+            let id = format!("bookie-{index}");
+            let options = BookieOptions::new(&id, &url, &dir.path().join(&id).join("data"));
+            started.push(BookieProcess::start(options).await?);
+        }
+        let meta: Arc<dyn MetadataStore> = Arc::new(etcd.connect().await.context("connect to etcd")?);
+        let broker = BrokerProcess::start(&url, replication, dir.path().join("broker")).await?;
+        Ok(Cluster { bookies: started, broker, meta, etcd, _dir: dir })
+    }
+
+    /// The ledgers of a topic (`tenant/ns/topic`) as the metadata store holds them, oldest
+    /// first.
+    pub async fn ledgers(&self, topic: &str) -> anyhow::Result<Vec<LedgerMetadata>> {
+        let (tenant_ns, local) = topic.rsplit_once('/').context("topic is tenant/ns/topic")?;
+        let path = format!("/magnetar/managed-ledgers/{tenant_ns}/persistent/{local}");
+        let found = self.meta.get(&path).await?.with_context(|| format!("no managed ledger at {path}"))?;
+        let info = ManagedLedgerInfo::decode(&found.value[..]).context("decode the managed ledger info")?;
+        let mut ledgers = Vec::new();
+        for ledger in info.ledgers {
+            let path = magnetar_bookie::ledger_path(ledger.ledger_id);
+            let found = self.meta.get(&path).await?.with_context(|| format!("no ledger metadata at {path}"))?;
+            ledgers.push(LedgerMetadata::decode(&found.value[..]).context("decode ledger metadata")?);
+        }
+        Ok(ledgers)
+    }
+
+    /// The bookie process with id `bookie_id`.
+    pub fn bookie_mut(&mut self, bookie_id: &str) -> anyhow::Result<&mut BookieProcess> {
+        self.bookies
+            .iter_mut()
+            .find(|bookie| bookie.options().bookie_id == bookie_id)
+            .with_context(|| format!("no bookie {bookie_id}"))
+    }
+}
