@@ -31,7 +31,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// One process with embedded metadata (RocksDB), one bookie and one broker.
+    /// One process with embedded metadata (RocksDB), one or more bookies and one broker.
     Standalone {
         /// Where metadata, journal and entries are kept.
         #[arg(long, default_value = "./data", env = "MAGNETAR_DATA_DIR")]
@@ -45,12 +45,25 @@ enum Command {
         /// HTTP port for admin and metrics.
         #[arg(long, default_value_t = 8080)]
         http_port: u16,
-        /// Bookie gRPC port on loopback (0: any free port).
+        /// Loopback gRPC port of the first bookie; bookie i listens on this port + i (0: each
+        /// bookie on any free port).
         #[arg(long, default_value_t = 0)]
         bookie_port: u16,
         /// Host name clients are told to connect to.
         #[arg(long, default_value = "127.0.0.1")]
         advertised_address: String,
+        /// Bookies to run in this process, each with its data in <data dir>/bookie-<i>.
+        #[arg(long, default_value_t = 1)]
+        num_bookies: u32,
+        /// Bookies each new ledger is spread over (at most --num-bookies).
+        #[arg(long, default_value_t = 1)]
+        ensemble_size: u32,
+        /// Bookies each entry is written to (at most --ensemble-size).
+        #[arg(long, default_value_t = 1)]
+        write_quorum: u32,
+        /// Bookies that must confirm an entry before it is acknowledged (1 ..= --write-quorum).
+        #[arg(long, default_value_t = 1)]
+        ack_quorum: u32,
     },
     /// One bookie (storage node): serves BookieService over gRPC and registers in metadata.
     Bookie(BookieArgs),
@@ -278,9 +291,30 @@ async fn main() -> anyhow::Result<()> {
         signal_cancel.cancel();
     });
     match cli.command {
-        Command::Standalone { data_dir, bind_address, pulsar_port, http_port, bookie_port, advertised_address } => {
-            let config =
-                StandaloneConfig { data_dir, bind_address, pulsar_port, http_port, bookie_port, advertised_address };
+        Command::Standalone {
+            data_dir,
+            bind_address,
+            pulsar_port,
+            http_port,
+            bookie_port,
+            advertised_address,
+            num_bookies,
+            ensemble_size,
+            write_quorum,
+            ack_quorum,
+        } => {
+            let config = StandaloneConfig {
+                data_dir,
+                bind_address,
+                pulsar_port,
+                http_port,
+                bookie_port,
+                advertised_address,
+                num_bookies,
+                ledger: LedgerConfig { ensemble_size, write_quorum, ack_quorum },
+            };
+            // Before anything is opened or bound: a wrong flag is reported alone.
+            config.validate().context("invalid standalone flags")?;
             standalone::run(config, cancel).await
         }
         Command::Bookie(args) => run_bookie(args, cancel).await,

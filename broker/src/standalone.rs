@@ -1,28 +1,41 @@
-//! `magnetar standalone`: one process holding a LocalStore (RocksDB) for metadata, one bookie
-//! and one broker. The broker reaches the bookie through gRPC on loopback, exactly as it would
-//! reach a remote one, so standalone runs the same code paths as a cluster.
+//! `magnetar standalone`: one process holding a LocalStore (RocksDB) for metadata, N bookies
+//! (one by default) and one broker. The broker reaches the bookies through gRPC on loopback,
+//! exactly as it would reach remote ones, so standalone runs the same code paths as a cluster.
+//!
+//! Bookie `i` (0-based) is `standalone-bookie-<i>`: its data (entry logs, index, journal,
+//! cookie) live in `<data dir>/bookie-<i>`, its cookie and registration in the metadata store
+//! like any bookie's, and it serves on its own loopback port: `bookie_port + i`, or a free
+//! port each when `bookie_port` is 0. New ledgers use the configured ensemble size, write
+//! quorum and ack quorum (`BrokerConfig::ledger`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use magnetar_bookie::client::LedgerConfig;
 use magnetar_bookie::disk::DiskMonitor;
 use magnetar_bookie::registration::{self, BookieRegistration};
 use magnetar_bookie::{cookie, BookieConfig, BookieServer};
-use magnetar_meta::{LocalStore, MetadataStore};
+use magnetar_meta::{LocalStore, MetadataStore, SessionId};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::BrokerConfig;
 use crate::{http, namespace, protocol, BrokerService};
 
-/// Bookie id of standalone's bookie: stable across restarts, whatever port it gets.
+/// Bookie id of standalone's first bookie: stable across restarts, whatever port it gets.
 pub const STANDALONE_BOOKIE_ID: &str = "standalone-bookie-0";
 /// Time allowed for a clean shutdown before the process gives up waiting.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// Time a standalone bookie's registration outlives contact with the metadata store.
+const BOOKIE_REGISTRATION_TTL: Duration = Duration::from_secs(10);
+/// Most bookies one standalone process runs: each has its own journal thread, RocksDB index
+/// and caches, so more than a handful only competes for the same disk and cores.
+pub const MAX_STANDALONE_BOOKIES: u32 = 16;
 
 #[derive(Debug, Clone)]
 pub struct StandaloneConfig {
@@ -30,9 +43,68 @@ pub struct StandaloneConfig {
     pub bind_address: String,
     pub pulsar_port: u16,
     pub http_port: u16,
-    /// 0 picks a free loopback port.
+    /// Port of the first bookie on loopback; bookie `i` gets `bookie_port + i`. 0 gives each
+    /// bookie a free port.
     pub bookie_port: u16,
     pub advertised_address: String,
+    /// Bookies run in this process (1 ..= [`MAX_STANDALONE_BOOKIES`]).
+    pub num_bookies: u32,
+    /// Ensemble size, write quorum and ack quorum of new ledgers.
+    pub ledger: LedgerConfig,
+}
+
+impl StandaloneConfig {
+    /// Checks the bookie count and replication settings against each other; the error names
+    /// the command-line flag to change.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let LedgerConfig { ensemble_size, write_quorum, ack_quorum } = self.ledger;
+        let num_bookies = self.num_bookies;
+        if num_bookies == 0 || num_bookies > MAX_STANDALONE_BOOKIES {
+            bail!("--num-bookies {num_bookies}: must be between 1 and {MAX_STANDALONE_BOOKIES}");
+        }
+        if ack_quorum == 0 {
+            bail!("--ack-quorum {ack_quorum}: must be at least 1");
+        }
+        if write_quorum < ack_quorum {
+            bail!("--write-quorum {write_quorum} is smaller than --ack-quorum {ack_quorum}: need write quorum >= ack quorum");
+        }
+        if ensemble_size < write_quorum {
+            bail!(
+                "--ensemble-size {ensemble_size} is smaller than --write-quorum {write_quorum}: need ensemble size >= write quorum"
+            );
+        }
+        if ensemble_size > num_bookies {
+            bail!(
+                "--ensemble-size {ensemble_size} is larger than --num-bookies {num_bookies}: a ledger's ensemble needs that many bookies"
+            );
+        }
+        if self.bookie_port != 0 && u32::from(self.bookie_port) + num_bookies - 1 > u32::from(u16::MAX) {
+            bail!(
+                "--bookie-port {}: {num_bookies} bookies need consecutive ports from it, past 65535",
+                self.bookie_port
+            );
+        }
+        Ok(())
+    }
+
+    /// Bookie id of bookie `index`.
+    pub fn bookie_id(index: u32) -> String {
+        format!("standalone-bookie-{index}")
+    }
+
+    /// Data dir of bookie `index`.
+    pub fn bookie_dir(&self, index: u32) -> PathBuf {
+        self.data_dir.join(format!("bookie-{index}"))
+    }
+
+    /// Port bookie `index` binds on loopback (0: any free port).
+    fn bookie_port(&self, index: u32) -> u16 {
+        if self.bookie_port == 0 {
+            return 0;
+        }
+        // validate() checked that the last bookie's port fits.
+        u16::try_from(u32::from(self.bookie_port) + index).unwrap_or(0)
+    }
 }
 
 async fn bind(address: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
@@ -41,8 +113,76 @@ async fn bind(address: &str, port: u16, what: &str) -> anyhow::Result<TcpListene
     Ok(listener)
 }
 
+/// One running bookie of standalone and what stopping it takes.
+struct RunningBookie {
+    bookie_id: String,
+    address: SocketAddr,
+    task: JoinHandle<anyhow::Result<()>>,
+    /// Stops serving (the server closes the bookie once drained).
+    serve_cancel: CancellationToken,
+    /// Stops the disk monitor.
+    disk_cancel: CancellationToken,
+    session: SessionId,
+}
+
+/// Checks the cookie, opens storage, serves on loopback and registers bookie `index`.
+async fn start_bookie(
+    config: &StandaloneConfig,
+    meta: &Arc<dyn MetadataStore>,
+    index: u32,
+) -> anyhow::Result<RunningBookie> {
+    let bookie_id = StandaloneConfig::bookie_id(index);
+    let bookie_config = BookieConfig::new(bookie_id.clone(), config.bookie_dir(index));
+    cookie::verify_or_create(meta.as_ref(), &bookie_config)
+        .await
+        .with_context(|| format!("check the cookie of bookie {bookie_id}"))?;
+    let opened_config = bookie_config.clone();
+    let bookie = tokio::task::spawn_blocking(move || BookieServer::open(&opened_config))
+        .await
+        .context("open bookie")?
+        .with_context(|| format!("open bookie {bookie_id} in {}", bookie_config.data_dir.display()))?;
+    let disk_cancel = CancellationToken::new();
+    DiskMonitor::new(&bookie_config, bookie.bookie().read_only_flag()).spawn(disk_cancel.clone());
+    let listener = bind("127.0.0.1", config.bookie_port(index), &format!("bookie {bookie_id}")).await?;
+    let address: SocketAddr = listener.local_addr().context("bookie address")?;
+    let serve_cancel = CancellationToken::new();
+    let serve = bookie.run(listener, serve_cancel.clone());
+    let task = tokio::spawn(async move { serve.await.context("serve BookieService") });
+    let registration = BookieRegistration { bookie_id: bookie_id.clone(), address: address.to_string() };
+    let session = match registration::register(meta.as_ref(), &registration, BOOKIE_REGISTRATION_TTL).await {
+        Ok(session) => session,
+        Err(error) => {
+            serve_cancel.cancel();
+            disk_cancel.cancel();
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
+            return Err(error).with_context(|| format!("register bookie {bookie_id}"));
+        }
+    };
+    info!(bookie_id = %bookie_id, address = %address, "standalone bookie registered");
+    Ok(RunningBookie { bookie_id, address, task, serve_cancel, disk_cancel, session })
+}
+
+impl RunningBookie {
+    /// Deregisters, then drains the server (which closes the bookie).
+    async fn stop(self, meta: &dyn MetadataStore) {
+        if let Err(error) = meta.close_session(self.session).await {
+            warn!(bookie_id = %self.bookie_id, %error, "closing the bookie's metadata session");
+        }
+        self.serve_cancel.cancel();
+        self.disk_cancel.cancel();
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                warn!(bookie_id = %self.bookie_id, error = format!("{error:#}"), "bookie server stopped with an error")
+            }
+            Err(error) => warn!(bookie_id = %self.bookie_id, %error, "bookie server task failed"),
+        }
+    }
+}
+
 /// Runs standalone until `cancel` fires, then shuts down cleanly.
 pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
     let meta_dir = config.data_dir.join("metadata");
@@ -51,23 +191,19 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
     let meta: Arc<dyn MetadataStore> = Arc::new(store);
     namespace::initialize_defaults(meta.as_ref(), "standalone").await.context("create default tenant and namespace")?;
 
-    // Bookie.
-    let bookie_config = BookieConfig::new(STANDALONE_BOOKIE_ID, config.data_dir.join("bookie-0"));
-    cookie::verify_or_create(meta.as_ref(), &bookie_config).await.context("check the bookie's cookie")?;
-    let opened_config = bookie_config.clone();
-    let bookie =
-        tokio::task::spawn_blocking(move || BookieServer::open(&opened_config)).await.context("open bookie")??;
-    let disk_cancel = CancellationToken::new();
-    DiskMonitor::new(&bookie_config, bookie.bookie().read_only_flag()).spawn(disk_cancel.clone());
-    let bookie_listener = bind("127.0.0.1", config.bookie_port, "bookie").await?;
-    let bookie_address: SocketAddr = bookie_listener.local_addr().context("bookie address")?;
-    let bookie_cancel = CancellationToken::new();
-    let bookie_task = tokio::spawn(bookie.run(bookie_listener, bookie_cancel.clone()));
-    let registration =
-        BookieRegistration { bookie_id: STANDALONE_BOOKIE_ID.to_owned(), address: bookie_address.to_string() };
-    let session = registration::register(meta.as_ref(), &registration, Duration::from_secs(10))
-        .await
-        .context("register bookie")?;
+    // Bookies, all registered before the broker can create a ledger.
+    let mut bookies = Vec::with_capacity(config.num_bookies as usize);
+    for index in 0..config.num_bookies {
+        match start_bookie(&config, &meta, index).await {
+            Ok(bookie) => bookies.push(bookie),
+            Err(error) => {
+                for bookie in bookies {
+                    bookie.stop(meta.as_ref()).await;
+                }
+                return Err(error);
+            }
+        }
+    }
 
     // Broker.
     let pulsar_listener = bind(&config.bind_address, config.pulsar_port, "Pulsar").await?;
@@ -75,6 +211,7 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
     let broker_config = BrokerConfig {
         advertised_address: config.advertised_address.clone(),
         advertised_pulsar_port: pulsar_listener.local_addr().context("Pulsar address")?.port(),
+        ledger: config.ledger,
         ..BrokerConfig::default()
     };
     let service = BrokerService::new(broker_config, meta.clone());
@@ -85,7 +222,10 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
         data_dir = %config.data_dir.display(),
         pulsar = %service.config.broker_service_url(),
         http_port = config.http_port,
-        bookie = %bookie_address,
+        bookies = %bookies.iter().map(|bookie| format!("{}={}", bookie.bookie_id, bookie.address)).collect::<Vec<_>>().join(","),
+        ensemble_size = config.ledger.ensemble_size,
+        write_quorum = config.ledger.write_quorum,
+        ack_quorum = config.ledger.ack_quorum,
         "magnetar standalone is ready"
     );
 
@@ -97,11 +237,8 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
         let _ = http_task.await;
         service.close_all_topics().await;
         service.bookies.close().await;
-        bookie_cancel.cancel();
-        disk_cancel.cancel();
-        let _ = bookie_task.await;
-        if let Err(error) = meta.close_session(session).await {
-            warn!(%error, "closing the bookie's metadata session");
+        for bookie in bookies {
+            bookie.stop(meta.as_ref()).await;
         }
     };
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
@@ -109,4 +246,57 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
     }
     info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(num_bookies: u32, ensemble_size: u32, write_quorum: u32, ack_quorum: u32) -> StandaloneConfig {
+        StandaloneConfig {
+            data_dir: PathBuf::from("/nonexistent"),
+            bind_address: "127.0.0.1".to_owned(),
+            pulsar_port: 6650,
+            http_port: 8080,
+            bookie_port: 0,
+            advertised_address: "127.0.0.1".to_owned(),
+            num_bookies,
+            ledger: LedgerConfig { ensemble_size, write_quorum, ack_quorum },
+        }
+    }
+
+    fn rejection(config: &StandaloneConfig) -> String {
+        match config.validate() {
+            Ok(()) => panic!("{config:?} was accepted"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn replication_within_the_bookie_count_is_accepted() {
+        for (n, e, qw, qa) in [(1, 1, 1, 1), (3, 3, 3, 3), (3, 3, 3, 2), (5, 3, 2, 1), (3, 2, 2, 2)] {
+            config(n, e, qw, qa).validate().unwrap_or_else(|error| panic!("{n}/{e}/{qw}/{qa}: {error}"));
+        }
+    }
+
+    #[test]
+    fn each_broken_rule_names_its_flag() {
+        assert!(rejection(&config(3, 4, 3, 3)).contains("--ensemble-size 4"));
+        assert!(rejection(&config(3, 3, 2, 3)).contains("--ack-quorum 3"));
+        assert!(rejection(&config(3, 2, 3, 3)).contains("--write-quorum 3"));
+        assert!(rejection(&config(3, 3, 3, 0)).contains("--ack-quorum 0"));
+        assert!(rejection(&config(0, 1, 1, 1)).contains("--num-bookies 0"));
+        assert!(rejection(&config(MAX_STANDALONE_BOOKIES + 1, 1, 1, 1)).contains("--num-bookies"));
+    }
+
+    #[test]
+    fn consecutive_bookie_ports_must_fit() {
+        let mut last_ports = config(3, 1, 1, 1);
+        last_ports.bookie_port = 65534;
+        assert!(rejection(&last_ports).contains("--bookie-port 65534"));
+        last_ports.bookie_port = 65533;
+        last_ports.validate().expect("65533..=65535 fits");
+        assert_eq!(last_ports.bookie_port(2), 65535);
+        assert_eq!(config(3, 1, 1, 1).bookie_port(2), 0, "port 0 stays ephemeral for every bookie");
+    }
 }

@@ -52,6 +52,7 @@
 //! connection (producers and consumers on it fail and must be recreated).
 
 mod address;
+mod batch;
 mod client;
 mod connection;
 mod consumer;

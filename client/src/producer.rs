@@ -100,6 +100,7 @@ impl ProducerBuilder {
             name: success.producer_name,
             next_sequence_id,
             in_flight: Arc::new(Semaphore::new(self.max_pending_messages)),
+            max_pending_messages: self.max_pending_messages,
             closed: false,
         })
     }
@@ -113,10 +114,10 @@ impl ProducerBuilder {
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProducerMessage {
-    payload: Bytes,
-    key: Option<String>,
-    properties: BTreeMap<String, String>,
-    event_time: Option<u64>,
+    pub(crate) payload: Bytes,
+    pub(crate) key: Option<String>,
+    pub(crate) properties: BTreeMap<String, String>,
+    pub(crate) event_time: Option<u64>,
 }
 
 impl ProducerMessage {
@@ -157,6 +158,8 @@ pub struct Producer {
     next_sequence_id: u64,
     /// One permit per message that may wait for its receipt.
     in_flight: Arc<Semaphore>,
+    /// The permits `in_flight` started with: the largest batch that can ever be sent.
+    max_pending_messages: usize,
     send_timeout: Duration,
     closed: bool,
 }
@@ -219,6 +222,63 @@ impl Producer {
         };
         let receipt = self.connection.send_message(self.producer_id, sequence_id, frame, Some(permit)).await?;
         self.next_sequence_id += 1;
+        Ok(SendReceipt {
+            receipt: Box::pin(tokio::time::timeout(self.send_timeout, receipt)),
+            connection: self.connection.clone(),
+            send_timeout: self.send_timeout,
+        })
+    }
+
+    /// Queues `messages` as one batch: one entry in Pulsar's batch format, stored and
+    /// acknowledged as a whole (every consumer, ours or Pulsar's, splits it into the single
+    /// messages again). Each message takes its own sequence id and counts against
+    /// [`ProducerBuilder::max_pending_messages`]; the receipt resolves to the entry's id.
+    ///
+    /// Cancel-safe as [`Producer::send_async`]. A batch of one is sent as a batch too.
+    pub async fn send_batch_async(&mut self, messages: Vec<ProducerMessage>) -> Result<SendReceipt, ClientError> {
+        if self.closed {
+            return Err(self.closed_error("close() was called"));
+        }
+        let count = messages.len();
+        if count == 0 {
+            return Err(ClientError::InvalidConfig { setting: "batch", reason: "a batch needs at least one message" });
+        }
+        if count > self.max_pending_messages {
+            return Err(ClientError::InvalidConfig {
+                setting: "batch",
+                reason: "a batch may hold at most max_pending_messages messages",
+            });
+        }
+        let body = crate::batch::encode_body(&messages);
+        let max = self.connection.max_message_size();
+        if body.len() > max {
+            return Err(ClientError::MessageTooLarge { size: body.len(), max });
+        }
+        let permits = u32::try_from(count).unwrap_or(u32::MAX);
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_many_owned(permits)
+            .await
+            .map_err(|_| self.closed_error("its send queue was closed"))?;
+        let sequence_id = self.next_sequence_id;
+        let highest_sequence_id = sequence_id + count as u64 - 1;
+        let metadata = pb::MessageMetadata {
+            producer_name: self.name.clone(),
+            sequence_id,
+            highest_sequence_id: Some(highest_sequence_id),
+            publish_time: now_millis(),
+            num_messages_in_batch: Some(i32::try_from(count).unwrap_or(i32::MAX)),
+            uncompressed_size: Some(u32::try_from(body.len()).unwrap_or(u32::MAX)),
+            ..Default::default()
+        };
+        let mut command = command::send(self.producer_id, sequence_id, i32::try_from(count).unwrap_or(i32::MAX));
+        if let Some(send) = command.send.as_mut() {
+            send.highest_sequence_id = Some(highest_sequence_id);
+        }
+        let frame = Frame { command, payload: Some(Payload::new(metadata, &body)) };
+        let receipt = self.connection.send_message(self.producer_id, sequence_id, frame, Some(permit)).await?;
+        self.next_sequence_id = highest_sequence_id + 1;
         Ok(SendReceipt {
             receipt: Box::pin(tokio::time::timeout(self.send_timeout, receipt)),
             connection: self.connection.clone(),

@@ -57,21 +57,56 @@ pub struct Standalone {
     dir: tempfile::TempDir,
     pub pulsar_port: u16,
     pub http_port: u16,
+    /// More flags for `magnetar standalone` (e.g. `--num-bookies 3`), on every start.
+    extra_args: Vec<String>,
     starts: u32,
 }
 
 impl Standalone {
     /// Starts standalone on a fresh data dir and free ports, and waits until it serves.
     pub async fn start() -> anyhow::Result<Self> {
-        let mut standalone = Standalone {
+        Self::start_with_args(&[]).await
+    }
+
+    /// Starts standalone with more flags (kept for restarts) and waits until it serves.
+    pub async fn start_with_args(extra_args: &[&str]) -> anyhow::Result<Self> {
+        let mut standalone = Self::unstarted(extra_args)?;
+        standalone.spawn().await?;
+        Ok(standalone)
+    }
+
+    fn unstarted(extra_args: &[&str]) -> anyhow::Result<Self> {
+        Ok(Standalone {
             child: None,
             dir: tempfile::tempdir().context("create temp dir")?,
             pulsar_port: free_port()?,
             http_port: free_port()?,
+            extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
             starts: 0,
-        };
-        standalone.spawn().await?;
-        Ok(standalone)
+        })
+    }
+
+    /// Runs standalone with flags it must refuse: fails if it serves instead of exiting.
+    /// Returns its exit status and output.
+    pub async fn start_expecting_exit(extra_args: &[&str]) -> anyhow::Result<(std::process::ExitStatus, String)> {
+        let mut standalone = Self::unstarted(extra_args)?;
+        standalone.launch()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(child) = standalone.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    standalone.child = None;
+                    return Ok((status, standalone.log()));
+                }
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", standalone.pulsar_port)).await.is_ok() {
+                bail!("standalone started although it should have refused\n--- log ---\n{}", standalone.log());
+            }
+            if Instant::now() > deadline {
+                bail!("standalone neither exited nor served within 60 s\n--- log ---\n{}", standalone.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -91,21 +126,7 @@ impl Standalone {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
-        self.starts += 1;
-        let log = File::create(self.log_path(self.starts)).context("create log file")?;
-        let child = Command::new(binary("magnetar")?)
-            .arg("standalone")
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .args(["--bind-address", "127.0.0.1", "--advertised-address", "127.0.0.1"])
-            .args(["--pulsar-port", &self.pulsar_port.to_string(), "--http-port", &self.http_port.to_string()])
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn magnetar standalone")?;
-        self.child = Some(child);
+        self.launch()?;
         let port = self.pulsar_port;
         let ready = eventually(Duration::from_secs(60), "standalone to accept connections", || async move {
             tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
@@ -114,6 +135,26 @@ impl Standalone {
         if let Err(error) = ready {
             bail!("{error}\n--- log ---\n{}", self.log());
         }
+        Ok(())
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        self.starts += 1;
+        let log = File::create(self.log_path(self.starts)).context("create log file")?;
+        let child = Command::new(binary("magnetar")?)
+            .arg("standalone")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--bind-address", "127.0.0.1", "--advertised-address", "127.0.0.1"])
+            .args(["--pulsar-port", &self.pulsar_port.to_string(), "--http-port", &self.http_port.to_string()])
+            .args(&self.extra_args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn magnetar standalone")?;
+        self.child = Some(child);
         Ok(())
     }
 

@@ -2,7 +2,11 @@
 //!
 //! ```text
 //! magnetar-perf bookie --size 1024 --writers 64 --seconds 10 [--bookie ADDR] [--dir DIR] [--json]
+//! magnetar-perf produce --topic T --size 1024 --rate 0 --seconds 10 [--producers N]
+//!     [--batch-max-messages M] [--max-pending P] [--service-url pulsar://127.0.0.1:6650] [--json]
 //! ```
+//!
+//! `produce` publishes through our client library to a running broker: see `produce.rs`.
 //!
 //! `bookie` writes entries straight to one bookie over BookieService (gRPC), each writer its
 //! own ledger on its own add stream with up to `--max-outstanding` adds in flight, and measures
@@ -32,6 +36,8 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+mod produce;
+
 /// The line `magnetar bookie` prints on stderr once it serves, followed by its address.
 const LISTENING_LINE: &str = "magnetar bookie listening on ";
 /// Longest a spawned bookie may take to start serving.
@@ -56,6 +62,8 @@ struct Cli {
 enum PerfCommand {
     /// Write entries straight to a bookie over BookieService and compare with the raw disk.
     Bookie(BookieArgs),
+    /// Publish to a broker through the Rust client and measure throughput and publish latency.
+    Produce(produce::ProduceArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
         result = async {
             match cli.command {
                 PerfCommand::Bookie(args) => bookie_benchmark(args).await,
+                PerfCommand::Produce(args) => produce::produce_benchmark(args).await,
             }
         } => result,
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),
@@ -150,12 +159,18 @@ impl BookieFigures {
 
     /// The `quantile` latency in milliseconds (0 without samples).
     fn latency_ms(&self, quantile: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return 0.0;
-        }
-        let rank = ((self.latencies_us.len() - 1) as f64 * quantile).round() as usize;
-        f64::from(self.latencies_us[rank.min(self.latencies_us.len() - 1)]) / 1000.0
+        quantile_ms(&self.latencies_us, quantile)
     }
+}
+
+/// The `quantile` (0..=1) of `sorted` microsecond latencies, in milliseconds (0 without
+/// samples).
+fn quantile_ms(sorted: &[u32], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted.len() - 1) as f64 * quantile).round() as usize;
+    f64::from(sorted[rank.min(sorted.len() - 1)]) / 1000.0
 }
 
 async fn bookie_benchmark(args: BookieArgs) -> anyhow::Result<()> {

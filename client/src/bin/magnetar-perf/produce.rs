@@ -1,0 +1,368 @@
+//! `magnetar-perf produce`: publishes through our client library (`magnetar_client`) to a
+//! running broker and measures messages/s, MB/s and publish latency (queueing the message to
+//! its SEND_RECEIPT).
+//!
+//! Each of `--producers` producers runs in its own task on one shared [`Client`], keeps up to
+//! `--max-pending` messages waiting for receipts, and groups up to `--batch-max-messages`
+//! messages into one batch entry (1: every message its own entry). A second task per producer
+//! awaits the receipts in send order (the broker answers in that order) and records each
+//! message's latency.
+//!
+//! Pacing: with `--rate 0` producers send as fast as the pending window allows, and a
+//! message's latency starts when it is handed to the client. With `--rate R` message `k` of
+//! producer `i` (of `N`) is due at `start + (k * N + i) / R` seconds, so the producers
+//! together send `R` messages/s, evenly interleaved; latency starts at the due time, not at
+//! the moment the send actually happened. A producer that falls behind (a full window, a slow
+//! broker) sends the overdue messages as soon as it can and their wait counts in their
+//! latency: no coordinated omission.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use magnetar_client::{Client, ClientError, Producer, ProducerMessage, SendReceipt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::info;
+
+use crate::quantile_ms;
+
+/// `magnetar-perf produce` flags.
+#[derive(Debug, clap::Args)]
+pub struct ProduceArgs {
+    /// Topic to publish to (`my-topic` is `persistent://public/default/my-topic`).
+    #[arg(long)]
+    topic: String,
+    /// Bytes per message.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=5 * 1024 * 1024))]
+    size: u32,
+    /// Messages per second over all producers; 0 sends as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// How long producers keep sending.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Producers, each its own task and producer on the topic.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    producers: u32,
+    /// Most messages in one batch entry (1: no batching).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    batch_max_messages: u32,
+    /// Messages one producer keeps waiting for receipts (Pulsar's default is 1000).
+    #[arg(long, default_value_t = magnetar_client::DEFAULT_MAX_PENDING_MESSAGES as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_pending: u32,
+    /// Broker to connect to.
+    #[arg(long, default_value = "pulsar://127.0.0.1:6650")]
+    service_url: String,
+    /// Print exactly one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one producer measured.
+#[derive(Default)]
+struct ProducerRun {
+    messages: u64,
+    errors: u64,
+    first_error: Option<String>,
+    /// Publish latencies in microseconds, in receipt order.
+    latencies_us: Vec<u32>,
+}
+
+impl ProducerRun {
+    fn failed(&mut self, messages: u64, error: &ClientError) {
+        self.errors += messages;
+        if self.first_error.is_none() {
+            self.first_error = Some(error.to_string());
+        }
+    }
+}
+
+/// Everything one `produce` run measured.
+struct ProduceFigures {
+    messages: u64,
+    errors: u64,
+    first_error: Option<String>,
+    elapsed: Duration,
+    /// Publish latencies in microseconds, sorted.
+    latencies_us: Vec<u32>,
+}
+
+impl ProduceFigures {
+    fn msgs_per_sec(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn mb_per_sec(&self, size: u32) -> f64 {
+        self.messages as f64 * f64::from(size) / 1e6 / self.elapsed.as_secs_f64()
+    }
+
+    fn latency_ms(&self, quantile: f64) -> f64 {
+        quantile_ms(&self.latencies_us, quantile)
+    }
+}
+
+pub async fn produce_benchmark(args: ProduceArgs) -> anyhow::Result<()> {
+    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
+        bail!("--seconds must be a positive number, not {}", args.seconds);
+    }
+    if !(args.rate >= 0.0 && args.rate.is_finite()) {
+        bail!("--rate must be 0 (as fast as possible) or a positive number of messages/s, not {}", args.rate);
+    }
+    if args.batch_max_messages > args.max_pending {
+        bail!(
+            "--batch-max-messages {} exceeds --max-pending {}: a batch must fit in the pending window",
+            args.batch_max_messages,
+            args.max_pending
+        );
+    }
+    let client =
+        Client::connect(&args.service_url).await.with_context(|| format!("connect to {}", args.service_url))?;
+    let mut producers = Vec::with_capacity(args.producers as usize);
+    for index in 0..args.producers {
+        let producer = client
+            .producer(args.topic.clone())
+            .max_pending_messages(args.max_pending as usize)
+            .create()
+            .await
+            .with_context(|| format!("create producer {index} on {}", args.topic))?;
+        producers.push(producer);
+    }
+    info!(topic = %args.topic, producers = args.producers, size = args.size, rate = args.rate, "benchmark starting");
+
+    let payload = Bytes::from((0..args.size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let pacing = Pacing { rate: args.rate, producers: args.producers };
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(args.seconds);
+    let mut tasks = Vec::with_capacity(producers.len());
+    for (index, producer) in producers.into_iter().enumerate() {
+        let batch = args.batch_max_messages as usize;
+        let window = args.max_pending as usize;
+        tasks.push(tokio::spawn(run_producer(
+            producer,
+            index as u32,
+            pacing,
+            payload.clone(),
+            batch,
+            window,
+            start,
+            deadline,
+        )));
+    }
+    let mut figures =
+        ProduceFigures { messages: 0, errors: 0, first_error: None, elapsed: Duration::ZERO, latencies_us: Vec::new() };
+    for task in tasks {
+        let run = task.await.context("producer task")?;
+        figures.messages += run.messages;
+        figures.errors += run.errors;
+        if figures.first_error.is_none() {
+            figures.first_error = run.first_error;
+        }
+        figures.latencies_us.extend(run.latencies_us);
+    }
+    figures.elapsed = start.elapsed();
+    figures.latencies_us.sort_unstable();
+    client.close();
+
+    print_figures(&args, &figures)?;
+    if figures.messages == 0 {
+        bail!("no message was stored{}", figures.first_error.map(|error| format!(": {error}")).unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// When messages are due (see the module doc).
+#[derive(Debug, Clone, Copy)]
+struct Pacing {
+    /// Messages/s over all producers; 0: unpaced.
+    rate: f64,
+    producers: u32,
+}
+
+impl Pacing {
+    /// When message `k` of producer `index` is due; `None` when unpaced.
+    fn due(&self, start: Instant, index: u32, k: u64) -> Option<Instant> {
+        if self.rate == 0.0 {
+            return None;
+        }
+        let slot = k as f64 * f64::from(self.producers) + f64::from(index);
+        Some(start + Duration::from_secs_f64(slot / self.rate))
+    }
+}
+
+/// One sent entry: its receipt and when each of its messages was due.
+struct InFlight {
+    receipt: SendReceipt,
+    due: Vec<Instant>,
+}
+
+/// Sends until `deadline`, then waits for the receipts still due and closes the producer.
+#[allow(clippy::too_many_arguments)]
+async fn run_producer(
+    mut producer: Producer,
+    index: u32,
+    pacing: Pacing,
+    payload: Bytes,
+    batch_max_messages: usize,
+    max_pending: usize,
+    start: Instant,
+    deadline: Instant,
+) -> ProducerRun {
+    // At most `max_pending` messages wait for receipts (the producer's window), so this queue
+    // never holds more entries than that: sends wait on the window, not on the queue.
+    let (in_flight, mut receipts) = mpsc::channel::<InFlight>(max_pending);
+    let collector = tokio::spawn(async move {
+        let mut run = ProducerRun::default();
+        while let Some(InFlight { receipt, due }) = receipts.recv().await {
+            match receipt.await {
+                Ok(_) => {
+                    let now = Instant::now();
+                    run.messages += due.len() as u64;
+                    run.latencies_us
+                        .extend(due.iter().map(|due| u32::try_from((now - *due).as_micros()).unwrap_or(u32::MAX)));
+                }
+                Err(error) => run.failed(due.len() as u64, &error),
+            }
+        }
+        run
+    });
+
+    let mut send_error = None;
+    let mut next = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        // The messages of the next entry: every due one up to the batch size (unpaced: a full
+        // batch, due now).
+        let mut due = Vec::with_capacity(batch_max_messages);
+        while due.len() < batch_max_messages {
+            match pacing.due(start, index, next) {
+                None => due.push(now),
+                Some(at) if at <= now => due.push(at),
+                Some(_) => break,
+            }
+            next += 1;
+        }
+        if due.is_empty() {
+            let Some(at) = pacing.due(start, index, next) else { continue };
+            if at >= deadline {
+                tokio::time::sleep_until(deadline).await;
+                break;
+            }
+            tokio::time::sleep_until(at).await;
+            continue;
+        }
+        let sent = if batch_max_messages == 1 {
+            producer.send_async(ProducerMessage::new(payload.clone())).await
+        } else {
+            producer.send_batch_async(due.iter().map(|_| ProducerMessage::new(payload.clone())).collect()).await
+        };
+        match sent {
+            Ok(receipt) => {
+                if in_flight.send(InFlight { receipt, due }).await.is_err() {
+                    break;
+                }
+            }
+            Err(error) => {
+                send_error = Some((due.len() as u64, error));
+                break;
+            }
+        }
+    }
+    drop(in_flight);
+    let mut run = collector.await.unwrap_or_else(|error| {
+        let mut run = ProducerRun::default();
+        run.errors += 1;
+        run.first_error = Some(format!("receipt task: {error}"));
+        run
+    });
+    if let Some((messages, error)) = send_error {
+        run.failed(messages, &error);
+    }
+    if let Err(error) = producer.close().await {
+        if run.first_error.is_none() {
+            run.first_error = Some(format!("close the producer: {error}"));
+        }
+    }
+    run
+}
+
+fn print_figures(args: &ProduceArgs, figures: &ProduceFigures) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let object = serde_json::json!({
+            "msgs_per_sec": figures.msgs_per_sec(),
+            "mb_per_sec": figures.mb_per_sec(args.size),
+            "p50_ms": figures.latency_ms(0.50),
+            "p99_ms": figures.latency_ms(0.99),
+            "p999_ms": figures.latency_ms(0.999),
+            "max_ms": figures.latency_ms(1.0),
+            "messages": figures.messages,
+            "errors": figures.errors,
+            "first_error": figures.first_error,
+            "seconds": figures.elapsed.as_secs_f64(),
+            "topic": args.topic,
+            "size": args.size,
+            "rate": args.rate,
+            "producers": args.producers,
+            "batch_max_messages": args.batch_max_messages,
+            "max_pending": args.max_pending,
+            "service_url": args.service_url,
+        });
+        writeln!(out, "{object}")?;
+        return Ok(());
+    }
+    let rate = if args.rate == 0.0 { "unpaced".to_owned() } else { format!("{} msgs/s target", args.rate) };
+    writeln!(
+        out,
+        "produce {} on {}: {} producers, {} B messages, batches of up to {}, {} pending per producer, {rate}, {:.1} s",
+        args.topic,
+        args.service_url,
+        args.producers,
+        args.size,
+        args.batch_max_messages,
+        args.max_pending,
+        figures.elapsed.as_secs_f64()
+    )?;
+    writeln!(
+        out,
+        "msgs/s      {:>12.0}   ({} messages, {} errors)",
+        figures.msgs_per_sec(),
+        figures.messages,
+        figures.errors
+    )?;
+    writeln!(out, "MB/s        {:>12.2}", figures.mb_per_sec(args.size))?;
+    writeln!(
+        out,
+        "latency ms  p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}   (send to receipt{})",
+        figures.latency_ms(0.50),
+        figures.latency_ms(0.99),
+        figures.latency_ms(0.999),
+        figures.latency_ms(1.0),
+        if args.rate == 0.0 { "" } else { ", from the intended send time" }
+    )?;
+    if let Some(error) = &figures.first_error {
+        writeln!(out, "first error: {error}")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paced_producers_interleave_at_the_aggregate_rate() {
+        let start = Instant::now();
+        let pacing = Pacing { rate: 1000.0, producers: 4 };
+        // 1000 msgs/s over 4 producers: producer 1's k-th message at (4k + 1) ms.
+        assert_eq!(pacing.due(start, 1, 0), Some(start + Duration::from_millis(1)));
+        assert_eq!(pacing.due(start, 1, 10), Some(start + Duration::from_millis(41)));
+        assert_eq!(pacing.due(start, 3, 2), Some(start + Duration::from_millis(11)));
+        assert_eq!(Pacing { rate: 0.0, producers: 4 }.due(start, 1, 10), None);
+    }
+}
