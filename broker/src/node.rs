@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use magnetar_bookie::client::LedgerConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,15 +36,19 @@ pub struct BrokerNodeConfig {
 /// names the flags.
 pub fn check_ledger_config(ledger: &LedgerConfig) -> anyhow::Result<()> {
     let LedgerConfig { ensemble_size, write_quorum, ack_quorum } = *ledger;
-    anyhow::ensure!(ack_quorum >= 1, "--ack-quorum must be at least 1");
-    anyhow::ensure!(
-        write_quorum >= ack_quorum,
-        "--write-quorum ({write_quorum}) must be at least --ack-quorum ({ack_quorum})"
-    );
-    anyhow::ensure!(
-        ensemble_size >= write_quorum,
-        "--ensemble-size ({ensemble_size}) must be at least --write-quorum ({write_quorum})"
-    );
+    if ack_quorum == 0 {
+        bail!("--ack-quorum {ack_quorum}: must be at least 1");
+    }
+    if write_quorum < ack_quorum {
+        bail!(
+            "--write-quorum {write_quorum} is smaller than --ack-quorum {ack_quorum}: need write quorum >= ack quorum"
+        );
+    }
+    if ensemble_size < write_quorum {
+        bail!(
+            "--ensemble-size {ensemble_size} is smaller than --write-quorum {write_quorum}: need ensemble size >= write quorum"
+        );
+    }
     Ok(())
 }
 

@@ -57,22 +57,12 @@ impl StandaloneConfig {
     /// Checks the bookie count and replication settings against each other; the error names
     /// the command-line flag to change.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let LedgerConfig { ensemble_size, write_quorum, ack_quorum } = self.ledger;
+        let ensemble_size = self.ledger.ensemble_size;
         let num_bookies = self.num_bookies;
         if num_bookies == 0 || num_bookies > MAX_STANDALONE_BOOKIES {
             bail!("--num-bookies {num_bookies}: must be between 1 and {MAX_STANDALONE_BOOKIES}");
         }
-        if ack_quorum == 0 {
-            bail!("--ack-quorum {ack_quorum}: must be at least 1");
-        }
-        if write_quorum < ack_quorum {
-            bail!("--write-quorum {write_quorum} is smaller than --ack-quorum {ack_quorum}: need write quorum >= ack quorum");
-        }
-        if ensemble_size < write_quorum {
-            bail!(
-                "--ensemble-size {ensemble_size} is smaller than --write-quorum {write_quorum}: need ensemble size >= write quorum"
-            );
-        }
+        crate::node::check_ledger_config(&self.ledger)?;
         if ensemble_size > num_bookies {
             bail!(
                 "--ensemble-size {ensemble_size} is larger than --num-bookies {num_bookies}: a ledger's ensemble needs that many bookies"
