@@ -63,10 +63,15 @@ impl BrokerService {
         let topic = cell
             .get_or_try_init(|| async {
                 self.check_topic(name).await?;
-                let ledger =
-                    ManagedLedger::open(&name.persistence_name(), self.bookies.clone(), self.config.ledger).await?;
+                let ledger = ManagedLedger::open(
+                    &name.persistence_name(),
+                    self.bookies.clone(),
+                    self.config.ledger,
+                    self.config.managed_ledger,
+                )
+                .await?;
                 info!(topic = %name, "topic loaded");
-                Ok::<_, BrokerError>(Topic::new(name.clone(), ledger, self.meta.clone()))
+                Ok::<_, BrokerError>(Topic::new(name.clone(), ledger))
             })
             .await?;
         Ok(topic.clone())
