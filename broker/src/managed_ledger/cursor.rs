@@ -485,7 +485,7 @@ impl CursorLedger {
     /// Rewrites the snapshot (CAS): the ledger holding the state, and its mark-delete position.
     async fn write_snapshot(&mut self, record: &CursorInfo, ledger_id: u64) -> Result<(), BrokerError> {
         let snapshot = CursorInfo {
-            mark_delete: record.mark_delete.clone(),
+            mark_delete: record.mark_delete,
             individually_acked: Vec::new(),
             updated_at_ms: record.updated_at_ms,
             cursor_ledger_id: ledger_id,
