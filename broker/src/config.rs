@@ -2,6 +2,8 @@
 
 use magnetar_bookie::client::LedgerConfig;
 
+use crate::managed_ledger::ManagedLedgerConfig;
+
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     /// Name of the cluster this broker belongs to (`standalone` in standalone mode).
@@ -16,6 +18,10 @@ pub struct BrokerConfig {
     pub max_message_size: usize,
     /// Most client connections served at once; more wait in the accept queue.
     pub max_connections: usize,
+    /// Ledger rollover, cursor ledgers and retention (from [`ManagedLedgerSettings`]).
+    ///
+    /// [`ManagedLedgerSettings`]: crate::managed_ledger::config::ManagedLedgerSettings
+    pub managed_ledger: ManagedLedgerConfig,
 }
 
 impl BrokerConfig {
@@ -38,6 +44,7 @@ impl Default for BrokerConfig {
             ledger: LedgerConfig::default(),
             max_message_size: magnetar_proto::DEFAULT_MAX_MESSAGE_SIZE,
             max_connections: 10_000,
+            managed_ledger: ManagedLedgerConfig::default(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! HTTP on the web port: Prometheus metrics at `/metrics`, and the admin REST API under
-//! `/admin/v2` (this version: read-only listings of clusters, tenants, namespaces, topics).
+//! `/admin/v2` (this version: read-only listings of clusters, tenants, namespaces, topics, and
+//! a topic's stats in Pulsar's TopicStats shape, with each subscription's `msgBacklog`).
 //! Errors answer with a status and a JSON body `{"reason": ...}`, as Pulsar's admin API does.
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tracing::info;
 use crate::error::BrokerError;
 use crate::namespace;
 use crate::service::BrokerService;
+use crate::topic_name::TopicName;
 
 type AppState = Arc<BrokerService>;
 
@@ -48,6 +50,7 @@ pub fn router(service: Arc<BrokerService>) -> Router {
         .route("/admin/v2/tenants", get(tenants))
         .route("/admin/v2/namespaces/{tenant}", get(namespaces))
         .route("/admin/v2/persistent/{tenant}/{namespace}", get(topics))
+        .route("/admin/v2/persistent/{tenant}/{namespace}/{topic}/stats", get(topic_stats))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such resource".to_owned()) })
         .with_state(service)
 }
@@ -85,6 +88,54 @@ async fn topics(
         return Err(ApiError(StatusCode::NOT_FOUND, format!("namespace {name} does not exist")));
     }
     Ok(Json(service.topics_of_namespace(&name).await?))
+}
+
+/// Pulsar's TopicStats for a persistent topic, loading it here if it exists and is not loaded.
+async fn topic_stats(
+    State(service): State<AppState>,
+    Path((tenant, ns, topic)): Path<(String, String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = TopicName::parse(&format!("persistent://{tenant}/{ns}/{topic}")).map_err(BrokerError::from)?;
+    let stored = service
+        .meta
+        .get(&crate::managed_ledger::info_path(&name.persistence_name()))
+        .await
+        .map_err(BrokerError::from)?;
+    if stored.is_none() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("topic {name} not found")));
+    }
+    let topic = service.topic(&name).await?;
+    let ledger = topic.ledger();
+    let storage = ledger.storage_stats();
+    let attached: std::collections::HashMap<String, bool> =
+        topic.subscriptions().await.iter().map(|s| (s.name().to_owned(), s.has_consumer())).collect();
+    let mut subscriptions = serde_json::Map::new();
+    let mut backlog_total = 0;
+    for (sub_name, cursor) in ledger.cursors() {
+        let backlog = cursor.backlog(ledger);
+        backlog_total += backlog;
+        let state = cursor.state();
+        subscriptions.insert(
+            sub_name.clone(),
+            json!({
+                "msgBacklog": backlog,
+                "type": "Exclusive",
+                "isDurable": true,
+                "markDeletePosition": state.mark_delete.map(|p| p.to_string()),
+                "individuallyAckedCount": state.individually_acked.len(),
+                "consumers": if attached.get(&sub_name).copied().unwrap_or(false) { 1 } else { 0 },
+            }),
+        );
+    }
+    Ok(Json(json!({
+        "storageSize": storage.size_bytes,
+        "backlogSize": backlog_total,
+        "msgInCounter": storage.entries,
+        "ledgerCount": storage.ledgers,
+        "publishers": [],
+        "subscriptions": subscriptions,
+        "lastConfirmedEntry": ledger.last_confirmed().map(|p| p.to_string()),
+    })))
 }
 
 /// Serves HTTP until `cancel` fires.

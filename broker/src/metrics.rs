@@ -16,13 +16,30 @@ pub struct Metrics {
 }
 
 /// Gauges computed from current state at scrape time.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Gauges {
     pub topics: u64,
     pub producers: u64,
     pub subscriptions: u64,
     pub consumers: u64,
     pub backlog: u64,
+    /// Per topic, as Pulsar labels them.
+    pub per_topic: Vec<TopicGauges>,
+}
+
+/// One topic's backlog and storage, and each subscription's backlog.
+#[derive(Debug, Default, Clone)]
+pub struct TopicGauges {
+    pub namespace: String,
+    pub topic: String,
+    pub backlog: u64,
+    pub storage_size: u64,
+    pub subscriptions: Vec<(String, u64)>,
+}
+
+/// Escapes a Prometheus label value.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl Metrics {
@@ -60,6 +77,55 @@ impl Metrics {
         );
         metric("magnetar_send_errors_total", "counter", "Publishes answered with an error", get(&self.send_errors));
         metric("magnetar_protocol_errors_total", "counter", "Malformed or refused frames", get(&self.protocol_errors));
+        if !gauges.per_topic.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP pulsar_storage_size Bytes stored for the topic\n# TYPE pulsar_storage_size gauge"
+            );
+            for topic in &gauges.per_topic {
+                let topic_labels =
+                    format!("{labels},namespace=\"{}\",topic=\"{}\"", label(&topic.namespace), label(&topic.topic));
+                let _ = writeln!(out, "pulsar_msg_backlog{{{topic_labels}}} {}", topic.backlog);
+                let _ = writeln!(out, "pulsar_storage_size{{{topic_labels}}} {}", topic.storage_size);
+                for (subscription, backlog) in &topic.subscriptions {
+                    let _ = writeln!(
+                        out,
+                        "pulsar_subscription_back_log{{{topic_labels},subscription=\"{}\"}} {backlog}",
+                        label(subscription)
+                    );
+                }
+            }
+        }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backlog_is_rendered_per_topic_and_subscription() {
+        let gauges = Gauges {
+            backlog: 7,
+            per_topic: vec![TopicGauges {
+                namespace: "public/default".to_owned(),
+                topic: "persistent://public/default/t".to_owned(),
+                backlog: 7,
+                storage_size: 300,
+                subscriptions: vec![("a".to_owned(), 5), ("b\"".to_owned(), 2)],
+            }],
+            ..Gauges::default()
+        };
+        let text = Metrics::default().render("c", gauges);
+        let topic = "cluster=\"c\",namespace=\"public/default\",topic=\"persistent://public/default/t\"";
+        assert!(text.contains("pulsar_msg_backlog{cluster=\"c\"} 7\n"), "{text}");
+        assert!(text.contains(&format!("pulsar_msg_backlog{{{topic}}} 7\n")), "{text}");
+        assert!(text.contains(&format!("pulsar_storage_size{{{topic}}} 300\n")), "{text}");
+        assert!(text.contains(&format!("pulsar_subscription_back_log{{{topic},subscription=\"a\"}} 5\n")), "{text}");
+        assert!(
+            text.contains(&format!("pulsar_subscription_back_log{{{topic},subscription=\"b\\\"\"}} 2\n")),
+            "{text}"
+        );
     }
 }

@@ -15,7 +15,7 @@ use tracing::info;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::managed_ledger::ManagedLedger;
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{Gauges, Metrics, TopicGauges};
 use crate::namespace;
 use crate::topic::Topic;
 use crate::topic_name::TopicName;
@@ -63,10 +63,15 @@ impl BrokerService {
         let topic = cell
             .get_or_try_init(|| async {
                 self.check_topic(name).await?;
-                let ledger =
-                    ManagedLedger::open(&name.persistence_name(), self.bookies.clone(), self.config.ledger).await?;
+                let ledger = ManagedLedger::open(
+                    &name.persistence_name(),
+                    self.bookies.clone(),
+                    self.config.ledger,
+                    self.config.managed_ledger,
+                )
+                .await?;
                 info!(topic = %name, "topic loaded");
-                Ok::<_, BrokerError>(Topic::new(name.clone(), ledger, self.meta.clone()))
+                Ok::<_, BrokerError>(Topic::new(name.clone(), ledger))
             })
             .await?;
         Ok(topic.clone())
@@ -94,10 +99,24 @@ impl BrokerService {
             gauges.topics += 1;
             gauges.producers += topic.producer_count() as u64;
             for subscription in topic.subscriptions().await {
-                gauges.subscriptions += 1;
                 gauges.consumers += u64::from(subscription.has_consumer());
-                gauges.backlog += subscription.backlog();
             }
+            let ledger = topic.ledger();
+            let mut per_topic = TopicGauges {
+                namespace: topic.name().namespace_name(),
+                topic: topic.name().to_string(),
+                storage_size: ledger.storage_stats().size_bytes,
+                ..TopicGauges::default()
+            };
+            // Every durable cursor counts, attached to a consumer or not.
+            for (name, cursor) in ledger.cursors() {
+                let backlog = cursor.backlog(ledger);
+                gauges.subscriptions += 1;
+                per_topic.backlog += backlog;
+                per_topic.subscriptions.push((name, backlog));
+            }
+            gauges.backlog += per_topic.backlog;
+            gauges.per_topic.push(per_topic);
         }
         gauges
     }

@@ -14,14 +14,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use magnetar_meta::{Expected, MetadataStore};
-use prost::Message;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::BrokerError;
-use crate::managed_ledger::cursor::{self, CursorPersister, CursorState};
-use crate::managed_ledger::{ManagedLedger, Position};
+use crate::managed_ledger::cursor::CursorState;
+use crate::managed_ledger::{ManagedCursor, ManagedLedger, Position};
 use crate::metrics::Metrics;
 use crate::protocol::Outbound;
 
@@ -64,9 +62,8 @@ pub struct Subscription {
     inner: Mutex<Inner>,
     /// Wakes the dispatcher: permits arrived, or delivery was reset.
     wake: Notify,
-    persister: CursorPersister,
-    cursor_path: String,
-    meta: Arc<dyn MetadataStore>,
+    /// The durable cursor: persists acks, owned by the managed ledger.
+    cursor: Arc<ManagedCursor>,
 }
 
 /// What the dispatcher should do next.
@@ -86,30 +83,14 @@ impl Subscription {
         topic: &str,
         name: &str,
         ledger: Arc<ManagedLedger>,
-        meta: Arc<dyn MetadataStore>,
         initial: InitialPosition,
     ) -> Result<Arc<Self>, BrokerError> {
-        let path = cursor::cursor_path(ledger.name(), name);
-        let state = match cursor::load(meta.as_ref(), &path).await? {
-            Some(state) => state,
-            None => {
-                let state = CursorState {
-                    mark_delete: match initial {
-                        InitialPosition::Earliest => None,
-                        InitialPosition::Latest => ledger.last_confirmed(),
-                    },
-                    individually_acked: Default::default(),
-                };
-                match meta.put(&path, state.to_record().encode_to_vec(), Expected::Absent).await {
-                    Ok(_) => state,
-                    // Created concurrently: use the stored one.
-                    Err(magnetar_meta::MetaError::BadVersion { .. }) => {
-                        cursor::load(meta.as_ref(), &path).await?.unwrap_or(state)
-                    }
-                    Err(error) => return Err(error.into()),
-                }
-            }
+        let initial_mark_delete = match initial {
+            InitialPosition::Earliest => None,
+            InitialPosition::Latest => ledger.last_confirmed(),
         };
+        let cursor = ledger.open_cursor(name, initial_mark_delete).await?;
+        let state = cursor.state();
         let read_after = state.mark_delete;
         Ok(Arc::new(Subscription {
             name: name.to_owned(),
@@ -125,9 +106,7 @@ impl Subscription {
                 redeliveries: HashMap::new(),
             }),
             wake: Notify::new(),
-            persister: CursorPersister::start(meta.clone(), path.clone()),
-            cursor_path: path,
-            meta,
+            cursor,
         }))
     }
 
@@ -153,9 +132,7 @@ impl Subscription {
 
     /// Unacknowledged entries.
     pub fn backlog(&self) -> u64 {
-        let inner = self.lock();
-        let after = self.ledger.entries_after(inner.cursor.mark_delete);
-        after.saturating_sub(inner.cursor.individually_acked.len() as u64)
+        self.ledger.backlog(&self.lock().cursor)
     }
 
     /// Attaches the subscription's one consumer and starts delivering to it.
@@ -231,7 +208,7 @@ impl Subscription {
                 inner.redeliveries.retain(|p, _| *p > mark);
                 inner.delivered = inner.delivered.split_off(&Position::new(mark.ledger_id, mark.entry_id + 1));
             }
-            self.persister.persist(&inner.cursor);
+            self.cursor.persist(&inner.cursor);
         }
     }
 
@@ -271,14 +248,12 @@ impl Subscription {
 
     /// Waits until every acknowledgement received so far is persisted.
     pub async fn flush(&self) {
-        self.persister.flush().await;
+        self.cursor.flush().await;
     }
 
     /// Removes the subscription's cursor for good.
     pub async fn delete(&self) -> Result<(), BrokerError> {
-        self.persister.flush_and_stop().await;
-        self.meta.delete(&self.cursor_path, Expected::Any).await?;
-        Ok(())
+        self.ledger.delete_cursor(&self.name).await
     }
 
     /// Stops delivery and writes the cursor's latest state.
@@ -287,7 +262,7 @@ impl Subscription {
         if let Some(cancel) = cancel {
             cancel.cancel();
         }
-        self.persister.flush_and_stop().await;
+        self.cursor.close().await;
     }
 
     pub(crate) fn message_frame(consumer_id: u64, position: Position, redelivery_count: u32, data: Bytes) -> Outbound {

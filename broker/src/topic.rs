@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use magnetar_meta::MetadataStore;
 use tracing::warn;
 
 use crate::error::BrokerError;
@@ -15,15 +14,14 @@ use crate::topic_name::TopicName;
 pub struct Topic {
     name: TopicName,
     ledger: Arc<ManagedLedger>,
-    meta: Arc<dyn MetadataStore>,
     /// Connected producers by name.
     producers: Mutex<HashMap<String, u64>>,
     subscriptions: tokio::sync::Mutex<HashMap<String, Arc<Subscription>>>,
 }
 
 impl Topic {
-    pub fn new(name: TopicName, ledger: Arc<ManagedLedger>, meta: Arc<dyn MetadataStore>) -> Arc<Self> {
-        Arc::new(Topic { name, ledger, meta, producers: Mutex::new(HashMap::new()), subscriptions: Default::default() })
+    pub fn new(name: TopicName, ledger: Arc<ManagedLedger>) -> Arc<Self> {
+        Arc::new(Topic { name, ledger, producers: Mutex::new(HashMap::new()), subscriptions: Default::default() })
     }
 
     pub fn name(&self) -> &TopicName {
@@ -66,8 +64,7 @@ impl Topic {
         if let Some(found) = subscriptions.get(name) {
             return Ok(found.clone());
         }
-        let opened =
-            Subscription::open(&self.name.to_string(), name, self.ledger.clone(), self.meta.clone(), initial).await?;
+        let opened = Subscription::open(&self.name.to_string(), name, self.ledger.clone(), initial).await?;
         subscriptions.insert(name.to_owned(), opened.clone());
         Ok(opened)
     }

@@ -9,6 +9,7 @@
 //! This version writes every entry to the whole ensemble and requires each bookie's answer
 //! (E = Qw = Qa); quorum striping and ensemble changes come with replication.
 
+pub mod admin;
 pub mod connection;
 pub mod metadata;
 pub mod reader;

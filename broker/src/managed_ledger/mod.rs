@@ -7,26 +7,51 @@
 //!
 //! Writes go to the current ledger through a [`LedgerWriter`]; positions become readable once
 //! confirmed (durable, with every earlier entry), which is published on a watch channel that
-//! dispatchers wait on. A write failure stops the current ledger; the next write recovers it
-//! and rolls over to a new one.
+//! dispatchers wait on.
+//!
+//! Rollover (as Pulsar's ManagedLedgerImpl): the current ledger is closed and a new one
+//! started once it holds `max_entries_per_ledger` entries or `max_size_per_ledger_bytes`
+//! bytes (but not before it is `min_ledger_rollover_time` old), once it is
+//! `max_ledger_rollover_time` old and not empty, or after a write failure (then it is
+//! recovered rather than closed). Adds that arrive meanwhile wait for the rollover (they all
+//! pass through [`ManagedLedger::writable`], which queues behind the `rolling` lock) and go to
+//! the new ledger only once the list naming it is stored; an add that raced with the close is
+//! retried on the new ledger. Positions therefore grow strictly: within a ledger by entry id,
+//! across ledgers by ledger id.
+//!
+//! Cursors ([`cursor::ManagedCursor`]) are opened with the managed ledger, every one stored
+//! for it, so that trimming knows what each still needs. Trimming removes whole closed ledgers
+//! before the slowest cursor's persisted mark-delete position and outside retention (by age
+//! since close, or by the size of newer ledgers), first from the list (CAS), then from the
+//! bookies. It runs after each rollover and every `check_interval`.
+//!
+//! Changes of the ledger list (rollover, trim) are serialized by `rolling`; the list itself
+//! sits in `state` behind a std mutex never held across an await.
 
+pub mod config;
 pub mod cursor;
 pub mod position;
+#[cfg(test)]
+mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use magnetar_bookie::client::{self as ledger, Bookies, LedgerConfig, LedgerWriter};
+use magnetar_bookie::BookieError;
 use magnetar_meta::{Expected, Version};
 use magnetar_proto::records::{managed_ledger_info::LedgerInfo, LedgerMetadata, ManagedLedgerInfo};
 use prost::Message;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use config::{ManagedLedgerConfig, Retention};
+pub use cursor::ManagedCursor;
 pub use position::Position;
 
 use crate::error::BrokerError;
@@ -52,23 +77,49 @@ struct State {
     info: ManagedLedgerInfo,
     version: Version,
     writer: Arc<LedgerWriter>,
+    /// The current writer was closed (rollover half done): the next add must start a new one.
+    writer_closed: bool,
+    /// Entries and payload bytes handed to the current writer, for rollover.
+    current_entries: u64,
+    current_bytes: u64,
+    current_opened: Instant,
+    /// `close` was called: no more adds.
+    closed: bool,
+}
+
+/// Sizes of a managed ledger, for stats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    pub ledgers: u64,
+    pub entries: u64,
+    pub size_bytes: u64,
 }
 
 pub struct ManagedLedger {
     name: String,
     bookies: Bookies,
-    config: LedgerConfig,
+    ledger_config: LedgerConfig,
+    config: ManagedLedgerConfig,
     state: Mutex<State>,
-    /// Serializes rollovers.
+    /// Serializes changes of the ledger list: rollovers and trims.
     rolling: tokio::sync::Mutex<()>,
-    /// Metadata of closed ledgers, for reads.
+    /// Metadata of ledgers, for reads.
     ledger_cache: Mutex<HashMap<u64, Arc<LedgerMetadata>>>,
     /// The last confirmed position; `None` while the log is empty.
     last_confirmed: watch::Sender<Option<Position>>,
+    /// Every durable cursor of this managed ledger, by name.
+    cursors: Mutex<BTreeMap<String, Arc<ManagedCursor>>>,
+    /// Stops the periodic rollover-by-age and trim task.
+    stop: CancellationToken,
 }
 
 impl ManagedLedger {
-    pub async fn open(name: &str, bookies: Bookies, config: LedgerConfig) -> Result<Arc<Self>, BrokerError> {
+    pub async fn open(
+        name: &str,
+        bookies: Bookies,
+        ledger_config: LedgerConfig,
+        config: ManagedLedgerConfig,
+    ) -> Result<Arc<Self>, BrokerError> {
         let meta = bookies.meta().clone();
         let path = info_path(name);
         let (mut info, mut version) = match meta.get(&path).await? {
@@ -82,7 +133,7 @@ impl ManagedLedger {
                 match meta.put(&path, info.encode_to_vec(), Expected::Absent).await {
                     Ok(version) => (info, version),
                     Err(magnetar_meta::MetaError::BadVersion { .. }) => {
-                        return Box::pin(ManagedLedger::open(name, bookies, config)).await
+                        return Box::pin(ManagedLedger::open(name, bookies, ledger_config, config)).await
                     }
                     Err(error) => return Err(error.into()),
                 }
@@ -93,30 +144,96 @@ impl ManagedLedger {
             let closed = ledger::recover_ledger(&bookies, ledger_info.ledger_id).await?;
             ledger_info.closed = true;
             ledger_info.entries = (closed.last_entry_id + 1).max(0) as u64;
+            ledger_info.closed_at_ms = now_ms();
         }
+        let empty: Vec<u64> = info.ledgers.iter().filter(|l| l.entries == 0).map(|l| l.ledger_id).collect();
         info.ledgers.retain(|l| l.entries > 0);
         let last_confirmed = info.ledgers.last().map(|l| Position::new(l.ledger_id, l.entries - 1));
         let (sender, _) = watch::channel(last_confirmed);
-        let sender_for_hook = sender.clone();
-        let writer = Self::new_writer(&bookies, config, sender_for_hook).await?;
+        let writer = Self::new_writer(&bookies, ledger_config, sender.clone()).await?;
         info.ledgers.push(LedgerInfo {
             ledger_id: writer.ledger_id(),
             entries: 0,
             size: 0,
             created_at_ms: now_ms(),
             closed: false,
+            closed_at_ms: 0,
         });
         version = meta.put(&path, info.encode_to_vec(), Expected::Version(version)).await?;
-        info!(managed_ledger = name, ledger_id = writer.ledger_id(), ?last_confirmed, "managed ledger opened");
-        Ok(Arc::new(ManagedLedger {
+        for ledger_id in empty {
+            if let Err(error) = ledger::admin::delete_ledger(&bookies, ledger_id).await {
+                warn!(managed_ledger = name, ledger_id, %error, "cannot delete an empty ledger dropped from the list");
+            }
+        }
+        // Every stored cursor, so that trimming never removes what one of them still needs.
+        let mut cursors = BTreeMap::new();
+        for cursor_name in meta.list_children(&cursor::cursors_path(name)).await? {
+            if let Some(opened) = ManagedCursor::recover(
+                name,
+                &cursor_name,
+                &bookies,
+                ledger_config,
+                config.cursor_max_entries_per_ledger,
+            )
+            .await?
+            {
+                cursors.insert(cursor_name, opened);
+            }
+        }
+        info!(
+            managed_ledger = name,
+            ledger_id = writer.ledger_id(),
+            ?last_confirmed,
+            cursors = cursors.len(),
+            "managed ledger opened"
+        );
+        let managed_ledger = Arc::new(ManagedLedger {
             name: name.to_owned(),
             bookies,
+            ledger_config,
             config,
-            state: Mutex::new(State { info, version, writer }),
+            state: Mutex::new(State {
+                info,
+                version,
+                writer,
+                writer_closed: false,
+                current_entries: 0,
+                current_bytes: 0,
+                current_opened: Instant::now(),
+                closed: false,
+            }),
             rolling: tokio::sync::Mutex::new(()),
             ledger_cache: Mutex::new(HashMap::new()),
             last_confirmed: sender,
-        }))
+            cursors: Mutex::new(cursors),
+            stop: CancellationToken::new(),
+        });
+        Self::spawn_checks(&managed_ledger);
+        Ok(managed_ledger)
+    }
+
+    /// Every `check_interval`: roll over a ledger that grew old, then trim. Ends with `close`
+    /// or when the managed ledger is dropped.
+    fn spawn_checks(this: &Arc<Self>) {
+        let weak: Weak<Self> = Arc::downgrade(this);
+        let (stop, interval) = (this.stop.clone(), this.config.check_interval);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(interval) => {}
+                }
+                let Some(this) = weak.upgrade() else { return };
+                if this.rollover_due() {
+                    if let Err(error) = this.roll_over().await {
+                        warn!(managed_ledger = %this.name, %error, "rollover by age failed; next check retries");
+                    }
+                }
+                if let Err(error) = this.trim().await {
+                    warn!(managed_ledger = %this.name, %error, "trimming consumed ledgers failed; next check retries");
+                }
+            }
+        });
     }
 
     async fn new_writer(
@@ -129,15 +246,7 @@ impl ManagedLedger {
         let hook_ledger = ledger_id.clone();
         let hook: ledger::writer::ConfirmHook = Arc::new(move |entry_id| {
             if let Some(ledger_id) = hook_ledger.get() {
-                let position = Position::new(*ledger_id, entry_id);
-                confirmed.send_if_modified(|current| {
-                    if current.is_none_or(|c| c < position) {
-                        *current = Some(position);
-                        true
-                    } else {
-                        false
-                    }
-                });
+                raise(&confirmed, Position::new(*ledger_id, entry_id));
             }
         });
         let writer = LedgerWriter::create(bookies, config, Some(hook)).await?;
@@ -147,6 +256,14 @@ impl ManagedLedger {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn config(&self) -> &ManagedLedgerConfig {
+        &self.config
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The last durable position, if any entry was ever written.
@@ -162,77 +279,168 @@ impl ManagedLedger {
     /// Appends an entry. Returns once the entry has its place in the log (the order of calls
     /// is the order of entries); the returned future answers once it is durable.
     pub async fn add_entry(self: &Arc<Self>, data: Bytes) -> Result<AddFuture, BrokerError> {
-        let writer = self.writable().await?;
         let size = data.len() as u64;
-        let answer = writer.add(data).await?;
-        let ledger_id = writer.ledger_id();
-        let this = self.clone();
-        Ok(Box::pin(async move {
-            let entry_id = answer.await.map_err(|_| BrokerError::ShuttingDown)??;
-            this.account(ledger_id, entry_id, size);
-            Ok(Position::new(ledger_id, entry_id))
-        }))
+        loop {
+            let writer = self.writable().await?;
+            let answer = match writer.add(data.clone()).await {
+                Ok(answer) => answer,
+                // A rollover closed this ledger after we picked it: go to the new one.
+                Err(BookieError::LedgerClosed { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            };
+            {
+                let mut state = self.lock_state();
+                if Arc::ptr_eq(&state.writer, &writer) {
+                    state.current_entries += 1;
+                    state.current_bytes += size;
+                }
+            }
+            let ledger_id = writer.ledger_id();
+            let this = self.clone();
+            return Ok(Box::pin(async move {
+                let entry_id = answer.await.map_err(|_| BrokerError::ShuttingDown)??;
+                this.account(ledger_id, entry_id, size);
+                Ok(Position::new(ledger_id, entry_id))
+            }));
+        }
     }
 
     fn account(&self, ledger_id: u64, entry_id: u64, size: u64) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock_state();
         if let Some(current) = state.info.ledgers.iter_mut().rev().find(|l| l.ledger_id == ledger_id) {
-            current.entries = current.entries.max(entry_id + 1);
+            if !current.closed {
+                current.entries = current.entries.max(entry_id + 1);
+            }
             current.size += size;
         }
     }
 
-    /// The current writer, after rolling over to a new ledger if the current one failed.
-    async fn writable(&self) -> Result<Arc<LedgerWriter>, BrokerError> {
-        let writer = self.state.lock().unwrap_or_else(|p| p.into_inner()).writer.clone();
-        if writer.failure().is_none() {
-            return Ok(writer);
+    /// Whether the current ledger must be closed and a new one started (see the module doc).
+    fn rollover_due(&self) -> bool {
+        let state = self.lock_state();
+        Self::due(&self.config, &state)
+    }
+
+    fn due(config: &ManagedLedgerConfig, state: &State) -> bool {
+        if state.writer_closed || state.writer.failure().is_some() {
+            return true;
         }
-        let _rolling = self.rolling.lock().await;
-        let writer = self.state.lock().unwrap_or_else(|p| p.into_inner()).writer.clone();
-        let Some(reason) = writer.failure() else { return Ok(writer) };
-        warn!(managed_ledger = %self.name, ledger_id = writer.ledger_id(), %reason, "ledger write failed, rolling over");
-        let closed = ledger::recover_ledger(&self.bookies, writer.ledger_id()).await?;
-        let new_writer = Self::new_writer(&self.bookies, self.config, self.last_confirmed.clone()).await?;
-        let (info, version) = {
-            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(old) = state.info.ledgers.iter_mut().find(|l| l.ledger_id == closed.ledger_id) {
-                old.closed = true;
-                old.entries = (closed.last_entry_id + 1).max(0) as u64;
+        if state.current_entries == 0 {
+            return false;
+        }
+        let age = state.current_opened.elapsed();
+        age >= config.max_ledger_rollover_time
+            || (age >= config.min_ledger_rollover_time
+                && (state.current_entries >= config.max_entries_per_ledger
+                    || state.current_bytes >= config.max_size_per_ledger_bytes))
+    }
+
+    /// The writer to add to, after a rollover if one is due.
+    async fn writable(self: &Arc<Self>) -> Result<Arc<LedgerWriter>, BrokerError> {
+        {
+            let state = self.lock_state();
+            if state.closed {
+                return Err(BrokerError::ShuttingDown);
             }
+            if !Self::due(&self.config, &state) {
+                return Ok(state.writer.clone());
+            }
+        }
+        let (writer, rolled) = self.roll_over().await?;
+        if rolled {
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(error) = this.trim().await {
+                    warn!(managed_ledger = %this.name, %error, "trimming after rollover failed; next check retries");
+                }
+            });
+        }
+        Ok(writer)
+    }
+
+    /// Closes the current ledger (or recovers it, if its writer failed) and starts a new one,
+    /// if that is still due once the `rolling` lock is held. Returns the writer to use and
+    /// whether a rollover happened.
+    async fn roll_over(&self) -> Result<(Arc<LedgerWriter>, bool), BrokerError> {
+        let _rolling = self.rolling.lock().await;
+        let (old, already_closed) = {
+            let state = self.lock_state();
+            if state.closed {
+                return Err(BrokerError::ShuttingDown);
+            }
+            if !Self::due(&self.config, &state) {
+                return Ok((state.writer.clone(), false));
+            }
+            (state.writer.clone(), state.writer_closed)
+        };
+        if !already_closed {
+            let last_entry_id = match old.failure() {
+                None => match old.close().await {
+                    Ok(last) => last,
+                    Err(error) => {
+                        warn!(managed_ledger = %self.name, ledger_id = old.ledger_id(), %error, "closing the ledger failed, recovering it");
+                        ledger::recover_ledger(&self.bookies, old.ledger_id()).await?.last_entry_id
+                    }
+                },
+                Some(reason) => {
+                    warn!(managed_ledger = %self.name, ledger_id = old.ledger_id(), %reason, "ledger write failed, rolling over");
+                    ledger::recover_ledger(&self.bookies, old.ledger_id()).await?.last_entry_id
+                }
+            };
+            {
+                let mut state = self.lock_state();
+                state.writer_closed = true;
+                if let Some(closed) = state.info.ledgers.iter_mut().find(|l| l.ledger_id == old.ledger_id()) {
+                    closed.closed = true;
+                    closed.entries = (last_entry_id + 1).max(0) as u64;
+                    closed.closed_at_ms = now_ms();
+                }
+            }
+            // Recovery may have confirmed entries the failed writer never reported.
+            if last_entry_id >= 0 {
+                raise(&self.last_confirmed, Position::new(old.ledger_id(), last_entry_id as u64));
+            }
+            self.ledger_cache.lock().unwrap_or_else(|p| p.into_inner()).remove(&old.ledger_id());
+        }
+        let new_writer = Self::new_writer(&self.bookies, self.ledger_config, self.last_confirmed.clone()).await?;
+        let (info, version) = {
+            let mut state = self.lock_state();
             state.info.ledgers.push(LedgerInfo {
                 ledger_id: new_writer.ledger_id(),
                 entries: 0,
                 size: 0,
                 created_at_ms: now_ms(),
                 closed: false,
+                closed_at_ms: 0,
             });
             (state.info.clone(), state.version)
         };
-        let new_version =
-            self.bookies.meta().put(&info_path(&self.name), info.encode_to_vec(), Expected::Version(version)).await?;
-        // Recovery may have confirmed entries the failed writer never reported.
-        if closed.last_entry_id >= 0 {
-            let recovered = Position::new(closed.ledger_id, closed.last_entry_id as u64);
-            self.last_confirmed.send_if_modified(|current| {
-                if current.is_none_or(|c| c < recovered) {
-                    *current = Some(recovered);
-                    true
-                } else {
-                    false
-                }
-            });
+        let stored =
+            self.bookies.meta().put(&info_path(&self.name), info.encode_to_vec(), Expected::Version(version)).await;
+        let mut state = self.lock_state();
+        match stored {
+            Ok(new_version) => {
+                state.version = new_version;
+                state.writer = new_writer.clone();
+                state.writer_closed = false;
+                state.current_entries = 0;
+                state.current_bytes = 0;
+                state.current_opened = Instant::now();
+                info!(managed_ledger = %self.name, closed = old.ledger_id(), opened = new_writer.ledger_id(), "ledger rolled over");
+                Ok((new_writer, true))
+            }
+            Err(error) => {
+                // Not in the list: never written to, and the next rollover starts another.
+                state.info.ledgers.retain(|l| l.ledger_id != new_writer.ledger_id());
+                Err(error.into())
+            }
         }
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.version = new_version;
-        state.writer = new_writer.clone();
-        Ok(new_writer)
     }
 
     /// Ledgers and their entry counts, for position arithmetic; the open ledger counts its
     /// confirmed entries.
     fn ledgers(&self) -> Vec<(u64, u64)> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.lock_state();
         let last = self.last_confirmed();
         state
             .info
@@ -243,6 +451,22 @@ impl ManagedLedger {
                 _ => (l.ledger_id, l.entries),
             })
             .collect()
+    }
+
+    /// Ids of the ledgers in the list, oldest first (the last one is the current ledger).
+    pub fn ledger_ids(&self) -> Vec<u64> {
+        self.lock_state().info.ledgers.iter().map(|l| l.ledger_id).collect()
+    }
+
+    /// Ledgers, entries and bytes stored now.
+    pub fn storage_stats(&self) -> StorageStats {
+        let ledgers = self.ledgers();
+        let size_bytes = self.lock_state().info.ledgers.iter().map(|l| l.size).sum();
+        StorageStats {
+            ledgers: ledgers.len() as u64,
+            entries: ledgers.iter().map(|(_, entries)| entries).sum(),
+            size_bytes,
+        }
     }
 
     /// The first confirmed position after `after` (`None`: from the very start), if any.
@@ -286,16 +510,133 @@ impl ManagedLedger {
             .sum()
     }
 
+    /// Unacknowledged entries of a cursor state: those after its mark-delete position up to
+    /// the last confirmed one, less the ones acknowledged individually.
+    pub fn backlog(&self, state: &cursor::CursorState) -> u64 {
+        let last = self.last_confirmed();
+        let acked_beyond =
+            state.individually_acked.iter().filter(|p| last.is_some_and(|last| **p <= last)).count() as u64;
+        self.entries_after(state.mark_delete).saturating_sub(acked_beyond)
+    }
+
+    /// Opens the durable cursor `name`, creating it with `initial_mark_delete` if it is new.
+    pub async fn open_cursor(
+        &self,
+        name: &str,
+        initial_mark_delete: Option<Position>,
+    ) -> Result<Arc<ManagedCursor>, BrokerError> {
+        if let Some(found) = self.cursors.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Ok(found.clone());
+        }
+        let opened = ManagedCursor::open_or_create(
+            &self.name,
+            name,
+            &self.bookies,
+            self.ledger_config,
+            self.config.cursor_max_entries_per_ledger,
+            initial_mark_delete,
+        )
+        .await?;
+        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(cursors.entry(name.to_owned()).or_insert(opened).clone())
+    }
+
+    /// Every durable cursor, by name.
+    pub fn cursors(&self) -> Vec<(String, Arc<ManagedCursor>)> {
+        self.cursors.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(n, c)| (n.clone(), c.clone())).collect()
+    }
+
+    /// Removes a cursor for good: its state changes stop, its ledger and key are deleted.
+    pub async fn delete_cursor(&self, name: &str) -> Result<(), BrokerError> {
+        let removed = self.cursors.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        if let Some(cursor) = removed {
+            cursor.delete(&self.bookies).await?;
+        }
+        Ok(())
+    }
+
+    /// The slowest persisted mark-delete position over every cursor: `None` when there is no
+    /// cursor, `Some(None)` when one of them still needs the log from its very start.
+    fn slowest_mark_delete(&self) -> Option<Option<Position>> {
+        self.cursors.lock().unwrap_or_else(|p| p.into_inner()).values().map(|c| c.persisted_mark_delete()).min()
+    }
+
+    /// Removes closed ledgers that every cursor has consumed and retention no longer keeps:
+    /// first from the stored list (CAS), then from the bookies. Returns the removed ids.
+    pub async fn trim(&self) -> Result<Vec<u64>, BrokerError> {
+        let _rolling = self.rolling.lock().await;
+        let slowest = self.slowest_mark_delete();
+        let retention = self.config.retention;
+        let (info, version, removed) = {
+            let state = self.lock_state();
+            let now = now_ms();
+            let total: u64 = state.info.ledgers.iter().map(|l| l.size).sum();
+            let mut removed_size = 0u64;
+            let mut removed = Vec::new();
+            for l in &state.info.ledgers {
+                if !l.closed || l.ledger_id == state.writer.ledger_id() {
+                    break;
+                }
+                let consumed = match slowest {
+                    None => true,
+                    Some(None) => l.entries == 0,
+                    Some(Some(mark)) => {
+                        l.ledger_id < mark.ledger_id
+                            || (l.ledger_id == mark.ledger_id && mark.entry_id + 1 >= l.entries)
+                    }
+                };
+                if !consumed {
+                    break;
+                }
+                let expired =
+                    retention.time.is_some_and(|keep| now.saturating_sub(l.closed_at_ms) >= keep.as_millis() as u64);
+                let newer_size = total - removed_size - l.size;
+                let beyond_size = retention.size_bytes.is_some_and(|keep| newer_size >= keep);
+                if !(l.entries == 0 || expired || beyond_size) {
+                    break;
+                }
+                removed_size += l.size;
+                removed.push(l.ledger_id);
+            }
+            if removed.is_empty() {
+                return Ok(removed);
+            }
+            let mut info = state.info.clone();
+            info.ledgers.retain(|l| !removed.contains(&l.ledger_id));
+            (info, state.version, removed)
+        };
+        let new_version =
+            self.bookies.meta().put(&info_path(&self.name), info.encode_to_vec(), Expected::Version(version)).await?;
+        {
+            let mut state = self.lock_state();
+            state.info.ledgers.retain(|l| !removed.contains(&l.ledger_id));
+            state.version = new_version;
+        }
+        {
+            let mut cache = self.ledger_cache.lock().unwrap_or_else(|p| p.into_inner());
+            for ledger_id in &removed {
+                cache.remove(ledger_id);
+            }
+        }
+        for ledger_id in &removed {
+            if let Err(error) = ledger::admin::delete_ledger(&self.bookies, *ledger_id).await {
+                warn!(managed_ledger = %self.name, ledger_id, %error, "trimmed ledger left on the bookies");
+            }
+        }
+        info!(managed_ledger = %self.name, ?removed, "trimmed consumed ledgers");
+        Ok(removed)
+    }
+
     async fn ledger_metadata(&self, ledger_id: u64) -> Result<Arc<LedgerMetadata>, BrokerError> {
         if let Some(found) = self.ledger_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&ledger_id) {
             return Ok(found.clone());
         }
         let (metadata, _) = ledger::metadata::read(self.bookies.meta().as_ref(), ledger_id)
             .await?
-            .ok_or(BrokerError::Storage(magnetar_bookie::BookieError::NoSuchLedger { ledger_id }))?;
+            .ok_or(BrokerError::Storage(BookieError::NoSuchLedger { ledger_id }))?;
         let metadata = Arc::new(metadata);
-        // Only closed ledgers are immutable enough to cache; the open one has one ensemble
-        // for its whole life in this version, so caching it is safe as well.
+        // The open ledger has one ensemble for its whole life in this version, so caching it
+        // is as safe as caching closed ones; a rollover drops the entry to see it closed.
         self.ledger_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(ledger_id, metadata.clone());
         Ok(metadata)
     }
@@ -307,13 +648,13 @@ impl ManagedLedger {
         if from > last {
             return Ok(Vec::new());
         }
-        let ledger_end = self
-            .ledgers()
-            .into_iter()
-            .find(|(id, _)| *id == from.ledger_id)
-            .map(|(_, entries)| entries.saturating_sub(1))
-            .unwrap_or(0);
-        let end = if from.ledger_id == last.ledger_id { last.entry_id } else { ledger_end };
+        let Some(ledger_end) =
+            self.ledgers().into_iter().find(|(id, _)| *id == from.ledger_id).map(|(_, entries)| entries.checked_sub(1))
+        else {
+            return Ok(Vec::new());
+        };
+        let Some(ledger_end) = ledger_end else { return Ok(Vec::new()) };
+        let end = if from.ledger_id == last.ledger_id { last.entry_id.min(ledger_end) } else { ledger_end };
         if from.entry_id > end {
             return Ok(Vec::new());
         }
@@ -330,23 +671,48 @@ impl ManagedLedger {
         Ok(entries.into_iter().map(|(entry_id, data)| (Position::new(from.ledger_id, entry_id), data)).collect())
     }
 
-    /// Closes the current ledger cleanly, so that the next owner need not recover it.
+    /// Closes the cursors and the current ledger cleanly, so that the next owner need not
+    /// recover them.
     pub async fn close(&self) -> Result<(), BrokerError> {
-        let (writer, path) = {
-            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            (state.writer.clone(), info_path(&self.name))
+        self.stop.cancel();
+        for (_, cursor) in self.cursors() {
+            cursor.close().await;
+        }
+        let _rolling = self.rolling.lock().await;
+        let (writer, already_closed) = {
+            let mut state = self.lock_state();
+            state.closed = true;
+            (state.writer.clone(), state.writer_closed)
         };
+        if already_closed {
+            return Ok(());
+        }
         let last = writer.close().await?;
         let (info, version) = {
-            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut state = self.lock_state();
+            state.writer_closed = true;
             if let Some(current) = state.info.ledgers.iter_mut().find(|l| l.ledger_id == writer.ledger_id()) {
                 current.closed = true;
                 current.entries = (last + 1).max(0) as u64;
+                current.closed_at_ms = now_ms();
             }
             (state.info.clone(), state.version)
         };
-        let version = self.bookies.meta().put(&path, info.encode_to_vec(), Expected::Version(version)).await?;
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).version = version;
+        let version =
+            self.bookies.meta().put(&info_path(&self.name), info.encode_to_vec(), Expected::Version(version)).await?;
+        self.lock_state().version = version;
         Ok(())
     }
+}
+
+/// Moves the last confirmed position forward to `position` (never back).
+fn raise(confirmed: &watch::Sender<Option<Position>>, position: Position) {
+    confirmed.send_if_modified(|current| {
+        if current.is_none_or(|c| c < position) {
+            *current = Some(position);
+            true
+        } else {
+            false
+        }
+    });
 }
