@@ -11,6 +11,7 @@ use magnetar_bookie::client::LedgerConfig;
 use magnetar_bookie::disk::DiskMonitor;
 use magnetar_bookie::registration::{self, BookieRegistration};
 use magnetar_bookie::{cookie, BookieConfig, BookieServer};
+use magnetar_broker::config::BrokerSettings;
 use magnetar_broker::metadata_url::MetadataUrl;
 use magnetar_broker::node::{self, BrokerNodeConfig};
 use magnetar_broker::standalone::{self, StandaloneConfig, SHUTDOWN_GRACE};
@@ -64,6 +65,9 @@ enum Command {
         /// Bookies that must confirm an entry before it is acknowledged (1 ..= --write-quorum).
         #[arg(long, default_value_t = 1)]
         ack_quorum: u32,
+        /// TOML file with broker settings (a [managed_ledger] section: rollover, retention).
+        #[arg(long, value_name = "FILE.toml")]
+        config: Option<PathBuf>,
     },
     /// One bookie (storage node): serves BookieService over gRPC and registers in metadata.
     Bookie(BookieArgs),
@@ -102,6 +106,9 @@ struct BrokerArgs {
     /// Copies durable before an entry is acknowledged (Qa); Pulsar's managedLedgerDefaultAckQuorum.
     #[arg(long, default_value_t = 2)]
     ack_quorum: u32,
+    /// TOML file with broker settings (a [managed_ledger] section: rollover, retention).
+    #[arg(long, value_name = "FILE.toml")]
+    config: Option<PathBuf>,
 }
 
 /// `magnetar bookie`: flags override the TOML file, which overrides the defaults.
@@ -249,6 +256,11 @@ async fn run_bookie(args: BookieArgs, cancel: CancellationToken) -> anyhow::Resu
     Ok(())
 }
 
+/// The broker settings file, or the defaults without one.
+fn load_broker_settings(path: Option<&Path>) -> anyhow::Result<BrokerSettings> {
+    path.map_or_else(|| Ok(BrokerSettings::default()), BrokerSettings::load)
+}
+
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -302,7 +314,9 @@ async fn main() -> anyhow::Result<()> {
             ensemble_size,
             write_quorum,
             ack_quorum,
+            config,
         } => {
+            let settings = load_broker_settings(config.as_deref())?;
             let config = StandaloneConfig {
                 data_dir,
                 bind_address,
@@ -312,6 +326,7 @@ async fn main() -> anyhow::Result<()> {
                 advertised_address,
                 num_bookies,
                 ledger: LedgerConfig { ensemble_size, write_quorum, ack_quorum },
+                managed_ledger: settings.managed_ledger_config()?,
             };
             // Before anything is opened or bound: a wrong flag is reported alone.
             config.validate().context("invalid standalone flags")?;
@@ -319,6 +334,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bookie(args) => run_bookie(args, cancel).await,
         Command::Broker(args) => {
+            let settings = load_broker_settings(args.config.as_deref())?;
             let config = BrokerNodeConfig {
                 metadata_url: args.metadata_url.parse()?,
                 cluster_name: args.cluster_name,
@@ -331,6 +347,7 @@ async fn main() -> anyhow::Result<()> {
                     write_quorum: args.write_quorum,
                     ack_quorum: args.ack_quorum,
                 },
+                managed_ledger: settings.managed_ledger_config()?,
             };
             node::run(config, cancel).await
         }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::BrokerConfig;
+use crate::managed_ledger::ManagedLedgerConfig;
 use crate::metadata_url::MetadataUrl;
 use crate::standalone::SHUTDOWN_GRACE;
 use crate::{http, namespace, protocol, BrokerService};
@@ -30,6 +31,7 @@ pub struct BrokerNodeConfig {
     pub http_port: u16,
     pub advertised_address: String,
     pub ledger: LedgerConfig,
+    pub managed_ledger: ManagedLedgerConfig,
 }
 
 /// Checks ensemble size E, write quorum Qw and ack quorum Qa: E >= Qw >= Qa >= 1. The message
@@ -71,6 +73,7 @@ pub async fn run(config: BrokerNodeConfig, cancel: CancellationToken) -> anyhow:
         advertised_address: config.advertised_address.clone(),
         advertised_pulsar_port: pulsar_listener.local_addr().context("read the Pulsar address")?.port(),
         ledger: config.ledger,
+        managed_ledger: config.managed_ledger,
         ..BrokerConfig::default()
     };
     let service = BrokerService::new(broker_config, Arc::clone(&meta));

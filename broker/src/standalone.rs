@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::BrokerConfig;
+use crate::managed_ledger::ManagedLedgerConfig;
 use crate::{http, namespace, protocol, BrokerService};
 
 /// Bookie id of standalone's first bookie: stable across restarts, whatever port it gets.
@@ -51,6 +52,8 @@ pub struct StandaloneConfig {
     pub num_bookies: u32,
     /// Ensemble size, write quorum and ack quorum of new ledgers.
     pub ledger: LedgerConfig,
+    /// Ledger rollover, cursor ledgers and retention.
+    pub managed_ledger: ManagedLedgerConfig,
 }
 
 impl StandaloneConfig {
@@ -202,6 +205,7 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
         advertised_address: config.advertised_address.clone(),
         advertised_pulsar_port: pulsar_listener.local_addr().context("Pulsar address")?.port(),
         ledger: config.ledger,
+        managed_ledger: config.managed_ledger,
         ..BrokerConfig::default()
     };
     let service = BrokerService::new(broker_config, meta.clone());
@@ -252,6 +256,7 @@ mod tests {
             advertised_address: "127.0.0.1".to_owned(),
             num_bookies,
             ledger: LedgerConfig { ensemble_size, write_quorum, ack_quorum },
+            managed_ledger: ManagedLedgerConfig::default(),
         }
     }
 
