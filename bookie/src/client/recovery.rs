@@ -163,7 +163,9 @@ async fn find_last_entry(bookies: &Bookies, ledger: &LedgerMetadata) -> Result<i
         let entry_id = (last_entry_id + 1) as u64;
         match read_for_recovery(bookies, &quorums, entry_id).await? {
             Some(payload) => {
-                write_back(bookies, &quorums, entry_id, last_entry_id, payload).await?;
+                // The LAC sent along is what the writer confirmed, never a recovered entry: a
+                // racing recovery may close the ledger before it, and readers trust LACs.
+                write_back(bookies, &quorums, entry_id, highest_lac, payload).await?;
                 last_entry_id = entry_id as i64;
             }
             None => return Ok(last_entry_id),
