@@ -51,19 +51,27 @@ impl TestBookie {
 
     /// Stops the bookie abruptly (connections cut) and unregisters it.
     async fn kill(&mut self, meta: &Arc<dyn MetadataStore>) -> anyhow::Result<()> {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
+        self.stop_runtime();
         meta.close_session(self.session).await.context("unregister bookie")?;
         Ok(())
     }
 }
 
+impl TestBookie {
+    /// Drops the bookie's runtime (its tasks and connections) and waits until its storage is
+    /// closed, on a plain thread: a runtime cannot be dropped inside another, and RocksDB must
+    /// not be torn down while the process exits.
+    fn stop_runtime(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            let stopper = std::thread::spawn(move || runtime.shutdown_timeout(Duration::from_secs(10)));
+            let _ = stopper.join();
+        }
+    }
+}
+
 impl Drop for TestBookie {
     fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
+        self.stop_runtime();
     }
 }
 
