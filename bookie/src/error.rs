@@ -46,6 +46,14 @@ pub enum BookieError {
     LedgerClosed { ledger_id: u64 },
     #[error("ledger {ledger_id} writer failed earlier: {reason}")]
     WriterFailed { ledger_id: u64, reason: String },
+    #[error("invalid ledger configuration: {reason}")]
+    InvalidConfig { reason: String },
+    #[error("bookie {bookie} did not answer {what} in time")]
+    Timeout { bookie: String, what: String },
+    #[error("ledger {ledger_id}: no bookie outside the ensemble can replace failed bookie {bookie}")]
+    NoReplacementBookie { ledger_id: u64, bookie: String },
+    #[error("recovery of ledger {ledger_id} cannot finish now: {reason}")]
+    RecoveryIncomplete { ledger_id: u64, reason: String },
     #[error("metadata: {0}")]
     Meta(#[from] magnetar_meta::MetaError),
     #[error("i/o on {path}: {source}")]

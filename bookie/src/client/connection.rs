@@ -1,27 +1,35 @@
 //! Connections to bookies, by bookie id.
 //!
-//! [`Bookies`] resolves a bookie id to its registered address and keeps one
-//! [`BookieConnection`] per bookie, reconnecting after a failure. A connection multiplexes
+//! [`Bookies`] keeps one [`BookieRpc`] handle per bookie, made by its [`BookieConnector`]
+//! ([`GrpcConnector`]: the bookie's registered address, over gRPC; a simulated network in
+//! tests), and dials again after a failure. It also carries the [`ClientOptions`] (timeouts)
+//! and the seeded random source of every ledger handled through it.
+//! [`BookieConnection`] is the gRPC handle. A connection multiplexes
 //! every add of every ledger over one gRPC stream: adds are queued on a bounded channel
 //! ([`ADD_QUEUE`]; a full queue makes the caller wait), and a response task completes each
 //! add's oneshot by (ledger, entry). When the stream breaks, every pending add fails and the
 //! connection is marked broken so that the next use dials again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use magnetar_meta::MetadataStore;
 use magnetar_proto::bookie::bookie_service_client::BookieServiceClient;
 use magnetar_proto::bookie::{
-    AddEntryBatch, AddEntryRequest, FenceLedgerRequest, ReadEntriesRequest, ReadLacRequest, ReadLacResponse, Status,
+    AddEntryBatch, AddEntryRequest, FenceLedgerRequest, ReadEntriesRequest, ReadEntryRequest, ReadLacRequest, Status,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 use tracing::warn;
 
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+
+use super::rpc::{AddRequest, BookieConnector, BookieRpc, LedgerEnd};
 use crate::error::BookieError;
 use crate::registration;
 use crate::server::MAX_GRPC_MESSAGE;
@@ -138,28 +146,22 @@ impl BookieConnection {
         Ok(Arc::new(BookieConnection { bookie_id: bookie_id.to_owned(), grpc, adds, pending, broken }))
     }
 
-    pub fn bookie_id(&self) -> &str {
-        &self.bookie_id
-    }
-
-    pub fn is_broken(&self) -> bool {
-        self.broken.load(Ordering::SeqCst)
-    }
-
     fn rpc_error(&self, source: tonic::Status) -> BookieError {
         BookieError::Rpc { bookie: self.bookie_id.clone(), source }
     }
+}
 
-    /// Queues an add; the returned receiver answers once the bookie made it durable.
-    pub async fn add(
-        &self,
-        ledger_id: u64,
-        entry_id: u64,
-        master_key: Bytes,
-        last_add_confirmed: i64,
-        payload: Bytes,
-        recovery: bool,
-    ) -> oneshot::Receiver<Result<(), BookieError>> {
+#[async_trait]
+impl BookieRpc for BookieConnection {
+    fn bookie_id(&self) -> &str {
+        &self.bookie_id
+    }
+
+    fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+
+    async fn add(&self, add: AddRequest) -> oneshot::Receiver<Result<(), BookieError>> {
         let (reply, answer) = oneshot::channel();
         if self.is_broken() {
             let _ = reply.send(Err(BookieError::Remote {
@@ -169,18 +171,47 @@ impl BookieConnection {
             }));
             return answer;
         }
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert((ledger_id, entry_id), reply);
-        let request = AddEntryRequest { ledger_id, entry_id, master_key, last_add_confirmed, payload, recovery };
+        let key = (add.ledger_id, add.entry_id);
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(key, reply);
+        let request = AddEntryRequest {
+            ledger_id: add.ledger_id,
+            entry_id: add.entry_id,
+            master_key: add.master_key,
+            last_add_confirmed: add.last_add_confirmed,
+            payload: add.payload,
+            recovery: add.recovery,
+        };
         if self.adds.send(request).await.is_err() {
             self.broken.store(true, Ordering::SeqCst);
-            if let Some(reply) = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&(ledger_id, entry_id)) {
+            if let Some(reply) = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&key) {
                 let _ = reply.send(Err(BookieError::Stopped { what: "bookie add stream" }));
             }
         }
         answer
     }
 
-    pub async fn read_range(
+    async fn read_entry(
+        &self,
+        ledger_id: u64,
+        entry_id: u64,
+        fence_key: Option<Bytes>,
+    ) -> Result<(Bytes, i64), BookieError> {
+        let fence = fence_key.is_some();
+        let response = self
+            .grpc
+            .clone()
+            .read_entry(ReadEntryRequest { ledger_id, entry_id, fence, master_key: fence_key.unwrap_or_default() })
+            .await
+            .map_err(|e| self.rpc_error(e))?
+            .into_inner();
+        let status = Status::try_from(response.status).unwrap_or(Status::IoError);
+        if status != Status::Ok {
+            return Err(BookieError::from_status(&self.bookie_id, ledger_id, entry_id, status, response.message));
+        }
+        Ok((response.payload, response.last_add_confirmed))
+    }
+
+    async fn read_range(
         &self,
         ledger_id: u64,
         first_entry_id: u64,
@@ -202,8 +233,7 @@ impl BookieConnection {
         Ok(response.entries.into_iter().map(|entry| (entry.entry_id, entry.payload)).collect())
     }
 
-    /// Fences the ledger on this bookie; answers (last-add-confirmed, last entry stored).
-    pub async fn fence(&self, ledger_id: u64, master_key: Bytes) -> Result<(i64, i64), BookieError> {
+    async fn fence(&self, ledger_id: u64, master_key: Bytes) -> Result<LedgerEnd, BookieError> {
         let response = self
             .grpc
             .clone()
@@ -215,15 +245,10 @@ impl BookieConnection {
         if status != Status::Ok {
             return Err(BookieError::from_status(&self.bookie_id, ledger_id, 0, status, response.message));
         }
-        Ok((response.last_add_confirmed, response.last_entry_id))
+        Ok(LedgerEnd { last_add_confirmed: response.last_add_confirmed, last_entry_id: response.last_entry_id })
     }
 
-    pub async fn read_lac(
-        &self,
-        ledger_id: u64,
-        previous_lac: i64,
-        long_poll: Duration,
-    ) -> Result<ReadLacResponse, BookieError> {
+    async fn read_lac(&self, ledger_id: u64, previous_lac: i64, long_poll: Duration) -> Result<LedgerEnd, BookieError> {
         let response = self
             .grpc
             .clone()
@@ -235,10 +260,14 @@ impl BookieConnection {
             .await
             .map_err(|e| self.rpc_error(e))?
             .into_inner();
-        Ok(response)
+        let status = Status::try_from(response.status).unwrap_or(Status::IoError);
+        if status != Status::Ok {
+            return Err(BookieError::from_status(&self.bookie_id, ledger_id, 0, status, response.message));
+        }
+        Ok(LedgerEnd { last_add_confirmed: response.last_add_confirmed, last_entry_id: response.last_entry_id })
     }
 
-    pub async fn delete_ledger(&self, ledger_id: u64) -> Result<(), BookieError> {
+    async fn delete_ledger(&self, ledger_id: u64) -> Result<(), BookieError> {
         let response = self
             .grpc
             .clone()
@@ -254,34 +283,101 @@ impl BookieConnection {
     }
 }
 
-/// Connections to every bookie this process talks to, by bookie id.
+/// Dials registered bookies over gRPC: the address comes from the bookie's registration.
+pub struct GrpcConnector {
+    meta: Arc<dyn MetadataStore>,
+}
+
+impl GrpcConnector {
+    pub fn new(meta: Arc<dyn MetadataStore>) -> Self {
+        GrpcConnector { meta }
+    }
+}
+
+#[async_trait]
+impl BookieConnector for GrpcConnector {
+    async fn connect(&self, bookie_id: &str) -> Result<Arc<dyn BookieRpc>, BookieError> {
+        let registration = registration::lookup(self.meta.as_ref(), bookie_id)
+            .await?
+            .ok_or_else(|| BookieError::UnknownBookie { bookie: bookie_id.to_owned() })?;
+        let connection: Arc<dyn BookieRpc> = BookieConnection::connect(bookie_id, &registration.address).await?;
+        Ok(connection)
+    }
+}
+
+/// Time limits and the seed of the protocol's choices, for every ledger handled through one
+/// [`Bookies`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOptions {
+    /// An add (or recovery write-back) unanswered this long counts as a failure of the bookie.
+    pub add_timeout: Duration,
+    /// Limit of one read, fence or LAC call.
+    pub read_timeout: Duration,
+    /// Seeds the choice of bookies and master keys (a simulation replays it); `None` seeds
+    /// from the operating system.
+    pub seed: Option<u64>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions { add_timeout: Duration::from_secs(30), read_timeout: Duration::from_secs(30), seed: None }
+    }
+}
+
+/// Connections to every bookie this process talks to, by bookie id, and the options and seeded
+/// random source of the ledgers handled through them.
 #[derive(Clone)]
 pub struct Bookies {
     meta: Arc<dyn MetadataStore>,
-    connections: Arc<tokio::sync::Mutex<HashMap<String, Arc<BookieConnection>>>>,
+    connector: Arc<dyn BookieConnector>,
+    connections: Arc<tokio::sync::Mutex<BTreeMap<String, Arc<dyn BookieRpc>>>>,
+    options: ClientOptions,
+    /// Chooses ensembles, replacements and master keys; seeded so that a simulation replays.
+    rng: Arc<Mutex<StdRng>>,
 }
 
 impl Bookies {
+    /// Bookies reached over gRPC at their registered addresses, default options.
     pub fn new(meta: Arc<dyn MetadataStore>) -> Self {
-        Bookies { meta, connections: Arc::default() }
+        let connector = Arc::new(GrpcConnector::new(meta.clone()));
+        Self::with_connector(meta, connector, ClientOptions::default())
+    }
+
+    /// Bookies reached through `connector` (a simulated network in tests).
+    pub fn with_connector(
+        meta: Arc<dyn MetadataStore>,
+        connector: Arc<dyn BookieConnector>,
+        options: ClientOptions,
+    ) -> Self {
+        let rng = match options.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Bookies { meta, connector, connections: Arc::default(), options, rng: Arc::new(Mutex::new(rng)) }
     }
 
     pub fn meta(&self) -> &Arc<dyn MetadataStore> {
         &self.meta
     }
 
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// A random number from the pool's seeded source.
+    pub fn random(&self) -> u64 {
+        self.rng.lock().unwrap_or_else(|p| p.into_inner()).next_u64()
+    }
+
     /// A live connection to the bookie, dialing it if needed.
-    pub async fn get(&self, bookie_id: &str) -> Result<Arc<BookieConnection>, BookieError> {
+    pub async fn get(&self, bookie_id: &str) -> Result<Arc<dyn BookieRpc>, BookieError> {
         let mut connections = self.connections.lock().await;
         if let Some(connection) = connections.get(bookie_id) {
             if !connection.is_broken() {
                 return Ok(connection.clone());
             }
         }
-        let registration = registration::lookup(self.meta.as_ref(), bookie_id)
-            .await?
-            .ok_or_else(|| BookieError::UnknownBookie { bookie: bookie_id.to_owned() })?;
-        let connection = BookieConnection::connect(bookie_id, &registration.address).await?;
+        let connection = self.connector.connect(bookie_id).await?;
         connections.insert(bookie_id.to_owned(), connection.clone());
         Ok(connection)
     }
@@ -292,8 +388,11 @@ impl Bookies {
         self.connections.lock().await.clear();
     }
 
-    /// Ids of the bookies registered now.
+    /// Ids of the bookies registered now, sorted.
     pub async fn available(&self) -> Result<Vec<String>, BookieError> {
-        Ok(registration::available(self.meta.as_ref()).await?.into_iter().map(|r| r.bookie_id).collect())
+        let mut ids: Vec<String> =
+            registration::available(self.meta.as_ref()).await?.into_iter().map(|r| r.bookie_id).collect();
+        ids.sort();
+        Ok(ids)
     }
 }

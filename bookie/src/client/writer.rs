@@ -1,54 +1,89 @@
-//! Writing a ledger.
+//! Creating a ledger and writing it: striped quorum writes, in-order confirmation, ensemble
+//! changes, fencing.
 //!
-//! A [`LedgerWriter`] assigns entry ids in call order and sends each entry to every bookie of
-//! the ensemble without waiting (pipelining). One completion task awaits the bookies' answers
-//! in entry order, so an entry is reported written only once it and every lower entry are
-//! durable; that is the writer's last-add-confirmed, which travels with later adds. The first
-//! failure (a fenced ledger, a lost bookie) fails that entry and every later one: the writer
-//! stops and never reports an entry written that it could not confirm.
+//! A ledger has an ensemble of E bookies; entry `e` goes to its write set, the Qw bookies at
+//! ensemble indexes `(e + i) mod E` for `i in 0..Qw`, and is acknowledged once Qa of them
+//! answered OK **and** every lower entry is acknowledged: callers see confirmations strictly in
+//! entry order. Each add carries the writer's last-add-confirmed, which readers and recovery
+//! learn from the bookies.
+//!
+//! Concurrency: one task owns the ledger's write state ([`WriterTask`]); [`LedgerWriter`] is
+//! the handle that assigns entry ids (in call order, under an async lock held while the add is
+//! queued to the task, so the task sees adds in id order) and talks to the task over a bounded
+//! command channel ([`MAX_PENDING_ADDS`]; a full channel makes `add` wait).
+//!
+//! Failures: a bookie that answers an error other than FENCED, loses its connection, or leaves
+//! the oldest pending entry unanswered for [`ClientOptions::add_timeout`] is replaced (an
+//! ensemble change): a bookie outside the ensemble is chosen, the ledger metadata gets a new
+//! fragment starting at the first unacknowledged entry (compare-and-set; losing it to a
+//! recovery means the writer is fenced out), and the unacknowledged entries of that index are
+//! sent to the replacement. Acks the failed bookie gave for entries below the new fragment stay
+//! counted (those entries are already acknowledged). No replacement: the writer stops. A FENCED
+//! answer: the writer stops. A stopped writer fails every pending add and never reports them
+//! written; only recovery decides where its ledger ends.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use magnetar_meta::{Expected, Version};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use magnetar_meta::{Expected, MetaError, Version};
 use magnetar_proto::records::{Fragment, LedgerMetadata, LedgerState};
-use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{info, warn};
 
-use super::connection::{BookieConnection, Bookies};
+use super::connection::{Bookies, ClientOptions};
 use super::metadata::{self, LedgerConfig};
+use super::rpc::{AddRequest, BookieRpc};
 use crate::error::BookieError;
 
 /// Called with each confirmed entry id, in order.
 pub type ConfirmHook = Arc<dyn Fn(u64) + Send + Sync>;
 
-/// Entries awaiting their bookies' answers before new adds wait.
+/// Adds queued to the writer task before new adds wait.
 pub const MAX_PENDING_ADDS: usize = 8192;
 
-struct Pending {
-    entry_id: u64,
-    answers: Vec<oneshot::Receiver<Result<(), BookieError>>>,
-    reply: oneshot::Sender<Result<u64, BookieError>>,
+/// Bytes of master key of a new ledger.
+const MASTER_KEY_BYTES: usize = 16;
+
+/// The Qw ensemble indexes entry `entry_id` is written to, in order.
+pub fn write_set(entry_id: u64, ensemble_size: usize, write_quorum: usize) -> impl Iterator<Item = usize> {
+    let first = (entry_id % ensemble_size.max(1) as u64) as usize;
+    (0..write_quorum).map(move |i| (first + i) % ensemble_size.max(1))
 }
 
-struct State {
-    next_entry_id: u64,
-    failed: Option<String>,
-    closed: bool,
+/// Checks E >= Qw >= Qa >= 1.
+pub fn validate_config(config: &LedgerConfig) -> Result<(), BookieError> {
+    let LedgerConfig { ensemble_size, write_quorum, ack_quorum } = *config;
+    if ack_quorum == 0 || write_quorum < ack_quorum || ensemble_size < write_quorum {
+        return Err(BookieError::InvalidConfig {
+            reason: format!(
+                "ledger replication must satisfy ensemble size >= write quorum >= ack quorum >= 1, \
+                 got ensemble {ensemble_size}, write quorum {write_quorum}, ack quorum {ack_quorum}"
+            ),
+        });
+    }
+    Ok(())
 }
 
+enum Command {
+    Add { entry_id: u64, payload: Bytes, reply: oneshot::Sender<Result<u64, BookieError>> },
+    Close { reply: oneshot::Sender<Result<i64, BookieError>> },
+}
+
+/// The handle to an open ledger.
 pub struct LedgerWriter {
     ledger_id: u64,
-    master_key: Bytes,
-    ensemble: Vec<Arc<BookieConnection>>,
-    bookies: Bookies,
-    metadata: Mutex<(LedgerMetadata, Version)>,
-    state: Mutex<State>,
-    /// Highest entry such that it and all below are durable (-1: none).
+    /// Next entry id; held while the add is queued so the task receives adds in id order.
+    next_entry_id: tokio::sync::Mutex<u64>,
+    closed: Mutex<bool>,
+    /// Highest entry such that it and all below are acknowledged (-1: none).
     last_add_confirmed: Arc<AtomicI64>,
-    completions: mpsc::Sender<Pending>,
+    commands: mpsc::Sender<Command>,
     failure: Arc<Mutex<Option<String>>>,
 }
 
@@ -59,31 +94,37 @@ fn now_ms() -> u64 {
 impl LedgerWriter {
     /// Creates a ledger on bookies chosen among the registered ones and opens it for writing.
     ///
-    /// `on_confirm` runs on the completion task for each entry, in order, once it is confirmed.
+    /// `on_confirm` runs on the writer task for each entry, in order, once it is confirmed.
     pub async fn create(
         bookies: &Bookies,
         config: LedgerConfig,
         on_confirm: Option<ConfirmHook>,
     ) -> Result<Arc<Self>, BookieError> {
+        validate_config(&config)?;
         let mut available = bookies.available().await?;
-        let needed = config.ensemble_size.max(1) as usize;
+        let needed = config.ensemble_size as usize;
         if available.len() < needed {
             return Err(BookieError::NotEnoughBookies { needed, available: available.len() });
         }
-        // Spread ledgers over the bookies: rotate the list by a random offset.
-        let offset = (rand::rng().next_u32() as usize) % available.len();
-        available.rotate_left(offset);
-        available.truncate(needed);
+        // Spread ledgers over the bookies: a seeded random choice of `needed` of them.
+        let mut chosen = Vec::with_capacity(needed);
+        while chosen.len() < needed {
+            let index = (bookies.random() % available.len() as u64) as usize;
+            chosen.push(available.remove(index));
+        }
         let ledger_id = magnetar_meta::sequence::next(bookies.meta().as_ref(), crate::LEDGER_ID_SEQUENCE).await?;
-        let mut key = vec![0u8; 16];
-        rand::rng().fill_bytes(&mut key);
+        let mut key = Vec::with_capacity(MASTER_KEY_BYTES);
+        while key.len() < MASTER_KEY_BYTES {
+            key.extend_from_slice(&bookies.random().to_le_bytes());
+        }
+        key.truncate(MASTER_KEY_BYTES);
         let metadata = LedgerMetadata {
             ledger_id,
             state: LedgerState::Open as i32,
-            ensemble_size: needed as u32,
-            write_quorum: needed as u32,
-            ack_quorum: needed as u32,
-            fragments: vec![Fragment { first_entry_id: 0, bookies: available.clone() }],
+            ensemble_size: config.ensemble_size,
+            write_quorum: config.write_quorum,
+            ack_quorum: config.ack_quorum,
+            fragments: vec![Fragment { first_entry_id: 0, bookies: chosen.clone() }],
             last_entry_id: -1,
             length: 0,
             master_key: key,
@@ -91,59 +132,54 @@ impl LedgerWriter {
         };
         let version = metadata::write(bookies.meta().as_ref(), &metadata, Expected::Absent).await?;
         let mut ensemble = Vec::with_capacity(needed);
-        for bookie_id in &available {
-            ensemble.push(bookies.get(bookie_id).await?);
+        for bookie_id in &chosen {
+            // A bookie that cannot be dialed now is replaced on first use.
+            ensemble.push(bookies.get(bookie_id).await.ok());
         }
-        Ok(Self::start(bookies.clone(), metadata, version, ensemble, on_confirm))
+        Ok(Self::start(bookies.clone(), metadata, version, chosen, ensemble, on_confirm))
     }
 
     fn start(
         bookies: Bookies,
         metadata: LedgerMetadata,
         version: Version,
-        ensemble: Vec<Arc<BookieConnection>>,
+        ensemble_ids: Vec<String>,
+        ensemble: Vec<Option<Arc<dyn BookieRpc>>>,
         on_confirm: Option<ConfirmHook>,
     ) -> Arc<Self> {
-        let (completions, mut queue) = mpsc::channel::<Pending>(MAX_PENDING_ADDS);
+        let (commands, queue) = mpsc::channel::<Command>(MAX_PENDING_ADDS);
         let last_add_confirmed = Arc::new(AtomicI64::new(-1));
         let failure: Arc<Mutex<Option<String>>> = Arc::default();
-        let (task_lac, task_failure, ledger_id) = (last_add_confirmed.clone(), failure.clone(), metadata.ledger_id);
-        tokio::spawn(async move {
-            while let Some(pending) = queue.recv().await {
-                let earlier_failure = task_failure.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                if let Some(reason) = earlier_failure {
-                    let _ = pending.reply.send(Err(BookieError::WriterFailed { ledger_id, reason }));
-                    continue;
-                }
-                let mut outcome = Ok(pending.entry_id);
-                for answer in pending.answers {
-                    let result = answer.await.unwrap_or(Err(BookieError::Stopped { what: "bookie connection" }));
-                    if let Err(error) = result {
-                        outcome = Err(error);
-                        break;
-                    }
-                }
-                match &outcome {
-                    Ok(entry_id) => {
-                        task_lac.store(*entry_id as i64, Ordering::SeqCst);
-                        if let Some(hook) = &on_confirm {
-                            hook(*entry_id);
-                        }
-                    }
-                    Err(error) => *task_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string()),
-                }
-                let _ = pending.reply.send(outcome);
-            }
-        });
-        Arc::new(LedgerWriter {
-            ledger_id: metadata.ledger_id,
+        let ledger_id = metadata.ledger_id;
+        let task = WriterTask {
+            ledger_id,
             master_key: Bytes::from(metadata.master_key.clone()),
-            ensemble,
+            ensemble_size: metadata.ensemble_size as usize,
+            write_quorum: metadata.write_quorum as usize,
+            ack_quorum: metadata.ack_quorum as usize,
+            options: *bookies.options(),
             bookies,
-            metadata: Mutex::new((metadata, version)),
-            state: Mutex::new(State { next_entry_id: 0, failed: None, closed: false }),
+            metadata,
+            version,
+            ensemble_ids,
+            ensemble,
+            replaced: BTreeSet::new(),
+            pending: BTreeMap::new(),
+            answers: FuturesUnordered::new(),
+            lac: -1,
+            length: 0,
+            stopped: None,
+            last_add_confirmed: last_add_confirmed.clone(),
+            failure: failure.clone(),
+            on_confirm,
+        };
+        tokio::spawn(task.run(queue));
+        Arc::new(LedgerWriter {
+            ledger_id,
+            next_entry_id: tokio::sync::Mutex::new(0),
+            closed: Mutex::new(false),
             last_add_confirmed,
-            completions,
+            commands,
             failure,
         })
     }
@@ -162,63 +198,453 @@ impl LedgerWriter {
     }
 
     /// Sends an entry; the receiver answers its entry id once it and every earlier entry are
-    /// durable on the ensemble, or the error that stopped the writer. Entry ids follow the
-    /// order of calls.
+    /// acknowledged by an ack quorum, or the error that stopped the writer. Entry ids follow
+    /// the order of calls.
     pub async fn add(&self, payload: Bytes) -> Result<oneshot::Receiver<Result<u64, BookieError>>, BookieError> {
-        let entry_id = {
-            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if state.closed {
-                return Err(BookieError::LedgerClosed { ledger_id: self.ledger_id });
-            }
-            if let Some(reason) = state.failed.clone().or_else(|| self.failure()) {
-                state.failed = Some(reason.clone());
-                return Err(BookieError::WriterFailed { ledger_id: self.ledger_id, reason });
-            }
-            let id = state.next_entry_id;
-            state.next_entry_id += 1;
-            id
-        };
-        let lac = self.last_add_confirmed();
-        let mut answers = Vec::with_capacity(self.ensemble.len());
-        for bookie in &self.ensemble {
-            answers
-                .push(bookie.add(self.ledger_id, entry_id, self.master_key.clone(), lac, payload.clone(), false).await);
+        let mut next_entry_id = self.next_entry_id.lock().await;
+        if *self.closed.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Err(BookieError::LedgerClosed { ledger_id: self.ledger_id });
         }
+        if let Some(reason) = self.failure() {
+            return Err(BookieError::WriterFailed { ledger_id: self.ledger_id, reason });
+        }
+        let entry_id = *next_entry_id;
         let (reply, answer) = oneshot::channel();
-        self.completions
-            .send(Pending { entry_id, answers, reply })
+        self.commands
+            .send(Command::Add { entry_id, payload, reply })
             .await
-            .map_err(|_| BookieError::Stopped { what: "ledger completion task" })?;
+            .map_err(|_| BookieError::Stopped { what: "ledger writer task" })?;
+        *next_entry_id += 1;
         Ok(answer)
     }
 
     /// Waits for every add sent so far, then closes the ledger in metadata at the last
     /// confirmed entry. Returns the last entry id (-1 for an empty ledger).
     pub async fn close(&self) -> Result<i64, BookieError> {
-        let sent = {
-            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.closed = true;
-            state.next_entry_id
-        };
-        // Every pending add has a completion queued in order: wait behind them.
-        if sent > 0 {
-            let (reply, answer) = oneshot::channel();
-            let barrier = Pending { entry_id: sent - 1, answers: Vec::new(), reply };
-            if self.completions.send(barrier).await.is_ok() {
-                let _ = answer.await;
+        let _adds = self.next_entry_id.lock().await;
+        *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Close { reply })
+            .await
+            .map_err(|_| BookieError::Stopped { what: "ledger writer task" })?;
+        answer.await.map_err(|_| BookieError::Stopped { what: "ledger writer task" })?
+    }
+}
+
+/// An entry sent and not yet acknowledged to the caller.
+struct PendingEntry {
+    payload: Bytes,
+    /// Ensemble indexes that answered OK for this entry (in the current ensemble).
+    acked: BTreeSet<usize>,
+    reply: oneshot::Sender<Result<u64, BookieError>>,
+    /// When the entry was last sent to some bookie of its write set.
+    sent_at: Instant,
+}
+
+/// One bookie's answer to one add.
+struct Answer {
+    entry_id: u64,
+    index: usize,
+    bookie_id: String,
+    result: Result<(), BookieError>,
+}
+
+type AnswerFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Answer> + Send>>;
+
+/// Owns the write state of one ledger.
+struct WriterTask {
+    ledger_id: u64,
+    master_key: Bytes,
+    ensemble_size: usize,
+    write_quorum: usize,
+    ack_quorum: usize,
+    options: ClientOptions,
+    bookies: Bookies,
+    /// The metadata as last written by this writer, and its version.
+    metadata: LedgerMetadata,
+    version: Version,
+    /// The current ensemble, by index; `None` for a bookie that could not be dialed.
+    ensemble_ids: Vec<String>,
+    ensemble: Vec<Option<Arc<dyn BookieRpc>>>,
+    /// Bookies this writer replaced: never chosen again for this ledger.
+    replaced: BTreeSet<String>,
+    pending: BTreeMap<u64, PendingEntry>,
+    answers: FuturesUnordered<AnswerFuture>,
+    lac: i64,
+    /// Bytes of the acknowledged entries.
+    length: u64,
+    /// Why the writer stopped; the error pending adds get.
+    stopped: Option<BookieError>,
+    last_add_confirmed: Arc<AtomicI64>,
+    failure: Arc<Mutex<Option<String>>>,
+    on_confirm: Option<ConfirmHook>,
+}
+
+impl WriterTask {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut closing: Option<oneshot::Sender<Result<i64, BookieError>>> = None;
+        let mut handle_gone = false;
+        loop {
+            if handle_gone && (self.pending.is_empty() || self.stopped.is_some()) {
+                return;
+            }
+            if let Some(reply) = closing.take() {
+                if self.pending.is_empty() || self.stopped.is_some() {
+                    let _ = reply.send(self.close().await);
+                    // Later commands (none but stray adds) are refused by the handle's flag.
+                    continue;
+                }
+                closing = Some(reply);
+            }
+            let deadline = self.pending.values().next().map(|entry| entry.sent_at + self.options.add_timeout);
+            let mut failed: Vec<(usize, String, BookieError)> = Vec::new();
+            tokio::select! {
+                biased;
+                Some(answer) = self.answers.next(), if !self.answers.is_empty() => {
+                    if let Some(failure) = self.on_answer(answer) {
+                        failed.push(failure);
+                    }
+                }
+                command = commands.recv(), if !handle_gone => match command {
+                    Some(Command::Add { entry_id, payload, reply }) => {
+                        failed.extend(self.on_add(entry_id, payload, reply).await);
+                    }
+                    Some(Command::Close { reply }) => closing = Some(reply),
+                    // The handle is gone: finish what is in flight (bounded by the add
+                    // timeout), then stop.
+                    None => handle_gone = true,
+                },
+                _ = sleep_until_some(deadline), if deadline.is_some() => {
+                    failed.extend(self.timed_out());
+                }
+            }
+            self.handle_failures(failed).await;
+            self.complete();
+            self.fail_pending();
+        }
+    }
+
+    fn stop(&mut self, error: BookieError) {
+        if self.stopped.is_none() {
+            warn!(ledger_id = self.ledger_id, %error, "ledger writer stopped");
+            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
+            self.stopped = Some(error);
+        }
+    }
+
+    /// Once stopped, every pending add fails.
+    fn fail_pending(&mut self) {
+        let Some(error) = &self.stopped else { return };
+        let reason = error.to_string();
+        let fenced = matches!(error, BookieError::Fenced { .. });
+        for (_, entry) in std::mem::take(&mut self.pending) {
+            let error = if fenced {
+                BookieError::Fenced { ledger_id: self.ledger_id }
+            } else {
+                BookieError::WriterFailed { ledger_id: self.ledger_id, reason: reason.clone() }
+            };
+            let _ = entry.reply.send(Err(error));
+        }
+    }
+
+    async fn on_add(
+        &mut self,
+        entry_id: u64,
+        payload: Bytes,
+        reply: oneshot::Sender<Result<u64, BookieError>>,
+    ) -> Vec<(usize, String, BookieError)> {
+        if self.stopped.is_some() {
+            let reason = self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+            let _ = reply.send(Err(BookieError::WriterFailed { ledger_id: self.ledger_id, reason }));
+            return Vec::new();
+        }
+        self.pending.insert(
+            entry_id,
+            PendingEntry { payload: payload.clone(), acked: BTreeSet::new(), reply, sent_at: Instant::now() },
+        );
+        let mut failed = Vec::new();
+        for index in write_set(entry_id, self.ensemble_size, self.write_quorum).collect::<Vec<_>>() {
+            if let Err(failure) = self.send(entry_id, index, payload.clone()).await {
+                failed.push(failure);
             }
         }
-        if let Some(reason) = self.failure() {
+        failed
+    }
+
+    /// Sends one entry to the bookie at `index`; its answer arrives through `answers`.
+    async fn send(&mut self, entry_id: u64, index: usize, payload: Bytes) -> Result<(), (usize, String, BookieError)> {
+        let bookie_id = self.ensemble_ids[index].clone();
+        let Some(bookie) = self.ensemble[index].clone() else {
+            return Err((index, bookie_id.clone(), BookieError::UnknownBookie { bookie: bookie_id }));
+        };
+        let add = AddRequest {
+            ledger_id: self.ledger_id,
+            entry_id,
+            master_key: self.master_key.clone(),
+            last_add_confirmed: self.lac,
+            payload,
+            recovery: false,
+        };
+        let Ok(answer) = tokio::time::timeout(self.options.add_timeout, bookie.add(add)).await else {
+            return Err((index, bookie_id.clone(), timeout_error(&bookie_id, entry_id)));
+        };
+        let answer_bookie = bookie_id.clone();
+        self.answers.push(Box::pin(async move {
+            let result =
+                answer.await.unwrap_or_else(|_| Err(BookieError::Stopped { what: "bookie connection (answer lost)" }));
+            Answer { entry_id, index, bookie_id: answer_bookie, result }
+        }));
+        Ok(())
+    }
+
+    /// Records one answer; returns the failure it reports, if any.
+    fn on_answer(&mut self, answer: Answer) -> Option<(usize, String, BookieError)> {
+        if self.ensemble_ids.get(answer.index) != Some(&answer.bookie_id) {
+            // From a bookie already replaced: its entries were sent again.
+            return None;
+        }
+        match answer.result {
+            Ok(()) => {
+                if let Some(entry) = self.pending.get_mut(&answer.entry_id) {
+                    entry.acked.insert(answer.index);
+                }
+                None
+            }
+            Err(BookieError::Fenced { .. }) => {
+                self.stop(BookieError::Fenced { ledger_id: self.ledger_id });
+                None
+            }
+            Err(error) => Some((answer.index, answer.bookie_id, error)),
+        }
+    }
+
+    /// The oldest pending entry waited too long: the bookies of its write set that have not
+    /// answered count as failed.
+    fn timed_out(&mut self) -> Vec<(usize, String, BookieError)> {
+        let Some((&entry_id, entry)) = self.pending.iter_mut().next() else { return Vec::new() };
+        // Restart the clock: the replacements get the entry now.
+        entry.sent_at = Instant::now();
+        write_set(entry_id, self.ensemble_size, self.write_quorum)
+            .filter(|index| !entry.acked.contains(index))
+            .map(|index| {
+                let bookie_id = self.ensemble_ids[index].clone();
+                let error = timeout_error(&bookie_id, entry_id);
+                (index, bookie_id, error)
+            })
+            .collect()
+    }
+
+    /// Replaces each failed bookie, one ensemble change at a time.
+    async fn handle_failures(&mut self, mut failed: Vec<(usize, String, BookieError)>) {
+        while let Some((index, bookie_id, error)) = failed.pop() {
+            if self.stopped.is_some() {
+                return;
+            }
+            if self.ensemble_ids[index] != bookie_id {
+                continue; // already replaced
+            }
+            warn!(ledger_id = self.ledger_id, bookie = %bookie_id, index, %error, "bookie failed, changing the ensemble");
+            failed.extend(self.change_ensemble(index).await);
+        }
+    }
+
+    /// Replaces the bookie at `index`: a new fragment in metadata, then the unacknowledged
+    /// entries of that index go to the replacement. Returns failures of the resends.
+    async fn change_ensemble(&mut self, index: usize) -> Vec<(usize, String, BookieError)> {
+        let failed_bookie = self.ensemble_ids[index].clone();
+        self.replaced.insert(failed_bookie.clone());
+        let replacement = loop {
+            let available = match self.bookies.available().await {
+                Ok(available) => available,
+                Err(error) => {
+                    self.stop(error);
+                    return Vec::new();
+                }
+            };
+            let candidates: Vec<String> = available
+                .into_iter()
+                .filter(|id| !self.ensemble_ids.contains(id) && !self.replaced.contains(id))
+                .collect();
+            if candidates.is_empty() {
+                self.stop(BookieError::NoReplacementBookie { ledger_id: self.ledger_id, bookie: failed_bookie });
+                return Vec::new();
+            }
+            let chosen = candidates[(self.bookies.random() % candidates.len() as u64) as usize].clone();
+            match self.bookies.get(&chosen).await {
+                Ok(connection) => break (chosen, connection),
+                Err(error) => {
+                    warn!(ledger_id = self.ledger_id, bookie = %chosen, %error, "replacement bookie unreachable");
+                    self.replaced.insert(chosen);
+                }
+            }
+        };
+        let (replacement_id, connection) = replacement;
+        let first_unacked = (self.lac + 1) as u64;
+        let mut ensemble_ids = self.ensemble_ids.clone();
+        ensemble_ids[index] = replacement_id.clone();
+        if let Err(error) = self.write_fragment(first_unacked, ensemble_ids.clone()).await {
+            self.stop(error);
+            return Vec::new();
+        }
+        info!(
+            ledger_id = self.ledger_id,
+            failed = %failed_bookie,
+            replacement = %replacement_id,
+            first_entry_id = first_unacked,
+            "ensemble changed"
+        );
+        self.ensemble_ids = ensemble_ids;
+        self.ensemble[index] = Some(connection);
+        // Entries from the new fragment on live on the replacement: the old bookie's acks for
+        // them no longer count, and they are sent again.
+        let mut resend = Vec::new();
+        let now = Instant::now();
+        for (&entry_id, entry) in self.pending.iter_mut() {
+            if write_set(entry_id, self.ensemble_size, self.write_quorum).any(|i| i == index) {
+                entry.acked.remove(&index);
+                entry.sent_at = now;
+                resend.push((entry_id, entry.payload.clone()));
+            }
+        }
+        let mut failed = Vec::new();
+        for (entry_id, payload) in resend {
+            if let Err(failure) = self.send(entry_id, index, payload).await {
+                failed.push(failure);
+                break;
+            }
+        }
+        failed
+    }
+
+    /// Compare-and-sets the metadata with the ensemble `bookies` from `first_entry_id` on.
+    async fn write_fragment(&mut self, first_entry_id: u64, bookies: Vec<String>) -> Result<(), BookieError> {
+        loop {
+            let mut updated = self.metadata.clone();
+            match updated.fragments.last_mut() {
+                // Nothing acknowledged since the last change: that fragment is replaced.
+                Some(last) if last.first_entry_id == first_entry_id => last.bookies = bookies.clone(),
+                _ => updated.fragments.push(Fragment { first_entry_id, bookies: bookies.clone() }),
+            }
+            match metadata::write(self.bookies.meta().as_ref(), &updated, Expected::Version(self.version)).await {
+                Ok(version) => {
+                    self.metadata = updated;
+                    self.version = version;
+                    return Ok(());
+                }
+                Err(BookieError::Meta(MetaError::BadVersion { .. })) => self.reread_open().await?,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// After a lost compare-and-set: takes the stored metadata if the ledger is still open,
+    /// else the writer was fenced out by a recovery.
+    async fn reread_open(&mut self) -> Result<(), BookieError> {
+        let (current, version) = metadata::read(self.bookies.meta().as_ref(), self.ledger_id)
+            .await?
+            .ok_or(BookieError::NoSuchLedger { ledger_id: self.ledger_id })?;
+        if current.state != LedgerState::Open as i32 {
+            return Err(BookieError::Fenced { ledger_id: self.ledger_id });
+        }
+        self.metadata = current;
+        self.version = version;
+        Ok(())
+    }
+
+    /// Acknowledges entries in order while the oldest has its ack quorum.
+    fn complete(&mut self) {
+        if self.stopped.is_some() {
+            return;
+        }
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.get().acked.len() < self.ack_quorum {
+                break;
+            }
+            let (entry_id, entry) = entry.remove_entry();
+            self.lac = entry_id as i64;
+            self.length += entry.payload.len() as u64;
+            self.last_add_confirmed.store(self.lac, Ordering::SeqCst);
+            if let Some(hook) = &self.on_confirm {
+                hook(entry_id);
+            }
+            let _ = entry.reply.send(Ok(entry_id));
+        }
+    }
+
+    /// Closes the ledger in metadata at the last acknowledged entry.
+    async fn close(&mut self) -> Result<i64, BookieError> {
+        if let Some(error) = &self.stopped {
             // The ensemble may hold entries this writer never confirmed: only recovery can
             // decide where the ledger ends.
-            return Err(BookieError::WriterFailed { ledger_id: self.ledger_id, reason });
+            return Err(BookieError::WriterFailed { ledger_id: self.ledger_id, reason: error.to_string() });
         }
-        let last = self.last_add_confirmed();
-        let (mut metadata, version) = self.metadata.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        metadata.state = LedgerState::Closed as i32;
-        metadata.last_entry_id = last;
-        let new_version = metadata::write(self.bookies.meta().as_ref(), &metadata, Expected::Version(version)).await?;
-        *self.metadata.lock().unwrap_or_else(|p| p.into_inner()) = (metadata, new_version);
-        Ok(last)
+        if metadata::is_closed(&self.metadata) {
+            return Ok(self.metadata.last_entry_id);
+        }
+        loop {
+            let mut updated = self.metadata.clone();
+            updated.state = LedgerState::Closed as i32;
+            updated.last_entry_id = self.lac;
+            updated.length = self.length;
+            match metadata::write(self.bookies.meta().as_ref(), &updated, Expected::Version(self.version)).await {
+                Ok(version) => {
+                    self.metadata = updated;
+                    self.version = version;
+                    return Ok(self.lac);
+                }
+                Err(BookieError::Meta(MetaError::BadVersion { .. })) => {
+                    let (current, version) = metadata::read(self.bookies.meta().as_ref(), self.ledger_id)
+                        .await?
+                        .ok_or(BookieError::NoSuchLedger { ledger_id: self.ledger_id })?;
+                    if metadata::is_closed(&current) && current.last_entry_id == self.lac {
+                        self.metadata = current;
+                        return Ok(self.lac);
+                    }
+                    if current.state != LedgerState::Open as i32 {
+                        let error = BookieError::Fenced { ledger_id: self.ledger_id };
+                        self.stop(BookieError::Fenced { ledger_id: self.ledger_id });
+                        return Err(error);
+                    }
+                    self.metadata = current;
+                    self.version = version;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+fn timeout_error(bookie_id: &str, entry_id: u64) -> BookieError {
+    BookieError::Timeout { bookie: bookie_id.to_owned(), what: format!("add of entry {entry_id}") }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_sets_stripe_over_the_ensemble() {
+        assert_eq!(write_set(0, 5, 3).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(write_set(3, 5, 3).collect::<Vec<_>>(), vec![3, 4, 0]);
+        assert_eq!(write_set(7, 3, 3).collect::<Vec<_>>(), vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn invalid_quorums_are_refused() {
+        let config = |ensemble_size, write_quorum, ack_quorum| LedgerConfig { ensemble_size, write_quorum, ack_quorum };
+        assert!(validate_config(&config(3, 3, 2)).is_ok());
+        assert!(validate_config(&config(1, 1, 1)).is_ok());
+        for bad in [config(2, 3, 2), config(3, 2, 3), config(3, 3, 0), config(0, 0, 0)] {
+            let error = validate_config(&bad).expect_err("must be refused");
+            assert!(matches!(error, BookieError::InvalidConfig { .. }), "{error}");
+        }
     }
 }

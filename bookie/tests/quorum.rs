@@ -1,0 +1,233 @@
+//! The ledger protocol against real bookie servers in this process (gRPC on loopback, a
+//! LocalStore for metadata): quorum writes with an ensemble change after a bookie dies,
+//! recovery of a ledger whose writer was dropped, and a fenced writer.
+//!
+//! Each bookie runs on its own tokio runtime, so that killing it (dropping the runtime) cuts
+//! its connections the way a crashed process would.
+
+use std::net::TcpListener as StdListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use magnetar_bookie::client::{self, metadata, Bookies, LedgerConfig, LedgerWriter};
+use magnetar_bookie::registration::{self, BookieRegistration};
+use magnetar_bookie::{BookieConfig, BookieError, BookieServer};
+use magnetar_meta::{LocalStore, MetadataStore, SessionId};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+struct TestBookie {
+    bookie_id: String,
+    runtime: Option<tokio::runtime::Runtime>,
+    session: SessionId,
+    _dir: TempDir,
+}
+
+impl TestBookie {
+    async fn start(meta: &Arc<dyn MetadataStore>, bookie_id: &str) -> anyhow::Result<TestBookie> {
+        let dir = TempDir::new().context("bookie dir")?;
+        let config = BookieConfig::new(bookie_id, dir.path());
+        let server = BookieServer::open(&config).context("open bookie")?;
+        let listener = StdListener::bind("127.0.0.1:0").context("bind")?;
+        listener.set_nonblocking(true).context("nonblocking")?;
+        let address = listener.local_addr().context("address")?.to_string();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .context("bookie runtime")?;
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener into tokio");
+            let _ = server.run(listener, CancellationToken::new()).await;
+        });
+        let registration = BookieRegistration { bookie_id: bookie_id.to_owned(), address };
+        let session = registration::register(meta.as_ref(), &registration, Duration::from_secs(30))
+            .await
+            .context("register bookie")?;
+        Ok(TestBookie { bookie_id: bookie_id.to_owned(), runtime: Some(runtime), session, _dir: dir })
+    }
+
+    /// Stops the bookie abruptly (connections cut) and unregisters it.
+    async fn kill(&mut self, meta: &Arc<dyn MetadataStore>) -> anyhow::Result<()> {
+        self.stop_runtime();
+        meta.close_session(self.session).await.context("unregister bookie")?;
+        Ok(())
+    }
+}
+
+impl TestBookie {
+    /// Drops the bookie's runtime (its tasks and connections) and waits until its storage is
+    /// closed, on a plain thread: a runtime cannot be dropped inside another, and RocksDB must
+    /// not be torn down while the process exits.
+    fn stop_runtime(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            let stopper = std::thread::spawn(move || runtime.shutdown_timeout(Duration::from_secs(10)));
+            let _ = stopper.join();
+        }
+    }
+}
+
+impl Drop for TestBookie {
+    fn drop(&mut self) {
+        self.stop_runtime();
+    }
+}
+
+struct Cluster {
+    meta: Arc<dyn MetadataStore>,
+    bookies: Vec<TestBookie>,
+    _meta_dir: TempDir,
+}
+
+async fn cluster(size: usize) -> anyhow::Result<Cluster> {
+    let meta_dir = TempDir::new().context("metadata dir")?;
+    let meta: Arc<dyn MetadataStore> = Arc::new(LocalStore::open(meta_dir.path()).context("open LocalStore")?);
+    let mut bookies = Vec::new();
+    for index in 0..size {
+        bookies.push(TestBookie::start(&meta, &format!("bookie-{index}")).await?);
+    }
+    Ok(Cluster { meta, bookies, _meta_dir: meta_dir })
+}
+
+fn payload(entry_id: u64) -> Bytes {
+    Bytes::from(format!("entry number {entry_id}"))
+}
+
+const QUORUM: LedgerConfig = LedgerConfig { ensemble_size: 3, write_quorum: 3, ack_quorum: 2 };
+
+/// Reads entries `0..=last` and checks each one's bytes.
+async fn read_all(bookies: &Bookies, ledger_id: u64, last: i64) -> anyhow::Result<()> {
+    let (ledger, _) = metadata::read(bookies.meta().as_ref(), ledger_id).await?.context("ledger metadata")?;
+    let mut next = 0u64;
+    while (next as i64) <= last {
+        let entries = client::read_entries(bookies, &ledger, next, last as u64, 16, 1 << 20)
+            .await
+            .with_context(|| format!("read from entry {next}"))?;
+        for (entry_id, data) in entries {
+            anyhow::ensure!(entry_id == next, "read returned entry {entry_id}, expected {next}");
+            anyhow::ensure!(data == payload(entry_id), "entry {entry_id} has wrong bytes");
+            next += 1;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_continues_after_a_bookie_dies_with_a_new_fragment() -> anyhow::Result<()> {
+    let mut cluster = cluster(4).await?;
+    let bookies = Bookies::new(cluster.meta.clone());
+    let writer = LedgerWriter::create(&bookies, QUORUM, None).await?;
+    let mut answers = Vec::new();
+    for entry_id in 0..20 {
+        answers.push(writer.add(payload(entry_id)).await?);
+    }
+    for (entry_id, answer) in answers.drain(..).enumerate() {
+        assert_eq!(answer.await??, entry_id as u64);
+    }
+    let (ledger, _) = metadata::read(cluster.meta.as_ref(), writer.ledger_id()).await?.context("metadata")?;
+    let victim = ledger.fragments[0].bookies[1].clone();
+    let index = cluster.bookies.iter().position(|b| b.bookie_id == victim).context("victim")?;
+    cluster.bookies[index].kill(&cluster.meta).await?;
+
+    for entry_id in 20..40 {
+        answers.push(writer.add(payload(entry_id)).await?);
+    }
+    for (offset, answer) in answers.drain(..).enumerate() {
+        assert_eq!(answer.await??, 20 + offset as u64, "acks arrive in entry order");
+    }
+    assert_eq!(writer.failure(), None);
+    // The dead bookie's failure may surface after Qa others acked: wait (bounded) for the change.
+    let mut ledger = None;
+    for _ in 0..200 {
+        let (found, _) = metadata::read(cluster.meta.as_ref(), writer.ledger_id()).await?.context("metadata")?;
+        let changed = found.fragments.len() > 1;
+        ledger = Some(found);
+        if changed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ledger = ledger.context("metadata")?;
+    assert_eq!(ledger.fragments.len(), 2, "one ensemble change: {:?}", ledger.fragments);
+    assert!(!ledger.fragments[1].bookies.contains(&victim), "the dead bookie was replaced");
+    assert!(ledger.fragments[1].first_entry_id >= 20 && ledger.fragments[1].first_entry_id <= 40);
+
+    assert_eq!(writer.close().await?, 39);
+    read_all(&bookies, writer.ledger_id(), 39).await?;
+    bookies.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_of_a_dropped_writer_closes_at_or_after_its_last_ack() -> anyhow::Result<()> {
+    let cluster = cluster(3).await?;
+    let bookies = Bookies::new(cluster.meta.clone());
+    let writer = LedgerWriter::create(&bookies, QUORUM, None).await?;
+    let ledger_id = writer.ledger_id();
+    let mut answers = Vec::new();
+    for entry_id in 0..30 {
+        answers.push(writer.add(payload(entry_id)).await?);
+    }
+    let mut last_acked = -1i64;
+    for answer in answers.drain(..10) {
+        last_acked = answer.await?? as i64;
+    }
+    drop(writer);
+    drop(answers);
+
+    let recovering = Bookies::new(cluster.meta.clone());
+    let closed = client::recover_ledger(&recovering, ledger_id).await?;
+    assert!(metadata::is_closed(&closed));
+    assert!(
+        closed.last_entry_id >= last_acked,
+        "closed at {} before acknowledged entry {last_acked}",
+        closed.last_entry_id
+    );
+    assert!(closed.last_entry_id <= 29);
+    read_all(&recovering, ledger_id, closed.last_entry_id).await?;
+    // A second recovery agrees.
+    assert_eq!(client::recover_ledger(&recovering, ledger_id).await?.last_entry_id, closed.last_entry_id);
+    bookies.close().await;
+    recovering.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_writer_fails_its_pending_adds() -> anyhow::Result<()> {
+    let cluster = cluster(3).await?;
+    let bookies = Bookies::new(cluster.meta.clone());
+    let writer = LedgerWriter::create(&bookies, QUORUM, None).await?;
+    for entry_id in 0..5 {
+        assert_eq!(writer.add(payload(entry_id)).await?.await??, entry_id);
+    }
+    let recovering = Bookies::new(cluster.meta.clone());
+    let closed = client::recover_ledger(&recovering, writer.ledger_id()).await?;
+    assert_eq!(closed.last_entry_id, 4);
+
+    let answer = writer.add(payload(5)).await?;
+    let outcome = answer.await?;
+    assert!(
+        matches!(outcome, Err(BookieError::Fenced { .. } | BookieError::WriterFailed { .. })),
+        "a fenced writer must not confirm: {outcome:?}"
+    );
+    assert!(writer.failure().is_some());
+    assert!(writer.add(payload(6)).await.is_err(), "a stopped writer refuses adds");
+    assert!(writer.close().await.is_err(), "a fenced writer cannot close the ledger");
+    let (ledger, _) = metadata::read(cluster.meta.as_ref(), writer.ledger_id()).await?.context("metadata")?;
+    assert_eq!(ledger.last_entry_id, 4, "the closed end did not move");
+    bookies.close().await;
+    recovering.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_quorums_are_refused_before_anything_is_created() -> anyhow::Result<()> {
+    let cluster = cluster(1).await?;
+    let bookies = Bookies::new(cluster.meta.clone());
+    let config = LedgerConfig { ensemble_size: 2, write_quorum: 3, ack_quorum: 2 };
+    let error = LedgerWriter::create(&bookies, config, None).await.err().context("must fail")?;
+    assert!(matches!(error, BookieError::InvalidConfig { .. }), "{error}");
+    Ok(())
+}
