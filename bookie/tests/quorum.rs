@@ -161,6 +161,46 @@ async fn writer_continues_after_a_bookie_dies_with_a_new_fragment() -> anyhow::R
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_replacement_the_writer_goes_on_while_the_ack_quorum_holds() -> anyhow::Result<()> {
+    // Three bookies at 3/3/2: nobody can replace a dead one, but two copies still ack.
+    let mut cluster = cluster(3).await?;
+    let bookies = Bookies::new(cluster.meta.clone());
+    let writer = LedgerWriter::create(&bookies, QUORUM, None).await?;
+    let mut answers = Vec::new();
+    for entry_id in 0..20 {
+        answers.push(writer.add(payload(entry_id)).await?);
+    }
+    for (entry_id, answer) in answers.drain(..).enumerate() {
+        assert_eq!(answer.await??, entry_id as u64);
+    }
+    cluster.bookies[1].kill(&cluster.meta).await?;
+    for entry_id in 20..60 {
+        answers.push(writer.add(payload(entry_id)).await?);
+    }
+    for (offset, answer) in answers.drain(..).enumerate() {
+        assert_eq!(answer.await??, 20 + offset as u64, "acks go on, in entry order");
+    }
+    assert_eq!(writer.failure(), None);
+    assert_eq!(writer.close().await?, 59);
+    read_all(&bookies, writer.ledger_id(), 59).await?;
+
+    // A second bookie lost leaves one copy per entry: below the ack quorum, the writer stops
+    // and fails what it could not confirm.
+    let writer =
+        LedgerWriter::create(&bookies, LedgerConfig { ensemble_size: 2, write_quorum: 2, ack_quorum: 2 }, None).await?;
+    assert_eq!(writer.add(payload(0)).await?.await??, 0);
+    let survivor = metadata::read(cluster.meta.as_ref(), writer.ledger_id()).await?.context("metadata")?.0;
+    let victim = survivor.fragments[0].bookies[0].clone();
+    let index = cluster.bookies.iter().position(|b| b.bookie_id == victim).context("victim")?;
+    cluster.bookies[index].kill(&cluster.meta).await?;
+    let failed = writer.add(payload(1)).await?.await?;
+    assert!(failed.is_err(), "no ack quorum without a replacement: {failed:?}");
+    assert!(writer.failure().is_some());
+    bookies.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_of_a_dropped_writer_closes_at_or_after_its_last_ack() -> anyhow::Result<()> {
     let cluster = cluster(3).await?;
     let bookies = Bookies::new(cluster.meta.clone());

@@ -18,8 +18,11 @@
 //! fragment starting at the first unacknowledged entry (compare-and-set; losing it to a
 //! recovery means the writer is fenced out), and the unacknowledged entries of that index are
 //! sent to the replacement. Acks the failed bookie gave for entries below the new fragment stay
-//! counted (those entries are already acknowledged). No replacement: the writer stops. A FENCED
-//! answer: the writer stops. A stopped writer fails every pending add and never reports them
+//! counted (those entries are already acknowledged). No replacement (every registered bookie
+//! is in the ensemble or failed): if every write set still has Qa bookies left, the writer goes
+//! on without the failed one, as BookKeeper's delayed ensemble change does (the fragment keeps
+//! naming it, its entries have Qa copies on the others, and the next failure or timeout tries a
+//! replacement again); otherwise the writer stops. A FENCED answer: the writer stops. A stopped writer fails every pending add and never reports them
 //! written; only recovery decides where its ledger ends.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -85,6 +88,8 @@ pub struct LedgerWriter {
     last_add_confirmed: Arc<AtomicI64>,
     commands: mpsc::Sender<Command>,
     failure: Arc<Mutex<Option<String>>>,
+    /// The ledger's metadata as its writer last stored it.
+    metadata: Arc<Mutex<Arc<LedgerMetadata>>>,
 }
 
 fn now_ms() -> u64 {
@@ -151,6 +156,7 @@ impl LedgerWriter {
         let last_add_confirmed = Arc::new(AtomicI64::new(-1));
         let failure: Arc<Mutex<Option<String>>> = Arc::default();
         let ledger_id = metadata.ledger_id;
+        let published = Arc::new(Mutex::new(Arc::new(metadata.clone())));
         let task = WriterTask {
             ledger_id,
             master_key: Bytes::from(metadata.master_key.clone()),
@@ -164,6 +170,7 @@ impl LedgerWriter {
             ensemble_ids,
             ensemble,
             replaced: BTreeSet::new(),
+            down: BTreeSet::new(),
             pending: BTreeMap::new(),
             answers: FuturesUnordered::new(),
             lac: -1,
@@ -172,6 +179,7 @@ impl LedgerWriter {
             last_add_confirmed: last_add_confirmed.clone(),
             failure: failure.clone(),
             on_confirm,
+            published: published.clone(),
         };
         tokio::spawn(task.run(queue));
         Arc::new(LedgerWriter {
@@ -181,6 +189,7 @@ impl LedgerWriter {
             last_add_confirmed,
             commands,
             failure,
+            metadata: published,
         })
     }
 
@@ -190,6 +199,12 @@ impl LedgerWriter {
 
     pub fn last_add_confirmed(&self) -> i64 {
         self.last_add_confirmed.load(Ordering::SeqCst)
+    }
+
+    /// The ledger's metadata as this writer last stored it: reads of the open ledger use it,
+    /// since an ensemble change adds a fragment while the ledger is written.
+    pub fn metadata(&self) -> Arc<LedgerMetadata> {
+        self.metadata.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Why the writer stopped, if it did.
@@ -269,6 +284,9 @@ struct WriterTask {
     ensemble: Vec<Option<Arc<dyn BookieRpc>>>,
     /// Bookies this writer replaced: never chosen again for this ledger.
     replaced: BTreeSet<String>,
+    /// Ensemble indexes whose bookie failed with no replacement available; writes skip them
+    /// while every write set keeps Qa others.
+    down: BTreeSet<usize>,
     pending: BTreeMap<u64, PendingEntry>,
     answers: FuturesUnordered<AnswerFuture>,
     lac: i64,
@@ -279,9 +297,17 @@ struct WriterTask {
     last_add_confirmed: Arc<AtomicI64>,
     failure: Arc<Mutex<Option<String>>>,
     on_confirm: Option<ConfirmHook>,
+    /// The metadata as readers of this ledger should see it (fragments after ensemble changes).
+    published: Arc<Mutex<Arc<LedgerMetadata>>>,
 }
 
 impl WriterTask {
+    /// Takes `metadata` as the ledger's current metadata and shows it to readers.
+    fn set_metadata(&mut self, metadata: LedgerMetadata) {
+        *self.published.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(metadata.clone());
+        self.metadata = metadata;
+    }
+
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut closing: Option<oneshot::Sender<Result<i64, BookieError>>> = None;
         let mut handle_gone = false;
@@ -374,6 +400,9 @@ impl WriterTask {
 
     /// Sends one entry to the bookie at `index`; its answer arrives through `answers`.
     async fn send(&mut self, entry_id: u64, index: usize, payload: Bytes) -> Result<(), (usize, String, BookieError)> {
+        if self.down.contains(&index) {
+            return Ok(());
+        }
         let bookie_id = self.ensemble_ids[index].clone();
         let Some(bookie) = self.ensemble[index].clone() else {
             return Err((index, bookie_id.clone(), BookieError::UnknownBookie { bookie: bookie_id }));
@@ -449,6 +478,16 @@ impl WriterTask {
         }
     }
 
+    /// Whether every write set keeps at least Qa bookies with `index` down too.
+    fn can_go_on_without(&self, index: usize) -> bool {
+        (0..self.ensemble_size as u64).all(|first| {
+            let alive = write_set(first, self.ensemble_size, self.write_quorum)
+                .filter(|i| *i != index && !self.down.contains(i))
+                .count();
+            alive >= self.ack_quorum
+        })
+    }
+
     /// Replaces the bookie at `index`: a new fragment in metadata, then the unacknowledged
     /// entries of that index go to the replacement. Returns failures of the resends.
     async fn change_ensemble(&mut self, index: usize) -> Vec<(usize, String, BookieError)> {
@@ -467,6 +506,19 @@ impl WriterTask {
                 .filter(|id| !self.ensemble_ids.contains(id) && !self.replaced.contains(id))
                 .collect();
             if candidates.is_empty() {
+                if self.can_go_on_without(index) {
+                    if self.down.insert(index) {
+                        warn!(
+                            ledger_id = self.ledger_id,
+                            bookie = %failed_bookie,
+                            "no replacement bookie: writing on to the rest of the ensemble (ack quorum still reachable)"
+                        );
+                    }
+                    // Its failed bookie may come back; until a replacement exists it is not
+                    // written to. (It stays out of `replaced` so it is not excluded later.)
+                    self.replaced.remove(&failed_bookie);
+                    return Vec::new();
+                }
                 self.stop(BookieError::NoReplacementBookie { ledger_id: self.ledger_id, bookie: failed_bookie });
                 return Vec::new();
             }
@@ -496,6 +548,7 @@ impl WriterTask {
         );
         self.ensemble_ids = ensemble_ids;
         self.ensemble[index] = Some(connection);
+        self.down.remove(&index);
         // Entries from the new fragment on live on the replacement: the old bookie's acks for
         // them no longer count, and they are sent again.
         let mut resend = Vec::new();
@@ -528,7 +581,7 @@ impl WriterTask {
             }
             match metadata::write(self.bookies.meta().as_ref(), &updated, Expected::Version(self.version)).await {
                 Ok(version) => {
-                    self.metadata = updated;
+                    self.set_metadata(updated);
                     self.version = version;
                     return Ok(());
                 }
@@ -547,7 +600,7 @@ impl WriterTask {
         if current.state != LedgerState::Open as i32 {
             return Err(BookieError::Fenced { ledger_id: self.ledger_id });
         }
-        self.metadata = current;
+        self.set_metadata(current);
         self.version = version;
         Ok(())
     }
@@ -589,7 +642,7 @@ impl WriterTask {
             updated.length = self.length;
             match metadata::write(self.bookies.meta().as_ref(), &updated, Expected::Version(self.version)).await {
                 Ok(version) => {
-                    self.metadata = updated;
+                    self.set_metadata(updated);
                     self.version = version;
                     return Ok(self.lac);
                 }
@@ -598,7 +651,7 @@ impl WriterTask {
                         .await?
                         .ok_or(BookieError::NoSuchLedger { ledger_id: self.ledger_id })?;
                     if metadata::is_closed(&current) && current.last_entry_id == self.lac {
-                        self.metadata = current;
+                        self.set_metadata(current);
                         return Ok(self.lac);
                     }
                     if current.state != LedgerState::Open as i32 {
@@ -606,7 +659,7 @@ impl WriterTask {
                         self.stop(BookieError::Fenced { ledger_id: self.ledger_id });
                         return Err(error);
                     }
-                    self.metadata = current;
+                    self.set_metadata(current);
                     self.version = version;
                 }
                 Err(error) => return Err(error),

@@ -631,13 +631,20 @@ impl ManagedLedger {
         if let Some(found) = self.ledger_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&ledger_id) {
             return Ok(found.clone());
         }
+        // The ledger being written: its writer knows its fragments, which ensemble changes
+        // extend while it is open.
+        let writer = self.state.lock().unwrap_or_else(|p| p.into_inner()).writer.clone();
+        if writer.ledger_id() == ledger_id {
+            return Ok(writer.metadata());
+        }
         let (metadata, _) = ledger::metadata::read(self.bookies.meta().as_ref(), ledger_id)
             .await?
             .ok_or(BrokerError::Storage(BookieError::NoSuchLedger { ledger_id }))?;
         let metadata = Arc::new(metadata);
-        // The open ledger has one ensemble for its whole life in this version, so caching it
-        // is as safe as caching closed ones; a rollover drops the entry to see it closed.
-        self.ledger_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(ledger_id, metadata.clone());
+        // Only a closed ledger's metadata never changes again.
+        if ledger::metadata::is_closed(&metadata) {
+            self.ledger_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(ledger_id, metadata.clone());
+        }
         Ok(metadata)
     }
 
