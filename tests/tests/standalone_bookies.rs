@@ -23,7 +23,7 @@ async fn three_bookies_replicate_every_ledger_over_all_three() -> anyhow::Result
         "--write-quorum",
         "3",
         "--ack-quorum",
-        "3",
+        "2",
     ])
     .await?;
     let log = standalone.log();
@@ -78,7 +78,7 @@ async fn three_bookies_replicate_every_ledger_over_all_three() -> anyhow::Result
             metadata::read(store.as_ref(), ledger.ledger_id).await?.context("ledger metadata is stored")?;
         assert_eq!(
             (ledger_metadata.ensemble_size, ledger_metadata.write_quorum, ledger_metadata.ack_quorum),
-            (3, 3, 3),
+            (3, 3, 2),
             "ledger {} replication",
             ledger.ledger_id
         );
