@@ -12,6 +12,7 @@ use magnetar_bookie::disk::DiskMonitor;
 use magnetar_bookie::registration::{self, BookieRegistration};
 use magnetar_bookie::{cookie, BookieConfig, BookieServer};
 use magnetar_broker::config::BrokerSettings;
+use magnetar_broker::managed_ledger::ManagedLedgerConfig;
 use magnetar_broker::metadata_url::MetadataUrl;
 use magnetar_broker::node::{self, BrokerNodeConfig};
 use magnetar_broker::standalone::{self, StandaloneConfig, SHUTDOWN_GRACE};
@@ -33,42 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// One process with embedded metadata (RocksDB), one or more bookies and one broker.
-    Standalone {
-        /// Where metadata, journal and entries are kept.
-        #[arg(long, default_value = "./data", env = "MAGNETAR_DATA_DIR")]
-        data_dir: PathBuf,
-        /// Address the Pulsar and HTTP listeners bind to.
-        #[arg(long, default_value = "0.0.0.0")]
-        bind_address: String,
-        /// Pulsar binary protocol port.
-        #[arg(long, default_value_t = 6650)]
-        pulsar_port: u16,
-        /// HTTP port for admin and metrics.
-        #[arg(long, default_value_t = 8080)]
-        http_port: u16,
-        /// Loopback gRPC port of the first bookie; bookie i listens on this port + i (0: each
-        /// bookie on any free port).
-        #[arg(long, default_value_t = 0)]
-        bookie_port: u16,
-        /// Host name clients are told to connect to.
-        #[arg(long, default_value = "127.0.0.1")]
-        advertised_address: String,
-        /// Bookies to run in this process, each with its data in <data dir>/bookie-<i>.
-        #[arg(long, default_value_t = 1)]
-        num_bookies: u32,
-        /// Bookies each new ledger is spread over (at most --num-bookies).
-        #[arg(long, default_value_t = 1)]
-        ensemble_size: u32,
-        /// Bookies each entry is written to (at most --ensemble-size).
-        #[arg(long, default_value_t = 1)]
-        write_quorum: u32,
-        /// Bookies that must confirm an entry before it is acknowledged (1 ..= --write-quorum).
-        #[arg(long, default_value_t = 1)]
-        ack_quorum: u32,
-        /// TOML file with broker settings (a [managed_ledger] section: rollover, retention).
-        #[arg(long, value_name = "FILE.toml")]
-        config: Option<PathBuf>,
-    },
+    Standalone(StandaloneArgs),
     /// One bookie (storage node): serves BookieService over gRPC and registers in metadata.
     Bookie(BookieArgs),
     /// One broker of a cluster: Pulsar protocol and admin HTTP over a shared metadata store,
@@ -76,15 +42,9 @@ enum Command {
     Broker(BrokerArgs),
 }
 
-/// `magnetar broker`.
+/// What every broker serves on, and its settings file: shared by `standalone` and `broker`.
 #[derive(clap::Args)]
-struct BrokerArgs {
-    /// Metadata store: etcd://host:port[,host:port...] or local:/path (single host only).
-    #[arg(long, default_value = "etcd://127.0.0.1:2379", env = "MAGNETAR_METADATA_URL")]
-    metadata_url: String,
-    /// Name of the cluster (created in metadata if missing).
-    #[arg(long, default_value = "magnetar")]
-    cluster_name: String,
+struct ServeArgs {
     /// Address the Pulsar and HTTP listeners bind to.
     #[arg(long, default_value = "0.0.0.0")]
     bind_address: String,
@@ -97,6 +57,59 @@ struct BrokerArgs {
     /// Host name clients are told to connect to.
     #[arg(long, default_value = "127.0.0.1")]
     advertised_address: String,
+    /// TOML file with broker settings (a [managed_ledger] section: rollover, retention).
+    #[arg(long, value_name = "FILE.toml")]
+    config: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The checked managed ledger settings of `--config`, or the defaults without it.
+    fn managed_ledger(&self) -> anyhow::Result<ManagedLedgerConfig> {
+        let settings = match &self.config {
+            Some(path) => BrokerSettings::load(path)?,
+            None => BrokerSettings::default(),
+        };
+        settings.managed_ledger_config()
+    }
+}
+
+/// `magnetar standalone`.
+#[derive(clap::Args)]
+struct StandaloneArgs {
+    /// Where metadata, journal and entries are kept.
+    #[arg(long, default_value = "./data", env = "MAGNETAR_DATA_DIR")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Loopback gRPC port of the first bookie; bookie i listens on this port + i (0: each
+    /// bookie on any free port).
+    #[arg(long, default_value_t = 0)]
+    bookie_port: u16,
+    /// Bookies to run in this process, each with its data in <data dir>/bookie-<i>.
+    #[arg(long, default_value_t = 1)]
+    num_bookies: u32,
+    /// Bookies each new ledger is spread over (at most --num-bookies).
+    #[arg(long, default_value_t = 1)]
+    ensemble_size: u32,
+    /// Bookies each entry is written to (at most --ensemble-size).
+    #[arg(long, default_value_t = 1)]
+    write_quorum: u32,
+    /// Bookies that must confirm an entry before it is acknowledged (1 ..= --write-quorum).
+    #[arg(long, default_value_t = 1)]
+    ack_quorum: u32,
+}
+
+/// `magnetar broker`.
+#[derive(clap::Args)]
+struct BrokerArgs {
+    /// Metadata store: etcd://host:port[,host:port...] or local:/path (single host only).
+    #[arg(long, default_value = "etcd://127.0.0.1:2379", env = "MAGNETAR_METADATA_URL")]
+    metadata_url: String,
+    /// Name of the cluster (created in metadata if missing).
+    #[arg(long, default_value = "magnetar")]
+    cluster_name: String,
+    #[command(flatten)]
+    serve: ServeArgs,
     /// Bookies each new ledger is spread over (E); Pulsar's managedLedgerDefaultEnsembleSize.
     #[arg(long, default_value_t = 2)]
     ensemble_size: u32,
@@ -106,9 +119,6 @@ struct BrokerArgs {
     /// Copies durable before an entry is acknowledged (Qa); Pulsar's managedLedgerDefaultAckQuorum.
     #[arg(long, default_value_t = 2)]
     ack_quorum: u32,
-    /// TOML file with broker settings (a [managed_ledger] section: rollover, retention).
-    #[arg(long, value_name = "FILE.toml")]
-    config: Option<PathBuf>,
 }
 
 /// `magnetar bookie`: flags override the TOML file, which overrides the defaults.
@@ -256,11 +266,6 @@ async fn run_bookie(args: BookieArgs, cancel: CancellationToken) -> anyhow::Resu
     Ok(())
 }
 
-/// The broker settings file, or the defaults without one.
-fn load_broker_settings(path: Option<&Path>) -> anyhow::Result<BrokerSettings> {
-    path.map_or_else(|| Ok(BrokerSettings::default()), BrokerSettings::load)
-}
-
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -303,30 +308,21 @@ async fn main() -> anyhow::Result<()> {
         signal_cancel.cancel();
     });
     match cli.command {
-        Command::Standalone {
-            data_dir,
-            bind_address,
-            pulsar_port,
-            http_port,
-            bookie_port,
-            advertised_address,
-            num_bookies,
-            ensemble_size,
-            write_quorum,
-            ack_quorum,
-            config,
-        } => {
-            let settings = load_broker_settings(config.as_deref())?;
+        Command::Standalone(args) => {
             let config = StandaloneConfig {
-                data_dir,
-                bind_address,
-                pulsar_port,
-                http_port,
-                bookie_port,
-                advertised_address,
-                num_bookies,
-                ledger: LedgerConfig { ensemble_size, write_quorum, ack_quorum },
-                managed_ledger: settings.managed_ledger_config()?,
+                managed_ledger: args.serve.managed_ledger()?,
+                data_dir: args.data_dir,
+                bind_address: args.serve.bind_address,
+                pulsar_port: args.serve.pulsar_port,
+                http_port: args.serve.http_port,
+                bookie_port: args.bookie_port,
+                advertised_address: args.serve.advertised_address,
+                num_bookies: args.num_bookies,
+                ledger: LedgerConfig {
+                    ensemble_size: args.ensemble_size,
+                    write_quorum: args.write_quorum,
+                    ack_quorum: args.ack_quorum,
+                },
             };
             // Before anything is opened or bound: a wrong flag is reported alone.
             config.validate().context("invalid standalone flags")?;
@@ -334,20 +330,19 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bookie(args) => run_bookie(args, cancel).await,
         Command::Broker(args) => {
-            let settings = load_broker_settings(args.config.as_deref())?;
             let config = BrokerNodeConfig {
+                managed_ledger: args.serve.managed_ledger()?,
                 metadata_url: args.metadata_url.parse()?,
                 cluster_name: args.cluster_name,
-                bind_address: args.bind_address,
-                pulsar_port: args.pulsar_port,
-                http_port: args.http_port,
-                advertised_address: args.advertised_address,
+                bind_address: args.serve.bind_address,
+                pulsar_port: args.serve.pulsar_port,
+                http_port: args.serve.http_port,
+                advertised_address: args.serve.advertised_address,
                 ledger: LedgerConfig {
                     ensemble_size: args.ensemble_size,
                     write_quorum: args.write_quorum,
                     ack_quorum: args.ack_quorum,
                 },
-                managed_ledger: settings.managed_ledger_config()?,
             };
             node::run(config, cancel).await
         }

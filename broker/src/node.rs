@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use magnetar_bookie::client::LedgerConfig;
+use magnetar_meta::MetadataStore;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::BrokerConfig;
 use crate::managed_ledger::ManagedLedgerConfig;
@@ -62,26 +64,17 @@ pub async fn run(config: BrokerNodeConfig, cancel: CancellationToken) -> anyhow:
     namespace::initialize_defaults(meta.as_ref(), &config.cluster_name)
         .await
         .context("create the cluster, the public tenant and public/default")?;
-    let pulsar_listener = TcpListener::bind((config.bind_address.as_str(), config.pulsar_port))
-        .await
-        .with_context(|| format!("bind the Pulsar port {}:{}", config.bind_address, config.pulsar_port))?;
-    let http_listener = TcpListener::bind((config.bind_address.as_str(), config.http_port))
-        .await
-        .with_context(|| format!("bind the HTTP port {}:{}", config.bind_address, config.http_port))?;
     let broker_config = BrokerConfig {
         cluster_name: config.cluster_name.clone(),
         advertised_address: config.advertised_address.clone(),
-        advertised_pulsar_port: pulsar_listener.local_addr().context("read the Pulsar address")?.port(),
         ledger: config.ledger,
         managed_ledger: config.managed_ledger,
         ..BrokerConfig::default()
     };
-    let service = BrokerService::new(broker_config, Arc::clone(&meta));
-    let serve_cancel = CancellationToken::new();
-    let pulsar_task = tokio::spawn(protocol::server::run(service.clone(), pulsar_listener, serve_cancel.clone()));
-    let http_task = tokio::spawn(http::run(service.clone(), http_listener, serve_cancel.clone()));
+    let broker =
+        ServingBroker::start(&config.bind_address, config.pulsar_port, config.http_port, broker_config, meta).await?;
     info!(
-        pulsar = %service.config.broker_service_url(),
+        pulsar = %broker.service.config.broker_service_url(),
         http_port = config.http_port,
         metadata = %config.metadata_url,
         cluster = %config.cluster_name,
@@ -93,18 +86,58 @@ pub async fn run(config: BrokerNodeConfig, cancel: CancellationToken) -> anyhow:
 
     cancel.cancelled().await;
     info!("shutting down");
-    let drain = async {
-        serve_cancel.cancel();
-        let _ = pulsar_task.await;
-        let _ = http_task.await;
-        service.close_all_topics().await;
-        service.bookies.close().await;
-    };
-    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
-        tracing::warn!(
-            "shutdown did not finish in {SHUTDOWN_GRACE:?}; exiting anyway (recovery on next open covers it)"
-        );
+    if tokio::time::timeout(SHUTDOWN_GRACE, broker.stop()).await.is_err() {
+        warn!("shutdown did not finish in {SHUTDOWN_GRACE:?}; exiting anyway (recovery on next open covers it)");
     }
     info!("stopped");
     Ok(())
+}
+
+/// Binds `address:port`; the error names `what` the port is for.
+pub(crate) async fn bind(address: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((address, port)).await.with_context(|| format!("bind the {what} port {address}:{port}"))
+}
+
+/// A broker serving the Pulsar protocol and admin HTTP until stopped.
+pub struct ServingBroker {
+    pub service: Arc<BrokerService>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ServingBroker {
+    /// Binds the Pulsar and HTTP ports on `bind_address` and serves; `config`'s advertised
+    /// Pulsar port becomes the bound one.
+    pub async fn start(
+        bind_address: &str,
+        pulsar_port: u16,
+        http_port: u16,
+        mut config: BrokerConfig,
+        meta: Arc<dyn MetadataStore>,
+    ) -> anyhow::Result<ServingBroker> {
+        let pulsar_listener = bind(bind_address, pulsar_port, "Pulsar").await?;
+        let http_listener = bind(bind_address, http_port, "HTTP").await?;
+        config.advertised_pulsar_port = pulsar_listener.local_addr().context("read the Pulsar address")?.port();
+        let service = BrokerService::new(config, meta);
+        let cancel = CancellationToken::new();
+        let pulsar = tokio::spawn(protocol::server::run(service.clone(), pulsar_listener, cancel.clone()));
+        let (http_service, http_cancel) = (service.clone(), cancel.clone());
+        let http = tokio::spawn(async move {
+            if let Err(error) = http::run(http_service, http_listener, http_cancel).await {
+                warn!(%error, "the HTTP server stopped");
+            }
+        });
+        Ok(ServingBroker { service, cancel, tasks: vec![pulsar, http] })
+    }
+
+    /// Stops accepting, closes every topic (ledgers closed, cursors flushed) and the bookie
+    /// connections.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.service.close_all_topics().await;
+        self.service.bookies.close().await;
+    }
 }

@@ -19,14 +19,14 @@ use magnetar_bookie::disk::DiskMonitor;
 use magnetar_bookie::registration::{self, BookieRegistration};
 use magnetar_bookie::{cookie, BookieConfig, BookieServer};
 use magnetar_meta::{LocalStore, MetadataStore, SessionId};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::BrokerConfig;
 use crate::managed_ledger::ManagedLedgerConfig;
-use crate::{http, namespace, protocol, BrokerService};
+use crate::namespace;
+use crate::node::{bind, ServingBroker};
 
 /// Bookie id of standalone's first bookie: stable across restarts, whatever port it gets.
 pub const STANDALONE_BOOKIE_ID: &str = "standalone-bookie-0";
@@ -98,12 +98,6 @@ impl StandaloneConfig {
         // validate() checked that the last bookie's port fits.
         u16::try_from(u32::from(self.bookie_port) + index).unwrap_or(0)
     }
-}
-
-async fn bind(address: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
-    let listener =
-        TcpListener::bind((address, port)).await.with_context(|| format!("bind the {what} port {address}:{port}"))?;
-    Ok(listener)
 }
 
 /// One running bookie of standalone and what stopping it takes.
@@ -199,22 +193,18 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
     }
 
     // Broker.
-    let pulsar_listener = bind(&config.bind_address, config.pulsar_port, "Pulsar").await?;
-    let http_listener = bind(&config.bind_address, config.http_port, "HTTP").await?;
     let broker_config = BrokerConfig {
         advertised_address: config.advertised_address.clone(),
-        advertised_pulsar_port: pulsar_listener.local_addr().context("Pulsar address")?.port(),
         ledger: config.ledger,
         managed_ledger: config.managed_ledger,
         ..BrokerConfig::default()
     };
-    let service = BrokerService::new(broker_config, meta.clone());
-    let serve_cancel = CancellationToken::new();
-    let pulsar_task = tokio::spawn(protocol::server::run(service.clone(), pulsar_listener, serve_cancel.clone()));
-    let http_task = tokio::spawn(http::run(service.clone(), http_listener, serve_cancel.clone()));
+    let broker =
+        ServingBroker::start(&config.bind_address, config.pulsar_port, config.http_port, broker_config, meta.clone())
+            .await?;
     info!(
         data_dir = %config.data_dir.display(),
-        pulsar = %service.config.broker_service_url(),
+        pulsar = %broker.service.config.broker_service_url(),
         http_port = config.http_port,
         bookies = %bookies.iter().map(|bookie| format!("{}={}", bookie.bookie_id, bookie.address)).collect::<Vec<_>>().join(","),
         ensemble_size = config.ledger.ensemble_size,
@@ -226,11 +216,7 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
     cancel.cancelled().await;
     info!("shutting down");
     let drain = async {
-        serve_cancel.cancel();
-        let _ = pulsar_task.await;
-        let _ = http_task.await;
-        service.close_all_topics().await;
-        service.bookies.close().await;
+        broker.stop().await;
         for bookie in bookies {
             bookie.stop(meta.as_ref()).await;
         }

@@ -112,3 +112,20 @@ async fn replication_flags_that_cannot_work_are_refused_naming_the_flag() -> any
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settings_file_with_a_bad_field_is_refused_naming_file_and_field() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("broker.toml");
+    for (text, named) in [
+        ("[managed_ledger]\nmanaged_ledger_max_entries = 10\n", "managed_ledger_max_entries"),
+        ("[managed_ledger]\nmanaged_ledger_max_entries_per_ledger = 0\n", "managed_ledger_max_entries_per_ledger"),
+    ] {
+        std::fs::write(&path, text)?;
+        let config = path.to_string_lossy().into_owned();
+        let (status, output) = Standalone::start_expecting_exit(&["--config", &config]).await?;
+        assert!(!status.success(), "{text:?} exits non-zero\n{output}");
+        assert!(output.contains(named) && output.contains("broker.toml"), "{text:?}: names {named}\n{output}");
+    }
+    Ok(())
+}
