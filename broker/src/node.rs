@@ -72,6 +72,7 @@ pub async fn run(config: BrokerNodeConfig, cancel: CancellationToken) -> anyhow:
         cluster_name: config.cluster_name.clone(),
         advertised_address: config.advertised_address.clone(),
         advertised_pulsar_port: pulsar_listener.local_addr().context("read the Pulsar address")?.port(),
+        advertised_http_port: http_listener.local_addr().context("read the HTTP address")?.port(),
         ledger: config.ledger,
         managed_ledger: config.managed_ledger,
         ..BrokerConfig::default()

@@ -204,6 +204,7 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
     let broker_config = BrokerConfig {
         advertised_address: config.advertised_address.clone(),
         advertised_pulsar_port: pulsar_listener.local_addr().context("Pulsar address")?.port(),
+        advertised_http_port: http_listener.local_addr().context("HTTP address")?.port(),
         ledger: config.ledger,
         managed_ledger: config.managed_ledger,
         ..BrokerConfig::default()
