@@ -43,6 +43,8 @@ pub struct BrokerConfig {
     pub advertised_address: String,
     /// Pulsar protocol port clients are told in lookup answers.
     pub advertised_pulsar_port: u16,
+    /// HTTP port clients are told in HTTP lookup answers (`httpUrl`).
+    pub advertised_http_port: u16,
     /// Replication of new ledgers.
     pub ledger: LedgerConfig,
     /// Largest message a producer may send; advertised in CONNECTED.
@@ -60,6 +62,10 @@ impl BrokerConfig {
         format!("pulsar://{}:{}", self.advertised_address, self.advertised_pulsar_port)
     }
 
+    pub fn web_service_url(&self) -> String {
+        format!("http://{}:{}", self.advertised_address, self.advertised_http_port)
+    }
+
     /// Largest frame accepted: the largest message plus room for command and metadata.
     pub fn max_frame_size(&self) -> usize {
         self.max_message_size + magnetar_proto::FRAME_OVERHEAD
@@ -72,6 +78,7 @@ impl Default for BrokerConfig {
             cluster_name: "standalone".to_owned(),
             advertised_address: "127.0.0.1".to_owned(),
             advertised_pulsar_port: 6650,
+            advertised_http_port: 8080,
             ledger: LedgerConfig::default(),
             max_message_size: magnetar_proto::DEFAULT_MAX_MESSAGE_SIZE,
             max_connections: 10_000,

@@ -14,6 +14,14 @@ pub enum BrokerError {
     ConsumerBusy { topic: String, subscription: String },
     #[error("producer {producer} is already connected to {topic}")]
     ProducerBusy { topic: String, producer: String },
+    #[error("producer refused on {topic}: {reason}")]
+    ProducerFenced { topic: String, reason: String },
+    #[error("message {sequence_id} is a duplicate of one still being persisted; resend it")]
+    DuplicateInFlight { sequence_id: u64 },
+    #[error("{what}")]
+    AlreadyExists { what: String },
+    #[error("{what}")]
+    InvalidArgument { what: String },
     #[error("{what} is not supported yet")]
     NotSupported { what: String },
     #[error("{what}")]
@@ -36,8 +44,10 @@ impl BrokerError {
             BrokerError::NamespaceNotFound { .. } | BrokerError::TopicNotFound { .. } => ServerError::TopicNotFound,
             BrokerError::ConsumerBusy { .. } => ServerError::ConsumerBusy,
             BrokerError::ProducerBusy { .. } => ServerError::ProducerBusy,
+            BrokerError::ProducerFenced { .. } => ServerError::ProducerFenced,
+            BrokerError::AlreadyExists { .. } | BrokerError::InvalidArgument { .. } => ServerError::NotAllowedError,
             BrokerError::NotSupported { .. } | BrokerError::NotAllowed { .. } => ServerError::NotAllowedError,
-            BrokerError::Storage(_) => ServerError::PersistenceError,
+            BrokerError::Storage(_) | BrokerError::DuplicateInFlight { .. } => ServerError::PersistenceError,
             BrokerError::Meta(_) | BrokerError::Corrupt { .. } => ServerError::MetadataError,
             BrokerError::ShuttingDown => ServerError::ServiceNotReady,
         }

@@ -1,6 +1,8 @@
-//! HTTP on the web port: Prometheus metrics at `/metrics`, and the admin REST API under
-//! `/admin/v2` (this version: read-only listings of clusters, tenants, namespaces, topics, and
-//! a topic's stats in Pulsar's TopicStats shape, with each subscription's `msgBacklog`).
+//! HTTP on the web port: Prometheus metrics at `/metrics`, the admin REST API under
+//! `/admin/v2` (listings of clusters, tenants, namespaces, topics and partitioned topics; a
+//! topic's stats in Pulsar's TopicStats shape, with each subscription's `msgBacklog`; the
+//! namespace deduplication policy; partitioned topic create/get/delete) and the HTTP lookup
+//! `/lookup/v2/topic/persistent/...`.
 //! Errors answer with a status and a JSON body `{"reason": ...}`, as Pulsar's admin API does.
 
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -16,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::error::BrokerError;
-use crate::namespace;
 use crate::service::BrokerService;
 use crate::topic_name::TopicName;
+use crate::{namespace, partitions};
 
 type AppState = Arc<BrokerService>;
 
@@ -36,6 +38,8 @@ impl From<BrokerError> for ApiError {
             BrokerError::InvalidTopicName { .. } => StatusCode::PRECONDITION_FAILED,
             BrokerError::NamespaceNotFound { .. } | BrokerError::TopicNotFound { .. } => StatusCode::NOT_FOUND,
             BrokerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            BrokerError::AlreadyExists { .. } => StatusCode::CONFLICT,
+            BrokerError::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, error.to_string())
@@ -51,6 +55,13 @@ pub fn router(service: Arc<BrokerService>) -> Router {
         .route("/admin/v2/namespaces/{tenant}", get(namespaces))
         .route("/admin/v2/persistent/{tenant}/{namespace}", get(topics))
         .route("/admin/v2/persistent/{tenant}/{namespace}/{topic}/stats", get(topic_stats))
+        .route("/admin/v2/persistent/{tenant}/{namespace}/partitioned", get(partitioned_topics))
+        .route(
+            "/admin/v2/persistent/{tenant}/{namespace}/{topic}/partitions",
+            put(create_partitioned_topic).get(partitioned_metadata).delete(delete_partitioned_topic),
+        )
+        .route("/admin/v2/namespaces/{tenant}/{namespace}/deduplication", get(deduplication).post(set_deduplication))
+        .route("/lookup/v2/topic/persistent/{tenant}/{namespace}/{topic}", get(lookup))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such resource".to_owned()) })
         .with_state(service)
 }
@@ -135,6 +146,116 @@ async fn topic_stats(
         "publishers": [],
         "subscriptions": subscriptions,
         "lastConfirmedEntry": ledger.last_confirmed().map(|p| p.to_string()),
+    })))
+}
+
+/// The topic named by an admin path, in a namespace that must exist (404 otherwise).
+async fn existing_namespace_topic(
+    service: &BrokerService,
+    tenant: &str,
+    ns: &str,
+    topic: &str,
+) -> Result<TopicName, ApiError> {
+    let name = TopicName::parse(&format!("persistent://{tenant}/{ns}/{topic}")).map_err(BrokerError::from)?;
+    if !namespace::namespace_exists(service.meta.as_ref(), &name.namespace_name()).await? {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("namespace {} does not exist", name.namespace_name())));
+    }
+    Ok(name)
+}
+
+/// A JSON body that must be one value of type `T` (Pulsar's admin sends `4`, `true`).
+fn json_body<T: serde::de::DeserializeOwned>(body: &str, what: &str) -> Result<T, ApiError> {
+    serde_json::from_str(body.trim())
+        .map_err(|error| ApiError(StatusCode::BAD_REQUEST, format!("body must be {what}: {error}")))
+}
+
+/// `PUT .../{topic}/partitions` with body N: 204, 409 if it exists, 400 for N < 1.
+async fn create_partitioned_topic(
+    State(service): State<AppState>,
+    Path((tenant, ns, topic)): Path<(String, String, String)>,
+    body: String,
+) -> Result<StatusCode, ApiError> {
+    let name = existing_namespace_topic(&service, &tenant, &ns, &topic).await?;
+    let requested: i64 = json_body(&body, "the number of partitions")?;
+    let partitions = u32::try_from(requested).map_err(|_| {
+        ApiError(StatusCode::BAD_REQUEST, format!("number of partitions must be at least 1, got {requested}"))
+    })?;
+    partitions::create(service.meta.as_ref(), &name, partitions).await?;
+    info!(topic = %name, partitions, "partitioned topic created");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET .../{topic}/partitions`: `{"partitions": N}`, 0 for a topic that is not partitioned.
+async fn partitioned_metadata(
+    State(service): State<AppState>,
+    Path((tenant, ns, topic)): Path<(String, String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = existing_namespace_topic(&service, &tenant, &ns, &topic).await?;
+    let partitions = partitions::get(service.meta.as_ref(), &name).await?.unwrap_or(0);
+    Ok(Json(json!({ "partitions": partitions })))
+}
+
+/// `DELETE .../{topic}/partitions`: 204, 404 if it is not a partitioned topic.
+async fn delete_partitioned_topic(
+    State(service): State<AppState>,
+    Path((tenant, ns, topic)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let name = existing_namespace_topic(&service, &tenant, &ns, &topic).await?;
+    partitions::delete(service.meta.as_ref(), &name).await?;
+    info!(topic = %name, "partitioned topic deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /admin/v2/persistent/{tenant}/{ns}/partitioned`: the partitioned topics' names.
+async fn partitioned_topics(
+    State(service): State<AppState>,
+    Path((tenant, ns)): Path<(String, String)>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let name = format!("{tenant}/{ns}");
+    if !namespace::namespace_exists(service.meta.as_ref(), &name).await? {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("namespace {name} does not exist")));
+    }
+    let topics = partitions::list(service.meta.as_ref(), &name).await?;
+    Ok(Json(topics.into_iter().map(|(topic, _)| topic).collect()))
+}
+
+async fn deduplication(
+    State(service): State<AppState>,
+    Path((tenant, ns)): Path<(String, String)>,
+) -> Result<Json<bool>, ApiError> {
+    Ok(Json(namespace::deduplication_enabled(service.meta.as_ref(), &format!("{tenant}/{ns}")).await?))
+}
+
+/// `POST .../deduplication` with body `true`/`false`: stored in the namespace's policies and
+/// applied to its loaded topics before answering 204.
+async fn set_deduplication(
+    State(service): State<AppState>,
+    Path((tenant, ns)): Path<(String, String)>,
+    body: String,
+) -> Result<StatusCode, ApiError> {
+    let enabled: bool = json_body(&body, "true or false")?;
+    let name = format!("{tenant}/{ns}");
+    namespace::set_deduplication(service.meta.as_ref(), &name, enabled).await?;
+    service.apply_deduplication(&name, enabled).await?;
+    info!(namespace = %name, enabled, "deduplication policy set");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Pulsar's HTTP lookup answer: this broker serves every topic (one broker per cluster until
+/// bundle ownership exists).
+async fn lookup(
+    State(service): State<AppState>,
+    Path((tenant, ns, topic)): Path<(String, String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = TopicName::parse(&format!("persistent://{tenant}/{ns}/{topic}")).map_err(BrokerError::from)?;
+    service.check_topic(&name).await?;
+    let broker_url = service.config.broker_service_url();
+    Ok(Json(json!({
+        "brokerUrl": broker_url,
+        "brokerUrlTls": "",
+        "httpUrl": service.config.web_service_url(),
+        "httpUrlTls": "",
+        "nativeUrl": broker_url,
     })))
 }
 

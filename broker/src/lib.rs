@@ -6,6 +6,7 @@
 //! a broker of a cluster against a shared metadata store and separate bookies.
 
 pub mod config;
+pub mod dedup;
 pub mod dispatcher;
 pub mod error;
 pub mod http;
@@ -14,6 +15,7 @@ pub mod metadata_url;
 pub mod metrics;
 pub mod namespace;
 pub mod node;
+pub mod partitions;
 pub mod protocol;
 pub mod service;
 pub mod standalone;

@@ -107,7 +107,7 @@ pub struct ServingBroker {
 
 impl ServingBroker {
     /// Binds the Pulsar and HTTP ports on `bind_address` and serves; `config`'s advertised
-    /// Pulsar port becomes the bound one.
+    /// Pulsar and HTTP ports become the bound ones.
     pub async fn start(
         bind_address: &str,
         pulsar_port: u16,
@@ -118,6 +118,7 @@ impl ServingBroker {
         let pulsar_listener = bind(bind_address, pulsar_port, "Pulsar").await?;
         let http_listener = bind(bind_address, http_port, "HTTP").await?;
         config.advertised_pulsar_port = pulsar_listener.local_addr().context("read the Pulsar address")?.port();
+        config.advertised_http_port = http_listener.local_addr().context("read the HTTP address")?.port();
         let service = BrokerService::new(config, meta);
         let cancel = CancellationToken::new();
         let pulsar = tokio::spawn(protocol::server::run(service.clone(), pulsar_listener, cancel.clone()));

@@ -17,8 +17,12 @@ use crate::error::BrokerError;
 use crate::managed_ledger::ManagedLedger;
 use crate::metrics::{Gauges, Metrics, TopicGauges};
 use crate::namespace;
+use crate::partitions;
 use crate::topic::Topic;
 use crate::topic_name::TopicName;
+
+/// Counter the broker ids of generated producer names come from.
+const BROKER_ID_SEQUENCE: &str = "/magnetar/sequences/broker-id";
 
 pub struct BrokerService {
     pub config: BrokerConfig,
@@ -26,6 +30,8 @@ pub struct BrokerService {
     pub bookies: Bookies,
     pub metrics: Arc<Metrics>,
     topics: Mutex<HashMap<TopicName, Arc<OnceCell<Arc<Topic>>>>>,
+    /// See [`BrokerService::broker_id`].
+    broker_id: OnceCell<u64>,
     /// Fired when the broker starts shutting down.
     pub shutdown: CancellationToken,
 }
@@ -39,6 +45,7 @@ impl BrokerService {
             bookies,
             metrics: Arc::default(),
             topics: Mutex::new(HashMap::new()),
+            broker_id: OnceCell::new(),
             shutdown: CancellationToken::new(),
         })
     }
@@ -70,8 +77,12 @@ impl BrokerService {
                     self.config.managed_ledger,
                 )
                 .await?;
+                let topic = Topic::new(name.clone(), ledger);
+                if namespace::deduplication_enabled(self.meta.as_ref(), &name.namespace_name()).await? {
+                    topic.set_deduplication(true, &self.meta).await?;
+                }
                 info!(topic = %name, "topic loaded");
-                Ok::<_, BrokerError>(Topic::new(name.clone(), ledger))
+                Ok::<_, BrokerError>(topic)
             })
             .await?;
         Ok(topic.clone())
@@ -81,16 +92,42 @@ impl BrokerService {
         self.topics.lock().unwrap_or_else(|p| p.into_inner()).values().filter_map(|cell| cell.get().cloned()).collect()
     }
 
-    /// Persistent topics of a namespace that exist in metadata.
+    /// Persistent topics of a namespace that exist in metadata, and every partition of its
+    /// partitioned topics (created or not yet), as Pulsar lists them; sorted.
     pub async fn topics_of_namespace(&self, namespace: &str) -> Result<Vec<String>, BrokerError> {
         let path = format!("/magnetar/managed-ledgers/{namespace}/persistent");
-        Ok(self
+        let mut topics: std::collections::BTreeSet<String> = self
             .meta
             .list_children(&path)
             .await?
             .into_iter()
             .map(|local| format!("persistent://{namespace}/{local}"))
-            .collect())
+            .collect();
+        for (name, count) in partitions::list(self.meta.as_ref(), namespace).await? {
+            let name = TopicName::parse(&name)?;
+            topics.extend((0..count).map(|index| partitions::partition_name(&name, index)));
+        }
+        Ok(topics.into_iter().collect())
+    }
+
+    /// Applies a namespace's deduplication policy to its loaded topics.
+    pub async fn apply_deduplication(&self, namespace: &str, enabled: bool) -> Result<(), BrokerError> {
+        for topic in self.loaded_topics() {
+            if topic.name().namespace_name() == namespace {
+                topic.set_deduplication(enabled, &self.meta).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// This broker's id for generated producer names, allocated once per process from the
+    /// metadata store so names stay unique across brokers and restarts.
+    pub async fn broker_id(&self) -> Result<u64, BrokerError> {
+        let id = self
+            .broker_id
+            .get_or_try_init(|| async { magnetar_meta::sequence::next(self.meta.as_ref(), BROKER_ID_SEQUENCE).await })
+            .await?;
+        Ok(*id)
     }
 
     pub async fn gauges(&self) -> Gauges {

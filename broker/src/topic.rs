@@ -1,27 +1,86 @@
 //! A persistent topic: its managed ledger, its producers and its subscriptions.
+//!
+//! Producers follow Pulsar's access modes: any number of Shared producers, or one Exclusive
+//! producer (a second is refused with ProducerFenced, a Shared one with ProducerBusy), and
+//! WaitForExclusive producers queue until the topic has no other producer, in arrival order.
+//! Producer names are unique per topic. With deduplication on (namespace policy), publishes go
+//! through [`Deduplication`]; the producer registry is a plain mutex never held across `.await`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tracing::warn;
+use magnetar_meta::MetadataStore;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
 
+use crate::dedup::{Deduplication, Published};
 use crate::error::BrokerError;
-use crate::managed_ledger::{AddFuture, ManagedLedger};
+use crate::managed_ledger::ManagedLedger;
 use crate::subscription::{InitialPosition, Subscription};
 use crate::topic_name::TopicName;
+
+/// How a producer shares the topic (Pulsar's ProducerAccessMode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessMode {
+    Shared,
+    Exclusive,
+    WaitForExclusive,
+}
+
+/// Whether a new producer may publish now or waits for its turn as the exclusive one.
+pub enum Admission {
+    Ready,
+    /// Answers once this producer became the topic's exclusive producer.
+    Waiting(oneshot::Receiver<()>),
+}
+
+struct WaitingProducer {
+    name: String,
+    key: u64,
+    ready: oneshot::Sender<()>,
+}
+
+#[derive(Default)]
+struct Producers {
+    /// Connected (ready) producers: name -> key of the connection's registration.
+    by_name: HashMap<String, u64>,
+    /// Key and name of the exclusive producer, if the topic has one.
+    exclusive: Option<(u64, String)>,
+    waiting: VecDeque<WaitingProducer>,
+}
+
+impl Producers {
+    /// Hands the topic to the first waiting producer once no one else publishes.
+    fn promote_waiting(&mut self) {
+        while self.exclusive.is_none() && self.by_name.is_empty() {
+            let Some(next) = self.waiting.pop_front() else { return };
+            if next.ready.send(()).is_ok() {
+                self.by_name.insert(next.name.clone(), next.key);
+                self.exclusive = Some((next.key, next.name));
+            }
+        }
+    }
+}
 
 pub struct Topic {
     name: TopicName,
     ledger: Arc<ManagedLedger>,
-    /// Connected producers by name.
-    producers: Mutex<HashMap<String, u64>>,
+    producers: Mutex<Producers>,
+    /// Set while the namespace enables deduplication.
+    dedup: Mutex<Option<Arc<Deduplication>>>,
     subscriptions: tokio::sync::Mutex<HashMap<String, Arc<Subscription>>>,
 }
 
 impl Topic {
     pub fn new(name: TopicName, ledger: Arc<ManagedLedger>) -> Arc<Self> {
-        Arc::new(Topic { name, ledger, producers: Mutex::new(HashMap::new()), subscriptions: Default::default() })
+        Arc::new(Topic {
+            name,
+            ledger,
+            producers: Mutex::default(),
+            dedup: Mutex::default(),
+            subscriptions: Default::default(),
+        })
     }
 
     pub fn name(&self) -> &TopicName {
@@ -32,30 +91,108 @@ impl Topic {
         &self.ledger
     }
 
-    /// Registers a producer name; a name already connected is refused.
-    pub fn add_producer(&self, producer_name: &str, producer_key: u64) -> Result<(), BrokerError> {
+    /// Registers a producer under Pulsar's access-mode rules; a name already connected (or
+    /// waiting) is refused with ProducerBusy.
+    pub fn add_producer(
+        &self,
+        producer_name: &str,
+        producer_key: u64,
+        mode: AccessMode,
+    ) -> Result<Admission, BrokerError> {
         let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
-        if producers.contains_key(producer_name) {
+        if producers.by_name.contains_key(producer_name) || producers.waiting.iter().any(|w| w.name == producer_name) {
             return Err(BrokerError::ProducerBusy { topic: self.name.to_string(), producer: producer_name.to_owned() });
         }
-        producers.insert(producer_name.to_owned(), producer_key);
-        Ok(())
+        let exclusive_taken = producers.exclusive.is_some() || !producers.waiting.is_empty();
+        let fenced = |reason: String| BrokerError::ProducerFenced { topic: self.name.to_string(), reason };
+        match mode {
+            AccessMode::Shared if exclusive_taken => {
+                let holder = producers.exclusive.as_ref().map_or("a waiting producer", |(_, name)| name.as_str());
+                return Err(BrokerError::ProducerBusy { topic: self.name.to_string(), producer: holder.to_owned() });
+            }
+            AccessMode::Shared => {}
+            AccessMode::Exclusive if exclusive_taken => {
+                let holder = producers.exclusive.as_ref().map_or("a waiting producer", |(_, name)| name.as_str());
+                return Err(fenced(format!("topic has an existing exclusive producer: {holder}")));
+            }
+            AccessMode::Exclusive if !producers.by_name.is_empty() => {
+                return Err(fenced("topic has existing shared producers".to_owned()));
+            }
+            AccessMode::Exclusive => producers.exclusive = Some((producer_key, producer_name.to_owned())),
+            AccessMode::WaitForExclusive if exclusive_taken || !producers.by_name.is_empty() => {
+                let (ready, turn) = oneshot::channel();
+                producers.waiting.push_back(WaitingProducer {
+                    name: producer_name.to_owned(),
+                    key: producer_key,
+                    ready,
+                });
+                return Ok(Admission::Waiting(turn));
+            }
+            AccessMode::WaitForExclusive => producers.exclusive = Some((producer_key, producer_name.to_owned())),
+        }
+        producers.by_name.insert(producer_name.to_owned(), producer_key);
+        Ok(Admission::Ready)
     }
 
     pub fn remove_producer(&self, producer_name: &str, producer_key: u64) {
         let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
-        if producers.get(producer_name) == Some(&producer_key) {
-            producers.remove(producer_name);
+        if producers.by_name.get(producer_name) == Some(&producer_key) {
+            producers.by_name.remove(producer_name);
         }
+        if producers.exclusive.as_ref().is_some_and(|(key, _)| *key == producer_key) {
+            producers.exclusive = None;
+        }
+        producers.waiting.retain(|waiting| waiting.key != producer_key);
+        producers.promote_waiting();
     }
 
     pub fn producer_count(&self) -> usize {
-        self.producers.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.producers.lock().unwrap_or_else(|p| p.into_inner()).by_name.len()
     }
 
-    /// Appends a message entry; the future answers once it is durable.
-    pub async fn publish(&self, data: Bytes) -> Result<AddFuture, BrokerError> {
-        self.ledger.add_entry(data).await
+    fn deduplication(&self) -> Option<Arc<Deduplication>> {
+        self.dedup.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Turns deduplication on (rebuilding its state from the snapshot and the tail entries)
+    /// or off (dropping the state and its snapshot).
+    pub async fn set_deduplication(&self, enabled: bool, meta: &Arc<dyn MetadataStore>) -> Result<(), BrokerError> {
+        if enabled == self.deduplication().is_some() {
+            return Ok(());
+        }
+        if enabled {
+            let dedup = Deduplication::open(self.ledger.clone(), meta.clone()).await?;
+            let mut slot = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(dedup);
+            }
+        } else {
+            self.dedup.lock().unwrap_or_else(|p| p.into_inner()).take();
+            Deduplication::delete_snapshot(meta.as_ref(), self.ledger.name()).await?;
+        }
+        info!(topic = %self.name, enabled, "deduplication changed");
+        Ok(())
+    }
+
+    /// The highest sequence id stored for `producer` (-1 if none or dedup is off), which
+    /// PRODUCER_SUCCESS carries so a reconnecting client resumes after it.
+    pub fn last_sequence_id(&self, producer: &str) -> i64 {
+        self.deduplication().map_or(-1, |dedup| dedup.last_sequence_id(producer))
+    }
+
+    /// Appends a message entry (unless deduplication finds it a duplicate); a stored entry's
+    /// future answers once it is durable.
+    pub async fn publish(
+        &self,
+        producer: &str,
+        sequence_id: u64,
+        highest_sequence_id: u64,
+        data: Bytes,
+    ) -> Result<Published, BrokerError> {
+        match self.deduplication() {
+            Some(dedup) => dedup.publish(producer, sequence_id, highest_sequence_id, data).await,
+            None => Ok(Published::Stored(self.ledger.add_entry(data).await?)),
+        }
     }
 
     /// The subscription, opened (and created at `initial` if new).
@@ -90,6 +227,11 @@ impl Topic {
 
     /// Flushes cursors and closes the ledger, so the next owner starts without recovery.
     pub async fn close(&self) {
+        if let Some(dedup) = self.deduplication() {
+            if let Err(error) = dedup.snapshot().await {
+                warn!(topic = %self.name, %error, "writing the dedup snapshot failed; the next owner replays more");
+            }
+        }
         for subscription in self.subscriptions().await {
             subscription.close().await;
         }

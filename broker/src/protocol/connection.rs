@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -28,12 +28,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Outbound, MAX_PENDING_SENDS_PER_PRODUCER, OUTBOUND_QUEUE};
+use crate::dedup::Published;
 use crate::error::BrokerError;
 use crate::managed_ledger::{AddFuture, Position};
 use crate::metrics::Metrics;
+use crate::partitions;
 use crate::service::BrokerService;
 use crate::subscription::{ConsumerHandle, InitialPosition, Subscription};
-use crate::topic::Topic;
+use crate::topic::{AccessMode, Admission, Topic};
 use crate::topic_name::TopicName;
 
 const SERVER_VERSION: &str = concat!("Magnetar ", env!("CARGO_PKG_VERSION"));
@@ -56,6 +58,8 @@ struct ProducerEntry {
     name: String,
     key: u64,
     receipts: mpsc::Sender<PendingReceipt>,
+    /// False while a WaitForExclusive producer waits for its turn; SENDs are refused until then.
+    ready: Arc<AtomicBool>,
 }
 
 struct ConsumerEntry {
@@ -312,10 +316,17 @@ impl Connection {
     }
 
     async fn on_partitioned_metadata(&self, request: pb::CommandPartitionedTopicMetadata) {
-        let checked = async { self.service.check_topic(&TopicName::parse(&request.topic)?).await }.await;
-        match checked {
-            // Partitioned topics come with the admin API; every topic is non-partitioned now.
-            Ok(()) => self.send(command::partitioned_metadata_response(request.request_id, 0)).await,
+        let partitions = async {
+            let name = TopicName::parse(&request.topic)?;
+            self.service.check_topic(&name).await?;
+            partitions::get(self.service.meta.as_ref(), &name).await
+        }
+        .await;
+        match partitions {
+            // A non-partitioned topic answers 0, as Pulsar does.
+            Ok(count) => {
+                self.send(command::partitioned_metadata_response(request.request_id, count.unwrap_or(0))).await
+            }
             Err(error) => {
                 self.send(command::partitioned_metadata_failed(
                     request.request_id,
@@ -333,26 +344,73 @@ impl Connection {
                 BrokerError::NotAllowed { what: format!("producer id {} is already in use", request.producer_id) };
             return self.send_error(request.request_id, &error).await;
         }
-        let topic = async { self.service.topic(&TopicName::parse(&request.topic)?).await }.await;
-        let topic = match topic {
-            Ok(topic) => topic,
+        let mode = match pb::ProducerAccessMode::try_from(request.producer_access_mode.unwrap_or(0)) {
+            Ok(pb::ProducerAccessMode::Shared) => AccessMode::Shared,
+            Ok(pb::ProducerAccessMode::Exclusive) => AccessMode::Exclusive,
+            Ok(pb::ProducerAccessMode::WaitForExclusive) => AccessMode::WaitForExclusive,
+            Ok(pb::ProducerAccessMode::ExclusiveWithFencing) => {
+                let error = BrokerError::NotSupported { what: "access mode ExclusiveWithFencing".to_owned() };
+                return self.send_error(request.request_id, &error).await;
+            }
+            Err(_) => {
+                let error = BrokerError::NotAllowed {
+                    what: format!("unknown producer access mode {:?}", request.producer_access_mode),
+                };
+                return self.send_error(request.request_id, &error).await;
+            }
+        };
+        let key = NEXT_PRODUCER_KEY.fetch_add(1, Ordering::Relaxed);
+        let topic_and_name = async {
+            let topic = self.service.topic(&TopicName::parse(&request.topic)?).await?;
+            let name = match request.producer_name.as_deref() {
+                Some(name) if !name.is_empty() => name.to_owned(),
+                // Pulsar's generated names: <cluster>-<broker id>-<n>, unique across brokers.
+                _ => format!("{}-{}-{key}", self.service.config.cluster_name, self.service.broker_id().await?),
+            };
+            Ok::<_, BrokerError>((topic, name))
+        }
+        .await;
+        let (topic, name) = match topic_and_name {
+            Ok(found) => found,
             Err(error) => {
                 info!(peer = %self.peer, topic = %request.topic, %error, "producer refused");
                 return self.send_error(request.request_id, &error).await;
             }
         };
-        let key = NEXT_PRODUCER_KEY.fetch_add(1, Ordering::Relaxed);
-        let name = match request.producer_name.as_deref() {
-            Some(name) if !name.is_empty() => name.to_owned(),
-            _ => format!("{}-{key}", self.service.config.cluster_name),
+        let admission = match topic.add_producer(&name, key, mode) {
+            Ok(admission) => admission,
+            Err(error) => {
+                info!(peer = %self.peer, topic = %request.topic, %error, "producer refused");
+                return self.send_error(request.request_id, &error).await;
+            }
         };
-        if let Err(error) = topic.add_producer(&name, key) {
-            return self.send_error(request.request_id, &error).await;
-        }
         let (receipts, queue) = mpsc::channel(MAX_PENDING_SENDS_PER_PRODUCER);
         tokio::spawn(answer_receipts(request.producer_id, queue, self.outbound.clone(), self.service.metrics.clone()));
-        self.producers.insert(request.producer_id, ProducerEntry { topic, name: name.clone(), key, receipts });
-        self.send(command::producer_success(request.request_id, &name, -1)).await;
+        let ready = Arc::new(AtomicBool::new(matches!(admission, Admission::Ready)));
+        self.producers.insert(
+            request.producer_id,
+            ProducerEntry { topic: topic.clone(), name: name.clone(), key, receipts, ready: ready.clone() },
+        );
+        match admission {
+            Admission::Ready => {
+                let last_sequence_id = topic.last_sequence_id(&name);
+                self.send(command::producer_success(request.request_id, &name, last_sequence_id)).await;
+            }
+            Admission::Waiting(turn) => {
+                // Pulsar answers twice: not ready now, ready once this producer is exclusive.
+                self.send(producer_success_waiting(request.request_id, &name, false, -1)).await;
+                let outbound = self.outbound.clone();
+                let request_id = request.request_id;
+                tokio::spawn(async move {
+                    if turn.await.is_ok() {
+                        ready.store(true, Ordering::Release);
+                        let last_sequence_id = topic.last_sequence_id(&name);
+                        let answer = producer_success_waiting(request_id, &name, true, last_sequence_id);
+                        let _ = outbound.send(Outbound::command(answer)).await;
+                    }
+                });
+            }
+        }
     }
 
     async fn on_send(&mut self, send: pb::CommandSend, payload: Option<Payload>) {
@@ -362,6 +420,10 @@ impl Connection {
             Metrics::add(&self.service.metrics.send_errors, 1);
             return self.send(refuse(ServerError::NotAllowedError, "no such producer on this connection")).await;
         };
+        if !producer.ready.load(Ordering::Acquire) {
+            Metrics::add(&self.service.metrics.send_errors, 1);
+            return self.send(refuse(ServerError::NotAllowedError, "producer is waiting for exclusive access")).await;
+        }
         let Some(payload) = payload else {
             Metrics::add(&self.service.metrics.send_errors, 1);
             return self.send(refuse(ServerError::NotAllowedError, "SEND without a payload")).await;
@@ -371,12 +433,19 @@ impl Connection {
             return self.send(refuse(ServerError::NotAllowedError, "message exceeds the maximum message size")).await;
         }
         let messages = u64::from(payload.num_messages());
+        // The entry is the payload exactly as the client wrote it: batches, chunks, compressed
+        // and encrypted bodies pass through untouched.
         let data: Bytes = payload.into_bytes();
         let bytes = data.len() as u64;
         let highest_sequence_id = send.highest_sequence_id.unwrap_or(0).max(send.sequence_id);
-        let receipt = match producer.topic.publish(data).await {
-            Ok(durable) => {
-                PendingReceipt { sequence_id: send.sequence_id, highest_sequence_id, messages, bytes, durable }
+        let published = producer.topic.publish(&producer.name, send.sequence_id, highest_sequence_id, data).await;
+        let durable: AddFuture = match published {
+            Ok(Published::Stored(durable)) => durable,
+            // Pulsar answers a known duplicate with a receipt for -1:-1 and stores nothing.
+            Ok(Published::Duplicate) => Box::pin(async { Ok(Position::new(u64::MAX, u64::MAX)) }),
+            Ok(Published::InFlightDuplicate) => {
+                let error = BrokerError::DuplicateInFlight { sequence_id: send.sequence_id };
+                Box::pin(async move { Err(error) })
             }
             Err(error) => {
                 warn!(topic = %producer.topic.name(), %error, "publish failed");
@@ -384,6 +453,7 @@ impl Connection {
                 return self.send(refuse(error.server_error(), &error.to_string())).await;
             }
         };
+        let receipt = PendingReceipt { sequence_id: send.sequence_id, highest_sequence_id, messages, bytes, durable };
         // Waits when the producer has too many publishes in flight: backpressure on the socket.
         let _ = producer.receipts.send(receipt).await;
     }
@@ -510,6 +580,15 @@ impl Connection {
             self.remove_consumer(consumer_id);
         }
     }
+}
+
+/// PRODUCER_SUCCESS with an explicit `producer_ready` (WaitForExclusive answers twice).
+fn producer_success_waiting(request_id: u64, producer_name: &str, ready: bool, last_sequence_id: i64) -> BaseCommand {
+    let mut answer = command::producer_success(request_id, producer_name, last_sequence_id);
+    if let Some(success) = answer.producer_success.as_mut() {
+        success.producer_ready = Some(ready);
+    }
+    answer
 }
 
 /// Answers one producer's publishes in order, each once durable.
