@@ -157,6 +157,49 @@ def test_key_shared_keeps_each_key_on_one_consumer_in_order(client: pulsar.Clien
         consumer.close()
 
 
+def test_key_shared_consumer_joining_gets_moved_keys_only_after_earlier_messages_are_acked(
+    client: pulsar.Client,
+) -> None:
+    topic = unique_topic("py-key-shared-join")
+    first = client.subscribe(
+        topic, "ksj", consumer_type=pulsar.ConsumerType.KeyShared, consumer_name="first", receiver_queue_size=100
+    )
+    producer = client.create_producer(topic, batching_enabled=False)
+    keys = [f"key-{k}" for k in range(16)]
+    for key in keys:
+        producer.send(f"{key}:0".encode(), partition_key=key)
+    held = [first.receive(timeout_millis=RECEIVE_TIMEOUT_MS) for _ in keys]
+    # A second consumer joins while the first holds one unacknowledged message of every key.
+    second = client.subscribe(
+        topic, "ksj", consumer_type=pulsar.ConsumerType.KeyShared, consumer_name="second", receiver_queue_size=100
+    )
+    for key in keys:
+        producer.send(f"{key}:1".encode(), partition_key=key)
+    producer.close()
+    # Keys that move to the second consumer must not overtake their sequence 0.
+    expect_no_message(second, 2_000)
+    received_first = []
+    while True:
+        try:
+            message = first.receive(timeout_millis=QUIET_RECEIVE_TIMEOUT_MS)
+        except pulsar.Timeout:
+            break
+        received_first.append(message.data().decode())
+        first.acknowledge(message)
+    for message in held:
+        first.acknowledge(message)
+    received_second = []
+    for _ in range(len(keys) - len(received_first)):
+        message = second.receive(timeout_millis=RECEIVE_TIMEOUT_MS)
+        received_second.append(message.data().decode())
+        second.acknowledge(message)
+    assert received_second, "some keys moved to the joining consumer"
+    assert sorted(received_first + received_second) == sorted(f"{key}:1" for key in keys)
+    expect_no_message(second)
+    first.close()
+    second.close()
+
+
 def test_negative_ack_redelivers_then_dead_letter_topic_gets_the_message(client: pulsar.Client) -> None:
     topic = unique_topic("py-nack")
     dlq = f"{topic}-dlq"
