@@ -323,3 +323,56 @@ async fn consumer_side_bad_input_gets_pulsar_errors_and_disturbs_nobody() -> any
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reader_with_rollback_duration_starts_at_messages_published_within_it() -> anyhow::Result<()> {
+    let standalone = Standalone::start().await?;
+    let pulsar = client(&standalone).await?;
+    let topic = "persistent://public/default/raw-reader-rollback";
+    produce(&pulsar, topic, 3, "old", None).await?;
+    let mut conn = raw_connect(&standalone).await?;
+    // Without a start id a non-durable subscription starts at its initial position (latest).
+    let latest = raw_subscribe(&mut conn, topic, "reader-latest", PbSubType::Exclusive, 1, |request| {
+        request.durable = Some(false);
+        request.initial_position = Some(PbInitial::Latest as i32);
+    })
+    .await?;
+    anyhow::ensure!(latest.command_type() == Some(Type::Success), "subscribe answered {latest:?}");
+    let rollback = raw_subscribe(&mut conn, topic, "reader-rollback", PbSubType::Exclusive, 2, |request| {
+        request.durable = Some(false);
+        request.initial_position = Some(PbInitial::Latest as i32);
+        request.start_message_rollback_duration_sec = Some(3600);
+    })
+    .await?;
+    anyhow::ensure!(rollback.command_type() == Some(Type::Success), "subscribe answered {rollback:?}");
+    conn.send(Frame::simple(command::flow(1, 10))).await?;
+    conn.send(Frame::simple(command::flow(2, 10))).await?;
+    let mut bodies = Vec::new();
+    while bodies.len() < 3 {
+        let frame = receive_kind(&mut conn, Type::Message).await?;
+        let consumer_id = frame.command.message.as_ref().map(|m| m.consumer_id);
+        assert_eq!(consumer_id, Some(2), "the reader at latest gets no old message");
+        bodies.push(String::from_utf8(frame.payload.map(|p| p.body().to_vec()).unwrap_or_default())?);
+    }
+    assert_eq!(bodies, vec!["old-0", "old-1", "old-2"]);
+    // Readers store no cursor.
+    let stats: serde_json::Value = admin_stats(&standalone, "raw-reader-rollback").await?;
+    assert_eq!(stats["subscriptions"], serde_json::json!({}), "{stats}");
+    Ok(())
+}
+
+/// GET the admin stats of a topic in public/default (a bare HTTP/1.1 request).
+async fn admin_stats(standalone: &Standalone, topic: &str) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(("127.0.0.1", standalone.http_port)).await?;
+    let request = format!(
+        "GET /admin/v2/persistent/public/default/{topic}/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await??;
+    let response = String::from_utf8(response)?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP body: {response}"))?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "stats answered {head}");
+    Ok(serde_json::from_str(body)?)
+}
