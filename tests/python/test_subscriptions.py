@@ -200,6 +200,45 @@ def test_key_shared_consumer_joining_gets_moved_keys_only_after_earlier_messages
     second.close()
 
 
+def test_key_shared_consumer_without_permits_does_not_stall_other_keys(client: pulsar.Client) -> None:
+    topic = unique_topic("py-key-shared-stall")
+    slow = client.subscribe(
+        topic, "kss", consumer_type=pulsar.ConsumerType.KeyShared, consumer_name="slow", receiver_queue_size=5
+    )
+    fast = client.subscribe(
+        topic, "kss", consumer_type=pulsar.ConsumerType.KeyShared, consumer_name="fast", receiver_queue_size=5
+    )
+    producer = client.create_producer(topic, batching_enabled=False)
+    keys = [f"key-{k}" for k in range(20)]
+    for i in range(10):
+        for key in keys:
+            producer.send(f"{key}:{i}".encode(), partition_key=key)
+    producer.close()
+
+    def drain(consumer) -> list[tuple[str, int]]:
+        got = []
+        while True:
+            try:
+                message = consumer.receive(timeout_millis=QUIET_RECEIVE_TIMEOUT_MS)
+            except pulsar.Timeout:
+                return got
+            key, sequence = message.data().decode().split(":")
+            got.append((key, int(sequence)))
+            consumer.acknowledge(message)
+
+    # The slow consumer's queue is full and it does not receive: the fast one still gets
+    # every message of its own keys, in order.
+    fast_got = drain(fast)
+    slow_got = drain(slow)
+    assert len(fast_got) + len(slow_got) == 200
+    fast_keys = {key for key, _ in fast_got}
+    assert fast_keys and not fast_keys & {key for key, _ in slow_got}
+    for key in fast_keys:
+        assert [s for k, s in fast_got if k == key] == list(range(10)), key
+    slow.close()
+    fast.close()
+
+
 def test_negative_ack_redelivers_then_dead_letter_topic_gets_the_message(client: pulsar.Client) -> None:
     topic = unique_topic("py-nack")
     dlq = f"{topic}-dlq"
