@@ -360,9 +360,8 @@ impl Subscription {
         Ok(())
     }
 
-    /// Exclusive/Failover: chooses the active consumer; on a change tells every consumer
-    /// (ACTIVE_CONSUMER_CHANGE, Failover only) and sends the unacknowledged messages again
-    /// to the new one.
+    /// Exclusive/Failover: chooses the active consumer; on a change the unacknowledged
+    /// messages go again to the new one.
     fn choose_active(&self, inner: &mut Inner) {
         let chosen = match inner.sub_type {
             SubscriptionType::Exclusive => {
@@ -382,13 +381,18 @@ impl Subscription {
             }
             SubscriptionType::Shared | SubscriptionType::KeyShared => None,
         };
-        let changed = chosen != inner.active;
-        if changed {
+        if chosen != inner.active {
             inner.active = chosen;
             Self::rewind(inner);
         }
+    }
+
+    /// Failover: tells every consumer whether it is the active one (ACTIVE_CONSUMER_CHANGE).
+    /// Called after a consumer's SUBSCRIBE was answered and when one leaves.
+    pub fn announce_active(&self) {
+        let inner = self.lock();
         if inner.sub_type == SubscriptionType::Failover {
-            // Every consumer learns who is active; a new consumer learns it on joining.
+            let chosen = inner.active;
             for consumer in &inner.consumers {
                 let frame = BaseCommand {
                     command_type: Type::ActiveConsumerChange as i32,
@@ -430,6 +434,8 @@ impl Subscription {
             }
         }
         self.wake(&mut inner);
+        drop(inner);
+        self.announce_active();
         true
     }
 

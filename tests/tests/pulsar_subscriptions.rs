@@ -376,3 +376,71 @@ async fn admin_stats(standalone: &Standalone, topic: &str) -> anyhow::Result<ser
     anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "stats answered {head}");
     Ok(serde_json::from_str(body)?)
 }
+
+/// The next ACTIVE_CONSUMER_CHANGE as (consumer id, active).
+async fn active_change(conn: &mut Conn) -> anyhow::Result<(u64, bool)> {
+    let frame = receive_kind(conn, Type::ActiveConsumerChange).await?;
+    let change = frame.command.active_consumer_change.ok_or_else(|| anyhow::anyhow!("no body"))?;
+    Ok((change.consumer_id, change.is_active.unwrap_or(false)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_tells_consumers_who_is_active_and_partitions_pick_by_index() -> anyhow::Result<()> {
+    let standalone = Standalone::start().await?;
+    let pulsar = client(&standalone).await?;
+    let topic = "persistent://public/default/raw-failover";
+    produce(&pulsar, topic, 3, "f", None).await?;
+    let mut first = raw_connect(&standalone).await?;
+    let mut second = raw_connect(&standalone).await?;
+    let name = |n: &'static str| move |r: &mut pb::CommandSubscribe| r.consumer_name = Some(n.to_owned());
+    // Non-partitioned: the first to subscribe is active, whatever the names.
+    raw_subscribe(&mut first, topic, "fo", PbSubType::Failover, 1, name("zed")).await?;
+    assert_eq!(active_change(&mut first).await?, (1, true));
+    raw_subscribe(&mut second, topic, "fo", PbSubType::Failover, 2, name("alpha")).await?;
+    assert_eq!(active_change(&mut second).await?, (2, false));
+    second.send(Frame::simple(command::flow(2, 10))).await?;
+    first.send(Frame::simple(command::flow(1, 10))).await?;
+    let message = receive_kind(&mut first, Type::Message).await?;
+    let id = message.command.message.as_ref().map(|m| m.message_id.clone()).unwrap_or_default();
+    first.send(Frame::simple(command::ack(1, pb::command_ack::AckType::Cumulative, vec![id.clone()]))).await?;
+
+    // GET_LAST_MESSAGE_ID names the last entry and the subscription's mark-delete position.
+    let mut mark_delete = None;
+    for request_id in 100..200 {
+        let request = pb::BaseCommand {
+            command_type: Type::GetLastMessageId as i32,
+            get_last_message_id: Some(pb::CommandGetLastMessageId { consumer_id: 1, request_id }),
+            ..Default::default()
+        };
+        first.send(Frame::simple(request)).await?;
+        let answer = receive_kind(&mut first, Type::GetLastMessageIdResponse).await?;
+        let response = answer.command.get_last_message_id_response.unwrap_or_default();
+        assert_eq!(response.last_message_id.entry_id, id.entry_id + 2, "three entries");
+        mark_delete = response.consumer_mark_delete_position.map(|p| p.entry_id);
+        if mark_delete == Some(id.entry_id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mark_delete, Some(id.entry_id), "the cumulative ack moved the mark-delete position");
+
+    // The active consumer leaves: the standby becomes active and gets the unacked rest.
+    drop(first);
+    assert_eq!(active_change(&mut second).await?, (2, true));
+    let rest = receive_kind(&mut second, Type::Message).await?;
+    assert_eq!(rest.command.message.map(|m| m.message_id.entry_id), Some(id.entry_id + 1));
+
+    // A partition: consumers sorted by name, partition index modulo their count.
+    let partition = "persistent://public/default/raw-failover-partition-1";
+    let mut third = raw_connect(&standalone).await?;
+    raw_subscribe(&mut third, partition, "fo", PbSubType::Failover, 3, name("b")).await?;
+    assert_eq!(active_change(&mut third).await?, (3, true));
+    raw_subscribe(&mut third, partition, "fo", PbSubType::Failover, 4, name("a")).await?;
+    let mut states = BTreeMap::new();
+    while states.len() < 2 {
+        let (consumer_id, active) = active_change(&mut third).await?;
+        states.insert(consumer_id, active);
+    }
+    assert_eq!(states, BTreeMap::from([(3, true), (4, false)]), "partition 1 of [a, b] is b");
+    Ok(())
+}

@@ -399,7 +399,11 @@ impl Connection {
     async fn on_subscribe(&mut self, request: pb::CommandSubscribe) {
         let request_id = request.request_id;
         match self.subscribe(request).await {
-            Ok(()) => self.send(command::success(request_id)).await,
+            Ok(subscription) => {
+                self.send(command::success(request_id)).await;
+                // After the answer, so the client knows the consumer when it hears who is active.
+                subscription.announce_active();
+            }
             Err(error) => {
                 info!(peer = %self.peer, %error, "subscribe refused");
                 self.send_error(request_id, &error).await
@@ -407,11 +411,11 @@ impl Connection {
         }
     }
 
-    async fn subscribe(&mut self, request: pb::CommandSubscribe) -> Result<(), BrokerError> {
+    async fn subscribe(&mut self, request: pb::CommandSubscribe) -> Result<Arc<Subscription>, BrokerError> {
         if let Some(existing) = self.consumers.get(&request.consumer_id) {
             if existing.subscription.has_consumer_id(request.consumer_id) {
                 // A client repeating a subscribe it already made: answered as done, as Pulsar.
-                return Ok(());
+                return Ok(existing.subscription.clone());
             }
             // Closed by the broker (seek): the client subscribes again with the same id.
             self.consumers.remove(&request.consumer_id);
@@ -465,8 +469,8 @@ impl Connection {
             }
             return Err(error);
         }
-        self.consumers.insert(request.consumer_id, ConsumerEntry { topic, subscription });
-        Ok(())
+        self.consumers.insert(request.consumer_id, ConsumerEntry { topic, subscription: subscription.clone() });
+        Ok(subscription)
     }
 
     async fn on_ack(&self, ack: pb::CommandAck) {
