@@ -107,7 +107,8 @@ def test_failover_active_consumer_gets_all_and_the_other_takes_over(client: puls
     second.close()
 
 
-def test_key_shared_keeps_each_key_on_one_consumer_in_order(client: pulsar.Client) -> None:
+@pytest.mark.parametrize("key_batches", [False, True], ids=["unbatched", "key-based-batches"])
+def test_key_shared_keeps_each_key_on_one_consumer_in_order(client: pulsar.Client, key_batches: bool) -> None:
     topic = unique_topic("py-key-shared")
     consumers = [
         client.subscribe(
@@ -119,11 +120,18 @@ def test_key_shared_keeps_each_key_on_one_consumer_in_order(client: pulsar.Clien
         )
         for i in range(3)
     ]
-    producer = client.create_producer(topic, batching_enabled=False)
+    if key_batches:
+        # Batch entries of one key each: the broker routes by the first message's key.
+        producer = client.create_producer(
+            topic, batching_enabled=True, batching_type=pulsar.BatchingType.KeyBased, batching_max_publish_delay_ms=50
+        )
+    else:
+        producer = client.create_producer(topic, batching_enabled=False)
     keys = [f"key-{k}" for k in range(12)]
     for i in range(25):
         for key in keys:
-            producer.send(f"{key}:{i}".encode(), partition_key=key)
+            producer.send_async(f"{key}:{i}".encode(), None, partition_key=key)
+    producer.flush()
     producer.close()
     per_consumer: dict[int, list[tuple[str, int]]] = {0: [], 1: [], 2: []}
     idle_rounds = 0
