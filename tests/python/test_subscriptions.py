@@ -85,6 +85,29 @@ def test_shared_consumers_share_every_message_once(client: pulsar.Client) -> Non
     again.close()
 
 
+def test_shared_consumer_closing_hands_its_unacknowledged_messages_to_the_other(client: pulsar.Client) -> None:
+    topic = unique_topic("py-shared-close")
+    leaving = client.subscribe(
+        topic, "sc", consumer_type=pulsar.ConsumerType.Shared, consumer_name="leaving", receiver_queue_size=10
+    )
+    produce(client, topic, 20)
+    # The only consumer so far: it holds up to its queue size, acknowledging none.
+    held = [leaving.receive(timeout_millis=RECEIVE_TIMEOUT_MS).data().decode() for _ in range(5)]
+    staying = client.subscribe(
+        topic, "sc", consumer_type=pulsar.ConsumerType.Shared, consumer_name="staying", receiver_queue_size=10
+    )
+    leaving.close()
+    got = []
+    while len(got) < 20:
+        message = staying.receive(timeout_millis=RECEIVE_TIMEOUT_MS)
+        got.append(message.data().decode())
+        staying.acknowledge(message)
+    assert sorted(got) == sorted(f"m-{i}" for i in range(20)), "nothing the leaving consumer held is lost"
+    assert set(held) <= set(got)
+    expect_no_message(staying)
+    staying.close()
+
+
 def test_failover_active_consumer_gets_all_and_the_other_takes_over(client: pulsar.Client) -> None:
     topic = unique_topic("py-failover")
     first = client.subscribe(topic, "fo", consumer_type=pulsar.ConsumerType.Failover, consumer_name="first")
