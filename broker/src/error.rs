@@ -12,6 +12,15 @@ pub enum BrokerError {
     TopicNotFound { topic: String },
     #[error("subscription {subscription} on {topic} already has an exclusive consumer")]
     ConsumerBusy { topic: String, subscription: String },
+    /// A subscription refusing a consumer it cannot take (another type or mode).
+    #[error("{what}")]
+    SubscriptionBusy { what: String },
+    /// Key_Shared ranges a consumer declared that cannot be assigned.
+    #[error("{what}")]
+    ConsumerAssign { what: String },
+    /// Unsubscribing while other consumers are connected.
+    #[error("{what}")]
+    UnsubscribeRefused { what: String },
     #[error("producer {producer} is already connected to {topic}")]
     ProducerBusy { topic: String, producer: String },
     #[error("producer refused on {topic}: {reason}")]
@@ -42,7 +51,9 @@ impl BrokerError {
         match self {
             BrokerError::InvalidTopicName { .. } => ServerError::InvalidTopicName,
             BrokerError::NamespaceNotFound { .. } | BrokerError::TopicNotFound { .. } => ServerError::TopicNotFound,
-            BrokerError::ConsumerBusy { .. } => ServerError::ConsumerBusy,
+            BrokerError::ConsumerBusy { .. } | BrokerError::SubscriptionBusy { .. } => ServerError::ConsumerBusy,
+            BrokerError::ConsumerAssign { .. } => ServerError::ConsumerAssignError,
+            BrokerError::UnsubscribeRefused { .. } => ServerError::MetadataError,
             BrokerError::ProducerBusy { .. } => ServerError::ProducerBusy,
             BrokerError::ProducerFenced { .. } => ServerError::ProducerFenced,
             BrokerError::AlreadyExists { .. } | BrokerError::InvalidArgument { .. } => ServerError::NotAllowedError,

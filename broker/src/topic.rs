@@ -15,9 +15,10 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::dedup::{Deduplication, Published};
+use crate::dispatcher::SubscriptionType;
 use crate::error::BrokerError;
 use crate::managed_ledger::ManagedLedger;
-use crate::subscription::{InitialPosition, Subscription};
+use crate::subscription::{StartAt, Subscription};
 use crate::topic_name::TopicName;
 
 /// How a producer shares the topic (Pulsar's ProducerAccessMode).
@@ -195,27 +196,50 @@ impl Topic {
         }
     }
 
-    /// The subscription, opened (and created at `initial` if new).
-    pub async fn subscription(&self, name: &str, initial: InitialPosition) -> Result<Arc<Subscription>, BrokerError> {
+    /// The subscription, opened (a durable one created at `start` if new; a non-durable one
+    /// lives in memory until its last consumer leaves).
+    pub async fn subscription(
+        &self,
+        name: &str,
+        start: StartAt,
+        durable: bool,
+        sub_type: SubscriptionType,
+    ) -> Result<Arc<Subscription>, BrokerError> {
         let mut subscriptions = self.subscriptions.lock().await;
         if let Some(found) = subscriptions.get(name) {
             return Ok(found.clone());
         }
-        let opened = Subscription::open(&self.name.to_string(), name, self.ledger.clone(), initial).await?;
+        let opened =
+            Subscription::open(&self.name.to_string(), name, self.ledger.clone(), start, durable, sub_type).await?;
         subscriptions.insert(name.to_owned(), opened.clone());
         Ok(opened)
     }
 
-    /// Removes a subscription that has no consumer other than `consumer_id`.
+    /// Drops a non-durable subscription (reader) once no consumer is attached.
+    pub async fn remove_if_unused(&self, name: &str) {
+        let mut subscriptions = self.subscriptions.lock().await;
+        let Some(subscription) = subscriptions.get(name).cloned() else { return };
+        if subscription.is_durable() || subscription.has_consumer() {
+            return;
+        }
+        subscriptions.remove(name);
+        drop(subscriptions);
+        subscription.close().await;
+    }
+
+    /// Removes a subscription whose only consumer is `consumer_id`; refused while other
+    /// consumers are connected, as Pulsar refuses it.
     pub async fn unsubscribe(&self, name: &str, consumer_id: u64) -> Result<(), BrokerError> {
         let mut subscriptions = self.subscriptions.lock().await;
         let Some(subscription) = subscriptions.get(name).cloned() else {
             return Err(BrokerError::NotAllowed { what: format!("subscription {name} does not exist") });
         };
-        subscription.detach(consumer_id);
-        if subscription.has_consumer() {
-            return Err(BrokerError::NotAllowed { what: format!("subscription {name} has other consumers") });
+        if !subscription.has_consumer_id(consumer_id) || subscription.consumer_count() > 1 {
+            return Err(BrokerError::UnsubscribeRefused {
+                what: "Unconnected or shared consumer attempting to unsubscribe".to_owned(),
+            });
         }
+        subscription.detach(consumer_id);
         subscriptions.remove(name);
         subscription.close().await;
         subscription.delete().await

@@ -45,6 +45,25 @@ pub fn cursor_path(managed_ledger: &str, subscription: &str) -> String {
     format!("/magnetar/cursors/{managed_ledger}/{subscription}")
 }
 
+/// Whether `position` names a confirmed entry of `ledger` (an ack for anything else is ignored).
+pub fn is_valid_position(ledger: &ManagedLedger, position: Position) -> bool {
+    ledger.last_confirmed().is_some_and(|last| position <= last)
+        && ledger.ledgers().iter().any(|(id, entries)| *id == position.ledger_id && position.entry_id < *entries)
+}
+
+/// The confirmed entry just before `position` (`None`: `position` is the first entry, or
+/// before it). Seeks and readers start after this, so that `position` itself is delivered.
+pub fn position_before(ledger: &ManagedLedger, position: Position) -> Option<Position> {
+    if position.entry_id > 0 && ledger.ledgers().iter().any(|(id, _)| *id == position.ledger_id) {
+        return Some(Position::new(position.ledger_id, position.entry_id - 1));
+    }
+    ledger
+        .ledgers()
+        .into_iter()
+        .rfind(|(id, entries)| *id < position.ledger_id && *entries > 0)
+        .map(|(id, entries)| Position::new(id, entries - 1))
+}
+
 /// The acknowledgement state of one subscription.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CursorState {
@@ -86,6 +105,13 @@ impl CursorState {
             }
             self.mark_delete = Some(next);
         }
+    }
+
+    /// Moves the cursor to `mark_delete` (a seek), forgetting every individual ack: what
+    /// follows is delivered again, as Pulsar's `resetCursor`.
+    pub fn reset(&mut self, mark_delete: Option<Position>) {
+        self.mark_delete = mark_delete;
+        self.individually_acked.clear();
     }
 
     pub fn to_record(&self) -> CursorInfo {

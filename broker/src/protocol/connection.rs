@@ -29,12 +29,17 @@ use tracing::{debug, info, warn};
 
 use super::{Outbound, MAX_PENDING_SENDS_PER_PRODUCER, OUTBOUND_QUEUE};
 use crate::dedup::Published;
+use crate::dispatcher::{key_shared, SubscriptionType};
 use crate::error::BrokerError;
+use crate::managed_ledger::cursor::position_before;
 use crate::managed_ledger::{AddFuture, Position};
 use crate::metrics::Metrics;
 use crate::partitions;
 use crate::service::BrokerService;
-use crate::subscription::{ConsumerHandle, InitialPosition, Subscription};
+use crate::subscription::{
+    mark_delete_for_publish_time, start_before, ConsumerHandle, InitialPosition, KeySharedOptions, StartAt,
+    SubscribeOptions, Subscription,
+};
 use crate::topic::{AccessMode, Admission, Topic};
 use crate::topic_name::TopicName;
 
@@ -258,13 +263,15 @@ impl Connection {
             (Type::Subscribe, BaseCommand { subscribe: Some(subscribe), .. }) => self.on_subscribe(subscribe).await,
             (Type::Flow, BaseCommand { flow: Some(flow), .. }) => {
                 if let Some(consumer) = self.consumers.get(&flow.consumer_id) {
-                    consumer.subscription.add_permits(flow.message_permits);
+                    consumer.subscription.add_permits(flow.consumer_id, flow.message_permits);
                 }
             }
             (Type::Ack, BaseCommand { ack: Some(ack), .. }) => self.on_ack(ack).await,
             (Type::RedeliverUnacknowledgedMessages, BaseCommand { redeliver_unacknowledged_messages: Some(r), .. }) => {
                 if let Some(consumer) = self.consumers.get(&r.consumer_id) {
-                    consumer.subscription.redeliver_unacknowledged();
+                    let positions: Vec<Position> =
+                        r.message_ids.iter().map(|id| Position::new(id.ledger_id, id.entry_id)).collect();
+                    consumer.subscription.redeliver(r.consumer_id, &positions);
                 }
             }
             (Type::CloseConsumer, BaseCommand { close_consumer: Some(close), .. }) => {
@@ -275,6 +282,7 @@ impl Connection {
                 self.send(command::success(close.request_id)).await;
             }
             (Type::Unsubscribe, BaseCommand { unsubscribe: Some(request), .. }) => self.on_unsubscribe(request).await,
+            (Type::Seek, BaseCommand { seek: Some(request), .. }) => self.on_seek(request).await,
             (Type::GetLastMessageId, BaseCommand { get_last_message_id: Some(request), .. }) => {
                 self.on_get_last_message_id(request).await
             }
@@ -461,7 +469,11 @@ impl Connection {
     async fn on_subscribe(&mut self, request: pb::CommandSubscribe) {
         let request_id = request.request_id;
         match self.subscribe(request).await {
-            Ok(()) => self.send(command::success(request_id)).await,
+            Ok(subscription) => {
+                self.send(command::success(request_id)).await;
+                // After the answer, so the client knows the consumer when it hears who is active.
+                subscription.announce_active();
+            }
             Err(error) => {
                 info!(peer = %self.peer, %error, "subscribe refused");
                 self.send_error(request_id, &error).await
@@ -469,42 +481,66 @@ impl Connection {
         }
     }
 
-    async fn subscribe(&mut self, request: pb::CommandSubscribe) -> Result<(), BrokerError> {
-        if self.consumers.contains_key(&request.consumer_id) {
-            return Err(BrokerError::NotAllowed {
-                what: format!("consumer id {} is already in use", request.consumer_id),
-            });
+    async fn subscribe(&mut self, request: pb::CommandSubscribe) -> Result<Arc<Subscription>, BrokerError> {
+        if let Some(existing) = self.consumers.get(&request.consumer_id) {
+            if existing.subscription.has_consumer_id(request.consumer_id) {
+                // A client repeating a subscribe it already made: answered as done, as Pulsar.
+                return Ok(existing.subscription.clone());
+            }
+            // Closed by the broker (seek): the client subscribes again with the same id.
+            self.consumers.remove(&request.consumer_id);
         }
-        let sub_type = pb::command_subscribe::SubType::try_from(request.sub_type)
-            .map_err(|_| BrokerError::NotAllowed { what: format!("unknown subscription type {}", request.sub_type) })?;
-        if sub_type != pb::command_subscribe::SubType::Exclusive {
-            return Err(BrokerError::NotSupported { what: format!("subscription type {sub_type:?}") });
-        }
-        if !request.durable.unwrap_or(true) {
-            return Err(BrokerError::NotSupported { what: "non-durable subscriptions (readers)".to_owned() });
-        }
+        use pb::command_subscribe::SubType;
+        let sub_type = match SubType::try_from(request.sub_type) {
+            Ok(SubType::Exclusive) => SubscriptionType::Exclusive,
+            Ok(SubType::Shared) => SubscriptionType::Shared,
+            Ok(SubType::Failover) => SubscriptionType::Failover,
+            Ok(SubType::KeyShared) => SubscriptionType::KeyShared,
+            Err(_) => {
+                return Err(BrokerError::NotAllowed { what: format!("unknown subscription type {}", request.sub_type) })
+            }
+        };
         if request.subscription.is_empty() || request.subscription.contains('/') {
             return Err(BrokerError::NotAllowed {
                 what: "subscription name must be non-empty and hold no '/'".to_owned(),
             });
         }
+        let key_shared = match (&request.key_shared_meta, sub_type) {
+            (Some(meta), SubscriptionType::KeyShared) => {
+                let sticky = meta.key_shared_mode() == pb::KeySharedMode::Sticky;
+                let ranges: Vec<(i32, i32)> = meta.hash_ranges.iter().map(|r| (r.start, r.end)).collect();
+                let ranges = key_shared::ranges_from_wire(&ranges)
+                    .map_err(|error| BrokerError::ConsumerAssign { what: error.to_string() })?;
+                Some(KeySharedOptions { sticky, ranges, allow_out_of_order: meta.allow_out_of_order_delivery() })
+            }
+            _ => None,
+        };
+        let durable = request.durable.unwrap_or(true);
         let name = TopicName::parse(&request.topic)?;
         let topic = self.service.topic(&name).await?;
         let initial = match request.initial_position() {
             pb::command_subscribe::InitialPosition::Earliest => InitialPosition::Earliest,
             pb::command_subscribe::InitialPosition::Latest => InitialPosition::Latest,
         };
-        let subscription = topic.subscription(&request.subscription, initial).await?;
+        let start = if durable { StartAt::Initial(initial) } else { reader_start(&topic, &request, initial).await? };
+        let subscription = topic.subscription(&request.subscription, start, durable, sub_type).await?;
         let handle = Arc::new(ConsumerHandle {
             consumer_id: request.consumer_id,
             consumer_name: request.consumer_name.clone().unwrap_or_default(),
+            priority_level: request.priority_level.unwrap_or(0),
             permits: AtomicI64::new(0),
             outbound: self.outbound.clone(),
             metrics: self.service.metrics.clone(),
         });
-        subscription.attach(handle)?;
-        self.consumers.insert(request.consumer_id, ConsumerEntry { topic, subscription });
-        Ok(())
+        let options = SubscribeOptions { sub_type, key_shared };
+        if let Err(error) = subscription.attach(handle, &options) {
+            if !durable {
+                topic.remove_if_unused(&request.subscription).await;
+            }
+            return Err(error);
+        }
+        self.consumers.insert(request.consumer_id, ConsumerEntry { topic, subscription: subscription.clone() });
+        Ok(subscription)
     }
 
     async fn on_ack(&self, ack: pb::CommandAck) {
@@ -513,20 +549,25 @@ impl Connection {
             return;
         };
         let cumulative = ack.ack_type() == pb::command_ack::AckType::Cumulative;
-        // A batch-index ack with bits still set leaves part of the entry unacknowledged.
-        let positions: Vec<Position> = ack
-            .message_id
-            .iter()
-            .filter(|id| id.ack_set.iter().all(|word| *word == 0))
-            .map(|id| Position::new(id.ledger_id, id.entry_id))
-            .collect();
-        consumer.subscription.ack(&positions, cumulative);
+        // A batch-index ack carries the bits of the indexes still unacknowledged.
+        let ids: Vec<(Position, Vec<i64>)> =
+            ack.message_id.iter().map(|id| (Position::new(id.ledger_id, id.entry_id), id.ack_set.clone())).collect();
+        let result = consumer.subscription.ack(&ids, cumulative);
+        if let Err(error) = &result {
+            info!(peer = %self.peer, consumer_id = ack.consumer_id, %error, "ack refused");
+        }
         if let Some(request_id) = ack.request_id {
+            let (error, message) = match &result {
+                Ok(()) => (None, None),
+                Err(error) => (Some(error.server_error() as i32), Some(error.to_string())),
+            };
             let response = BaseCommand {
                 command_type: Type::AckResponse as i32,
                 ack_response: Some(pb::CommandAckResponse {
                     consumer_id: ack.consumer_id,
                     request_id: Some(request_id),
+                    error,
+                    message,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -535,13 +576,46 @@ impl Connection {
         }
     }
 
+    async fn on_seek(&mut self, request: pb::CommandSeek) {
+        let Some(consumer) = self.consumers.get(&request.consumer_id) else {
+            let error = BrokerError::NotAllowed { what: format!("no consumer {}", request.consumer_id) };
+            return self.send_error(request.request_id, &error).await;
+        };
+        let ledger = consumer.topic.ledger().clone();
+        let subscription = consumer.subscription.clone();
+        let target = match (&request.message_id, request.message_publish_time) {
+            (Some(id), _) if id.ledger_id == u64::MAX => Ok(None),
+            (Some(id), _) => Ok(start_before(&ledger, Position::new(id.ledger_id, id.entry_id))),
+            (None, Some(time)) => mark_delete_for_publish_time(&ledger, time).await,
+            (None, None) => Err(BrokerError::NotAllowed { what: "SEEK without a message id or time".to_owned() }),
+        };
+        match target {
+            Ok(mark_delete) => {
+                info!(peer = %self.peer, subscription = subscription.name(), ?mark_delete, "seek");
+                // Every consumer is closed and subscribes again, as with Pulsar.
+                let closed = subscription.reset(mark_delete);
+                for consumer_id in closed {
+                    if self.consumers.get(&consumer_id).is_some_and(|c| Arc::ptr_eq(&c.subscription, &subscription)) {
+                        self.consumers.remove(&consumer_id);
+                    }
+                }
+                subscription.flush().await;
+                self.send(command::success(request.request_id)).await
+            }
+            Err(error) => self.send_error(request.request_id, &error).await,
+        }
+    }
+
     async fn on_unsubscribe(&mut self, request: pb::CommandUnsubscribe) {
-        let Some(consumer) = self.consumers.remove(&request.consumer_id) else {
+        let Some(consumer) = self.consumers.get(&request.consumer_id) else {
             let error = BrokerError::NotAllowed { what: format!("no consumer {}", request.consumer_id) };
             return self.send_error(request.request_id, &error).await;
         };
         match consumer.topic.unsubscribe(consumer.subscription.name(), request.consumer_id).await {
-            Ok(()) => self.send(command::success(request.request_id)).await,
+            Ok(()) => {
+                self.consumers.remove(&request.consumer_id);
+                self.send(command::success(request.request_id)).await
+            }
             Err(error) => self.send_error(request.request_id, &error).await,
         }
     }
@@ -551,10 +625,34 @@ impl Connection {
             let error = BrokerError::NotAllowed { what: format!("no consumer {}", request.consumer_id) };
             return self.send_error(request.request_id, &error).await;
         };
-        // An empty topic answers -1:-1, as Pulsar does.
-        let (ledger_id, entry_id) =
-            consumer.topic.ledger().last_confirmed().map_or((u64::MAX, u64::MAX), |p| (p.ledger_id, p.entry_id));
-        self.send(command::get_last_message_id_response(request.request_id, ledger_id, entry_id)).await;
+        // An empty topic answers -1:-1, as Pulsar does; a batch entry names its last message.
+        let ledger = consumer.topic.ledger();
+        let last = ledger.last_confirmed();
+        let mut last_id =
+            last.map_or(command::message_id(u64::MAX, u64::MAX), |p| command::message_id(p.ledger_id, p.entry_id));
+        if let Some(position) = last {
+            if let Ok(entries) = ledger.read_entries(position, 1).await {
+                if let Some(payload) = entries.into_iter().next().and_then(|(_, data)| Payload::parse(data).ok()) {
+                    if payload.metadata().num_messages_in_batch.is_some() {
+                        last_id.batch_index = Some(payload.num_messages() as i32 - 1);
+                    }
+                }
+            }
+        }
+        let mark_delete = consumer
+            .subscription
+            .mark_delete()
+            .map_or(command::message_id(u64::MAX, u64::MAX), |p| command::message_id(p.ledger_id, p.entry_id));
+        let response = BaseCommand {
+            command_type: Type::GetLastMessageIdResponse as i32,
+            get_last_message_id_response: Some(pb::CommandGetLastMessageIdResponse {
+                last_message_id: last_id,
+                request_id: request.request_id,
+                consumer_mark_delete_position: Some(mark_delete),
+            }),
+            ..Default::default()
+        };
+        self.send(response).await;
     }
 
     fn remove_producer(&mut self, producer_id: u64) {
@@ -567,6 +665,12 @@ impl Connection {
     fn remove_consumer(&mut self, consumer_id: u64) -> Option<Arc<Subscription>> {
         let consumer = self.consumers.remove(&consumer_id)?;
         consumer.subscription.detach(consumer_id);
+        if !consumer.subscription.is_durable() {
+            // A reader's subscription goes with its consumer.
+            let topic = consumer.topic.clone();
+            let name = consumer.subscription.name().to_owned();
+            tokio::spawn(async move { topic.remove_if_unused(&name).await });
+        }
         Some(consumer.subscription)
     }
 
@@ -589,6 +693,33 @@ fn producer_success_waiting(request_id: u64, producer_name: &str, ready: bool, l
         success.producer_ready = Some(ready);
     }
     answer
+}
+
+/// Where a reader (non-durable subscription) starts, as Pulsar's `getNonDurableSubscription`:
+/// at the entry of `start_message_id` (-1:-1 = the start; past the end = the end). Pulsar
+/// takes every start id as a batch id and steps back one entry, so the whole entry comes
+/// and the client drops what it must (everything up to the id unless inclusive). A
+/// rollback duration starts at the first message published within it.
+async fn reader_start(
+    topic: &Topic,
+    request: &pb::CommandSubscribe,
+    initial: InitialPosition,
+) -> Result<StartAt, BrokerError> {
+    let ledger = topic.ledger();
+    if let Some(seconds) = request.start_message_rollback_duration_sec.filter(|s| *s > 0) {
+        let since = crate::subscription::now_ms().saturating_sub(seconds.saturating_mul(1000));
+        return Ok(StartAt::After(mark_delete_for_publish_time(ledger, since).await?));
+    }
+    let Some(id) = &request.start_message_id else { return Ok(StartAt::Initial(initial)) };
+    if id.ledger_id == u64::MAX || id.ledger_id as i64 == -1 {
+        return Ok(StartAt::After(None));
+    }
+    let position = Position::new(id.ledger_id, id.entry_id);
+    let Some(last) = ledger.last_confirmed() else { return Ok(StartAt::After(None)) };
+    if position > last {
+        return Ok(StartAt::After(Some(last)));
+    }
+    Ok(StartAt::After(position_before(ledger, position)))
 }
 
 /// Answers one producer's publishes in order, each once durable.
