@@ -276,3 +276,45 @@ def test_deduplication_drops_resent_sequence_ids(own_magnetar: MagnetarProcess) 
     assert consumer.receive(timeout_millis=RECEIVE_TIMEOUT_MS).data() == b"m-3-again"
     consumer.close()
     client.close()
+
+
+def test_failover_on_a_partitioned_topic_gives_each_partition_one_active_consumer(
+    magnetar: MagnetarProcess, client: pulsar.Client
+) -> None:
+    local = unique_name("py-parts-failover")
+    topic = f"persistent://public/default/{local}"
+    assert http(magnetar, "PUT", f"/admin/v2/persistent/public/default/{local}/partitions", "2")[0] == 204
+    consumers = [
+        client.subscribe(
+            topic,
+            "failover",
+            consumer_type=pulsar.ConsumerType.Failover,
+            consumer_name=f"consumer-{i}",
+            initial_position=pulsar.InitialPosition.Earliest,
+        )
+        for i in range(2)
+    ]
+    producer = client.create_producer(
+        topic, batching_enabled=False, message_routing_mode=pulsar.PartitionsRoutingMode.RoundRobinDistribution
+    )
+    for i in range(40):
+        producer.send(f"fo-{i}".encode())
+
+    # Pulsar's choice: consumers sorted by name, partition i -> consumer i mod 2. Each consumer
+    # gets exactly one partition, in order within it.
+    seen: dict[str, list[int]] = {}
+    for index, consumer in enumerate(consumers):
+        partitions = set()
+        for _ in range(20):
+            message = consumer.receive(timeout_millis=RECEIVE_TIMEOUT_MS)
+            partitions.add(message.topic_name())
+            seen.setdefault(message.topic_name(), []).append(int(message.data().decode().split("-")[1]))
+            consumer.acknowledge(message)
+        assert partitions == {f"{topic}-partition-{index}"}, (index, partitions)
+        expect_no_message(consumer)
+    assert sorted(n for numbers in seen.values() for n in numbers) == list(range(40))
+    for numbers in seen.values():
+        assert numbers == sorted(numbers), "order within a partition"
+    producer.close()
+    for consumer in consumers:
+        consumer.close()
