@@ -43,6 +43,10 @@ pub struct ClientConfig {
     /// Commands (sends, acks, requests) waiting for a connection's writer. When full, the
     /// callers wait.
     pub connection_queue_size: usize,
+    /// The first wait before a producer or consumer reconnects after losing its broker; it
+    /// doubles with every failed attempt up to `max_backoff_interval` (Pulsar: 100 ms, 60 s).
+    pub initial_backoff_interval: Duration,
+    pub max_backoff_interval: Duration,
 }
 
 impl Default for ClientConfig {
@@ -52,6 +56,8 @@ impl Default for ClientConfig {
             connection_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
             connection_queue_size: 1000,
+            initial_backoff_interval: Duration::from_millis(100),
+            max_backoff_interval: Duration::from_secs(30),
         }
     }
 }
@@ -67,6 +73,12 @@ impl ClientConfig {
         }
         if self.keepalive_interval.is_zero() {
             return invalid("keepalive_interval", "must be more than zero");
+        }
+        if self.initial_backoff_interval.is_zero() || self.max_backoff_interval < self.initial_backoff_interval {
+            return invalid(
+                "max_backoff_interval",
+                "must be at least initial_backoff_interval, which must be more than zero",
+            );
         }
         if self.connection_queue_size == 0 {
             return invalid("connection_queue_size", "must be at least 1");
@@ -164,18 +176,35 @@ impl Client {
         self.pool().clear();
     }
 
-    /// Parses `topic` and connects to the broker that owns it, for a producer or consumer.
-    /// Partitioned topics are refused: routing over partitions is not supported yet.
+    /// Parses `topic` and connects to the broker that owns it. The caller has resolved
+    /// partitions already: `topic` is a partition or a topic that is not partitioned.
     pub(crate) async fn topic_connection(&self, topic: &str) -> Result<(TopicName, Connection), ClientError> {
         let topic = TopicName::parse(topic)?;
-        let partitions = self.partitions(&topic).await?;
-        if partitions > 0 {
-            return Err(ClientError::Unsupported {
-                what: format!("partitioned topics ({topic} has {partitions} partitions)"),
-            });
-        }
         let connection = self.lookup_connection(&topic).await?;
         Ok((topic, connection))
+    }
+
+    /// The topics to attach to for `topic`: its partitions `<topic>-partition-<i>` when it is
+    /// partitioned, else the topic itself.
+    pub(crate) async fn resolve_partitions(&self, topic: &str) -> Result<(TopicName, Vec<String>), ClientError> {
+        let topic = TopicName::parse(topic)?;
+        let partitions = self.partitions(&topic).await?;
+        let names = if partitions == 0 {
+            vec![topic.to_string()]
+        } else {
+            (0..partitions).map(|index| format!("{topic}-partition-{index}")).collect()
+        };
+        Ok((topic, names))
+    }
+
+    /// Waits before reconnect attempt `attempt` (0-based): exponential backoff with jitter.
+    pub(crate) async fn backoff(&self, attempt: u32) {
+        let config = &self.inner.config;
+        let base = config.initial_backoff_interval.saturating_mul(1u32 << attempt.min(16));
+        let wait = base.min(config.max_backoff_interval);
+        // Up to 10% less, so clients that lost the same broker do not all return at once.
+        let jitter = wait.mul_f64(rand::random::<f64>() * 0.1);
+        tokio::time::sleep(wait - jitter).await;
     }
 
     /// The connection to the broker that owns `topic`.

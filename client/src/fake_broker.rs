@@ -31,6 +31,12 @@ pub(crate) struct State {
     pub acks: Vec<pb::CommandAck>,
     pub closed_producers: usize,
     pub closed_consumers: usize,
+    /// Every SEND as (topic, producer name from the metadata, sequence id), in arrival order.
+    pub sends: Vec<(String, String, u64)>,
+    pub subscribes: Vec<pb::CommandSubscribe>,
+    pub redeliveries: Vec<pb::CommandRedeliverUnacknowledgedMessages>,
+    /// While set, SENDs are stored but not answered.
+    pub hold_receipts: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -48,6 +54,8 @@ pub(crate) struct FakeBroker {
     state: Arc<Mutex<State>>,
     /// Bumped whenever an entry is added, so connections dispatch to their consumers.
     appended: watch::Sender<u64>,
+    /// Bumped to make every open connection drop.
+    kill: watch::Sender<u64>,
     accept_loop: tokio::task::JoinHandle<()>,
 }
 
@@ -63,14 +71,21 @@ impl FakeBroker {
         let url = format!("pulsar://{}", listener.local_addr().expect("address"));
         let state = Arc::new(Mutex::new(State::default()));
         let (appended, _) = watch::channel(0);
-        let shared = Shared { url: url.clone(), options, state: state.clone(), appended: appended.clone() };
+        let (kill, _) = watch::channel(0);
+        let shared =
+            Shared { url: url.clone(), options, state: state.clone(), appended: appended.clone(), kill: kill.clone() };
         let accept_loop = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 shared.lock().connections += 1;
                 tokio::spawn(serve(stream, shared.clone()));
             }
         });
-        FakeBroker { url, state, appended, accept_loop }
+        FakeBroker { url, state, appended, kill, accept_loop }
+    }
+
+    /// Closes every open connection, as a broker crash would.
+    pub fn drop_connections(&self) {
+        self.kill.send_modify(|generation| *generation += 1);
     }
 
     pub fn state(&self) -> MutexGuard<'_, State> {
@@ -99,6 +114,7 @@ struct Shared {
     options: Options,
     state: Arc<Mutex<State>>,
     appended: watch::Sender<u64>,
+    kill: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -111,11 +127,16 @@ struct Subscription {
     topic: String,
     next_entry: usize,
     permits: i64,
+    /// Entries asked for again (REDELIVER_UNACKNOWLEDGED_MESSAGES), sent before new ones.
+    redeliver: std::collections::VecDeque<usize>,
+    /// How often each entry was delivered.
+    deliveries: HashMap<usize, u32>,
 }
 
 async fn serve(stream: TcpStream, shared: Shared) {
     let mut framed = Framed::new(stream, FrameCodec::default());
     let mut appended = shared.appended.subscribe();
+    let mut kill = shared.kill.subscribe();
     let mut producers: HashMap<u64, String> = HashMap::new();
     let mut subscriptions: HashMap<u64, Subscription> = HashMap::new();
     let mut muted = false;
@@ -131,6 +152,7 @@ async fn serve(stream: TcpStream, shared: Shared) {
                 }
                 None
             }
+            _ = kill.changed() => return,
         };
         let mut replies = Vec::new();
         if let Some(frame) = frame {
@@ -195,6 +217,9 @@ async fn serve(stream: TcpStream, shared: Shared) {
                     if local.starts_with("blackhole") {
                         return;
                     }
+                    let sent_by =
+                        frame.payload.as_ref().map(|p| p.metadata().producer_name.clone()).unwrap_or_default();
+                    shared.lock().sends.push((topic.clone(), sent_by, send.sequence_id));
                     if local.starts_with("rejected") {
                         let error = command::send_error(
                             send.producer_id,
@@ -211,6 +236,9 @@ async fn serve(stream: TcpStream, shared: Shared) {
                             entries.len() as u64 - 1
                         };
                         shared.appended.send_modify(|count| *count += 1);
+                        if shared.lock().hold_receipts {
+                            continue;
+                        }
                         let receipt =
                             command::send_receipt(send.producer_id, send.sequence_id, send.sequence_id, 1, entry_id);
                         replies.push(Frame::simple(receipt));
@@ -218,6 +246,7 @@ async fn serve(stream: TcpStream, shared: Shared) {
                 }
                 Type::Subscribe => {
                     let subscribe = command.subscribe.expect("subscribe");
+                    shared.lock().subscribes.push(subscribe.clone());
                     let existing = shared.lock().entries.get(&subscribe.topic).map_or(0, Vec::len);
                     let earliest =
                         subscribe.initial_position == Some(pb::command_subscribe::InitialPosition::Earliest as i32);
@@ -227,6 +256,8 @@ async fn serve(stream: TcpStream, shared: Shared) {
                             topic: subscribe.topic,
                             next_entry: if earliest { 0 } else { existing },
                             permits: 0,
+                            redeliver: Default::default(),
+                            deliveries: HashMap::new(),
                         },
                     );
                     replies.push(Frame::simple(command::success(subscribe.request_id)));
@@ -239,6 +270,15 @@ async fn serve(stream: TcpStream, shared: Shared) {
                     }
                 }
                 Type::Ack => shared.lock().acks.push(command.ack.expect("ack")),
+                Type::RedeliverUnacknowledgedMessages => {
+                    let redeliver = command.redeliver_unacknowledged_messages.expect("redeliver");
+                    if let Some(subscription) = subscriptions.get_mut(&redeliver.consumer_id) {
+                        for id in &redeliver.message_ids {
+                            subscription.redeliver.push_back(id.entry_id as usize);
+                        }
+                    }
+                    shared.lock().redeliveries.push(redeliver);
+                }
                 Type::CloseProducer => {
                     let close = command.close_producer.expect("close producer");
                     producers.remove(&close.producer_id);
@@ -259,12 +299,21 @@ async fn serve(stream: TcpStream, shared: Shared) {
             let state = shared.lock();
             for (&consumer_id, subscription) in subscriptions.iter_mut() {
                 let Some(entries) = state.entries.get(&subscription.topic) else { continue };
-                while subscription.permits > 0 && subscription.next_entry < entries.len() {
-                    let payload = entries[subscription.next_entry].clone();
+                while subscription.permits > 0 {
+                    let index = match subscription.redeliver.pop_front() {
+                        Some(index) => index,
+                        None if subscription.next_entry < entries.len() => {
+                            subscription.next_entry += 1;
+                            subscription.next_entry - 1
+                        }
+                        None => break,
+                    };
+                    let Some(payload) = entries.get(index).cloned() else { continue };
                     subscription.permits -= i64::from(payload.num_messages());
-                    let message = command::message(consumer_id, 1, subscription.next_entry as u64, 0);
+                    let deliveries = subscription.deliveries.entry(index).or_insert(0);
+                    let message = command::message(consumer_id, 1, index as u64, *deliveries);
+                    *deliveries += 1;
                     replies.push(Frame { command: message, payload: Some(payload) });
-                    subscription.next_entry += 1;
                 }
             }
         }
@@ -518,7 +567,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn compressed_message_is_an_error_and_the_next_one_arrives() {
+    async fn undecodable_compressed_message_is_an_error_and_the_next_one_arrives() {
         let (broker, client) = start().await;
         let mut compressed = metadata(None);
         compressed.compression = Some(pb::CompressionType::Zstd as i32);
@@ -553,10 +602,179 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn partitioned_topics_are_refused_clearly() {
+    async fn partitioned_producer_routes_keys_by_murmur3_and_others_round_robin() {
+        let (broker, client) = start().await;
+        let mut producer = client.producer("partitioned-topic").create().await.expect("producer");
+        assert_eq!(producer.partitions(), 4);
+        let keyed = producer.send_with(ProducerMessage::new("k").key("customer-7")).await.expect("send");
+        assert_eq!(keyed.partition, crate::partition_for_key(b"customer-7", 4) as i32);
+        let mut unkeyed = Vec::new();
+        for n in 0..8 {
+            unkeyed.push(producer.send(format!("m{n}")).await.expect("send").partition);
+        }
+        // Round robin: consecutive partitions, each used twice in 8 messages.
+        for pair in unkeyed.windows(2) {
+            assert_eq!(pair[1], (pair[0] + 1) % 4, "{unkeyed:?}");
+        }
+        let state = broker.state();
+        let key_topic = format!("persistent://public/default/partitioned-topic-partition-{}", keyed.partition);
+        assert_eq!(state.entries[&key_topic][0].metadata().partition_key.as_deref(), Some("customer-7"));
+        for index in 0..4 {
+            let topic = format!("persistent://public/default/partitioned-topic-partition-{index}");
+            assert!(state.entries[&topic].len() >= 2, "partition {index} got too few messages");
+        }
+    }
+
+    #[tokio::test]
+    async fn single_routing_mode_uses_one_partition() {
         let (_broker, client) = start().await;
-        let error = client.producer("partitioned-topic").create().await.expect_err("partitioned");
-        assert!(matches!(error, ClientError::Unsupported { .. }), "{error}");
+        let mut producer =
+            client.producer("partitioned-single").routing_mode(crate::RoutingMode::Single).create().await.expect("p");
+        let first = producer.send("a").await.expect("send").partition;
+        for _ in 0..5 {
+            assert_eq!(producer.send("b").await.expect("send").partition, first);
+        }
+    }
+
+    #[tokio::test]
+    async fn batching_producer_sends_full_batches_with_per_message_ids() {
+        let (broker, client) = start().await;
+        let mut producer = client
+            .producer("batched")
+            .batching_max_messages(4)
+            .batching_max_publish_delay(Duration::from_secs(60))
+            .create()
+            .await
+            .expect("producer");
+        let mut receipts = Vec::new();
+        for n in 0..8 {
+            receipts.push(producer.send_async(ProducerMessage::new(format!("m{n}"))).await.expect("queue"));
+        }
+        let mut ids = Vec::new();
+        for receipt in receipts {
+            ids.push(with_timeout(receipt).await.expect("receipt"));
+        }
+        let expected: Vec<String> = (0..8).map(|n| format!("1:{}:-1:{}", n / 4, n % 4)).collect();
+        assert_eq!(ids.iter().map(ToString::to_string).collect::<Vec<_>>(), expected);
+        let state = broker.state();
+        let entries = &state.entries["persistent://public/default/batched"];
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].metadata().sequence_id, 4);
+        assert_eq!(entries[1].metadata().highest_sequence_id, Some(7));
+        assert_eq!(entries[1].metadata().num_messages_in_batch, Some(4));
+    }
+
+    #[tokio::test]
+    async fn batch_is_sent_after_the_publish_delay_and_by_size() {
+        let (broker, client) = start().await;
+        let mut producer = client
+            .producer("delayed-batch")
+            .batching_max_messages(1000)
+            .batching_max_bytes(1000)
+            .batching_max_publish_delay(Duration::from_millis(20))
+            .create()
+            .await
+            .expect("producer");
+        // Two messages, well below the count: the delay sends them as one entry.
+        let first = producer.send_async(ProducerMessage::new("a")).await.expect("queue");
+        let second = producer.send_async(ProducerMessage::new("b")).await.expect("queue");
+        with_timeout(first).await.expect("receipt");
+        with_timeout(second).await.expect("receipt");
+        // 600 + 600 bytes exceed max bytes: the second message starts a new batch.
+        let big = producer.send_async(ProducerMessage::new(vec![1u8; 600])).await.expect("queue");
+        let bigger = producer.send_async(ProducerMessage::new(vec![2u8; 600])).await.expect("queue");
+        let (big, bigger) = (with_timeout(big).await.expect("r"), with_timeout(bigger).await.expect("r"));
+        assert_ne!(big.entry_id, bigger.entry_id);
+        let state = broker.state();
+        let entries = &state.entries["persistent://public/default/delayed-batch"];
+        assert_eq!(entries[0].metadata().num_messages_in_batch, Some(2));
+        assert_eq!(entries.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn compressed_batches_round_trip_through_a_consumer() {
+        for codec in [crate::CompressionType::Lz4, crate::CompressionType::Zstd] {
+            let (broker, client) = start().await;
+            let mut producer = client
+                .producer("compressed")
+                .compression(codec)
+                .batching_max_messages(10)
+                .batching_max_publish_delay(Duration::from_millis(5))
+                .create()
+                .await
+                .expect("producer");
+            let body = "compress me ".repeat(100);
+            let mut receipts = Vec::new();
+            for n in 0..10 {
+                let message = ProducerMessage::new(format!("{n}:{body}")).key(format!("k{n}"));
+                receipts.push(producer.send_async(message).await.expect("queue"));
+            }
+            for receipt in receipts {
+                with_timeout(receipt).await.expect("receipt");
+            }
+            {
+                let state = broker.state();
+                let entry = &state.entries["persistent://public/default/compressed"][0];
+                assert_eq!(entry.metadata().compression, codec.to_wire());
+                assert!(entry.body().len() < body.len(), "{codec}: the batch was not compressed");
+            }
+            let mut consumer = client
+                .consumer("compressed", "sub")
+                .initial_position(InitialPosition::Earliest)
+                .subscribe()
+                .await
+                .expect("subscribe");
+            for n in 0..10 {
+                let message = with_timeout(consumer.receive()).await.expect("receive");
+                assert_eq!(message.payload, Bytes::from(format!("{n}:{body}")));
+                assert_eq!(message.key, Some(format!("k{n}")));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn producer_reconnects_and_resends_pending_messages_with_their_sequence_ids() {
+        let broker = FakeBroker::start(Options::default()).await;
+        let config = ClientConfig {
+            initial_backoff_interval: Duration::from_millis(10),
+            max_backoff_interval: Duration::from_millis(50),
+            ..Default::default()
+        };
+        let client = Client::connect_with_config(&broker.url, config).await.expect("connect");
+        let mut producer = client.producer("resent").name("steady").create().await.expect("producer");
+        producer.send("stored").await.expect("send");
+        broker.state().hold_receipts = true;
+        let mut receipts = Vec::new();
+        for n in 1..=3 {
+            receipts.push(producer.send_async(ProducerMessage::new(format!("m{n}"))).await.expect("queue"));
+        }
+        broker.eventually("three held sends", |state| state.sends.len() == 4).await;
+        broker.state().hold_receipts = false;
+        broker.drop_connections();
+        for receipt in receipts {
+            with_timeout(receipt).await.expect("receipt after the reconnect");
+        }
+        let state = broker.state();
+        assert!(state.connections >= 2, "the producer did not reconnect");
+        let resent: Vec<(String, u64)> =
+            state.sends[4..].iter().map(|(_, name, sequence_id)| (name.clone(), *sequence_id)).collect();
+        assert_eq!(resent, [("steady".to_owned(), 1), ("steady".to_owned(), 2), ("steady".to_owned(), 3)]);
+    }
+
+    #[tokio::test]
+    async fn send_times_out_when_the_broker_drops_every_send() {
+        let broker = FakeBroker::start(Options::default()).await;
+        let config = ClientConfig {
+            operation_timeout: Duration::from_millis(300),
+            initial_backoff_interval: Duration::from_millis(10),
+            max_backoff_interval: Duration::from_millis(50),
+            ..Default::default()
+        };
+        let client = Client::connect_with_config(&broker.url, config).await.expect("connect");
+        let mut producer = client.producer("blackhole-topic").create().await.expect("producer");
+        let error = with_timeout(producer.send("lost")).await.expect_err("never stored");
+        assert!(matches!(error, ClientError::Timeout { .. }), "{error}");
+        assert!(broker.state().connections >= 2, "the producer did not try again");
     }
 
     #[tokio::test]
@@ -578,14 +796,6 @@ mod tests {
         let _second = client.producer("b").create().await.expect("producer");
         let _consumer = client.consumer("c", "sub").subscribe().await.expect("subscribe");
         assert_eq!(broker.state().connections, 1);
-    }
-
-    #[tokio::test]
-    async fn pending_send_fails_when_the_connection_is_lost() {
-        let (_broker, client) = start().await;
-        let mut producer = client.producer("blackhole-topic").create().await.expect("producer");
-        let error = with_timeout(producer.send("lost")).await.expect_err("connection dropped");
-        assert!(matches!(error, ClientError::Disconnected { .. }), "{error}");
     }
 
     #[tokio::test]

@@ -54,12 +54,15 @@
 mod address;
 mod batch;
 mod client;
+mod compression;
 mod connection;
 mod consumer;
 mod entry;
 mod error;
 mod message;
 mod producer;
+mod producer_task;
+mod routing;
 mod topic;
 
 #[cfg(test)]
@@ -67,10 +70,15 @@ mod fake_broker;
 
 pub use address::{BrokerAddress, ServiceUrl, DEFAULT_PORT};
 pub use client::{Client, ClientConfig, MAX_LOOKUP_REDIRECTS};
+pub use compression::{CompressionType, MAX_UNCOMPRESSED_SIZE};
 pub use consumer::{Consumer, ConsumerBuilder, InitialPosition, SubscriptionType, DEFAULT_RECEIVER_QUEUE_SIZE};
 pub use error::ClientError;
 pub use message::{Message, MessageId, ParseMessageIdError};
-pub use producer::{Producer, ProducerBuilder, ProducerMessage, SendReceipt, DEFAULT_MAX_PENDING_MESSAGES};
+pub use producer::{
+    BatchingConfig, Producer, ProducerBuilder, ProducerMessage, SendReceipt, DEFAULT_BATCHING_MAX_BYTES,
+    DEFAULT_BATCHING_MAX_MESSAGES, DEFAULT_BATCHING_MAX_PUBLISH_DELAY, DEFAULT_MAX_PENDING_MESSAGES,
+};
+pub use routing::{murmur3_32, partition_for_key, pulsar_key_hash, RoutingMode};
 pub use topic::TopicName;
 
 /// The client version sent to brokers in CONNECT: `magnetar-client/<version>`.
