@@ -24,6 +24,7 @@ use crate::connection::{Connection, ConnectionConfig};
 use crate::consumer::ConsumerBuilder;
 use crate::error::{error_chain, ClientError};
 use crate::producer::ProducerBuilder;
+use crate::reader::ReaderBuilder;
 use crate::topic::TopicName;
 
 /// How many Redirect answers a lookup follows before giving up.
@@ -146,6 +147,11 @@ impl Client {
     /// Starts building a consumer of `subscription` on `topic`.
     pub fn consumer(&self, topic: impl Into<String>, subscription: impl Into<String>) -> ConsumerBuilder {
         ConsumerBuilder::new(self.clone(), topic.into(), subscription.into())
+    }
+
+    /// Starts building a reader of `topic`: a non-durable subscription from a start position.
+    pub fn reader(&self, topic: impl Into<String>) -> ReaderBuilder {
+        ReaderBuilder::new(self.clone(), topic.into())
     }
 
     /// The broker that serves `topic`, following redirects.

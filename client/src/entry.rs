@@ -68,6 +68,7 @@ pub(crate) fn decode_entry(command: &pb::CommandMessage, payload: &Payload) -> R
     let Some(count) = metadata.num_messages_in_batch else {
         let message = Message {
             id: entry_id,
+            topic: String::new(),
             payload: body,
             key: metadata.partition_key.clone(),
             properties: properties(&metadata.properties),
@@ -93,6 +94,7 @@ pub(crate) fn decode_entry(command: &pb::CommandMessage, payload: &Payload) -> R
         }
         messages.push(Message {
             id: MessageId { batch_index, ..entry_id },
+            topic: String::new(),
             payload: single.payload,
             key: single.metadata.partition_key,
             properties: properties(&single.metadata.properties),

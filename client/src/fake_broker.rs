@@ -35,6 +35,8 @@ pub(crate) struct State {
     pub sends: Vec<(String, String, u64)>,
     pub subscribes: Vec<pb::CommandSubscribe>,
     pub redeliveries: Vec<pb::CommandRedeliverUnacknowledgedMessages>,
+    /// Connections closed by `drop_connections`.
+    pub dropped: usize,
     /// While set, SENDs are stored but not answered.
     pub hold_receipts: bool,
 }
@@ -152,7 +154,10 @@ async fn serve(stream: TcpStream, shared: Shared) {
                 }
                 None
             }
-            _ = kill.changed() => return,
+            _ = kill.changed() => {
+                shared.lock().dropped += 1;
+                return;
+            }
         };
         let mut replies = Vec::new();
         if let Some(frame) = frame {
@@ -250,11 +255,22 @@ async fn serve(stream: TcpStream, shared: Shared) {
                     let existing = shared.lock().entries.get(&subscribe.topic).map_or(0, Vec::len);
                     let earliest =
                         subscribe.initial_position == Some(pb::command_subscribe::InitialPosition::Earliest as i32);
+                    // A reader's start as Pulsar's broker takes it: after the id, or at it when
+                    // the id carries a batch index.
+                    let reader_start =
+                        subscribe.start_message_id.as_ref().filter(|_| subscribe.durable == Some(false)).map(|id| {
+                            match id.ledger_id {
+                                u64::MAX => 0,
+                                ledger if ledger == i64::MAX as u64 => existing,
+                                _ if id.batch_index.is_some() => id.entry_id as usize,
+                                _ => id.entry_id as usize + 1,
+                            }
+                        });
                     subscriptions.insert(
                         subscribe.consumer_id,
                         Subscription {
                             topic: subscribe.topic,
-                            next_entry: if earliest { 0 } else { existing },
+                            next_entry: reader_start.unwrap_or(if earliest { 0 } else { existing }),
                             permits: 0,
                             redeliver: Default::default(),
                             deliveries: HashMap::new(),
@@ -278,6 +294,24 @@ async fn serve(stream: TcpStream, shared: Shared) {
                         }
                     }
                     shared.lock().redeliveries.push(redeliver);
+                }
+                Type::GetLastMessageId => {
+                    let request = command.get_last_message_id.expect("get last message id");
+                    let count = subscriptions
+                        .get(&request.consumer_id)
+                        .and_then(|subscription| shared.lock().entries.get(&subscription.topic).map(Vec::len))
+                        .unwrap_or(0);
+                    let last = if count == 0 { u64::MAX } else { count as u64 - 1 };
+                    replies.push(Frame::simple(command::get_last_message_id_response(request.request_id, 1, last)));
+                }
+                Type::Seek => {
+                    let seek = command.seek.expect("seek");
+                    if let (Some(subscription), Some(id)) = (subscriptions.get_mut(&seek.consumer_id), &seek.message_id)
+                    {
+                        subscription.next_entry = id.entry_id as usize;
+                        subscription.redeliver.clear();
+                    }
+                    replies.push(Frame::simple(command::success(seek.request_id)));
                 }
                 Type::CloseProducer => {
                     let close = command.close_producer.expect("close producer");
@@ -331,6 +365,7 @@ fn local_name(topic: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::time::Duration;
 
     use bytes::Bytes;
@@ -584,6 +619,258 @@ mod tests {
         assert!(error.is_message_error());
         let message = with_timeout(consumer.receive()).await.expect("receive");
         assert_eq!(message.payload, Bytes::from_static(b"plain"));
+    }
+
+    async fn fast_client(broker: &FakeBroker) -> Client {
+        let config = ClientConfig {
+            initial_backoff_interval: Duration::from_millis(10),
+            max_backoff_interval: Duration::from_millis(50),
+            ..Default::default()
+        };
+        Client::connect_with_config(&broker.url, config).await.expect("connect")
+    }
+
+    fn produce(broker: &FakeBroker, topic: &str, bodies: &[&str]) {
+        for body in bodies {
+            broker.append(topic, Payload::new(metadata(None), body.as_bytes()));
+        }
+    }
+
+    #[tokio::test]
+    async fn negative_ack_asks_for_a_redelivery_after_the_delay() {
+        let (broker, client) = start().await;
+        produce(&broker, TOPIC, &["retry me", "fine"]);
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .subscription_type(SubscriptionType::Shared)
+            .initial_position(InitialPosition::Earliest)
+            .negative_ack_redelivery_delay(Duration::from_millis(50))
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let first = with_timeout(consumer.receive()).await.expect("receive");
+        consumer.negative_acknowledge(&first).await.expect("nack");
+        assert!(broker.state().redeliveries.is_empty(), "redelivered before the delay");
+        let second = with_timeout(consumer.receive()).await.expect("receive");
+        assert_eq!(second.payload, Bytes::from_static(b"fine"));
+        consumer.ack(&second).await.expect("ack");
+        let again = with_timeout(consumer.receive()).await.expect("redelivered");
+        assert_eq!(again.payload, Bytes::from_static(b"retry me"));
+        assert_eq!(again.redelivery_count, 1);
+        let state = broker.state();
+        assert_eq!(state.redeliveries.len(), 1);
+        assert_eq!(state.redeliveries[0].message_ids, [command::message_id(1, 0)]);
+    }
+
+    #[tokio::test]
+    async fn unacknowledged_message_is_redelivered_after_the_ack_timeout() {
+        let (broker, client) = start().await;
+        produce(&broker, TOPIC, &["slow"]);
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .initial_position(InitialPosition::Earliest)
+            .ack_timeout(Duration::from_millis(100))
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let first = with_timeout(consumer.receive()).await.expect("receive");
+        let again = with_timeout(consumer.receive()).await.expect("redelivered after the ack timeout");
+        assert_eq!((again.id, again.redelivery_count), (first.id, 1));
+        consumer.ack(&again).await.expect("ack");
+        // Acknowledged: no further redelivery.
+        assert!(tokio::time::timeout(Duration::from_millis(300), consumer.receive()).await.is_err());
+        assert_eq!(broker.state().redeliveries.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn message_goes_to_the_dead_letter_topic_after_max_redeliveries() {
+        let (broker, client) = start().await;
+        produce(&broker, TOPIC, &["poison"]);
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .subscription_type(SubscriptionType::Shared)
+            .initial_position(InitialPosition::Earliest)
+            .negative_ack_redelivery_delay(Duration::from_millis(10))
+            .dead_letter_policy(crate::DeadLetterPolicy::new(2))
+            .subscribe()
+            .await
+            .expect("subscribe");
+        // Delivered with redelivery counts 0, 1 and 2; the nack of the last sends it away.
+        for expected_count in 0..=2 {
+            let message = with_timeout(consumer.receive()).await.expect("receive");
+            assert_eq!(message.redelivery_count, expected_count);
+            consumer.negative_acknowledge(&message).await.expect("nack");
+        }
+        assert!(tokio::time::timeout(Duration::from_millis(200), consumer.receive()).await.is_err());
+        let dlq = "persistent://public/default/my-topic-sub-DLQ";
+        broker.eventually("the dead letter", |state| state.entries.get(dlq).is_some_and(|e| e.len() == 1)).await;
+        let state = broker.state();
+        let letter = &state.entries[dlq][0];
+        assert_eq!(letter.body(), Bytes::from_static(b"poison"));
+        let properties: BTreeMap<_, _> =
+            letter.metadata().properties.iter().map(|p| (p.key.as_str(), p.value.as_str())).collect();
+        assert_eq!(properties.get("REAL_TOPIC"), Some(&TOPIC));
+        assert_eq!(properties.get("ORIGIN_MESSAGE_ID"), Some(&"1:0:-1:-1"));
+        assert_eq!(state.redeliveries.len(), 2);
+        let acked: Vec<u64> = state.acks.iter().flat_map(|ack| ack.message_id.iter().map(|id| id.entry_id)).collect();
+        assert_eq!(acked, [0]);
+    }
+
+    #[tokio::test]
+    async fn reconsume_later_produces_to_the_retry_topic_with_a_delay_and_acks() {
+        let (broker, client) = start().await;
+        produce(&broker, TOPIC, &["later"]);
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .subscription_type(SubscriptionType::Shared)
+            .initial_position(InitialPosition::Earliest)
+            .enable_retry(true)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let retry = "persistent://public/default/my-topic-sub-RETRY";
+        assert_eq!(consumer.topics(), [TOPIC, retry]);
+        let message = with_timeout(consumer.receive()).await.expect("receive");
+        let before = crate::producer_task::now_millis() as i64;
+        consumer.reconsume_later(&message, Duration::from_secs(10)).await.expect("reconsume later");
+        broker.eventually("the original acked", |state| state.acks.len() == 1).await;
+        {
+            let state = broker.state();
+            let retried = &state.entries[retry][0];
+            let deliver_at = retried.metadata().deliver_at_time.expect("deliver_at_time");
+            assert!(deliver_at >= before + 10_000 && deliver_at < before + 20_000, "{deliver_at}");
+            assert_eq!(state.acks.len(), 1);
+        }
+        // The fake broker does not delay: the retry arrives through the retry topic.
+        let retried = with_timeout(consumer.receive()).await.expect("retried message");
+        assert_eq!(retried.topic, retry);
+        assert_eq!(retried.properties.get("RECONSUMETIMES").map(String::as_str), Some("1"));
+        assert_eq!(retried.properties.get("ORIGIN_MESSAGE_ID").map(String::as_str), Some("1:0:-1:-1"));
+        assert_eq!(retried.properties.get("REAL_TOPIC").map(String::as_str), Some(TOPIC));
+        consumer.ack(&retried).await.expect("ack the retried message");
+        broker.eventually("the retried message acked", |state| state.acks.len() == 2).await;
+        let state = broker.state();
+        assert_eq!(state.acks.len(), 2);
+        assert_ne!(state.acks[0].consumer_id, state.acks[1].consumer_id, "acks must go to each topic's consumer");
+    }
+
+    #[tokio::test]
+    async fn consumer_over_several_topics_and_partitions_receives_from_all() {
+        let (broker, client) = start().await;
+        produce(&broker, TOPIC, &["from a"]);
+        for index in 0..4 {
+            produce(&broker, &format!("persistent://public/default/partitioned-t-partition-{index}"), &["p"]);
+        }
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .topic("partitioned-t")
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        assert_eq!(consumer.topics().len(), 5);
+        let mut partitions = Vec::new();
+        for _ in 0..5 {
+            let message = with_timeout(consumer.receive()).await.expect("receive");
+            consumer.ack(&message).await.expect("ack");
+            partitions.push(message.id.partition);
+        }
+        partitions.sort();
+        assert_eq!(partitions, [-1, 0, 1, 2, 3]);
+        broker.eventually("five acks", |state| state.acks.len() == 5).await;
+        let consumers: std::collections::HashSet<u64> = broker.state().acks.iter().map(|a| a.consumer_id).collect();
+        assert_eq!(consumers.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn key_shared_subscribes_with_auto_split() {
+        let (broker, client) = start().await;
+        let _consumer = client
+            .consumer("my-topic", "sub")
+            .subscription_type(SubscriptionType::KeyShared)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let state = broker.state();
+        let meta = state.subscribes[0].key_shared_meta.as_ref().expect("KeySharedMeta");
+        assert_eq!(meta.key_shared_mode, pb::KeySharedMode::AutoSplit as i32);
+        assert_eq!(state.subscribes[0].sub_type, pb::command_subscribe::SubType::KeyShared as i32);
+    }
+
+    #[tokio::test]
+    async fn consumer_subscribes_again_after_losing_the_broker() {
+        let broker = FakeBroker::start(Options::default()).await;
+        let client = fast_client(&broker).await;
+        produce(&broker, TOPIC, &["before"]);
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .consumer_name("steady")
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let first = with_timeout(consumer.receive()).await.expect("receive");
+        assert_eq!(first.payload, Bytes::from_static(b"before"));
+        broker.drop_connections();
+        broker.eventually("the connection dropped", |state| state.dropped == 1).await;
+        produce(&broker, TOPIC, &["after"]);
+        // The fake broker forgets subscriptions with their connection: Earliest replays.
+        let mut seen = Vec::new();
+        while seen.last() != Some(&Bytes::from_static(b"after")) {
+            seen.push(with_timeout(consumer.receive()).await.expect("receive after the reconnect").payload);
+        }
+        let state = broker.state();
+        assert_eq!(state.subscribes.len(), 2);
+        assert_eq!(state.subscribes[1].consumer_name.as_deref(), Some("steady"));
+        assert!(state.flows.len() >= 2, "no permits after the reconnect");
+    }
+
+    #[tokio::test]
+    async fn reader_starts_where_asked_and_knows_when_it_is_done() {
+        let (broker, client) = start().await;
+        produce(&broker, TOPIC, &["m0", "m1", "m2"]);
+        let mut earliest =
+            client.reader("my-topic").start_message_id(crate::StartMessageId::Earliest).create().await.expect("reader");
+        let mut bodies = Vec::new();
+        while earliest.has_message_available().await.expect("has message") {
+            bodies.push(with_timeout(earliest.receive()).await.expect("receive").payload);
+        }
+        assert_eq!(bodies, [Bytes::from_static(b"m0"), Bytes::from_static(b"m1"), Bytes::from_static(b"m2")]);
+
+        let start = crate::StartMessageId::Id(MessageId::entry(1, 1));
+        let mut after = client.reader("my-topic").start_message_id(start).create().await.expect("reader");
+        assert_eq!(with_timeout(after.receive()).await.expect("receive").payload, Bytes::from_static(b"m2"));
+        let mut at = client.reader("my-topic").start_message_id(start).start_inclusive(true).create().await.expect("r");
+        assert_eq!(with_timeout(at.receive()).await.expect("receive").payload, Bytes::from_static(b"m1"));
+        let mut latest = client.reader("my-topic").create().await.expect("reader");
+        assert!(!latest.has_message_available().await.expect("has message"));
+        latest.seek(MessageId::entry(1, 0)).await.expect("seek");
+        assert_eq!(with_timeout(latest.receive()).await.expect("receive").payload, Bytes::from_static(b"m0"));
+        let state = broker.state();
+        assert!(state.subscribes.iter().all(|subscribe| subscribe.durable == Some(false)));
+    }
+
+    #[tokio::test]
+    async fn json_messages_round_trip() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct Order {
+            id: u32,
+            item: String,
+        }
+        let (_broker, client) = start().await;
+        let mut producer = client.producer("my-topic").create().await.expect("producer");
+        let order = Order { id: 7, item: "lamp".into() };
+        producer.send_json(&order).await.expect("send");
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let (_, received): (_, Order) = with_timeout(consumer.receive_json()).await.expect("receive");
+        assert_eq!(received, order);
+        producer.send("not json").await.expect("send");
+        assert!(matches!(with_timeout(consumer.receive_json::<Order>()).await, Err(ClientError::Json { .. })));
     }
 
     #[tokio::test]

@@ -62,8 +62,10 @@ mod error;
 mod message;
 mod producer;
 mod producer_task;
+mod reader;
 mod routing;
 mod topic;
+mod topic_consumer;
 
 #[cfg(test)]
 mod fake_broker;
@@ -71,13 +73,18 @@ mod fake_broker;
 pub use address::{BrokerAddress, ServiceUrl, DEFAULT_PORT};
 pub use client::{Client, ClientConfig, MAX_LOOKUP_REDIRECTS};
 pub use compression::{CompressionType, MAX_UNCOMPRESSED_SIZE};
-pub use consumer::{Consumer, ConsumerBuilder, InitialPosition, SubscriptionType, DEFAULT_RECEIVER_QUEUE_SIZE};
+pub use consumer::{
+    Consumer, ConsumerBuilder, DeadLetterPolicy, InitialPosition, SubscriptionType,
+    DEFAULT_NEGATIVE_ACK_REDELIVERY_DELAY, DEFAULT_RECEIVER_QUEUE_SIZE, PROPERTY_DELAY_TIME,
+    PROPERTY_ORIGIN_MESSAGE_ID, PROPERTY_REAL_TOPIC, PROPERTY_RECONSUME_TIMES,
+};
 pub use error::ClientError;
 pub use message::{Message, MessageId, ParseMessageIdError};
 pub use producer::{
     BatchingConfig, Producer, ProducerBuilder, ProducerMessage, SendReceipt, DEFAULT_BATCHING_MAX_BYTES,
     DEFAULT_BATCHING_MAX_MESSAGES, DEFAULT_BATCHING_MAX_PUBLISH_DELAY, DEFAULT_MAX_PENDING_MESSAGES,
 };
+pub use reader::{Reader, ReaderBuilder, StartMessageId};
 pub use routing::{murmur3_32, partition_for_key, pulsar_key_hash, RoutingMode};
 pub use topic::TopicName;
 

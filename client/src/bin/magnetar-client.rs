@@ -313,6 +313,7 @@ mod tests {
     fn message_is_described_like_pulsar_cli() {
         let message = Message {
             id: magnetar_client::MessageId::entry(1, 2),
+            topic: "persistent://public/default/t".into(),
             payload: bytes::Bytes::from_static(b"hello"),
             key: None,
             properties: [("a".to_owned(), "1".to_owned()), ("b".to_owned(), "2".to_owned())].into(),
