@@ -194,13 +194,38 @@ impl Client {
     /// partitioned, else the topic itself.
     pub(crate) async fn resolve_partitions(&self, topic: &str) -> Result<(TopicName, Vec<String>), ClientError> {
         let topic = TopicName::parse(topic)?;
-        let partitions = self.partitions(&topic).await?;
+        let partitions = self.retry_while_unreachable(|| self.partitions(&topic)).await?;
         let names = if partitions == 0 {
             vec![topic.to_string()]
         } else {
             (0..partitions).map(|index| format!("{topic}-partition-{index}")).collect()
         };
         Ok((topic, names))
+    }
+
+    /// Runs `operation` (a lookup plus registering a producer or consumer) again with
+    /// backoff while it fails because a broker connection was lost or refused, as after a
+    /// broker restart (the pool may still hold the dead connection for the first try), for
+    /// at most the operation timeout. Other errors are returned at once.
+    pub(crate) async fn retry_while_unreachable<T, F, Fut>(&self, mut operation: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.inner.config.operation_timeout;
+        let mut attempt = 0;
+        loop {
+            match operation().await {
+                Err(error @ (ClientError::Disconnected { .. } | ClientError::Connect { .. }))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    debug!(attempt, error = %error_chain(&error), "broker unreachable; trying again");
+                    self.backoff(attempt).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Waits before reconnect attempt `attempt` (0-based): exponential backoff with jitter.

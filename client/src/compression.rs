@@ -56,9 +56,15 @@ impl CompressionType {
         match self {
             CompressionType::None => Ok(Bytes::copy_from_slice(body)),
             CompressionType::Lz4 => Ok(Bytes::from(lz4_flex::block::compress(body))),
-            CompressionType::Zstd => zstd::bulk::compress(body, ZSTD_LEVEL)
-                .map(Bytes::from)
-                .map_err(|source| ClientError::Compression { codec: "ZSTD", source }),
+            CompressionType::Zstd => {
+                let mut out = vec![0u8; zstd_safe::compress_bound(body.len())];
+                let size = zstd_safe::compress(&mut out[..], body, ZSTD_LEVEL).map_err(|code| {
+                    let source = std::io::Error::other(zstd_safe::get_error_name(code));
+                    ClientError::Compression { codec: "ZSTD", source }
+                })?;
+                out.truncate(size);
+                Ok(Bytes::from(out))
+            }
         }
     }
 }
@@ -100,7 +106,11 @@ pub(crate) fn decompress(metadata: &pb::MessageMetadata, body: Bytes) -> Result<
             lz4_flex::block::decompress(&body, size).map_err(|error| format!("LZ4: {error}"))?
         }
         Ok(pb::CompressionType::Zstd) => {
-            zstd::bulk::decompress(&body, size).map_err(|error| format!("ZSTD: {error}"))?
+            let mut out = vec![0u8; size];
+            let written = zstd_safe::decompress(&mut out[..], &body)
+                .map_err(|code| format!("ZSTD: {}", zstd_safe::get_error_name(code)))?;
+            out.truncate(written);
+            out
         }
         Ok(other) => return Err(format!("{} is not supported by this client", other.as_str_name())),
         Err(_) => return Err(format!("unknown codec {codec}")),

@@ -1096,9 +1096,15 @@ mod tests {
     #[tokio::test]
     async fn silent_broker_is_detected_by_keepalive_and_pending_requests_fail() {
         let broker = FakeBroker::start(Options { mute_after_connect: true, ..Default::default() }).await;
-        let config = ClientConfig { keepalive_interval: Duration::from_millis(50), ..Default::default() };
+        let config = ClientConfig {
+            keepalive_interval: Duration::from_millis(50),
+            operation_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
         let client = Client::connect_with_config(&broker.url, config).await.expect("connect");
         let error = with_timeout(client.producer("my-topic").create()).await.expect_err("no answer");
+        // Creation tried again on fresh connections until the operation timeout.
+        assert!(broker.state().connections >= 2);
         assert!(matches!(&error, ClientError::Disconnected { reason, .. } if reason.contains("keepalive")), "{error}");
     }
 

@@ -106,8 +106,13 @@ impl ProducerTask {
         config: Arc<ProducerConfig>,
         max_pending_messages: usize,
     ) -> Result<PartitionHandle, ClientError> {
-        let (topic, connection) = client.topic_connection(topic).await?;
-        let (producer_id, success) = register(&connection, &topic, name).await?;
+        let (topic, connection, producer_id, success) = client
+            .retry_while_unreachable(|| async {
+                let (topic, connection) = client.topic_connection(topic).await?;
+                let (producer_id, success) = register(&connection, &topic, name.clone()).await?;
+                Ok((topic, connection, producer_id, success))
+            })
+            .await?;
         let next_sequence_id = Arc::new(AtomicU64::new(
             u64::try_from(success.last_sequence_id.unwrap_or(-1).saturating_add(1)).unwrap_or(0),
         ));

@@ -128,8 +128,13 @@ impl TopicConsumer {
         partition: i32,
         settings: SubscribeSettings,
     ) -> Result<TopicConsumer, ClientError> {
-        let (topic, connection) = client.topic_connection(topic).await?;
-        let (consumer_id, events) = register(&connection, &topic, &settings).await?;
+        let (topic, connection, consumer_id, events) = client
+            .retry_while_unreachable(|| async {
+                let (topic, connection) = client.topic_connection(topic).await?;
+                let (consumer_id, events) = register(&connection, &topic, &settings).await?;
+                Ok((topic, connection, consumer_id, events))
+            })
+            .await?;
         debug!(%topic, subscription = %settings.subscription, consumer_id, "subscribed");
         Ok(TopicConsumer {
             client,
@@ -374,16 +379,19 @@ impl TopicConsumer {
         self.send(command::ack(self.consumer_id, ack_type, vec![id.to_wire()])).await
     }
 
-    /// Sends a command without an answer; a lost connection is noted for the next `receive`
-    /// (the broker redelivers what this command would have settled).
+    /// Sends a command without an answer (ACK, REDELIVER). On a lost connection it is not an
+    /// error: the loss is noted for the next `receive`, which subscribes again, and the broker
+    /// then redelivers everything unacknowledged (at-least-once, as Pulsar's clients).
     async fn send(&mut self, command: pb::BaseCommand) -> Result<(), ClientError> {
-        match self.connection.send_command(command).await {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                self.lost.get_or_insert_with(|| error.to_string());
-                Err(error)
-            }
+        if self.lost.is_some() {
+            debug!(topic = %self.topic, "connection lost: the command is dropped, the broker redelivers");
+            return Ok(());
         }
+        if let Err(error) = self.connection.send_command(command).await {
+            debug!(topic = %self.topic, error = %error_chain(&error), "connection lost while sending a command");
+            self.lost = Some(error.to_string());
+        }
+        Ok(())
     }
 
     /// Why the channel from the connection ended without a Closed event.
