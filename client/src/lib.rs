@@ -40,16 +40,20 @@
 //! How it is built:
 //!
 //! - [`Client`] (client.rs) holds one connection per broker and looks topics up, following
-//!   redirects to the owning broker.
+//!   redirects to the owning broker, and partitioned topics' partition counts.
 //! - connection.rs: one task per TCP connection owns the socket; requests, sends and
 //!   consumers are routed to and from it through bounded channels.
-//! - [`Producer`] (producer.rs) and [`Consumer`] (consumer.rs) hold a connection handle and
-//!   their own state (sequence ids; permits, queued messages, batch acks).
-//! - entry.rs splits delivered entries (batches) into [`Message`]s; message.rs defines them.
+//! - [`Producer`] (producer.rs) routes messages to partitions (routing.rs) and hands them to
+//!   one task per partition (producer_task.rs) that batches, compresses (compression.rs),
+//!   sends, and reconnects and resends after a lost broker.
+//! - [`Consumer`] (consumer.rs) holds one per-topic consumer (topic_consumer.rs: permits,
+//!   batch acks, resubscribe) per topic or partition, and adds nacks, ack timeouts, dead
+//!   letters and the retry topic; [`Reader`] (reader.rs) is a non-durable one.
+//! - entry.rs decompresses delivered entries and splits batches into [`Message`]s.
 //!
-//! Not supported yet: partitioned topics, TLS, authentication, compression (a compressed
-//! message is reported as an error, never returned as garbage), reconnection after a lost
-//! connection (producers and consumers on it fail and must be recreated).
+//! Not supported yet: TLS, authentication, schemas, chunking and end-to-end encryption (such
+//! a message is reported as an error, never returned as garbage), codecs other than LZ4 and
+//! ZSTD.
 
 mod address;
 mod batch;
