@@ -503,6 +503,30 @@ impl Consumer {
         self.redeliver(slots).await
     }
 
+    /// Moves the subscription to `id` on the topic (partition) the id belongs to; the next
+    /// messages are delivered from there. Timers of messages received before are dropped.
+    pub async fn seek(&mut self, id: MessageId) -> Result<(), ClientError> {
+        let index = if self.consumers.len() == 1 {
+            0
+        } else {
+            usize::try_from(id.partition).ok().filter(|&index| index < self.consumers.len()).ok_or(
+                ClientError::InvalidConfig { setting: "seek", reason: "on several topics, seek by publish time" },
+            )?
+        };
+        self.forget_all();
+        self.consumers[index].seek(Some(id), None).await
+    }
+
+    /// Moves the subscription, on every topic, to the first message published at or after
+    /// `publish_time` (milliseconds since the Unix epoch).
+    pub async fn seek_by_time(&mut self, publish_time: u64) -> Result<(), ClientError> {
+        self.forget_all();
+        for consumer in &mut self.consumers {
+            consumer.seek(None, Some(publish_time)).await?;
+        }
+        Ok(())
+    }
+
     /// Produces the message to the retry topic for delivery after `delay` and acknowledges
     /// it here; once it was retried more than `max_redeliver_count` times (with a dead-letter
     /// policy), it goes to the dead-letter topic instead. Needs
@@ -569,6 +593,15 @@ impl Consumer {
         self.unacked_live.remove(&slot);
         if let Some(dead_letter) = &mut self.dead_letter {
             dead_letter.candidates.remove(&slot);
+        }
+    }
+
+    fn forget_all(&mut self) {
+        self.unacked.clear();
+        self.unacked_live.clear();
+        self.nacked.clear();
+        if let Some(dead_letter) = &mut self.dead_letter {
+            dead_letter.candidates.clear();
         }
     }
 

@@ -37,6 +37,8 @@ pub(crate) struct State {
     pub redeliveries: Vec<pb::CommandRedeliverUnacknowledgedMessages>,
     /// Connections closed by `drop_connections`.
     pub dropped: usize,
+    /// Durable subscriptions moved by SEEK: (topic, subscription) -> next entry.
+    pub seeks: HashMap<(String, String), usize>,
     /// While set, SENDs are stored but not answered.
     pub hold_receipts: bool,
 }
@@ -127,6 +129,7 @@ impl Shared {
 
 struct Subscription {
     topic: String,
+    name: String,
     next_entry: usize,
     permits: i64,
     /// Entries asked for again (REDELIVER_UNACKNOWLEDGED_MESSAGES), sent before new ones.
@@ -266,11 +269,13 @@ async fn serve(stream: TcpStream, shared: Shared) {
                                 _ => id.entry_id as usize + 1,
                             }
                         });
+                    let sought = shared.lock().seeks.remove(&(subscribe.topic.clone(), subscribe.subscription.clone()));
                     subscriptions.insert(
                         subscribe.consumer_id,
                         Subscription {
+                            name: subscribe.subscription.clone(),
                             topic: subscribe.topic,
-                            next_entry: reader_start.unwrap_or(if earliest { 0 } else { existing }),
+                            next_entry: reader_start.or(sought).unwrap_or(if earliest { 0 } else { existing }),
                             permits: 0,
                             redeliver: Default::default(),
                             deliveries: HashMap::new(),
@@ -306,10 +311,9 @@ async fn serve(stream: TcpStream, shared: Shared) {
                 }
                 Type::Seek => {
                     let seek = command.seek.expect("seek");
-                    if let (Some(subscription), Some(id)) = (subscriptions.get_mut(&seek.consumer_id), &seek.message_id)
-                    {
-                        subscription.next_entry = id.entry_id as usize;
-                        subscription.redeliver.clear();
+                    if let (Some(subscription), Some(id)) = (subscriptions.get(&seek.consumer_id), &seek.message_id) {
+                        let key = (subscription.topic.clone(), subscription.name.clone());
+                        shared.lock().seeks.insert(key, id.entry_id as usize);
                     }
                     replies.push(Frame::simple(command::success(seek.request_id)));
                 }
@@ -755,6 +759,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn message_retried_too_often_goes_to_the_dead_letter_topic() {
+        let (broker, client) = start().await;
+        let mut retried = metadata(None);
+        retried.properties = vec![
+            pb::KeyValue { key: "RECONSUMETIMES".into(), value: "3".into() },
+            pb::KeyValue { key: "ORIGIN_MESSAGE_ID".into(), value: "7:7:-1:-1".into() },
+        ];
+        broker.append(TOPIC, Payload::new(retried, b"tired"));
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .subscription_type(SubscriptionType::Shared)
+            .initial_position(InitialPosition::Earliest)
+            .enable_retry(true)
+            .dead_letter_policy(crate::DeadLetterPolicy::new(3))
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let message = with_timeout(consumer.receive()).await.expect("receive");
+        consumer.reconsume_later(&message, Duration::from_secs(1)).await.expect("reconsume later");
+        broker.eventually("the original acked", |state| state.acks.len() == 1).await;
+        let state = broker.state();
+        assert!(!state.entries.contains_key("persistent://public/default/my-topic-sub-RETRY"));
+        let letter = &state.entries["persistent://public/default/my-topic-sub-DLQ"][0];
+        assert_eq!(letter.body(), Bytes::from_static(b"tired"));
+        // The first origin is kept through retries.
+        assert!(letter.metadata().properties.iter().any(|p| p.key == "ORIGIN_MESSAGE_ID" && p.value == "7:7:-1:-1"));
+    }
+
+    #[tokio::test]
     async fn consumer_over_several_topics_and_partitions_receives_from_all() {
         let (broker, client) = start().await;
         produce(&broker, TOPIC, &["from a"]);
@@ -846,8 +879,20 @@ mod tests {
         assert!(!latest.has_message_available().await.expect("has message"));
         latest.seek(MessageId::entry(1, 0)).await.expect("seek");
         assert_eq!(with_timeout(latest.receive()).await.expect("receive").payload, Bytes::from_static(b"m0"));
+        drop(latest);
+        let mut consumer = client
+            .consumer("my-topic", "durable")
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        assert_eq!(with_timeout(consumer.receive()).await.expect("receive").payload, Bytes::from_static(b"m0"));
+        consumer.seek(MessageId::entry(1, 2)).await.expect("seek");
+        assert_eq!(with_timeout(consumer.receive()).await.expect("receive").payload, Bytes::from_static(b"m2"));
         let state = broker.state();
-        assert!(state.subscribes.iter().all(|subscribe| subscribe.durable == Some(false)));
+        let durable: Vec<Option<bool>> = state.subscribes.iter().map(|subscribe| subscribe.durable).collect();
+        // Each seek subscribes again, as after Pulsar's broker disconnects the consumer.
+        assert_eq!(durable, [Some(false), Some(false), Some(false), Some(false), Some(false), None, None]);
     }
 
     #[tokio::test]

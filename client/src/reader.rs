@@ -179,14 +179,6 @@ impl Reader {
         Ok(())
     }
 
-    /// Moves the reader to the first message published at or after `publish_time`
-    /// (milliseconds since the Unix epoch).
-    pub async fn seek_by_time(&mut self, publish_time: u64) -> Result<(), ClientError> {
-        self.consumer.seek(None, Some(publish_time)).await?;
-        self.start = StartMessageId::Earliest;
-        Ok(())
-    }
-
     pub async fn close(mut self) -> Result<(), ClientError> {
         self.consumer.close().await
     }

@@ -314,19 +314,39 @@ impl TopicConsumer {
     }
 
     /// SEEK: the subscription moves to `id` (or to the first message published at or after
-    /// `publish_time`); what is queued here is dropped, and the broker delivers from there.
+    /// `publish_time`). Then, as Pulsar's broker makes its clients do by disconnecting them,
+    /// the consumer starts over with a fresh consumer id: whatever was in flight belongs to
+    /// the old position and is dropped with the old id's channel.
     pub(crate) async fn seek(&mut self, id: Option<MessageId>, publish_time: Option<u64>) -> Result<(), ClientError> {
         let consumer_id = self.consumer_id;
         let wire = id.map(MessageId::to_wire);
         self.connection.request(|request_id| command::seek(consumer_id, request_id, wire, publish_time)).await?;
+        self.connection.abandon_consumer(consumer_id);
         self.ready.clear();
         self.batches.clear();
+        self.unsent_permits = 0;
         self.last_received = None;
         if !self.settings.durable {
-            self.settings.start_message_id = id.map(MessageId::to_wire);
-            self.settings.start_inclusive = true;
+            if let Some(id) = id {
+                let mut start = id.to_wire();
+                // With a batch index the broker starts at the entry itself: inclusive.
+                start.batch_index = Some(id.batch_index);
+                self.settings.start_message_id = Some(start);
+                self.settings.start_inclusive = true;
+            }
         }
-        Ok(())
+        match register(&self.connection, &self.topic, &self.settings).await {
+            Ok((consumer_id, events)) => {
+                self.consumer_id = consumer_id;
+                self.events = events;
+                Ok(())
+            }
+            Err(error) => {
+                // The next receive subscribes again with backoff.
+                self.lost = Some(error.to_string());
+                Ok(())
+            }
+        }
     }
 
     pub(crate) async fn close(&mut self) -> Result<(), ClientError> {
