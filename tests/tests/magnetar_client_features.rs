@@ -155,3 +155,27 @@ async fn exclusive_consumer_subscribes_again_after_a_broker_crash() -> anyhow::R
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn perf_consume_reports_what_it_received_as_json() -> anyhow::Result<()> {
+    let standalone = Standalone::start().await?;
+    let client = client(&standalone).await?;
+    let mut producer = client.producer("perf-consume").batching_max_messages(20).create().await?;
+    let mut receipts = Vec::new();
+    for n in 0..100 {
+        receipts.push(producer.send_async(ProducerMessage::new(vec![n as u8; 100])).await?);
+    }
+    for receipt in receipts {
+        receipt.await?;
+    }
+    let output = std::process::Command::new(magnetar_tests::binary("magnetar-perf")?)
+        .args(["consume", "--topic", "perf-consume", "--seconds", "3", "--subscription-position", "Earliest"])
+        .args(["--service-url", &standalone.service_url(), "--json"])
+        .output()?;
+    assert!(output.status.success(), "perf consume failed: {}", String::from_utf8_lossy(&output.stderr));
+    let figures: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(figures["messages"], 100, "{figures}");
+    assert_eq!(figures["bytes"], 100 * 100, "{figures}");
+    assert!(figures["e2e_max_ms"].as_f64().is_some_and(|max| max >= figures["e2e_p50_ms"].as_f64().unwrap_or(0.0)));
+    Ok(())
+}
