@@ -24,6 +24,7 @@ use crate::connection::{Connection, ConnectionConfig};
 use crate::consumer::ConsumerBuilder;
 use crate::error::{error_chain, ClientError};
 use crate::producer::ProducerBuilder;
+use crate::reader::ReaderBuilder;
 use crate::topic::TopicName;
 
 /// How many Redirect answers a lookup follows before giving up.
@@ -43,6 +44,10 @@ pub struct ClientConfig {
     /// Commands (sends, acks, requests) waiting for a connection's writer. When full, the
     /// callers wait.
     pub connection_queue_size: usize,
+    /// The first wait before a producer or consumer reconnects after losing its broker; it
+    /// doubles with every failed attempt up to `max_backoff_interval` (Pulsar: 100 ms, 60 s).
+    pub initial_backoff_interval: Duration,
+    pub max_backoff_interval: Duration,
 }
 
 impl Default for ClientConfig {
@@ -52,6 +57,8 @@ impl Default for ClientConfig {
             connection_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
             connection_queue_size: 1000,
+            initial_backoff_interval: Duration::from_millis(100),
+            max_backoff_interval: Duration::from_secs(30),
         }
     }
 }
@@ -67,6 +74,12 @@ impl ClientConfig {
         }
         if self.keepalive_interval.is_zero() {
             return invalid("keepalive_interval", "must be more than zero");
+        }
+        if self.initial_backoff_interval.is_zero() || self.max_backoff_interval < self.initial_backoff_interval {
+            return invalid(
+                "max_backoff_interval",
+                "must be at least initial_backoff_interval, which must be more than zero",
+            );
         }
         if self.connection_queue_size == 0 {
             return invalid("connection_queue_size", "must be at least 1");
@@ -136,6 +149,11 @@ impl Client {
         ConsumerBuilder::new(self.clone(), topic.into(), subscription.into())
     }
 
+    /// Starts building a reader of `topic`: a non-durable subscription from a start position.
+    pub fn reader(&self, topic: impl Into<String>) -> ReaderBuilder {
+        ReaderBuilder::new(self.clone(), topic.into())
+    }
+
     /// The broker that serves `topic`, following redirects.
     pub async fn lookup(&self, topic: &TopicName) -> Result<BrokerAddress, ClientError> {
         Ok(self.lookup_connection(topic).await?.broker().clone())
@@ -164,18 +182,60 @@ impl Client {
         self.pool().clear();
     }
 
-    /// Parses `topic` and connects to the broker that owns it, for a producer or consumer.
-    /// Partitioned topics are refused: routing over partitions is not supported yet.
+    /// Parses `topic` and connects to the broker that owns it. The caller has resolved
+    /// partitions already: `topic` is a partition or a topic that is not partitioned.
     pub(crate) async fn topic_connection(&self, topic: &str) -> Result<(TopicName, Connection), ClientError> {
         let topic = TopicName::parse(topic)?;
-        let partitions = self.partitions(&topic).await?;
-        if partitions > 0 {
-            return Err(ClientError::Unsupported {
-                what: format!("partitioned topics ({topic} has {partitions} partitions)"),
-            });
-        }
         let connection = self.lookup_connection(&topic).await?;
         Ok((topic, connection))
+    }
+
+    /// The topics to attach to for `topic`: its partitions `<topic>-partition-<i>` when it is
+    /// partitioned, else the topic itself.
+    pub(crate) async fn resolve_partitions(&self, topic: &str) -> Result<(TopicName, Vec<String>), ClientError> {
+        let topic = TopicName::parse(topic)?;
+        let partitions = self.retry_while_unreachable(|| self.partitions(&topic)).await?;
+        let names = if partitions == 0 {
+            vec![topic.to_string()]
+        } else {
+            (0..partitions).map(|index| format!("{topic}-partition-{index}")).collect()
+        };
+        Ok((topic, names))
+    }
+
+    /// Runs `operation` (a lookup plus registering a producer or consumer) again with
+    /// backoff while it fails because a broker connection was lost or refused, as after a
+    /// broker restart (the pool may still hold the dead connection for the first try), for
+    /// at most the operation timeout. Other errors are returned at once.
+    pub(crate) async fn retry_while_unreachable<T, F, Fut>(&self, mut operation: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.inner.config.operation_timeout;
+        let mut attempt = 0;
+        loop {
+            match operation().await {
+                Err(error @ (ClientError::Disconnected { .. } | ClientError::Connect { .. }))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    debug!(attempt, error = %error_chain(&error), "broker unreachable; trying again");
+                    self.backoff(attempt).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Waits before reconnect attempt `attempt` (0-based): exponential backoff with jitter.
+    pub(crate) async fn backoff(&self, attempt: u32) {
+        let config = &self.inner.config;
+        let base = config.initial_backoff_interval.saturating_mul(1u32 << attempt.min(16));
+        let wait = base.min(config.max_backoff_interval);
+        // Up to 10% less, so clients that lost the same broker do not all return at once.
+        let jitter = wait.mul_f64(rand::random::<f64>() * 0.1);
+        tokio::time::sleep(wait - jitter).await;
     }
 
     /// The connection to the broker that owns `topic`.

@@ -1,33 +1,40 @@
-//! [`Consumer`]: receives the messages of one subscription on one topic.
+//! [`Consumer`]: receives the messages of one subscription on one or more topics (and on
+//! every partition of a partitioned topic), with Pulsar's consumer features on top of the
+//! per-topic protocol (topic_consumer.rs):
 //!
-//! Flow control: on subscribe the consumer grants the broker as many permits as its receiver
-//! queue holds (FLOW), and grants more each time half of them were used. A permit is used
-//! when a message is handed to the application, or when the broker charged for a message
-//! that never reaches it (compacted out, acknowledged before a redelivery, undecodable).
-//! The broker therefore never has more entries in flight than the queue size, which is also
-//! the capacity of the channel from the connection task.
+//! - negative acknowledgement: [`Consumer::negative_acknowledge`] asks for a redelivery
+//!   (REDELIVER_UNACKNOWLEDGED_MESSAGES) after `negative_ack_redelivery_delay`;
+//! - ack timeout: a message not acknowledged within `ack_timeout` is redelivered;
+//! - dead letters: with a [`DeadLetterPolicy`], a message delivered `max_redeliver_count`
+//!   times already is, instead of being redelivered once more, produced to the dead-letter
+//!   topic (`<topic>-<subscription>-DLQ`) and acknowledged;
+//! - retry: [`Consumer::reconsume_later`] produces a message to the retry topic
+//!   (`<topic>-<subscription>-RETRY`, which the consumer also subscribes to) for delivery
+//!   after a delay, and acknowledges the original.
 //!
-//! Batches: one entry can hold several messages. The broker tracks acknowledgements per
-//! entry, so an individual ack of a batched message is sent only once every message of that
-//! batch was acknowledged (a small bitmap per entry). A cumulative ack sends the entry's id,
-//! and so covers the whole entry, including any messages after the acknowledged one in the
-//! same batch.
+//! Timers run inside [`Consumer::receive`] (and are checked by every ack call): both queues
+//! are in deadline order (the delays are constant), so the next deadline is at the front.
+//! Redeliveries are therefore requested while the application waits for messages, which is
+//! when a redelivered message could be handed to it anyway.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
-use magnetar_proto::command;
-use magnetar_proto::pulsar::{command_ack::AckType, command_subscribe};
-use tokio::sync::mpsc;
-use tracing::debug;
+use futures::future::select_all;
+use futures::FutureExt;
+use magnetar_proto::pulsar::command_subscribe;
+use tokio::time::Instant;
+use tracing::{debug, warn};
 
 use crate::client::Client;
-use crate::connection::{Connection, ConsumerEvent};
-use crate::entry::{decode_entry, DecodedEntry};
-use crate::error::ClientError;
+use crate::error::{error_chain, ClientError};
 use crate::message::{Message, MessageId};
+use crate::producer::{Producer, ProducerMessage};
+use crate::producer_task::now_millis;
 use crate::topic::TopicName;
+use crate::topic_consumer::{SubscribeSettings, TopicConsumer};
 
 /// Pulsar's default receiver queue size.
 pub const DEFAULT_RECEIVER_QUEUE_SIZE: u32 = 1000;
@@ -57,7 +64,7 @@ impl SubscriptionType {
         }
     }
 
-    fn to_wire(self) -> command_subscribe::SubType {
+    pub(crate) fn to_wire(self) -> command_subscribe::SubType {
         match self {
             SubscriptionType::Exclusive => command_subscribe::SubType::Exclusive,
             SubscriptionType::Shared => command_subscribe::SubType::Shared,
@@ -108,7 +115,7 @@ pub enum InitialPosition {
 }
 
 impl InitialPosition {
-    fn to_wire(self) -> command_subscribe::InitialPosition {
+    pub(crate) fn to_wire(self) -> command_subscribe::InitialPosition {
         match self {
             InitialPosition::Latest => command_subscribe::InitialPosition::Latest,
             InitialPosition::Earliest => command_subscribe::InitialPosition::Earliest,
@@ -128,32 +135,93 @@ impl FromStr for InitialPosition {
     }
 }
 
+/// Pulsar's default delay before a negatively acknowledged message is redelivered.
+pub const DEFAULT_NEGATIVE_ACK_REDELIVERY_DELAY: Duration = Duration::from_secs(60);
+
+/// The property names Pulsar's clients put on retried and dead-lettered messages.
+pub const PROPERTY_RECONSUME_TIMES: &str = "RECONSUMETIMES";
+pub const PROPERTY_DELAY_TIME: &str = "DELAY_TIME";
+pub const PROPERTY_REAL_TOPIC: &str = "REAL_TOPIC";
+pub const PROPERTY_ORIGIN_MESSAGE_ID: &str = "ORIGIN_MESSAGE_ID";
+
+/// Where messages go that could not be processed, as Pulsar's `DeadLetterPolicy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterPolicy {
+    /// A message delivered this many times already goes to the dead-letter topic instead of
+    /// being redelivered again; a retried message, once retried more often than this.
+    pub max_redeliver_count: u32,
+    /// Default: `<topic>-<subscription>-DLQ`.
+    pub dead_letter_topic: Option<String>,
+    /// Default: `<topic>-<subscription>-RETRY`.
+    pub retry_letter_topic: Option<String>,
+}
+
+impl DeadLetterPolicy {
+    pub fn new(max_redeliver_count: u32) -> Self {
+        DeadLetterPolicy { max_redeliver_count, dead_letter_topic: None, retry_letter_topic: None }
+    }
+}
+
 /// Builds a [`Consumer`]; from [`Client::consumer`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use magnetar_client::{Client, DeadLetterPolicy, SubscriptionType};
+/// # async fn example(client: Client) -> Result<(), magnetar_client::ClientError> {
+/// let mut consumer = client
+///     .consumer("jobs", "workers")
+///     .topic("urgent-jobs")
+///     .subscription_type(SubscriptionType::Shared)
+///     .ack_timeout(Duration::from_secs(30))
+///     .negative_ack_redelivery_delay(Duration::from_secs(1))
+///     .dead_letter_policy(DeadLetterPolicy::new(3))
+///     .subscribe()
+///     .await?;
+/// let message = consumer.receive().await?;
+/// consumer.negative_acknowledge(&message).await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct ConsumerBuilder {
     client: Client,
-    topic: String,
+    topics: Vec<String>,
     subscription: String,
     subscription_type: SubscriptionType,
     initial_position: InitialPosition,
     receiver_queue_size: u32,
     consumer_name: Option<String>,
+    ack_timeout: Option<Duration>,
+    negative_ack_redelivery_delay: Duration,
+    dead_letter_policy: Option<DeadLetterPolicy>,
+    retry_enable: bool,
 }
 
 impl ConsumerBuilder {
     pub(crate) fn new(client: Client, topic: String, subscription: String) -> Self {
         ConsumerBuilder {
             client,
-            topic,
+            topics: vec![topic],
             subscription,
             subscription_type: SubscriptionType::default(),
             initial_position: InitialPosition::default(),
             receiver_queue_size: DEFAULT_RECEIVER_QUEUE_SIZE,
             consumer_name: None,
+            ack_timeout: None,
+            negative_ack_redelivery_delay: DEFAULT_NEGATIVE_ACK_REDELIVERY_DELAY,
+            dead_letter_policy: None,
+            retry_enable: false,
         }
     }
 
-    /// Default: Exclusive.
+    /// Subscribes to one more topic with the same subscription.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topics.push(topic.into());
+        self
+    }
+
+    /// Default: Exclusive. Key_Shared subscribes in AUTO_SPLIT mode (the broker splits the
+    /// key hash range among the consumers).
     pub fn subscription_type(mut self, subscription_type: SubscriptionType) -> Self {
         self.subscription_type = subscription_type;
         self
@@ -165,7 +233,8 @@ impl ConsumerBuilder {
         self
     }
 
-    /// How many messages the broker may push ahead of `receive` (default 1000, at least 1).
+    /// How many messages the broker may push ahead of `receive`, per topic (default 1000,
+    /// at least 1).
     pub fn receiver_queue_size(mut self, size: u32) -> Self {
         self.receiver_queue_size = size;
         self
@@ -176,7 +245,30 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Looks the topic up, subscribes, and grants the first permits.
+    /// Redeliver a message not acknowledged this long after it was received (default: never).
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = Some(timeout);
+        self
+    }
+
+    /// How long after a negative acknowledgement the message is redelivered (default 60 s).
+    pub fn negative_ack_redelivery_delay(mut self, delay: Duration) -> Self {
+        self.negative_ack_redelivery_delay = delay;
+        self
+    }
+
+    pub fn dead_letter_policy(mut self, policy: DeadLetterPolicy) -> Self {
+        self.dead_letter_policy = Some(policy);
+        self
+    }
+
+    /// Enables [`Consumer::reconsume_later`]: the consumer also subscribes to the retry topic.
+    pub fn enable_retry(mut self, enabled: bool) -> Self {
+        self.retry_enable = enabled;
+        self
+    }
+
+    /// Looks each topic (and its partitions) up, subscribes, and grants the first permits.
     pub async fn subscribe(self) -> Result<Consumer, ClientError> {
         if self.receiver_queue_size == 0 {
             return Err(ClientError::InvalidConfig { setting: "receiver_queue_size", reason: "must be at least 1" });
@@ -184,114 +276,120 @@ impl ConsumerBuilder {
         if self.subscription.is_empty() {
             return Err(ClientError::InvalidConfig { setting: "subscription", reason: "must not be empty" });
         }
-        let (topic, connection) = self.client.topic_connection(&self.topic).await?;
-        let consumer_id = connection.new_consumer_id();
-        let (sender, events) = mpsc::channel(self.receiver_queue_size as usize);
-        connection.add_consumer(consumer_id, sender).await?;
-
-        let topic_name = topic.to_string();
-        let subscribe = |request_id| {
-            let mut subscribe = command::subscribe(
-                &topic_name,
-                &self.subscription,
-                self.subscription_type.to_wire(),
-                consumer_id,
-                request_id,
-                self.initial_position.to_wire(),
-            );
-            if let Some(body) = subscribe.subscribe.as_mut() {
-                body.consumer_name = self.consumer_name.clone();
-            }
-            subscribe
-        };
-        if let Err(error) = connection.request(subscribe).await {
-            connection.remove_consumer(consumer_id).await;
-            return Err(error);
+        if self.ack_timeout.is_some_and(|timeout| timeout.is_zero()) {
+            return Err(ClientError::InvalidConfig { setting: "ack_timeout", reason: "must be more than zero" });
         }
-        let consumer = Consumer {
-            connection,
-            topic,
+        let base_topic = TopicName::parse(&self.topics[0])?.to_string();
+        let policy = self.dead_letter_policy.clone();
+        let dead_letter_topic = policy
+            .as_ref()
+            .and_then(|policy| policy.dead_letter_topic.clone())
+            .unwrap_or_else(|| format!("{base_topic}-{}-DLQ", self.subscription));
+        let retry_topic = policy
+            .as_ref()
+            .and_then(|policy| policy.retry_letter_topic.clone())
+            .unwrap_or_else(|| format!("{base_topic}-{}-RETRY", self.subscription));
+        let mut topics = self.topics.clone();
+        if self.retry_enable {
+            topics.push(retry_topic.clone());
+        }
+        let settings = SubscribeSettings {
+            subscription: self.subscription.clone(),
+            sub_type: self.subscription_type.to_wire(),
+            initial_position: self.initial_position.to_wire(),
+            receiver_queue_size: self.receiver_queue_size,
+            consumer_name: self.consumer_name.clone(),
+            durable: true,
+            start_message_id: None,
+            start_inclusive: false,
+        };
+        let mut consumers = Vec::new();
+        for topic in &topics {
+            let (_, partitions) = self.client.resolve_partitions(topic).await?;
+            let partitioned = partitions.len() > 1;
+            for (index, partition) in partitions.iter().enumerate() {
+                let index = if partitioned { index as i32 } else { -1 };
+                consumers
+                    .push(TopicConsumer::subscribe(self.client.clone(), partition, index, settings.clone()).await?);
+            }
+        }
+        debug!(topics = ?topics, subscription = %self.subscription, consumers = consumers.len(), "consumer subscribed");
+        Ok(Consumer {
+            client: self.client,
             subscription: self.subscription,
             subscription_type: self.subscription_type,
-            consumer_id,
-            events,
-            ready: VecDeque::new(),
-            batches: HashMap::new(),
-            unsent_permits: 0,
-            refill_threshold: (self.receiver_queue_size / 2).max(1),
-            closed: None,
-        };
-        consumer.connection.send_command(command::flow(consumer_id, self.receiver_queue_size)).await?;
-        debug!(topic = %consumer.topic, subscription = %consumer.subscription, consumer_id, "subscribed");
-        Ok(consumer)
+            consumers,
+            next_consumer: 0,
+            ack_timeout: self.ack_timeout,
+            nack_delay: self.negative_ack_redelivery_delay,
+            unacked: VecDeque::new(),
+            unacked_live: HashSet::new(),
+            nacked: VecDeque::new(),
+            dead_letter: policy.map(|policy| DeadLetter {
+                max_redeliver_count: policy.max_redeliver_count,
+                topic: dead_letter_topic,
+                producer: None,
+                candidates: HashMap::new(),
+            }),
+            retry: self.retry_enable.then_some(Retry { topic: retry_topic, producer: None }),
+            closed: false,
+        })
     }
 }
 
-/// Acknowledgement state of one batch entry whose messages are not all acknowledged.
+/// A received message's place: which topic consumer, which id.
+type Slot = (usize, MessageId);
+
 #[derive(Debug)]
-struct BatchAcks {
-    /// One bit per message of the batch: set once acknowledged (or never delivered).
-    acked: Vec<u64>,
-    remaining: u32,
+struct DeadLetter {
+    max_redeliver_count: u32,
+    topic: String,
+    /// Created on first use.
+    producer: Option<Producer>,
+    /// Messages delivered `max_redeliver_count` times: they go to the dead-letter topic
+    /// instead of their next redelivery.
+    candidates: HashMap<Slot, Message>,
 }
 
-impl BatchAcks {
-    fn new(size: u32, delivered: &[i32]) -> Self {
-        let words = (size as usize).div_ceil(64);
-        let mut acks = BatchAcks { acked: vec![u64::MAX; words], remaining: 0 };
-        for &index in delivered {
-            if let Some(word) = acks.acked.get_mut(index as usize / 64) {
-                let bit = 1u64 << (index as usize % 64);
-                if *word & bit != 0 {
-                    *word &= !bit;
-                    acks.remaining += 1;
-                }
-            }
-        }
-        acks
-    }
-
-    fn is_acked(&self, index: i32) -> bool {
-        let Ok(index) = usize::try_from(index) else { return true };
-        self.acked.get(index / 64).is_none_or(|word| word & (1u64 << (index % 64)) != 0)
-    }
-
-    fn mark(&mut self, index: i32) {
-        if self.is_acked(index) {
-            return;
-        }
-        let index = index as usize;
-        self.acked[index / 64] |= 1u64 << (index % 64);
-        self.remaining -= 1;
-    }
+#[derive(Debug)]
+struct Retry {
+    topic: String,
+    producer: Option<Producer>,
 }
 
-/// Receives the messages of one subscription. Close it with [`Consumer::close`]; dropping it
-/// closes it without waiting.
+/// Receives the messages of one subscription on one or more topics. Close it with
+/// [`Consumer::close`]; dropping it closes it without waiting.
 #[derive(Debug)]
 pub struct Consumer {
-    connection: Connection,
-    topic: TopicName,
+    client: Client,
     subscription: String,
     subscription_type: SubscriptionType,
-    consumer_id: u64,
-    /// Entries from the connection task; capacity: the receiver queue size.
-    events: mpsc::Receiver<ConsumerEvent>,
-    /// Messages of an entry already split, waiting for `receive`.
-    ready: VecDeque<Message>,
-    /// Batch entries with messages not yet acknowledged, by (ledger, entry).
-    batches: HashMap<(u64, u64), BatchAcks>,
-    /// Permits used since the last FLOW.
-    unsent_permits: u32,
-    /// Send FLOW once this many permits were used: half the queue.
-    refill_threshold: u32,
-    /// Why the consumer can receive no more, once it can't.
-    closed: Option<String>,
+    /// One per topic or partition.
+    consumers: Vec<TopicConsumer>,
+    /// Where the next `receive` starts looking, so no topic starves the others.
+    next_consumer: usize,
+    ack_timeout: Option<Duration>,
+    nack_delay: Duration,
+    /// Received and not acknowledged, in deadline order (ack timeout only); an entry is
+    /// live while its slot is in `unacked_live`.
+    unacked: VecDeque<(Instant, Slot)>,
+    unacked_live: HashSet<Slot>,
+    /// Negatively acknowledged, in deadline order.
+    nacked: VecDeque<(Instant, Slot)>,
+    dead_letter: Option<DeadLetter>,
+    retry: Option<Retry>,
+    closed: bool,
 }
 
 impl Consumer {
+    /// The first topic subscribed to.
     pub fn topic(&self) -> &TopicName {
-        &self.topic
+        self.consumers[0].topic()
+    }
+
+    /// Every topic (or partition) this consumer receives from.
+    pub fn topics(&self) -> Vec<String> {
+        self.consumers.iter().map(|consumer| consumer.topic_name().to_owned()).collect()
     }
 
     pub fn subscription(&self) -> &str {
@@ -302,73 +400,72 @@ impl Consumer {
         self.subscription_type
     }
 
-    /// Waits for the next message.
+    /// Waits for the next message, from whichever topic has one.
     ///
     /// An error for which [`ClientError::is_message_error`] holds concerns one message (it
-    /// could not be decoded); the next call goes on with the following ones. Other errors
-    /// mean the consumer was closed or its connection lost.
+    /// could not be decoded); the next call goes on with the following ones. A lost
+    /// connection is not an error: the consumer subscribes again and goes on.
     ///
     /// Cancel-safe: if the future is dropped, no message is lost; the next call returns it.
     pub async fn receive(&mut self) -> Result<Message, ClientError> {
+        if self.closed {
+            return Err(self.closed_error("close() was called"));
+        }
         loop {
-            if self.unsent_permits >= self.refill_threshold && self.closed.is_none() {
-                // Cancelling here loses nothing: the count is reset only once FLOW is queued.
-                self.connection.send_command(command::flow(self.consumer_id, self.unsent_permits)).await?;
-                self.unsent_permits = 0;
+            self.redeliver_due().await?;
+            let deadline = self.next_deadline();
+            let count = self.consumers.len();
+            let start = self.next_consumer % count;
+            let (index, result) = {
+                let (before, after) = self.consumers.split_at_mut(start);
+                let in_turn = after
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(index, consumer)| (index + start, consumer))
+                    .chain(before.iter_mut().enumerate());
+                let receives =
+                    in_turn.map(|(index, consumer)| async move { (index, consumer.receive().await) }.boxed());
+                let any = select_all(receives);
+                tokio::select! {
+                    ((index, result), _, _) = any => (index, result),
+                    () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => continue,
+                }
+            };
+            self.next_consumer = index + 1;
+            let message = result?;
+            let slot = (index, message.id);
+            if let Some(timeout) = self.ack_timeout {
+                self.unacked.push_back((Instant::now() + timeout, slot));
+                self.unacked_live.insert(slot);
             }
-            if let Some(message) = self.ready.pop_front() {
-                self.unsent_permits += 1;
-                return Ok(message);
-            }
-            if let Some(reason) = &self.closed {
-                return Err(self.closed_error(reason.clone()));
-            }
-            match self.events.recv().await {
-                None => self.closed = Some(self.end_reason()),
-                Some(ConsumerEvent::Closed { reason }) => self.closed = Some(reason),
-                Some(ConsumerEvent::Message { command, payload }) => match decode_entry(&command, &payload) {
-                    Ok(decoded) => self.accept(decoded),
-                    Err(error) => {
-                        self.unsent_permits += payload.num_messages();
-                        return Err(error);
-                    }
-                },
-                Some(ConsumerEvent::Corrupt { message_id, error }) => {
-                    self.unsent_permits += 1;
-                    return Err(ClientError::CorruptMessage { id: MessageId::from(&message_id), source: error });
+            if let Some(dead_letter) = &mut self.dead_letter {
+                if message.redelivery_count >= dead_letter.max_redeliver_count {
+                    dead_letter.candidates.insert(slot, message.clone());
                 }
             }
+            return Ok(message);
         }
+    }
+
+    /// Receives the next message and decodes its payload as JSON.
+    pub async fn receive_json<T: serde::de::DeserializeOwned>(&mut self) -> Result<(Message, T), ClientError> {
+        let message = self.receive().await?;
+        let value = message.json()?;
+        Ok((message, value))
     }
 
     /// Acknowledges one message. For a message of a batch, the broker is told once every
     /// message of the batch was acknowledged.
     pub async fn ack(&mut self, message: &Message) -> Result<(), ClientError> {
-        let id = message.id;
-        if id.is_batched() {
-            let entry = (id.ledger_id, id.entry_id);
-            let Some(batch) = self.batches.get_mut(&entry) else {
-                // The whole entry was acknowledged already (cumulatively, or by its other messages).
-                return Ok(());
-            };
-            if batch.is_acked(id.batch_index) {
-                return Ok(());
-            }
-            if batch.remaining > 1 {
-                batch.mark(id.batch_index);
-                return Ok(());
-            }
-            // The last one: tell the broker first, so a cancelled call can be repeated.
-            self.send_ack(AckType::Individual, id.entry_id_only()).await?;
-            self.batches.remove(&entry);
-            return Ok(());
-        }
-        self.send_ack(AckType::Individual, id).await
+        let index = self.consumer_index(message)?;
+        self.forget((index, message.id));
+        self.consumers[index].ack(message.id).await?;
+        self.redeliver_due().await
     }
 
-    /// Acknowledges this message and every message before it in the subscription. Only for
-    /// Exclusive and Failover subscriptions. For a batched message this covers its whole
-    /// entry.
+    /// Acknowledges this message and every message before it on its topic (partition).
+    /// Only for Exclusive and Failover subscriptions. For a batched message this covers its
+    /// whole entry.
     pub async fn ack_cumulative(&mut self, message: &Message) -> Result<(), ClientError> {
         if !self.subscription_type.is_ordered() {
             return Err(ClientError::NotAllowed {
@@ -376,62 +473,229 @@ impl Consumer {
                 subscription_type: self.subscription_type.as_str(),
             });
         }
-        let entry = message.id.entry_id_only();
-        self.send_ack(AckType::Cumulative, entry).await?;
-        let position = (entry.ledger_id, entry.entry_id);
-        self.batches.retain(|&batch_entry, _| batch_entry > position);
+        let index = self.consumer_index(message)?;
+        let up_to = message.id.entry_id_only();
+        let covered =
+            |slot: &Slot| slot.0 == index && (slot.1.ledger_id, slot.1.entry_id) <= (up_to.ledger_id, up_to.entry_id);
+        self.unacked_live.retain(|slot| !covered(slot));
+        if let Some(dead_letter) = &mut self.dead_letter {
+            dead_letter.candidates.retain(|slot, _| !covered(slot));
+        }
+        self.consumers[index].ack_cumulative(message.id).await?;
+        self.redeliver_due().await
+    }
+
+    /// Negative acknowledgement: the message is redelivered after
+    /// `negative_ack_redelivery_delay` (or goes to the dead-letter topic, if it has been
+    /// delivered `max_redeliver_count` times).
+    pub async fn negative_acknowledge(&mut self, message: &Message) -> Result<(), ClientError> {
+        let index = self.consumer_index(message)?;
+        let slot = (index, message.id);
+        self.unacked_live.remove(&slot);
+        self.nacked.push_back((Instant::now() + self.nack_delay, slot));
+        self.redeliver_due().await
+    }
+
+    /// Asks the broker to redeliver every message received and not acknowledged yet.
+    pub async fn redeliver_unacknowledged_messages(&mut self) -> Result<(), ClientError> {
+        let slots: Vec<Slot> = self.unacked_live.drain().collect();
+        self.unacked.clear();
+        self.redeliver(slots).await
+    }
+
+    /// Moves the subscription to `id` on the topic (partition) the id belongs to; the next
+    /// messages are delivered from there. Timers of messages received before are dropped.
+    pub async fn seek(&mut self, id: MessageId) -> Result<(), ClientError> {
+        let index = if self.consumers.len() == 1 {
+            0
+        } else {
+            usize::try_from(id.partition).ok().filter(|&index| index < self.consumers.len()).ok_or(
+                ClientError::InvalidConfig { setting: "seek", reason: "on several topics, seek by publish time" },
+            )?
+        };
+        self.forget_all();
+        self.consumers[index].seek(Some(id), None).await
+    }
+
+    /// Moves the subscription, on every topic, to the first message published at or after
+    /// `publish_time` (milliseconds since the Unix epoch).
+    pub async fn seek_by_time(&mut self, publish_time: u64) -> Result<(), ClientError> {
+        self.forget_all();
+        for consumer in &mut self.consumers {
+            consumer.seek(None, Some(publish_time)).await?;
+        }
         Ok(())
     }
 
-    /// Closes the consumer. Messages received but not acknowledged are redelivered later.
+    /// Produces the message to the retry topic for delivery after `delay` and acknowledges
+    /// it here; once it was retried more than `max_redeliver_count` times (with a dead-letter
+    /// policy), it goes to the dead-letter topic instead. Needs
+    /// [`ConsumerBuilder::enable_retry`].
+    pub async fn reconsume_later(&mut self, message: &Message, delay: Duration) -> Result<(), ClientError> {
+        let Some(retry) = &mut self.retry else {
+            return Err(ClientError::InvalidConfig {
+                setting: "enable_retry",
+                reason: "reconsume_later needs retry enabled",
+            });
+        };
+        let times =
+            message.properties.get(PROPERTY_RECONSUME_TIMES).and_then(|times| times.parse::<u32>().ok()).unwrap_or(0)
+                + 1;
+        let over_limit = self.dead_letter.as_ref().is_some_and(|dead_letter| times > dead_letter.max_redeliver_count);
+        if over_limit {
+            self.send_to_dead_letter(message).await?;
+        } else {
+            let mut retried = letter(message);
+            retried.properties.insert(PROPERTY_RECONSUME_TIMES.into(), times.to_string());
+            retried.properties.insert(PROPERTY_DELAY_TIME.into(), delay.as_millis().to_string());
+            let deliver_at = now_millis().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+            retried.deliver_at_time = Some(i64::try_from(deliver_at).unwrap_or(i64::MAX));
+            if retry.producer.is_none() {
+                retry.producer = Some(self.client.producer(retry.topic.clone()).create().await?);
+            }
+            if let Some(producer) = retry.producer.as_mut() {
+                producer.send_with(retried).await?;
+            }
+        }
+        self.ack(message).await
+    }
+
+    /// Closes the consumer (every topic). Messages received but not acknowledged are
+    /// redelivered later.
     pub async fn close(mut self) -> Result<(), ClientError> {
-        let already_closed = self.closed.is_some();
-        self.closed = Some("close() was called".into());
-        if already_closed {
+        self.closed = true;
+        let mut result = Ok(());
+        for consumer in &mut self.consumers {
+            if let Err(error) = consumer.close().await {
+                result = Err(error);
+            }
+        }
+        if let Some(producer) = self.dead_letter.as_mut().and_then(|dead_letter| dead_letter.producer.take()) {
+            let _ = producer.close().await;
+        }
+        if let Some(producer) = self.retry.as_mut().and_then(|retry| retry.producer.take()) {
+            let _ = producer.close().await;
+        }
+        result
+    }
+
+    fn consumer_index(&self, message: &Message) -> Result<usize, ClientError> {
+        if self.consumers.len() == 1 {
+            return Ok(0);
+        }
+        self.consumers.iter().position(|consumer| consumer.topic_name() == message.topic).ok_or(
+            ClientError::InvalidConfig { setting: "message", reason: "the message is not from this consumer's topics" },
+        )
+    }
+
+    /// Forgets an acknowledged message's timers and dead-letter candidacy.
+    fn forget(&mut self, slot: Slot) {
+        self.unacked_live.remove(&slot);
+        if let Some(dead_letter) = &mut self.dead_letter {
+            dead_letter.candidates.remove(&slot);
+        }
+    }
+
+    fn forget_all(&mut self) {
+        self.unacked.clear();
+        self.unacked_live.clear();
+        self.nacked.clear();
+        if let Some(dead_letter) = &mut self.dead_letter {
+            dead_letter.candidates.clear();
+        }
+    }
+
+    fn next_deadline(&mut self) -> Option<Instant> {
+        // Drop acknowledged entries from the front so the front is a real deadline.
+        while let Some((_, slot)) = self.unacked.front() {
+            if self.unacked_live.contains(slot) {
+                break;
+            }
+            self.unacked.pop_front();
+        }
+        let unacked = self.unacked.front().map(|(deadline, _)| *deadline);
+        let nacked = self.nacked.front().map(|(deadline, _)| *deadline);
+        match (unacked, nacked) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Redelivers (or dead-letters) every message whose ack timeout or nack delay is over.
+    async fn redeliver_due(&mut self) -> Result<(), ClientError> {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while self.nacked.front().is_some_and(|(deadline, _)| *deadline <= now) {
+            if let Some((_, slot)) = self.nacked.pop_front() {
+                due.push(slot);
+            }
+        }
+        while self.unacked.front().is_some_and(|(deadline, _)| *deadline <= now) {
+            if let Some((_, slot)) = self.unacked.pop_front() {
+                if self.unacked_live.remove(&slot) {
+                    debug!(id = %slot.1, "ack timeout: redelivering");
+                    due.push(slot);
+                }
+            }
+        }
+        if due.is_empty() {
             return Ok(());
         }
-        let consumer_id = self.consumer_id;
-        let result = self.connection.request(|request_id| command::close_consumer(consumer_id, request_id)).await;
-        self.connection.remove_consumer(consumer_id).await;
-        result.map(|_| ())
+        self.redeliver(due).await
     }
 
-    fn accept(&mut self, decoded: DecodedEntry) {
-        let DecodedEntry { messages, permits, batch_size } = decoded;
-        let delivered = u32::try_from(messages.len()).unwrap_or(u32::MAX);
-        // Messages charged for but not delivered use their permits now.
-        self.unsent_permits = self.unsent_permits.saturating_add(permits.saturating_sub(delivered));
-        if let (Some(size), Some(first)) = (batch_size, messages.first()) {
-            let indexes: Vec<i32> = messages.iter().map(|message| message.id.batch_index).collect();
-            self.batches.insert((first.id.ledger_id, first.id.entry_id), BatchAcks::new(size, &indexes));
+    async fn redeliver(&mut self, slots: Vec<Slot>) -> Result<(), ClientError> {
+        let mut by_consumer: HashMap<usize, Vec<MessageId>> = HashMap::new();
+        for slot in slots {
+            let dead = self.dead_letter.as_mut().and_then(|dead_letter| dead_letter.candidates.remove(&slot));
+            match dead {
+                Some(message) => match self.send_to_dead_letter(&message).await {
+                    Ok(()) => self.consumers[slot.0].ack(slot.1).await?,
+                    Err(error) => {
+                        warn!(id = %slot.1, error = %error_chain(&error), "cannot produce to the dead-letter topic; redelivering");
+                        by_consumer.entry(slot.0).or_default().push(slot.1);
+                    }
+                },
+                None => by_consumer.entry(slot.0).or_default().push(slot.1),
+            }
         }
-        self.ready.extend(messages);
-    }
-
-    async fn send_ack(&self, ack_type: AckType, id: MessageId) -> Result<(), ClientError> {
-        self.connection.send_command(command::ack(self.consumer_id, ack_type, vec![id.to_wire()])).await
-    }
-
-    /// Why the channel from the connection ended without a Closed event.
-    fn end_reason(&self) -> String {
-        if self.connection.is_closed() {
-            self.connection.disconnected().to_string()
-        } else {
-            "the connection stopped routing messages to it (the broker sent more than its permits allow)".into()
+        for (index, ids) in by_consumer {
+            self.consumers[index].redeliver(&ids).await?;
         }
+        Ok(())
     }
 
-    fn closed_error(&self, reason: String) -> ClientError {
-        ClientError::ConsumerClosed { subscription: self.subscription.clone(), topic: self.topic.to_string(), reason }
+    async fn send_to_dead_letter(&mut self, message: &Message) -> Result<(), ClientError> {
+        let Some(dead_letter) = &mut self.dead_letter else { return Ok(()) };
+        if dead_letter.producer.is_none() {
+            dead_letter.producer = Some(self.client.producer(dead_letter.topic.clone()).create().await?);
+        }
+        if let Some(producer) = dead_letter.producer.as_mut() {
+            producer.send_with(letter(message)).await?;
+            debug!(id = %message.id, topic = %dead_letter.topic, "message sent to the dead-letter topic");
+        }
+        Ok(())
+    }
+
+    fn closed_error(&self, reason: &str) -> ClientError {
+        ClientError::ConsumerClosed {
+            subscription: self.subscription.clone(),
+            topic: self.topic().to_string(),
+            reason: reason.to_owned(),
+        }
     }
 }
 
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        if self.closed.is_none() {
-            self.connection.abandon_consumer(self.consumer_id);
-        }
-    }
+/// A copy of `message` for the retry or dead-letter topic, naming where it came from (kept
+/// from the first time when it is copied again).
+fn letter(message: &Message) -> ProducerMessage {
+    let mut copy = ProducerMessage::new(message.payload.clone());
+    copy.key.clone_from(&message.key);
+    copy.properties.clone_from(&message.properties);
+    copy.properties.entry(PROPERTY_REAL_TOPIC.into()).or_insert_with(|| message.topic.clone());
+    copy.properties.entry(PROPERTY_ORIGIN_MESSAGE_ID.into()).or_insert_with(|| message.id.to_string());
+    copy.event_time = message.event_time;
+    copy
 }
 
 #[cfg(test)]
@@ -462,34 +726,5 @@ mod tests {
             assert_eq!(kind.as_str().parse::<SubscriptionType>().ok(), Some(kind));
             assert_eq!(subscription_type_from_wire(kind.to_wire() as i32), Some(kind));
         }
-    }
-
-    #[test]
-    fn batch_acks_count_only_delivered_messages_once() {
-        // A batch of 5 where message 1 was acknowledged before this delivery.
-        let mut batch = BatchAcks::new(5, &[0, 2, 3, 4]);
-        assert_eq!(batch.remaining, 4);
-        assert!(batch.is_acked(1));
-        batch.mark(2);
-        batch.mark(2);
-        assert_eq!(batch.remaining, 3);
-        for index in [0, 3, 4] {
-            batch.mark(index);
-        }
-        assert_eq!(batch.remaining, 0);
-        // Out-of-range and negative indexes count as acknowledged and change nothing.
-        assert!(batch.is_acked(64) && batch.is_acked(-1));
-        batch.mark(70);
-        assert_eq!(batch.remaining, 0);
-    }
-
-    #[test]
-    fn large_batches_use_several_words() {
-        let indexes: Vec<i32> = (0..130).collect();
-        let mut batch = BatchAcks::new(130, &indexes);
-        assert_eq!(batch.remaining, 130);
-        batch.mark(129);
-        assert!(batch.is_acked(129) && !batch.is_acked(128));
-        assert_eq!(batch.remaining, 129);
     }
 }

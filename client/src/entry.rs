@@ -6,8 +6,9 @@
 //! against what the body could possibly hold, so a hostile or corrupt entry gives an error,
 //! never a panic or a huge allocation.
 //!
-//! Features this client cannot decode yet (compression, encryption, chunking) are refused
-//! with an error naming the message, rather than handing the application garbage.
+//! A compressed body (LZ4, ZSTD) is decompressed first (compression.rs), then split. Features
+//! this client cannot decode yet (other codecs, encryption, chunking) are refused with an
+//! error naming the message, rather than handing the application garbage.
 
 use std::collections::BTreeMap;
 
@@ -47,11 +48,6 @@ pub(crate) fn decode_entry(command: &pb::CommandMessage, payload: &Payload) -> R
     let metadata = payload.metadata();
     let permits = payload.num_messages();
 
-    if let Some(compression) = metadata.compression.filter(|&c| c != pb::CompressionType::None as i32) {
-        let compression = pb::CompressionType::try_from(compression)
-            .map_or_else(|_| format!("unknown codec {compression}"), |c| c.as_str_name().to_owned());
-        return Err(ClientError::UnsupportedCompression { id: entry_id, compression });
-    }
     if !metadata.encryption_keys.is_empty() {
         return Err(ClientError::UnsupportedMessage { id: entry_id, feature: "end-to-end encryption" });
     }
@@ -59,13 +55,21 @@ pub(crate) fn decode_entry(command: &pb::CommandMessage, payload: &Payload) -> R
         return Err(ClientError::UnsupportedMessage { id: entry_id, feature: "chunking" });
     }
 
+    let body = crate::compression::decompress(metadata, payload.body()).map_err(|reason| {
+        let compression = metadata
+            .compression
+            .and_then(|codec| pb::CompressionType::try_from(codec).ok())
+            .map_or_else(|| "an unknown codec".to_owned(), |codec| codec.as_str_name().to_owned());
+        ClientError::UnsupportedCompression { id: entry_id, compression, reason }
+    })?;
     let redelivery_count = command.redelivery_count.unwrap_or(0);
     let event_time = |time: Option<u64>| time.filter(|&t| t > 0);
 
     let Some(count) = metadata.num_messages_in_batch else {
         let message = Message {
             id: entry_id,
-            payload: payload.body(),
+            topic: String::new(),
+            payload: body,
             key: metadata.partition_key.clone(),
             properties: properties(&metadata.properties),
             publish_time: metadata.publish_time,
@@ -80,7 +84,7 @@ pub(crate) fn decode_entry(command: &pb::CommandMessage, payload: &Payload) -> R
         .ok()
         .filter(|&count| count > 0)
         .ok_or_else(|| malformed(entry_id, format!("batch claims {count} messages")))?;
-    let batched = split_batch(payload.body(), count).map_err(|reason| malformed(entry_id, reason))?;
+    let batched = split_batch(body, count).map_err(|reason| malformed(entry_id, reason))?;
     let mut messages = Vec::with_capacity(batched.len());
     for (index, single) in batched.into_iter().enumerate() {
         // Indexes fit in i32: the count came from an i32.
@@ -90,6 +94,7 @@ pub(crate) fn decode_entry(command: &pb::CommandMessage, payload: &Payload) -> R
         }
         messages.push(Message {
             id: MessageId { batch_index, ..entry_id },
+            topic: String::new(),
             payload: single.payload,
             key: single.metadata.partition_key,
             properties: properties(&single.metadata.properties),
@@ -294,15 +299,31 @@ mod tests {
     }
 
     #[test]
-    fn compressed_entry_is_an_error_naming_the_codec_and_message() {
+    fn compressed_batch_is_decompressed_then_split() {
+        use crate::compression::CompressionType;
+        let body = encode_batch(&[single("first", Some("k"), &[]), single("second", None, &[])]);
+        for codec in [CompressionType::Lz4, CompressionType::Zstd] {
+            let mut metadata = entry_metadata(Some(2));
+            metadata.compression = codec.to_wire();
+            metadata.uncompressed_size = Some(body.len() as u32);
+            let payload = Payload::new(metadata, &codec.compress(&body).expect("compress"));
+            let decoded = decode_entry(&command(3, 4, vec![]), &payload).expect("decode");
+            let bodies: Vec<&[u8]> = decoded.messages.iter().map(|m| m.payload.as_ref()).collect();
+            assert_eq!(bodies, [b"first".as_slice(), b"second".as_slice()], "{codec}");
+        }
+    }
+
+    #[test]
+    fn unsupported_codec_is_an_error_naming_the_codec_and_message() {
         let mut metadata = entry_metadata(None);
-        metadata.compression = Some(pb::CompressionType::Lz4 as i32);
+        metadata.compression = Some(pb::CompressionType::Snappy as i32);
+        metadata.uncompressed_size = Some(10);
         let payload = Payload::new(metadata, b"\x01\x02garbage");
         let error = decode_entry(&command(3, 4, vec![]), &payload).expect_err("compressed");
         assert!(error.is_message_error());
         assert_eq!(
             error.to_string(),
-            "message 3:4:-1:-1 is compressed with LZ4, which this client cannot decompress yet"
+            "message 3:4:-1:-1 is compressed with SNAPPY and cannot be decompressed: SNAPPY is not supported by this client"
         );
     }
 

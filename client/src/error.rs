@@ -60,8 +60,15 @@ pub enum ClientError {
     #[error("not supported yet: {what}")]
     Unsupported { what: String },
 
-    #[error("message {id} is compressed with {compression}, which this client cannot decompress yet")]
-    UnsupportedCompression { id: MessageId, compression: String },
+    #[error("message {id} is compressed with {compression} and cannot be decompressed: {reason}")]
+    UnsupportedCompression { id: MessageId, compression: String, reason: String },
+
+    #[error("cannot compress a payload with {codec}")]
+    Compression {
+        codec: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error("message {id} uses {feature}, which this client does not support yet")]
     UnsupportedMessage { id: MessageId, feature: &'static str },
@@ -84,6 +91,15 @@ pub enum ClientError {
 
     #[error("consumer of subscription {subscription} on {topic} is closed: {reason}")]
     ConsumerClosed { subscription: String, topic: String, reason: String },
+
+    #[error("send failed: {reason}")]
+    SendFailed { reason: String },
+
+    #[error("cannot encode or decode a message as JSON")]
+    Json {
+        #[source]
+        source: serde_json::Error,
+    },
 
     #[error("{operation} is not allowed on a {subscription_type} subscription")]
     NotAllowed { operation: &'static str, subscription_type: &'static str },

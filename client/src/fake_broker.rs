@@ -31,6 +31,16 @@ pub(crate) struct State {
     pub acks: Vec<pb::CommandAck>,
     pub closed_producers: usize,
     pub closed_consumers: usize,
+    /// Every SEND as (topic, producer name from the metadata, sequence id), in arrival order.
+    pub sends: Vec<(String, String, u64)>,
+    pub subscribes: Vec<pb::CommandSubscribe>,
+    pub redeliveries: Vec<pb::CommandRedeliverUnacknowledgedMessages>,
+    /// Connections closed by `drop_connections`.
+    pub dropped: usize,
+    /// Durable subscriptions moved by SEEK: (topic, subscription) -> next entry.
+    pub seeks: HashMap<(String, String), usize>,
+    /// While set, SENDs are stored but not answered.
+    pub hold_receipts: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -48,6 +58,8 @@ pub(crate) struct FakeBroker {
     state: Arc<Mutex<State>>,
     /// Bumped whenever an entry is added, so connections dispatch to their consumers.
     appended: watch::Sender<u64>,
+    /// Bumped to make every open connection drop.
+    kill: watch::Sender<u64>,
     accept_loop: tokio::task::JoinHandle<()>,
 }
 
@@ -63,14 +75,21 @@ impl FakeBroker {
         let url = format!("pulsar://{}", listener.local_addr().expect("address"));
         let state = Arc::new(Mutex::new(State::default()));
         let (appended, _) = watch::channel(0);
-        let shared = Shared { url: url.clone(), options, state: state.clone(), appended: appended.clone() };
+        let (kill, _) = watch::channel(0);
+        let shared =
+            Shared { url: url.clone(), options, state: state.clone(), appended: appended.clone(), kill: kill.clone() };
         let accept_loop = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 shared.lock().connections += 1;
                 tokio::spawn(serve(stream, shared.clone()));
             }
         });
-        FakeBroker { url, state, appended, accept_loop }
+        FakeBroker { url, state, appended, kill, accept_loop }
+    }
+
+    /// Closes every open connection, as a broker crash would.
+    pub fn drop_connections(&self) {
+        self.kill.send_modify(|generation| *generation += 1);
     }
 
     pub fn state(&self) -> MutexGuard<'_, State> {
@@ -99,6 +118,7 @@ struct Shared {
     options: Options,
     state: Arc<Mutex<State>>,
     appended: watch::Sender<u64>,
+    kill: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -109,13 +129,19 @@ impl Shared {
 
 struct Subscription {
     topic: String,
+    name: String,
     next_entry: usize,
     permits: i64,
+    /// Entries asked for again (REDELIVER_UNACKNOWLEDGED_MESSAGES), sent before new ones.
+    redeliver: std::collections::VecDeque<usize>,
+    /// How often each entry was delivered.
+    deliveries: HashMap<usize, u32>,
 }
 
 async fn serve(stream: TcpStream, shared: Shared) {
     let mut framed = Framed::new(stream, FrameCodec::default());
     let mut appended = shared.appended.subscribe();
+    let mut kill = shared.kill.subscribe();
     let mut producers: HashMap<u64, String> = HashMap::new();
     let mut subscriptions: HashMap<u64, Subscription> = HashMap::new();
     let mut muted = false;
@@ -130,6 +156,10 @@ async fn serve(stream: TcpStream, shared: Shared) {
                     return;
                 }
                 None
+            }
+            _ = kill.changed() => {
+                shared.lock().dropped += 1;
+                return;
             }
         };
         let mut replies = Vec::new();
@@ -195,6 +225,9 @@ async fn serve(stream: TcpStream, shared: Shared) {
                     if local.starts_with("blackhole") {
                         return;
                     }
+                    let sent_by =
+                        frame.payload.as_ref().map(|p| p.metadata().producer_name.clone()).unwrap_or_default();
+                    shared.lock().sends.push((topic.clone(), sent_by, send.sequence_id));
                     if local.starts_with("rejected") {
                         let error = command::send_error(
                             send.producer_id,
@@ -211,6 +244,9 @@ async fn serve(stream: TcpStream, shared: Shared) {
                             entries.len() as u64 - 1
                         };
                         shared.appended.send_modify(|count| *count += 1);
+                        if shared.lock().hold_receipts {
+                            continue;
+                        }
                         let receipt =
                             command::send_receipt(send.producer_id, send.sequence_id, send.sequence_id, 1, entry_id);
                         replies.push(Frame::simple(receipt));
@@ -218,15 +254,31 @@ async fn serve(stream: TcpStream, shared: Shared) {
                 }
                 Type::Subscribe => {
                     let subscribe = command.subscribe.expect("subscribe");
+                    shared.lock().subscribes.push(subscribe.clone());
                     let existing = shared.lock().entries.get(&subscribe.topic).map_or(0, Vec::len);
                     let earliest =
                         subscribe.initial_position == Some(pb::command_subscribe::InitialPosition::Earliest as i32);
+                    // A reader's start as Pulsar's broker takes it: after the id, or at it when
+                    // the id carries a batch index.
+                    let reader_start =
+                        subscribe.start_message_id.as_ref().filter(|_| subscribe.durable == Some(false)).map(|id| {
+                            match id.ledger_id {
+                                u64::MAX => 0,
+                                ledger if ledger == i64::MAX as u64 => existing,
+                                _ if id.batch_index.is_some() => id.entry_id as usize,
+                                _ => id.entry_id as usize + 1,
+                            }
+                        });
+                    let sought = shared.lock().seeks.remove(&(subscribe.topic.clone(), subscribe.subscription.clone()));
                     subscriptions.insert(
                         subscribe.consumer_id,
                         Subscription {
+                            name: subscribe.subscription.clone(),
                             topic: subscribe.topic,
-                            next_entry: if earliest { 0 } else { existing },
+                            next_entry: reader_start.or(sought).unwrap_or(if earliest { 0 } else { existing }),
                             permits: 0,
+                            redeliver: Default::default(),
+                            deliveries: HashMap::new(),
                         },
                     );
                     replies.push(Frame::simple(command::success(subscribe.request_id)));
@@ -239,6 +291,32 @@ async fn serve(stream: TcpStream, shared: Shared) {
                     }
                 }
                 Type::Ack => shared.lock().acks.push(command.ack.expect("ack")),
+                Type::RedeliverUnacknowledgedMessages => {
+                    let redeliver = command.redeliver_unacknowledged_messages.expect("redeliver");
+                    if let Some(subscription) = subscriptions.get_mut(&redeliver.consumer_id) {
+                        for id in &redeliver.message_ids {
+                            subscription.redeliver.push_back(id.entry_id as usize);
+                        }
+                    }
+                    shared.lock().redeliveries.push(redeliver);
+                }
+                Type::GetLastMessageId => {
+                    let request = command.get_last_message_id.expect("get last message id");
+                    let count = subscriptions
+                        .get(&request.consumer_id)
+                        .and_then(|subscription| shared.lock().entries.get(&subscription.topic).map(Vec::len))
+                        .unwrap_or(0);
+                    let last = if count == 0 { u64::MAX } else { count as u64 - 1 };
+                    replies.push(Frame::simple(command::get_last_message_id_response(request.request_id, 1, last)));
+                }
+                Type::Seek => {
+                    let seek = command.seek.expect("seek");
+                    if let (Some(subscription), Some(id)) = (subscriptions.get(&seek.consumer_id), &seek.message_id) {
+                        let key = (subscription.topic.clone(), subscription.name.clone());
+                        shared.lock().seeks.insert(key, id.entry_id as usize);
+                    }
+                    replies.push(Frame::simple(command::success(seek.request_id)));
+                }
                 Type::CloseProducer => {
                     let close = command.close_producer.expect("close producer");
                     producers.remove(&close.producer_id);
@@ -259,12 +337,21 @@ async fn serve(stream: TcpStream, shared: Shared) {
             let state = shared.lock();
             for (&consumer_id, subscription) in subscriptions.iter_mut() {
                 let Some(entries) = state.entries.get(&subscription.topic) else { continue };
-                while subscription.permits > 0 && subscription.next_entry < entries.len() {
-                    let payload = entries[subscription.next_entry].clone();
+                while subscription.permits > 0 {
+                    let index = match subscription.redeliver.pop_front() {
+                        Some(index) => index,
+                        None if subscription.next_entry < entries.len() => {
+                            subscription.next_entry += 1;
+                            subscription.next_entry - 1
+                        }
+                        None => break,
+                    };
+                    let Some(payload) = entries.get(index).cloned() else { continue };
                     subscription.permits -= i64::from(payload.num_messages());
-                    let message = command::message(consumer_id, 1, subscription.next_entry as u64, 0);
+                    let deliveries = subscription.deliveries.entry(index).or_insert(0);
+                    let message = command::message(consumer_id, 1, index as u64, *deliveries);
+                    *deliveries += 1;
                     replies.push(Frame { command: message, payload: Some(payload) });
-                    subscription.next_entry += 1;
                 }
             }
         }
@@ -282,6 +369,7 @@ fn local_name(topic: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::time::Duration;
 
     use bytes::Bytes;
@@ -518,7 +606,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn compressed_message_is_an_error_and_the_next_one_arrives() {
+    async fn undecodable_compressed_message_is_an_error_and_the_next_one_arrives() {
         let (broker, client) = start().await;
         let mut compressed = metadata(None);
         compressed.compression = Some(pb::CompressionType::Zstd as i32);
@@ -537,6 +625,299 @@ mod tests {
         assert_eq!(message.payload, Bytes::from_static(b"plain"));
     }
 
+    async fn fast_client(broker: &FakeBroker) -> Client {
+        let config = ClientConfig {
+            initial_backoff_interval: Duration::from_millis(10),
+            max_backoff_interval: Duration::from_millis(50),
+            ..Default::default()
+        };
+        Client::connect_with_config(&broker.url, config).await.expect("connect")
+    }
+
+    fn produce(broker: &FakeBroker, topic: &str, bodies: &[&str]) {
+        for body in bodies {
+            broker.append(topic, Payload::new(metadata(None), body.as_bytes()));
+        }
+    }
+
+    #[tokio::test]
+    async fn negative_ack_asks_for_a_redelivery_after_the_delay() {
+        let (broker, client) = start().await;
+        produce(&broker, TOPIC, &["retry me", "fine"]);
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .subscription_type(SubscriptionType::Shared)
+            .initial_position(InitialPosition::Earliest)
+            .negative_ack_redelivery_delay(Duration::from_millis(50))
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let first = with_timeout(consumer.receive()).await.expect("receive");
+        consumer.negative_acknowledge(&first).await.expect("nack");
+        assert!(broker.state().redeliveries.is_empty(), "redelivered before the delay");
+        let second = with_timeout(consumer.receive()).await.expect("receive");
+        assert_eq!(second.payload, Bytes::from_static(b"fine"));
+        consumer.ack(&second).await.expect("ack");
+        let again = with_timeout(consumer.receive()).await.expect("redelivered");
+        assert_eq!(again.payload, Bytes::from_static(b"retry me"));
+        assert_eq!(again.redelivery_count, 1);
+        let state = broker.state();
+        assert_eq!(state.redeliveries.len(), 1);
+        assert_eq!(state.redeliveries[0].message_ids, [command::message_id(1, 0)]);
+    }
+
+    #[tokio::test]
+    async fn unacknowledged_message_is_redelivered_after_the_ack_timeout() {
+        let (broker, client) = start().await;
+        produce(&broker, TOPIC, &["slow"]);
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .initial_position(InitialPosition::Earliest)
+            .ack_timeout(Duration::from_millis(100))
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let first = with_timeout(consumer.receive()).await.expect("receive");
+        let again = with_timeout(consumer.receive()).await.expect("redelivered after the ack timeout");
+        assert_eq!((again.id, again.redelivery_count), (first.id, 1));
+        consumer.ack(&again).await.expect("ack");
+        // Acknowledged: no further redelivery.
+        assert!(tokio::time::timeout(Duration::from_millis(300), consumer.receive()).await.is_err());
+        assert_eq!(broker.state().redeliveries.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn message_goes_to_the_dead_letter_topic_after_max_redeliveries() {
+        let (broker, client) = start().await;
+        produce(&broker, TOPIC, &["poison"]);
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .subscription_type(SubscriptionType::Shared)
+            .initial_position(InitialPosition::Earliest)
+            .negative_ack_redelivery_delay(Duration::from_millis(10))
+            .dead_letter_policy(crate::DeadLetterPolicy::new(2))
+            .subscribe()
+            .await
+            .expect("subscribe");
+        // Delivered with redelivery counts 0, 1 and 2; the nack of the last sends it away.
+        for expected_count in 0..=2 {
+            let message = with_timeout(consumer.receive()).await.expect("receive");
+            assert_eq!(message.redelivery_count, expected_count);
+            consumer.negative_acknowledge(&message).await.expect("nack");
+        }
+        assert!(tokio::time::timeout(Duration::from_millis(200), consumer.receive()).await.is_err());
+        let dlq = "persistent://public/default/my-topic-sub-DLQ";
+        broker.eventually("the dead letter", |state| state.entries.get(dlq).is_some_and(|e| e.len() == 1)).await;
+        let state = broker.state();
+        let letter = &state.entries[dlq][0];
+        assert_eq!(letter.body(), Bytes::from_static(b"poison"));
+        let properties: BTreeMap<_, _> =
+            letter.metadata().properties.iter().map(|p| (p.key.as_str(), p.value.as_str())).collect();
+        assert_eq!(properties.get("REAL_TOPIC"), Some(&TOPIC));
+        assert_eq!(properties.get("ORIGIN_MESSAGE_ID"), Some(&"1:0:-1:-1"));
+        assert_eq!(state.redeliveries.len(), 2);
+        let acked: Vec<u64> = state.acks.iter().flat_map(|ack| ack.message_id.iter().map(|id| id.entry_id)).collect();
+        assert_eq!(acked, [0]);
+    }
+
+    #[tokio::test]
+    async fn reconsume_later_produces_to_the_retry_topic_with_a_delay_and_acks() {
+        let (broker, client) = start().await;
+        produce(&broker, TOPIC, &["later"]);
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .subscription_type(SubscriptionType::Shared)
+            .initial_position(InitialPosition::Earliest)
+            .enable_retry(true)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let retry = "persistent://public/default/my-topic-sub-RETRY";
+        assert_eq!(consumer.topics(), [TOPIC, retry]);
+        let message = with_timeout(consumer.receive()).await.expect("receive");
+        let before = crate::producer_task::now_millis() as i64;
+        consumer.reconsume_later(&message, Duration::from_secs(10)).await.expect("reconsume later");
+        broker.eventually("the original acked", |state| state.acks.len() == 1).await;
+        {
+            let state = broker.state();
+            let retried = &state.entries[retry][0];
+            let deliver_at = retried.metadata().deliver_at_time.expect("deliver_at_time");
+            assert!(deliver_at >= before + 10_000 && deliver_at < before + 20_000, "{deliver_at}");
+            assert_eq!(state.acks.len(), 1);
+        }
+        // The fake broker does not delay: the retry arrives through the retry topic.
+        let retried = with_timeout(consumer.receive()).await.expect("retried message");
+        assert_eq!(retried.topic, retry);
+        assert_eq!(retried.properties.get("RECONSUMETIMES").map(String::as_str), Some("1"));
+        assert_eq!(retried.properties.get("ORIGIN_MESSAGE_ID").map(String::as_str), Some("1:0:-1:-1"));
+        assert_eq!(retried.properties.get("REAL_TOPIC").map(String::as_str), Some(TOPIC));
+        consumer.ack(&retried).await.expect("ack the retried message");
+        broker.eventually("the retried message acked", |state| state.acks.len() == 2).await;
+        let state = broker.state();
+        assert_eq!(state.acks.len(), 2);
+        assert_ne!(state.acks[0].consumer_id, state.acks[1].consumer_id, "acks must go to each topic's consumer");
+    }
+
+    #[tokio::test]
+    async fn message_retried_too_often_goes_to_the_dead_letter_topic() {
+        let (broker, client) = start().await;
+        let mut retried = metadata(None);
+        retried.properties = vec![
+            pb::KeyValue { key: "RECONSUMETIMES".into(), value: "3".into() },
+            pb::KeyValue { key: "ORIGIN_MESSAGE_ID".into(), value: "7:7:-1:-1".into() },
+        ];
+        broker.append(TOPIC, Payload::new(retried, b"tired"));
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .subscription_type(SubscriptionType::Shared)
+            .initial_position(InitialPosition::Earliest)
+            .enable_retry(true)
+            .dead_letter_policy(crate::DeadLetterPolicy::new(3))
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let message = with_timeout(consumer.receive()).await.expect("receive");
+        consumer.reconsume_later(&message, Duration::from_secs(1)).await.expect("reconsume later");
+        broker.eventually("the original acked", |state| state.acks.len() == 1).await;
+        let state = broker.state();
+        assert!(!state.entries.contains_key("persistent://public/default/my-topic-sub-RETRY"));
+        let letter = &state.entries["persistent://public/default/my-topic-sub-DLQ"][0];
+        assert_eq!(letter.body(), Bytes::from_static(b"tired"));
+        // The first origin is kept through retries.
+        assert!(letter.metadata().properties.iter().any(|p| p.key == "ORIGIN_MESSAGE_ID" && p.value == "7:7:-1:-1"));
+    }
+
+    #[tokio::test]
+    async fn consumer_over_several_topics_and_partitions_receives_from_all() {
+        let (broker, client) = start().await;
+        produce(&broker, TOPIC, &["from a"]);
+        for index in 0..4 {
+            produce(&broker, &format!("persistent://public/default/partitioned-t-partition-{index}"), &["p"]);
+        }
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .topic("partitioned-t")
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        assert_eq!(consumer.topics().len(), 5);
+        let mut partitions = Vec::new();
+        for _ in 0..5 {
+            let message = with_timeout(consumer.receive()).await.expect("receive");
+            consumer.ack(&message).await.expect("ack");
+            partitions.push(message.id.partition);
+        }
+        partitions.sort();
+        assert_eq!(partitions, [-1, 0, 1, 2, 3]);
+        broker.eventually("five acks", |state| state.acks.len() == 5).await;
+        let consumers: std::collections::HashSet<u64> = broker.state().acks.iter().map(|a| a.consumer_id).collect();
+        assert_eq!(consumers.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn key_shared_subscribes_with_auto_split() {
+        let (broker, client) = start().await;
+        let _consumer = client
+            .consumer("my-topic", "sub")
+            .subscription_type(SubscriptionType::KeyShared)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let state = broker.state();
+        let meta = state.subscribes[0].key_shared_meta.as_ref().expect("KeySharedMeta");
+        assert_eq!(meta.key_shared_mode, pb::KeySharedMode::AutoSplit as i32);
+        assert_eq!(state.subscribes[0].sub_type, pb::command_subscribe::SubType::KeyShared as i32);
+    }
+
+    #[tokio::test]
+    async fn consumer_subscribes_again_after_losing_the_broker() {
+        let broker = FakeBroker::start(Options::default()).await;
+        let client = fast_client(&broker).await;
+        produce(&broker, TOPIC, &["before"]);
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .consumer_name("steady")
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let first = with_timeout(consumer.receive()).await.expect("receive");
+        assert_eq!(first.payload, Bytes::from_static(b"before"));
+        broker.drop_connections();
+        broker.eventually("the connection dropped", |state| state.dropped == 1).await;
+        produce(&broker, TOPIC, &["after"]);
+        // The fake broker forgets subscriptions with their connection: Earliest replays.
+        let mut seen = Vec::new();
+        while seen.last() != Some(&Bytes::from_static(b"after")) {
+            seen.push(with_timeout(consumer.receive()).await.expect("receive after the reconnect").payload);
+        }
+        let state = broker.state();
+        assert_eq!(state.subscribes.len(), 2);
+        assert_eq!(state.subscribes[1].consumer_name.as_deref(), Some("steady"));
+        assert!(state.flows.len() >= 2, "no permits after the reconnect");
+    }
+
+    #[tokio::test]
+    async fn reader_starts_where_asked_and_knows_when_it_is_done() {
+        let (broker, client) = start().await;
+        produce(&broker, TOPIC, &["m0", "m1", "m2"]);
+        let mut earliest =
+            client.reader("my-topic").start_message_id(crate::StartMessageId::Earliest).create().await.expect("reader");
+        let mut bodies = Vec::new();
+        while earliest.has_message_available().await.expect("has message") {
+            bodies.push(with_timeout(earliest.receive()).await.expect("receive").payload);
+        }
+        assert_eq!(bodies, [Bytes::from_static(b"m0"), Bytes::from_static(b"m1"), Bytes::from_static(b"m2")]);
+
+        let start = crate::StartMessageId::Id(MessageId::entry(1, 1));
+        let mut after = client.reader("my-topic").start_message_id(start).create().await.expect("reader");
+        assert_eq!(with_timeout(after.receive()).await.expect("receive").payload, Bytes::from_static(b"m2"));
+        let mut at = client.reader("my-topic").start_message_id(start).start_inclusive(true).create().await.expect("r");
+        assert_eq!(with_timeout(at.receive()).await.expect("receive").payload, Bytes::from_static(b"m1"));
+        let mut latest = client.reader("my-topic").create().await.expect("reader");
+        assert!(!latest.has_message_available().await.expect("has message"));
+        latest.seek(MessageId::entry(1, 0)).await.expect("seek");
+        assert_eq!(with_timeout(latest.receive()).await.expect("receive").payload, Bytes::from_static(b"m0"));
+        drop(latest);
+        let mut consumer = client
+            .consumer("my-topic", "durable")
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        assert_eq!(with_timeout(consumer.receive()).await.expect("receive").payload, Bytes::from_static(b"m0"));
+        consumer.seek(MessageId::entry(1, 2)).await.expect("seek");
+        assert_eq!(with_timeout(consumer.receive()).await.expect("receive").payload, Bytes::from_static(b"m2"));
+        let state = broker.state();
+        let durable: Vec<Option<bool>> = state.subscribes.iter().map(|subscribe| subscribe.durable).collect();
+        // Each seek subscribes again, as after Pulsar's broker disconnects the consumer.
+        assert_eq!(durable, [Some(false), Some(false), Some(false), Some(false), Some(false), None, None]);
+    }
+
+    #[tokio::test]
+    async fn json_messages_round_trip() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct Order {
+            id: u32,
+            item: String,
+        }
+        let (_broker, client) = start().await;
+        let mut producer = client.producer("my-topic").create().await.expect("producer");
+        let order = Order { id: 7, item: "lamp".into() };
+        producer.send_json(&order).await.expect("send");
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .initial_position(InitialPosition::Earliest)
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let (_, received): (_, Order) = with_timeout(consumer.receive_json()).await.expect("receive");
+        assert_eq!(received, order);
+        producer.send("not json").await.expect("send");
+        assert!(matches!(with_timeout(consumer.receive_json::<Order>()).await, Err(ClientError::Json { .. })));
+    }
+
     #[tokio::test]
     async fn failed_lookup_carries_the_server_error() {
         let (_broker, client) = start().await;
@@ -553,10 +934,179 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn partitioned_topics_are_refused_clearly() {
+    async fn partitioned_producer_routes_keys_by_murmur3_and_others_round_robin() {
+        let (broker, client) = start().await;
+        let mut producer = client.producer("partitioned-topic").create().await.expect("producer");
+        assert_eq!(producer.partitions(), 4);
+        let keyed = producer.send_with(ProducerMessage::new("k").key("customer-7")).await.expect("send");
+        assert_eq!(keyed.partition, crate::partition_for_key(b"customer-7", 4) as i32);
+        let mut unkeyed = Vec::new();
+        for n in 0..8 {
+            unkeyed.push(producer.send(format!("m{n}")).await.expect("send").partition);
+        }
+        // Round robin: consecutive partitions, each used twice in 8 messages.
+        for pair in unkeyed.windows(2) {
+            assert_eq!(pair[1], (pair[0] + 1) % 4, "{unkeyed:?}");
+        }
+        let state = broker.state();
+        let key_topic = format!("persistent://public/default/partitioned-topic-partition-{}", keyed.partition);
+        assert_eq!(state.entries[&key_topic][0].metadata().partition_key.as_deref(), Some("customer-7"));
+        for index in 0..4 {
+            let topic = format!("persistent://public/default/partitioned-topic-partition-{index}");
+            assert!(state.entries[&topic].len() >= 2, "partition {index} got too few messages");
+        }
+    }
+
+    #[tokio::test]
+    async fn single_routing_mode_uses_one_partition() {
         let (_broker, client) = start().await;
-        let error = client.producer("partitioned-topic").create().await.expect_err("partitioned");
-        assert!(matches!(error, ClientError::Unsupported { .. }), "{error}");
+        let mut producer =
+            client.producer("partitioned-single").routing_mode(crate::RoutingMode::Single).create().await.expect("p");
+        let first = producer.send("a").await.expect("send").partition;
+        for _ in 0..5 {
+            assert_eq!(producer.send("b").await.expect("send").partition, first);
+        }
+    }
+
+    #[tokio::test]
+    async fn batching_producer_sends_full_batches_with_per_message_ids() {
+        let (broker, client) = start().await;
+        let mut producer = client
+            .producer("batched")
+            .batching_max_messages(4)
+            .batching_max_publish_delay(Duration::from_secs(60))
+            .create()
+            .await
+            .expect("producer");
+        let mut receipts = Vec::new();
+        for n in 0..8 {
+            receipts.push(producer.send_async(ProducerMessage::new(format!("m{n}"))).await.expect("queue"));
+        }
+        let mut ids = Vec::new();
+        for receipt in receipts {
+            ids.push(with_timeout(receipt).await.expect("receipt"));
+        }
+        let expected: Vec<String> = (0..8).map(|n| format!("1:{}:-1:{}", n / 4, n % 4)).collect();
+        assert_eq!(ids.iter().map(ToString::to_string).collect::<Vec<_>>(), expected);
+        let state = broker.state();
+        let entries = &state.entries["persistent://public/default/batched"];
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].metadata().sequence_id, 4);
+        assert_eq!(entries[1].metadata().highest_sequence_id, Some(7));
+        assert_eq!(entries[1].metadata().num_messages_in_batch, Some(4));
+    }
+
+    #[tokio::test]
+    async fn batch_is_sent_after_the_publish_delay_and_by_size() {
+        let (broker, client) = start().await;
+        let mut producer = client
+            .producer("delayed-batch")
+            .batching_max_messages(1000)
+            .batching_max_bytes(1000)
+            .batching_max_publish_delay(Duration::from_millis(20))
+            .create()
+            .await
+            .expect("producer");
+        // Two messages, well below the count: the delay sends them as one entry.
+        let first = producer.send_async(ProducerMessage::new("a")).await.expect("queue");
+        let second = producer.send_async(ProducerMessage::new("b")).await.expect("queue");
+        with_timeout(first).await.expect("receipt");
+        with_timeout(second).await.expect("receipt");
+        // 600 + 600 bytes exceed max bytes: the second message starts a new batch.
+        let big = producer.send_async(ProducerMessage::new(vec![1u8; 600])).await.expect("queue");
+        let bigger = producer.send_async(ProducerMessage::new(vec![2u8; 600])).await.expect("queue");
+        let (big, bigger) = (with_timeout(big).await.expect("r"), with_timeout(bigger).await.expect("r"));
+        assert_ne!(big.entry_id, bigger.entry_id);
+        let state = broker.state();
+        let entries = &state.entries["persistent://public/default/delayed-batch"];
+        assert_eq!(entries[0].metadata().num_messages_in_batch, Some(2));
+        assert_eq!(entries.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn compressed_batches_round_trip_through_a_consumer() {
+        for codec in [crate::CompressionType::Lz4, crate::CompressionType::Zstd] {
+            let (broker, client) = start().await;
+            let mut producer = client
+                .producer("compressed")
+                .compression(codec)
+                .batching_max_messages(10)
+                .batching_max_publish_delay(Duration::from_millis(5))
+                .create()
+                .await
+                .expect("producer");
+            let body = "compress me ".repeat(100);
+            let mut receipts = Vec::new();
+            for n in 0..10 {
+                let message = ProducerMessage::new(format!("{n}:{body}")).key(format!("k{n}"));
+                receipts.push(producer.send_async(message).await.expect("queue"));
+            }
+            for receipt in receipts {
+                with_timeout(receipt).await.expect("receipt");
+            }
+            {
+                let state = broker.state();
+                let entry = &state.entries["persistent://public/default/compressed"][0];
+                assert_eq!(entry.metadata().compression, codec.to_wire());
+                assert!(entry.body().len() < body.len(), "{codec}: the batch was not compressed");
+            }
+            let mut consumer = client
+                .consumer("compressed", "sub")
+                .initial_position(InitialPosition::Earliest)
+                .subscribe()
+                .await
+                .expect("subscribe");
+            for n in 0..10 {
+                let message = with_timeout(consumer.receive()).await.expect("receive");
+                assert_eq!(message.payload, Bytes::from(format!("{n}:{body}")));
+                assert_eq!(message.key, Some(format!("k{n}")));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn producer_reconnects_and_resends_pending_messages_with_their_sequence_ids() {
+        let broker = FakeBroker::start(Options::default()).await;
+        let config = ClientConfig {
+            initial_backoff_interval: Duration::from_millis(10),
+            max_backoff_interval: Duration::from_millis(50),
+            ..Default::default()
+        };
+        let client = Client::connect_with_config(&broker.url, config).await.expect("connect");
+        let mut producer = client.producer("resent").name("steady").create().await.expect("producer");
+        producer.send("stored").await.expect("send");
+        broker.state().hold_receipts = true;
+        let mut receipts = Vec::new();
+        for n in 1..=3 {
+            receipts.push(producer.send_async(ProducerMessage::new(format!("m{n}"))).await.expect("queue"));
+        }
+        broker.eventually("three held sends", |state| state.sends.len() == 4).await;
+        broker.state().hold_receipts = false;
+        broker.drop_connections();
+        for receipt in receipts {
+            with_timeout(receipt).await.expect("receipt after the reconnect");
+        }
+        let state = broker.state();
+        assert!(state.connections >= 2, "the producer did not reconnect");
+        let resent: Vec<(String, u64)> =
+            state.sends[4..].iter().map(|(_, name, sequence_id)| (name.clone(), *sequence_id)).collect();
+        assert_eq!(resent, [("steady".to_owned(), 1), ("steady".to_owned(), 2), ("steady".to_owned(), 3)]);
+    }
+
+    #[tokio::test]
+    async fn send_times_out_when_the_broker_drops_every_send() {
+        let broker = FakeBroker::start(Options::default()).await;
+        let config = ClientConfig {
+            operation_timeout: Duration::from_millis(300),
+            initial_backoff_interval: Duration::from_millis(10),
+            max_backoff_interval: Duration::from_millis(50),
+            ..Default::default()
+        };
+        let client = Client::connect_with_config(&broker.url, config).await.expect("connect");
+        let mut producer = client.producer("blackhole-topic").create().await.expect("producer");
+        let error = with_timeout(producer.send("lost")).await.expect_err("never stored");
+        assert!(matches!(error, ClientError::Timeout { .. }), "{error}");
+        assert!(broker.state().connections >= 2, "the producer did not try again");
     }
 
     #[tokio::test]
@@ -581,14 +1131,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn pending_send_fails_when_the_connection_is_lost() {
-        let (_broker, client) = start().await;
-        let mut producer = client.producer("blackhole-topic").create().await.expect("producer");
-        let error = with_timeout(producer.send("lost")).await.expect_err("connection dropped");
-        assert!(matches!(error, ClientError::Disconnected { .. }), "{error}");
-    }
-
-    #[tokio::test]
     async fn send_error_carries_the_server_error() {
         let (_broker, client) = start().await;
         let mut producer = client.producer("rejected-topic").create().await.expect("producer");
@@ -599,9 +1141,15 @@ mod tests {
     #[tokio::test]
     async fn silent_broker_is_detected_by_keepalive_and_pending_requests_fail() {
         let broker = FakeBroker::start(Options { mute_after_connect: true, ..Default::default() }).await;
-        let config = ClientConfig { keepalive_interval: Duration::from_millis(50), ..Default::default() };
+        let config = ClientConfig {
+            keepalive_interval: Duration::from_millis(50),
+            operation_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
         let client = Client::connect_with_config(&broker.url, config).await.expect("connect");
         let error = with_timeout(client.producer("my-topic").create()).await.expect_err("no answer");
+        // Creation tried again on fresh connections until the operation timeout.
+        assert!(broker.state().connections >= 2);
         assert!(matches!(&error, ClientError::Disconnected { reason, .. } if reason.contains("keepalive")), "{error}");
     }
 

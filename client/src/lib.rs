@@ -40,37 +40,56 @@
 //! How it is built:
 //!
 //! - [`Client`] (client.rs) holds one connection per broker and looks topics up, following
-//!   redirects to the owning broker.
+//!   redirects to the owning broker, and partitioned topics' partition counts.
 //! - connection.rs: one task per TCP connection owns the socket; requests, sends and
 //!   consumers are routed to and from it through bounded channels.
-//! - [`Producer`] (producer.rs) and [`Consumer`] (consumer.rs) hold a connection handle and
-//!   their own state (sequence ids; permits, queued messages, batch acks).
-//! - entry.rs splits delivered entries (batches) into [`Message`]s; message.rs defines them.
+//! - [`Producer`] (producer.rs) routes messages to partitions (routing.rs) and hands them to
+//!   one task per partition (producer_task.rs) that batches, compresses (compression.rs),
+//!   sends, and reconnects and resends after a lost broker.
+//! - [`Consumer`] (consumer.rs) holds one per-topic consumer (topic_consumer.rs: permits,
+//!   batch acks, resubscribe) per topic or partition, and adds nacks, ack timeouts, dead
+//!   letters and the retry topic; [`Reader`] (reader.rs) is a non-durable one.
+//! - entry.rs decompresses delivered entries and splits batches into [`Message`]s.
 //!
-//! Not supported yet: partitioned topics, TLS, authentication, compression (a compressed
-//! message is reported as an error, never returned as garbage), reconnection after a lost
-//! connection (producers and consumers on it fail and must be recreated).
+//! Not supported yet: TLS, authentication, schemas, chunking and end-to-end encryption (such
+//! a message is reported as an error, never returned as garbage), codecs other than LZ4 and
+//! ZSTD.
 
 mod address;
 mod batch;
 mod client;
+mod compression;
 mod connection;
 mod consumer;
 mod entry;
 mod error;
 mod message;
 mod producer;
+mod producer_task;
+mod reader;
+mod routing;
 mod topic;
+mod topic_consumer;
 
 #[cfg(test)]
 mod fake_broker;
 
 pub use address::{BrokerAddress, ServiceUrl, DEFAULT_PORT};
 pub use client::{Client, ClientConfig, MAX_LOOKUP_REDIRECTS};
-pub use consumer::{Consumer, ConsumerBuilder, InitialPosition, SubscriptionType, DEFAULT_RECEIVER_QUEUE_SIZE};
+pub use compression::{CompressionType, MAX_UNCOMPRESSED_SIZE};
+pub use consumer::{
+    Consumer, ConsumerBuilder, DeadLetterPolicy, InitialPosition, SubscriptionType,
+    DEFAULT_NEGATIVE_ACK_REDELIVERY_DELAY, DEFAULT_RECEIVER_QUEUE_SIZE, PROPERTY_DELAY_TIME,
+    PROPERTY_ORIGIN_MESSAGE_ID, PROPERTY_REAL_TOPIC, PROPERTY_RECONSUME_TIMES,
+};
 pub use error::ClientError;
 pub use message::{Message, MessageId, ParseMessageIdError};
-pub use producer::{Producer, ProducerBuilder, ProducerMessage, SendReceipt, DEFAULT_MAX_PENDING_MESSAGES};
+pub use producer::{
+    BatchingConfig, Producer, ProducerBuilder, ProducerMessage, SendReceipt, DEFAULT_BATCHING_MAX_BYTES,
+    DEFAULT_BATCHING_MAX_MESSAGES, DEFAULT_BATCHING_MAX_PUBLISH_DELAY, DEFAULT_MAX_PENDING_MESSAGES,
+};
+pub use reader::{Reader, ReaderBuilder, StartMessageId};
+pub use routing::{murmur3_32, partition_for_key, pulsar_key_hash, RoutingMode};
 pub use topic::TopicName;
 
 /// The client version sent to brokers in CONNECT: `magnetar-client/<version>`.

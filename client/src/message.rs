@@ -100,6 +100,8 @@ impl FromStr for MessageId {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
     pub id: MessageId,
+    /// The topic (or partition) the message came from.
+    pub topic: String,
     pub payload: Bytes,
     /// The partition key the producer set, if any.
     pub key: Option<String>,
@@ -111,6 +113,27 @@ pub struct Message {
     pub producer_name: String,
     /// How many times the broker delivered this message before.
     pub redelivery_count: u32,
+}
+
+impl Message {
+    /// The payload decoded as JSON.
+    ///
+    /// ```
+    /// # let message = magnetar_client::Message {
+    /// #     id: magnetar_client::MessageId::entry(1, 2), topic: String::new(),
+    /// #     payload: bytes::Bytes::from_static(br#"{"order":42}"#), key: None,
+    /// #     properties: Default::default(), publish_time: 0, event_time: None,
+    /// #     producer_name: String::new(), redelivery_count: 0,
+    /// # };
+    /// #[derive(serde::Deserialize)]
+    /// struct Order { order: u32 }
+    /// let order: Order = message.json()?;
+    /// assert_eq!(order.order, 42);
+    /// # Ok::<(), magnetar_client::ClientError>(())
+    /// ```
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::ClientError> {
+        serde_json::from_slice(&self.payload).map_err(|source| crate::ClientError::Json { source })
+    }
 }
 
 #[cfg(test)]

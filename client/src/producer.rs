@@ -1,49 +1,118 @@
-//! [`Producer`]: publishes messages to one topic.
+//! [`Producer`]: publishes messages to one topic, or over the partitions of a partitioned
+//! topic.
 //!
-//! Sequence ids increase by one per message, starting after the `last_sequence_id` the broker
-//! reports in PRODUCER_SUCCESS (so a named producer continues where its previous incarnation
-//! stopped and the broker can drop duplicates). Sends take `&mut self`, which keeps sequence
-//! ids in wire order.
+//! Each partition (or the single topic) has one producer task (producer_task.rs) that owns
+//! the broker connection, the open batch and the messages waiting for receipts; the
+//! [`Producer`] handle routes each message to a partition (routing.rs) and talks to that task
+//! through a bounded channel. Sequence ids are assigned here, one per message, in call
+//! order, starting after the `last_sequence_id` the broker reports in PRODUCER_SUCCESS (so a
+//! named producer continues where its previous incarnation stopped and the broker can drop
+//! duplicates). Sends take `&mut self`, which keeps sequence ids in wire order.
 //!
-//! Several sends may be in flight: [`Producer::send_async`] queues the message and returns a
-//! [`SendReceipt`] future for the broker's answer. At most
-//! [`ProducerBuilder::max_pending_messages`] messages wait for receipts; past that,
-//! `send_async` waits for one to arrive.
+//! [`Producer::send_async`] queues the message and returns a [`SendReceipt`] future that
+//! resolves to the message's id once the broker stored it. At most
+//! [`ProducerBuilder::max_pending_messages`] messages per partition wait for receipts (queued
+//! in a batch or sent); past that, `send_async` waits for room. With batching, messages
+//! wait in the open batch until it holds `batching_max_messages` messages or
+//! `batching_max_bytes` bytes, or `batching_max_publish_delay` passed since its first one.
+//!
+//! When the connection is lost (broker restart, network), the task reconnects with backoff,
+//! registers again under the same producer name and resends every message still waiting for
+//! its receipt with its original sequence id, so broker-side deduplication drops what was
+//! already stored.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use magnetar_proto::pulsar as pb;
-use magnetar_proto::{command, Frame, Payload};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::debug;
 
 use crate::client::Client;
-use crate::connection::{Connection, ReceiptResult};
+use crate::compression::CompressionType;
 use crate::error::ClientError;
 use crate::message::MessageId;
+use crate::producer_task::{ProducerTask, TaskCommand};
+use crate::routing::{Router, RoutingMode};
 use crate::topic::TopicName;
 
 /// Pulsar's default for messages waiting for their receipts.
 pub const DEFAULT_MAX_PENDING_MESSAGES: usize = 1000;
+/// Pulsar's batching defaults.
+pub const DEFAULT_BATCHING_MAX_MESSAGES: u32 = 1000;
+pub const DEFAULT_BATCHING_MAX_BYTES: usize = 128 * 1024;
+pub const DEFAULT_BATCHING_MAX_PUBLISH_DELAY: Duration = Duration::from_millis(1);
+
+/// When a batching producer closes its open batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchingConfig {
+    pub max_messages: u32,
+    pub max_bytes: usize,
+    pub max_publish_delay: Duration,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        BatchingConfig {
+            max_messages: DEFAULT_BATCHING_MAX_MESSAGES,
+            max_bytes: DEFAULT_BATCHING_MAX_BYTES,
+            max_publish_delay: DEFAULT_BATCHING_MAX_PUBLISH_DELAY,
+        }
+    }
+}
+
+/// What every partition's task needs to know.
+#[derive(Debug, Clone)]
+pub(crate) struct ProducerConfig {
+    pub batching: Option<BatchingConfig>,
+    pub compression: CompressionType,
+}
 
 /// Builds a [`Producer`]; from [`Client::producer`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use magnetar_client::{Client, CompressionType, RoutingMode};
+/// # async fn example(client: Client) -> Result<(), magnetar_client::ClientError> {
+/// let mut producer = client
+///     .producer("events")
+///     .batching_max_messages(500)
+///     .batching_max_publish_delay(Duration::from_millis(5))
+///     .compression(CompressionType::Zstd)
+///     .routing_mode(RoutingMode::RoundRobin)
+///     .create()
+///     .await?;
+/// producer.send("hello").await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct ProducerBuilder {
     client: Client,
     topic: String,
     name: Option<String>,
     max_pending_messages: usize,
+    batching: Option<BatchingConfig>,
+    compression: CompressionType,
+    routing_mode: RoutingMode,
 }
 
 impl ProducerBuilder {
     pub(crate) fn new(client: Client, topic: String) -> Self {
-        ProducerBuilder { client, topic, name: None, max_pending_messages: DEFAULT_MAX_PENDING_MESSAGES }
+        ProducerBuilder {
+            client,
+            topic,
+            name: None,
+            max_pending_messages: DEFAULT_MAX_PENDING_MESSAGES,
+            batching: None,
+            compression: CompressionType::None,
+            routing_mode: RoutingMode::RoundRobin,
+        }
     }
 
     /// The producer's name; the broker picks a unique one when none is given. At most one
@@ -53,56 +122,87 @@ impl ProducerBuilder {
         self
     }
 
-    /// How many messages may wait for their receipts (default 1000).
+    /// How many messages per partition may wait for their receipts (default 1000).
     pub fn max_pending_messages(mut self, max: usize) -> Self {
         self.max_pending_messages = max;
         self
     }
 
-    /// Looks the topic up and registers the producer with the broker that owns it.
+    /// Turns batching on (with Pulsar's defaults) or off (the default here).
+    pub fn batching(mut self, enabled: bool) -> Self {
+        self.batching = enabled.then(|| self.batching.unwrap_or_default());
+        self
+    }
+
+    /// Turns batching on; a batch is sent once it holds this many messages (default 1000).
+    pub fn batching_max_messages(mut self, max: u32) -> Self {
+        self.batching.get_or_insert_with(BatchingConfig::default).max_messages = max;
+        self
+    }
+
+    /// Turns batching on; a batch is sent once its payloads reach this many bytes (default
+    /// 128 KiB).
+    pub fn batching_max_bytes(mut self, max: usize) -> Self {
+        self.batching.get_or_insert_with(BatchingConfig::default).max_bytes = max;
+        self
+    }
+
+    /// Turns batching on; a batch is sent at the latest this long after its first message
+    /// (default 1 ms).
+    pub fn batching_max_publish_delay(mut self, delay: Duration) -> Self {
+        self.batching.get_or_insert_with(BatchingConfig::default).max_publish_delay = delay;
+        self
+    }
+
+    /// Compresses every entry (a single message, or a whole batch) with `compression`.
+    pub fn compression(mut self, compression: CompressionType) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// How messages without a key are spread over partitions (default round robin).
+    pub fn routing_mode(mut self, mode: RoutingMode) -> Self {
+        self.routing_mode = mode;
+        self
+    }
+
+    /// Looks the topic up (and its partitions) and registers one producer per partition with
+    /// the broker that owns it.
     pub async fn create(self) -> Result<Producer, ClientError> {
         if self.max_pending_messages == 0 {
             return Err(ClientError::InvalidConfig { setting: "max_pending_messages", reason: "must be at least 1" });
         }
-        let (topic, connection) = self.client.topic_connection(&self.topic).await?;
-        let producer_id = connection.new_producer_id();
-        let topic_name = topic.to_string();
-        let label = self.name.clone().unwrap_or_else(|| format!("#{producer_id}"));
-        // Routing first, so that a CLOSE_PRODUCER right after the broker's answer finds it.
-        connection.add_producer(producer_id, label, topic_name.clone()).await?;
-        let answer = connection
-            .request(|request_id| command::producer(&topic_name, producer_id, request_id, self.name.clone()))
-            .await;
-        let success = match answer.map(|answer| answer.producer_success) {
-            Ok(Some(success)) => success,
-            Ok(None) => {
-                connection.remove_producer(producer_id, "creation failed".into()).await;
-                return Err(ClientError::UnexpectedResponse {
-                    broker: connection.broker().to_string(),
-                    expected: "PRODUCER_SUCCESS",
-                    got: "another answer".into(),
+        if let Some(batching) = &self.batching {
+            if batching.max_messages == 0 || batching.max_bytes == 0 {
+                return Err(ClientError::InvalidConfig {
+                    setting: "batching",
+                    reason: "batching_max_messages and batching_max_bytes must be at least 1",
                 });
             }
-            Err(error) => {
-                connection.remove_producer(producer_id, "creation failed".into()).await;
-                return Err(error);
-            }
-        };
-        connection.add_producer(producer_id, success.producer_name.clone(), topic_name).await?;
-        let last_sequence_id = success.last_sequence_id.unwrap_or(-1);
-        let next_sequence_id = u64::try_from(last_sequence_id.saturating_add(1)).unwrap_or(0);
-        debug!(%topic, producer = %success.producer_name, next_sequence_id, "producer created");
-        Ok(Producer {
-            send_timeout: connection.operation_timeout(),
-            connection,
-            topic,
-            producer_id,
-            name: success.producer_name,
-            next_sequence_id,
-            in_flight: Arc::new(Semaphore::new(self.max_pending_messages)),
-            max_pending_messages: self.max_pending_messages,
-            closed: false,
-        })
+        }
+        let (topic, partition_names) = self.client.resolve_partitions(&self.topic).await?;
+        let config = Arc::new(ProducerConfig { batching: self.batching, compression: self.compression });
+        let mut partitions = Vec::with_capacity(partition_names.len());
+        for (index, name) in partition_names.iter().enumerate() {
+            let partition = if partition_names.len() > 1 { index as i32 } else { -1 };
+            let handle = ProducerTask::start(
+                self.client.clone(),
+                name,
+                partition,
+                self.name.clone(),
+                config.clone(),
+                self.max_pending_messages,
+            )
+            .await?;
+            partitions.push(handle);
+        }
+        let router = (partitions.len() > 1).then(|| {
+            let start = rand::random::<u32>();
+            let batch = self.batching.map(|b| (b.max_messages, b.max_publish_delay));
+            Router::new(self.routing_mode, partitions.len() as u32, start, batch)
+        });
+        debug!(%topic, partitions = partitions.len(), "producer created");
+        Ok(Producer { topic, partitions, router, max_pending_messages: self.max_pending_messages, closed: false })
     }
 }
 
@@ -118,11 +218,26 @@ pub struct ProducerMessage {
     pub(crate) key: Option<String>,
     pub(crate) properties: BTreeMap<String, String>,
     pub(crate) event_time: Option<u64>,
+    /// Deliver no earlier than this, in milliseconds since the Unix epoch (Shared
+    /// subscriptions; the broker holds the message until then).
+    pub(crate) deliver_at_time: Option<i64>,
 }
 
 impl ProducerMessage {
     pub fn new(payload: impl Into<Bytes>) -> Self {
-        ProducerMessage { payload: payload.into(), key: None, properties: BTreeMap::new(), event_time: None }
+        ProducerMessage {
+            payload: payload.into(),
+            key: None,
+            properties: BTreeMap::new(),
+            event_time: None,
+            deliver_at_time: None,
+        }
+    }
+
+    /// A message whose payload is `value` as JSON.
+    pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Self, ClientError> {
+        let payload = serde_json::to_vec(value).map_err(|source| ClientError::Json { source })?;
+        Ok(ProducerMessage::new(payload))
     }
 
     /// The partition key: routes the message (Key_Shared subscriptions, partitions, compaction).
@@ -142,25 +257,42 @@ impl ProducerMessage {
         self
     }
 
+    /// Asks the broker to deliver the message no earlier than `millis` since the Unix epoch.
+    pub fn deliver_at(mut self, millis: i64) -> Self {
+        self.deliver_at_time = Some(millis);
+        self
+    }
+
     pub fn payload(&self) -> &Bytes {
         &self.payload
     }
 }
 
-/// Publishes to one topic. Close it with [`Producer::close`]; dropping it closes it without
-/// waiting.
+/// The handle to one partition's producer task.
+#[derive(Debug)]
+pub(crate) struct PartitionHandle {
+    pub topic: TopicName,
+    /// The name the broker confirmed; kept across reconnects.
+    pub name: String,
+    /// Shared with the task, which raises it when a reconnect's PRODUCER_SUCCESS reports a
+    /// higher `last_sequence_id`.
+    pub next_sequence_id: Arc<AtomicU64>,
+    pub commands: mpsc::Sender<TaskCommand>,
+    /// One permit per message queued or waiting for its receipt.
+    pub in_flight: Arc<Semaphore>,
+    pub max_message_size: usize,
+    pub send_timeout: Duration,
+}
+
+/// Publishes to one topic (all its partitions). Close it with [`Producer::close`]; dropping
+/// it closes it without waiting (queued messages are still sent).
 #[derive(Debug)]
 pub struct Producer {
-    connection: Connection,
     topic: TopicName,
-    producer_id: u64,
-    name: String,
-    next_sequence_id: u64,
-    /// One permit per message that may wait for its receipt.
-    in_flight: Arc<Semaphore>,
-    /// The permits `in_flight` started with: the largest batch that can ever be sent.
+    partitions: Vec<PartitionHandle>,
+    /// `None` for a topic that is not partitioned.
+    router: Option<Router>,
     max_pending_messages: usize,
-    send_timeout: Duration,
     closed: bool,
 }
 
@@ -169,19 +301,29 @@ impl Producer {
         &self.topic
     }
 
-    /// The producer's name, as the broker confirmed it.
+    /// The producer's name, as the broker confirmed it (the first partition's).
     pub fn name(&self) -> &str {
-        &self.name
+        &self.partitions[0].name
     }
 
-    /// The sequence id the next message gets.
+    /// How many partitions the producer writes to (1 for a topic that is not partitioned).
+    pub fn partitions(&self) -> usize {
+        self.partitions.len()
+    }
+
+    /// The sequence id the next message gets (on the first partition).
     pub fn next_sequence_id(&self) -> u64 {
-        self.next_sequence_id
+        self.partitions[0].next_sequence_id.load(Ordering::Relaxed)
     }
 
     /// Sends one message and waits until the broker has stored it.
     pub async fn send(&mut self, payload: impl Into<Bytes>) -> Result<MessageId, ClientError> {
         self.send_with(ProducerMessage::new(payload)).await
+    }
+
+    /// Sends `value` as a JSON payload and waits until the broker has stored it.
+    pub async fn send_json<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<MessageId, ClientError> {
+        self.send_with(ProducerMessage::json(value)?).await
     }
 
     /// Sends a message with key and properties and waits until the broker has stored it.
@@ -190,51 +332,38 @@ impl Producer {
     }
 
     /// Queues a message and returns at once (once there is room for it among the pending
-    /// ones); the returned receipt resolves when the broker has stored it. Messages are
-    /// stored in the order they were queued.
+    /// ones); the returned receipt resolves when the broker has stored it. Messages of one
+    /// partition are stored in the order they were queued.
     ///
     /// Cancel-safe: if this future is dropped before it completes, the message was not sent.
     pub async fn send_async(&mut self, message: ProducerMessage) -> Result<SendReceipt, ClientError> {
         if self.closed {
             return Err(self.closed_error("close() was called"));
         }
+        let index = self.route(message.key.as_deref());
+        let partition = &self.partitions[index];
         let size = message.payload.len();
-        let max = self.connection.max_message_size();
-        if size > max {
-            return Err(ClientError::MessageTooLarge { size, max });
+        if size > partition.max_message_size {
+            return Err(ClientError::MessageTooLarge { size, max: partition.max_message_size });
         }
         let permit =
-            self.in_flight.clone().acquire_owned().await.map_err(|_| self.closed_error("its send queue was closed"))?;
-        let sequence_id = self.next_sequence_id;
-        let metadata = pb::MessageMetadata {
-            producer_name: self.name.clone(),
-            sequence_id,
-            publish_time: now_millis(),
-            properties: message.properties.into_iter().map(|(key, value)| pb::KeyValue { key, value }).collect(),
-            partition_key: message.key,
-            event_time: message.event_time,
-            uncompressed_size: Some(u32::try_from(size).unwrap_or(u32::MAX)),
-            ..Default::default()
-        };
-        let frame = Frame {
-            command: command::send(self.producer_id, sequence_id, 1),
-            payload: Some(Payload::new(metadata, &message.payload)),
-        };
-        let receipt = self.connection.send_message(self.producer_id, sequence_id, frame, Some(permit)).await?;
-        self.next_sequence_id += 1;
-        Ok(SendReceipt {
-            receipt: Box::pin(tokio::time::timeout(self.send_timeout, receipt)),
-            connection: self.connection.clone(),
-            send_timeout: self.send_timeout,
-        })
+            partition.in_flight.clone().acquire_owned().await.map_err(|_| self.closed_error("its task ended"))?;
+        let sequence_id = partition.next_sequence_id.load(Ordering::Relaxed);
+        let (reply, receipt) = oneshot::channel();
+        partition
+            .commands
+            .send(TaskCommand::Send { message, sequence_id, permit, reply })
+            .await
+            .map_err(|_| self.closed_error("its task ended"))?;
+        partition.next_sequence_id.fetch_add(1, Ordering::Relaxed);
+        Ok(SendReceipt::new(receipt, partition))
     }
 
-    /// Queues `messages` as one batch: one entry in Pulsar's batch format, stored and
-    /// acknowledged as a whole (every consumer, ours or Pulsar's, splits it into the single
-    /// messages again). Each message takes its own sequence id and counts against
-    /// [`ProducerBuilder::max_pending_messages`]; the receipt resolves to the entry's id.
-    ///
-    /// Cancel-safe as [`Producer::send_async`]. A batch of one is sent as a batch too.
+    /// Queues `messages` as one batch entry (Pulsar's batch format, compressed with the
+    /// producer's codec), whatever the batching settings; an open batch is sent before it.
+    /// Each message takes its own sequence id and counts against
+    /// [`ProducerBuilder::max_pending_messages`]; the receipt resolves to the entry's id. On a
+    /// partitioned topic the batch goes to the partition of its first message.
     pub async fn send_batch_async(&mut self, messages: Vec<ProducerMessage>) -> Result<SendReceipt, ClientError> {
         if self.closed {
             return Err(self.closed_error("close() was called"));
@@ -249,77 +378,98 @@ impl Producer {
                 reason: "a batch may hold at most max_pending_messages messages",
             });
         }
-        let body = crate::batch::encode_body(&messages);
-        let max = self.connection.max_message_size();
-        if body.len() > max {
-            return Err(ClientError::MessageTooLarge { size: body.len(), max });
+        let index = self.route(messages[0].key.as_deref());
+        let partition = &self.partitions[index];
+        let size: usize = messages.iter().map(|m| m.payload.len()).sum();
+        if size > partition.max_message_size {
+            return Err(ClientError::MessageTooLarge { size, max: partition.max_message_size });
         }
-        let permits = u32::try_from(count).unwrap_or(u32::MAX);
-        let permit = self
+        let permit = partition
             .in_flight
             .clone()
-            .acquire_many_owned(permits)
+            .acquire_many_owned(count as u32)
             .await
-            .map_err(|_| self.closed_error("its send queue was closed"))?;
-        let sequence_id = self.next_sequence_id;
-        let highest_sequence_id = sequence_id + count as u64 - 1;
-        let metadata = pb::MessageMetadata {
-            producer_name: self.name.clone(),
-            sequence_id,
-            highest_sequence_id: Some(highest_sequence_id),
-            publish_time: now_millis(),
-            num_messages_in_batch: Some(i32::try_from(count).unwrap_or(i32::MAX)),
-            uncompressed_size: Some(u32::try_from(body.len()).unwrap_or(u32::MAX)),
-            ..Default::default()
-        };
-        let mut command = command::send(self.producer_id, sequence_id, i32::try_from(count).unwrap_or(i32::MAX));
-        if let Some(send) = command.send.as_mut() {
-            send.highest_sequence_id = Some(highest_sequence_id);
-        }
-        let frame = Frame { command, payload: Some(Payload::new(metadata, &body)) };
-        let receipt = self.connection.send_message(self.producer_id, sequence_id, frame, Some(permit)).await?;
-        self.next_sequence_id = highest_sequence_id + 1;
-        Ok(SendReceipt {
-            receipt: Box::pin(tokio::time::timeout(self.send_timeout, receipt)),
-            connection: self.connection.clone(),
-            send_timeout: self.send_timeout,
-        })
+            .map_err(|_| self.closed_error("its task ended"))?;
+        let sequence_id = partition.next_sequence_id.load(Ordering::Relaxed);
+        let (reply, receipt) = oneshot::channel();
+        partition
+            .commands
+            .send(TaskCommand::SendBatch { messages, sequence_id, permit, reply })
+            .await
+            .map_err(|_| self.closed_error("its task ended"))?;
+        partition.next_sequence_id.fetch_add(count as u64, Ordering::Relaxed);
+        Ok(SendReceipt::new(receipt, partition))
     }
 
-    /// Closes the producer: the broker answers once the messages sent before are stored.
-    /// Sends still waiting for receipts after that fail.
+    /// Sends the open batches now, and waits until every message queued before was stored
+    /// (or failed).
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        let mut waits = Vec::new();
+        for partition in &self.partitions {
+            let (reply, done) = oneshot::channel();
+            partition.commands.send(TaskCommand::Flush { reply }).await.map_err(|_| self.closed_error("task ended"))?;
+            waits.push(done);
+        }
+        for done in waits {
+            done.await.map_err(|_| self.closed_error("its task ended"))?;
+        }
+        Ok(())
+    }
+
+    /// Closes the producer: open batches are sent, and the broker answers once the messages
+    /// sent before are stored. Sends still waiting for receipts after that fail.
     pub async fn close(mut self) -> Result<(), ClientError> {
         self.closed = true;
-        let producer_id = self.producer_id;
-        let result = self.connection.request(|request_id| command::close_producer(producer_id, request_id)).await;
-        self.connection.remove_producer(producer_id, "the producer was closed".into()).await;
-        result.map(|_| ())
+        let mut result = Ok(());
+        for partition in &self.partitions {
+            let (reply, done) = oneshot::channel();
+            if partition.commands.send(TaskCommand::Close { reply }).await.is_err() {
+                continue;
+            }
+            if let Ok(Err(error)) = done.await {
+                result = Err(error);
+            }
+        }
+        result
+    }
+
+    fn route(&mut self, key: Option<&str>) -> usize {
+        match &mut self.router {
+            None => 0,
+            Some(router) => router.route(key.map(str::as_bytes), Instant::now()) as usize,
+        }
     }
 
     fn closed_error(&self, reason: &str) -> ClientError {
         ClientError::ProducerClosed {
-            producer: self.name.clone(),
+            producer: self.partitions[0].name.clone(),
             topic: self.topic.to_string(),
             reason: reason.to_owned(),
         }
     }
 }
 
-impl Drop for Producer {
-    fn drop(&mut self) {
-        if !self.closed {
-            self.connection.abandon_producer(self.producer_id);
-        }
-    }
-}
+type ReceiptReceiver = oneshot::Receiver<Result<MessageId, ClientError>>;
 
 /// The broker's answer to one send: resolves to the stored message's id, or to the error
 /// that kept it from being stored (including no answer within the operation timeout).
 #[derive(Debug)]
 pub struct SendReceipt {
-    receipt: Pin<Box<tokio::time::Timeout<oneshot::Receiver<ReceiptResult>>>>,
-    connection: Connection,
+    receipt: Pin<Box<tokio::time::Timeout<ReceiptReceiver>>>,
+    topic: String,
+    producer: String,
     send_timeout: Duration,
+}
+
+impl SendReceipt {
+    fn new(receipt: oneshot::Receiver<Result<MessageId, ClientError>>, partition: &PartitionHandle) -> Self {
+        SendReceipt {
+            receipt: Box::pin(tokio::time::timeout(partition.send_timeout, receipt)),
+            topic: partition.topic.to_string(),
+            producer: partition.name.clone(),
+            send_timeout: partition.send_timeout,
+        }
+    }
 }
 
 impl Future for SendReceipt {
@@ -333,18 +483,16 @@ impl Future for SendReceipt {
         };
         Poll::Ready(match outcome {
             Err(_) => Err(ClientError::Timeout {
-                broker: this.connection.broker().to_string(),
+                broker: this.topic.clone(),
                 operation: "SEND (waiting for its receipt)".into(),
                 after: this.send_timeout,
             }),
-            Ok(Err(_)) => Err(this.connection.disconnected()),
-            Ok(Ok(result)) => result.map(|id| MessageId::from(&id)),
+            Ok(Err(_)) => Err(ClientError::ProducerClosed {
+                producer: this.producer.clone(),
+                topic: this.topic.clone(),
+                reason: "its task ended before the receipt arrived".into(),
+            }),
+            Ok(Ok(result)) => result,
         })
     }
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }

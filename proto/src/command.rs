@@ -285,3 +285,35 @@ pub fn topics_of_namespace_response(request_id: u64, topics: Vec<String>) -> Bas
         ..base(Type::GetTopicsOfNamespaceResponse)
     }
 }
+
+pub fn redeliver_unacknowledged_messages(consumer_id: u64, message_ids: Vec<pb::MessageIdData>) -> BaseCommand {
+    BaseCommand {
+        redeliver_unacknowledged_messages: Some(pb::CommandRedeliverUnacknowledgedMessages {
+            consumer_id,
+            message_ids,
+            consumer_epoch: None,
+        }),
+        ..base(Type::RedeliverUnacknowledgedMessages)
+    }
+}
+
+pub fn get_last_message_id(consumer_id: u64, request_id: u64) -> BaseCommand {
+    BaseCommand {
+        get_last_message_id: Some(pb::CommandGetLastMessageId { consumer_id, request_id }),
+        ..base(Type::GetLastMessageId)
+    }
+}
+
+/// SEEK to a message id (`message_id`) or to the first message published at or after
+/// `publish_time` (milliseconds since the Unix epoch).
+pub fn seek(
+    consumer_id: u64,
+    request_id: u64,
+    message_id: Option<pb::MessageIdData>,
+    publish_time: Option<u64>,
+) -> BaseCommand {
+    BaseCommand {
+        seek: Some(pb::CommandSeek { consumer_id, request_id, message_id, message_publish_time: publish_time }),
+        ..base(Type::Seek)
+    }
+}

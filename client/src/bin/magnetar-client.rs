@@ -61,6 +61,10 @@ struct ProduceArgs {
     /// Properties of every message, as key=value (repeat, or separate with commas).
     #[arg(short = 'p', long = "properties", value_delimiter = ',')]
     properties: Vec<String>,
+
+    /// Messages per second; 0 means as fast as possible.
+    #[arg(short = 'r', long = "rate", default_value_t = 0.0)]
+    rate: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +91,10 @@ struct ConsumeArgs {
     /// Print the content as hexadecimal.
     #[arg(long)]
     hex: bool,
+
+    /// Messages per second; 0 means as fast as possible.
+    #[arg(short = 'r', long = "rate", default_value_t = 0.0)]
+    rate: f64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -161,6 +169,7 @@ async fn produce(url: &str, args: ProduceArgs) -> anyhow::Result<()> {
         .map(|pair| pair.split_once('=').with_context(|| format!("property {pair:?} is not key=value")))
         .collect::<anyhow::Result<Vec<_>>>()?;
 
+    let mut pacer = Pacer::new(args.rate)?;
     let client = Client::connect(url).await.with_context(|| format!("connect to {url}"))?;
     let mut producer =
         client.producer(&args.topic).create().await.with_context(|| format!("create a producer on {}", args.topic))?;
@@ -177,6 +186,7 @@ async fn produce(url: &str, args: ProduceArgs) -> anyhow::Result<()> {
             for (key, value) in &properties {
                 message = message.property(*key, *value);
             }
+            pacer.wait().await;
             if receipts.len() >= DEFAULT_MAX_PENDING_MESSAGES {
                 if let Some(receipt) = receipts.pop_front() {
                     receipt_done(receipt).await?;
@@ -201,7 +211,32 @@ async fn receipt_done(receipt: magnetar_client::SendReceipt) -> anyhow::Result<(
     Ok(())
 }
 
+/// Paces a loop to a rate: the n-th call returns no earlier than n / rate seconds after the
+/// first, so a slow moment is caught up rather than lost.
+struct Pacer {
+    interval: Option<std::time::Duration>,
+    next: tokio::time::Instant,
+}
+
+impl Pacer {
+    fn new(rate: f64) -> anyhow::Result<Pacer> {
+        if !rate.is_finite() || rate < 0.0 {
+            bail!("--rate must be a non-negative number, got {rate}");
+        }
+        let interval = (rate > 0.0).then(|| std::time::Duration::from_secs_f64(1.0 / rate));
+        Ok(Pacer { interval, next: tokio::time::Instant::now() })
+    }
+
+    async fn wait(&mut self) {
+        if let Some(interval) = self.interval {
+            tokio::time::sleep_until(self.next).await;
+            self.next += interval;
+        }
+    }
+}
+
 async fn consume(url: &str, args: ConsumeArgs) -> anyhow::Result<()> {
+    let mut pacer = Pacer::new(args.rate)?;
     let client = Client::connect(url).await.with_context(|| format!("connect to {url}"))?;
     let mut consumer = client
         .consumer(&args.topic, &args.subscription)
@@ -216,6 +251,7 @@ async fn consume(url: &str, args: ConsumeArgs) -> anyhow::Result<()> {
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     while args.num_messages == 0 || consumed < args.num_messages {
+        pacer.wait().await;
         let received = tokio::select! {
             // receive() is cancel-safe: an interrupt loses no message.
             received = consumer.receive() => received,
@@ -302,6 +338,31 @@ mod tests {
     }
 
     #[test]
+    fn rate_flags_are_spelled_as_in_pulsar() {
+        let cli = Cli::parse_from(["magnetar-client", "produce", "t", "-m", "x", "-r", "50", "-k", "k1"]);
+        let Command::Produce(args) = cli.command else { panic!("produce expected") };
+        assert_eq!((args.rate, args.key.as_deref()), (50.0, Some("k1")));
+        let cli = Cli::parse_from(["magnetar-client", "consume", "t", "-s", "s", "--rate", "2.5", "-t", "Shared"]);
+        let Command::Consume(args) = cli.command else { panic!("consume expected") };
+        assert_eq!(args.rate, 2.5);
+        assert!(Pacer::new(-1.0).is_err());
+    }
+
+    #[tokio::test]
+    async fn pacer_spaces_calls_by_the_rate() {
+        // 200/s: the 11th call is due 50 ms after the first, never earlier.
+        let mut pacer = Pacer::new(200.0).expect("pacer");
+        let start = tokio::time::Instant::now();
+        for _ in 0..11 {
+            pacer.wait().await;
+        }
+        assert!(start.elapsed() >= std::time::Duration::from_millis(50), "{:?}", start.elapsed());
+        let mut unpaced = Pacer::new(0.0).expect("pacer");
+        unpaced.wait().await;
+        assert!(unpaced.interval.is_none());
+    }
+
+    #[test]
     fn key_shared_is_spelled_as_in_pulsar() {
         let cli = Cli::parse_from(["magnetar-client", "consume", "t", "-s", "s", "-t", "Key_Shared", "-p", "earliest"]);
         let Command::Consume(args) = cli.command else { panic!("consume expected") };
@@ -313,6 +374,7 @@ mod tests {
     fn message_is_described_like_pulsar_cli() {
         let message = Message {
             id: magnetar_client::MessageId::entry(1, 2),
+            topic: "persistent://public/default/t".into(),
             payload: bytes::Bytes::from_static(b"hello"),
             key: None,
             properties: [("a".to_owned(), "1".to_owned()), ("b".to_owned(), "2".to_owned())].into(),

@@ -36,6 +36,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+mod consume;
 mod produce;
 
 /// The line `magnetar bookie` prints on stderr once it serves, followed by its address.
@@ -64,6 +65,9 @@ enum PerfCommand {
     Bookie(BookieArgs),
     /// Publish to a broker through the Rust client and measure throughput and publish latency.
     Produce(produce::ProduceArgs),
+    /// Consume from a broker through the Rust client and measure throughput and end-to-end
+    /// latency.
+    Consume(consume::ConsumeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
             match cli.command {
                 PerfCommand::Bookie(args) => bookie_benchmark(args).await,
                 PerfCommand::Produce(args) => produce::produce_benchmark(args).await,
+                PerfCommand::Consume(args) => consume::consume_benchmark(args).await,
             }
         } => result,
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),

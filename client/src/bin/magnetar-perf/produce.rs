@@ -52,12 +52,20 @@ pub struct ProduceArgs {
     #[arg(long, default_value_t = magnetar_client::DEFAULT_MAX_PENDING_MESSAGES as u32,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_pending: u32,
+    /// Compression of every entry: NONE, LZ4 or ZSTD (the payloads are random bytes, so
+    /// this measures the codec's cost more than its gain).
+    #[arg(long, default_value = "NONE", value_parser = parse_compression)]
+    compression: magnetar_client::CompressionType,
     /// Broker to connect to.
     #[arg(long, default_value = "pulsar://127.0.0.1:6650")]
     service_url: String,
     /// Print exactly one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_compression(text: &str) -> Result<magnetar_client::CompressionType, String> {
+    text.parse().map_err(|error: ClientError| error.to_string())
 }
 
 /// What one producer measured.
@@ -124,6 +132,7 @@ pub async fn produce_benchmark(args: ProduceArgs) -> anyhow::Result<()> {
         let producer = client
             .producer(args.topic.clone())
             .max_pending_messages(args.max_pending as usize)
+            .compression(args.compression)
             .create()
             .await
             .with_context(|| format!("create producer {index} on {}", args.topic))?;
@@ -311,6 +320,7 @@ fn print_figures(args: &ProduceArgs, figures: &ProduceFigures) -> anyhow::Result
             "producers": args.producers,
             "batch_max_messages": args.batch_max_messages,
             "max_pending": args.max_pending,
+            "compression": args.compression.as_str(),
             "service_url": args.service_url,
         });
         writeln!(out, "{object}")?;

@@ -1,0 +1,209 @@
+//! `magnetar-perf consume`: receives through our client library from a running broker and
+//! measures messages/s, MB/s and end-to-end latency (from the message's publish time, set
+//! by its producer's clock, to its arrival here; the two clocks are the same machine's when
+//! `magnetar-perf produce` runs beside it, otherwise their skew is part of the figure).
+//!
+//! Each of `--consumers` consumers runs in its own task on one shared [`Client`] with the
+//! same subscription (so `--subscription-type Shared` or `Key_Shared` spreads the messages
+//! over them), acknowledges every message, and with `--rate R` the consumers together take
+//! at most `R` messages/s (each `R / N`).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use magnetar_client::{Client, InitialPosition, SubscriptionType};
+use tokio::time::Instant;
+
+use crate::quantile_ms;
+
+/// `magnetar-perf consume` flags.
+#[derive(Debug, clap::Args)]
+pub struct ConsumeArgs {
+    /// Topic to consume (`my-topic` is `persistent://public/default/my-topic`).
+    #[arg(long)]
+    topic: String,
+    /// Subscription name.
+    #[arg(long, default_value = "magnetar-perf")]
+    subscription: String,
+    /// Exclusive, Shared, Failover or Key_Shared.
+    #[arg(long, default_value = "Exclusive", value_parser = parse_subscription_type)]
+    subscription_type: SubscriptionType,
+    /// Consumers on the subscription, each its own task.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    consumers: u32,
+    /// Messages per second over all consumers; 0 takes them as fast as they come.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// How long consumers keep receiving.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Where a new subscription starts: Latest or Earliest.
+    #[arg(long, default_value = "Latest", value_parser = parse_position)]
+    subscription_position: InitialPosition,
+    /// Messages the broker may push ahead of each consumer.
+    #[arg(long, default_value_t = magnetar_client::DEFAULT_RECEIVER_QUEUE_SIZE,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    receiver_queue_size: u32,
+    /// Broker to connect to.
+    #[arg(long, default_value = "pulsar://127.0.0.1:6650")]
+    service_url: String,
+    /// Print exactly one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_subscription_type(text: &str) -> Result<SubscriptionType, String> {
+    text.parse().map_err(|error: magnetar_client::ClientError| error.to_string())
+}
+
+fn parse_position(text: &str) -> Result<InitialPosition, String> {
+    text.parse().map_err(|error: magnetar_client::ClientError| error.to_string())
+}
+
+/// What one consumer measured.
+#[derive(Default)]
+struct ConsumerRun {
+    messages: u64,
+    bytes: u64,
+    /// End-to-end latencies in microseconds (millisecond resolution: publish times are ms).
+    latencies_us: Vec<u32>,
+}
+
+pub async fn consume_benchmark(args: ConsumeArgs) -> anyhow::Result<()> {
+    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
+        bail!("--seconds must be a positive number, not {}", args.seconds);
+    }
+    if !(args.rate >= 0.0 && args.rate.is_finite()) {
+        bail!("--rate must be zero or a positive number, not {}", args.rate);
+    }
+    let client =
+        Client::connect(&args.service_url).await.with_context(|| format!("connect to {}", args.service_url))?;
+    let mut consumers = Vec::new();
+    for index in 0..args.consumers {
+        let consumer = client
+            .consumer(&args.topic, &args.subscription)
+            .subscription_type(args.subscription_type)
+            .initial_position(args.subscription_position)
+            .receiver_queue_size(args.receiver_queue_size)
+            .consumer_name(format!("magnetar-perf-{index}"))
+            .subscribe()
+            .await
+            .with_context(|| format!("subscribe consumer {index} to {}", args.topic))?;
+        consumers.push(consumer);
+    }
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(args.seconds);
+    let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(f64::from(args.consumers) / args.rate));
+    let mut tasks = Vec::new();
+    for mut consumer in consumers {
+        tasks.push(tokio::spawn(async move {
+            let mut run = ConsumerRun::default();
+            let mut next = start;
+            loop {
+                if let Some(interval) = interval {
+                    if next >= end {
+                        break;
+                    }
+                    tokio::time::sleep_until(next).await;
+                    next += interval;
+                }
+                let message = match tokio::time::timeout_at(end, consumer.receive()).await {
+                    Err(_) => break,
+                    Ok(Ok(message)) => message,
+                    Ok(Err(error)) if error.is_message_error() => continue,
+                    Ok(Err(error)) => return Err(anyhow::Error::from(error).context("receive")),
+                };
+                let latency_ms = now_millis().saturating_sub(message.publish_time);
+                run.latencies_us.push(u32::try_from(latency_ms.saturating_mul(1000)).unwrap_or(u32::MAX));
+                run.messages += 1;
+                run.bytes += message.payload.len() as u64;
+                consumer.ack(&message).await.context("acknowledge")?;
+            }
+            let _ = consumer.close().await;
+            Ok(run)
+        }));
+    }
+    let mut total = ConsumerRun::default();
+    for task in tasks {
+        let run = task.await.context("consumer task")??;
+        total.messages += run.messages;
+        total.bytes += run.bytes;
+        total.latencies_us.extend(run.latencies_us);
+    }
+    let elapsed = start.elapsed();
+    total.latencies_us.sort_unstable();
+    print_figures(&args, &total, elapsed)
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn print_figures(args: &ConsumeArgs, run: &ConsumerRun, elapsed: Duration) -> anyhow::Result<()> {
+    use std::io::Write;
+    let seconds = elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
+    let msgs_per_sec = run.messages as f64 / seconds;
+    let mb_per_sec = run.bytes as f64 / seconds / (1024.0 * 1024.0);
+    let latency = |quantile| quantile_ms(&run.latencies_us, quantile);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let object = serde_json::json!({
+            "msgs_per_sec": msgs_per_sec,
+            "mb_per_sec": mb_per_sec,
+            "e2e_p50_ms": latency(0.50),
+            "e2e_p95_ms": latency(0.95),
+            "e2e_p99_ms": latency(0.99),
+            "e2e_p999_ms": latency(0.999),
+            "e2e_max_ms": latency(1.0),
+            "messages": run.messages,
+            "bytes": run.bytes,
+            "seconds": seconds,
+            "topic": args.topic,
+            "subscription": args.subscription,
+            "subscription_type": args.subscription_type.as_str(),
+            "consumers": args.consumers,
+            "rate": args.rate,
+            "service_url": args.service_url,
+        });
+        writeln!(out, "{object}")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "consume {} on {} ({} subscription {}, {} consumers), {seconds:.1} s",
+        args.topic, args.service_url, args.subscription_type, args.subscription, args.consumers
+    )?;
+    writeln!(out, "  {} messages, {msgs_per_sec:.0} msgs/s, {mb_per_sec:.2} MB/s", run.messages)?;
+    writeln!(
+        out,
+        "  end-to-end latency ms: p50 {:.0}  p95 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}",
+        latency(0.50),
+        latency(0.95),
+        latency(0.99),
+        latency(0.999),
+        latency(1.0)
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: super::ConsumeArgs,
+    }
+
+    #[test]
+    fn subscription_types_parse_with_pulsar_names() {
+        let parsed =
+            Wrapper::parse_from(["x", "--topic", "t", "--subscription-type", "Key_Shared", "--consumers", "3"]);
+        assert_eq!(parsed.args.subscription_type, magnetar_client::SubscriptionType::KeyShared);
+        assert_eq!(parsed.args.consumers, 3);
+        assert!(Wrapper::try_parse_from(["x", "--topic", "t", "--subscription-type", "Round"]).is_err());
+    }
+}

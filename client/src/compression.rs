@@ -1,0 +1,171 @@
+//! Payload compression as Pulsar clients write it: the body after `MessageMetadata` (a single
+//! payload, or a whole batch body) is compressed with the codec named in the metadata's
+//! `compression` field, and `uncompressed_size` holds the original length. The broker never
+//! looks inside; consumers decompress before splitting a batch.
+//!
+//! LZ4 is the raw LZ4 block format (no frame header), as Pulsar's `CompressionCodecLZ4`
+//! writes it; ZSTD is a standard zstd frame. Decompression trusts no size it reads: the
+//! declared `uncompressed_size` is checked against [`MAX_UNCOMPRESSED_SIZE`] before anything
+//! is allocated, and the result must have exactly that length.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use magnetar_proto::pulsar as pb;
+
+use crate::error::ClientError;
+
+/// The largest uncompressed body this client accepts: the most a broker lets a client send
+/// uncompressed is 5 MB by default; this leaves ample room without letting a small hostile
+/// frame claim gigabytes.
+pub const MAX_UNCOMPRESSED_SIZE: usize = 128 * 1024 * 1024;
+
+/// zstd's level in Pulsar's codec (`CompressionCodecZstd.ZSTD_COMPRESSION_LEVEL`).
+const ZSTD_LEVEL: i32 = 3;
+
+/// How a producer compresses its payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CompressionType {
+    #[default]
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl CompressionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompressionType::None => "NONE",
+            CompressionType::Lz4 => "LZ4",
+            CompressionType::Zstd => "ZSTD",
+        }
+    }
+
+    /// The metadata field's value; `None` for no compression (the field is left unset).
+    pub(crate) fn to_wire(self) -> Option<i32> {
+        match self {
+            CompressionType::None => None,
+            CompressionType::Lz4 => Some(pb::CompressionType::Lz4 as i32),
+            CompressionType::Zstd => Some(pb::CompressionType::Zstd as i32),
+        }
+    }
+
+    /// Compresses `body`.
+    pub(crate) fn compress(self, body: &[u8]) -> Result<Bytes, ClientError> {
+        match self {
+            CompressionType::None => Ok(Bytes::copy_from_slice(body)),
+            CompressionType::Lz4 => Ok(Bytes::from(lz4_flex::block::compress(body))),
+            CompressionType::Zstd => {
+                let mut out = vec![0u8; zstd_safe::compress_bound(body.len())];
+                let size = zstd_safe::compress(&mut out[..], body, ZSTD_LEVEL).map_err(|code| {
+                    let source = std::io::Error::other(zstd_safe::get_error_name(code));
+                    ClientError::Compression { codec: "ZSTD", source }
+                })?;
+                out.truncate(size);
+                Ok(Bytes::from(out))
+            }
+        }
+    }
+}
+
+impl fmt::Display for CompressionType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CompressionType {
+    type Err = ClientError;
+
+    fn from_str(text: &str) -> Result<Self, ClientError> {
+        match text.to_ascii_lowercase().as_str() {
+            "none" => Ok(CompressionType::None),
+            "lz4" => Ok(CompressionType::Lz4),
+            "zstd" => Ok(CompressionType::Zstd),
+            _ => Err(ClientError::InvalidConfig { setting: "compression", reason: "expected NONE, LZ4 or ZSTD" }),
+        }
+    }
+}
+
+/// Why a compressed body could not be restored; the consumer reports it for that message.
+pub(crate) type DecompressError = String;
+
+/// Restores the body of an entry whose metadata says it is compressed; returns `body`
+/// unchanged when it is not.
+pub(crate) fn decompress(metadata: &pb::MessageMetadata, body: Bytes) -> Result<Bytes, DecompressError> {
+    let Some(codec) = metadata.compression.filter(|&c| c != pb::CompressionType::None as i32) else {
+        return Ok(body);
+    };
+    let size = metadata.uncompressed_size.ok_or("compressed without an uncompressed_size")? as usize;
+    if size > MAX_UNCOMPRESSED_SIZE {
+        return Err(format!("uncompressed_size {size} is over the limit of {MAX_UNCOMPRESSED_SIZE}"));
+    }
+    let restored = match pb::CompressionType::try_from(codec) {
+        Ok(pb::CompressionType::Lz4) => {
+            lz4_flex::block::decompress(&body, size).map_err(|error| format!("LZ4: {error}"))?
+        }
+        Ok(pb::CompressionType::Zstd) => {
+            let mut out = vec![0u8; size];
+            let written = zstd_safe::decompress(&mut out[..], &body)
+                .map_err(|code| format!("ZSTD: {}", zstd_safe::get_error_name(code)))?;
+            out.truncate(written);
+            out
+        }
+        Ok(other) => return Err(format!("{} is not supported by this client", other.as_str_name())),
+        Err(_) => return Err(format!("unknown codec {codec}")),
+    };
+    if restored.len() != size {
+        return Err(format!("decompressed to {} bytes, the metadata says {size}", restored.len()));
+    }
+    Ok(Bytes::from(restored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(codec: CompressionType, size: usize) -> pb::MessageMetadata {
+        pb::MessageMetadata { compression: codec.to_wire(), uncompressed_size: Some(size as u32), ..Default::default() }
+    }
+
+    #[test]
+    fn lz4_and_zstd_round_trip_and_shrink_repetitive_bodies() {
+        let body: Vec<u8> = b"magnetar ".iter().copied().cycle().take(10_000).collect();
+        for codec in [CompressionType::Lz4, CompressionType::Zstd] {
+            let compressed = codec.compress(&body).expect("compress");
+            assert!(compressed.len() < body.len() / 10, "{codec} gave {} bytes", compressed.len());
+            let restored = decompress(&metadata(codec, body.len()), compressed).expect("decompress");
+            assert_eq!(restored, body, "{codec}");
+        }
+    }
+
+    #[test]
+    fn uncompressed_body_passes_through() {
+        let body = Bytes::from_static(b"plain");
+        assert_eq!(decompress(&metadata(CompressionType::None, 5), body.clone()), Ok(body));
+    }
+
+    #[test]
+    fn wrong_uncompressed_size_or_garbage_is_an_error() {
+        let compressed = CompressionType::Lz4.compress(b"hello hello hello").expect("compress");
+        assert!(decompress(&metadata(CompressionType::Lz4, 3), compressed).is_err());
+        let garbage = Bytes::from_static(b"\xff\xff\xff\xff\x00");
+        assert!(decompress(&metadata(CompressionType::Zstd, 100), garbage.clone()).is_err());
+        assert!(decompress(&metadata(CompressionType::Lz4, 100), garbage).is_err());
+    }
+
+    #[test]
+    fn huge_declared_size_is_refused_before_allocating() {
+        let error = decompress(&metadata(CompressionType::Lz4, u32::MAX as usize), Bytes::from_static(b"x"))
+            .expect_err("too large");
+        assert!(error.contains("over the limit"), "{error}");
+    }
+
+    #[test]
+    fn codec_names_parse() {
+        assert_eq!("lz4".parse::<CompressionType>().ok(), Some(CompressionType::Lz4));
+        assert_eq!("ZSTD".parse::<CompressionType>().ok(), Some(CompressionType::Zstd));
+        assert!("snappy".parse::<CompressionType>().is_err());
+    }
+}

@@ -1,0 +1,545 @@
+//! The task behind one partition's producer: it owns the broker connection, the open batch
+//! and the messages waiting for their receipts, and is driven by [`TaskCommand`]s from the
+//! [`Producer`](crate::Producer) handle through a bounded channel (when full, the handle
+//! waits; the handle's semaphore already bounds what is queued).
+//!
+//! Every entry sent stays in `pending`, with its encoded frame, until its receipt arrives.
+//! Receipts arrive in send order. When the connection is lost (or the broker closes the
+//! producer), the task reconnects with backoff, registers again under the name the broker
+//! confirmed the first time, and resends every pending frame in order with its original
+//! sequence ids, so a broker with deduplication drops what it had stored already. Entries
+//! older than the send timeout are failed instead of resent: their callers got a timeout
+//! from their [`SendReceipt`](crate::SendReceipt) already.
+//!
+//! Receipts from before a reconnect are told apart by an epoch and ignored.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use magnetar_proto::pulsar as pb;
+use magnetar_proto::{command, Frame, Payload};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::client::Client;
+use crate::connection::{Connection, ReceiptResult};
+use crate::error::{error_chain, ClientError};
+use crate::message::MessageId;
+use crate::producer::{PartitionHandle, ProducerConfig, ProducerMessage};
+use crate::topic::TopicName;
+
+/// Commands queued from the handle to the task; capacity of the channel.
+const COMMAND_QUEUE_SIZE: usize = 256;
+
+type Reply = oneshot::Sender<Result<MessageId, ClientError>>;
+
+#[derive(Debug)]
+pub(crate) enum TaskCommand {
+    Send { message: ProducerMessage, sequence_id: u64, permit: OwnedSemaphorePermit, reply: Reply },
+    SendBatch { messages: Vec<ProducerMessage>, sequence_id: u64, permit: OwnedSemaphorePermit, reply: Reply },
+    Flush { reply: oneshot::Sender<()> },
+    Close { reply: oneshot::Sender<Result<(), ClientError>> },
+}
+
+/// A message in the open batch.
+struct Queued {
+    message: ProducerMessage,
+    sequence_id: u64,
+    reply: Reply,
+    permit: OwnedSemaphorePermit,
+}
+
+/// One entry sent (or to be resent) and waiting for its receipt.
+struct InFlight {
+    sequence_id: u64,
+    frame: Frame,
+    /// Who learns the id: one reply per message of an implicit batch (with its index), or
+    /// one for the whole entry.
+    replies: Vec<(Option<i32>, Reply)>,
+    /// The handle's allowance, given back when the entry is answered.
+    _permits: Vec<OwnedSemaphorePermit>,
+    first_sent: Instant,
+}
+
+type ReceiptFuture = BoxFuture<'static, (u64, u64, Result<ReceiptResult, oneshot::error::RecvError>)>;
+
+pub(crate) struct ProducerTask {
+    client: Client,
+    topic: TopicName,
+    /// This partition's index, or -1; written into the ids handed out.
+    partition: i32,
+    name: String,
+    producer_id: u64,
+    connection: Connection,
+    config: Arc<ProducerConfig>,
+    /// Batches are closed at this size at the latest (the broker's limit, or less).
+    max_batch_bytes: usize,
+    next_sequence_id: Arc<AtomicU64>,
+    send_timeout: Duration,
+    commands: mpsc::Receiver<TaskCommand>,
+    batch: Vec<Queued>,
+    batch_bytes: usize,
+    batch_deadline: Option<Instant>,
+    pending: VecDeque<InFlight>,
+    receipts: FuturesUnordered<ReceiptFuture>,
+    /// Bumped on every reconnect; receipts of an older epoch are stale.
+    epoch: u64,
+    /// Flush calls waiting until every entry up to a sequence id is answered.
+    flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
+    /// The handle is gone: finish what is pending, then stop.
+    draining: bool,
+}
+
+impl ProducerTask {
+    /// Registers the producer for `topic` and starts its task.
+    pub(crate) async fn start(
+        client: Client,
+        topic: &str,
+        partition: i32,
+        name: Option<String>,
+        config: Arc<ProducerConfig>,
+        max_pending_messages: usize,
+    ) -> Result<PartitionHandle, ClientError> {
+        let (topic, connection, producer_id, success) = client
+            .retry_while_unreachable(|| async {
+                let (topic, connection) = client.topic_connection(topic).await?;
+                let (producer_id, success) = register(&connection, &topic, name.clone()).await?;
+                Ok((topic, connection, producer_id, success))
+            })
+            .await?;
+        let next_sequence_id = Arc::new(AtomicU64::new(
+            u64::try_from(success.last_sequence_id.unwrap_or(-1).saturating_add(1)).unwrap_or(0),
+        ));
+        let max_message_size = connection.max_message_size();
+        let max_batch_bytes =
+            config.batching.map_or(max_message_size, |batching| batching.max_bytes.min(max_message_size));
+        let send_timeout = connection.operation_timeout();
+        let (commands, command_receiver) = mpsc::channel(COMMAND_QUEUE_SIZE);
+        let handle = PartitionHandle {
+            topic: topic.clone(),
+            name: success.producer_name.clone(),
+            next_sequence_id: next_sequence_id.clone(),
+            commands,
+            in_flight: Arc::new(Semaphore::new(max_pending_messages)),
+            max_message_size,
+            send_timeout,
+        };
+        let task = ProducerTask {
+            client,
+            topic,
+            partition,
+            name: success.producer_name,
+            producer_id,
+            connection,
+            config,
+            max_batch_bytes,
+            next_sequence_id,
+            send_timeout,
+            commands: command_receiver,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            batch_deadline: None,
+            pending: VecDeque::new(),
+            receipts: FuturesUnordered::new(),
+            epoch: 0,
+            flush_waiters: Vec::new(),
+            draining: false,
+        };
+        tokio::spawn(task.run());
+        Ok(handle)
+    }
+
+    async fn run(mut self) {
+        loop {
+            if self.draining && self.batch.is_empty() && self.pending.is_empty() {
+                self.connection.abandon_producer(self.producer_id);
+                return;
+            }
+            let deadline = self.batch_deadline;
+            tokio::select! {
+                command = self.commands.recv(), if !self.draining => match command {
+                    Some(TaskCommand::Close { reply }) => {
+                        let _ = reply.send(self.close().await);
+                        return;
+                    }
+                    Some(command) => self.handle(command).await,
+                    None => {
+                        self.draining = true;
+                        self.flush_batch().await;
+                    }
+                },
+                Some((sequence_id, epoch, outcome)) = self.receipts.next(), if !self.receipts.is_empty() => {
+                    if epoch == self.epoch {
+                        self.on_receipt(sequence_id, outcome).await;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.flush_batch().await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: TaskCommand) {
+        match command {
+            TaskCommand::Send { message, sequence_id, permit, reply } => {
+                let Some(batching) = self.config.batching.filter(|_| message.deliver_at_time.is_none()) else {
+                    // Delayed messages go alone, as in Pulsar: the broker delays whole entries.
+                    self.flush_batch().await;
+                    match self.single_entry(sequence_id, &message) {
+                        Ok(frame) => self.dispatch(sequence_id, frame, vec![(None, reply)], vec![permit]).await,
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                    return;
+                };
+                let size = message.payload.len();
+                if !self.batch.is_empty() && self.batch_bytes + size > self.max_batch_bytes {
+                    self.flush_batch().await;
+                }
+                if self.batch.is_empty() {
+                    self.batch_deadline = Some(Instant::now() + batching.max_publish_delay);
+                }
+                self.batch_bytes += size;
+                self.batch.push(Queued { message, sequence_id, reply, permit });
+                if self.batch.len() >= batching.max_messages as usize || self.batch_bytes >= self.max_batch_bytes {
+                    self.flush_batch().await;
+                }
+            }
+            TaskCommand::SendBatch { messages, sequence_id, permit, reply } => {
+                self.flush_batch().await;
+                match self.batch_entry(sequence_id, &messages) {
+                    Ok(frame) => self.dispatch(sequence_id, frame, vec![(None, reply)], vec![permit]).await,
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            TaskCommand::Flush { reply } => {
+                self.flush_batch().await;
+                match self.pending.back() {
+                    None => {
+                        let _ = reply.send(());
+                    }
+                    Some(last) => self.flush_waiters.push((last.sequence_id, reply)),
+                }
+            }
+            TaskCommand::Close { reply } => {
+                // `run` handles Close before calling here; answer anyway rather than hang.
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// Sends the open batch as one entry.
+    async fn flush_batch(&mut self) {
+        self.batch_deadline = None;
+        self.batch_bytes = 0;
+        if self.batch.is_empty() {
+            return;
+        }
+        let queued = std::mem::take(&mut self.batch);
+        let sequence_id = queued[0].sequence_id;
+        let mut messages = Vec::with_capacity(queued.len());
+        let mut replies = Vec::with_capacity(queued.len());
+        let mut permits = Vec::with_capacity(queued.len());
+        for (index, item) in queued.into_iter().enumerate() {
+            messages.push(item.message);
+            replies.push((Some(index as i32), item.reply));
+            permits.push(item.permit);
+        }
+        match self.batch_entry(sequence_id, &messages) {
+            Ok(frame) => self.dispatch(sequence_id, frame, replies, permits).await,
+            Err(error) => {
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(copy_error(&error)));
+                }
+            }
+        }
+    }
+
+    /// The SEND frame of one message on its own.
+    fn single_entry(&self, sequence_id: u64, message: &ProducerMessage) -> Result<Frame, ClientError> {
+        let body = self.config.compression.compress(&message.payload)?;
+        let metadata = pb::MessageMetadata {
+            producer_name: self.name.clone(),
+            sequence_id,
+            publish_time: now_millis(),
+            properties: message
+                .properties
+                .iter()
+                .map(|(key, value)| pb::KeyValue { key: key.clone(), value: value.clone() })
+                .collect(),
+            partition_key: message.key.clone(),
+            event_time: message.event_time,
+            deliver_at_time: message.deliver_at_time,
+            compression: self.config.compression.to_wire(),
+            uncompressed_size: Some(u32::try_from(message.payload.len()).unwrap_or(u32::MAX)),
+            ..Default::default()
+        };
+        Ok(Frame {
+            command: command::send(self.producer_id, sequence_id, 1),
+            payload: Some(Payload::new(metadata, &body)),
+        })
+    }
+
+    /// The SEND frame of `messages` as one batch entry with sequence ids from `sequence_id`.
+    fn batch_entry(&self, sequence_id: u64, messages: &[ProducerMessage]) -> Result<Frame, ClientError> {
+        let count = messages.len();
+        let body = crate::batch::encode_body(messages);
+        let compressed = self.config.compression.compress(&body)?;
+        let max = self.connection.max_message_size();
+        if compressed.len() > max {
+            return Err(ClientError::MessageTooLarge { size: compressed.len(), max });
+        }
+        let highest_sequence_id = sequence_id + count as u64 - 1;
+        let metadata = pb::MessageMetadata {
+            producer_name: self.name.clone(),
+            sequence_id,
+            highest_sequence_id: Some(highest_sequence_id),
+            publish_time: now_millis(),
+            num_messages_in_batch: Some(i32::try_from(count).unwrap_or(i32::MAX)),
+            compression: self.config.compression.to_wire(),
+            uncompressed_size: Some(u32::try_from(body.len()).unwrap_or(u32::MAX)),
+            ..Default::default()
+        };
+        let mut command = command::send(self.producer_id, sequence_id, i32::try_from(count).unwrap_or(i32::MAX));
+        if let Some(send) = command.send.as_mut() {
+            send.highest_sequence_id = Some(highest_sequence_id);
+        }
+        Ok(Frame { command, payload: Some(Payload::new(metadata, &compressed)) })
+    }
+
+    /// Records an entry as pending and sends it; a failed send reconnects, which resends it.
+    async fn dispatch(
+        &mut self,
+        sequence_id: u64,
+        frame: Frame,
+        replies: Vec<(Option<i32>, Reply)>,
+        permits: Vec<OwnedSemaphorePermit>,
+    ) {
+        self.pending.push_back(InFlight { sequence_id, frame, replies, _permits: permits, first_sent: Instant::now() });
+        let frame = self.pending.back().map(|entry| entry.frame.clone());
+        if let Some(frame) = frame {
+            if let Err(error) = self.send_frame(sequence_id, frame).await {
+                debug!(topic = %self.topic, error = %error_chain(&error), "send failed; reconnecting");
+                self.reconnect().await;
+            }
+        }
+    }
+
+    async fn send_frame(&mut self, sequence_id: u64, frame: Frame) -> Result<(), ClientError> {
+        let receipt = self.connection.send_message(self.producer_id, sequence_id, frame, None).await?;
+        let epoch = self.epoch;
+        self.receipts.push(receipt.map(move |outcome| (sequence_id, epoch, outcome)).boxed());
+        Ok(())
+    }
+
+    async fn on_receipt(&mut self, sequence_id: u64, outcome: Result<ReceiptResult, oneshot::error::RecvError>) {
+        match outcome {
+            Ok(Ok(id)) => {
+                let Some(position) = self.pending.iter().position(|entry| entry.sequence_id == sequence_id) else {
+                    return debug!(topic = %self.topic, sequence_id, "receipt for no pending entry");
+                };
+                // Receipts come in order: anything before it was answered too (or is stale).
+                let Some(entry) = self.pending.remove(position) else { return };
+                let mut id = MessageId::from(&id);
+                id.partition = self.partition;
+                for (batch_index, reply) in entry.replies {
+                    let id = MessageId { batch_index: batch_index.unwrap_or(-1), ..id };
+                    let _ = reply.send(Ok(id));
+                }
+            }
+            Ok(Err(error)) if needs_reconnect(&error) => {
+                info!(topic = %self.topic, producer = %self.name, error = %error_chain(&error), "lost the broker; reconnecting");
+                self.reconnect().await;
+            }
+            Ok(Err(error)) => {
+                if let Some(position) = self.pending.iter().position(|entry| entry.sequence_id == sequence_id) {
+                    if let Some(entry) = self.pending.remove(position) {
+                        for (_, reply) in entry.replies {
+                            let _ = reply.send(Err(copy_error(&error)));
+                        }
+                    }
+                }
+            }
+            Err(_) => {
+                info!(topic = %self.topic, producer = %self.name, "connection task ended; reconnecting");
+                self.reconnect().await;
+            }
+        }
+        self.answer_flush_waiters();
+    }
+
+    fn answer_flush_waiters(&mut self) {
+        let oldest = self.pending.front().map(|entry| entry.sequence_id);
+        let waiters = std::mem::take(&mut self.flush_waiters);
+        for (up_to, reply) in waiters {
+            if oldest.is_none_or(|oldest| oldest > up_to) {
+                let _ = reply.send(());
+            } else {
+                self.flush_waiters.push((up_to, reply));
+            }
+        }
+    }
+
+    /// Reconnects with backoff, registers again under the same name and resends every
+    /// pending entry in order. Gives up only when nothing is left to send and the handle is
+    /// gone.
+    async fn reconnect(&mut self) {
+        self.epoch += 1;
+        self.receipts = FuturesUnordered::new();
+        self.connection.remove_producer(self.producer_id, "reconnecting".into()).await;
+        let mut attempt = 0;
+        loop {
+            self.expire_pending();
+            if self.draining && self.pending.is_empty() && self.batch.is_empty() {
+                return;
+            }
+            self.client.backoff(attempt).await;
+            attempt = attempt.saturating_add(1);
+            let connection = match self.client.lookup_connection(&self.topic).await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    debug!(topic = %self.topic, attempt, error = %error_chain(&error), "reconnect: lookup failed");
+                    continue;
+                }
+            };
+            match register(&connection, &self.topic, Some(self.name.clone())).await {
+                Ok((producer_id, success)) => {
+                    let last = success.last_sequence_id.unwrap_or(-1);
+                    if let Ok(next) = u64::try_from(last.saturating_add(1)) {
+                        self.next_sequence_id.fetch_max(next, Ordering::Relaxed);
+                    }
+                    info!(topic = %self.topic, producer = %self.name, attempt, last_sequence_id = last,
+                        pending = self.pending.len(), "producer reconnected; resending pending messages");
+                    self.connection = connection;
+                    self.producer_id = producer_id;
+                    break;
+                }
+                Err(error) => {
+                    debug!(topic = %self.topic, attempt, error = %error_chain(&error), "reconnect: PRODUCER failed");
+                }
+            }
+        }
+        let frames: Vec<(u64, Frame)> = self
+            .pending
+            .iter_mut()
+            .map(|entry| {
+                if let Some(send) = entry.frame.command.send.as_mut() {
+                    send.producer_id = self.producer_id;
+                }
+                (entry.sequence_id, entry.frame.clone())
+            })
+            .collect();
+        for (sequence_id, frame) in frames {
+            if let Err(error) = self.send_frame(sequence_id, frame).await {
+                warn!(topic = %self.topic, error = %error_chain(&error), "resend failed; the next receipt error reconnects");
+                // The receipts of what was queued fail with the connection and bring us back.
+                break;
+            }
+        }
+    }
+
+    /// Fails entries older than the send timeout: their callers have had a timeout already.
+    fn expire_pending(&mut self) {
+        let timeout = self.send_timeout;
+        while let Some(entry) = self.pending.front() {
+            if entry.first_sent.elapsed() < timeout {
+                break;
+            }
+            if let Some(entry) = self.pending.pop_front() {
+                warn!(topic = %self.topic, sequence_id = entry.sequence_id, "send timed out while reconnecting; dropped");
+                for (_, reply) in entry.replies {
+                    let _ = reply.send(Err(ClientError::Timeout {
+                        broker: self.topic.to_string(),
+                        operation: "SEND (reconnecting)".into(),
+                        after: timeout,
+                    }));
+                }
+            }
+        }
+        self.answer_flush_waiters();
+    }
+
+    async fn close(&mut self) -> Result<(), ClientError> {
+        self.flush_batch().await;
+        let producer_id = self.producer_id;
+        let result = self.connection.request(|request_id| command::close_producer(producer_id, request_id)).await;
+        // Receipts for everything sent before the close arrived before its answer.
+        while let Some(Some((sequence_id, epoch, outcome))) = self.receipts.next().now_or_never() {
+            if epoch == self.epoch {
+                self.on_receipt(sequence_id, outcome).await;
+            }
+        }
+        self.connection.remove_producer(producer_id, "the producer was closed".into()).await;
+        for entry in self.pending.drain(..) {
+            for (_, reply) in entry.replies {
+                let _ = reply.send(Err(ClientError::ProducerClosed {
+                    producer: self.name.clone(),
+                    topic: self.topic.to_string(),
+                    reason: "close() was called before the receipt arrived".into(),
+                }));
+            }
+        }
+        result.map(|_| ())
+    }
+}
+
+/// Registers a producer on `connection`: PRODUCER, answered by PRODUCER_SUCCESS.
+async fn register(
+    connection: &Connection,
+    topic: &TopicName,
+    name: Option<String>,
+) -> Result<(u64, pb::CommandProducerSuccess), ClientError> {
+    let producer_id = connection.new_producer_id();
+    let topic_name = topic.to_string();
+    let label = name.clone().unwrap_or_else(|| format!("#{producer_id}"));
+    // Routing first, so that a CLOSE_PRODUCER right after the broker's answer finds it.
+    connection.add_producer(producer_id, label, topic_name.clone()).await?;
+    let answer = connection.request(|request_id| command::producer(&topic_name, producer_id, request_id, name)).await;
+    let success = match answer.map(|answer| answer.producer_success) {
+        Ok(Some(success)) => success,
+        Ok(None) => {
+            connection.remove_producer(producer_id, "creation failed".into()).await;
+            return Err(ClientError::UnexpectedResponse {
+                broker: connection.broker().to_string(),
+                expected: "PRODUCER_SUCCESS",
+                got: "another answer".into(),
+            });
+        }
+        Err(error) => {
+            connection.remove_producer(producer_id, "creation failed".into()).await;
+            return Err(error);
+        }
+    };
+    connection.add_producer(producer_id, success.producer_name.clone(), topic_name).await?;
+    Ok((producer_id, success))
+}
+
+/// Errors after which the producer reconnects rather than fail the send.
+fn needs_reconnect(error: &ClientError) -> bool {
+    matches!(error, ClientError::Disconnected { .. } | ClientError::ProducerClosed { .. })
+}
+
+/// The same error for another waiter (errors are not `Clone`: some hold an `io::Error`).
+fn copy_error(error: &ClientError) -> ClientError {
+    match error {
+        ClientError::Server { code, message } => ClientError::Server { code: *code, message: message.clone() },
+        ClientError::MessageTooLarge { size, max } => ClientError::MessageTooLarge { size: *size, max: *max },
+        other => ClientError::SendFailed { reason: error_chain(other) },
+    }
+}
+
+pub(crate) fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,518 @@
+//! [`TopicConsumer`]: one subscription on one topic (or one partition): subscribe, flow
+//! control, batch acknowledgement state, and resubscribing after the connection is lost.
+//! The public [`Consumer`](crate::Consumer) and [`Reader`](crate::Reader) hold one per topic.
+//!
+//! Flow control: on subscribe the consumer grants the broker as many permits as its receiver
+//! queue holds (FLOW), and grants more each time half of them were used. A permit is used
+//! when a message is handed to the application, or when the broker charged for a message
+//! that never reaches it (compacted out, acknowledged before a redelivery, undecodable).
+//! The broker therefore never has more entries in flight than the queue size, which is also
+//! the capacity of the channel from the connection task.
+//!
+//! Batches: one entry can hold several messages. The broker tracks acknowledgements per
+//! entry, so an individual ack of a batched message is sent only once every message of that
+//! batch was acknowledged (a small bitmap per entry). A cumulative ack sends the entry's id,
+//! and so covers the whole entry, including any messages after the acknowledged one in the
+//! same batch.
+//!
+//! Reconnect: when the connection ends (or the broker closes the consumer, as when a topic
+//! moves), the next `receive` subscribes again with backoff under the same subscription and
+//! consumer name, with fresh permits. Messages queued but not handed out are dropped: the
+//! broker redelivers everything unacknowledged to the new consumer. A non-durable (reader)
+//! subscription restarts after the last message handed out.
+
+use std::collections::{HashMap, VecDeque};
+
+use magnetar_proto::command;
+use magnetar_proto::pulsar::{self as pb, command_ack::AckType, command_subscribe};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use crate::client::Client;
+use crate::connection::{Connection, ConsumerEvent};
+use crate::entry::{decode_entry, DecodedEntry};
+use crate::error::{error_chain, ClientError};
+use crate::message::{Message, MessageId};
+use crate::topic::TopicName;
+
+/// What a SUBSCRIBE says; kept to subscribe again after a reconnect.
+#[derive(Debug, Clone)]
+pub(crate) struct SubscribeSettings {
+    pub subscription: String,
+    pub sub_type: command_subscribe::SubType,
+    pub initial_position: command_subscribe::InitialPosition,
+    pub receiver_queue_size: u32,
+    pub consumer_name: Option<String>,
+    /// False for a reader: the broker keeps no cursor.
+    pub durable: bool,
+    /// A reader's start; `None` for a durable subscription.
+    pub start_message_id: Option<pb::MessageIdData>,
+    /// A reader that starts at a specific id, inclusive of it.
+    pub start_inclusive: bool,
+}
+
+/// Acknowledgement state of one batch entry whose messages are not all acknowledged.
+#[derive(Debug)]
+pub(crate) struct BatchAcks {
+    /// One bit per message of the batch: set once acknowledged (or never delivered).
+    acked: Vec<u64>,
+    remaining: u32,
+}
+
+impl BatchAcks {
+    pub(crate) fn new(size: u32, delivered: &[i32]) -> Self {
+        let words = (size as usize).div_ceil(64);
+        let mut acks = BatchAcks { acked: vec![u64::MAX; words], remaining: 0 };
+        for &index in delivered {
+            if let Some(word) = acks.acked.get_mut(index as usize / 64) {
+                let bit = 1u64 << (index as usize % 64);
+                if *word & bit != 0 {
+                    *word &= !bit;
+                    acks.remaining += 1;
+                }
+            }
+        }
+        acks
+    }
+
+    fn is_acked(&self, index: i32) -> bool {
+        let Ok(index) = usize::try_from(index) else { return true };
+        self.acked.get(index / 64).is_none_or(|word| word & (1u64 << (index % 64)) != 0)
+    }
+
+    fn mark(&mut self, index: i32) {
+        if self.is_acked(index) {
+            return;
+        }
+        let index = index as usize;
+        self.acked[index / 64] |= 1u64 << (index % 64);
+        self.remaining -= 1;
+    }
+}
+
+/// One subscription on one topic or partition.
+#[derive(Debug)]
+pub(crate) struct TopicConsumer {
+    client: Client,
+    connection: Connection,
+    topic: TopicName,
+    /// The topic's name as messages carry it.
+    topic_name: String,
+    /// The partition index written into message ids, or -1.
+    partition: i32,
+    settings: SubscribeSettings,
+    consumer_id: u64,
+    /// Entries from the connection task; capacity: the receiver queue size.
+    events: mpsc::Receiver<ConsumerEvent>,
+    /// Messages of an entry already split, waiting for `receive`.
+    ready: VecDeque<Message>,
+    /// Batch entries with messages not yet acknowledged, by (ledger, entry).
+    batches: HashMap<(u64, u64), BatchAcks>,
+    /// Permits used since the last FLOW.
+    unsent_permits: u32,
+    /// Send FLOW once this many permits were used: half the queue.
+    refill_threshold: u32,
+    /// The last message handed out: where a reader resumes after a reconnect, and what
+    /// `has_message_available` compares with.
+    pub last_received: Option<MessageId>,
+    /// Set when the connection was lost: the next `receive` subscribes again.
+    lost: Option<String>,
+    /// Why the consumer can receive no more, once `close` was called.
+    closed: Option<String>,
+}
+
+impl TopicConsumer {
+    pub(crate) async fn subscribe(
+        client: Client,
+        topic: &str,
+        partition: i32,
+        settings: SubscribeSettings,
+    ) -> Result<TopicConsumer, ClientError> {
+        let (topic, connection, consumer_id, events) = client
+            .retry_while_unreachable(|| async {
+                let (topic, connection) = client.topic_connection(topic).await?;
+                let (consumer_id, events) = register(&connection, &topic, &settings).await?;
+                Ok((topic, connection, consumer_id, events))
+            })
+            .await?;
+        debug!(%topic, subscription = %settings.subscription, consumer_id, "subscribed");
+        Ok(TopicConsumer {
+            client,
+            connection,
+            topic_name: topic.to_string(),
+            topic,
+            partition,
+            refill_threshold: (settings.receiver_queue_size / 2).max(1),
+            settings,
+            consumer_id,
+            events,
+            ready: VecDeque::new(),
+            batches: HashMap::new(),
+            unsent_permits: 0,
+            last_received: None,
+            lost: None,
+            closed: None,
+        })
+    }
+
+    pub(crate) fn topic(&self) -> &TopicName {
+        &self.topic
+    }
+
+    pub(crate) fn topic_name(&self) -> &str {
+        &self.topic_name
+    }
+
+    /// Waits for the next message. Cancel-safe, except that a reconnect cancelled half-way
+    /// starts over.
+    pub(crate) async fn receive(&mut self) -> Result<Message, ClientError> {
+        loop {
+            if let Some(reason) = &self.closed {
+                return Err(self.closed_error(reason.clone()));
+            }
+            if self.lost.is_some() {
+                self.resubscribe().await;
+                continue;
+            }
+            if self.unsent_permits >= self.refill_threshold {
+                // Cancelling here loses nothing: the count is reset only once FLOW is queued.
+                if self.connection.send_command(command::flow(self.consumer_id, self.unsent_permits)).await.is_err() {
+                    self.lost = Some(self.connection.disconnected().to_string());
+                    continue;
+                }
+                self.unsent_permits = 0;
+            }
+            if let Some(message) = self.ready.pop_front() {
+                self.unsent_permits += 1;
+                self.last_received = Some(message.id);
+                return Ok(message);
+            }
+            match self.events.recv().await {
+                None => self.lost = Some(self.end_reason()),
+                Some(ConsumerEvent::Closed { reason }) => self.lost = Some(reason),
+                Some(ConsumerEvent::Message { command, payload }) => match decode_entry(&command, &payload) {
+                    Ok(decoded) => self.accept(decoded),
+                    Err(error) => {
+                        self.unsent_permits += payload.num_messages();
+                        return Err(error);
+                    }
+                },
+                Some(ConsumerEvent::Corrupt { message_id, error }) => {
+                    self.unsent_permits += 1;
+                    return Err(ClientError::CorruptMessage { id: MessageId::from(&message_id), source: error });
+                }
+            }
+        }
+    }
+
+    /// Subscribes again after the connection was lost, with backoff, until it works or the
+    /// consumer is closed.
+    async fn resubscribe(&mut self) {
+        let reason = self.lost.clone().unwrap_or_default();
+        info!(topic = %self.topic, subscription = %self.settings.subscription, %reason, "consumer lost its broker; subscribing again");
+        self.connection.remove_consumer(self.consumer_id).await;
+        self.ready.clear();
+        self.batches.clear();
+        self.unsent_permits = 0;
+        if !self.settings.durable {
+            if let Some(last) = self.last_received {
+                self.settings.start_message_id = Some(last.to_wire());
+                self.settings.start_inclusive = false;
+            }
+        }
+        let mut attempt = 0;
+        loop {
+            self.client.backoff(attempt).await;
+            attempt = attempt.saturating_add(1);
+            let connection = match self.client.lookup_connection(&self.topic).await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    debug!(topic = %self.topic, attempt, error = %error_chain(&error), "resubscribe: lookup failed");
+                    continue;
+                }
+            };
+            match register(&connection, &self.topic, &self.settings).await {
+                Ok((consumer_id, events)) => {
+                    info!(topic = %self.topic, subscription = %self.settings.subscription, attempt, "consumer subscribed again");
+                    self.connection = connection;
+                    self.consumer_id = consumer_id;
+                    self.events = events;
+                    self.lost = None;
+                    return;
+                }
+                Err(error) => {
+                    debug!(topic = %self.topic, attempt, error = %error_chain(&error), "resubscribe: SUBSCRIBE failed");
+                }
+            }
+        }
+    }
+
+    /// Acknowledges one message. For a message of a batch, the broker is told once every
+    /// message of the batch was acknowledged.
+    pub(crate) async fn ack(&mut self, id: MessageId) -> Result<(), ClientError> {
+        if id.is_batched() {
+            let entry = (id.ledger_id, id.entry_id);
+            let Some(batch) = self.batches.get_mut(&entry) else {
+                // The whole entry was acknowledged already (cumulatively, or by its other messages).
+                return Ok(());
+            };
+            if batch.is_acked(id.batch_index) {
+                return Ok(());
+            }
+            if batch.remaining > 1 {
+                batch.mark(id.batch_index);
+                return Ok(());
+            }
+            // The last one: tell the broker first, so a cancelled call can be repeated.
+            self.send_ack(AckType::Individual, id.entry_id_only()).await?;
+            self.batches.remove(&entry);
+            return Ok(());
+        }
+        self.send_ack(AckType::Individual, id).await
+    }
+
+    /// Acknowledges the entry of `id` and everything before it.
+    pub(crate) async fn ack_cumulative(&mut self, id: MessageId) -> Result<(), ClientError> {
+        let entry = id.entry_id_only();
+        self.send_ack(AckType::Cumulative, entry).await?;
+        let position = (entry.ledger_id, entry.entry_id);
+        self.batches.retain(|&batch_entry, _| batch_entry > position);
+        Ok(())
+    }
+
+    /// Asks the broker to deliver these messages again (whole entries).
+    pub(crate) async fn redeliver(&mut self, ids: &[MessageId]) -> Result<(), ClientError> {
+        let mut entries: Vec<MessageId> = ids.iter().map(MessageId::entry_id_only).collect();
+        entries.sort();
+        entries.dedup();
+        for entry in &entries {
+            // Redelivered messages of a batch come back with a fresh ack state.
+            self.batches.remove(&(entry.ledger_id, entry.entry_id));
+        }
+        let wire = entries.into_iter().map(MessageId::to_wire).collect();
+        self.send(command::redeliver_unacknowledged_messages(self.consumer_id, wire)).await
+    }
+
+    /// The id of the last message stored in the topic (GET_LAST_MESSAGE_ID).
+    pub(crate) async fn last_message_id(&self) -> Result<MessageId, ClientError> {
+        let consumer_id = self.consumer_id;
+        let answer =
+            self.connection.request(|request_id| command::get_last_message_id(consumer_id, request_id)).await?;
+        let response = answer.get_last_message_id_response.ok_or_else(|| ClientError::UnexpectedResponse {
+            broker: self.connection.broker().to_string(),
+            expected: "GET_LAST_MESSAGE_ID_RESPONSE",
+            got: crate::connection::command_name(answer.command_type),
+        })?;
+        let mut id = MessageId::from(&response.last_message_id);
+        id.partition = self.partition;
+        Ok(id)
+    }
+
+    /// Whether a message is queued here already.
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// SEEK: the subscription moves to `id` (or to the first message published at or after
+    /// `publish_time`). Then, as Pulsar's broker makes its clients do by disconnecting them,
+    /// the consumer starts over with a fresh consumer id: whatever was in flight belongs to
+    /// the old position and is dropped with the old id's channel.
+    pub(crate) async fn seek(&mut self, id: Option<MessageId>, publish_time: Option<u64>) -> Result<(), ClientError> {
+        let consumer_id = self.consumer_id;
+        let wire = id.map(MessageId::to_wire);
+        self.connection.request(|request_id| command::seek(consumer_id, request_id, wire, publish_time)).await?;
+        self.connection.abandon_consumer(consumer_id);
+        self.ready.clear();
+        self.batches.clear();
+        self.unsent_permits = 0;
+        self.last_received = None;
+        if !self.settings.durable {
+            if let Some(id) = id {
+                let mut start = id.to_wire();
+                // With a batch index the broker starts at the entry itself: inclusive.
+                start.batch_index = Some(id.batch_index);
+                self.settings.start_message_id = Some(start);
+                self.settings.start_inclusive = true;
+            }
+        }
+        match register(&self.connection, &self.topic, &self.settings).await {
+            Ok((consumer_id, events)) => {
+                self.consumer_id = consumer_id;
+                self.events = events;
+                Ok(())
+            }
+            Err(error) => {
+                // The next receive subscribes again with backoff.
+                self.lost = Some(error.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) async fn close(&mut self) -> Result<(), ClientError> {
+        if self.closed.is_some() {
+            return Ok(());
+        }
+        self.closed = Some("close() was called".into());
+        let consumer_id = self.consumer_id;
+        let result = self.connection.request(|request_id| command::close_consumer(consumer_id, request_id)).await;
+        self.connection.remove_consumer(consumer_id).await;
+        result.map(|_| ())
+    }
+
+    fn accept(&mut self, decoded: DecodedEntry) {
+        let DecodedEntry { mut messages, permits, batch_size } = decoded;
+        let delivered = u32::try_from(messages.len()).unwrap_or(u32::MAX);
+        // Messages charged for but not delivered use their permits now.
+        self.unsent_permits = self.unsent_permits.saturating_add(permits.saturating_sub(delivered));
+        // A reader starting at a batch message gets the whole entry; skip what is before its
+        // start (and the start itself unless inclusive), as Pulsar's client does.
+        if let Some(start) = self.settings.start_message_id.as_ref().filter(|_| !self.settings.durable) {
+            let start = MessageId::from(start);
+            let before = messages.len();
+            messages.retain(|message| {
+                let id = message.id;
+                if (id.ledger_id, id.entry_id) != (start.ledger_id, start.entry_id) {
+                    return true;
+                }
+                if self.settings.start_inclusive {
+                    id.batch_index >= start.batch_index
+                } else {
+                    start.batch_index >= 0 && id.batch_index > start.batch_index
+                }
+            });
+            let skipped = u32::try_from(before - messages.len()).unwrap_or(0);
+            self.unsent_permits = self.unsent_permits.saturating_add(skipped);
+        }
+        for message in &mut messages {
+            message.id.partition = self.partition;
+            message.topic.clone_from(&self.topic_name);
+        }
+        if let (Some(size), Some(first)) = (batch_size, messages.first()) {
+            let indexes: Vec<i32> = messages.iter().map(|message| message.id.batch_index).collect();
+            self.batches.insert((first.id.ledger_id, first.id.entry_id), BatchAcks::new(size, &indexes));
+        }
+        self.ready.extend(messages);
+    }
+
+    async fn send_ack(&mut self, ack_type: AckType, id: MessageId) -> Result<(), ClientError> {
+        self.send(command::ack(self.consumer_id, ack_type, vec![id.to_wire()])).await
+    }
+
+    /// Sends a command without an answer (ACK, REDELIVER). On a lost connection it is not an
+    /// error: the loss is noted for the next `receive`, which subscribes again, and the broker
+    /// then redelivers everything unacknowledged (at-least-once, as Pulsar's clients).
+    async fn send(&mut self, command: pb::BaseCommand) -> Result<(), ClientError> {
+        if self.lost.is_some() {
+            debug!(topic = %self.topic, "connection lost: the command is dropped, the broker redelivers");
+            return Ok(());
+        }
+        if let Err(error) = self.connection.send_command(command).await {
+            debug!(topic = %self.topic, error = %error_chain(&error), "connection lost while sending a command");
+            self.lost = Some(error.to_string());
+        }
+        Ok(())
+    }
+
+    /// Why the channel from the connection ended without a Closed event.
+    fn end_reason(&self) -> String {
+        if self.connection.is_closed() {
+            self.connection.disconnected().to_string()
+        } else {
+            "the connection stopped routing messages to it (the broker sent more than its permits allow)".into()
+        }
+    }
+
+    fn closed_error(&self, reason: String) -> ClientError {
+        ClientError::ConsumerClosed {
+            subscription: self.settings.subscription.clone(),
+            topic: self.topic.to_string(),
+            reason,
+        }
+    }
+}
+
+impl Drop for TopicConsumer {
+    fn drop(&mut self) {
+        if self.closed.is_none() {
+            self.connection.abandon_consumer(self.consumer_id);
+        }
+    }
+}
+
+/// Registers a consumer on `connection`: routing, SUBSCRIBE, then the first FLOW.
+async fn register(
+    connection: &Connection,
+    topic: &TopicName,
+    settings: &SubscribeSettings,
+) -> Result<(u64, mpsc::Receiver<ConsumerEvent>), ClientError> {
+    let consumer_id = connection.new_consumer_id();
+    let (sender, events) = mpsc::channel(settings.receiver_queue_size as usize);
+    connection.add_consumer(consumer_id, sender).await?;
+    let topic_name = topic.to_string();
+    let subscribe = |request_id| {
+        let mut subscribe = command::subscribe(
+            &topic_name,
+            &settings.subscription,
+            settings.sub_type,
+            consumer_id,
+            request_id,
+            settings.initial_position,
+        );
+        if let Some(body) = subscribe.subscribe.as_mut() {
+            body.consumer_name = settings.consumer_name.clone();
+            if settings.sub_type == command_subscribe::SubType::KeyShared {
+                body.key_shared_meta = Some(pb::KeySharedMeta {
+                    key_shared_mode: pb::KeySharedMode::AutoSplit as i32,
+                    hash_ranges: Vec::new(),
+                    allow_out_of_order_delivery: Some(false),
+                });
+            }
+            if !settings.durable {
+                body.durable = Some(false);
+                body.start_message_id = settings.start_message_id.clone();
+            }
+        }
+        subscribe
+    };
+    if let Err(error) = connection.request(subscribe).await {
+        connection.remove_consumer(consumer_id).await;
+        return Err(error);
+    }
+    connection.send_command(command::flow(consumer_id, settings.receiver_queue_size)).await?;
+    Ok((consumer_id, events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_acks_count_only_delivered_messages_once() {
+        // A batch of 5 where message 1 was acknowledged before this delivery.
+        let mut batch = BatchAcks::new(5, &[0, 2, 3, 4]);
+        assert_eq!(batch.remaining, 4);
+        assert!(batch.is_acked(1));
+        batch.mark(2);
+        batch.mark(2);
+        assert_eq!(batch.remaining, 3);
+        for index in [0, 3, 4] {
+            batch.mark(index);
+        }
+        assert_eq!(batch.remaining, 0);
+        // Out-of-range and negative indexes count as acknowledged and change nothing.
+        assert!(batch.is_acked(64) && batch.is_acked(-1));
+        batch.mark(70);
+        assert_eq!(batch.remaining, 0);
+    }
+
+    #[test]
+    fn large_batches_use_several_words() {
+        let indexes: Vec<i32> = (0..130).collect();
+        let mut batch = BatchAcks::new(130, &indexes);
+        assert_eq!(batch.remaining, 130);
+        batch.mark(129);
+        assert!(batch.is_acked(129) && !batch.is_acked(128));
+        assert_eq!(batch.remaining, 129);
+    }
+}
