@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub mod cluster;
 
@@ -391,4 +392,31 @@ impl Drop for BookieProcess {
             eprintln!("--- magnetar bookie {} log ---\n{}", self.options.bookie_id, self.log());
         }
     }
+}
+
+/// One HTTP/1.1 request to `127.0.0.1:port` with `Connection: close`; the status and the JSON
+/// body (Null if empty).
+pub async fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, serde_json::Value)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await??;
+    let reply = String::from_utf8(reply)?;
+    let (head, content) = reply.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no header end: {reply}"))?;
+    let status = head.split_whitespace().nth(1).ok_or_else(|| anyhow::anyhow!("no status: {head}"))?.parse()?;
+    // Small bodies may come chunked; this harness asks for them unchunked by closing, but
+    // strip a chunk header if one is there.
+    let content = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        content.lines().nth(1).unwrap_or("").to_owned()
+    } else {
+        content.to_owned()
+    };
+    let json = if content.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(&content)? };
+    Ok((status, json))
 }

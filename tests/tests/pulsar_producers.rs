@@ -12,37 +12,14 @@ use pulsar::compression::{Compression, CompressionLz4};
 use pulsar::consumer::InitialPosition;
 use pulsar::proto::command_get_topics_of_namespace::Mode;
 use pulsar::{Consumer, ConsumerOptions, ProducerOptions, Pulsar, SubType, TokioExecutor};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// One HTTP/1.1 request with `Connection: close`; the status and the JSON body (Null if empty).
 async fn http(
     standalone: &Standalone,
     method: &str,
     path: &str,
     body: Option<&str>,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", standalone.http_port)).await?;
-    let body = body.unwrap_or("");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await??;
-    let reply = String::from_utf8(reply)?;
-    let (head, content) = reply.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no header end: {reply}"))?;
-    let status = head.split_whitespace().nth(1).ok_or_else(|| anyhow::anyhow!("no status: {head}"))?.parse()?;
-    // Small bodies may come chunked; this harness asks for them unchunked by closing, but
-    // strip a chunk header if one is there.
-    let content = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        content.lines().nth(1).unwrap_or("").to_owned()
-    } else {
-        content.to_owned()
-    };
-    let json = if content.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(&content)? };
-    Ok((status, json))
+    magnetar_tests::http(standalone.http_port, method, path, body).await
 }
 
 async fn next(consumer: &mut Consumer<String, TokioExecutor>) -> anyhow::Result<pulsar::consumer::Message<String>> {
