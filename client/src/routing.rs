@@ -7,6 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+pub use magnetar_proto::hash::{murmur3_32, pulsar_key_hash};
+
 /// How messages without a key are spread over the partitions (Pulsar's `MessageRoutingMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum RoutingMode {
@@ -19,44 +21,10 @@ pub enum RoutingMode {
     Single,
 }
 
-/// Pulsar's `Murmur3_32Hash.makeHash`: MurmurHash3 x86 32-bit, seed 0, masked to be
-/// non-negative.
-pub fn pulsar_key_hash(key: &[u8]) -> u32 {
-    murmur3_32(key, 0) & (i32::MAX as u32)
-}
-
 /// The partition a key maps to.
 pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
     // The hash is non-negative, so Java's signSafeMod is the plain remainder.
     pulsar_key_hash(key) % partitions.max(1)
-}
-
-/// MurmurHash3, x86 32-bit variant.
-pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
-    const C1: u32 = 0xcc9e_2d51;
-    const C2: u32 = 0x1b87_3593;
-    let mix_k1 = |k1: u32| k1.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    let mut h1 = seed;
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let k1 = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        h1 ^= mix_k1(k1);
-        h1 = h1.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
-    }
-    let tail = chunks.remainder();
-    let mut k1 = 0u32;
-    for (index, &byte) in tail.iter().enumerate() {
-        k1 ^= u32::from(byte) << (8 * index);
-    }
-    if !tail.is_empty() {
-        h1 ^= mix_k1(k1);
-    }
-    h1 ^= data.len() as u32;
-    h1 ^= h1 >> 16;
-    h1 = h1.wrapping_mul(0x85eb_ca6b);
-    h1 ^= h1 >> 13;
-    h1 = h1.wrapping_mul(0xc2b2_ae35);
-    h1 ^ (h1 >> 16)
 }
 
 /// The router's state for one partitioned producer.
@@ -109,19 +77,6 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn murmur3_matches_the_reference_vectors() {
-        // Published MurmurHash3_x86_32 test vectors (SMHasher / Wikipedia).
-        assert_eq!(murmur3_32(b"", 0), 0);
-        assert_eq!(murmur3_32(b"", 1), 0x514e_28b7);
-        assert_eq!(murmur3_32(b"", 0xffff_ffff), 0x81f1_6f39);
-        assert_eq!(murmur3_32(&[0, 0, 0, 0], 0), 0x2362_f9de);
-        assert_eq!(murmur3_32(b"aaaa", 0x9747_b28c), 0x5a97_808a);
-        assert_eq!(murmur3_32(b"abc", 0), 0xb3dd_93fa);
-        assert_eq!(murmur3_32(b"Hello, world!", 0x9747_b28c), 0x2488_4cba);
-        assert_eq!(murmur3_32(b"The quick brown fox jumps over the lazy dog", 0x9747_b28c), 0x2fa8_26cd);
-    }
 
     #[test]
     fn key_hashes_match_another_pulsar_client() {

@@ -9,6 +9,7 @@
 
 pub mod command;
 pub mod frame;
+pub mod hash;
 pub mod topic_name;
 
 /// Pulsar protocol messages.

@@ -18,44 +18,17 @@
 
 use std::collections::BTreeMap;
 
+use magnetar_proto::hash::pulsar_key_hash;
+
 /// Hash slots for STICKY ranges: `hash % HASH_RANGE_SIZE`.
 pub const HASH_RANGE_SIZE: u32 = 65536;
 /// Ring points per consumer for AUTO_SPLIT (Pulsar's default
 /// `subscriptionKeySharedConsistentHashingReplicaPoints`).
 pub const POINTS_PER_CONSUMER: u32 = 100;
 
-/// Murmur3 x86 32-bit with seed 0, sign bit cleared: Pulsar's sticky key hash.
+/// Pulsar's sticky key hash: Murmur3 x86 32-bit, seed 0, sign bit cleared.
 pub fn sticky_key_hash(key: &[u8]) -> u32 {
-    murmur3_32(key, 0) & 0x7fff_ffff
-}
-
-/// Murmur3 x86 32-bit.
-pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
-    const C1: u32 = 0xcc9e_2d51;
-    const C2: u32 = 0x1b87_3593;
-    let mut hash = seed;
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-        hash ^= k;
-        hash = hash.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
-    }
-    let tail = chunks.remainder();
-    if !tail.is_empty() {
-        let mut k = 0u32;
-        for (i, byte) in tail.iter().enumerate() {
-            k |= u32::from(*byte) << (8 * i);
-        }
-        k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-        hash ^= k;
-    }
-    hash ^= data.len() as u32;
-    hash ^= hash >> 16;
-    hash = hash.wrapping_mul(0x85eb_ca6b);
-    hash ^= hash >> 13;
-    hash = hash.wrapping_mul(0xc2b2_ae35);
-    hash ^ (hash >> 16)
+    pulsar_key_hash(key)
 }
 
 /// An inclusive range of hash slots.
@@ -187,14 +160,6 @@ pub fn ranges_from_wire(ranges: &[(i32, i32)]) -> Result<Vec<HashRange>, KeyShar
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn murmur3_matches_reference_vectors() {
-        assert_eq!(murmur3_32(b"", 0), 0);
-        assert_eq!(murmur3_32(b"", 1), 0x514e_28b7);
-        assert_eq!(murmur3_32(b"hello", 0), 0x248b_fa47);
-        assert_eq!(murmur3_32(b"The quick brown fox jumps over the lazy dog", 0), 0x2e4f_f723);
-    }
 
     #[test]
     fn auto_split_gives_each_key_one_consumer_and_moves_few_keys_on_join() {
