@@ -420,3 +420,28 @@ pub async fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> an
     let json = if content.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(&content)? };
     Ok((status, json))
 }
+
+/// A raw Pulsar protocol connection, for tests that send exact frames.
+pub type RawConn = tokio_util::codec::Framed<tokio::net::TcpStream, magnetar_proto::frame::FrameCodec>;
+
+/// Connects to `127.0.0.1:port` as client `name` and waits for CONNECTED.
+pub async fn raw_connect(port: u16, name: &str) -> anyhow::Result<RawConn> {
+    use futures::SinkExt;
+    use magnetar_proto::frame::{Frame, FrameCodec};
+    use magnetar_proto::pulsar::base_command::Type;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut conn = tokio_util::codec::Framed::new(stream, FrameCodec::default());
+    conn.send(Frame::simple(magnetar_proto::command::connect(name, None, None))).await?;
+    let answer = raw_receive(&mut conn).await?;
+    anyhow::ensure!(answer.command_type() == Some(Type::Connected), "expected CONNECTED, got {answer:?}");
+    Ok(conn)
+}
+
+/// The next frame, within 10 seconds.
+pub async fn raw_receive(conn: &mut RawConn) -> anyhow::Result<magnetar_proto::frame::Frame> {
+    use futures::StreamExt;
+    Ok(tokio::time::timeout(Duration::from_secs(10), conn.next())
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within 10 s"))?
+        .ok_or_else(|| anyhow::anyhow!("connection closed"))??)
+}

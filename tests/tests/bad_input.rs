@@ -8,27 +8,19 @@ use futures::{SinkExt, StreamExt};
 use magnetar_proto::command;
 use magnetar_proto::frame::{Frame, FrameCodec};
 use magnetar_proto::pulsar::{base_command::Type, ServerError};
-use magnetar_tests::Standalone;
+use magnetar_tests::{raw_receive, RawConn, Standalone};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-type Conn = Framed<TcpStream, FrameCodec>;
+type Conn = RawConn;
 
 async fn connect(standalone: &Standalone) -> anyhow::Result<Conn> {
-    let stream = TcpStream::connect(("127.0.0.1", standalone.pulsar_port)).await?;
-    let mut conn = Framed::new(stream, FrameCodec::default());
-    conn.send(Frame::simple(command::connect("bad-input-test", None, None))).await?;
-    let answer = receive(&mut conn).await?;
-    anyhow::ensure!(answer.command_type() == Some(Type::Connected), "expected CONNECTED, got {answer:?}");
-    Ok(conn)
+    magnetar_tests::raw_connect(standalone.pulsar_port, "bad-input-test").await
 }
 
 async fn receive(conn: &mut Conn) -> anyhow::Result<Frame> {
-    Ok(tokio::time::timeout(Duration::from_secs(10), conn.next())
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within 10 s"))?
-        .ok_or_else(|| anyhow::anyhow!("connection closed"))??)
+    raw_receive(conn).await
 }
 
 /// The broker still answers a fresh client.

@@ -6,16 +6,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt, TryStreamExt};
+use futures::{SinkExt, TryStreamExt};
 use magnetar_proto::command;
-use magnetar_proto::frame::{Frame, FrameCodec};
+use magnetar_proto::frame::Frame;
 use magnetar_proto::pulsar::command_subscribe::{InitialPosition as PbInitial, SubType as PbSubType};
 use magnetar_proto::pulsar::{self as pb, base_command::Type, ServerError};
-use magnetar_tests::Standalone;
+use magnetar_tests::{raw_receive, RawConn, Standalone};
 use pulsar::consumer::InitialPosition;
 use pulsar::{Consumer, ConsumerOptions, Pulsar, SubType, TokioExecutor};
-use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
 
 type Client = Pulsar<TokioExecutor>;
 type StringConsumer = Consumer<String, TokioExecutor>;
@@ -171,22 +169,14 @@ async fn failover_standby_takes_over_when_the_active_consumer_closes() -> anyhow
     Ok(())
 }
 
-type Conn = Framed<TcpStream, FrameCodec>;
+type Conn = RawConn;
 
 async fn raw_connect(standalone: &Standalone) -> anyhow::Result<Conn> {
-    let stream = TcpStream::connect(("127.0.0.1", standalone.pulsar_port)).await?;
-    let mut conn = Framed::new(stream, FrameCodec::default());
-    conn.send(Frame::simple(command::connect("subscriptions-test", None, None))).await?;
-    let answer = receive(&mut conn).await?;
-    anyhow::ensure!(answer.command_type() == Some(Type::Connected), "expected CONNECTED, got {answer:?}");
-    Ok(conn)
+    magnetar_tests::raw_connect(standalone.pulsar_port, "subscriptions-test").await
 }
 
 async fn receive(conn: &mut Conn) -> anyhow::Result<Frame> {
-    Ok(tokio::time::timeout(Duration::from_secs(10), conn.next())
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within 10 s"))?
-        .ok_or_else(|| anyhow::anyhow!("connection closed"))??)
+    raw_receive(conn).await
 }
 
 /// The next frame of `kind`, skipping others (messages, consumer changes).
@@ -361,20 +351,12 @@ async fn reader_with_rollback_duration_starts_at_messages_published_within_it() 
     Ok(())
 }
 
-/// GET the admin stats of a topic in public/default (a bare HTTP/1.1 request).
+/// GET the admin stats of a topic in public/default.
 async fn admin_stats(standalone: &Standalone, topic: &str) -> anyhow::Result<serde_json::Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(("127.0.0.1", standalone.http_port)).await?;
-    let request = format!(
-        "GET /admin/v2/persistent/public/default/{topic}/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await??;
-    let response = String::from_utf8(response)?;
-    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP body: {response}"))?;
-    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "stats answered {head}");
-    Ok(serde_json::from_str(body)?)
+    let path = format!("/admin/v2/persistent/public/default/{topic}/stats");
+    let (status, stats) = magnetar_tests::http(standalone.http_port, "GET", &path, None).await?;
+    anyhow::ensure!(status == 200, "stats answered {status}");
+    Ok(stats)
 }
 
 /// The next ACTIVE_CONSUMER_CHANGE as (consumer id, active).
