@@ -117,7 +117,7 @@ fi
 
 # --------------------------------------------------------------------------------------------
 section "3/5 cargo build (dev profile, --locked)"
-cargo build --workspace --bins --tests --locked
+cargo build --workspace --bins --tests --examples --locked
 if [[ ! -x $MAGNETAR_BIN ]]; then
     echo "error: the build did not produce $MAGNETAR_BIN" >&2
     exit 1
