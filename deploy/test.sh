@@ -134,6 +134,8 @@ if cargo nextest --version >/dev/null 2>&1; then
     fi
     echo "nextest profile: ${NEXTEST_PROFILE:-default}"
     cargo nextest run --workspace --no-fail-fast --locked || failed+=("rust tests (cargo nextest)")
+    # nextest does not run doc tests: the rustdoc examples are compiled (and run) here.
+    cargo test --doc --workspace --locked || failed+=("rust doc tests")
 else
     echo "cargo-nextest is not installed; falling back to cargo test"
     cargo test --workspace --no-fail-fast --locked || failed+=("rust tests (cargo test)")
