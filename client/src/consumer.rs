@@ -12,19 +12,30 @@
 //!   (`<topic>-<subscription>-RETRY`, which the consumer also subscribes to) for delivery
 //!   after a delay, and acknowledges the original.
 //!
-//! Timers run inside [`Consumer::receive`] (and are checked by every ack call): both queues
-//! are in deadline order (the delays are constant), so the next deadline is at the front.
-//! Redeliveries are therefore requested while the application waits for messages, which is
-//! when a redelivered message could be handed to it anyway.
+//! Timers run in a background task, one per consumer (spawned by
+//! [`ConsumerBuilder::subscribe`], stopped by [`Consumer::close`] or drop), as in Pulsar's
+//! Java client (NegativeAcksTracker, UnAckedMessageTracker): a nacked message is redelivered
+//! after the delay, and an unacknowledged one after the ack timeout, even while the
+//! application is busy and calls nothing on the consumer (on a Shared subscription, another
+//! consumer then gets it). The task sleeps until the earliest deadline (both queues are in
+//! deadline order, the delays being constant) and is woken when a queue gets its first
+//! entry. The queues are shared with the consumer under a lock, so an acknowledged message
+//! is dropped from them before the task can redeliver it. The task sends
+//! REDELIVER_UNACKNOWLEDGED_MESSAGES (and dead-letter acks) through each topic consumer's
+//! `AckHandle`, which follows it to a new connection and consumer id after a reconnect and
+//! clears the redelivered entries' batch acknowledgement state.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::future::select_all;
 use futures::FutureExt;
 use magnetar_proto::pulsar::command_subscribe;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -34,7 +45,7 @@ use crate::message::{Message, MessageId};
 use crate::producer::{Producer, ProducerMessage};
 use crate::producer_task::now_millis;
 use crate::topic::TopicName;
-use crate::topic_consumer::{SubscribeSettings, TopicConsumer};
+use crate::topic_consumer::{AckHandle, SubscribeSettings, TopicConsumer};
 
 /// Pulsar's default receiver queue size.
 pub const DEFAULT_RECEIVER_QUEUE_SIZE: u32 = 1000;
@@ -314,6 +325,18 @@ impl ConsumerBuilder {
             }
         }
         debug!(topics = ?topics, subscription = %self.subscription, consumers = consumers.len(), "consumer subscribed");
+        let shared = Arc::new(Shared {
+            client: self.client.clone(),
+            timers: Mutex::new(Timers::default()),
+            wake: Notify::new(),
+            handles: consumers.iter().map(TopicConsumer::ack_handle).collect(),
+            dead_letter: policy.map(|policy| DeadLetter {
+                max_redeliver_count: policy.max_redeliver_count,
+                topic: dead_letter_topic,
+                producer: tokio::sync::Mutex::new(None),
+            }),
+        });
+        let timer_task = tokio::spawn(run_timers(shared.clone()));
         Ok(Consumer {
             client: self.client,
             subscription: self.subscription,
@@ -322,15 +345,8 @@ impl ConsumerBuilder {
             next_consumer: 0,
             ack_timeout: self.ack_timeout,
             nack_delay: self.negative_ack_redelivery_delay,
-            unacked: VecDeque::new(),
-            unacked_live: HashSet::new(),
-            nacked: VecDeque::new(),
-            dead_letter: policy.map(|policy| DeadLetter {
-                max_redeliver_count: policy.max_redeliver_count,
-                topic: dead_letter_topic,
-                producer: None,
-                candidates: HashMap::new(),
-            }),
+            shared,
+            timer_task,
             retry: self.retry_enable.then_some(Retry { topic: retry_topic, producer: None }),
             closed: false,
         })
@@ -345,10 +361,152 @@ struct DeadLetter {
     max_redeliver_count: u32,
     topic: String,
     /// Created on first use.
-    producer: Option<Producer>,
-    /// Messages delivered `max_redeliver_count` times: they go to the dead-letter topic
-    /// instead of their next redelivery.
+    producer: tokio::sync::Mutex<Option<Producer>>,
+}
+
+/// The timer queues, shared by the consumer and its timer task.
+#[derive(Debug, Default)]
+struct Timers {
+    /// Received and not acknowledged, in deadline order (ack timeout only); an entry is
+    /// live while `unacked_live` maps its slot to its deadline (a slot received again, after
+    /// a redelivery, has a new entry and a new deadline).
+    unacked: VecDeque<(Instant, Slot)>,
+    unacked_live: HashMap<Slot, Instant>,
+    /// Negatively acknowledged, in deadline order.
+    nacked: VecDeque<(Instant, Slot)>,
+    /// With a dead-letter policy, messages delivered `max_redeliver_count` times: they go to
+    /// the dead-letter topic instead of their next redelivery.
     candidates: HashMap<Slot, Message>,
+}
+
+impl Timers {
+    /// Drops the timers and dead-letter candidacy of acknowledged messages.
+    fn forget(&mut self, covered: impl Fn(&Slot) -> bool) {
+        self.unacked_live.retain(|slot, _| !covered(slot));
+        self.nacked.retain(|(_, slot)| !covered(slot));
+        self.candidates.retain(|slot, _| !covered(slot));
+    }
+
+    fn next_deadline(&mut self) -> Option<Instant> {
+        // Drop acknowledged entries from the front so the front is a real deadline.
+        while let Some((deadline, slot)) = self.unacked.front() {
+            if self.unacked_live.get(slot) == Some(deadline) {
+                break;
+            }
+            self.unacked.pop_front();
+        }
+        let unacked = self.unacked.front().map(|(deadline, _)| *deadline);
+        let nacked = self.nacked.front().map(|(deadline, _)| *deadline);
+        match (unacked, nacked) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Takes every message whose ack timeout or nack delay is over.
+    fn take_due(&mut self, now: Instant) -> Vec<Slot> {
+        let mut due = Vec::new();
+        while self.nacked.front().is_some_and(|(deadline, _)| *deadline <= now) {
+            if let Some((_, slot)) = self.nacked.pop_front() {
+                due.push(slot);
+            }
+        }
+        while self.unacked.front().is_some_and(|(deadline, _)| *deadline <= now) {
+            if let Some((deadline, slot)) = self.unacked.pop_front() {
+                if self.unacked_live.get(&slot) == Some(&deadline) {
+                    self.unacked_live.remove(&slot);
+                    debug!(id = %slot.1, "ack timeout: redelivering");
+                    due.push(slot);
+                }
+            }
+        }
+        due
+    }
+}
+
+/// What a consumer shares with its timer task.
+#[derive(Debug)]
+struct Shared {
+    client: Client,
+    timers: Mutex<Timers>,
+    /// Wakes the timer task when a queue gets its first entry (an earlier deadline).
+    wake: Notify,
+    /// One per topic consumer, in the same order.
+    handles: Vec<AckHandle>,
+    dead_letter: Option<DeadLetter>,
+}
+
+impl Shared {
+    fn timers(&self) -> MutexGuard<'_, Timers> {
+        self.timers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn redeliver_due(&self) {
+        let due = self.timers().take_due(Instant::now());
+        if !due.is_empty() {
+            self.redeliver(due).await;
+        }
+    }
+
+    /// Asks for these messages again, or, for dead-letter candidates, produces them to the
+    /// dead-letter topic and acknowledges them. A lost connection is no error: the broker
+    /// redelivers everything unacknowledged to the consumer once it subscribed again.
+    async fn redeliver(&self, slots: Vec<Slot>) {
+        let mut by_consumer: HashMap<usize, Vec<MessageId>> = HashMap::new();
+        for slot in slots {
+            let dead = self.timers().candidates.remove(&slot);
+            match dead {
+                Some(message) => match self.send_to_dead_letter(&message).await {
+                    Ok(()) => {
+                        if let Err(error) = self.handles[slot.0].ack(slot.1).await {
+                            debug!(id = %slot.1, error = %error_chain(&error), "dead letter: cannot acknowledge the original");
+                        }
+                    }
+                    Err(error) => {
+                        warn!(id = %slot.1, error = %error_chain(&error), "cannot produce to the dead-letter topic; redelivering");
+                        by_consumer.entry(slot.0).or_default().push(slot.1);
+                    }
+                },
+                None => by_consumer.entry(slot.0).or_default().push(slot.1),
+            }
+        }
+        for (index, ids) in by_consumer {
+            if let Err(error) = self.handles[index].redeliver(&ids).await {
+                debug!(error = %error_chain(&error), "cannot ask for a redelivery; the broker redelivers after the reconnect");
+            }
+        }
+    }
+
+    async fn send_to_dead_letter(&self, message: &Message) -> Result<(), ClientError> {
+        let Some(dead_letter) = &self.dead_letter else { return Ok(()) };
+        let mut producer = dead_letter.producer.lock().await;
+        if producer.is_none() {
+            *producer = Some(self.client.producer(dead_letter.topic.clone()).create().await?);
+        }
+        if let Some(producer) = producer.as_mut() {
+            producer.send_with(letter(message)).await?;
+            debug!(id = %message.id, topic = %dead_letter.topic, "message sent to the dead-letter topic");
+        }
+        Ok(())
+    }
+}
+
+/// The timer task: sleeps until the earliest deadline (or until woken by a new one), then
+/// redelivers what is due. Aborted when the consumer is closed or dropped.
+async fn run_timers(shared: Arc<Shared>) {
+    loop {
+        let deadline = shared.timers().next_deadline();
+        match deadline {
+            Some(deadline) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => {}
+                    () = shared.wake.notified() => {}
+                }
+            }
+            None => shared.wake.notified().await,
+        }
+        shared.redeliver_due().await;
+    }
 }
 
 #[derive(Debug)]
@@ -358,7 +516,8 @@ struct Retry {
 }
 
 /// Receives the messages of one subscription on one or more topics. Close it with
-/// [`Consumer::close`]; dropping it closes it without waiting.
+/// [`Consumer::close`]; dropping it closes it without waiting. Negative-ack and ack-timeout
+/// redeliveries run in a background task, whether or not the consumer is being called.
 #[derive(Debug)]
 pub struct Consumer {
     client: Client,
@@ -370,13 +529,9 @@ pub struct Consumer {
     next_consumer: usize,
     ack_timeout: Option<Duration>,
     nack_delay: Duration,
-    /// Received and not acknowledged, in deadline order (ack timeout only); an entry is
-    /// live while its slot is in `unacked_live`.
-    unacked: VecDeque<(Instant, Slot)>,
-    unacked_live: HashSet<Slot>,
-    /// Negatively acknowledged, in deadline order.
-    nacked: VecDeque<(Instant, Slot)>,
-    dead_letter: Option<DeadLetter>,
+    /// The timer queues and what the timer task needs.
+    shared: Arc<Shared>,
+    timer_task: JoinHandle<()>,
     retry: Option<Retry>,
     closed: bool,
 }
@@ -411,40 +566,41 @@ impl Consumer {
         if self.closed {
             return Err(self.closed_error("close() was called"));
         }
-        loop {
-            self.redeliver_due().await?;
-            let deadline = self.next_deadline();
-            let count = self.consumers.len();
-            let start = self.next_consumer % count;
-            let (index, result) = {
-                let (before, after) = self.consumers.split_at_mut(start);
-                let in_turn = after
-                    .iter_mut()
-                    .enumerate()
-                    .map(|(index, consumer)| (index + start, consumer))
-                    .chain(before.iter_mut().enumerate());
-                let receives =
-                    in_turn.map(|(index, consumer)| async move { (index, consumer.receive().await) }.boxed());
-                let any = select_all(receives);
-                tokio::select! {
-                    ((index, result), _, _) = any => (index, result),
-                    () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => continue,
-                }
-            };
-            self.next_consumer = index + 1;
-            let message = result?;
-            let slot = (index, message.id);
+        let count = self.consumers.len();
+        let start = self.next_consumer % count;
+        let (index, result) = {
+            let (before, after) = self.consumers.split_at_mut(start);
+            let in_turn = after
+                .iter_mut()
+                .enumerate()
+                .map(|(index, consumer)| (index + start, consumer))
+                .chain(before.iter_mut().enumerate());
+            let receives = in_turn.map(|(index, consumer)| async move { (index, consumer.receive().await) }.boxed());
+            let ((index, result), _, _) = select_all(receives).await;
+            (index, result)
+        };
+        self.next_consumer = index + 1;
+        let message = result?;
+        let slot = (index, message.id);
+        let mut wake = false;
+        {
+            let mut timers = self.shared.timers();
             if let Some(timeout) = self.ack_timeout {
-                self.unacked.push_back((Instant::now() + timeout, slot));
-                self.unacked_live.insert(slot);
+                let deadline = Instant::now() + timeout;
+                wake = timers.unacked.is_empty();
+                timers.unacked.push_back((deadline, slot));
+                timers.unacked_live.insert(slot, deadline);
             }
-            if let Some(dead_letter) = &mut self.dead_letter {
+            if let Some(dead_letter) = &self.shared.dead_letter {
                 if message.redelivery_count >= dead_letter.max_redeliver_count {
-                    dead_letter.candidates.insert(slot, message.clone());
+                    timers.candidates.insert(slot, message.clone());
                 }
             }
-            return Ok(message);
         }
+        if wake {
+            self.shared.wake.notify_one();
+        }
+        Ok(message)
     }
 
     /// Receives the next message and decodes its payload as JSON.
@@ -458,9 +614,9 @@ impl Consumer {
     /// message of the batch was acknowledged.
     pub async fn ack(&mut self, message: &Message) -> Result<(), ClientError> {
         let index = self.consumer_index(message)?;
-        self.forget((index, message.id));
-        self.consumers[index].ack(message.id).await?;
-        self.redeliver_due().await
+        let slot = (index, message.id);
+        self.shared.timers().forget(|acked| *acked == slot);
+        self.consumers[index].ack(message.id).await
     }
 
     /// Acknowledges this message and every message before it on its topic (partition).
@@ -477,12 +633,8 @@ impl Consumer {
         let up_to = message.id.entry_id_only();
         let covered =
             |slot: &Slot| slot.0 == index && (slot.1.ledger_id, slot.1.entry_id) <= (up_to.ledger_id, up_to.entry_id);
-        self.unacked_live.retain(|slot| !covered(slot));
-        if let Some(dead_letter) = &mut self.dead_letter {
-            dead_letter.candidates.retain(|slot, _| !covered(slot));
-        }
-        self.consumers[index].ack_cumulative(message.id).await?;
-        self.redeliver_due().await
+        self.shared.timers().forget(covered);
+        self.consumers[index].ack_cumulative(message.id).await
     }
 
     /// Negative acknowledgement: the message is redelivered after
@@ -491,16 +643,28 @@ impl Consumer {
     pub async fn negative_acknowledge(&mut self, message: &Message) -> Result<(), ClientError> {
         let index = self.consumer_index(message)?;
         let slot = (index, message.id);
-        self.unacked_live.remove(&slot);
-        self.nacked.push_back((Instant::now() + self.nack_delay, slot));
-        self.redeliver_due().await
+        let wake = {
+            let mut timers = self.shared.timers();
+            timers.unacked_live.remove(&slot);
+            let wake = timers.nacked.is_empty();
+            timers.nacked.push_back((Instant::now() + self.nack_delay, slot));
+            wake
+        };
+        if wake {
+            self.shared.wake.notify_one();
+        }
+        Ok(())
     }
 
     /// Asks the broker to redeliver every message received and not acknowledged yet.
     pub async fn redeliver_unacknowledged_messages(&mut self) -> Result<(), ClientError> {
-        let slots: Vec<Slot> = self.unacked_live.drain().collect();
-        self.unacked.clear();
-        self.redeliver(slots).await
+        let slots: Vec<Slot> = {
+            let mut timers = self.shared.timers();
+            timers.unacked.clear();
+            timers.unacked_live.drain().map(|(slot, _)| slot).collect()
+        };
+        self.shared.redeliver(slots).await;
+        Ok(())
     }
 
     /// Moves the subscription to `id` on the topic (partition) the id belongs to; the next
@@ -541,9 +705,10 @@ impl Consumer {
         let times =
             message.properties.get(PROPERTY_RECONSUME_TIMES).and_then(|times| times.parse::<u32>().ok()).unwrap_or(0)
                 + 1;
-        let over_limit = self.dead_letter.as_ref().is_some_and(|dead_letter| times > dead_letter.max_redeliver_count);
+        let over_limit =
+            self.shared.dead_letter.as_ref().is_some_and(|dead_letter| times > dead_letter.max_redeliver_count);
         if over_limit {
-            self.send_to_dead_letter(message).await?;
+            self.shared.send_to_dead_letter(message).await?;
         } else {
             let mut retried = letter(message);
             retried.properties.insert(PROPERTY_RECONSUME_TIMES.into(), times.to_string());
@@ -564,14 +729,17 @@ impl Consumer {
     /// redelivered later.
     pub async fn close(mut self) -> Result<(), ClientError> {
         self.closed = true;
+        self.timer_task.abort();
         let mut result = Ok(());
         for consumer in &mut self.consumers {
             if let Err(error) = consumer.close().await {
                 result = Err(error);
             }
         }
-        if let Some(producer) = self.dead_letter.as_mut().and_then(|dead_letter| dead_letter.producer.take()) {
-            let _ = producer.close().await;
+        if let Some(dead_letter) = &self.shared.dead_letter {
+            if let Some(producer) = dead_letter.producer.lock().await.take() {
+                let _ = producer.close().await;
+            }
         }
         if let Some(producer) = self.retry.as_mut().and_then(|retry| retry.producer.take()) {
             let _ = producer.close().await;
@@ -588,93 +756,8 @@ impl Consumer {
         )
     }
 
-    /// Forgets an acknowledged message's timers and dead-letter candidacy.
-    fn forget(&mut self, slot: Slot) {
-        self.unacked_live.remove(&slot);
-        if let Some(dead_letter) = &mut self.dead_letter {
-            dead_letter.candidates.remove(&slot);
-        }
-    }
-
     fn forget_all(&mut self) {
-        self.unacked.clear();
-        self.unacked_live.clear();
-        self.nacked.clear();
-        if let Some(dead_letter) = &mut self.dead_letter {
-            dead_letter.candidates.clear();
-        }
-    }
-
-    fn next_deadline(&mut self) -> Option<Instant> {
-        // Drop acknowledged entries from the front so the front is a real deadline.
-        while let Some((_, slot)) = self.unacked.front() {
-            if self.unacked_live.contains(slot) {
-                break;
-            }
-            self.unacked.pop_front();
-        }
-        let unacked = self.unacked.front().map(|(deadline, _)| *deadline);
-        let nacked = self.nacked.front().map(|(deadline, _)| *deadline);
-        match (unacked, nacked) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Redelivers (or dead-letters) every message whose ack timeout or nack delay is over.
-    async fn redeliver_due(&mut self) -> Result<(), ClientError> {
-        let now = Instant::now();
-        let mut due = Vec::new();
-        while self.nacked.front().is_some_and(|(deadline, _)| *deadline <= now) {
-            if let Some((_, slot)) = self.nacked.pop_front() {
-                due.push(slot);
-            }
-        }
-        while self.unacked.front().is_some_and(|(deadline, _)| *deadline <= now) {
-            if let Some((_, slot)) = self.unacked.pop_front() {
-                if self.unacked_live.remove(&slot) {
-                    debug!(id = %slot.1, "ack timeout: redelivering");
-                    due.push(slot);
-                }
-            }
-        }
-        if due.is_empty() {
-            return Ok(());
-        }
-        self.redeliver(due).await
-    }
-
-    async fn redeliver(&mut self, slots: Vec<Slot>) -> Result<(), ClientError> {
-        let mut by_consumer: HashMap<usize, Vec<MessageId>> = HashMap::new();
-        for slot in slots {
-            let dead = self.dead_letter.as_mut().and_then(|dead_letter| dead_letter.candidates.remove(&slot));
-            match dead {
-                Some(message) => match self.send_to_dead_letter(&message).await {
-                    Ok(()) => self.consumers[slot.0].ack(slot.1).await?,
-                    Err(error) => {
-                        warn!(id = %slot.1, error = %error_chain(&error), "cannot produce to the dead-letter topic; redelivering");
-                        by_consumer.entry(slot.0).or_default().push(slot.1);
-                    }
-                },
-                None => by_consumer.entry(slot.0).or_default().push(slot.1),
-            }
-        }
-        for (index, ids) in by_consumer {
-            self.consumers[index].redeliver(&ids).await?;
-        }
-        Ok(())
-    }
-
-    async fn send_to_dead_letter(&mut self, message: &Message) -> Result<(), ClientError> {
-        let Some(dead_letter) = &mut self.dead_letter else { return Ok(()) };
-        if dead_letter.producer.is_none() {
-            dead_letter.producer = Some(self.client.producer(dead_letter.topic.clone()).create().await?);
-        }
-        if let Some(producer) = dead_letter.producer.as_mut() {
-            producer.send_with(letter(message)).await?;
-            debug!(id = %message.id, topic = %dead_letter.topic, "message sent to the dead-letter topic");
-        }
-        Ok(())
+        *self.shared.timers() = Timers::default();
     }
 
     fn closed_error(&self, reason: &str) -> ClientError {
@@ -683,6 +766,12 @@ impl Consumer {
             topic: self.topic().to_string(),
             reason: reason.to_owned(),
         }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.timer_task.abort();
     }
 }
 

@@ -721,6 +721,132 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn nack_redelivery_is_sent_by_the_timer_without_further_calls() {
+        let (broker, client) = start().await;
+        produce(&broker, TOPIC, &["retry me"]);
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .subscription_type(SubscriptionType::Shared)
+            .initial_position(InitialPosition::Earliest)
+            .negative_ack_redelivery_delay(Duration::from_millis(100))
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let first = with_timeout(consumer.receive()).await.expect("receive");
+        consumer.negative_acknowledge(&first).await.expect("nack");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(broker.state().redeliveries.is_empty(), "redelivered before the delay");
+        // No call on the consumer from here on.
+        broker.eventually("the nack redelivery", |state| !state.redeliveries.is_empty()).await;
+        let state = broker.state();
+        assert_eq!(state.redeliveries.len(), 1);
+        assert_eq!(state.redeliveries[0].message_ids, [command::message_id(1, 0)]);
+        assert_eq!(state.redeliveries[0].consumer_id, state.subscribes[0].consumer_id);
+    }
+
+    #[tokio::test]
+    async fn ack_timeout_redelivery_is_sent_by_the_timer_without_further_calls() {
+        let (broker, client) = start().await;
+        produce(&broker, TOPIC, &["slow"]);
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .subscription_type(SubscriptionType::Shared)
+            .initial_position(InitialPosition::Earliest)
+            .ack_timeout(Duration::from_millis(100))
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let _first = with_timeout(consumer.receive()).await.expect("receive");
+        // The worker is busy: no ack, no call.
+        broker.eventually("the ack-timeout redelivery", |state| !state.redeliveries.is_empty()).await;
+        assert_eq!(broker.state().redeliveries[0].message_ids, [command::message_id(1, 0)]);
+        drop(consumer);
+    }
+
+    #[tokio::test]
+    async fn acknowledged_messages_are_not_redelivered_by_the_timer() {
+        let (broker, client) = start().await;
+        produce(&broker, TOPIC, &["acked", "left", "nacked then acked"]);
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .subscription_type(SubscriptionType::Shared)
+            .initial_position(InitialPosition::Earliest)
+            .ack_timeout(Duration::from_millis(100))
+            .negative_ack_redelivery_delay(Duration::from_millis(50))
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let acked = with_timeout(consumer.receive()).await.expect("receive");
+        let _left = with_timeout(consumer.receive()).await.expect("receive");
+        let third = with_timeout(consumer.receive()).await.expect("receive");
+        consumer.negative_acknowledge(&third).await.expect("nack");
+        consumer.ack(&acked).await.expect("ack");
+        consumer.ack(&third).await.expect("ack");
+        broker.eventually("the ack-timeout redelivery", |state| !state.redeliveries.is_empty()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let state = broker.state();
+        let redelivered: Vec<u64> = state
+            .redeliveries
+            .iter()
+            .flat_map(|redeliver| redeliver.message_ids.iter().map(|id| id.entry_id))
+            .collect();
+        assert_eq!(redelivered, [1], "only the unacknowledged message is redelivered");
+    }
+
+    #[tokio::test]
+    async fn timer_sends_a_message_at_max_redeliveries_to_the_dead_letter_topic() {
+        let (broker, client) = start().await;
+        produce(&broker, TOPIC, &["poison"]);
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .subscription_type(SubscriptionType::Shared)
+            .initial_position(InitialPosition::Earliest)
+            .ack_timeout(Duration::from_millis(100))
+            .dead_letter_policy(crate::DeadLetterPolicy::new(1))
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let first = with_timeout(consumer.receive()).await.expect("receive");
+        let again = with_timeout(consumer.receive()).await.expect("redelivered after the ack timeout");
+        assert_eq!((again.id, again.redelivery_count), (first.id, 1));
+        // At max redeliveries; no more calls: the timer alone dead-letters it.
+        let dlq = "persistent://public/default/my-topic-sub-DLQ";
+        broker.eventually("the dead letter", |state| state.entries.get(dlq).is_some_and(|e| e.len() == 1)).await;
+        broker.eventually("the ack of the original", |state| !state.acks.is_empty()).await;
+        let state = broker.state();
+        assert_eq!(state.entries[dlq][0].body(), Bytes::from_static(b"poison"));
+        assert_eq!(state.redeliveries.len(), 1);
+        let acked: Vec<u64> = state.acks.iter().flat_map(|ack| ack.message_id.iter().map(|id| id.entry_id)).collect();
+        assert_eq!(acked, [0]);
+    }
+
+    #[tokio::test]
+    async fn timer_redelivers_on_the_consumer_id_of_the_current_connection() {
+        let broker = FakeBroker::start(Options::default()).await;
+        let client = fast_client(&broker).await;
+        produce(&broker, TOPIC, &["m"]);
+        let mut consumer = client
+            .consumer("my-topic", "sub")
+            .subscription_type(SubscriptionType::Shared)
+            .initial_position(InitialPosition::Earliest)
+            .negative_ack_redelivery_delay(Duration::from_millis(50))
+            .subscribe()
+            .await
+            .expect("subscribe");
+        let _first = with_timeout(consumer.receive()).await.expect("receive");
+        broker.drop_connections();
+        broker.eventually("the connection dropped", |state| state.dropped == 1).await;
+        // The fake broker forgets subscriptions with their connection: Earliest replays.
+        let replayed = with_timeout(consumer.receive()).await.expect("receive after the reconnect");
+        consumer.negative_acknowledge(&replayed).await.expect("nack");
+        broker.eventually("the nack redelivery", |state| !state.redeliveries.is_empty()).await;
+        let state = broker.state();
+        assert_eq!(state.subscribes.len(), 2);
+        // Only the new connection is alive: the redelivery reached the broker through it.
+        assert_eq!(state.redeliveries[0].consumer_id, state.subscribes[1].consumer_id);
+    }
+
+    #[tokio::test]
     async fn reconsume_later_produces_to_the_retry_topic_with_a_delay_and_acks() {
         let (broker, client) = start().await;
         produce(&broker, TOPIC, &["later"]);

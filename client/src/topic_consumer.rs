@@ -22,6 +22,7 @@
 //! subscription restarts after the last message handed out.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use magnetar_proto::command;
 use magnetar_proto::pulsar::{self as pb, command_ack::AckType, command_subscribe};
@@ -90,6 +91,78 @@ impl BatchAcks {
     }
 }
 
+/// What acknowledging and redelivering need, shared between a [`TopicConsumer`] and the
+/// [`AckHandle`]s given to the consumer's timer task: the current connection and consumer id
+/// (both change on a reconnect or seek) and the batch acknowledgement state.
+#[derive(Debug)]
+struct Route {
+    connection: Connection,
+    consumer_id: u64,
+    /// Batch entries with messages not yet acknowledged, by (ledger, entry).
+    batches: HashMap<(u64, u64), BatchAcks>,
+}
+
+/// Acknowledges and redelivers on a topic consumer's current connection and consumer id,
+/// from outside it (the timer task of [`Consumer`](crate::Consumer)).
+#[derive(Debug, Clone)]
+pub(crate) struct AckHandle {
+    route: Arc<Mutex<Route>>,
+}
+
+impl AckHandle {
+    fn route(&self) -> MutexGuard<'_, Route> {
+        self.route.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Acknowledges one message. For a message of a batch, the broker is told once every
+    /// message of the batch was acknowledged. An error means the connection is lost.
+    pub(crate) async fn ack(&self, id: MessageId) -> Result<(), ClientError> {
+        let (connection, consumer_id, wire_id) = {
+            let mut route = self.route();
+            if id.is_batched() {
+                let entry = (id.ledger_id, id.entry_id);
+                let Some(batch) = route.batches.get_mut(&entry) else {
+                    // The whole entry was acknowledged already (cumulatively, or by its other
+                    // messages), or redelivered.
+                    return Ok(());
+                };
+                if batch.is_acked(id.batch_index) {
+                    return Ok(());
+                }
+                if batch.remaining > 1 {
+                    batch.mark(id.batch_index);
+                    return Ok(());
+                }
+            }
+            (route.connection.clone(), route.consumer_id, id.entry_id_only())
+        };
+        // The last one of a batch: tell the broker first, so a cancelled call can be repeated.
+        connection.send_command(command::ack(consumer_id, AckType::Individual, vec![wire_id.to_wire()])).await?;
+        if id.is_batched() {
+            self.route().batches.remove(&(id.ledger_id, id.entry_id));
+        }
+        Ok(())
+    }
+
+    /// Asks the broker to deliver these messages again (whole entries). An error means the
+    /// connection is lost.
+    pub(crate) async fn redeliver(&self, ids: &[MessageId]) -> Result<(), ClientError> {
+        let mut entries: Vec<MessageId> = ids.iter().map(MessageId::entry_id_only).collect();
+        entries.sort();
+        entries.dedup();
+        let (connection, consumer_id) = {
+            let mut route = self.route();
+            for entry in &entries {
+                // Redelivered messages of a batch come back with a fresh ack state.
+                route.batches.remove(&(entry.ledger_id, entry.entry_id));
+            }
+            (route.connection.clone(), route.consumer_id)
+        };
+        let wire = entries.into_iter().map(MessageId::to_wire).collect();
+        connection.send_command(command::redeliver_unacknowledged_messages(consumer_id, wire)).await
+    }
+}
+
 /// One subscription on one topic or partition.
 #[derive(Debug)]
 pub(crate) struct TopicConsumer {
@@ -106,8 +179,8 @@ pub(crate) struct TopicConsumer {
     events: mpsc::Receiver<ConsumerEvent>,
     /// Messages of an entry already split, waiting for `receive`.
     ready: VecDeque<Message>,
-    /// Batch entries with messages not yet acknowledged, by (ledger, entry).
-    batches: HashMap<(u64, u64), BatchAcks>,
+    /// Shared with the [`AckHandle`]s: kept in step with `connection` and `consumer_id`.
+    route: AckHandle,
     /// Permits used since the last FLOW.
     unsent_permits: u32,
     /// Send FLOW once this many permits were used: half the queue.
@@ -138,7 +211,7 @@ impl TopicConsumer {
         debug!(%topic, subscription = %settings.subscription, consumer_id, "subscribed");
         Ok(TopicConsumer {
             client,
-            connection,
+            connection: connection.clone(),
             topic_name: topic.to_string(),
             topic,
             partition,
@@ -147,7 +220,9 @@ impl TopicConsumer {
             consumer_id,
             events,
             ready: VecDeque::new(),
-            batches: HashMap::new(),
+            route: AckHandle {
+                route: Arc::new(Mutex::new(Route { connection, consumer_id, batches: HashMap::new() })),
+            },
             unsent_permits: 0,
             last_received: None,
             lost: None,
@@ -161,6 +236,22 @@ impl TopicConsumer {
 
     pub(crate) fn topic_name(&self) -> &str {
         &self.topic_name
+    }
+
+    /// A handle that acknowledges and redelivers on this consumer's current connection.
+    pub(crate) fn ack_handle(&self) -> AckHandle {
+        self.route.clone()
+    }
+
+    /// Points the consumer (and its handles) at a new connection or consumer id.
+    fn set_route(&mut self, connection: Connection, consumer_id: u64) {
+        let mut route = self.route.route();
+        route.connection = connection.clone();
+        route.consumer_id = consumer_id;
+        route.batches.clear();
+        drop(route);
+        self.connection = connection;
+        self.consumer_id = consumer_id;
     }
 
     /// Waits for the next message. Cancel-safe, except that a reconnect cancelled half-way
@@ -212,7 +303,7 @@ impl TopicConsumer {
         info!(topic = %self.topic, subscription = %self.settings.subscription, %reason, "consumer lost its broker; subscribing again");
         self.connection.remove_consumer(self.consumer_id).await;
         self.ready.clear();
-        self.batches.clear();
+        self.route.route().batches.clear();
         self.unsent_permits = 0;
         if !self.settings.durable {
             if let Some(last) = self.last_received {
@@ -234,8 +325,7 @@ impl TopicConsumer {
             match register(&connection, &self.topic, &self.settings).await {
                 Ok((consumer_id, events)) => {
                     info!(topic = %self.topic, subscription = %self.settings.subscription, attempt, "consumer subscribed again");
-                    self.connection = connection;
-                    self.consumer_id = consumer_id;
+                    self.set_route(connection, consumer_id);
                     self.events = events;
                     self.lost = None;
                     return;
@@ -250,25 +340,13 @@ impl TopicConsumer {
     /// Acknowledges one message. For a message of a batch, the broker is told once every
     /// message of the batch was acknowledged.
     pub(crate) async fn ack(&mut self, id: MessageId) -> Result<(), ClientError> {
-        if id.is_batched() {
-            let entry = (id.ledger_id, id.entry_id);
-            let Some(batch) = self.batches.get_mut(&entry) else {
-                // The whole entry was acknowledged already (cumulatively, or by its other messages).
-                return Ok(());
-            };
-            if batch.is_acked(id.batch_index) {
-                return Ok(());
-            }
-            if batch.remaining > 1 {
-                batch.mark(id.batch_index);
-                return Ok(());
-            }
-            // The last one: tell the broker first, so a cancelled call can be repeated.
-            self.send_ack(AckType::Individual, id.entry_id_only()).await?;
-            self.batches.remove(&entry);
+        if self.lost.is_some() {
+            debug!(topic = %self.topic, "connection lost: the ack is dropped, the broker redelivers");
             return Ok(());
         }
-        self.send_ack(AckType::Individual, id).await
+        let result = self.route.ack(id).await;
+        self.note_send_result(result);
+        Ok(())
     }
 
     /// Acknowledges the entry of `id` and everything before it.
@@ -276,21 +354,8 @@ impl TopicConsumer {
         let entry = id.entry_id_only();
         self.send_ack(AckType::Cumulative, entry).await?;
         let position = (entry.ledger_id, entry.entry_id);
-        self.batches.retain(|&batch_entry, _| batch_entry > position);
+        self.route.route().batches.retain(|&batch_entry, _| batch_entry > position);
         Ok(())
-    }
-
-    /// Asks the broker to deliver these messages again (whole entries).
-    pub(crate) async fn redeliver(&mut self, ids: &[MessageId]) -> Result<(), ClientError> {
-        let mut entries: Vec<MessageId> = ids.iter().map(MessageId::entry_id_only).collect();
-        entries.sort();
-        entries.dedup();
-        for entry in &entries {
-            // Redelivered messages of a batch come back with a fresh ack state.
-            self.batches.remove(&(entry.ledger_id, entry.entry_id));
-        }
-        let wire = entries.into_iter().map(MessageId::to_wire).collect();
-        self.send(command::redeliver_unacknowledged_messages(self.consumer_id, wire)).await
     }
 
     /// The id of the last message stored in the topic (GET_LAST_MESSAGE_ID).
@@ -323,7 +388,7 @@ impl TopicConsumer {
         self.connection.request(|request_id| command::seek(consumer_id, request_id, wire, publish_time)).await?;
         self.connection.abandon_consumer(consumer_id);
         self.ready.clear();
-        self.batches.clear();
+        self.route.route().batches.clear();
         self.unsent_permits = 0;
         self.last_received = None;
         if !self.settings.durable {
@@ -337,7 +402,7 @@ impl TopicConsumer {
         }
         match register(&self.connection, &self.topic, &self.settings).await {
             Ok((consumer_id, events)) => {
-                self.consumer_id = consumer_id;
+                self.set_route(self.connection.clone(), consumer_id);
                 self.events = events;
                 Ok(())
             }
@@ -390,7 +455,7 @@ impl TopicConsumer {
         }
         if let (Some(size), Some(first)) = (batch_size, messages.first()) {
             let indexes: Vec<i32> = messages.iter().map(|message| message.id.batch_index).collect();
-            self.batches.insert((first.id.ledger_id, first.id.entry_id), BatchAcks::new(size, &indexes));
+            self.route.route().batches.insert((first.id.ledger_id, first.id.entry_id), BatchAcks::new(size, &indexes));
         }
         self.ready.extend(messages);
     }
@@ -407,11 +472,16 @@ impl TopicConsumer {
             debug!(topic = %self.topic, "connection lost: the command is dropped, the broker redelivers");
             return Ok(());
         }
-        if let Err(error) = self.connection.send_command(command).await {
+        let result = self.connection.send_command(command).await;
+        self.note_send_result(result);
+        Ok(())
+    }
+
+    fn note_send_result(&mut self, result: Result<(), ClientError>) {
+        if let Err(error) = result {
             debug!(topic = %self.topic, error = %error_chain(&error), "connection lost while sending a command");
             self.lost = Some(error.to_string());
         }
-        Ok(())
     }
 
     /// Why the channel from the connection ended without a Closed event.
