@@ -1,6 +1,7 @@
 //! Our client library against a real `magnetar standalone`, for what needs the broker's
 //! subscription types, redelivery, partitioned topics and readers: Shared, Key_Shared,
-//! negative acks into a dead-letter topic, key routing over partitions, a reader at an id.
+//! negative acks into a dead-letter topic, ack timeouts redelivering to another Shared
+//! consumer while the first is busy, key routing over partitions, a reader at an id.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -128,11 +129,43 @@ async fn negative_acks_redeliver_with_counts_until_the_dead_letter_topic() -> an
         consumer.negative_acknowledge(&message).await?;
     }
     ensure!(counts == vec![0, 1, 2], "redelivery counts {counts:?}");
-    // The next redelivery goes to the dead-letter topic instead of the consumer. (The client's
-    // redelivery timers run inside its calls: receiving drives them.)
+    // The next redelivery goes to the dead-letter topic instead of the consumer (the client's
+    // timer task does it, whether or not the consumer is being called).
     ensure!(quiet(&mut consumer).await, "a dead-lettered message is not delivered again");
     let dead = receive(&mut dead_letters).await.context("the dead letter")?;
     ensure!(dead.payload == "poison".as_bytes(), "the dead letter is the message");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_timeout_redelivers_to_another_shared_consumer_while_the_first_is_busy() -> anyhow::Result<()> {
+    let standalone = Standalone::start().await?;
+    let client = Client::connect(&standalone.service_url()).await?;
+    let topic = "persistent://public/default/client-ack-timeout";
+    let subscribe = |name: &'static str| {
+        client
+            .consumer(topic, "busy")
+            .subscription_type(SubscriptionType::Shared)
+            .consumer_name(name)
+            // One permit: once A holds the message, the broker can only redeliver it to B.
+            .receiver_queue_size(1)
+            .ack_timeout(Duration::from_secs(1))
+            .subscribe()
+    };
+    let mut busy = subscribe("a").await?;
+    let mut producer = client.producer(topic).create().await?;
+    producer.send("slow work").await?;
+    let held = receive(&mut busy).await.context("consumer A gets the message")?;
+    let mut other = subscribe("b").await?;
+    // A is stuck processing: no call on it for 3 s. Its ack timeout (1 s) still fires.
+    let redelivered = tokio::time::timeout(Duration::from_secs(3), other.receive())
+        .await
+        .context("consumer B got nothing within 3 s while A was busy")??;
+    ensure!(redelivered.payload == "slow work".as_bytes(), "B gets A's message");
+    ensure!(redelivered.id == held.id, "the same message: {} and {}", redelivered.id, held.id);
+    ensure!(redelivered.redelivery_count >= 1, "counted as a redelivery");
+    other.ack(&redelivered).await?;
+    drop(busy);
     Ok(())
 }
 
