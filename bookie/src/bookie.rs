@@ -29,16 +29,46 @@ use crate::journal::{Journal, Record};
 use crate::ledger_state::LedgerState;
 use crate::ledger_storage::LedgerStorage;
 
-/// One add as the bookie receives it.
+/// One add: what a writer (or a recovery) sends and a bookie receives.
 #[derive(Debug, Clone)]
 pub struct AddRequest {
     pub ledger_id: u64,
     pub entry_id: u64,
     pub master_key: Bytes,
+    /// The writer's last-add-confirmed when it sent the entry.
     pub last_add_confirmed: i64,
     pub payload: Bytes,
-    /// Recovery writes go through on a fenced ledger.
+    /// A recovery write-back: accepted by a fenced ledger.
     pub recovery: bool,
+}
+
+/// The wire form of an add, both ways (the server receives it, the ledger client sends it).
+impl From<magnetar_proto::bookie::AddEntryRequest> for AddRequest {
+    fn from(add: magnetar_proto::bookie::AddEntryRequest) -> Self {
+        let magnetar_proto::bookie::AddEntryRequest {
+            ledger_id,
+            entry_id,
+            master_key,
+            last_add_confirmed,
+            payload,
+            recovery,
+        } = add;
+        AddRequest { ledger_id, entry_id, master_key, last_add_confirmed, payload, recovery }
+    }
+}
+
+impl From<AddRequest> for magnetar_proto::bookie::AddEntryRequest {
+    fn from(add: AddRequest) -> Self {
+        let AddRequest { ledger_id, entry_id, master_key, last_add_confirmed, payload, recovery } = add;
+        magnetar_proto::bookie::AddEntryRequest {
+            ledger_id,
+            entry_id,
+            master_key,
+            last_add_confirmed,
+            payload,
+            recovery,
+        }
+    }
 }
 
 impl AddRequest {

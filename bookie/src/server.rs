@@ -106,17 +106,6 @@ fn add_response(ledger_id: u64, entry_id: u64, result: Result<(), BookieError>) 
 type AddStream = Pin<Box<dyn Stream<Item = Result<AddEntryResponse, tonic::Status>> + Send>>;
 type AddBatchStream = Pin<Box<dyn Stream<Item = Result<AddEntryResponseBatch, tonic::Status>> + Send>>;
 
-fn to_add(add: AddEntryRequest) -> AddRequest {
-    AddRequest {
-        ledger_id: add.ledger_id,
-        entry_id: add.entry_id,
-        master_key: add.master_key,
-        last_add_confirmed: add.last_add_confirmed,
-        payload: add.payload,
-        recovery: add.recovery,
-    }
-}
-
 /// Serves one add stream of either shape: each incoming message becomes a batch of adds
 /// (`unpack`), run through `Bookie::add_batch` as soon as it arrives, and its answers go back as
 /// one message (`pack`) once all are durable. At most `MAX_ADDS_IN_FLIGHT_PER_STREAM` adds run
@@ -149,7 +138,7 @@ where
             let responses = responses.clone();
             tokio::spawn(async move {
                 let ids: Vec<(u64, u64)> = adds.iter().map(|a| (a.ledger_id, a.entry_id)).collect();
-                let results = server.bookie.add_batch(adds.into_iter().map(to_add).collect()).await;
+                let results = server.bookie.add_batch(adds.into_iter().map(AddRequest::from).collect()).await;
                 let answers = ids
                     .into_iter()
                     .zip(results)

@@ -29,11 +29,7 @@ pub(crate) fn encode_body(messages: &[ProducerMessage]) -> Bytes {
 
 fn single_metadata(message: &ProducerMessage) -> pb::SingleMessageMetadata {
     pb::SingleMessageMetadata {
-        properties: message
-            .properties
-            .iter()
-            .map(|(key, value)| pb::KeyValue { key: key.clone(), value: value.clone() })
-            .collect(),
+        properties: message.wire_properties(),
         partition_key: message.key.clone(),
         payload_size: i32::try_from(message.payload().len()).unwrap_or(i32::MAX),
         event_time: message.event_time,

@@ -224,6 +224,15 @@ pub struct ProducerMessage {
 }
 
 impl ProducerMessage {
+    /// The properties as the protocol carries them (in a message's or a batch member's
+    /// metadata).
+    pub(crate) fn wire_properties(&self) -> Vec<magnetar_proto::pulsar::KeyValue> {
+        self.properties
+            .iter()
+            .map(|(key, value)| magnetar_proto::pulsar::KeyValue { key: key.clone(), value: value.clone() })
+            .collect()
+    }
+
     pub fn new(payload: impl Into<Bytes>) -> Self {
         ProducerMessage {
             payload: payload.into(),

@@ -272,11 +272,7 @@ impl ProducerTask {
             producer_name: self.name.clone(),
             sequence_id,
             publish_time: now_millis(),
-            properties: message
-                .properties
-                .iter()
-                .map(|(key, value)| pb::KeyValue { key: key.clone(), value: value.clone() })
-                .collect(),
+            properties: message.wire_properties(),
             partition_key: message.key.clone(),
             event_time: message.event_time,
             deliver_at_time: message.deliver_at_time,

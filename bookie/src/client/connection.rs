@@ -173,15 +173,7 @@ impl BookieRpc for BookieConnection {
         }
         let key = (add.ledger_id, add.entry_id);
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(key, reply);
-        let request = AddEntryRequest {
-            ledger_id: add.ledger_id,
-            entry_id: add.entry_id,
-            master_key: add.master_key,
-            last_add_confirmed: add.last_add_confirmed,
-            payload: add.payload,
-            recovery: add.recovery,
-        };
-        if self.adds.send(request).await.is_err() {
+        if self.adds.send(AddEntryRequest::from(add)).await.is_err() {
             self.broken.store(true, Ordering::SeqCst);
             if let Some(reply) = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&key) {
                 let _ = reply.send(Err(BookieError::Stopped { what: "bookie add stream" }));

@@ -27,18 +27,8 @@ pub struct LedgerEnd {
     pub last_entry_id: i64,
 }
 
-/// One add, as the writer and recovery send it.
-#[derive(Debug, Clone)]
-pub struct AddRequest {
-    pub ledger_id: u64,
-    pub entry_id: u64,
-    pub master_key: Bytes,
-    /// The writer's last-add-confirmed when it sent the entry.
-    pub last_add_confirmed: i64,
-    pub payload: Bytes,
-    /// A recovery write-back: accepted by a fenced ledger.
-    pub recovery: bool,
-}
+/// One add, as the writer and recovery send it and a bookie receives it.
+pub use crate::bookie::AddRequest;
 
 /// The calls of BookieService the ledger protocol uses, on one bookie.
 #[async_trait]

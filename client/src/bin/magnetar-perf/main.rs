@@ -121,26 +121,20 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Everything one `bookie` run measured.
+/// Everything one `bookie` run measured: what the writers did and the raw-disk baseline.
 struct BookieFigures {
-    adds: u64,
-    errors: u64,
-    first_error: Option<String>,
-    bytes: u64,
-    elapsed: Duration,
-    /// Add latencies in microseconds, sorted.
-    latencies_us: Vec<u32>,
+    run: WriteRun,
     raw_bytes: u64,
     raw_elapsed: Duration,
 }
 
 impl BookieFigures {
     fn adds_per_sec(&self) -> f64 {
-        self.adds as f64 / self.elapsed.as_secs_f64()
+        self.run.adds as f64 / self.run.elapsed.as_secs_f64()
     }
 
     fn mb_per_sec(&self) -> f64 {
-        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
+        self.run.bytes as f64 / 1e6 / self.run.elapsed.as_secs_f64()
     }
 
     fn raw_mb_per_sec(&self) -> f64 {
@@ -164,7 +158,7 @@ impl BookieFigures {
 
     /// The `quantile` latency in milliseconds (0 without samples).
     fn latency_ms(&self, quantile: f64) -> f64 {
-        quantile_ms(&self.latencies_us, quantile)
+        quantile_ms(&self.run.latencies_us, quantile)
     }
 }
 
@@ -219,20 +213,12 @@ async fn bookie_benchmark(args: BookieArgs) -> anyhow::Result<()> {
         .await
         .context("raw baseline thread")??;
 
-    let figures = BookieFigures {
-        adds: run.adds,
-        errors: run.errors,
-        first_error: run.first_error,
-        bytes: run.bytes,
-        elapsed: run.elapsed,
-        latencies_us: run.latencies_us,
-        raw_bytes: raw_bytes.div_ceil(RAW_CHUNK as u64) * RAW_CHUNK as u64,
-        raw_elapsed,
-    };
+    let figures =
+        BookieFigures { run, raw_bytes: raw_bytes.div_ceil(RAW_CHUNK as u64) * RAW_CHUNK as u64, raw_elapsed };
     let bookie_label = args.bookie.clone().unwrap_or_else(|| format!("own ({address})"));
     print_figures(&args, &figures, &bookie_label, work_dir.path())?;
-    if figures.adds == 0 {
-        bail!("no add succeeded{}", figures.first_error.map(|error| format!(": {error}")).unwrap_or_default());
+    if figures.run.adds == 0 {
+        bail!("no add succeeded{}", figures.run.first_error.map(|error| format!(": {error}")).unwrap_or_default());
     }
     Ok(())
 }
@@ -251,11 +237,11 @@ fn print_figures(args: &BookieArgs, figures: &BookieFigures, bookie: &str, dir: 
             "p99_in_syncs": figures.p99_in_syncs(),
             "p999_ms": figures.latency_ms(0.999),
             "max_ms": figures.latency_ms(1.0),
-            "adds": figures.adds,
-            "errors": figures.errors,
-            "first_error": figures.first_error,
-            "bytes": figures.bytes,
-            "seconds": figures.elapsed.as_secs_f64(),
+            "adds": figures.run.adds,
+            "errors": figures.run.errors,
+            "first_error": figures.run.first_error,
+            "bytes": figures.run.bytes,
+            "seconds": figures.run.elapsed.as_secs_f64(),
             "raw_bytes": figures.raw_bytes,
             "raw_seconds": figures.raw_elapsed.as_secs_f64(),
             "size": args.size,
@@ -274,9 +260,15 @@ fn print_figures(args: &BookieArgs, figures: &BookieFigures, bookie: &str, dir: 
         args.writers,
         args.size,
         args.max_outstanding,
-        figures.elapsed.as_secs_f64()
+        figures.run.elapsed.as_secs_f64()
     )?;
-    writeln!(out, "adds/s      {:>12.0}   ({} adds, {} errors)", figures.adds_per_sec(), figures.adds, figures.errors)?;
+    writeln!(
+        out,
+        "adds/s      {:>12.0}   ({} adds, {} errors)",
+        figures.adds_per_sec(),
+        figures.run.adds,
+        figures.run.errors
+    )?;
     writeln!(out, "MB/s        {:>12.2}", figures.mb_per_sec())?;
     writeln!(
         out,
@@ -300,7 +292,7 @@ fn print_figures(args: &BookieArgs, figures: &BookieFigures, bookie: &str, dir: 
         figures.p99_in_syncs(),
         figures.raw_sync_ms()
     )?;
-    if let Some(error) = &figures.first_error {
+    if let Some(error) = &figures.run.first_error {
         writeln!(out, "first error: {error}")?;
     }
     Ok(())
@@ -314,6 +306,7 @@ struct WriteRun {
     first_error: Option<String>,
     bytes: u64,
     elapsed: Duration,
+    /// Add latencies in microseconds, sorted once the run is over.
     latencies_us: Vec<u32>,
 }
 
