@@ -43,6 +43,13 @@ pub enum BrokerError {
     Corrupt { what: String, reason: String },
     #[error("broker is shutting down")]
     ShuttingDown,
+    /// The topic's bundle is not served here (another broker owns it, or it is moving):
+    /// clients look the topic up again.
+    #[error("{what}")]
+    ServiceUnitNotReady { what: String },
+    /// The topic closed for a hand-over; the publish was not stored.
+    #[error("topic {topic} is closed here and moving to another broker")]
+    TopicFenced { topic: String },
 }
 
 impl BrokerError {
@@ -60,7 +67,8 @@ impl BrokerError {
             BrokerError::NotSupported { .. } | BrokerError::NotAllowed { .. } => ServerError::NotAllowedError,
             BrokerError::Storage(_) | BrokerError::DuplicateInFlight { .. } => ServerError::PersistenceError,
             BrokerError::Meta(_) | BrokerError::Corrupt { .. } => ServerError::MetadataError,
-            BrokerError::ShuttingDown => ServerError::ServiceNotReady,
+            BrokerError::ShuttingDown | BrokerError::ServiceUnitNotReady { .. } => ServerError::ServiceNotReady,
+            BrokerError::TopicFenced { .. } => ServerError::ServiceNotReady,
         }
     }
 }

@@ -5,16 +5,19 @@
 //! [`standalone`] wires bookies and a broker into one process on the local store; [`node`] runs
 //! a broker of a cluster against a shared metadata store and separate bookies.
 
+pub mod bundles;
 pub mod config;
 pub mod dedup;
 pub mod dispatcher;
 pub mod error;
 pub mod http;
+pub mod load_manager;
 pub mod managed_ledger;
 pub mod metadata_url;
 pub mod metrics;
 pub mod namespace;
 pub mod node;
+pub mod ownership;
 pub mod partitions;
 pub mod protocol;
 pub mod service;

@@ -12,7 +12,6 @@ use magnetar_bookie::disk::DiskMonitor;
 use magnetar_bookie::registration::{self, BookieRegistration};
 use magnetar_bookie::{cookie, BookieConfig, BookieServer};
 use magnetar_broker::config::BrokerSettings;
-use magnetar_broker::managed_ledger::ManagedLedgerConfig;
 use magnetar_broker::metadata_url::MetadataUrl;
 use magnetar_broker::node::{self, BrokerNodeConfig};
 use magnetar_broker::standalone::{self, StandaloneConfig, SHUTDOWN_GRACE};
@@ -43,33 +42,55 @@ enum Command {
 }
 
 /// What every broker serves on, and its settings file: shared by `standalone` and `broker`.
+/// Flags override the file, which overrides the defaults.
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address the Pulsar and HTTP listeners bind to.
-    #[arg(long, default_value = "0.0.0.0")]
-    bind_address: String,
-    /// Pulsar binary protocol port.
-    #[arg(long, default_value_t = 6650)]
-    pulsar_port: u16,
-    /// HTTP port for admin and metrics.
-    #[arg(long, default_value_t = 8080)]
-    http_port: u16,
-    /// Host name clients are told to connect to.
-    #[arg(long, default_value = "127.0.0.1")]
-    advertised_address: String,
-    /// TOML file with broker settings (a [managed_ledger] section: rollover, retention).
+    /// Address the Pulsar and HTTP listeners bind to [default: 0.0.0.0].
+    #[arg(long)]
+    bind_address: Option<String>,
+    /// Pulsar binary protocol port [default: 6650].
+    #[arg(long)]
+    pulsar_port: Option<u16>,
+    /// HTTP port for admin, lookup and metrics [default: 8080].
+    #[arg(long)]
+    http_port: Option<u16>,
+    /// Host name clients are told to connect to [default: 127.0.0.1].
+    #[arg(long)]
+    advertised_address: Option<String>,
+    /// TOML file with broker settings: Pulsar's broker.conf names in snake case
+    /// (metadata_store_url, broker_service_port, web_service_port, ...) and a [managed_ledger]
+    /// section (rollover, retention).
     #[arg(long, value_name = "FILE.toml")]
     config: Option<PathBuf>,
 }
 
+/// Where a broker serves, after flags, file and defaults.
+struct Serve {
+    bind_address: String,
+    pulsar_port: u16,
+    http_port: u16,
+    advertised_address: String,
+    settings: BrokerSettings,
+}
+
 impl ServeArgs {
-    /// The checked managed ledger settings of `--config`, or the defaults without it.
-    fn managed_ledger(&self) -> anyhow::Result<ManagedLedgerConfig> {
+    /// The settings file (checked) with the flags over it.
+    fn resolve(&self) -> anyhow::Result<Serve> {
         let settings = match &self.config {
             Some(path) => BrokerSettings::load(path)?,
             None => BrokerSettings::default(),
         };
-        settings.managed_ledger_config()
+        Ok(Serve {
+            bind_address: self.bind_address.clone().or(settings.bind_address.clone()).unwrap_or("0.0.0.0".into()),
+            pulsar_port: self.pulsar_port.or(settings.broker_service_port).unwrap_or(6650),
+            http_port: self.http_port.or(settings.web_service_port).unwrap_or(8080),
+            advertised_address: self
+                .advertised_address
+                .clone()
+                .or(settings.advertised_address.clone())
+                .unwrap_or("127.0.0.1".into()),
+            settings,
+        })
     }
 }
 
@@ -102,23 +123,26 @@ struct StandaloneArgs {
 /// `magnetar broker`.
 #[derive(clap::Args)]
 struct BrokerArgs {
-    /// Metadata store: etcd://host:port[,host:port...] or local:/path (single host only).
-    #[arg(long, default_value = "etcd://127.0.0.1:2379", env = "MAGNETAR_METADATA_URL")]
-    metadata_url: String,
-    /// Name of the cluster (created in metadata if missing).
-    #[arg(long, default_value = "magnetar")]
-    cluster_name: String,
+    /// Metadata store: etcd://host:port[,host:port...] or local:/path (single host only)
+    /// [default: etcd://127.0.0.1:2379].
+    #[arg(long, env = "MAGNETAR_METADATA_URL")]
+    metadata_url: Option<String>,
+    /// Name of the cluster (created in metadata if missing) [default: magnetar].
+    #[arg(long)]
+    cluster_name: Option<String>,
     #[command(flatten)]
     serve: ServeArgs,
-    /// Bookies each new ledger is spread over (E); Pulsar's managedLedgerDefaultEnsembleSize.
-    #[arg(long, default_value_t = 2)]
-    ensemble_size: u32,
-    /// Copies written of each entry (Qw); Pulsar's managedLedgerDefaultWriteQuorum.
-    #[arg(long, default_value_t = 2)]
-    write_quorum: u32,
-    /// Copies durable before an entry is acknowledged (Qa); Pulsar's managedLedgerDefaultAckQuorum.
-    #[arg(long, default_value_t = 2)]
-    ack_quorum: u32,
+    /// Bookies each new ledger is spread over (E); Pulsar's managedLedgerDefaultEnsembleSize
+    /// [default: 2].
+    #[arg(long)]
+    ensemble_size: Option<u32>,
+    /// Copies written of each entry (Qw); Pulsar's managedLedgerDefaultWriteQuorum [default: 2].
+    #[arg(long)]
+    write_quorum: Option<u32>,
+    /// Copies durable before an entry is acknowledged (Qa); Pulsar's
+    /// managedLedgerDefaultAckQuorum [default: 2].
+    #[arg(long)]
+    ack_quorum: Option<u32>,
 }
 
 /// `magnetar bookie`: flags override the TOML file, which overrides the defaults.
@@ -309,14 +333,15 @@ async fn main() -> anyhow::Result<()> {
     });
     match cli.command {
         Command::Standalone(args) => {
+            let serve = args.serve.resolve()?;
             let config = StandaloneConfig {
-                managed_ledger: args.serve.managed_ledger()?,
+                managed_ledger: serve.settings.managed_ledger_config()?,
                 data_dir: args.data_dir,
-                bind_address: args.serve.bind_address,
-                pulsar_port: args.serve.pulsar_port,
-                http_port: args.serve.http_port,
+                bind_address: serve.bind_address,
+                pulsar_port: serve.pulsar_port,
+                http_port: serve.http_port,
                 bookie_port: args.bookie_port,
-                advertised_address: args.serve.advertised_address,
+                advertised_address: serve.advertised_address,
                 num_bookies: args.num_bookies,
                 ledger: LedgerConfig {
                     ensemble_size: args.ensemble_size,
@@ -330,19 +355,30 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bookie(args) => run_bookie(args, cancel).await,
         Command::Broker(args) => {
+            let serve = args.serve.resolve()?;
+            let settings = &serve.settings;
+            let file_ledger = settings.ledger_config(LedgerConfig { ensemble_size: 2, write_quorum: 2, ack_quorum: 2 });
+            let metadata_url = args
+                .metadata_url
+                .or(settings.metadata_store_url.clone())
+                .unwrap_or_else(|| "etcd://127.0.0.1:2379".to_owned());
             let config = BrokerNodeConfig {
-                managed_ledger: args.serve.managed_ledger()?,
-                metadata_url: args.metadata_url.parse()?,
-                cluster_name: args.cluster_name,
-                bind_address: args.serve.bind_address,
-                pulsar_port: args.serve.pulsar_port,
-                http_port: args.serve.http_port,
-                advertised_address: args.serve.advertised_address,
+                managed_ledger: settings.managed_ledger_config()?,
+                cluster: settings.cluster_config()?,
+                metadata_url: metadata_url.parse()?,
+                cluster_name: args
+                    .cluster_name
+                    .or(settings.cluster_name.clone())
+                    .unwrap_or_else(|| "magnetar".to_owned()),
                 ledger: LedgerConfig {
-                    ensemble_size: args.ensemble_size,
-                    write_quorum: args.write_quorum,
-                    ack_quorum: args.ack_quorum,
+                    ensemble_size: args.ensemble_size.unwrap_or(file_ledger.ensemble_size),
+                    write_quorum: args.write_quorum.unwrap_or(file_ledger.write_quorum),
+                    ack_quorum: args.ack_quorum.unwrap_or(file_ledger.ack_quorum),
                 },
+                bind_address: serve.bind_address,
+                pulsar_port: serve.pulsar_port,
+                http_port: serve.http_port,
+                advertised_address: serve.advertised_address,
             };
             node::run(config, cancel).await
         }

@@ -4,9 +4,10 @@
 //! disk: everything it serves lives in the metadata store and on the bookies, so a restarted or
 //! replaced broker recovers each topic it opens (fencing the previous owner's ledger).
 //!
-//! Until namespace bundles and ownership exist, run one broker per metadata store: two brokers
-//! opening the same topic fence each other's ledgers (no acknowledged message is lost, but
-//! producers of the fenced one see errors).
+//! Any number of brokers share one metadata store: each serves the namespace bundles it owns
+//! ([`crate::ownership`]) and sends clients elsewhere for the rest; the load manager
+//! ([`crate::load_manager`]) spreads bundles. On SIGTERM a broker hands its bundles over
+//! before it exits; if it dies, its bundles are free once its session times out.
 
 use std::sync::Arc;
 
@@ -18,11 +19,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, ClusterConfig};
 use crate::managed_ledger::ManagedLedgerConfig;
 use crate::metadata_url::MetadataUrl;
+use crate::ownership::{BrokerInfo, Ownership};
 use crate::standalone::SHUTDOWN_GRACE;
-use crate::{http, namespace, protocol, BrokerService};
+use crate::{http, load_manager, namespace, protocol, BrokerService};
 
 #[derive(Debug, Clone)]
 pub struct BrokerNodeConfig {
@@ -34,6 +36,7 @@ pub struct BrokerNodeConfig {
     pub advertised_address: String,
     pub ledger: LedgerConfig,
     pub managed_ledger: ManagedLedgerConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// Checks ensemble size E, write quorum Qw and ack quorum Qa: E >= Qw >= Qa >= 1. The message
@@ -69,6 +72,7 @@ pub async fn run(config: BrokerNodeConfig, cancel: CancellationToken) -> anyhow:
         advertised_address: config.advertised_address.clone(),
         ledger: config.ledger,
         managed_ledger: config.managed_ledger,
+        cluster: config.cluster.clone(),
         ..BrokerConfig::default()
     };
     let broker =
@@ -84,8 +88,10 @@ pub async fn run(config: BrokerNodeConfig, cancel: CancellationToken) -> anyhow:
         "magnetar broker is ready"
     );
 
-    cancel.cancelled().await;
-    info!("shutting down");
+    tokio::select! {
+        _ = cancel.cancelled() => info!("shutting down: handing the bundles over"),
+        _ = broker.service.fatal.cancelled() => warn!("shutting down after losing the metadata session"),
+    }
     if tokio::time::timeout(SHUTDOWN_GRACE, broker.stop()).await.is_err() {
         warn!("shutdown did not finish in {SHUTDOWN_GRACE:?}; exiting anyway (recovery on next open covers it)");
     }
@@ -103,6 +109,8 @@ pub struct ServingBroker {
     pub service: Arc<BrokerService>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// Closes the topics of bundles the broker lost.
+    closer: JoinHandle<()>,
 }
 
 impl ServingBroker {
@@ -119,8 +127,25 @@ impl ServingBroker {
         let http_listener = bind(bind_address, http_port, "HTTP").await?;
         config.advertised_pulsar_port = pulsar_listener.local_addr().context("read the Pulsar address")?.port();
         config.advertised_http_port = http_listener.local_addr().context("read the HTTP address")?.port();
-        let service = BrokerService::new(config, meta);
+        let me = BrokerInfo {
+            broker: format!("{}:{}", config.advertised_address, config.advertised_http_port),
+            native_url: config.broker_service_url(),
+            http_url: config.web_service_url(),
+        };
+        let (ownership, mut lost) =
+            Ownership::start(meta.clone(), me, config.cluster.session_timeout, config.cluster.default_bundles)
+                .await
+                .context("open the broker's metadata session")?;
+        let load_manager = config.cluster.load_manager.clone();
+        let service = BrokerService::new(config, meta, ownership);
         let cancel = CancellationToken::new();
+        let lost_service = service.clone();
+        let closer = tokio::spawn(async move {
+            while let Some(bundle) = lost.recv().await {
+                lost_service.close_topics(|name| bundle.contains(name)).await;
+            }
+        });
+        load_manager::spawn(service.clone(), load_manager, cancel.clone());
         let pulsar = tokio::spawn(protocol::server::run(service.clone(), pulsar_listener, cancel.clone()));
         let (http_service, http_cancel) = (service.clone(), cancel.clone());
         let http = tokio::spawn(async move {
@@ -128,16 +153,18 @@ impl ServingBroker {
                 warn!(%error, "the HTTP server stopped");
             }
         });
-        Ok(ServingBroker { service, cancel, tasks: vec![pulsar, http] })
+        Ok(ServingBroker { service, cancel, tasks: vec![pulsar, http], closer })
     }
 
-    /// Stops accepting, closes every topic (ledgers closed, cursors flushed) and the bookie
-    /// connections.
+    /// Hands every owned bundle over (topics closed, clients told to reconnect elsewhere)
+    /// while still answering lookups, then stops accepting and closes the bookie connections.
     pub async fn stop(self) {
+        self.service.drain().await;
         self.cancel.cancel();
         for task in self.tasks {
             let _ = task.await;
         }
+        self.closer.abort();
         self.service.close_all_topics().await;
         self.service.bookies.close().await;
     }

@@ -10,13 +10,15 @@ use magnetar_bookie::client::Bookies;
 use magnetar_meta::MetadataStore;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::bundles::{self, Bundle};
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::managed_ledger::ManagedLedger;
 use crate::metrics::{Gauges, Metrics, TopicGauges};
 use crate::namespace;
+use crate::ownership::Ownership;
 use crate::partitions;
 use crate::topic::Topic;
 use crate::topic_name::TopicName;
@@ -34,10 +36,14 @@ pub struct BrokerService {
     broker_id: OnceCell<u64>,
     /// Fired when the broker starts shutting down.
     pub shutdown: CancellationToken,
+    /// Which bundles this broker serves; lookups.
+    pub ownership: Arc<Ownership>,
+    /// Fired when the broker cannot go on (its metadata session expired): the process stops.
+    pub fatal: CancellationToken,
 }
 
 impl BrokerService {
-    pub fn new(config: BrokerConfig, meta: Arc<dyn MetadataStore>) -> Arc<Self> {
+    pub fn new(config: BrokerConfig, meta: Arc<dyn MetadataStore>, ownership: Arc<Ownership>) -> Arc<Self> {
         let bookies = Bookies::new(meta.clone());
         Arc::new(BrokerService {
             config,
@@ -47,6 +53,8 @@ impl BrokerService {
             topics: Mutex::new(HashMap::new()),
             broker_id: OnceCell::new(),
             shutdown: CancellationToken::new(),
+            ownership,
+            fatal: CancellationToken::new(),
         })
     }
 
@@ -61,7 +69,8 @@ impl BrokerService {
         Ok(())
     }
 
-    /// The topic, opened (and created) on first use.
+    /// The topic, opened (and created) on first use, if this broker owns its bundle (or it
+    /// was unowned and is now owned here).
     pub async fn topic(&self, name: &TopicName) -> Result<Arc<Topic>, BrokerError> {
         if self.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
@@ -70,6 +79,7 @@ impl BrokerService {
         let topic = cell
             .get_or_try_init(|| async {
                 self.check_topic(name).await?;
+                let bundle = self.ownership.ensure_owned(name).await?;
                 let ledger = ManagedLedger::open(
                     &name.persistence_name(),
                     self.bookies.clone(),
@@ -81,7 +91,14 @@ impl BrokerService {
                 if namespace::deduplication_enabled(self.meta.as_ref(), &name.namespace_name()).await? {
                     topic.set_deduplication(true, &self.meta).await?;
                 }
-                info!(topic = %name, "topic loaded");
+                if !self.ownership.is_active(&bundle) {
+                    // The bundle started moving while the topic opened: hand it over closed.
+                    topic.close().await;
+                    return Err(BrokerError::ServiceUnitNotReady {
+                        what: format!("namespace bundle {bundle} is being unloaded from this broker"),
+                    });
+                }
+                info!(topic = %name, %bundle, "topic loaded");
                 Ok::<_, BrokerError>(topic)
             })
             .await?;
@@ -158,18 +175,97 @@ impl BrokerService {
         gauges
     }
 
-    /// Closes every topic: cursors flushed, ledgers closed.
+    /// Entries published so far per loaded topic (for load reports).
+    pub fn published_per_topic(&self) -> HashMap<String, u64> {
+        self.loaded_topics().iter().map(|topic| (topic.name().to_string(), topic.published())).collect()
+    }
+
+    /// Closes the loaded topics `filter` picks (waiting for ones still opening), telling their
+    /// clients to reconnect; they are opened afresh on next use.
+    pub async fn close_topics(&self, filter: impl Fn(&TopicName) -> bool) {
+        let cells: Vec<(TopicName, Arc<OnceCell<Arc<Topic>>>)> = {
+            let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            let names: Vec<TopicName> = topics.keys().filter(|name| filter(name)).cloned().collect();
+            names.into_iter().filter_map(|name| topics.remove(&name).map(|cell| (name, cell))).collect()
+        };
+        for (name, cell) in cells {
+            // Waits for an open in progress; a cell nobody filled stays empty.
+            if let Ok(topic) = cell.get_or_try_init(|| async { Err(()) }).await {
+                topic.close().await;
+                info!(topic = %name, "topic unloaded");
+            }
+        }
+    }
+
+    /// Hands a bundle this broker owns to whoever looks it up next: lookups wait, its topics
+    /// close (pending publishes answered, acks persisted, clients told to reconnect), then
+    /// the ownership key goes.
+    pub async fn unload_bundle(&self, bundle: &Bundle) -> Result<(), BrokerError> {
+        if !self.ownership.begin_unload(bundle).await {
+            return Err(BrokerError::ServiceUnitNotReady {
+                what: format!("namespace bundle {bundle} is not owned by this broker"),
+            });
+        }
+        self.close_topics(|name| bundle.contains(name)).await;
+        self.ownership.release(bundle).await;
+        info!(%bundle, "bundle unloaded");
+        Ok(())
+    }
+
+    /// Splits a bundle this broker owns into two halves: it is unloaded, the namespace's
+    /// layout replaces it by the halves (compare-and-set), and lookups assign the halves anew.
+    pub async fn split_bundle(&self, bundle: &Bundle) -> Result<(), BrokerError> {
+        let layout = self.ownership.layout(&bundle.namespace).await?;
+        layout.split(bundle)?;
+        if !self.ownership.is_active(bundle) {
+            return Err(BrokerError::ServiceUnitNotReady {
+                what: format!("namespace bundle {bundle} is not owned by this broker"),
+            });
+        }
+        if !self.ownership.begin_unload(bundle).await {
+            return Err(BrokerError::ServiceUnitNotReady { what: format!("namespace bundle {bundle} is moving") });
+        }
+        self.close_topics(|name| bundle.contains(name)).await;
+        let stored = loop {
+            let layout = match self.ownership.layout(&bundle.namespace).await {
+                Ok(layout) => layout,
+                Err(error) => break Err(error),
+            };
+            let split = match layout.split(bundle) {
+                Ok(split) => split,
+                Err(error) => break Err(error),
+            };
+            match bundles::store_layout(self.meta.as_ref(), &split).await {
+                Ok(_) => break Ok(split),
+                Err(BrokerError::Meta(magnetar_meta::MetaError::BadVersion { .. })) => continue,
+                Err(error) => break Err(error),
+            }
+        };
+        self.ownership.release(bundle).await;
+        let split = stored?;
+        info!(%bundle, bundles = split.bundles().len(), "bundle split");
+        Ok(())
+    }
+
+    /// Graceful shutdown: no new bundles come here, every owned bundle is unloaded (clients
+    /// move to other brokers without errors), then the remaining topics close.
+    pub async fn drain(&self) {
+        self.ownership.start_draining();
+        crate::load_manager::withdraw(&self.ownership).await;
+        for bundle in self.ownership.owned_bundles() {
+            if let Err(error) = self.unload_bundle(&bundle).await {
+                warn!(%bundle, %error, "unloading at shutdown");
+            }
+        }
+        self.close_all_topics().await;
+        if let Err(error) = self.meta.close_session(self.ownership.session()).await {
+            warn!(%error, "closing the broker's metadata session (its keys expire with it)");
+        }
+    }
+
+    /// Closes every topic: cursors flushed, ledgers closed, clients told.
     pub async fn close_all_topics(&self) {
         self.shutdown.cancel();
-        let topics: Vec<_> = self
-            .topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .filter_map(|(_, c)| c.get().cloned())
-            .collect();
-        for topic in topics {
-            topic.close().await;
-        }
+        self.close_topics(|_| true).await;
     }
 }

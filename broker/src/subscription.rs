@@ -590,6 +590,17 @@ impl Subscription {
         inner.batch_acks.remove(&position);
     }
 
+    /// Tells every consumer's client to reconnect (CLOSE_CONSUMER, as Pulsar's broker-initiated
+    /// close) and detaches them: the topic is moving to another broker.
+    pub fn disconnect_all(&self) {
+        let mut inner = self.lock();
+        for consumer in std::mem::take(&mut inner.consumers) {
+            let frame = command::close_consumer(consumer.consumer_id, u64::MAX);
+            let _ = consumer.outbound.try_send(Outbound::command(frame));
+        }
+        inner.active = None;
+    }
+
     /// Moves the subscription so that the next message delivered is the one after
     /// `mark_delete` (a seek): acks after it are forgotten and every consumer is closed
     /// (CLOSE_CONSUMER), to subscribe again, as Pulsar does. Returns the consumers closed.

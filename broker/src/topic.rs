@@ -7,6 +7,7 @@
 //! through [`Deduplication`]; the producer registry is a plain mutex never held across `.await`.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -49,6 +50,9 @@ struct Producers {
     /// Key and name of the exclusive producer, if the topic has one.
     exclusive: Option<(u64, String)>,
     waiting: VecDeque<WaitingProducer>,
+    /// How to tell each producer's client that the topic closed, by producer key: the
+    /// connection answers the producer's pending publishes, then sends CLOSE_PRODUCER.
+    closers: HashMap<u64, Box<dyn FnOnce() + Send>>,
 }
 
 impl Producers {
@@ -71,6 +75,10 @@ pub struct Topic {
     /// Set while the namespace enables deduplication.
     dedup: Mutex<Option<Arc<Deduplication>>>,
     subscriptions: tokio::sync::Mutex<HashMap<String, Arc<Subscription>>>,
+    /// Set once the topic closes (unload, shutdown): publishes are no longer stored.
+    fenced: AtomicBool,
+    /// Entries stored since the topic opened (load reports).
+    published: AtomicU64,
 }
 
 impl Topic {
@@ -81,6 +89,8 @@ impl Topic {
             producers: Mutex::default(),
             dedup: Mutex::default(),
             subscriptions: Default::default(),
+            fenced: AtomicBool::new(false),
+            published: AtomicU64::new(0),
         })
     }
 
@@ -144,7 +154,38 @@ impl Topic {
             producers.exclusive = None;
         }
         producers.waiting.retain(|waiting| waiting.key != producer_key);
+        producers.closers.remove(&producer_key);
         producers.promote_waiting();
+    }
+
+    /// Registers how to tell the producer `producer_key`'s client that the topic closed. If
+    /// it already closed, that happens now.
+    pub fn on_close(&self, producer_key: u64, closer: Box<dyn FnOnce() + Send>) {
+        if self.fenced.load(Ordering::SeqCst) {
+            return closer();
+        }
+        self.producers.lock().unwrap_or_else(|p| p.into_inner()).closers.insert(producer_key, closer);
+        // Closed between the check and the insert: the close did not see this closer.
+        if self.fenced.load(Ordering::SeqCst) {
+            let closer = self.producers.lock().unwrap_or_else(|p| p.into_inner()).closers.remove(&producer_key);
+            if let Some(closer) = closer {
+                closer();
+            }
+        }
+    }
+
+    /// Whether the topic closed: a new publish is not stored (its client resends it to the
+    /// next owner after CLOSE_PRODUCER).
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
+
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+
+    pub async fn consumer_count(&self) -> usize {
+        self.subscriptions().await.iter().map(|subscription| subscription.consumer_count()).sum()
     }
 
     pub fn producer_count(&self) -> usize {
@@ -190,6 +231,10 @@ impl Topic {
         highest_sequence_id: u64,
         data: Bytes,
     ) -> Result<Published, BrokerError> {
+        if self.is_fenced() {
+            return Err(BrokerError::TopicFenced { topic: self.name.to_string() });
+        }
+        self.published.fetch_add(1, Ordering::Relaxed);
         match self.deduplication() {
             Some(dedup) => dedup.publish(producer, sequence_id, highest_sequence_id, data).await,
             None => Ok(Published::Stored(self.ledger.add_entry(data).await?)),
@@ -249,18 +294,32 @@ impl Topic {
         self.subscriptions.lock().await.values().cloned().collect()
     }
 
-    /// Flushes cursors and closes the ledger, so the next owner starts without recovery.
+    /// Closes the topic for a hand-over (unload, shutdown) so that clients see no error:
+    /// publishes stop being stored, consumers' acks are persisted and they are told to
+    /// reconnect (CLOSE_CONSUMER), the ledger closes once every publish in flight is durable
+    /// (so the next owner starts without recovery), and each producer is answered for its
+    /// pending publishes and then told to reconnect (CLOSE_PRODUCER); clients resend whatever
+    /// was not answered to the next owner.
     pub async fn close(&self) {
+        self.fenced.store(true, Ordering::SeqCst);
+        for subscription in self.subscriptions().await {
+            subscription.close().await;
+            subscription.disconnect_all();
+        }
         if let Some(dedup) = self.deduplication() {
             if let Err(error) = dedup.snapshot().await {
                 warn!(topic = %self.name, %error, "writing the dedup snapshot failed; the next owner replays more");
             }
         }
-        for subscription in self.subscriptions().await {
-            subscription.close().await;
-        }
         if let Err(error) = self.ledger.close().await {
             warn!(topic = %self.name, %error, "closing the managed ledger failed; the next owner recovers it");
+        }
+        let closers: Vec<_> = {
+            let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+            producers.closers.drain().map(|(_, closer)| closer).collect()
+        };
+        for closer in closers {
+            closer();
         }
     }
 }

@@ -65,6 +65,22 @@ pub fn lookup_connect(request_id: u64, broker_service_url: &str) -> BaseCommand 
     }
 }
 
+/// A LOOKUP answer sending the client to another broker, which it asks again with
+/// `authoritative` set.
+pub fn lookup_redirect(request_id: u64, broker_service_url: &str, authoritative: bool) -> BaseCommand {
+    BaseCommand {
+        lookup_topic_response: Some(pb::CommandLookupTopicResponse {
+            broker_service_url: Some(broker_service_url.to_owned()),
+            response: Some(pb::command_lookup_topic_response::LookupType::Redirect as i32),
+            request_id,
+            authoritative: Some(authoritative),
+            proxy_through_service_url: Some(false),
+            ..Default::default()
+        }),
+        ..base(Type::LookupResponse)
+    }
+}
+
 pub fn lookup_failed(request_id: u64, error: pb::ServerError, message: &str) -> BaseCommand {
     BaseCommand {
         lookup_topic_response: Some(pb::CommandLookupTopicResponse {

@@ -34,6 +34,7 @@ use crate::error::BrokerError;
 use crate::managed_ledger::cursor::position_before;
 use crate::managed_ledger::{AddFuture, Position};
 use crate::metrics::Metrics;
+use crate::ownership::LookupAnswer;
 use crate::partitions;
 use crate::service::BrokerService;
 use crate::subscription::{
@@ -58,11 +59,22 @@ struct PendingReceipt {
     durable: AddFuture,
 }
 
+/// What a producer's receipt task answers, in order.
+enum ReceiptItem {
+    Publish(PendingReceipt),
+    /// The topic closed (moving to another broker): after the receipts before it, send
+    /// CLOSE_PRODUCER so the client reconnects through a lookup and resends the rest.
+    Close,
+}
+
 struct ProducerEntry {
     topic: Arc<Topic>,
     name: String,
     key: u64,
-    receipts: mpsc::Sender<PendingReceipt>,
+    receipts: mpsc::Sender<ReceiptItem>,
+    /// Set once the topic closed under this producer: its publishes are dropped unanswered
+    /// (the client resends them after CLOSE_PRODUCER) and its id may be registered again.
+    closed: Arc<AtomicBool>,
     /// False while a WaitForExclusive producer waits for its turn; SENDs are refused until then.
     ready: Arc<AtomicBool>,
 }
@@ -311,11 +323,23 @@ impl Connection {
         self.send(command::connected(SERVER_VERSION, version, max)).await;
     }
 
+    /// Answers Connect if this broker serves the topic's bundle, or Redirect to the broker
+    /// that does (or is chosen to).
     async fn on_lookup(&self, lookup: pb::CommandLookupTopic) {
-        let checked = async { self.service.check_topic(&TopicName::parse(&lookup.topic)?).await }.await;
-        match checked {
-            Ok(()) => {
-                self.send(command::lookup_connect(lookup.request_id, &self.service.config.broker_service_url())).await
+        let authoritative = lookup.authoritative.unwrap_or(false);
+        let answer = async {
+            let name = TopicName::parse(&lookup.topic)?;
+            self.service.check_topic(&name).await?;
+            self.service.ownership.lookup(&name, authoritative).await
+        }
+        .await;
+        match answer {
+            Ok(LookupAnswer::Connect(broker)) => {
+                self.send(command::lookup_connect(lookup.request_id, &broker.native_url)).await
+            }
+            Ok(LookupAnswer::Redirect(broker)) => {
+                debug!(topic = %lookup.topic, to = %broker.native_url, "lookup redirected");
+                self.send(command::lookup_redirect(lookup.request_id, &broker.native_url, true)).await
             }
             Err(error) => {
                 self.send(command::lookup_failed(lookup.request_id, error.server_error(), &error.to_string())).await
@@ -347,6 +371,10 @@ impl Connection {
     }
 
     async fn on_producer(&mut self, request: pb::CommandProducer) {
+        if self.producers.get(&request.producer_id).is_some_and(|p| p.closed.load(Ordering::Acquire)) {
+            // Closed by the broker (topic moved): the client registers the same id again.
+            self.remove_producer(request.producer_id);
+        }
         if self.producers.contains_key(&request.producer_id) {
             let error =
                 BrokerError::NotAllowed { what: format!("producer id {} is already in use", request.producer_id) };
@@ -395,9 +423,20 @@ impl Connection {
         let (receipts, queue) = mpsc::channel(MAX_PENDING_SENDS_PER_PRODUCER);
         tokio::spawn(answer_receipts(request.producer_id, queue, self.outbound.clone(), self.service.metrics.clone()));
         let ready = Arc::new(AtomicBool::new(matches!(admission, Admission::Ready)));
+        let closed = Arc::new(AtomicBool::new(false));
+        let (close_flag, close_queue) = (closed.clone(), receipts.clone());
+        topic.on_close(
+            key,
+            Box::new(move || {
+                close_flag.store(true, Ordering::Release);
+                tokio::spawn(async move {
+                    let _ = close_queue.send(ReceiptItem::Close).await;
+                });
+            }),
+        );
         self.producers.insert(
             request.producer_id,
-            ProducerEntry { topic: topic.clone(), name: name.clone(), key, receipts, ready: ready.clone() },
+            ProducerEntry { topic: topic.clone(), name: name.clone(), key, receipts, ready: ready.clone(), closed },
         );
         match admission {
             Admission::Ready => {
@@ -428,6 +467,10 @@ impl Connection {
             Metrics::add(&self.service.metrics.send_errors, 1);
             return self.send(refuse(ServerError::NotAllowedError, "no such producer on this connection")).await;
         };
+        if producer.closed.load(Ordering::Acquire) {
+            // The topic moved: the client resends this after CLOSE_PRODUCER.
+            return;
+        }
         if !producer.ready.load(Ordering::Acquire) {
             Metrics::add(&self.service.metrics.send_errors, 1);
             return self.send(refuse(ServerError::NotAllowedError, "producer is waiting for exclusive access")).await;
@@ -455,6 +498,10 @@ impl Connection {
                 let error = BrokerError::DuplicateInFlight { sequence_id: send.sequence_id };
                 Box::pin(async move { Err(error) })
             }
+            Err(BrokerError::TopicFenced { .. }) => {
+                debug!(topic = %producer.topic.name(), "publish to a closing topic dropped; the client resends it");
+                return;
+            }
             Err(error) => {
                 warn!(topic = %producer.topic.name(), %error, "publish failed");
                 Metrics::add(&self.service.metrics.send_errors, 1);
@@ -463,7 +510,7 @@ impl Connection {
         };
         let receipt = PendingReceipt { sequence_id: send.sequence_id, highest_sequence_id, messages, bytes, durable };
         // Waits when the producer has too many publishes in flight: backpressure on the socket.
-        let _ = producer.receipts.send(receipt).await;
+        let _ = producer.receipts.send(ReceiptItem::Publish(receipt)).await;
     }
 
     async fn on_subscribe(&mut self, request: pb::CommandSubscribe) {
@@ -725,11 +772,22 @@ async fn reader_start(
 /// Answers one producer's publishes in order, each once durable.
 async fn answer_receipts(
     producer_id: u64,
-    mut queue: mpsc::Receiver<PendingReceipt>,
+    mut queue: mpsc::Receiver<ReceiptItem>,
     outbound: mpsc::Sender<Outbound>,
     metrics: Arc<Metrics>,
 ) {
-    while let Some(pending) = queue.recv().await {
+    while let Some(item) = queue.recv().await {
+        let pending = match item {
+            ReceiptItem::Publish(pending) => pending,
+            ReceiptItem::Close => {
+                // Request id -1, as Pulsar's broker-initiated close.
+                let close = command::close_producer(producer_id, u64::MAX);
+                if outbound.send(Outbound::command(close)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
         let answer = match pending.durable.await {
             Ok(position) => {
                 Metrics::add(&metrics.in_messages, pending.messages);
