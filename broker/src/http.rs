@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -17,7 +17,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::bundles::Bundle;
 use crate::error::BrokerError;
+use crate::load_manager::{self, Action, LoadCommand};
+use crate::ownership::LookupAnswer;
 use crate::service::BrokerService;
 use crate::topic_name::TopicName;
 use crate::{namespace, partitions};
@@ -37,7 +40,8 @@ impl From<BrokerError> for ApiError {
         let status = match error {
             BrokerError::InvalidTopicName { .. } => StatusCode::PRECONDITION_FAILED,
             BrokerError::NamespaceNotFound { .. } | BrokerError::TopicNotFound { .. } => StatusCode::NOT_FOUND,
-            BrokerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            BrokerError::ShuttingDown | BrokerError::ServiceUnitNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            BrokerError::NotAllowed { .. } => StatusCode::PRECONDITION_FAILED,
             BrokerError::AlreadyExists { .. } => StatusCode::CONFLICT,
             BrokerError::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -61,6 +65,13 @@ pub fn router(service: Arc<BrokerService>) -> Router {
             put(create_partitioned_topic).get(partitioned_metadata).delete(delete_partitioned_topic),
         )
         .route("/admin/v2/namespaces/{tenant}/{namespace}/deduplication", get(deduplication).post(set_deduplication))
+        .route("/admin/v2/persistent/{tenant}/{namespace}/{topic}/unload", put(unload_topic))
+        .route("/admin/v2/namespaces/{tenant}/{namespace}/bundles", get(bundles_of_namespace))
+        .route("/admin/v2/namespaces/{tenant}/{namespace}/unload", put(unload_namespace))
+        .route("/admin/v2/namespaces/{tenant}/{namespace}/{bundle}/unload", put(unload_bundle))
+        .route("/admin/v2/namespaces/{tenant}/{namespace}/{bundle}/split", put(split_bundle))
+        .route("/admin/v2/brokers/{cluster}", get(active_brokers))
+        .route("/admin/v2/broker-stats/load-report", get(load_report))
         .route("/lookup/v2/topic/persistent/{tenant}/{namespace}/{topic}", get(lookup))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such resource".to_owned()) })
         .with_state(service)
@@ -241,22 +252,205 @@ async fn set_deduplication(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Pulsar's HTTP lookup answer: this broker serves every topic (one broker per cluster until
-/// bundle ownership exists).
+/// Pulsar's HTTP lookup answer: the broker that owns the topic's bundle (assigned now to
+/// the least loaded broker if nobody owns it), on any broker.
 async fn lookup(
     State(service): State<AppState>,
     Path((tenant, ns, topic)): Path<(String, String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    Query(query): Query<LookupQuery>,
+) -> Result<Response, ApiError> {
     let name = TopicName::parse(&format!("persistent://{tenant}/{ns}/{topic}")).map_err(BrokerError::from)?;
     service.check_topic(&name).await?;
-    let broker_url = service.config.broker_service_url();
+    let answer = service.ownership.lookup(&name, query.authoritative).await?;
+    if let LookupAnswer::Redirect(target) = &answer {
+        if service.ownership.read_owner(&service.ownership.bundle_of(&name).await?).await?.is_none() {
+            // Chosen, not yet owned: the chosen broker takes it when asked authoritatively
+            // (Pulsar's lookup redirects the same way).
+            let location =
+                format!("{}/lookup/v2/topic/persistent/{tenant}/{ns}/{topic}?authoritative=true", target.http_url);
+            return Ok((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response());
+        }
+    }
+    let broker = answer.broker();
     Ok(Json(json!({
-        "brokerUrl": broker_url,
+        "brokerUrl": broker.native_url,
         "brokerUrlTls": "",
-        "httpUrl": service.config.web_service_url(),
+        "httpUrl": broker.http_url,
         "httpUrlTls": "",
-        "nativeUrl": broker_url,
-    })))
+        "nativeUrl": broker.native_url,
+    }))
+    .into_response())
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct LookupQuery {
+    authoritative: bool,
+}
+
+/// How long an admin call waits for another broker to carry out an unload or a split.
+const REMOTE_COMMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn parse_bundle(namespace: &str, range: &str) -> Result<Bundle, ApiError> {
+    Bundle::parse(&format!("{namespace}/{range}")).ok_or_else(|| {
+        ApiError(StatusCode::PRECONDITION_FAILED, format!("{range:?} is not a bundle range (0x00000000_0x40000000)"))
+    })
+}
+
+/// Checks the namespace exists and `bundle` is one of its bundles now.
+async fn check_bundle(service: &BrokerService, bundle: &Bundle) -> Result<(), ApiError> {
+    if !namespace::namespace_exists(service.meta.as_ref(), &bundle.namespace).await? {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("namespace {} does not exist", bundle.namespace)));
+    }
+    if !service.ownership.layout(&bundle.namespace).await?.contains(bundle) {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("bundle {bundle} does not exist (split, or never was)")));
+    }
+    Ok(())
+}
+
+/// Unloads or splits `bundle` here if this broker owns it, or asks its owner and waits
+/// until it is done. An unowned bundle has nothing to unload; to split it, this broker takes
+/// it first.
+async fn bundle_command(service: &BrokerService, bundle: &Bundle, action: Action) -> Result<StatusCode, ApiError> {
+    let ownership = &service.ownership;
+    let owner = ownership.read_owner(bundle).await?;
+    let mine = ownership.is_active(bundle);
+    match (owner, action) {
+        (None, Action::Unload) => return Ok(StatusCode::NO_CONTENT),
+        (None, Action::Split) if !ownership.try_acquire(bundle).await? => {
+            return Err(ApiError(StatusCode::CONFLICT, format!("bundle {bundle} was just taken; try again")));
+        }
+        (None, Action::Split) => {}
+        (Some(_), _) if mine => {}
+        (Some((owner, version)), action) => {
+            let command = LoadCommand { action, bundle: bundle.to_string() };
+            load_manager::send_command(ownership, &owner.info.broker, &command).await?;
+            let done = async {
+                loop {
+                    ownership.wait_for_change(bundle, version).await?;
+                    match ownership.read_owner(bundle).await? {
+                        Some((_, now)) if now == version => continue,
+                        _ => return Ok::<_, BrokerError>(()),
+                    }
+                }
+            };
+            return match tokio::time::timeout(REMOTE_COMMAND_WAIT, done).await {
+                Ok(result) => result.map(|()| StatusCode::NO_CONTENT).map_err(ApiError::from),
+                Err(_) => Err(ApiError(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "broker {} did not {action:?} bundle {bundle} within {REMOTE_COMMAND_WAIT:?}",
+                        owner.info.broker
+                    ),
+                )),
+            };
+        }
+    }
+    match action {
+        Action::Unload => service.unload_bundle(bundle).await?,
+        Action::Split => service.split_bundle(bundle).await?,
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT .../namespaces/{t}/{ns}/{bundle}/unload`: the owner closes the bundle's topics and
+/// gives it up; the next lookup assigns it (Pulsar's `unloadNamespaceBundle`).
+async fn unload_bundle(
+    State(service): State<AppState>,
+    Path((tenant, ns, range)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let bundle = parse_bundle(&format!("{tenant}/{ns}"), &range)?;
+    check_bundle(&service, &bundle).await?;
+    let status = bundle_command(&service, &bundle, Action::Unload).await?;
+    info!(%bundle, "bundle unloaded (admin)");
+    Ok(status)
+}
+
+/// `PUT .../namespaces/{t}/{ns}/unload`: every bundle of the namespace.
+async fn unload_namespace(
+    State(service): State<AppState>,
+    Path((tenant, ns)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let name = format!("{tenant}/{ns}");
+    if !namespace::namespace_exists(service.meta.as_ref(), &name).await? {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("namespace {name} does not exist")));
+    }
+    for bundle in service.ownership.layout(&name).await?.bundles() {
+        bundle_command(&service, &bundle, Action::Unload).await?;
+    }
+    info!(namespace = %name, "namespace unloaded (admin)");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT .../namespaces/{t}/{ns}/{bundle}/split`: halves the bundle (range_equally_divide).
+async fn split_bundle(
+    State(service): State<AppState>,
+    Path((tenant, ns, range)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let bundle = parse_bundle(&format!("{tenant}/{ns}"), &range)?;
+    check_bundle(&service, &bundle).await?;
+    let status = bundle_command(&service, &bundle, Action::Split).await?;
+    info!(%bundle, "bundle split (admin)");
+    Ok(status)
+}
+
+/// Pulsar's `BundlesData` of a namespace.
+async fn bundles_of_namespace(
+    State(service): State<AppState>,
+    Path((tenant, ns)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = format!("{tenant}/{ns}");
+    if !namespace::namespace_exists(service.meta.as_ref(), &name).await? {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("namespace {name} does not exist")));
+    }
+    let layout = service.ownership.layout(&name).await?;
+    let bundles = layout.bundles();
+    let mut boundaries: Vec<String> = bundles.iter().map(|b| b.range.to_string()[..10].to_owned()).collect();
+    boundaries.push("0xffffffff".to_owned());
+    Ok(Json(json!({ "boundaries": boundaries, "numBundles": bundles.len() })))
+}
+
+/// `PUT .../persistent/{t}/{ns}/{topic}/unload`: closes the topic on its owner (clients
+/// reconnect; the bundle stays owned). Another broker's topic answers 307 to its owner.
+async fn unload_topic(
+    State(service): State<AppState>,
+    Path((tenant, ns, topic)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let name = TopicName::parse(&format!("persistent://{tenant}/{ns}/{topic}")).map_err(BrokerError::from)?;
+    service.check_topic(&name).await?;
+    let bundle = service.ownership.bundle_of(&name).await?;
+    if !service.ownership.is_active(&bundle) {
+        if let Some((owner, _)) = service.ownership.read_owner(&bundle).await? {
+            if owner.info.broker != service.ownership.me().broker {
+                let location = format!("{}/admin/v2/persistent/{tenant}/{ns}/{topic}/unload", owner.info.http_url);
+                return Ok((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response());
+            }
+        }
+    }
+    service.close_topics(|loaded| *loaded == name).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The live brokers of the cluster (`host:http port`), as Pulsar's `brokers/{cluster}`.
+async fn active_brokers(
+    State(service): State<AppState>,
+    Path(cluster): Path<String>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    if cluster != service.config.cluster_name {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("cluster {cluster} is not this broker's cluster")));
+    }
+    Ok(Json(service.meta.list_children(load_manager::REPORTS_PATH).await.map_err(BrokerError::from)?))
+}
+
+/// This broker's last load report.
+async fn load_report(State(service): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let path = load_manager::report_path(&service.ownership.me().broker);
+    let Some(found) = service.meta.get(&path).await.map_err(BrokerError::from)? else {
+        return Err(ApiError(StatusCode::NOT_FOUND, "no load report written yet".to_owned()));
+    };
+    let report: serde_json::Value = serde_json::from_slice(&found.value)
+        .map_err(|error| ApiError(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?;
+    Ok(Json(report))
 }
 
 /// Serves HTTP until `cancel` fires.

@@ -92,7 +92,7 @@ pub struct LoadReport {
     pub timestamp_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Unload,
@@ -343,6 +343,14 @@ async fn leader_loop(service: Arc<BrokerService>, config: LoadManagerConfig, can
         }
     }
     let _ = guard.release(meta.as_ref()).await;
+}
+
+/// Asks `broker` to carry out `command` (it deletes the key once it has).
+pub async fn send_command(ownership: &Ownership, broker: &str, command: &LoadCommand) -> Result<(), BrokerError> {
+    let id = magnetar_meta::sequence::next(ownership.meta().as_ref(), "/magnetar/sequences/load-command").await?;
+    let value = serde_json::to_vec(command).unwrap_or_default();
+    ownership.meta().put(&format!("{COMMANDS_PATH}/{broker}/{id}"), value, Expected::Absent).await?;
+    Ok(())
 }
 
 async fn shed_once(

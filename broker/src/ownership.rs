@@ -181,7 +181,7 @@ impl Ownership {
         self.lock().get(bundle).is_some_and(|owned| !owned.unloading)
     }
 
-    async fn read_owner(&self, bundle: &Bundle) -> Result<Option<(OwnerData, Version)>, BrokerError> {
+    pub async fn read_owner(&self, bundle: &Bundle) -> Result<Option<(OwnerData, Version)>, BrokerError> {
         let path = ownership_path(bundle);
         let Some(found) = self.meta.get(&path).await? else { return Ok(None) };
         let owner = serde_json::from_slice(&found.value)
@@ -195,7 +195,7 @@ impl Ownership {
     }
 
     /// Takes `bundle` if nobody owns it; true if this broker owns it afterwards.
-    async fn try_acquire(&self, bundle: &Bundle) -> Result<bool, BrokerError> {
+    pub async fn try_acquire(&self, bundle: &Bundle) -> Result<bool, BrokerError> {
         if self.is_draining() {
             return Ok(false);
         }
@@ -294,7 +294,7 @@ impl Ownership {
     }
 
     /// Waits (bounded) until the ownership key of `bundle` changes from `version`.
-    async fn wait_for_change(&self, bundle: &Bundle, version: Version) -> Result<(), BrokerError> {
+    pub async fn wait_for_change(&self, bundle: &Bundle, version: Version) -> Result<(), BrokerError> {
         let path = ownership_path(bundle);
         let mut watch = self.meta.watch(&path).await?;
         let changed = async {

@@ -29,12 +29,21 @@ pub struct Replication {
     pub ack_quorum: u32,
 }
 
+/// Broker settings for process tests: a short metadata session, so a killed broker's bundles
+/// are free after 3 s (failover), frequent load reports, and no load shedding unless a test
+/// asks for it.
+pub const TEST_BROKER_CONFIG: &str = "metadata_store_session_timeout_millis = 3000\n\
+load_balancer_report_interval_seconds = 1\n\
+load_balancer_enabled = false\n";
+
 /// A `magnetar broker` process on fixed free ports, restartable on the same ports.
 pub struct BrokerProcess {
     child: Option<Child>,
     metadata_url: String,
     replication: Replication,
     dir: PathBuf,
+    /// The broker's TOML settings file.
+    config: PathBuf,
     pub pulsar_port: u16,
     pub http_port: u16,
     starts: u32,
@@ -44,12 +53,25 @@ impl BrokerProcess {
     /// Starts a broker on `metadata_url` and waits until it accepts connections. Its logs go to
     /// `dir/broker-<start>.log`.
     pub async fn start(metadata_url: &str, replication: Replication, dir: PathBuf) -> anyhow::Result<Self> {
+        Self::start_with(metadata_url, replication, dir, TEST_BROKER_CONFIG).await
+    }
+
+    /// Like [`BrokerProcess::start`], with `settings` as its TOML settings file.
+    pub async fn start_with(
+        metadata_url: &str,
+        replication: Replication,
+        dir: PathBuf,
+        settings: &str,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir).context("create the broker's dir")?;
+        let config = dir.join("broker.toml");
+        std::fs::write(&config, settings).context("write the broker's settings file")?;
         let mut broker = BrokerProcess {
             child: None,
             metadata_url: metadata_url.to_owned(),
             replication,
             dir,
+            config,
             pulsar_port: free_port()?,
             http_port: free_port()?,
             starts: 0,
@@ -60,6 +82,15 @@ impl BrokerProcess {
 
     pub fn service_url(&self) -> String {
         format!("pulsar://127.0.0.1:{}", self.pulsar_port)
+    }
+
+    /// How other brokers and the load manager name this broker: `host:http port`.
+    pub fn broker_key(&self) -> String {
+        format!("127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     fn log_path(&self, start: u32) -> PathBuf {
@@ -83,6 +114,8 @@ impl BrokerProcess {
             .args(["--ensemble-size", &ensemble_size.to_string()])
             .args(["--write-quorum", &write_quorum.to_string()])
             .args(["--ack-quorum", &ack_quorum.to_string()])
+            .arg("--config")
+            .arg(&self.config)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -110,6 +143,14 @@ impl BrokerProcess {
         Ok(())
     }
 
+    /// SIGTERM, then waits for the broker to exit (a graceful shutdown hands its bundles over).
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("the broker is not running")?;
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().context("run kill")?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        child.wait().context("wait for the broker")
+    }
+
     /// SIGKILLs the broker if it runs and starts it again on the same ports.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9()?;
@@ -129,10 +170,13 @@ impl Drop for BrokerProcess {
     }
 }
 
-/// etcd, `count` bookies (`bookie-0`...) and one broker, in a temp dir.
+/// etcd, `count` bookies (`bookie-0`...) and one broker (or more), in a temp dir.
 pub struct Cluster {
     pub bookies: Vec<BookieProcess>,
     pub broker: BrokerProcess,
+    /// Brokers after the first ([`Cluster::start_brokers`], [`Cluster::add_broker`]).
+    pub more_brokers: Vec<BrokerProcess>,
+    replication: Replication,
     pub meta: Arc<dyn MetadataStore>,
     // Dropped last: the processes above stop before etcd does.
     pub etcd: EtcdServer,
@@ -141,6 +185,17 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(bookies: usize, replication: Replication) -> anyhow::Result<Self> {
+        Self::start_brokers(bookies, 1, replication, TEST_BROKER_CONFIG).await
+    }
+
+    /// `bookies` bookies and `brokers` brokers, each broker with `settings` as its TOML file.
+    pub async fn start_brokers(
+        bookies: usize,
+        brokers: usize,
+        replication: Replication,
+        settings: &str,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(brokers >= 1, "a cluster needs a broker");
         let dir = tempfile::tempdir().context("create the cluster's temp dir")?;
         let etcd = EtcdServer::start().await.context("start etcd")?;
         let url = etcd_url(&etcd);
@@ -151,8 +206,46 @@ impl Cluster {
             started.push(BookieProcess::start(options).await?);
         }
         let meta: Arc<dyn MetadataStore> = Arc::new(etcd.connect().await.context("connect to etcd")?);
-        let broker = BrokerProcess::start(&url, replication, dir.path().join("broker")).await?;
-        Ok(Cluster { bookies: started, broker, meta, etcd, _dir: dir })
+        let broker = BrokerProcess::start_with(&url, replication, dir.path().join("broker"), settings).await?;
+        let mut cluster =
+            Cluster { bookies: started, broker, more_brokers: Vec::new(), replication, meta, etcd, _dir: dir };
+        for _ in 1..brokers {
+            cluster.add_broker(settings).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts one more broker with `settings`; returns its index in [`Cluster::brokers`].
+    pub async fn add_broker(&mut self, settings: &str) -> anyhow::Result<usize> {
+        let index = self.more_brokers.len() + 1;
+        let dir = self._dir.path().join(format!("broker-{index}"));
+        let broker = BrokerProcess::start_with(&etcd_url(&self.etcd), self.replication, dir, settings).await?;
+        self.more_brokers.push(broker);
+        Ok(index)
+    }
+
+    /// Every broker, the first one first.
+    pub fn brokers(&self) -> Vec<&BrokerProcess> {
+        std::iter::once(&self.broker).chain(self.more_brokers.iter()).collect()
+    }
+
+    pub fn broker_mut(&mut self, index: usize) -> &mut BrokerProcess {
+        if index == 0 {
+            &mut self.broker
+        } else {
+            &mut self.more_brokers[index - 1]
+        }
+    }
+
+    /// A service URL naming every broker, as clients of a cluster are configured.
+    pub fn service_url(&self) -> String {
+        let hosts: Vec<String> = self.brokers().iter().map(|b| format!("127.0.0.1:{}", b.pulsar_port)).collect();
+        format!("pulsar://{}", hosts.join(","))
+    }
+
+    /// The index of the broker whose Pulsar URL is `url`.
+    pub fn broker_index(&self, url: &str) -> Option<usize> {
+        self.brokers().iter().position(|b| b.service_url() == url)
     }
 
     /// The ledgers of a topic (`tenant/ns/topic`) as the metadata store holds them, oldest

@@ -397,6 +397,29 @@ impl Drop for BookieProcess {
 /// One HTTP/1.1 request to `127.0.0.1:port` with `Connection: close`; the status and the JSON
 /// body (Null if empty).
 pub async fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, serde_json::Value)> {
+    let mut port = port;
+    let mut path = path.to_owned();
+    // Follows loopback redirects (a broker sending an admin call or a lookup to the owner).
+    for _ in 0..4 {
+        let (status, json, location) = http_once(port, method, &path, body).await?;
+        let Some(location) = location.filter(|_| status == 307 || status == 308) else { return Ok((status, json)) };
+        let rest = location
+            .strip_prefix("http://127.0.0.1:")
+            .ok_or_else(|| anyhow::anyhow!("redirect off loopback: {location}"))?;
+        let (next_port, next_path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        port = next_port.parse()?;
+        path = next_path.to_owned();
+    }
+    anyhow::bail!("too many redirects for {method} {path}")
+}
+
+/// One request; the status, JSON body and Location header.
+async fn http_once(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, serde_json::Value, Option<String>)> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let body = body.unwrap_or("");
     let request = format!(
@@ -418,7 +441,11 @@ pub async fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> an
         content.to_owned()
     };
     let json = if content.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(&content)? };
-    Ok((status, json))
+    let location = head
+        .lines()
+        .find_map(|line| line.split_once(':').filter(|(name, _)| name.eq_ignore_ascii_case("location")))
+        .map(|(_, value)| value.trim().to_owned());
+    Ok((status, json, location))
 }
 
 /// A raw Pulsar protocol connection, for tests that send exact frames.
