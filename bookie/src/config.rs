@@ -188,6 +188,14 @@ mod tests {
     }
 
     #[test]
+    fn deploy_example_is_a_valid_config() {
+        let config: BookieConfig =
+            toml::from_str(include_str!("../../deploy/config/bookie.toml")).expect("deploy/config/bookie.toml parses");
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.listen, "0.0.0.0:3181");
+    }
+
+    #[test]
     fn empty_file_keeps_the_flag_defaults() {
         let config: BookieConfig = toml::from_str("").expect("empty config");
         assert_eq!(config, BookieConfig::default());
