@@ -58,10 +58,9 @@ usage() {
 # ---------------------------------------------------------------------------------------------
 # State dir and ports
 
-STATE_DIR=${MAGNETAR_CLUSTER_DIR:-./local-cluster}
-if [[ $STATE_DIR != /* ]]; then
-    STATE_DIR="$PWD/$STATE_DIR"
-fi
+# Absolute and without symlinks: the config file paths in the processes' command lines, which
+# tell our processes from others (running_pid), then read the same from any working directory.
+STATE_DIR=$(realpath -m -- "${MAGNETAR_CLUSTER_DIR:-./local-cluster}")
 
 # Ports in start order: etcd client, etcd peer, bookie-1..3, broker-1 Pulsar, broker-1 HTTP,
 # broker-2 Pulsar, broker-2 HTTP.
@@ -247,7 +246,7 @@ start() {
 wait_ready() {
     local name=$1 offset=$2 pid deadline
     pid=$(<"$(pid_file "$name")")
-    deadline=$((SECONDS + START_TIMEOUT))
+    deadline=$((SECONDS + START_TIMEOUT + 1))
     while ! ready "$name" "$offset"; do
         if [[ -z $(running_pid "$name") ]]; then
             rm -f "$(pid_file "$name")"
@@ -301,7 +300,7 @@ stop() {
             pids+=("$name:$pid")
         fi
     done
-    deadline=$((SECONDS + STOP_GRACE))
+    deadline=$((SECONDS + STOP_GRACE + 1)) # SECONDS counts whole seconds: wait at least the grace
     while true; do
         alive=()
         for entry in "${pids[@]}"; do
