@@ -1,5 +1,7 @@
 //! Bookie settings: from flags or a TOML file (`magnetar bookie --config bookie.toml`).
-//! Every size and interval that bounds memory or I/O is here, with its default.
+//! Every size and interval that bounds memory or I/O is here, with its default, and so is
+//! where the bookie listens, what address it registers and which metadata store it uses, so
+//! one file describes a bookie (flags override the file, the file overrides the defaults).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,6 +13,15 @@ use serde::Deserialize;
 pub struct BookieConfig {
     /// Stable identity of this bookie; ledger ensembles name bookies by it.
     pub bookie_id: String,
+    /// Address the gRPC listener binds to, `host:port` (port 0: any free port). Used by
+    /// `magnetar bookie`; standalone binds its bookies itself.
+    pub listen: String,
+    /// Host other processes reach this bookie at (default: the listen address's host, which
+    /// must then not be 0.0.0.0). BookKeeper's `advertisedAddress`.
+    pub advertised_address: Option<String>,
+    /// Metadata store, as `--metadata-url`: `etcd://host:port[,host:port...]` or `local:/path`.
+    /// BookKeeper's `metadataServiceUri`.
+    pub metadata_service_uri: String,
     /// Entry logs, the RocksDB index and the cookie.
     pub data_dir: PathBuf,
     /// Journal files; best on their own disk. Defaults to `<data_dir>/journal`.
@@ -69,6 +80,9 @@ impl Default for BookieConfig {
     fn default() -> Self {
         BookieConfig {
             bookie_id: "bookie-0".to_owned(),
+            listen: "127.0.0.1:3181".to_owned(),
+            advertised_address: None,
+            metadata_service_uri: "etcd://127.0.0.1:2379".to_owned(),
             data_dir: PathBuf::from("./data/bookie"),
             journal_dir: None,
             journal: JournalConfig::default(),
@@ -98,8 +112,14 @@ impl BookieConfig {
 
     /// Checks values that would make the bookie misbehave; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 8] = [
+        let checks: [(bool, &str); 11] = [
             (self.bookie_id.is_empty() || self.bookie_id.contains('/'), "bookie_id must be non-empty without '/'"),
+            (!self.listen.contains(':'), "listen must be host:port"),
+            (
+                self.advertised_address.as_deref().is_some_and(|host| host.is_empty() || host.contains('/')),
+                "advertised_address must be a host name or IP address",
+            ),
+            (self.metadata_service_uri.is_empty(), "metadata_service_uri must be non-empty"),
             (self.journal.file_bytes < 1024 * 1024, "journal.file_bytes must be at least 1 MiB"),
             (self.journal.max_batch_bytes == 0, "journal.max_batch_bytes must be positive"),
             (
@@ -138,5 +158,67 @@ mod micros {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_micros(u64::deserialize(deserializer)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_sets_listen_advertised_address_and_metadata_service_uri() {
+        let config: BookieConfig = toml::from_str(
+            r#"
+            bookie_id = "bookie-2"
+            listen = "0.0.0.0:3182"
+            advertised_address = "bookie-2.magnetar-bookie.default.svc.cluster.local"
+            metadata_service_uri = "etcd://etcd-0.etcd:2379,etcd-1.etcd:2379"
+            data_dir = "/var/lib/magnetar/bookie"
+            [journal]
+            file_bytes = 67108864
+            "#,
+        )
+        .expect("valid bookie config");
+        assert_eq!(config.listen, "0.0.0.0:3182");
+        assert_eq!(config.advertised_address.as_deref(), Some("bookie-2.magnetar-bookie.default.svc.cluster.local"));
+        assert_eq!(config.metadata_service_uri, "etcd://etcd-0.etcd:2379,etcd-1.etcd:2379");
+        assert_eq!(config.journal.file_bytes, 64 * 1024 * 1024);
+        assert_eq!(config.write_cache_bytes, BookieConfig::default().write_cache_bytes);
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn deploy_example_is_a_valid_config() {
+        let config: BookieConfig =
+            toml::from_str(include_str!("../../deploy/config/bookie.toml")).expect("deploy/config/bookie.toml parses");
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.listen, "0.0.0.0:3181");
+    }
+
+    #[test]
+    fn empty_file_keeps_the_flag_defaults() {
+        let config: BookieConfig = toml::from_str("").expect("empty config");
+        assert_eq!(config, BookieConfig::default());
+        assert_eq!(config.listen, "127.0.0.1:3181");
+        assert_eq!(config.advertised_address, None);
+        assert_eq!(config.metadata_service_uri, "etcd://127.0.0.1:2379");
+    }
+
+    #[test]
+    fn unknown_or_mistyped_field_is_named() {
+        let unknown = toml::from_str::<BookieConfig>("listen_address = \"127.0.0.1:3181\"").expect_err("unknown field");
+        assert!(unknown.to_string().contains("listen_address"), "{unknown}");
+        let mistyped = toml::from_str::<BookieConfig>("listen = 3181").expect_err("listen is a string");
+        assert!(mistyped.to_string().contains("listen"), "{mistyped}");
+    }
+
+    #[test]
+    fn validate_names_a_bad_listen_or_advertised_address() {
+        let no_port = BookieConfig { listen: "127.0.0.1".to_owned(), ..BookieConfig::default() };
+        assert_eq!(no_port.validate(), Err("listen must be host:port".to_owned()));
+        let empty_host = BookieConfig { advertised_address: Some(String::new()), ..BookieConfig::default() };
+        assert!(empty_host.validate().is_err_and(|reason| reason.starts_with("advertised_address")));
+        let no_metadata = BookieConfig { metadata_service_uri: String::new(), ..BookieConfig::default() };
+        assert!(no_metadata.validate().is_err_and(|reason| reason.starts_with("metadata_service_uri")));
     }
 }

@@ -161,15 +161,18 @@ struct BookieArgs {
     /// Journal files (default: <data dir>/journal); best on a disk of its own.
     #[arg(long)]
     journal_dir: Option<PathBuf>,
-    /// Address the gRPC listener binds to (port 0: any free port).
-    #[arg(long, default_value = "127.0.0.1:3181")]
-    listen: String,
-    /// Host other processes reach this bookie at (default: the listen address's host).
+    /// Address the gRPC listener binds to (port 0: any free port) [file: listen; default:
+    /// 127.0.0.1:3181].
+    #[arg(long)]
+    listen: Option<String>,
+    /// Host other processes reach this bookie at [file: advertised_address; default: the
+    /// listen address's host].
     #[arg(long)]
     advertised_address: Option<String>,
-    /// Metadata store: etcd://host:port[,host:port...] or local:/path (single host only).
-    #[arg(long, default_value = "etcd://127.0.0.1:2379", env = "MAGNETAR_METADATA_URL")]
-    metadata_url: String,
+    /// Metadata store: etcd://host:port[,host:port...] or local:/path (single host only)
+    /// [file: metadata_service_uri; default: etcd://127.0.0.1:2379].
+    #[arg(long, env = "MAGNETAR_METADATA_URL")]
+    metadata_url: Option<String>,
 }
 
 impl BookieArgs {
@@ -188,6 +191,15 @@ impl BookieArgs {
         if let Some(journal_dir) = &self.journal_dir {
             config.journal_dir = Some(journal_dir.clone());
         }
+        if let Some(listen) = &self.listen {
+            config.listen = listen.clone();
+        }
+        if let Some(advertised_address) = &self.advertised_address {
+            config.advertised_address = Some(advertised_address.clone());
+        }
+        if let Some(metadata_url) = &self.metadata_url {
+            config.metadata_service_uri = metadata_url.clone();
+        }
         if let Err(reason) = config.validate() {
             match &self.config {
                 Some(path) => bail!("invalid bookie config (file {} and flags): {reason}", path.display()),
@@ -195,6 +207,18 @@ impl BookieArgs {
             }
         }
         Ok(config)
+    }
+
+    /// The parsed metadata URL of `config`; the error says where it came from.
+    fn metadata_url(&self, config: &BookieConfig) -> anyhow::Result<MetadataUrl> {
+        let parsed = config.metadata_service_uri.parse::<MetadataUrl>();
+        match (&self.metadata_url, &self.config) {
+            (Some(_), _) => parsed.context("--metadata-url (or MAGNETAR_METADATA_URL)"),
+            (None, Some(path)) => {
+                parsed.with_context(|| format!("bookie config file {}: metadata_service_uri", path.display()))
+            }
+            (None, None) => parsed.context("default metadata URL"),
+        }
     }
 }
 
@@ -208,7 +232,7 @@ async fn load_bookie_config(path: &Path) -> anyhow::Result<BookieConfig> {
 /// serve, register; on cancel, deregister and drain (the server closes the bookie).
 async fn run_bookie(args: BookieArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     let config = args.bookie_config().await?;
-    let metadata_url: MetadataUrl = args.metadata_url.parse()?;
+    let metadata_url = args.metadata_url(&config)?;
     let meta = metadata_url.connect().await?;
     let cookie = cookie::verify_or_create(meta.as_ref(), &config)
         .await
@@ -220,14 +244,15 @@ async fn run_bookie(args: BookieArgs, cancel: CancellationToken) -> anyhow::Resu
         .context("open bookie storage")?
         .with_context(|| format!("open bookie storage in {}", config.data_dir.display()))?;
     let listener =
-        TcpListener::bind(&args.listen).await.with_context(|| format!("bind the bookie port {}", args.listen))?;
+        TcpListener::bind(&config.listen).await.with_context(|| format!("bind the bookie port {}", config.listen))?;
     let local: SocketAddr = listener.local_addr().context("read the bound bookie address")?;
-    let advertised_host = match &args.advertised_address {
+    let advertised_host = match &config.advertised_address {
         Some(host) => host.clone(),
         None if local.ip().is_unspecified() => {
             bail!(
-                "--listen {} binds every interface: say which host others reach it at with --advertised-address",
-                args.listen
+                "listen address {} binds every interface: say which host others reach it at with \
+                 --advertised-address or advertised_address in the config file",
+                config.listen
             )
         }
         None => local.ip().to_string(),
@@ -382,5 +407,70 @@ async fn main() -> anyhow::Result<()> {
             };
             node::run(config, cancel).await
         }
+    }
+}
+
+#[cfg(test)]
+mod bookie_args_tests {
+    use super::*;
+
+    fn bookie_args(args: &[&str]) -> BookieArgs {
+        let argv = ["magnetar", "bookie"].iter().chain(args);
+        match Cli::try_parse_from(argv) {
+            Ok(Cli { command: Command::Bookie(args) }) => args,
+            Ok(_) => panic!("not the bookie command"),
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bookie_flags_override_the_file_which_overrides_the_defaults() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("bookie.toml");
+        std::fs::write(
+            &file,
+            "bookie_id = \"from-file\"\nlisten = \"127.0.0.1:4181\"\nadvertised_address = \"bookie.example\"\n\
+             metadata_service_uri = \"etcd://10.0.0.1:2379\"\n",
+        )?;
+        let path = file.to_str().context("temp path is UTF-8")?;
+
+        let from_file = bookie_args(&["--config", path]).bookie_config().await?;
+        assert_eq!(from_file.bookie_id, "from-file");
+        assert_eq!(from_file.listen, "127.0.0.1:4181");
+        assert_eq!(from_file.advertised_address.as_deref(), Some("bookie.example"));
+        assert_eq!(from_file.metadata_service_uri, "etcd://10.0.0.1:2379");
+
+        let args = bookie_args(&[
+            "--config",
+            path,
+            "--listen",
+            "127.0.0.1:5181",
+            "--advertised-address",
+            "other.example",
+            "--metadata-url",
+            "etcd://10.0.0.2:2379",
+        ]);
+        let flags = args.bookie_config().await?;
+        assert_eq!(flags.bookie_id, "from-file");
+        assert_eq!(flags.listen, "127.0.0.1:5181");
+        assert_eq!(flags.advertised_address.as_deref(), Some("other.example"));
+        assert_eq!(args.metadata_url(&flags)?.to_string(), "etcd://10.0.0.2:2379");
+
+        let defaults = bookie_args(&[]).bookie_config().await?;
+        assert_eq!(defaults.listen, "127.0.0.1:3181");
+        assert_eq!(defaults.advertised_address, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn bad_metadata_service_uri_in_the_file_names_file_and_field() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("bookie.toml");
+        std::fs::write(&file, "metadata_service_uri = \"zk://127.0.0.1:2181\"\n")?;
+        let args = bookie_args(&["--config", file.to_str().context("temp path is UTF-8")?]);
+        let config = args.bookie_config().await?;
+        let error = format!("{:#}", args.metadata_url(&config).expect_err("zk:// is not ours"));
+        assert!(error.contains("bookie.toml: metadata_service_uri"), "{error}");
+        Ok(())
     }
 }
