@@ -257,6 +257,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_settings_files_are_valid() {
+        for text in [include_str!("../../deploy/config/broker.toml")] {
+            let settings: BrokerSettings = toml::from_str(text).expect("deploy/config/broker.toml parses");
+            settings.managed_ledger_config().expect("valid [managed_ledger]");
+            settings.cluster_config().expect("valid cluster settings");
+            assert!(settings.metadata_store_url.is_some());
+        }
+    }
+
+    #[test]
     fn top_level_keys_set_the_broker_and_its_cluster_role() {
         let settings = load(
             "metadata_store_url = \"etcd://10.0.0.1:2379\"\nbroker_service_port = 6660\nweb_service_port = 8090\n\
