@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::autorecovery::AutoRecoveryConfig;
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct BookieConfig {
@@ -38,6 +40,11 @@ pub struct BookieConfig {
     pub disk_usage_lwm: f64,
     #[serde(with = "millis", rename = "disk_check_interval_ms")]
     pub disk_check_interval: Duration,
+    /// The machine (failure domain) this bookie runs on, as placement sees it: copies of an
+    /// entry go to bookies on different hosts where possible. Defaults to the advertised host.
+    pub host_name: Option<String>,
+    /// The auto-recovery worker this bookie runs (or not).
+    pub autorecovery: AutoRecoveryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -82,6 +89,8 @@ impl Default for BookieConfig {
             disk_usage_threshold: 0.95,
             disk_usage_lwm: 0.90,
             disk_check_interval: Duration::from_secs(10),
+            host_name: None,
+            autorecovery: AutoRecoveryConfig::default(),
         }
     }
 }
@@ -98,7 +107,12 @@ impl BookieConfig {
 
     /// Checks values that would make the bookie misbehave; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 8] = [
+        let checks: [(bool, &str); 10] = [
+            (
+                self.host_name.as_ref().is_some_and(|host| host.is_empty() || host.len() > 253),
+                "host_name must be 1 to 253 characters",
+            ),
+            (self.autorecovery.audit_interval.is_zero(), "autorecovery.audit_interval_ms must be positive"),
             (self.bookie_id.is_empty() || self.bookie_id.contains('/'), "bookie_id must be non-empty without '/'"),
             (self.journal.file_bytes < 1024 * 1024, "journal.file_bytes must be at least 1 MiB"),
             (self.journal.max_batch_bytes == 0, "journal.max_batch_bytes must be positive"),
@@ -121,7 +135,7 @@ impl BookieConfig {
     }
 }
 
-mod millis {
+pub(crate) mod millis {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};

@@ -44,7 +44,7 @@ impl Cluster {
             let address = listener.local_addr().expect("address");
             tokio::spawn(server.run(listener, cancel.clone()));
             let registration =
-                BookieRegistration { bookie_id: format!("bookie-{index}"), address: address.to_string() };
+                BookieRegistration::new(format!("bookie-{index}"), address.to_string());
             registration::register(meta.as_ref(), &registration, Duration::from_secs(30)).await.expect("register");
         }
         Cluster { _dir: dir, meta, bookies, cancel }
