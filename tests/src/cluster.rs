@@ -141,13 +141,23 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(bookies: usize, replication: Replication) -> anyhow::Result<Self> {
+        Self::start_with(bookies, replication, |_| Vec::new()).await
+    }
+
+    /// Like [`Cluster::start`], with `bookie_args(i)` appended to bookie `i`'s command line.
+    pub async fn start_with(
+        bookies: usize,
+        replication: Replication,
+        bookie_args: impl Fn(usize) -> Vec<String>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("create the cluster's temp dir")?;
         let etcd = EtcdServer::start().await.context("start etcd")?;
         let url = etcd_url(&etcd);
         let mut started = Vec::new();
         for index in 0..bookies {
             let id = format!("bookie-{index}");
-            let options = BookieOptions::new(&id, &url, &dir.path().join(&id).join("data"));
+            let mut options = BookieOptions::new(&id, &url, &dir.path().join(&id).join("data"));
+            options.extra_args = bookie_args(index);
             started.push(BookieProcess::start(options).await?);
         }
         let meta: Arc<dyn MetadataStore> = Arc::new(etcd.connect().await.context("connect to etcd")?);
@@ -167,6 +177,18 @@ impl Cluster {
             let path = magnetar_bookie::ledger_path(ledger.ledger_id);
             let found = self.meta.get(&path).await?.with_context(|| format!("no ledger metadata at {path}"))?;
             ledgers.push(LedgerMetadata::decode(&found.value[..]).context("decode ledger metadata")?);
+        }
+        Ok(ledgers)
+    }
+
+    /// Every ledger in the metadata store (topics' and cursors'), by id.
+    pub async fn all_ledgers(&self) -> anyhow::Result<Vec<LedgerMetadata>> {
+        let mut ledgers = Vec::new();
+        for child in self.meta.list_children(magnetar_bookie::LEDGERS_PATH).await? {
+            let path = format!("{}/{child}", magnetar_bookie::LEDGERS_PATH);
+            if let Some(found) = self.meta.get(&path).await? {
+                ledgers.push(LedgerMetadata::decode(&found.value[..]).context("decode ledger metadata")?);
+            }
         }
         Ok(ledgers)
     }
