@@ -133,7 +133,12 @@ enum Leadership {
 
 impl AutoRecovery {
     /// A worker that reaches bookies over gRPC at their registered addresses.
-    pub fn new(meta: Arc<dyn MetadataStore>, holder: String, config: AutoRecoveryConfig, session_ttl: Duration) -> Self {
+    pub fn new(
+        meta: Arc<dyn MetadataStore>,
+        holder: String,
+        config: AutoRecoveryConfig,
+        session_ttl: Duration,
+    ) -> Self {
         Self::with_bookies(Bookies::new(meta), holder, config, session_ttl)
     }
 
@@ -192,7 +197,9 @@ impl AutoRecovery {
                     }
                     return Ok(());
                 }
-                Leadership::Lost => warn!(holder = %self.holder, "auto-recovery: leadership lost; waiting to lead again"),
+                Leadership::Lost => {
+                    warn!(holder = %self.holder, "auto-recovery: leadership lost; waiting to lead again")
+                }
             }
         }
     }
@@ -260,7 +267,7 @@ impl AutoRecovery {
     async fn audit(&self, missing: &mut MissingBookies) -> Result<AuditOutcome, BookieError> {
         let meta = self.bookies.meta().clone();
         let registered: BTreeSet<String> = self.bookies.available().await?.into_iter().collect();
-        let mut referencing: Vec<(u64, BTreeSet<String>)> = Vec::new();
+        let mut ledgers = Vec::new();
         let mut referenced = BTreeSet::new();
         for child in meta.list_children(crate::LEDGERS_PATH).await? {
             let Ok(ledger_id) = child.parse::<u64>() else {
@@ -276,9 +283,8 @@ impl AutoRecovery {
                 }
                 Err(error) => return Err(error),
             };
-            let names: BTreeSet<String> = ledger.fragments.iter().flat_map(|f| f.bookies.iter().cloned()).collect();
-            referenced.extend(names.iter().cloned());
-            referencing.push((ledger_id, names));
+            referenced.extend(ledger.fragments.iter().flat_map(|f| f.bookies.iter().cloned()));
+            ledgers.push(ledger);
         }
         let now = Instant::now();
         missing.observe(&registered, &referenced, now);
@@ -289,8 +295,17 @@ impl AutoRecovery {
             }
             return Ok(AuditOutcome { unfinished: false });
         }
-        let todo: Vec<u64> =
-            referencing.iter().filter(|(_, names)| !names.is_disjoint(&lost)).map(|(id, _)| *id).collect();
+        // Ledgers naming a lost bookie only in an open ledger's last fragment wait for their
+        // writer (or a recovery) to leave that fragment.
+        let todo: Vec<u64> = ledgers
+            .iter()
+            .filter(|ledger| !replication::lost_replicas(ledger, &lost).is_empty())
+            .map(|ledger| ledger.ledger_id)
+            .collect();
+        if todo.is_empty() {
+            debug!(?lost, "auto-recovery: lost bookies are named only by the writers' own fragments");
+            return Ok(AuditOutcome { unfinished: false });
+        }
         info!(?lost, ledgers = todo.len(), "auto-recovery: re-replicating ledgers that name lost bookies");
         self.counters.passes.fetch_add(1, Ordering::Relaxed);
         let mut unfinished = false;

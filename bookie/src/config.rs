@@ -154,3 +154,25 @@ mod micros {
         Ok(Duration::from_micros(u64::deserialize(deserializer)?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_autorecovery_settings_come_from_toml() {
+        let config: BookieConfig = toml::from_str(
+            "bookie_id = \"b1\"\nhost_name = \"rack1-host3\"\n[autorecovery]\nenabled = false\n\
+             lost_bookie_recovery_delay_ms = 2500\n",
+        )
+        .expect("valid config");
+        assert_eq!(config.host_name.as_deref(), Some("rack1-host3"));
+        assert!(!config.autorecovery.enabled);
+        assert_eq!(config.autorecovery.lost_bookie_recovery_delay, Duration::from_millis(2500));
+        assert_eq!(config.autorecovery.audit_interval, AutoRecoveryConfig::default().audit_interval);
+        assert!(config.validate().is_ok());
+        assert!(toml::from_str::<BookieConfig>("[autorecovery]\nlost_bookie_delay_ms = 1\n").is_err());
+        let empty_host = BookieConfig { host_name: Some(String::new()), ..BookieConfig::default() };
+        assert!(empty_host.validate().is_err_and(|reason| reason.contains("host_name")));
+    }
+}

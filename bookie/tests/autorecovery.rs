@@ -139,8 +139,8 @@ async fn a_bookie_removed_for_good_is_re_replicated_and_the_writer_goes_on() -> 
     let bookies = Bookies::new(meta.clone());
 
     // Closed ledgers, full (3/3/2) and striped (3/2/2) copies, and one left open.
-    let full = LedgerWriter::create(&bookies, LedgerConfig { ensemble_size: 3, write_quorum: 3, ack_quorum: 2 }, None)
-        .await?;
+    let full =
+        LedgerWriter::create(&bookies, LedgerConfig { ensemble_size: 3, write_quorum: 3, ack_quorum: 2 }, None).await?;
     write(&full, 0..40).await?;
     let victim = read_ledger(&meta, full.ledger_id()).await?.fragments[0].bookies[0].clone();
     // Make sure the others name the victim too: retry creation until they do.
@@ -221,7 +221,9 @@ async fn a_bookie_removed_for_good_is_re_replicated_and_the_writer_goes_on() -> 
         let mut remaining = Vec::new();
         for ledger_id in ledgers {
             let ledger = read_ledger(&meta, ledger_id).await?;
-            if names(&ledger, &victim) || ledger.fragments[..ledger.fragments.len() - 1].iter().any(|f| f.bookies.contains(&second)) {
+            if names(&ledger, &victim)
+                || ledger.fragments[..ledger.fragments.len() - 1].iter().any(|f| f.bookies.contains(&second))
+            {
                 remaining.push(ledger_id);
             }
         }
@@ -267,8 +269,8 @@ async fn without_auto_recovery_the_lost_bookie_stays_named() -> anyhow::Result<(
         cluster.push(TestBookie::start(&meta, &format!("bookie-{index}"), &format!("host-{index}")).await?);
     }
     let bookies = Bookies::new(meta.clone());
-    let writer = LedgerWriter::create(&bookies, LedgerConfig { ensemble_size: 3, write_quorum: 3, ack_quorum: 2 }, None)
-        .await?;
+    let writer =
+        LedgerWriter::create(&bookies, LedgerConfig { ensemble_size: 3, write_quorum: 3, ack_quorum: 2 }, None).await?;
     write(&writer, 0..10).await?;
     writer.close().await?;
     let ledger = read_ledger(&meta, writer.ledger_id()).await?;
@@ -293,7 +295,9 @@ async fn one_worker_leads_and_another_takes_over_when_it_stops() -> anyhow::Resu
             .map(|found| found.map(|found| String::from_utf8_lossy(&found.value).into_owned()))
     };
     let (cancel_a, cancel_b) = (CancellationToken::new(), CancellationToken::new());
-    let a = tokio::spawn(AutoRecovery::new(meta.clone(), "a".into(), fast(), Duration::from_secs(10)).run(cancel_a.clone()));
+    let a = tokio::spawn(
+        AutoRecovery::new(meta.clone(), "a".into(), fast(), Duration::from_secs(10)).run(cancel_a.clone()),
+    );
     let mut leader = None;
     for _ in 0..100 {
         leader = holder().await?;
@@ -303,7 +307,9 @@ async fn one_worker_leads_and_another_takes_over_when_it_stops() -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     ensure!(leader.as_deref() == Some("a"), "the first worker leads: {leader:?}");
-    let b = tokio::spawn(AutoRecovery::new(meta.clone(), "b".into(), fast(), Duration::from_secs(10)).run(cancel_b.clone()));
+    let b = tokio::spawn(
+        AutoRecovery::new(meta.clone(), "b".into(), fast(), Duration::from_secs(10)).run(cancel_b.clone()),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     ensure!(holder().await?.as_deref() == Some("a"), "one leader at a time");
     cancel_a.cancel();

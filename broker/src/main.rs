@@ -296,8 +296,12 @@ async fn run_bookie(args: BookieArgs, cancel: CancellationToken) -> anyhow::Resu
     eprintln!("magnetar bookie listening on {local}");
     let autorecovery_cancel = CancellationToken::new();
     let autorecovery_task = config.autorecovery.enabled.then(|| {
-        let worker =
-            AutoRecovery::new(meta.clone(), config.bookie_id.clone(), config.autorecovery.clone(), BOOKIE_REGISTRATION_TTL);
+        let worker = AutoRecovery::new(
+            meta.clone(),
+            config.bookie_id.clone(),
+            config.autorecovery.clone(),
+            BOOKIE_REGISTRATION_TTL,
+        );
         tokio::spawn(worker.run(autorecovery_cancel.clone()))
     });
 

@@ -22,7 +22,11 @@ fn payload(topic: usize, index: u64) -> String {
 }
 
 /// Sends messages `range` to the producer's topic with up to 64 in flight; fails on any error.
-async fn produce(producer: &mut magnetar_client::Producer, topic: usize, range: std::ops::Range<u64>) -> anyhow::Result<()> {
+async fn produce(
+    producer: &mut magnetar_client::Producer,
+    topic: usize,
+    range: std::ops::Range<u64>,
+) -> anyhow::Result<()> {
     let mut receipts = std::collections::VecDeque::new();
     for index in range {
         receipts.push_back(producer.send_async(ProducerMessage::new(payload(topic, index))).await?);

@@ -155,9 +155,10 @@ async fn choose_replacement(
     let excluded: BTreeSet<String> = ensemble.iter().chain(lost).cloned().collect();
     let others: Vec<String> = ensemble.iter().filter(|id| !lost.contains(*id)).cloned().collect();
     let occupied = placement::hosts_of(&candidates, &others);
-    let choice = placement::choose(&candidates, 1, &excluded, &occupied, &mut || bookies.random()).ok_or_else(|| {
-        BookieError::NoReplacementBookie { ledger_id: ledger.ledger_id, bookie: replica.bookie_id.clone() }
-    })?;
+    let choice =
+        placement::choose(&candidates, 1, &excluded, &occupied, &mut || bookies.random()).ok_or_else(|| {
+            BookieError::NoReplacementBookie { ledger_id: ledger.ledger_id, bookie: replica.bookie_id.clone() }
+        })?;
     if !choice.shared_hosts.is_empty() {
         info!(
             ledger_id = ledger.ledger_id,

@@ -514,8 +514,7 @@ impl WriterTask {
                 self.ensemble_ids.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, id)| id.clone()).collect();
             let occupied = placement::hosts_of(&candidates, &others);
             let bookies = self.bookies.clone();
-            let Some(choice) = placement::choose(&candidates, 1, &excluded, &occupied, &mut || bookies.random())
-            else {
+            let Some(choice) = placement::choose(&candidates, 1, &excluded, &occupied, &mut || bookies.random()) else {
                 if self.can_go_on_without(index) {
                     if self.down.insert(index) {
                         warn!(
