@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::autorecovery::AutoRecoveryConfig;
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct BookieConfig {
@@ -49,6 +51,11 @@ pub struct BookieConfig {
     pub disk_usage_lwm: f64,
     #[serde(with = "millis", rename = "disk_check_interval_ms")]
     pub disk_check_interval: Duration,
+    /// The machine (failure domain) this bookie runs on, as placement sees it: copies of an
+    /// entry go to bookies on different hosts where possible. Defaults to the advertised host.
+    pub host_name: Option<String>,
+    /// The auto-recovery worker this bookie runs (or not).
+    pub autorecovery: AutoRecoveryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -96,6 +103,8 @@ impl Default for BookieConfig {
             disk_usage_threshold: 0.95,
             disk_usage_lwm: 0.90,
             disk_check_interval: Duration::from_secs(10),
+            host_name: None,
+            autorecovery: AutoRecoveryConfig::default(),
         }
     }
 }
@@ -112,7 +121,12 @@ impl BookieConfig {
 
     /// Checks values that would make the bookie misbehave; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 11] = [
+        let checks: [(bool, &str); 13] = [
+            (
+                self.host_name.as_ref().is_some_and(|host| host.is_empty() || host.len() > 253),
+                "host_name must be 1 to 253 characters",
+            ),
+            (self.autorecovery.audit_interval.is_zero(), "autorecovery.audit_interval_ms must be positive"),
             (self.bookie_id.is_empty() || self.bookie_id.contains('/'), "bookie_id must be non-empty without '/'"),
             (!self.listen.contains(':'), "listen must be host:port"),
             (
@@ -141,7 +155,7 @@ impl BookieConfig {
     }
 }
 
-mod millis {
+pub(crate) mod millis {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
@@ -220,5 +234,22 @@ mod tests {
         assert!(empty_host.validate().is_err_and(|reason| reason.starts_with("advertised_address")));
         let no_metadata = BookieConfig { metadata_service_uri: String::new(), ..BookieConfig::default() };
         assert!(no_metadata.validate().is_err_and(|reason| reason.starts_with("metadata_service_uri")));
+    }
+
+    #[test]
+    fn host_and_autorecovery_settings_come_from_toml() {
+        let config: BookieConfig = toml::from_str(
+            "bookie_id = \"b1\"\nhost_name = \"rack1-host3\"\n[autorecovery]\nenabled = false\n\
+             lost_bookie_recovery_delay_ms = 2500\n",
+        )
+        .expect("valid config");
+        assert_eq!(config.host_name.as_deref(), Some("rack1-host3"));
+        assert!(!config.autorecovery.enabled);
+        assert_eq!(config.autorecovery.lost_bookie_recovery_delay, Duration::from_millis(2500));
+        assert_eq!(config.autorecovery.audit_interval, AutoRecoveryConfig::default().audit_interval);
+        assert!(config.validate().is_ok());
+        assert!(toml::from_str::<BookieConfig>("[autorecovery]\nlost_bookie_delay_ms = 1\n").is_err());
+        let empty_host = BookieConfig { host_name: Some(String::new()), ..BookieConfig::default() };
+        assert!(empty_host.validate().is_err_and(|reason| reason.contains("host_name")));
     }
 }

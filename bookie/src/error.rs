@@ -54,6 +54,8 @@ pub enum BookieError {
     NoReplacementBookie { ledger_id: u64, bookie: String },
     #[error("recovery of ledger {ledger_id} cannot finish now: {reason}")]
     RecoveryIncomplete { ledger_id: u64, reason: String },
+    #[error("re-replication of ledger {ledger_id} cannot finish now: {reason}")]
+    ReplicationIncomplete { ledger_id: u64, reason: String },
     #[error("metadata: {0}")]
     Meta(#[from] magnetar_meta::MetaError),
     #[error("i/o on {path}: {source}")]

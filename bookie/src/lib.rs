@@ -11,7 +11,10 @@
 //! - [`bookie`]: ties them together: ordering, fencing, checkpoints.
 //! - [`server`]: the gRPC service on top of storage, and bookie registration in metadata.
 //! - [`client`]: bookie connections and ledger handles (create, add, read, recover, close).
+//! - [`autorecovery`]: the elected worker that restores the write quorum of ledgers that lost
+//!   a bookie for good.
 
+pub mod autorecovery;
 pub mod bookie;
 pub mod client;
 pub mod config;
@@ -32,10 +35,16 @@ pub use server::BookieServer;
 /// Metadata key under which live bookies register (ephemeral), one child per bookie id.
 pub const BOOKIES_PATH: &str = "/magnetar/bookies/available";
 
+/// Metadata key under which every ledger's metadata record lives, one child per ledger.
+pub const LEDGERS_PATH: &str = "/magnetar/ledgers";
+
 /// Metadata key holding one ledger's metadata record.
 pub fn ledger_path(ledger_id: u64) -> String {
-    format!("/magnetar/ledgers/{ledger_id:020}")
+    format!("{LEDGERS_PATH}/{ledger_id:020}")
 }
+
+/// The lock key of the auto-recovery leader (ephemeral; its value is the holder's id).
+pub const AUTORECOVERY_LEADER_PATH: &str = "/magnetar/autorecovery/leader";
 
 /// Metadata key of the ledger id allocator.
 pub const LEDGER_ID_SEQUENCE: &str = "/magnetar/sequences/ledger-id";

@@ -42,7 +42,7 @@ impl TestBookie {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener into tokio");
             let _ = server.run(listener, CancellationToken::new()).await;
         });
-        let registration = BookieRegistration { bookie_id: bookie_id.to_owned(), address };
+        let registration = BookieRegistration::new(bookie_id, address);
         let session = registration::register(meta.as_ref(), &registration, Duration::from_secs(30))
             .await
             .context("register bookie")?;

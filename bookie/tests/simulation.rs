@@ -657,7 +657,8 @@ async fn scenario(seed: u64) -> Result<Outcome, String> {
     for index in 0..BOOKIES {
         let bookie_id = format!("bookie-{index}");
         lock(&world).bookies.insert(bookie_id.clone(), SimBookie { up: true, ..SimBookie::default() });
-        let registration = BookieRegistration { bookie_id, address: format!("sim:{index}") };
+        let registration =
+            BookieRegistration::new(bookie_id, format!("sim:{index}")).with_host(format!("sim-host-{index}"));
         registration::register(meta_store.as_ref(), &registration, Duration::from_secs(10))
             .await
             .map_err(|error| format!("register bookie: {error}"))?;

@@ -1,5 +1,6 @@
 //! The `magnetar` server binary: `standalone` (everything in one process), `bookie` (one
-//! storage node of a cluster) and `broker` (one broker of a cluster).
+//! storage node of a cluster), `broker` (one broker of a cluster) and `autorecovery` (only the
+//! auto-recovery worker that every bookie also runs by default).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use magnetar_bookie::autorecovery::{AutoRecovery, AutoRecoveryConfig};
 use magnetar_bookie::client::LedgerConfig;
 use magnetar_bookie::disk::DiskMonitor;
 use magnetar_bookie::registration::{self, BookieRegistration};
@@ -39,6 +41,9 @@ enum Command {
     /// One broker of a cluster: Pulsar protocol and admin HTTP over a shared metadata store,
     /// writing to the registered bookies.
     Broker(BrokerArgs),
+    /// Only the auto-recovery worker: re-replicates the ledgers of bookies gone for good
+    /// (every `magnetar bookie` runs one too unless `--autorecovery false`).
+    Autorecovery(AutoRecoveryWorkerArgs),
 }
 
 /// What every broker serves on, and its settings file: shared by `standalone` and `broker`.
@@ -173,6 +178,54 @@ struct BookieArgs {
     /// [file: metadata_service_uri; default: etcd://127.0.0.1:2379].
     #[arg(long, env = "MAGNETAR_METADATA_URL")]
     metadata_url: Option<String>,
+    /// The machine this bookie runs on, for placement (default: the advertised host).
+    #[arg(long)]
+    host_name: Option<String>,
+    #[command(flatten)]
+    autorecovery: AutoRecoveryArgs,
+}
+
+/// Auto-recovery settings of `magnetar bookie` (over its TOML) and `magnetar autorecovery`.
+#[derive(clap::Args)]
+struct AutoRecoveryArgs {
+    /// Run the auto-recovery worker in this bookie (default true; BookKeeper's
+    /// autoRecoveryDaemonEnabled).
+    #[arg(long, value_name = "BOOL")]
+    autorecovery: Option<bool>,
+    /// How long a bookie must be gone before its ledgers are re-replicated (default 60000;
+    /// BookKeeper's lostBookieRecoveryDelay).
+    #[arg(long, value_name = "MS")]
+    lost_bookie_recovery_delay_ms: Option<u64>,
+    /// How often the leader scans every ledger without registration changes (default 30000).
+    #[arg(long, value_name = "MS")]
+    autorecovery_audit_interval_ms: Option<u64>,
+}
+
+impl AutoRecoveryArgs {
+    fn apply(&self, config: &mut AutoRecoveryConfig) {
+        if let Some(enabled) = self.autorecovery {
+            config.enabled = enabled;
+        }
+        if let Some(ms) = self.lost_bookie_recovery_delay_ms {
+            config.lost_bookie_recovery_delay = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.autorecovery_audit_interval_ms {
+            config.audit_interval = Duration::from_millis(ms);
+        }
+    }
+}
+
+/// `magnetar autorecovery`: only the auto-recovery worker (as `bookkeeper autorecovery`).
+#[derive(clap::Args)]
+struct AutoRecoveryWorkerArgs {
+    /// Metadata store: etcd://host:port[,host:port...] or local:/path (single host only).
+    #[arg(long, default_value = "etcd://127.0.0.1:2379", env = "MAGNETAR_METADATA_URL")]
+    metadata_url: String,
+    /// Name written into the leader lock while this worker leads (default autorecovery-<pid>).
+    #[arg(long)]
+    worker_id: Option<String>,
+    #[command(flatten)]
+    autorecovery: AutoRecoveryArgs,
 }
 
 impl BookieArgs {
@@ -200,6 +253,10 @@ impl BookieArgs {
         if let Some(metadata_url) = &self.metadata_url {
             config.metadata_service_uri = metadata_url.clone();
         }
+        if let Some(host_name) = &self.host_name {
+            config.host_name = Some(host_name.clone());
+        }
+        self.autorecovery.apply(&mut config.autorecovery);
         if let Err(reason) = config.validate() {
             match &self.config {
                 Some(path) => bail!("invalid bookie config (file {} and flags): {reason}", path.display()),
@@ -263,7 +320,8 @@ async fn run_bookie(args: BookieArgs, cancel: CancellationToken) -> anyhow::Resu
     let disk_task = DiskMonitor::new(&config, server.bookie().read_only_flag()).spawn(disk_cancel.clone());
     let serve_cancel = CancellationToken::new();
     let mut server_task = tokio::spawn(server.run(listener, serve_cancel.clone()));
-    let registration = BookieRegistration { bookie_id: config.bookie_id.clone(), address: address.clone() };
+    let host = config.host_name.clone().unwrap_or_else(|| registration::host_of(&address).to_owned());
+    let registration = BookieRegistration::new(config.bookie_id.clone(), address.clone()).with_host(host);
     let session = match registration::register(meta.as_ref(), &registration, BOOKIE_REGISTRATION_TTL).await {
         Ok(session) => session,
         Err(error) => {
@@ -285,12 +343,26 @@ async fn run_bookie(args: BookieArgs, cancel: CancellationToken) -> anyhow::Resu
     );
     // The one line tools and tests parse to find a bookie started on port 0.
     eprintln!("magnetar bookie listening on {local}");
+    let autorecovery_cancel = CancellationToken::new();
+    let autorecovery_task = config.autorecovery.enabled.then(|| {
+        let worker = AutoRecovery::new(
+            meta.clone(),
+            config.bookie_id.clone(),
+            config.autorecovery.clone(),
+            BOOKIE_REGISTRATION_TTL,
+        );
+        tokio::spawn(worker.run(autorecovery_cancel.clone()))
+    });
 
     let served = tokio::select! {
         _ = cancel.cancelled() => None,
         result = &mut server_task => Some(result),
     };
     info!("shutting down");
+    autorecovery_cancel.cancel();
+    if let Some(task) = autorecovery_task {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
+    }
     if let Err(error) = meta.close_session(session).await {
         warn!(%error, "closing the bookie's metadata session (its registration expires with the session)");
     }
@@ -312,6 +384,21 @@ async fn run_bookie(args: BookieArgs, cancel: CancellationToken) -> anyhow::Resu
         bail!("bookie server stopped without being asked to");
     }
     info!("stopped");
+    Ok(())
+}
+
+/// Runs only the auto-recovery worker until `cancel`.
+async fn run_autorecovery(args: AutoRecoveryWorkerArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    let mut config = AutoRecoveryConfig::default();
+    args.autorecovery.apply(&mut config);
+    if config.audit_interval.is_zero() {
+        bail!("--autorecovery-audit-interval-ms must be positive");
+    }
+    let metadata_url: MetadataUrl = args.metadata_url.parse()?;
+    let meta = metadata_url.connect().await?;
+    let worker_id = args.worker_id.unwrap_or_else(|| format!("autorecovery-{}", std::process::id()));
+    info!(%worker_id, metadata = %metadata_url, "magnetar autorecovery is ready");
+    AutoRecovery::new(meta, worker_id, config, BOOKIE_REGISTRATION_TTL).run(cancel).await;
     Ok(())
 }
 
@@ -379,6 +466,7 @@ async fn main() -> anyhow::Result<()> {
             standalone::run(config, cancel).await
         }
         Command::Bookie(args) => run_bookie(args, cancel).await,
+        Command::Autorecovery(args) => run_autorecovery(args, cancel).await,
         Command::Broker(args) => {
             let serve = args.serve.resolve()?;
             let settings = &serve.settings;

@@ -135,7 +135,7 @@ async fn start_bookie(
     let serve_cancel = CancellationToken::new();
     let serve = bookie.run(listener, serve_cancel.clone());
     let task = tokio::spawn(async move { serve.await.context("serve BookieService") });
-    let registration = BookieRegistration { bookie_id: bookie_id.clone(), address: address.to_string() };
+    let registration = BookieRegistration::new(bookie_id.clone(), address.to_string());
     let session = match registration::register(meta.as_ref(), &registration, BOOKIE_REGISTRATION_TTL).await {
         Ok(session) => session,
         Err(error) => {

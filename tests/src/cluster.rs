@@ -185,7 +185,16 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(bookies: usize, replication: Replication) -> anyhow::Result<Self> {
-        Self::start_brokers(bookies, 1, replication, TEST_BROKER_CONFIG).await
+        Self::start_full(bookies, 1, replication, TEST_BROKER_CONFIG, |_| Vec::new()).await
+    }
+
+    /// Like [`Cluster::start`], with `bookie_args(i)` appended to bookie `i`'s command line.
+    pub async fn start_with(
+        bookies: usize,
+        replication: Replication,
+        bookie_args: impl Fn(usize) -> Vec<String>,
+    ) -> anyhow::Result<Self> {
+        Self::start_full(bookies, 1, replication, TEST_BROKER_CONFIG, bookie_args).await
     }
 
     /// `bookies` bookies and `brokers` brokers, each broker with `settings` as its TOML file.
@@ -195,6 +204,16 @@ impl Cluster {
         replication: Replication,
         settings: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_full(bookies, brokers, replication, settings, |_| Vec::new()).await
+    }
+
+    async fn start_full(
+        bookies: usize,
+        brokers: usize,
+        replication: Replication,
+        settings: &str,
+        bookie_args: impl Fn(usize) -> Vec<String>,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(brokers >= 1, "a cluster needs a broker");
         let dir = tempfile::tempdir().context("create the cluster's temp dir")?;
         let etcd = EtcdServer::start().await.context("start etcd")?;
@@ -202,7 +221,8 @@ impl Cluster {
         let mut started = Vec::new();
         for index in 0..bookies {
             let id = format!("bookie-{index}");
-            let options = BookieOptions::new(&id, &url, &dir.path().join(&id).join("data"));
+            let mut options = BookieOptions::new(&id, &url, &dir.path().join(&id).join("data"));
+            options.extra_args = bookie_args(index);
             started.push(BookieProcess::start(options).await?);
         }
         let meta: Arc<dyn MetadataStore> = Arc::new(etcd.connect().await.context("connect to etcd")?);
@@ -260,6 +280,18 @@ impl Cluster {
             let path = magnetar_bookie::ledger_path(ledger.ledger_id);
             let found = self.meta.get(&path).await?.with_context(|| format!("no ledger metadata at {path}"))?;
             ledgers.push(LedgerMetadata::decode(&found.value[..]).context("decode ledger metadata")?);
+        }
+        Ok(ledgers)
+    }
+
+    /// Every ledger in the metadata store (topics' and cursors'), by id.
+    pub async fn all_ledgers(&self) -> anyhow::Result<Vec<LedgerMetadata>> {
+        let mut ledgers = Vec::new();
+        for child in self.meta.list_children(magnetar_bookie::LEDGERS_PATH).await? {
+            let path = format!("{}/{child}", magnetar_bookie::LEDGERS_PATH);
+            if let Some(found) = self.meta.get(&path).await? {
+                ledgers.push(LedgerMetadata::decode(&found.value[..]).context("decode ledger metadata")?);
+            }
         }
         Ok(ledgers)
     }

@@ -29,6 +29,7 @@ use tracing::warn;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
+use super::placement::Candidate;
 use super::rpc::{AddRequest, BookieConnector, BookieRpc, LedgerEnd};
 use crate::error::BookieError;
 use crate::registration;
@@ -378,6 +379,14 @@ impl Bookies {
     /// shutdown waits for its clients to leave).
     pub async fn close(&self) {
         self.connections.lock().await.clear();
+    }
+
+    /// The bookies registered now with their hosts, sorted by id: what placement chooses from.
+    pub async fn candidates(&self) -> Result<Vec<Candidate>, BookieError> {
+        let mut candidates: Vec<Candidate> =
+            registration::available(self.meta.as_ref()).await?.into_iter().map(Candidate::from).collect();
+        candidates.sort_by(|a, b| a.bookie_id.cmp(&b.bookie_id));
+        Ok(candidates)
     }
 
     /// Ids of the bookies registered now, sorted.

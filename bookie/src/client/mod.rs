@@ -8,7 +8,9 @@
 //! `(e + i) mod E` and acknowledged, in entry order, once Qa of them made it durable. A failed
 //! bookie is replaced by an ensemble change (a new fragment in the metadata); a fenced ledger
 //! stops its writer. Recovery fences the last fragment, reads forward with ack-quorum
-//! coverage, writes back what it found and closes the ledger.
+//! coverage, writes back what it found and closes the ledger. Every choice of bookies goes
+//! through [`placement`] (copies of an entry on different hosts where possible);
+//! [`replication`] copies a fragment that lost a bookie to a replacement (auto-recovery).
 //!
 //! Ledger metadata lives in the metadata store at [`ledger_path`](crate::ledger_path) and only
 //! changes by compare-and-set: OPEN when created (new fragments on ensemble changes),
@@ -18,8 +20,10 @@
 pub mod admin;
 pub mod connection;
 pub mod metadata;
+pub mod placement;
 pub mod reader;
 pub mod recovery;
+pub mod replication;
 pub mod rpc;
 pub mod writer;
 

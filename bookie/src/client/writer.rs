@@ -22,7 +22,10 @@
 //! is in the ensemble or failed): if every write set still has Qa bookies left, the writer goes
 //! on without the failed one, as BookKeeper's delayed ensemble change does (the fragment keeps
 //! naming it, its entries have Qa copies on the others, and the next failure or timeout tries a
-//! replacement again); otherwise the writer stops. A FENCED answer: the writer stops. A stopped writer fails every pending add and never reports them
+//! replacement again); otherwise the writer stops. Replacements and new ensembles come from
+//! [`placement`] (other hosts first). A lost metadata compare-and-set is re-read: while the
+//! ledger is OPEN and only earlier fragments changed (auto-recovery re-replicated one), the
+//! writer rebases and retries; a recovery (IN_RECOVERY, CLOSED) fences it out. A FENCED answer: the writer stops. A stopped writer fails every pending add and never reports them
 //! written; only recovery decides where its ledger ends.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,6 +44,7 @@ use tracing::{info, warn};
 
 use super::connection::{Bookies, ClientOptions};
 use super::metadata::{self, LedgerConfig};
+use super::placement;
 use super::rpc::{AddRequest, BookieRpc};
 use crate::error::BookieError;
 
@@ -106,17 +110,21 @@ impl LedgerWriter {
         on_confirm: Option<ConfirmHook>,
     ) -> Result<Arc<Self>, BookieError> {
         validate_config(&config)?;
-        let mut available = bookies.available().await?;
+        let candidates = bookies.candidates().await?;
         let needed = config.ensemble_size as usize;
-        if available.len() < needed {
-            return Err(BookieError::NotEnoughBookies { needed, available: available.len() });
+        // Spread ledgers over the bookies: a seeded random choice of `needed` of them, on
+        // different hosts where possible.
+        let placement =
+            placement::choose(&candidates, needed, &BTreeSet::new(), &BTreeSet::new(), &mut || bookies.random())
+                .ok_or(BookieError::NotEnoughBookies { needed, available: candidates.len() })?;
+        if !placement.shared_hosts.is_empty() {
+            info!(
+                bookies = ?placement.chosen,
+                shared_hosts = ?placement.shared_hosts,
+                "new ensemble puts two copies on one host: no bookie on another host is registered"
+            );
         }
-        // Spread ledgers over the bookies: a seeded random choice of `needed` of them.
-        let mut chosen = Vec::with_capacity(needed);
-        while chosen.len() < needed {
-            let index = (bookies.random() % available.len() as u64) as usize;
-            chosen.push(available.remove(index));
-        }
+        let chosen = placement.chosen;
         let ledger_id = magnetar_meta::sequence::next(bookies.meta().as_ref(), crate::LEDGER_ID_SEQUENCE).await?;
         let mut key = Vec::with_capacity(MASTER_KEY_BYTES);
         while key.len() < MASTER_KEY_BYTES {
@@ -494,18 +502,19 @@ impl WriterTask {
         let failed_bookie = self.ensemble_ids[index].clone();
         self.replaced.insert(failed_bookie.clone());
         let replacement = loop {
-            let available = match self.bookies.available().await {
-                Ok(available) => available,
+            let candidates = match self.bookies.candidates().await {
+                Ok(candidates) => candidates,
                 Err(error) => {
                     self.stop(error);
                     return Vec::new();
                 }
             };
-            let candidates: Vec<String> = available
-                .into_iter()
-                .filter(|id| !self.ensemble_ids.contains(id) && !self.replaced.contains(id))
-                .collect();
-            if candidates.is_empty() {
+            let excluded: BTreeSet<String> = self.ensemble_ids.iter().chain(&self.replaced).cloned().collect();
+            let others: Vec<String> =
+                self.ensemble_ids.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, id)| id.clone()).collect();
+            let occupied = placement::hosts_of(&candidates, &others);
+            let bookies = self.bookies.clone();
+            let Some(choice) = placement::choose(&candidates, 1, &excluded, &occupied, &mut || bookies.random()) else {
                 if self.can_go_on_without(index) {
                     if self.down.insert(index) {
                         warn!(
@@ -521,8 +530,16 @@ impl WriterTask {
                 }
                 self.stop(BookieError::NoReplacementBookie { ledger_id: self.ledger_id, bookie: failed_bookie });
                 return Vec::new();
+            };
+            let chosen = choice.chosen[0].clone();
+            if !choice.shared_hosts.is_empty() {
+                info!(
+                    ledger_id = self.ledger_id,
+                    replacement = %chosen,
+                    shared_hosts = ?choice.shared_hosts,
+                    "replacement shares a host with the ensemble: no bookie on another host is free"
+                );
             }
-            let chosen = candidates[(self.bookies.random() % candidates.len() as u64) as usize].clone();
             match self.bookies.get(&chosen).await {
                 Ok(connection) => break (chosen, connection),
                 Err(error) => {
@@ -591,8 +608,10 @@ impl WriterTask {
         }
     }
 
-    /// After a lost compare-and-set: takes the stored metadata if the ledger is still open,
-    /// else the writer was fenced out by a recovery.
+    /// After a lost compare-and-set: rebases on the stored metadata when the ledger is still
+    /// OPEN and only earlier fragments changed (auto-recovery replaced a lost bookie in one);
+    /// a recovery (IN_RECOVERY, CLOSED) fenced the writer out. A last fragment that is not
+    /// this writer's means someone else writes the ledger: the writer stops.
     async fn reread_open(&mut self) -> Result<(), BookieError> {
         let (current, version) = metadata::read(self.bookies.meta().as_ref(), self.ledger_id)
             .await?
@@ -600,6 +619,13 @@ impl WriterTask {
         if current.state != LedgerState::Open as i32 {
             return Err(BookieError::Fenced { ledger_id: self.ledger_id });
         }
+        if !only_earlier_fragments_differ(&self.metadata, &current) {
+            return Err(BookieError::WriterFailed {
+                ledger_id: self.ledger_id,
+                reason: "the stored metadata changed the writer's own fragment".to_owned(),
+            });
+        }
+        info!(ledger_id = self.ledger_id, "ledger metadata changed in earlier fragments (re-replicated): rebased");
         self.set_metadata(current);
         self.version = version;
         Ok(())
@@ -647,25 +673,42 @@ impl WriterTask {
                     return Ok(self.lac);
                 }
                 Err(BookieError::Meta(MetaError::BadVersion { .. })) => {
-                    let (current, version) = metadata::read(self.bookies.meta().as_ref(), self.ledger_id)
+                    let (current, _) = metadata::read(self.bookies.meta().as_ref(), self.ledger_id)
                         .await?
                         .ok_or(BookieError::NoSuchLedger { ledger_id: self.ledger_id })?;
                     if metadata::is_closed(&current) && current.last_entry_id == self.lac {
                         self.set_metadata(current);
                         return Ok(self.lac);
                     }
-                    if current.state != LedgerState::Open as i32 {
-                        let error = BookieError::Fenced { ledger_id: self.ledger_id };
-                        self.stop(BookieError::Fenced { ledger_id: self.ledger_id });
-                        return Err(error);
+                    if let Err(error) = self.reread_open().await {
+                        let reason = error.to_string();
+                        let fenced = matches!(error, BookieError::Fenced { .. });
+                        self.stop(error);
+                        return Err(if fenced {
+                            BookieError::Fenced { ledger_id: self.ledger_id }
+                        } else {
+                            BookieError::WriterFailed { ledger_id: self.ledger_id, reason }
+                        });
                     }
-                    self.set_metadata(current);
-                    self.version = version;
                 }
                 Err(error) => return Err(error),
             }
         }
     }
+}
+
+/// Whether `stored` is `mine` with changes in earlier fragments only: same replication, same
+/// fragment boundaries, and the same last fragment (the writer's own, which only it changes).
+/// Auto-recovery's replacements of lost bookies in earlier fragments pass; anything else is
+/// not the writer's to overwrite.
+pub fn only_earlier_fragments_differ(mine: &LedgerMetadata, stored: &LedgerMetadata) -> bool {
+    mine.ledger_id == stored.ledger_id
+        && mine.master_key == stored.master_key
+        && (mine.ensemble_size, mine.write_quorum, mine.ack_quorum)
+            == (stored.ensemble_size, stored.write_quorum, stored.ack_quorum)
+        && mine.fragments.len() == stored.fragments.len()
+        && mine.fragments.iter().zip(&stored.fragments).all(|(a, b)| a.first_entry_id == b.first_entry_id)
+        && mine.fragments.last() == stored.fragments.last()
 }
 
 fn timeout_error(bookie_id: &str, entry_id: u64) -> BookieError {
@@ -688,6 +731,35 @@ mod tests {
         assert_eq!(write_set(0, 5, 3).collect::<Vec<_>>(), vec![0, 1, 2]);
         assert_eq!(write_set(3, 5, 3).collect::<Vec<_>>(), vec![3, 4, 0]);
         assert_eq!(write_set(7, 3, 3).collect::<Vec<_>>(), vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn a_writer_rebases_only_over_changes_to_earlier_fragments() {
+        let fragment = |first_entry_id, bookies: &[&str]| Fragment {
+            first_entry_id,
+            bookies: bookies.iter().map(|b| (*b).to_owned()).collect(),
+        };
+        let mine = LedgerMetadata {
+            ledger_id: 7,
+            state: LedgerState::Open as i32,
+            ensemble_size: 3,
+            write_quorum: 3,
+            ack_quorum: 2,
+            fragments: vec![fragment(0, &["a", "b", "c"]), fragment(10, &["a", "d", "c"])],
+            last_entry_id: -1,
+            length: 0,
+            master_key: vec![1; 16],
+            created_at_ms: 0,
+        };
+        let mut re_replicated = mine.clone();
+        re_replicated.fragments[0].bookies[1] = "e".to_owned();
+        assert!(only_earlier_fragments_differ(&mine, &re_replicated));
+        let mut own_fragment_changed = mine.clone();
+        own_fragment_changed.fragments[1].bookies[0] = "e".to_owned();
+        assert!(!only_earlier_fragments_differ(&mine, &own_fragment_changed));
+        let mut fragment_added = mine.clone();
+        fragment_added.fragments.push(fragment(20, &["e", "d", "c"]));
+        assert!(!only_earlier_fragments_differ(&mine, &fragment_added));
     }
 
     #[test]

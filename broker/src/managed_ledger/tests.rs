@@ -43,8 +43,7 @@ impl Cluster {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let address = listener.local_addr().expect("address");
             tokio::spawn(server.run(listener, cancel.clone()));
-            let registration =
-                BookieRegistration { bookie_id: format!("bookie-{index}"), address: address.to_string() };
+            let registration = BookieRegistration::new(format!("bookie-{index}"), address.to_string());
             registration::register(meta.as_ref(), &registration, Duration::from_secs(30)).await.expect("register");
         }
         Cluster { _dir: dir, meta, bookies, cancel }
