@@ -68,6 +68,10 @@ pub struct OwnerData {
     /// (same address, session not yet expired) from its own.
     #[serde(default)]
     pub instance: u64,
+    /// The owner's metadata session (lease), which a peer may end once the owner is
+    /// certainly gone ([`Ownership::lookup`]).
+    #[serde(default)]
+    pub session: i64,
 }
 
 /// Where a lookup sends the client.
@@ -190,7 +194,7 @@ impl Ownership {
     }
 
     fn owner_data(&self, disabled: bool) -> Vec<u8> {
-        let data = OwnerData { info: self.me.clone(), disabled, instance: self.instance };
+        let data = OwnerData { info: self.me.clone(), disabled, instance: self.instance, session: self.session.0 };
         serde_json::to_vec(&data).unwrap_or_default()
     }
 
@@ -327,6 +331,17 @@ impl Ownership {
                     // Being unloaded (or acquired by us a moment ago): wait for it to settle.
                     self.wait_for_change(&bundle, version).await?;
                 }
+                Some((owner, version)) if owner.session != 0 && refuses_connections(&owner.info.native_url).await => {
+                    // Its process is gone (nothing listens on its port) but its lease has not
+                    // expired yet: end the lease now rather than send clients to a dead broker
+                    // until it does. Safe even if we were wrong: its topics' ledgers are fenced
+                    // by whoever opens them next.
+                    warn!(%bundle, owner = %owner.info.broker, "the owner refuses connections: ending its session");
+                    if let Err(error) = self.meta.close_session(SessionId(owner.session)).await {
+                        warn!(%error, "ending a dead broker's session failed; waiting for it to expire");
+                    }
+                    self.wait_for_change(&bundle, version).await?;
+                }
                 Some((owner, _)) => return Ok(LookupAnswer::Redirect(owner.info)),
                 None => {
                     let target = if authoritative && !self.is_draining() {
@@ -403,6 +418,23 @@ impl Ownership {
             }
         }
     }
+}
+
+/// Whether the broker at `url` (`pulsar://host:port`) certainly is not running: two connection
+/// attempts 100 ms apart are refused (a reset, not a timeout: a slow or unreachable broker
+/// counts as alive).
+async fn refuses_connections(url: &str) -> bool {
+    let Some(address) = url.strip_prefix("pulsar://") else { return false };
+    for attempt in 0..2 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(address)).await {
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 fn not_here(bundle: &Bundle, why: &str) -> BrokerError {

@@ -143,6 +143,22 @@ impl BrokerProcess {
         Ok(())
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the broker process.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("the broker is not running")?;
+        let status = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} failed");
+        Ok(())
+    }
+
+    /// Whether the process exited (reaping it if so).
+    pub fn has_exited(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(_))) | None => true,
+            _ => false,
+        }
+    }
+
     /// SIGTERM, then waits for the broker to exit (a graceful shutdown hands its bundles over).
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("the broker is not running")?;

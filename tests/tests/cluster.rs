@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use magnetar_client::{Client, InitialPosition, ProducerMessage, SubscriptionType};
+use magnetar_client::{Client, ClientConfig, InitialPosition, ProducerMessage, SubscriptionType};
 use magnetar_tests::cluster::{Cluster, Replication, TEST_BROKER_CONFIG};
 use magnetar_tests::{eventually, http};
 
@@ -74,7 +74,10 @@ where
     F: FnOnce(&mut Cluster) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let client = Client::connect(&cluster.service_url()).await?;
+    // A frozen broker answers nothing: PINGs every 2 s find a dead connection well within the
+    // send timeout (Pulsar's default keepalive is 30 s, as long as the send timeout).
+    let config = ClientConfig { keepalive_interval: Duration::from_secs(2), ..ClientConfig::default() };
+    let client = Client::connect_with_config(&cluster.service_url(), config).await?;
     let mut producer = client.producer(topic).create().await?;
     let mut consumer = client
         .consumer(topic, "through")
@@ -187,6 +190,35 @@ async fn killing_the_owner_moves_its_topics_without_losing_acknowledged_messages
     let survivor_http = cluster.brokers()[survivor].http_port;
     let now = http_owner(survivor_http, topic).await?;
     ensure!(now == cluster.brokers()[survivor].service_url(), "the survivor owns the topic now: {now}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_owner_loses_its_bundles_when_its_lease_expires_and_steps_down() -> anyhow::Result<()> {
+    // SIGSTOP: the owner's port still accepts (the kernel queues connections), so nobody can
+    // tell it is gone until its 3 s lease expires.
+    let mut cluster = Cluster::start_brokers(3, 2, REPLICATION, TEST_BROKER_CONFIG).await?;
+    let topic = "public/default/frozen";
+    let owner = http_owner(cluster.broker.http_port, topic).await?;
+    let frozen = cluster.broker_index(&owner).context("owner is a broker")?;
+    let survivor = 1 - frozen;
+    produce_and_consume_through(&mut cluster, &format!("persistent://{topic}"), 2000, 700, |cluster| {
+        let result = cluster.broker_mut(frozen).signal("STOP");
+        async move { result }
+    })
+    .await?;
+    let now = http_owner(cluster.brokers()[survivor].http_port, topic).await?;
+    ensure!(now == cluster.brokers()[survivor].service_url(), "the survivor owns the topic: {now}");
+    // Thawed, the old owner finds its session gone: it owns nothing and shuts down, as
+    // Pulsar's brokers do on an expired metadata session.
+    cluster.broker_mut(frozen).signal("CONT")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !cluster.broker_mut(frozen).has_exited() {
+        ensure!(tokio::time::Instant::now() < deadline, "the thawed broker did not step down");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let now = http_owner(cluster.brokers()[survivor].http_port, topic).await?;
+    ensure!(now == cluster.brokers()[survivor].service_url(), "the survivor still owns the topic: {now}");
     Ok(())
 }
 
