@@ -112,12 +112,38 @@ async fn topics(
     Ok(Json(service.topics_of_namespace(&name).await?))
 }
 
-/// Pulsar's TopicStats for a persistent topic, loading it here if it exists and is not loaded.
+/// A 307 to the same path on the broker that owns `name`'s bundle, if that is another broker
+/// (Pulsar's admin API redirects the same way).
+async fn redirect_to_owner(
+    service: &BrokerService,
+    name: &TopicName,
+    path: &str,
+) -> Result<Option<Response>, ApiError> {
+    let bundle = service.ownership.bundle_of(name).await?;
+    if service.ownership.is_active(&bundle) {
+        return Ok(None);
+    }
+    match service.ownership.read_owner(&bundle).await? {
+        Some((owner, _)) if owner.info.broker != service.ownership.me().broker => {
+            let location = format!("{}{path}", owner.info.http_url);
+            Ok(Some((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response()))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Pulsar's TopicStats for a persistent topic, loading it here if it exists and is not loaded
+/// (307 to its owner if another broker serves it).
 async fn topic_stats(
     State(service): State<AppState>,
     Path((tenant, ns, topic)): Path<(String, String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let name = TopicName::parse(&format!("persistent://{tenant}/{ns}/{topic}")).map_err(BrokerError::from)?;
+    if let Some(redirect) =
+        redirect_to_owner(&service, &name, &format!("/admin/v2/persistent/{tenant}/{ns}/{topic}/stats")).await?
+    {
+        return Ok(redirect);
+    }
     let stored = service
         .meta
         .get(&crate::managed_ledger::info_path(&name.persistence_name()))
@@ -157,7 +183,8 @@ async fn topic_stats(
         "publishers": [],
         "subscriptions": subscriptions,
         "lastConfirmedEntry": ledger.last_confirmed().map(|p| p.to_string()),
-    })))
+    }))
+    .into_response())
 }
 
 /// The topic named by an admin path, in a namespace that must exist (404 otherwise).
@@ -418,14 +445,10 @@ async fn unload_topic(
 ) -> Result<Response, ApiError> {
     let name = TopicName::parse(&format!("persistent://{tenant}/{ns}/{topic}")).map_err(BrokerError::from)?;
     service.check_topic(&name).await?;
-    let bundle = service.ownership.bundle_of(&name).await?;
-    if !service.ownership.is_active(&bundle) {
-        if let Some((owner, _)) = service.ownership.read_owner(&bundle).await? {
-            if owner.info.broker != service.ownership.me().broker {
-                let location = format!("{}/admin/v2/persistent/{tenant}/{ns}/{topic}/unload", owner.info.http_url);
-                return Ok((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response());
-            }
-        }
+    if let Some(redirect) =
+        redirect_to_owner(&service, &name, &format!("/admin/v2/persistent/{tenant}/{ns}/{topic}/unload")).await?
+    {
+        return Ok(redirect);
     }
     service.close_topics(|loaded| *loaded == name).await;
     Ok(StatusCode::NO_CONTENT.into_response())

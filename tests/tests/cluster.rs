@@ -170,6 +170,14 @@ async fn every_broker_answers_lookups_with_the_owner_and_bundles_spread() -> any
     ensure!(partitions == 3, "broker 1 knows the partitions created on broker 2: {partitions}");
     let (status, body) = http(brokers[0].http_port, "GET", "/admin/v2/namespaces/public/default/bundles", None).await?;
     ensure!(status == 200 && body["numBundles"] == 4, "four bundles by default: {status} {body}");
+    // A topic's stats from either broker: the non-owner redirects to the owner.
+    let mut producer = client.producer("persistent://public/default/spread-0").create().await?;
+    producer.send("one").await?;
+    for broker in &brokers {
+        let (status, body) =
+            http(broker.http_port, "GET", "/admin/v2/persistent/public/default/spread-0/stats", None).await?;
+        ensure!(status == 200 && body["msgInCounter"] == 1, "stats via :{}: {status} {body}", broker.http_port);
+    }
     let (status, body) = http(brokers[1].http_port, "GET", "/admin/v2/brokers/test", None).await?;
     ensure!(status == 200 && body.as_array().map(Vec::len) == Some(2), "two live brokers: {status} {body}");
     Ok(())
