@@ -7,7 +7,6 @@
 //! its connections the way a crashed process would.
 
 use std::collections::BTreeSet;
-use std::net::TcpListener as StdListener;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,63 +16,13 @@ use bytes::Bytes;
 use magnetar_bookie::autorecovery::{AutoRecovery, AutoRecoveryConfig};
 use magnetar_bookie::client::writer::write_set;
 use magnetar_bookie::client::{metadata, Bookies, LedgerConfig, LedgerWriter};
-use magnetar_bookie::registration::{self, BookieRegistration};
-use magnetar_bookie::{BookieConfig, BookieServer};
-use magnetar_meta::{LocalStore, MetadataStore, SessionId};
+use magnetar_meta::{LocalStore, MetadataStore};
 use magnetar_proto::records::LedgerMetadata;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-struct TestBookie {
-    bookie_id: String,
-    runtime: Option<tokio::runtime::Runtime>,
-    session: SessionId,
-    _dir: TempDir,
-}
-
-impl TestBookie {
-    async fn start(meta: &Arc<dyn MetadataStore>, bookie_id: &str, host: &str) -> anyhow::Result<TestBookie> {
-        let dir = TempDir::new().context("bookie dir")?;
-        let config = BookieConfig::new(bookie_id, dir.path());
-        let server = BookieServer::open(&config).context("open bookie")?;
-        let listener = StdListener::bind("127.0.0.1:0").context("bind")?;
-        listener.set_nonblocking(true).context("nonblocking")?;
-        let address = listener.local_addr().context("address")?.to_string();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .context("bookie runtime")?;
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener into tokio");
-            let _ = server.run(listener, CancellationToken::new()).await;
-        });
-        let registration = BookieRegistration::new(bookie_id, address).with_host(host);
-        let session = registration::register(meta.as_ref(), &registration, Duration::from_secs(30))
-            .await
-            .context("register bookie")?;
-        Ok(TestBookie { bookie_id: bookie_id.to_owned(), runtime: Some(runtime), session, _dir: dir })
-    }
-
-    /// Stops the bookie abruptly (connections cut) and unregisters it.
-    async fn kill(&mut self, meta: &Arc<dyn MetadataStore>) -> anyhow::Result<()> {
-        if let Some(runtime) = self.runtime.take() {
-            let stopper = std::thread::spawn(move || runtime.shutdown_timeout(Duration::from_secs(10)));
-            let _ = stopper.join();
-        }
-        meta.close_session(self.session).await.context("unregister bookie")?;
-        Ok(())
-    }
-}
-
-impl Drop for TestBookie {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            let stopper = std::thread::spawn(move || runtime.shutdown_timeout(Duration::from_secs(10)));
-            let _ = stopper.join();
-        }
-    }
-}
+mod common;
+use common::TestBookie;
 
 fn payload(ledger: u64, entry_id: u64) -> Bytes {
     Bytes::from(format!("ledger {ledger} entry {entry_id}"))
@@ -134,7 +83,7 @@ async fn a_bookie_removed_for_good_is_re_replicated_and_the_writer_goes_on() -> 
     // Five bookies on five hosts: every ensemble of three has two free bookies to move to.
     let mut cluster = Vec::new();
     for index in 0..5 {
-        cluster.push(TestBookie::start(&meta, &format!("bookie-{index}"), &format!("host-{index}")).await?);
+        cluster.push(TestBookie::start(&meta, &format!("bookie-{index}"), Some(&format!("host-{index}"))).await?);
     }
     let bookies = Bookies::new(meta.clone());
 
@@ -266,7 +215,7 @@ async fn without_auto_recovery_the_lost_bookie_stays_named() -> anyhow::Result<(
     let meta: Arc<dyn MetadataStore> = Arc::new(LocalStore::open(meta_dir.path())?);
     let mut cluster = Vec::new();
     for index in 0..4 {
-        cluster.push(TestBookie::start(&meta, &format!("bookie-{index}"), &format!("host-{index}")).await?);
+        cluster.push(TestBookie::start(&meta, &format!("bookie-{index}"), Some(&format!("host-{index}"))).await?);
     }
     let bookies = Bookies::new(meta.clone());
     let writer =

@@ -5,75 +5,18 @@
 //! Each bookie runs on its own tokio runtime, so that killing it (dropping the runtime) cuts
 //! its connections the way a crashed process would.
 
-use std::net::TcpListener as StdListener;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
 use magnetar_bookie::client::{self, metadata, Bookies, LedgerConfig, LedgerWriter};
-use magnetar_bookie::registration::{self, BookieRegistration};
-use magnetar_bookie::{BookieConfig, BookieError, BookieServer};
-use magnetar_meta::{LocalStore, MetadataStore, SessionId};
+use magnetar_bookie::BookieError;
+use magnetar_meta::{LocalStore, MetadataStore};
 use tempfile::TempDir;
-use tokio_util::sync::CancellationToken;
 
-struct TestBookie {
-    bookie_id: String,
-    runtime: Option<tokio::runtime::Runtime>,
-    session: SessionId,
-    _dir: TempDir,
-}
-
-impl TestBookie {
-    async fn start(meta: &Arc<dyn MetadataStore>, bookie_id: &str) -> anyhow::Result<TestBookie> {
-        let dir = TempDir::new().context("bookie dir")?;
-        let config = BookieConfig::new(bookie_id, dir.path());
-        let server = BookieServer::open(&config).context("open bookie")?;
-        let listener = StdListener::bind("127.0.0.1:0").context("bind")?;
-        listener.set_nonblocking(true).context("nonblocking")?;
-        let address = listener.local_addr().context("address")?.to_string();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .context("bookie runtime")?;
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener into tokio");
-            let _ = server.run(listener, CancellationToken::new()).await;
-        });
-        let registration = BookieRegistration::new(bookie_id, address);
-        let session = registration::register(meta.as_ref(), &registration, Duration::from_secs(30))
-            .await
-            .context("register bookie")?;
-        Ok(TestBookie { bookie_id: bookie_id.to_owned(), runtime: Some(runtime), session, _dir: dir })
-    }
-
-    /// Stops the bookie abruptly (connections cut) and unregisters it.
-    async fn kill(&mut self, meta: &Arc<dyn MetadataStore>) -> anyhow::Result<()> {
-        self.stop_runtime();
-        meta.close_session(self.session).await.context("unregister bookie")?;
-        Ok(())
-    }
-}
-
-impl TestBookie {
-    /// Drops the bookie's runtime (its tasks and connections) and waits until its storage is
-    /// closed, on a plain thread: a runtime cannot be dropped inside another, and RocksDB must
-    /// not be torn down while the process exits.
-    fn stop_runtime(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            let stopper = std::thread::spawn(move || runtime.shutdown_timeout(Duration::from_secs(10)));
-            let _ = stopper.join();
-        }
-    }
-}
-
-impl Drop for TestBookie {
-    fn drop(&mut self) {
-        self.stop_runtime();
-    }
-}
+mod common;
+use common::TestBookie;
 
 struct Cluster {
     meta: Arc<dyn MetadataStore>,
@@ -86,7 +29,7 @@ async fn cluster(size: usize) -> anyhow::Result<Cluster> {
     let meta: Arc<dyn MetadataStore> = Arc::new(LocalStore::open(meta_dir.path()).context("open LocalStore")?);
     let mut bookies = Vec::new();
     for index in 0..size {
-        bookies.push(TestBookie::start(&meta, &format!("bookie-{index}")).await?);
+        bookies.push(TestBookie::start(&meta, &format!("bookie-{index}"), None).await?);
     }
     Ok(Cluster { meta, bookies, _meta_dir: meta_dir })
 }
