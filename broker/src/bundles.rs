@@ -164,7 +164,7 @@ impl Layout {
                 what: format!("bundle {bundle} is not a bundle of {} (split or never existed)", self.namespace),
             });
         }
-        if self.boundaries.len() - 1 >= MAX_BUNDLES {
+        if self.boundaries.len() > MAX_BUNDLES {
             return Err(BrokerError::NotAllowed {
                 what: format!("namespace {} already has the most bundles allowed ({MAX_BUNDLES})", self.namespace),
             });
@@ -265,8 +265,8 @@ mod tests {
 
     #[test]
     fn every_topic_lands_in_exactly_one_bundle() {
-        let layout =
-            Layout::even("public/default", 4).split(&Bundle::parse("public/default/0xc0000000_0xffffffff").unwrap());
+        let layout = Layout::even("public/default", 4)
+            .split(&Bundle::parse("public/default/0xc0000000_0xffffffff").expect("a bundle name"));
         let layout = layout.expect("split");
         assert_eq!(layout.bundles().len(), 5);
         for i in 0..2000 {

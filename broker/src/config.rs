@@ -127,7 +127,7 @@ impl BrokerSettings {
             auto_bundle_split: self.load_balancer_auto_bundle_split_enabled.unwrap_or(lm.auto_bundle_split),
             bundle_max_topics: self.load_balancer_namespace_bundle_max_topics.unwrap_or(lm.bundle_max_topics),
             bundle_max_msg_rate: match self.load_balancer_namespace_bundle_max_msg_rate {
-                Some(rate) if !(rate > 0.0) => {
+                Some(rate) if rate.is_nan() || rate <= 0.0 => {
                     anyhow::bail!("load_balancer_namespace_bundle_max_msg_rate = {rate}: must be positive")
                 }
                 Some(rate) => rate,
@@ -258,12 +258,11 @@ mod tests {
 
     #[test]
     fn the_example_settings_files_are_valid() {
-        for text in [include_str!("../../deploy/config/broker.toml")] {
-            let settings: BrokerSettings = toml::from_str(text).expect("deploy/config/broker.toml parses");
-            settings.managed_ledger_config().expect("valid [managed_ledger]");
-            settings.cluster_config().expect("valid cluster settings");
-            assert!(settings.metadata_store_url.is_some());
-        }
+        let text = include_str!("../../deploy/config/broker.toml");
+        let settings: BrokerSettings = toml::from_str(text).expect("deploy/config/broker.toml parses");
+        settings.managed_ledger_config().expect("valid [managed_ledger]");
+        settings.cluster_config().expect("valid cluster settings");
+        assert!(settings.metadata_store_url.is_some());
     }
 
     #[test]

@@ -481,11 +481,11 @@ mod tests {
     #[test]
     fn lookups_pick_the_broker_with_fewest_bundles_then_lowest_rate() {
         let reports = vec![report("a:8080", &[(B1, 1, 10.0), (B2, 1, 0.0)]), report("b:8080", &[(B3, 1, 500.0)])];
-        assert_eq!(pick(&reports, &HashMap::new()).unwrap().info.broker, "b:8080");
+        assert_eq!(pick(&reports, &HashMap::new()).expect("a broker").info.broker, "b:8080");
         let recent = HashMap::from([("b:8080".to_owned(), 2)]);
-        assert_eq!(pick(&reports, &recent).unwrap().info.broker, "a:8080", "recent assignments count");
+        assert_eq!(pick(&reports, &recent).expect("a broker").info.broker, "a:8080", "recent assignments count");
         let even = vec![report("a:8080", &[(B1, 1, 10.0)]), report("b:8080", &[(B3, 1, 5.0)])];
-        assert_eq!(pick(&even, &HashMap::new()).unwrap().info.broker, "b:8080");
+        assert_eq!(pick(&even, &HashMap::new()).expect("a broker").info.broker, "b:8080");
         assert!(pick(&[], &HashMap::new()).is_none());
     }
 

@@ -153,10 +153,7 @@ impl BrokerProcess {
 
     /// Whether the process exited (reaping it if so).
     pub fn has_exited(&mut self) -> bool {
-        match self.child.as_mut().map(Child::try_wait) {
-            Some(Ok(Some(_))) | None => true,
-            _ => false,
-        }
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(Some(_))) | None)
     }
 
     /// SIGTERM, then waits for the broker to exit (a graceful shutdown hands its bundles over).
