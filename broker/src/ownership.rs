@@ -110,7 +110,13 @@ pub struct Ownership {
     /// Assignments this broker made since the last load reports were read, so that a burst
     /// of lookups does not send every bundle to the same broker.
     pub(crate) recent_assignments: Mutex<HashMap<String, u32>>,
+    /// When each owner last answered a connection probe: one probe per owner per
+    /// [`PROBE_VALIDITY`], however many lookups redirect to it.
+    probed_alive: Mutex<HashMap<String, std::time::Instant>>,
 }
+
+/// How long a broker that accepted a probe connection counts as alive.
+const PROBE_VALIDITY: Duration = Duration::from_secs(2);
 
 impl Ownership {
     /// Opens a session of `session_ttl` for this broker's ownership keys and watches them.
@@ -134,6 +140,7 @@ impl Ownership {
             draining: AtomicBool::new(false),
             lost: Mutex::new(Some(lost_tx)),
             recent_assignments: Mutex::default(),
+            probed_alive: Mutex::default(),
         });
         let watch = ownership.meta.watch(&format!("{OWNERSHIP_PATH}/")).await?;
         tokio::spawn(watch_owned(Arc::downgrade(&ownership), watch));
@@ -331,7 +338,7 @@ impl Ownership {
                     // Being unloaded (or acquired by us a moment ago): wait for it to settle.
                     self.wait_for_change(&bundle, version).await?;
                 }
-                Some((owner, version)) if owner.session != 0 && refuses_connections(&owner.info.native_url).await => {
+                Some((owner, version)) if owner.session != 0 && self.owner_is_gone(&owner.info).await => {
                     // Its process is gone (nothing listens on its port) but its lease has not
                     // expired yet: end the lease now rather than send clients to a dead broker
                     // until it does. Safe even if we were wrong: its topics' ledgers are fenced
@@ -359,6 +366,23 @@ impl Ownership {
             }
         }
         Err(BrokerError::ServiceUnitNotReady { what: format!("the owner of {topic}'s bundle is changing; try again") })
+    }
+
+    /// Whether `owner` certainly is not running (its Pulsar port refuses connections); a
+    /// recent successful probe counts as alive without another.
+    async fn owner_is_gone(&self, owner: &BrokerInfo) -> bool {
+        let recently = self.probed_alive.lock().unwrap_or_else(|p| p.into_inner()).get(&owner.broker).copied();
+        if recently.is_some_and(|at| at.elapsed() < PROBE_VALIDITY) {
+            return false;
+        }
+        if refuses_connections(&owner.native_url).await {
+            return true;
+        }
+        self.probed_alive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(owner.broker.clone(), std::time::Instant::now());
+        false
     }
 
     /// Takes the stream of lost bundles (once).

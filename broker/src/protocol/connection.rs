@@ -425,15 +425,6 @@ impl Connection {
         let ready = Arc::new(AtomicBool::new(matches!(admission, Admission::Ready)));
         let closed = Arc::new(AtomicBool::new(false));
         let (close_flag, close_queue) = (closed.clone(), receipts.clone());
-        topic.on_close(
-            key,
-            Box::new(move || {
-                close_flag.store(true, Ordering::Release);
-                tokio::spawn(async move {
-                    let _ = close_queue.send(ReceiptItem::Close).await;
-                });
-            }),
-        );
         self.producers.insert(
             request.producer_id,
             ProducerEntry { topic: topic.clone(), name: name.clone(), key, receipts, ready: ready.clone(), closed },
@@ -448,6 +439,7 @@ impl Connection {
                 self.send(producer_success_waiting(request.request_id, &name, false, -1)).await;
                 let outbound = self.outbound.clone();
                 let request_id = request.request_id;
+                let topic = topic.clone();
                 tokio::spawn(async move {
                     if turn.await.is_ok() {
                         ready.store(true, Ordering::Release);
@@ -458,6 +450,17 @@ impl Connection {
                 });
             }
         }
+        // After PRODUCER_SUCCESS is queued, so a CLOSE_PRODUCER (a topic closing now, or
+        // already closed) always reaches the client after it.
+        topic.on_close(
+            key,
+            Box::new(move || {
+                close_flag.store(true, Ordering::Release);
+                tokio::spawn(async move {
+                    let _ = close_queue.send(ReceiptItem::Close).await;
+                });
+            }),
+        );
     }
 
     async fn on_send(&mut self, send: pb::CommandSend, payload: Option<Payload>) {
