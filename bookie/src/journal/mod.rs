@@ -16,6 +16,14 @@
 //! start-up removes), and removes checkpointed files. Rotating is then a rename and a directory
 //! sync, done before any record in the new file is acknowledged.
 //!
+//! Writes bypass the page cache (O_DIRECT) where the file system allows it, so the kernel
+//! does not copy every byte a second time: each group commit is written from a 4 KiB-aligned
+//! buffer at the 4 KiB block holding the end of data, as whole blocks: the bytes already in
+//! that block, the new records, then zeros up to the block's end (zeros mark the end of data,
+//! so the file reads exactly as if only the records were written). The next commit rewrites
+//! that last block with more records, as page-cache writeback would. Where O_DIRECT is refused
+//! (tmpfs), the same writes go through the page cache.
+//!
 //! On a write error (a full disk among them) the journal turns read-only: the failed batch and
 //! every later add are answered with an error, and nothing is written after the failed offset,
 //! so the file never holds garbage before valid records.
@@ -48,6 +56,22 @@ const FILE_SUFFIX: &str = ".journal";
 const NEXT_SUFFIX: &str = ".journal.next";
 /// How often an idle journal thread looks for files to remove.
 const IDLE_TICK: Duration = Duration::from_millis(200);
+/// Alignment of direct writes: offsets, lengths and buffer addresses (at least the logical
+/// block size of any device).
+const BLOCK: usize = 4096;
+
+fn file_header(id: u64) -> [u8; FILE_HEADER_LEN] {
+    let mut header = [0u8; FILE_HEADER_LEN];
+    header[..8].copy_from_slice(FILE_MAGIC);
+    header[8..].copy_from_slice(&id.to_be_bytes());
+    header
+}
+
+/// The journal file at `path` opened for direct writes, if the file system allows them.
+fn open_direct(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    File::options().write(true).custom_flags(libc::O_DIRECT).open(path).ok()
+}
 
 pub fn file_name(id: u64) -> String {
     format!("{id:016x}{FILE_SUFFIX}")
@@ -93,6 +117,11 @@ struct Writer {
     checkpointed: Arc<AtomicU64>,
     read_only: Arc<AtomicBool>,
     buffer: Vec<u8>,
+    /// The bytes of the current file from the start of the block holding `offset` up to
+    /// `offset`: rewritten, with what follows, by the next commit.
+    tail: Vec<u8>,
+    /// Whether `file` was opened with O_DIRECT.
+    direct: bool,
     /// The next file being prepared off the add path: its id and the helper thread.
     next: Option<(u64, JoinHandle<Result<File, BookieError>>)>,
 }
@@ -127,15 +156,20 @@ impl Journal {
             files,
             checkpointed: checkpointed.clone(),
             read_only: read_only.clone(),
-            buffer: Vec::with_capacity(config.max_batch_bytes + crate::MAX_ENTRY_SIZE),
+            buffer: Vec::with_capacity(config.max_batch_bytes + crate::MAX_ENTRY_SIZE + 3 * BLOCK),
+            tail: Vec::new(),
+            direct: false,
             next: None,
         };
+        let buffered = writer.file.try_clone().map_err(|e| io_error(dir, e))?;
+        writer.start_file(buffered, file_header(next_id).to_vec());
         writer.prepare_next(Vec::new());
+        let direct = writer.direct;
         let thread = std::thread::Builder::new()
             .name("journal".to_owned())
             .spawn(move || writer.run(receiver))
             .map_err(|e| io_error(dir, e))?;
-        info!(journal = %dir.display(), file_id = next_id, replayed = replayed.records.len(), "journal open");
+        info!(journal = %dir.display(), file_id = next_id, replayed = replayed.records.len(), direct, "journal open");
         Ok((
             Journal {
                 sender: Some(sender),
@@ -228,10 +262,7 @@ fn create_file(dir: &Path, id: u64, size: u64, ring: &mut Ring) -> Result<(File,
 fn create_headed(path: &Path, id: u64, size: u64, ring: &mut Ring) -> Result<File, BookieError> {
     let file = File::options().create_new(true).read(true).write(true).open(path).map_err(|e| io_error(path, e))?;
     ring.fallocate(&file, size).map_err(|e| io_error(path, e))?;
-    let mut header = [0u8; FILE_HEADER_LEN];
-    header[..8].copy_from_slice(FILE_MAGIC);
-    header[8..].copy_from_slice(&id.to_be_bytes());
-    ring.write_at(&file, &header, 0, true).map_err(|e| io_error(path, e))?;
+    ring.write_at(&file, &file_header(id), 0, true).map_err(|e| io_error(path, e))?;
     Ok(file)
 }
 
@@ -304,25 +335,69 @@ impl Writer {
         info!(journal = %self.dir.display(), "journal thread stopped");
     }
 
+    /// Makes `file` (headed and synced, with `offset` right after the header) the current
+    /// file, reopened for direct writes where possible.
+    fn start_file(&mut self, file: File, header: Vec<u8>) {
+        let path = self.dir.join(file_name(self.file_id));
+        match open_direct(&path) {
+            Some(direct) => {
+                self.file = direct;
+                self.direct = true;
+            }
+            None => {
+                self.file = file;
+                self.direct = false;
+            }
+        }
+        self.offset = header.len() as u64;
+        self.tail = header;
+    }
+
     /// Writes and syncs one batch; on failure the journal turns read-only.
     fn write_batch(&mut self, batch: &[Request]) -> Result<(), String> {
         if self.read_only.load(Ordering::SeqCst) {
             return Err("journal is read-only after an earlier write failure".to_owned());
         }
-        self.buffer.clear();
-        for request in batch {
-            request.record.encode(request.sequence, &mut self.buffer);
-        }
-        if self.offset + self.buffer.len() as u64 > self.config.file_bytes {
-            if let Err(error) = self.rotate() {
+        let records: usize = batch.iter().map(|request| request.record.encoded_len()).sum();
+        if self.offset + records as u64 > self.config.file_bytes {
+            if let Err(error) = self.rotate(records as u64) {
                 return Err(self.fail(&error.to_string()));
             }
         }
+        // [tail of the last block][records][zeros to a block end], from a 4 KiB-aligned address:
+        // the buffer has room for all of it, so encoding never moves it.
+        self.buffer.clear();
+        self.buffer.reserve(BLOCK + self.tail.len() + records + BLOCK);
+        let skip = self.buffer.as_ptr().align_offset(BLOCK);
+        self.buffer.resize(skip, 0);
+        self.buffer.extend_from_slice(&self.tail);
+        for request in batch {
+            request.record.encode(request.sequence, &mut self.buffer);
+        }
+        let end = self.buffer.len() - skip;
+        self.buffer.resize(skip + end.next_multiple_of(BLOCK), 0);
+        let block_start = self.offset - self.tail.len() as u64;
         let path = self.dir.join(file_name(self.file_id));
-        if let Err(error) = self.ring.write_at(&self.file, &self.buffer, self.offset, true) {
+        let mut written = self.ring.write_at(&self.file, &self.buffer[skip..], block_start, true);
+        if self.direct && written.as_ref().is_err_and(|error| error.raw_os_error() == Some(libc::EINVAL)) {
+            // Opened but refused: go through the page cache from now on.
+            match File::options().write(true).open(&path) {
+                Ok(buffered) => {
+                    warn!(journal = %self.dir.display(), "a direct write was refused; journal writes go through the page cache");
+                    self.file = buffered;
+                    self.direct = false;
+                    written = self.ring.write_at(&self.file, &self.buffer[skip..], block_start, true);
+                }
+                Err(error) => written = Err(error),
+            }
+        }
+        if let Err(error) = written {
             return Err(self.fail(&format!("write to {}: {error}", path.display())));
         }
-        self.offset += self.buffer.len() as u64;
+        self.offset = block_start + end as u64;
+        let last_block = skip + end / BLOCK * BLOCK;
+        self.tail.clear();
+        self.tail.extend_from_slice(&self.buffer[last_block..skip + end]);
         if let (Some(last), Some(request)) = (self.files.last_mut(), batch.iter().map(|r| r.sequence).max()) {
             last.1 = last.1.max(request);
         }
@@ -338,9 +413,9 @@ impl Writer {
 
     /// Starts the next file: the prepared one if it is big enough, else one made here. A batch
     /// larger than a whole file still gets a file of its own.
-    fn rotate(&mut self) -> Result<(), BookieError> {
+    fn rotate(&mut self, needed: u64) -> Result<(), BookieError> {
         let id = self.file_id + 1;
-        let size = self.config.file_bytes.max(FILE_HEADER_LEN as u64 + self.buffer.len() as u64);
+        let size = self.config.file_bytes.max(FILE_HEADER_LEN as u64 + needed + BLOCK as u64);
         let prepared = match self.next.take() {
             Some((next_id, helper)) if next_id == id => match helper.join() {
                 Ok(Ok(file)) if size <= self.config.file_bytes => {
@@ -368,9 +443,8 @@ impl Writer {
             Some(file) => file,
             None => create_file(&self.dir, id, size, &mut self.ring)?.0,
         };
-        self.file = file;
         self.file_id = id;
-        self.offset = FILE_HEADER_LEN as u64;
+        self.start_file(file, file_header(id).to_vec());
         self.files.push((id, 0));
         let removable = self.take_checkpointed_files();
         self.prepare_next(removable);
