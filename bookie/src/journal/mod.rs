@@ -536,6 +536,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn commits_that_rewrite_a_partial_block_keep_every_earlier_record() {
+        // One record per commit, of sizes that end commits anywhere inside 4 KiB blocks: each
+        // commit rewrites the block the previous one ended in.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sizes: Vec<usize> = (0..120u64).map(|i| (i as usize * 397) % 5000 + 1).collect();
+        {
+            let (journal, _) = Journal::open(dir.path(), config(), 0).expect("open");
+            for (entry, size) in sizes.iter().enumerate() {
+                append(&journal, entry as u64 + 1, add(3, entry as u64, *size)).await.expect("durable");
+            }
+        }
+        let (_journal, replayed) = Journal::open(dir.path(), config(), 0).expect("reopen");
+        assert_eq!(replayed.records.len(), sizes.len());
+        for (entry, (size, (sequence, record))) in sizes.iter().zip(&replayed.records).enumerate() {
+            assert_eq!(*sequence, entry as u64 + 1);
+            assert_eq!(*record, add(3, entry as u64, *size), "record {entry} byte for byte");
+        }
+    }
+
+    #[tokio::test]
     async fn prepared_next_files_take_over_on_rotation_and_are_never_replayed() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
