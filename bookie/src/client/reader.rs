@@ -84,8 +84,9 @@ pub async fn read_entries(
     Ok(out)
 }
 
-/// One entry from the first of `bookie_ids` that returns it.
-async fn read_entry(
+/// One entry from the first of `bookie_ids` that returns it (each within the read timeout);
+/// the last error if none does.
+pub(super) async fn read_entry(
     bookies: &Bookies,
     ledger_id: u64,
     entry_id: u64,

@@ -32,6 +32,7 @@ use tracing::{info, warn};
 use super::connection::Bookies;
 use super::metadata;
 use super::placement;
+use super::reader;
 use super::rpc::AddRequest;
 use super::writer::write_set;
 use crate::error::BookieError;
@@ -202,7 +203,13 @@ async fn copy_replica(
                 .collect();
             let (target, master_key, copied) = (&target, master_key.clone(), &copied);
             async move {
-                let payload = read_from_any(bookies, ledger_id, entry_id, &sources).await?;
+                let payload = reader::read_entry(bookies, ledger_id, entry_id, &sources).await.map_err(|error| {
+                    warn!(ledger_id, entry_id, %error, "no surviving bookie of the write set returned the entry");
+                    BookieError::ReplicationIncomplete {
+                        ledger_id,
+                        reason: format!("entry {entry_id}: no surviving copy readable (last error: {error})"),
+                    }
+                })?;
                 let add = AddRequest {
                     ledger_id,
                     entry_id,
@@ -225,30 +232,6 @@ async fn copy_replica(
         })
         .await?;
     Ok(copied.load(Ordering::Relaxed))
-}
-
-/// One entry from the first of `sources` that returns it.
-async fn read_from_any(
-    bookies: &Bookies,
-    ledger_id: u64,
-    entry_id: u64,
-    sources: &[&String],
-) -> Result<Bytes, BookieError> {
-    let timeout = bookies.options().read_timeout;
-    let mut failures = Vec::new();
-    for bookie_id in sources {
-        let attempt = async { bookies.get(bookie_id).await?.read_entry(ledger_id, entry_id, None).await };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok((payload, _))) => return Ok(payload),
-            Ok(Err(error)) => failures.push(format!("{bookie_id}: {error}")),
-            Err(_) => failures.push(format!("{bookie_id}: timed out")),
-        }
-    }
-    warn!(ledger_id, entry_id, ?failures, "no surviving bookie of the write set returned the entry");
-    Err(BookieError::ReplicationIncomplete {
-        ledger_id,
-        reason: format!("entry {entry_id}: no surviving copy readable ({})", failures.join("; ")),
-    })
 }
 
 /// Names `replacement` in place of the lost bookie, by compare-and-set; re-reads after a lost
