@@ -180,7 +180,9 @@ impl Layout {
         Ok(Layout { namespace: self.namespace.clone(), boundaries, version: self.version })
     }
 
-    fn encode(&self) -> Vec<u8> {
+    /// The layout as Pulsar's `BundlesData` JSON (how it is stored and what the admin API
+    /// answers).
+    pub fn encode(&self) -> Vec<u8> {
         let data = BundlesData {
             boundaries: self.boundaries.iter().map(|&b| format_boundary(b)).collect(),
             num_bundles: self.boundaries.len() - 1,

@@ -105,10 +105,7 @@ async fn topics(
     State(service): State<AppState>,
     Path((tenant, ns)): Path<(String, String)>,
 ) -> Result<Json<Vec<String>>, ApiError> {
-    let name = format!("{tenant}/{ns}");
-    if !namespace::namespace_exists(service.meta.as_ref(), &name).await? {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("namespace {name} does not exist")));
-    }
+    let name = existing_namespace(&service, format!("{tenant}/{ns}")).await?;
     Ok(Json(service.topics_of_namespace(&name).await?))
 }
 
@@ -195,9 +192,7 @@ async fn existing_namespace_topic(
     topic: &str,
 ) -> Result<TopicName, ApiError> {
     let name = TopicName::parse(&format!("persistent://{tenant}/{ns}/{topic}")).map_err(BrokerError::from)?;
-    if !namespace::namespace_exists(service.meta.as_ref(), &name.namespace_name()).await? {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("namespace {} does not exist", name.namespace_name())));
-    }
+    existing_namespace(service, name.namespace_name()).await?;
     Ok(name)
 }
 
@@ -249,10 +244,7 @@ async fn partitioned_topics(
     State(service): State<AppState>,
     Path((tenant, ns)): Path<(String, String)>,
 ) -> Result<Json<Vec<String>>, ApiError> {
-    let name = format!("{tenant}/{ns}");
-    if !namespace::namespace_exists(service.meta.as_ref(), &name).await? {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("namespace {name} does not exist")));
-    }
+    let name = existing_namespace(&service, format!("{tenant}/{ns}")).await?;
     let topics = partitions::list(service.meta.as_ref(), &name).await?;
     Ok(Json(topics.into_iter().map(|(topic, _)| topic).collect()))
 }
@@ -324,11 +316,17 @@ fn parse_bundle(namespace: &str, range: &str) -> Result<Bundle, ApiError> {
     })
 }
 
+/// `namespace`, if it exists (404 otherwise).
+async fn existing_namespace(service: &BrokerService, namespace: String) -> Result<String, ApiError> {
+    if !namespace::namespace_exists(service.meta.as_ref(), &namespace).await? {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("namespace {namespace} does not exist")));
+    }
+    Ok(namespace)
+}
+
 /// Checks the namespace exists and `bundle` is one of its bundles now.
 async fn check_bundle(service: &BrokerService, bundle: &Bundle) -> Result<(), ApiError> {
-    if !namespace::namespace_exists(service.meta.as_ref(), &bundle.namespace).await? {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("namespace {} does not exist", bundle.namespace)));
-    }
+    existing_namespace(service, bundle.namespace.clone()).await?;
     if !service.ownership.layout(&bundle.namespace).await?.contains(bundle) {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("bundle {bundle} does not exist (split, or never was)")));
     }
@@ -386,10 +384,21 @@ async fn unload_bundle(
     State(service): State<AppState>,
     Path((tenant, ns, range)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let bundle = parse_bundle(&format!("{tenant}/{ns}"), &range)?;
-    check_bundle(&service, &bundle).await?;
-    let status = bundle_command(&service, &bundle, Action::Unload).await?;
-    info!(%bundle, "bundle unloaded (admin)");
+    bundle_route(&service, &tenant, &ns, &range, Action::Unload).await
+}
+
+/// An admin unload or split of the bundle `range` of `tenant/ns`.
+async fn bundle_route(
+    service: &BrokerService,
+    tenant: &str,
+    ns: &str,
+    range: &str,
+    action: Action,
+) -> Result<StatusCode, ApiError> {
+    let bundle = parse_bundle(&format!("{tenant}/{ns}"), range)?;
+    check_bundle(service, &bundle).await?;
+    let status = bundle_command(service, &bundle, action).await?;
+    info!(%bundle, ?action, "bundle command done (admin)");
     Ok(status)
 }
 
@@ -398,10 +407,7 @@ async fn unload_namespace(
     State(service): State<AppState>,
     Path((tenant, ns)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let name = format!("{tenant}/{ns}");
-    if !namespace::namespace_exists(service.meta.as_ref(), &name).await? {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("namespace {name} does not exist")));
-    }
+    let name = existing_namespace(&service, format!("{tenant}/{ns}")).await?;
     for bundle in service.ownership.layout(&name).await?.bundles() {
         bundle_command(&service, &bundle, Action::Unload).await?;
     }
@@ -414,27 +420,17 @@ async fn split_bundle(
     State(service): State<AppState>,
     Path((tenant, ns, range)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let bundle = parse_bundle(&format!("{tenant}/{ns}"), &range)?;
-    check_bundle(&service, &bundle).await?;
-    let status = bundle_command(&service, &bundle, Action::Split).await?;
-    info!(%bundle, "bundle split (admin)");
-    Ok(status)
+    bundle_route(&service, &tenant, &ns, &range, Action::Split).await
 }
 
-/// Pulsar's `BundlesData` of a namespace.
+/// Pulsar's `BundlesData` of a namespace, as stored.
 async fn bundles_of_namespace(
     State(service): State<AppState>,
     Path((tenant, ns)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let name = format!("{tenant}/{ns}");
-    if !namespace::namespace_exists(service.meta.as_ref(), &name).await? {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("namespace {name} does not exist")));
-    }
+) -> Result<Response, ApiError> {
+    let name = existing_namespace(&service, format!("{tenant}/{ns}")).await?;
     let layout = service.ownership.layout(&name).await?;
-    let bundles = layout.bundles();
-    let mut boundaries: Vec<String> = bundles.iter().map(|b| b.range.to_string()[..10].to_owned()).collect();
-    boundaries.push("0xffffffff".to_owned());
-    Ok(Json(json!({ "boundaries": boundaries, "numBundles": bundles.len() })))
+    Ok(([(header::CONTENT_TYPE, "application/json")], layout.encode()).into_response())
 }
 
 /// `PUT .../persistent/{t}/{ns}/{topic}/unload`: closes the topic on its owner (clients
