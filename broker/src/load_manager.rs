@@ -253,7 +253,7 @@ async fn report_loop(service: Arc<BrokerService>, config: LoadManagerConfig, can
         }
         let now = Instant::now();
         let cpu = process_cpu().unwrap_or_default();
-        let published = service.published_per_topic();
+        let mut published = HashMap::new();
         let (elapsed, cpu_percent, previous) = match &last {
             Some((at, cpu_before, previous)) => {
                 let elapsed = now.duration_since(*at).as_secs_f64().max(0.001);
@@ -267,12 +267,13 @@ async fn report_loop(service: Arc<BrokerService>, config: LoadManagerConfig, can
             .map(|bundle| (bundle.clone(), BundleLoad { bundle: bundle.to_string(), ..BundleLoad::default() }))
             .collect();
         for topic in service.loaded_topics() {
-            let Some((bundle, load)) = loads.iter_mut().find(|(bundle, _)| bundle.contains(topic.name())) else {
+            let name = topic.name().to_string();
+            let total = topic.published();
+            published.insert(name.clone(), total);
+            let Some(load) = loads.iter_mut().find(|(bundle, _)| bundle.contains(topic.name())).map(|(_, load)| load)
+            else {
                 continue;
             };
-            let _ = bundle;
-            let name = topic.name().to_string();
-            let total = published.get(&name).copied().unwrap_or(0);
             let before = previous.and_then(|p| p.get(&name).copied()).unwrap_or(total);
             load.topics += 1;
             load.producers += topic.producer_count() as u64;

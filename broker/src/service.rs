@@ -175,11 +175,6 @@ impl BrokerService {
         gauges
     }
 
-    /// Entries published so far per loaded topic (for load reports).
-    pub fn published_per_topic(&self) -> HashMap<String, u64> {
-        self.loaded_topics().iter().map(|topic| (topic.name().to_string(), topic.published())).collect()
-    }
-
     /// Closes the loaded topics `filter` picks (waiting for ones still opening), telling their
     /// clients to reconnect; they are opened afresh on next use.
     pub async fn close_topics(&self, filter: impl Fn(&TopicName) -> bool) {
