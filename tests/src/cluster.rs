@@ -158,9 +158,8 @@ impl BrokerProcess {
 
     /// SIGTERM, then waits for the broker to exit (a graceful shutdown hands its bundles over).
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal("TERM")?;
         let mut child = self.child.take().context("the broker is not running")?;
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().context("run kill")?;
-        anyhow::ensure!(status.success(), "kill -TERM failed");
         child.wait().context("wait for the broker")
     }
 

@@ -296,20 +296,9 @@ async fn ownership_versions(cluster: &Cluster) -> anyhow::Result<BTreeMap<String
 
 /// The bundle range of `topic` (`public/default/<local>`) in the current layout.
 async fn bundle_of(meta: &std::sync::Arc<dyn magnetar_meta::MetadataStore>, topic: &str) -> anyhow::Result<String> {
-    let found = meta.get("/magnetar/bundles/public/default").await?.context("the namespace has a layout")?;
-    let layout: serde_json::Value = serde_json::from_slice(&found.value)?;
-    let boundaries: Vec<u64> = layout["boundaries"]
-        .as_array()
-        .context("boundaries")?
-        .iter()
-        .map(|b| u64::from_str_radix(b.as_str().unwrap_or("").trim_start_matches("0x"), 16).unwrap_or(0))
-        .collect();
-    let hash = u64::from(magnetar_proto::hash::murmur3_32(format!("persistent://{topic}").as_bytes(), 0));
-    let index = boundaries
-        .windows(2)
-        .position(|pair| hash >= pair[0] && (hash < pair[1] || pair[1] == 0xffff_ffff))
-        .context("a bundle")?;
-    Ok(format!("0x{:08x}_0x{:08x}", boundaries[index], boundaries[index + 1]))
+    let name = magnetar_proto::topic_name::TopicName::parse(&format!("persistent://{topic}"))?;
+    let layout = magnetar_broker::bundles::layout(meta.as_ref(), "public/default", 4).await?;
+    Ok(layout.bundle_of(&name).range.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
