@@ -70,6 +70,11 @@ pub struct JournalConfig {
     pub max_batch_wait: Duration,
     /// Bytes of adds queued for the journal before adders wait.
     pub max_queued_bytes: usize,
+    /// Checkpointed journal files kept (as `<id>.journal.free`) to become later journal files
+    /// instead of new ones, as BookKeeper's `journalReuseFiles`: writing over blocks that were
+    /// written before changes no file-system metadata, so each group commit's fdatasync is a
+    /// device flush and nothing more. 0 removes checkpointed files.
+    pub reuse_files: usize,
 }
 
 impl Default for JournalConfig {
@@ -79,6 +84,7 @@ impl Default for JournalConfig {
             max_batch_bytes: 4 * 1024 * 1024,
             max_batch_wait: Duration::from_micros(0),
             max_queued_bytes: 64 * 1024 * 1024,
+            reuse_files: 2,
         }
     }
 }

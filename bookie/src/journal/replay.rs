@@ -5,7 +5,9 @@
 //! file (a new file is started only after the previous one's last write was synced): there it
 //! is cut off with a warning and the file truncated, and it was never acknowledged. The same
 //! damage in an older file means the disk lost acknowledged data, and the bookie refuses to
-//! start rather than serve holes.
+//! start rather than serve holes. Sequence numbers increase from record to record across
+//! files; a record whose number does not is an old record of a reused file, seen where a torn
+//! write lost the new blocks and their end marker, and is treated as such damage.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -50,15 +52,24 @@ pub fn replay(dir: &Path, mark: u64) -> Result<Replayed, BookieError> {
     let files = list_files(dir)?;
     let mut replayed = Replayed { last_sequence: mark, ..Replayed::default() };
     let count = files.len();
+    // The sequence of the record read last (0: none yet; sequences start at 1).
+    let mut previous = 0;
     for (index, (id, path)) in files.into_iter().enumerate() {
         let last_file = index + 1 == count;
-        let max_sequence = replay_file(id, &path, mark, last_file, &mut replayed)?;
+        let max_sequence = replay_file(id, &path, mark, last_file, &mut previous, &mut replayed)?;
         replayed.files.push((id, max_sequence));
     }
     Ok(replayed)
 }
 
-fn replay_file(id: u64, path: &Path, mark: u64, last_file: bool, replayed: &mut Replayed) -> Result<u64, BookieError> {
+fn replay_file(
+    id: u64,
+    path: &Path,
+    mark: u64,
+    last_file: bool,
+    previous: &mut u64,
+    replayed: &mut Replayed,
+) -> Result<u64, BookieError> {
     let file = File::open(path).map_err(|e| io_error(path, e))?;
     let size = file.metadata().map_err(|e| io_error(path, e))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -95,7 +106,11 @@ fn replay_file(id: u64, path: &Path, mark: u64, last_file: bool, replayed: &mut 
                     match reader.read_exact(&mut body) {
                         Err(_) => Some("truncated body"),
                         Ok(()) => match record::decode_body(&body, crc) {
+                            Decoded::Record { sequence, .. } if sequence <= *previous => {
+                                Some("sequence number does not increase (an old record of a reused file)")
+                            }
                             Decoded::Record { sequence, record, len } => {
+                                *previous = sequence;
                                 offset += len as u64;
                                 max_sequence = max_sequence.max(sequence);
                                 replayed.last_sequence = replayed.last_sequence.max(sequence);
