@@ -80,7 +80,7 @@ pub struct JournalConfig {
 impl Default for JournalConfig {
     fn default() -> Self {
         JournalConfig {
-            file_bytes: 256 * 1024 * 1024,
+            file_bytes: 64 * 1024 * 1024,
             max_batch_bytes: 4 * 1024 * 1024,
             max_batch_wait: Duration::from_micros(0),
             max_queued_bytes: 64 * 1024 * 1024,
@@ -195,14 +195,14 @@ mod tests {
             metadata_service_uri = "etcd://etcd-0.etcd:2379,etcd-1.etcd:2379"
             data_dir = "/var/lib/magnetar/bookie"
             [journal]
-            file_bytes = 67108864
+            file_bytes = 134217728
             "#,
         )
         .expect("valid bookie config");
         assert_eq!(config.listen, "0.0.0.0:3182");
         assert_eq!(config.advertised_address.as_deref(), Some("bookie-2.magnetar-bookie.default.svc.cluster.local"));
         assert_eq!(config.metadata_service_uri, "etcd://etcd-0.etcd:2379,etcd-1.etcd:2379");
-        assert_eq!(config.journal.file_bytes, 64 * 1024 * 1024);
+        assert_eq!(config.journal.file_bytes, 128 * 1024 * 1024);
         assert_eq!(config.write_cache_bytes, BookieConfig::default().write_cache_bytes);
         assert_eq!(config.validate(), Ok(()));
     }
