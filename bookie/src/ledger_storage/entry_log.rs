@@ -38,8 +38,11 @@ pub const HEADER_LEN: u64 = 16;
 /// len, crc, ledger, entry.
 pub const RECORD_HEADER_LEN: usize = 24;
 const LOG_SUFFIX: &str = ".log";
-/// Appends are gathered into writes of about this size.
-const WRITE_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// Appends are gathered into writes of about this size, each followed by the start of its
+/// writeback. Small enough that a journal fdatasync issued meanwhile waits behind little entry-log
+/// data in the device queue: with 4 MiB chunks the add p99 in `magnetar-perf bookie` was 12-13 ms,
+/// with 512 KiB 6.5-7.6 ms (ARCHITECTURE.md).
+const WRITE_CHUNK_BYTES: usize = 512 * 1024;
 /// A scan reads the log in pieces of about this size.
 const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
 
