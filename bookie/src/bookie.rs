@@ -265,11 +265,15 @@ impl Bookie {
                 }
             }
         }
+        // Adds of one message mostly share their ledger and last-add-confirmed: published once.
+        let mut published = None;
         for (index, answer) in durable.into_iter().enumerate() {
             if let Some(answer) = answer {
                 let result = answer.await.unwrap_or(Err(BookieError::Stopped { what: "journal" }));
-                if result.is_ok() && adds[index].last_add_confirmed >= 0 {
-                    shared.publish_lac(adds[index].ledger_id, adds[index].last_add_confirmed);
+                let lac = (adds[index].ledger_id, adds[index].last_add_confirmed);
+                if result.is_ok() && lac.1 >= 0 && published != Some(lac) {
+                    shared.publish_lac(lac.0, lac.1);
+                    published = Some(lac);
                 }
                 results[index] = Some(result);
             }
@@ -433,22 +437,19 @@ impl Shared {
     /// holds the ordering lock and queues the journal record right after.
     fn admit(&self, ordering: &mut Sequencer, add: &AddRequest) -> Result<(), BookieError> {
         let ledger_id = add.ledger_id;
-        let mut changed = false;
-        let mut state = match self.storage.ledger_state(ledger_id)? {
-            Some(state) if state.master_key != add.master_key => return Err(BookieError::Unauthorized { ledger_id }),
+        match self.storage.admission(ledger_id, &add.master_key) {
+            Some(state) if !state.key_matches => return Err(BookieError::Unauthorized { ledger_id }),
             Some(state) if state.fenced && !add.recovery => return Err(BookieError::Fenced { ledger_id }),
-            Some(state) => state,
-            None => {
-                changed = true;
-                self.new_ledger(ordering, ledger_id, add.master_key.clone())
+            Some(state) => {
+                if add.last_add_confirmed > state.last_add_confirmed {
+                    self.storage.raise_last_add_confirmed(ledger_id, add.last_add_confirmed);
+                }
             }
-        };
-        if add.last_add_confirmed > state.last_add_confirmed {
-            state.last_add_confirmed = add.last_add_confirmed;
-            changed = true;
-        }
-        if changed {
-            self.storage.set_ledger_state(ledger_id, state);
+            None => {
+                let mut state = self.new_ledger(ordering, ledger_id, add.master_key.clone());
+                state.last_add_confirmed = state.last_add_confirmed.max(add.last_add_confirmed);
+                self.storage.set_ledger_state(ledger_id, state);
+            }
         }
         self.storage.put_entry(ledger_id, add.entry_id, add.payload.clone());
         Ok(())

@@ -28,6 +28,16 @@ impl LedgerStates {
         self.states.get(&ledger_id)
     }
 
+    /// Raises the ledger's last-add-confirmed to `lac` if that is higher (marking it dirty).
+    pub fn raise_last_add_confirmed(&mut self, ledger_id: u64, lac: i64) {
+        if let Some(state) = self.states.get_mut(&ledger_id) {
+            if lac > state.last_add_confirmed {
+                state.last_add_confirmed = lac;
+                self.dirty.insert(ledger_id);
+            }
+        }
+    }
+
     pub fn set(&mut self, ledger_id: u64, state: LedgerState) {
         self.states.insert(ledger_id, state);
         self.dirty.insert(ledger_id);

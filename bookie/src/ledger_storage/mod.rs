@@ -109,6 +109,15 @@ struct Appended {
     ends: Vec<(u64, u64)>,
 }
 
+/// A ledger's state as an add sees it ([`LedgerStorage::admission`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    pub fenced: bool,
+    pub last_add_confirmed: i64,
+    /// Whether the add's master key is the ledger's.
+    pub key_matches: bool,
+}
+
 pub struct LedgerStorage {
     read_ahead_entries: usize,
     compaction_threshold: f64,
@@ -298,6 +307,21 @@ impl LedgerStorage {
     /// the index.
     pub fn ledger_state(&self, ledger_id: u64) -> Result<Option<LedgerState>, BookieError> {
         Ok(read(&self.states).get(ledger_id).cloned())
+    }
+
+    /// What an add needs of its ledger's state, without copying it: None for a ledger not
+    /// known here.
+    pub fn admission(&self, ledger_id: u64, master_key: &[u8]) -> Option<Admission> {
+        read(&self.states).get(ledger_id).map(|state| Admission {
+            fenced: state.fenced,
+            last_add_confirmed: state.last_add_confirmed,
+            key_matches: state.master_key == master_key,
+        })
+    }
+
+    /// Raises the ledger's last-add-confirmed to `lac` if that is higher.
+    pub fn raise_last_add_confirmed(&self, ledger_id: u64, lac: i64) {
+        write(&self.states).raise_last_add_confirmed(ledger_id, lac);
     }
 
     pub fn set_ledger_state(&self, ledger_id: u64, state: LedgerState) {
