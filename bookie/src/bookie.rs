@@ -241,41 +241,46 @@ impl Bookie {
             Ok(reservation) => Some(reservation),
             Err(_) => return adds.iter().map(|_| Err(BookieError::Stopped { what: "journal" })).collect(),
         };
-        let mut durable = Vec::with_capacity(adds.len());
-        {
+        // The admitted adds (and the keys of new ledgers, each before its first add) go to the
+        // journal as one request, answered once: one group commit makes them all durable.
+        let durable = {
             let mut ordering = lock(&shared.ordering);
-            let last_valid = results.iter().rposition(Option::is_none);
+            let mut records = Vec::with_capacity(adds.len());
             for (index, add) in adds.iter().enumerate() {
                 if results[index].is_some() {
-                    durable.push(None);
                     continue;
                 }
-                match shared.admit(&mut ordering, add) {
+                match shared.admit(&mut ordering, add, &mut records) {
                     Ok(()) => {
                         let sequence = ordering.next_sequence;
                         ordering.next_sequence += 1;
-                        // The reservation rides on the last record, released once all are written.
-                        let permit = if Some(index) == last_valid { reservation.take() } else { None };
-                        durable.push(Some(shared.journal.submit(sequence, add.record(), permit)));
+                        records.push((sequence, add.record()));
                     }
-                    Err(error) => {
-                        results[index] = Some(Err(error));
-                        durable.push(None);
-                    }
+                    Err(error) => results[index] = Some(Err(error)),
                 }
             }
-        }
-        // Adds of one message mostly share their ledger and last-add-confirmed: published once.
-        let mut published = None;
-        for (index, answer) in durable.into_iter().enumerate() {
-            if let Some(answer) = answer {
-                let result = answer.await.unwrap_or(Err(BookieError::Stopped { what: "journal" }));
-                let lac = (adds[index].ledger_id, adds[index].last_add_confirmed);
-                if result.is_ok() && lac.1 >= 0 && published != Some(lac) {
-                    shared.publish_lac(lac.0, lac.1);
-                    published = Some(lac);
+            // The reservation is released once the records are written.
+            (!records.is_empty()).then(|| shared.journal.submit_all(records, reservation.take()))
+        };
+        if let Some(answer) = durable {
+            let outcome = answer.await.unwrap_or(Err(BookieError::Stopped { what: "journal" }));
+            // Adds of one message mostly share their ledger and last-add-confirmed: published once.
+            let mut published = None;
+            for (index, add) in adds.iter().enumerate() {
+                if results[index].is_some() {
+                    continue;
                 }
-                results[index] = Some(result);
+                results[index] = Some(match &outcome {
+                    Ok(()) => {
+                        let lac = (add.ledger_id, add.last_add_confirmed);
+                        if lac.1 >= 0 && published != Some(lac) {
+                            shared.publish_lac(lac.0, lac.1);
+                            published = Some(lac);
+                        }
+                        Ok(())
+                    }
+                    Err(error) => Err(journal_failure(error)),
+                });
             }
         }
         if shared.storage.active_bytes() > shared.config.write_cache_bytes {
@@ -290,17 +295,19 @@ impl Bookie {
         let shared = &self.shared;
         let (durable, state) = {
             let mut ordering = lock(&shared.ordering);
+            let mut records = Vec::new();
             let mut state = match shared.storage.ledger_state(ledger_id)? {
                 Some(state) if state.master_key != master_key => return Err(BookieError::Unauthorized { ledger_id }),
                 Some(state) => state,
-                None => shared.new_ledger(&mut ordering, ledger_id, Bytes::copy_from_slice(master_key)),
+                None => shared.new_ledger(&mut ordering, ledger_id, Bytes::copy_from_slice(master_key), &mut records),
             };
             let mut durable = None;
             if !state.fenced {
                 state.fenced = true;
                 let sequence = ordering.next_sequence;
                 ordering.next_sequence += 1;
-                durable = Some(shared.journal.submit(sequence, Record::Fence { ledger_id }, None));
+                records.push((sequence, Record::Fence { ledger_id }));
+                durable = Some(shared.journal.submit_all(records, None));
             }
             shared.storage.set_ledger_state(ledger_id, state.clone());
             (durable, state)
@@ -402,6 +409,15 @@ impl Drop for Bookie {
     }
 }
 
+/// One add's copy of the error its journal request was answered with (read-only or stopped).
+fn journal_failure(error: &BookieError) -> BookieError {
+    match error {
+        BookieError::Stopped { what } => BookieError::Stopped { what },
+        BookieError::ReadOnly { reason } => BookieError::ReadOnly { reason: reason.clone() },
+        other => BookieError::ReadOnly { reason: other.to_string() },
+    }
+}
+
 /// Applies a replayed journal record to ledger storage.
 fn apply(storage: &LedgerStorage, record: Record) -> Result<(), BookieError> {
     match record {
@@ -435,7 +451,14 @@ fn apply(storage: &LedgerStorage, record: Record) -> Result<(), BookieError> {
 impl Shared {
     /// Checks an add against its ledger's state and puts it in the write cache; the caller
     /// holds the ordering lock and queues the journal record right after.
-    fn admit(&self, ordering: &mut Sequencer, add: &AddRequest) -> Result<(), BookieError> {
+    /// Checks an add against its ledger's state and updates the state and the write cache; a
+    /// new ledger's key record goes to `records`, to be journaled before the add.
+    fn admit(
+        &self,
+        ordering: &mut Sequencer,
+        add: &AddRequest,
+        records: &mut Vec<(u64, Record)>,
+    ) -> Result<(), BookieError> {
         let ledger_id = add.ledger_id;
         match self.storage.admission(ledger_id, &add.master_key) {
             Some(state) if !state.key_matches => return Err(BookieError::Unauthorized { ledger_id }),
@@ -446,7 +469,7 @@ impl Shared {
                 }
             }
             None => {
-                let mut state = self.new_ledger(ordering, ledger_id, add.master_key.clone());
+                let mut state = self.new_ledger(ordering, ledger_id, add.master_key.clone(), records);
                 state.last_add_confirmed = state.last_add_confirmed.max(add.last_add_confirmed);
                 self.storage.set_ledger_state(ledger_id, state);
             }
@@ -455,14 +478,20 @@ impl Shared {
         Ok(())
     }
 
-    /// State for a ledger this bookie has not seen, with its master key journaled. The key's
-    /// durability is implied by that of the add or fence queued right after it: same journal,
-    /// earlier record. The caller holds the ordering lock and stores the state.
-    fn new_ledger(&self, ordering: &mut Sequencer, ledger_id: u64, master_key: Bytes) -> LedgerState {
+    /// State for a ledger this bookie has not seen, with its master key's record added to
+    /// `records`. The caller holds the ordering lock, journals `records` (the key's durability
+    /// is implied by that of the add or fence journaled after it) and stores the state.
+    fn new_ledger(
+        &self,
+        ordering: &mut Sequencer,
+        ledger_id: u64,
+        master_key: Bytes,
+        records: &mut Vec<(u64, Record)>,
+    ) -> LedgerState {
         let sequence = ordering.next_sequence;
         ordering.next_sequence += 1;
         let state = LedgerState { fenced: false, last_add_confirmed: -1, master_key: master_key.to_vec() };
-        drop(self.journal.submit(sequence, Record::Key { ledger_id, master_key }, None));
+        records.push((sequence, Record::Key { ledger_id, master_key }));
         state
     }
 

@@ -98,11 +98,17 @@ pub fn file_id_of(path: &Path) -> Option<u64> {
 
 type Reply = oneshot::Sender<Result<(), BookieError>>;
 
+/// Records submitted together (in sequence order), answered together.
 struct Request {
-    sequence: u64,
-    record: Record,
+    records: Vec<(u64, Record)>,
     reply: Reply,
     _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Request {
+    fn encoded_len(&self) -> usize {
+        self.records.iter().map(|(_, record)| record.encoded_len()).sum()
+    }
 }
 
 /// Space in the journal queue, reserved before an add takes the bookie's lock.
@@ -222,8 +228,18 @@ impl Journal {
         record: Record,
         reservation: Option<Reservation>,
     ) -> oneshot::Receiver<Result<(), BookieError>> {
+        self.submit_all(vec![(sequence, record)], reservation)
+    }
+
+    /// Queues records with their sequence numbers, in increasing order; the receiver answers
+    /// once all of them are durable (they are written in one group commit). As `submit`.
+    pub fn submit_all(
+        &self,
+        records: Vec<(u64, Record)>,
+        reservation: Option<Reservation>,
+    ) -> oneshot::Receiver<Result<(), BookieError>> {
         let (reply, answer) = oneshot::channel();
-        let request = Request { sequence, record, reply, _permit: reservation.map(|r| r.0) };
+        let request = Request { records, reply, _permit: reservation.map(|r| r.0) };
         match &self.sender {
             Some(sender) => {
                 if let Err(mpsc::SendError(request)) = sender.send(request) {
@@ -402,7 +418,7 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let mut bytes = first.record.encoded_len();
+            let mut bytes = first.encoded_len();
             batch.push(first);
             let deadline = Instant::now() + self.config.max_batch_wait;
             while bytes < self.config.max_batch_bytes {
@@ -419,7 +435,7 @@ impl Writer {
                     Err(mpsc::TryRecvError::Disconnected) => None,
                 };
                 let Some(request) = next else { break };
-                bytes += request.record.encoded_len();
+                bytes += request.encoded_len();
                 batch.push(request);
             }
             let result = self.write_batch(&batch);
@@ -457,7 +473,7 @@ impl Writer {
         if self.read_only.load(Ordering::SeqCst) {
             return Err("journal is read-only after an earlier write failure".to_owned());
         }
-        let records: usize = batch.iter().map(|request| request.record.encoded_len()).sum();
+        let records: usize = batch.iter().map(Request::encoded_len).sum();
         if self.offset + (records + HEADER_LEN) as u64 > self.config.file_bytes {
             if let Err(error) = self.rotate(records as u64) {
                 return Err(self.fail(&error.to_string()));
@@ -471,8 +487,8 @@ impl Writer {
         let skip = self.buffer.as_ptr().align_offset(BLOCK);
         self.buffer.resize(skip, 0);
         self.buffer.extend_from_slice(&self.tail);
-        for request in batch {
-            request.record.encode(request.sequence, &mut self.buffer);
+        for (sequence, record) in batch.iter().flat_map(|request| &request.records) {
+            record.encode(*sequence, &mut self.buffer);
         }
         let end = self.buffer.len() - skip;
         self.buffer.resize(skip + (end + HEADER_LEN).next_multiple_of(BLOCK), 0);
@@ -498,7 +514,9 @@ impl Writer {
         let last_block = skip + end / BLOCK * BLOCK;
         self.tail.clear();
         self.tail.extend_from_slice(&self.buffer[last_block..skip + end]);
-        if let (Some(last), Some(request)) = (self.files.last_mut(), batch.iter().map(|r| r.sequence).max()) {
+        if let (Some(last), Some(request)) =
+            (self.files.last_mut(), batch.iter().flat_map(|r| &r.records).map(|(sequence, _)| *sequence).max())
+        {
             last.1 = last.1.max(request);
         }
         Ok(())
