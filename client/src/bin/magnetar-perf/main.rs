@@ -14,7 +14,9 @@
 //! own on a temporary directory (inside `--dir` if given), kills it at the end and removes the
 //! directory. In the same run it measures the disk's own limit on the same file system:
 //! sequential 1 MiB writes each followed by fdatasync, as many bytes as the bookie took, and
-//! reports `ratio` = bookie MB/s over raw MB/s. MB is 10^6 bytes.
+//! reports `ratio` = bookie MB/s over raw MB/s. MB is 10^6 bytes. Before the writers start and
+//! again before the baseline it pauses `--settle-seconds`: a disk (a virtual one above all) is
+//! slower for a while after absorbing gigabytes, and neither side should pay for the other's.
 //!
 //! Figures go to stdout (one JSON object with `--json`); logs go to stderr (RUST_LOG).
 
@@ -94,6 +96,10 @@ struct BookieArgs {
     /// ARCHITECTURE.md); more in flight raises both throughput and latency.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_outstanding: u32,
+    /// Pause before the writers start and before the raw baseline, so that neither runs while
+    /// the disk is still absorbing what the other (or an earlier run) wrote.
+    #[arg(long, default_value_t = 10.0)]
+    settle_seconds: f64,
     /// gRPC connections the writers share (a broker keeps one per bookie).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     connections: u32,
@@ -178,6 +184,10 @@ async fn bookie_benchmark(args: BookieArgs) -> anyhow::Result<()> {
     if !(args.seconds > 0.0 && args.seconds.is_finite()) {
         bail!("--seconds must be a positive number, not {}", args.seconds);
     }
+    if !(args.settle_seconds >= 0.0 && args.settle_seconds.is_finite()) {
+        bail!("--settle-seconds must be zero or a positive number, not {}", args.settle_seconds);
+    }
+    let settle = Duration::from_secs_f64(args.settle_seconds);
     let duration = Duration::from_secs_f64(args.seconds);
     let parent = match &args.dir {
         Some(dir) => {
@@ -201,6 +211,8 @@ async fn bookie_benchmark(args: BookieArgs) -> anyhow::Result<()> {
             address
         }
     };
+    info!(?settle, "letting the disk settle before the writers start");
+    tokio::time::sleep(settle).await;
     info!(%address, size = args.size, writers = args.writers, "benchmark starting");
 
     let run = write_entries(&address, &args, duration).await;
@@ -208,6 +220,8 @@ async fn bookie_benchmark(args: BookieArgs) -> anyhow::Result<()> {
         bookie.kill();
     }
     let run = run?;
+    info!(?settle, "letting the disk settle before the raw baseline");
+    tokio::time::sleep(settle).await;
 
     let raw_bytes = run.bytes.max(1);
     let raw_file = work_dir.path().join("raw-baseline");
@@ -250,6 +264,7 @@ fn print_figures(args: &BookieArgs, figures: &BookieFigures, bookie: &str, dir: 
             "writers": args.writers,
             "max_outstanding": args.max_outstanding,
             "connections": args.connections,
+            "settle_seconds": args.settle_seconds,
             "bookie": bookie,
             "dir": dir.parent().unwrap_or(dir).display().to_string(),
         });
@@ -258,11 +273,12 @@ fn print_figures(args: &BookieArgs, figures: &BookieFigures, bookie: &str, dir: 
     }
     writeln!(
         out,
-        "bookie {bookie}: {} writers, {} B entries, {} in flight per writer, {:.1} s",
+        "bookie {bookie}: {} writers, {} B entries, {} in flight per writer, {:.1} s ({} s settling before the run and the baseline)",
         args.writers,
         args.size,
         args.max_outstanding,
-        figures.run.elapsed.as_secs_f64()
+        figures.run.elapsed.as_secs_f64(),
+        args.settle_seconds
     )?;
     writeln!(
         out,
