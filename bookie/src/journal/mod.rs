@@ -816,19 +816,26 @@ mod tests {
         assert_eq!(replayed.records.iter().map(|(s, _)| *s).collect::<Vec<_>>(), expected);
     }
 
-    #[tokio::test]
-    async fn an_old_record_after_the_new_ones_ends_the_data() {
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// Journals `count` adds of 500 bytes (sequences from 1) in `dir` and stops; returns the
+    /// path and the bytes of the file they are in.
+    async fn journal_of_adds(dir: &Path, count: u64) -> (PathBuf, Vec<u8>) {
         {
-            let (journal, _) = Journal::open(dir.path(), config(), 0).expect("open");
-            for entry in 0..5u64 {
+            let (journal, _) = Journal::open(dir, config(), 0).expect("open");
+            for entry in 0..count {
                 append(&journal, entry + 1, add(3, entry, 500)).await.expect("durable");
             }
         }
+        let (_, path) = replay::list_files(dir).expect("list").pop().expect("a file");
+        let data = std::fs::read(&path).expect("read");
+        (path, data)
+    }
+
+    #[tokio::test]
+    async fn an_old_record_after_the_new_ones_ends_the_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
         // What a torn write into a reused file can leave: after the last new record, an old
         // one whose checksum is fine (here a copy of the second record).
-        let (_, path) = replay::list_files(dir.path()).expect("list").pop().expect("a file");
-        let mut data = std::fs::read(&path).expect("read");
+        let (path, mut data) = journal_of_adds(dir.path(), 5).await;
         let len = add(3, 0, 500).encoded_len();
         let end = FILE_HEADER_LEN + 5 * len;
         let second = data[FILE_HEADER_LEN + len..FILE_HEADER_LEN + 2 * len].to_vec();
@@ -867,15 +874,8 @@ mod tests {
     #[tokio::test]
     async fn torn_tail_is_truncated_with_earlier_records_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let (journal, _) = Journal::open(dir.path(), config(), 0).expect("open");
-            for entry in 0..10u64 {
-                append(&journal, entry + 1, add(3, entry, 500)).await.expect("durable");
-            }
-        }
         // Tear the last record: cut its last bytes as a crash inside a write would.
-        let (_, path) = replay::list_files(dir.path()).expect("list").pop().expect("a file");
-        let data = std::fs::read(&path).expect("read");
+        let (path, data) = journal_of_adds(dir.path(), 10).await;
         let end = FILE_HEADER_LEN + 10 * add(3, 0, 500).encoded_len();
         let mut torn = data[..end - 7].to_vec();
         torn.resize(data.len(), 0xee);
