@@ -449,10 +449,9 @@ fn apply(storage: &LedgerStorage, record: Record) -> Result<(), BookieError> {
 }
 
 impl Shared {
-    /// Checks an add against its ledger's state and puts it in the write cache; the caller
-    /// holds the ordering lock and queues the journal record right after.
     /// Checks an add against its ledger's state and updates the state and the write cache; a
-    /// new ledger's key record goes to `records`, to be journaled before the add.
+    /// new ledger's key record goes to `records`, to be journaled before the add. The caller
+    /// holds the ordering lock and adds the add's own record right after.
     fn admit(
         &self,
         ordering: &mut Sequencer,

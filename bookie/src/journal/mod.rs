@@ -9,7 +9,7 @@
 //!
 //! Files are `<id:016x>.journal`, preallocated to `file_bytes` (zeros mark the end of data),
 //! starting with a 16-byte header (magic, id). A new file starts when one is full, and after
-//! every restart. Files whose records are all covered by a checkpoint are removed.
+//! every restart. Files whose records are all covered by a checkpoint are reused or removed.
 //!
 //! Rotation stays off the add path: while a file fills, a helper thread already creates,
 //! preallocates and heads the next one under a `.journal.next` name (which replay ignores), and
@@ -92,8 +92,13 @@ pub fn file_name(id: u64) -> String {
 }
 
 pub fn file_id_of(path: &Path) -> Option<u64> {
+    id_with_suffix(path, FILE_SUFFIX)
+}
+
+/// The id in a file name `<id:016x><suffix>`.
+fn id_with_suffix(path: &Path, suffix: &str) -> Option<u64> {
     let name = path.file_name()?.to_str()?;
-    u64::from_str_radix(name.strip_suffix(FILE_SUFFIX)?, 16).ok()
+    u64::from_str_radix(name.strip_suffix(suffix)?, 16).ok()
 }
 
 type Reply = oneshot::Sender<Result<(), BookieError>>;
@@ -367,17 +372,13 @@ fn remove_unused_next_files(dir: &Path) -> Result<(), BookieError> {
 /// never used among them (renamed to free files); beyond `keep` of them, the rest are removed.
 fn free_files(dir: &Path, keep: usize) -> Result<Vec<PathBuf>, BookieError> {
     let mut free = Vec::new();
-    let mut extra = Vec::new();
     for item in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
         let path = item.map_err(|e| io_error(dir, e))?.path();
-        let Some(name) = path.file_name().and_then(|name| name.to_str()) else { continue };
-        let (path, id) = if let Some(id) = name.strip_suffix(NEXT_SUFFIX) {
-            let Ok(id) = u64::from_str_radix(id, 16) else { continue };
+        let (path, id) = if let Some(id) = id_with_suffix(&path, NEXT_SUFFIX) {
             let to = dir.join(free_file_name(id));
             std::fs::rename(&path, &to).map_err(|e| io_error(&to, e))?;
             (to, id)
-        } else if let Some(id) = name.strip_suffix(FREE_SUFFIX) {
-            let Ok(id) = u64::from_str_radix(id, 16) else { continue };
+        } else if let Some(id) = id_with_suffix(&path, FREE_SUFFIX) {
             (path, id)
         } else {
             continue;
@@ -387,11 +388,9 @@ fn free_files(dir: &Path, keep: usize) -> Result<Vec<PathBuf>, BookieError> {
         }
     }
     free.sort();
-    while free.len() > keep {
-        extra.push(free.remove(0).1);
-    }
-    for path in &extra {
-        std::fs::remove_file(path).map_err(|e| io_error(path, e))?;
+    let extra = free.len().saturating_sub(keep);
+    for (_, path) in free.drain(..extra) {
+        std::fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
     }
     Ok(free.into_iter().map(|(_, path)| path).collect())
 }
