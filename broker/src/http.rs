@@ -159,15 +159,15 @@ async fn topic_stats(
     for (sub_name, cursor) in ledger.cursors() {
         let backlog = cursor.backlog(ledger);
         backlog_total += backlog;
-        let state = cursor.state();
+        let (mark_delete, individually_acked) = cursor.summary();
         subscriptions.insert(
             sub_name.clone(),
             json!({
                 "msgBacklog": backlog,
                 "type": "Exclusive",
                 "isDurable": true,
-                "markDeletePosition": state.mark_delete.map(|p| p.to_string()),
-                "individuallyAckedCount": state.individually_acked.len(),
+                "markDeletePosition": mark_delete.map(|p| p.to_string()),
+                "individuallyAckedCount": individually_acked,
                 "consumers": if attached.get(&sub_name).copied().unwrap_or(false) { 1 } else { 0 },
             }),
         );

@@ -19,7 +19,7 @@ use crate::dedup::{Deduplication, Published};
 use crate::dispatcher::SubscriptionType;
 use crate::error::BrokerError;
 use crate::managed_ledger::ManagedLedger;
-use crate::subscription::{StartAt, Subscription};
+use crate::subscription::{task, StartAt, Subscription};
 use crate::topic_name::TopicName;
 
 /// How a producer shares the topic (Pulsar's ProducerAccessMode).
@@ -256,6 +256,7 @@ impl Topic {
         }
         let opened =
             Subscription::open(&self.name.to_string(), name, self.ledger.clone(), start, durable, sub_type).await?;
+        tokio::spawn(task::run(opened.clone()));
         subscriptions.insert(name.to_owned(), opened.clone());
         Ok(opened)
     }

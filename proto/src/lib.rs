@@ -7,6 +7,7 @@
 //!
 //! Generated code lives in OUT_DIR; this crate adds only the codec and small helpers.
 
+pub mod clock;
 pub mod command;
 pub mod frame;
 pub mod hash;

@@ -8,23 +8,48 @@
 //! consumer leaves, the choice is made again over those left, and its unacknowledged
 //! messages go to the new one.
 
-/// What the choice needs to know of a consumer.
-pub struct Candidate<'a> {
-    pub consumer_id: u64,
-    pub consumer_name: &'a str,
-    pub priority_level: i32,
+use super::{with_permits, Consumer, Dispatcher, Joining, Offer, SubscriptionType};
+use crate::error::BrokerError;
+
+pub struct Failover {
+    /// The partition this topic is, if it is one: spreads partitions over consumers.
+    pub partition_index: Option<u32>,
+}
+
+impl Dispatcher for Failover {
+    fn sub_type(&self) -> SubscriptionType {
+        SubscriptionType::Failover
+    }
+
+    fn admit(&mut self, _joining: Joining<'_>) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    fn remove(&mut self, _consumer_id: u64) {}
+
+    fn pick_active(&self, consumers: &[Consumer]) -> Option<u64> {
+        pick_active(consumers, self.partition_index)
+    }
+
+    fn announces_active(&self) -> bool {
+        true
+    }
+
+    fn choose(&mut self, offer: Offer<'_>) -> Option<u64> {
+        with_permits(offer.consumers, offer.active?)
+    }
 }
 
 /// The active consumer among `consumers` (in subscription order).
-pub fn pick_active(consumers: &[Candidate<'_>], partition_index: Option<u32>) -> Option<u64> {
+pub fn pick_active(consumers: &[Consumer], partition_index: Option<u32>) -> Option<u64> {
     let best = consumers.iter().map(|c| c.priority_level).min()?;
-    let mut eligible: Vec<&Candidate<'_>> = consumers.iter().filter(|c| c.priority_level == best).collect();
+    let mut eligible: Vec<&Consumer> = consumers.iter().filter(|c| c.priority_level == best).collect();
     match partition_index {
         Some(partition) => {
-            eligible.sort_by(|a, b| a.consumer_name.cmp(b.consumer_name).then(a.consumer_id.cmp(&b.consumer_id)));
-            Some(eligible[partition as usize % eligible.len()].consumer_id)
+            eligible.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+            Some(eligible[partition as usize % eligible.len()].id)
         }
-        None => Some(eligible[0].consumer_id),
+        None => Some(eligible[0].id),
     }
 }
 
@@ -32,8 +57,8 @@ pub fn pick_active(consumers: &[Candidate<'_>], partition_index: Option<u32>) ->
 mod tests {
     use super::*;
 
-    fn candidate(consumer_id: u64, consumer_name: &str, priority_level: i32) -> Candidate<'_> {
-        Candidate { consumer_id, consumer_name, priority_level }
+    fn candidate(id: u64, name: &str, priority_level: i32) -> Consumer {
+        Consumer { id, name: name.to_owned(), priority_level, permits: 0 }
     }
 
     #[test]

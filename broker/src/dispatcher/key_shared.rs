@@ -13,12 +13,87 @@
 //!   ranges of `hash % 65536`; ranges overlapping another consumer's are refused. A key whose
 //!   slot no consumer declared is not delivered until one does.
 //!
-//! Ordering while consumers change is kept by the subscription ("recently joined consumers",
-//! subscription.rs), not here: this file is pure selection.
+//! Order while consumers join (Pulsar's "recently joined consumers"): a consumer joining a
+//! subscription that already has consumers is given the last position read so far; it gets
+//! no message after that position until every message up to it is acknowledged, so a key
+//! moving to it cannot overtake messages of that key still held by another consumer. And a
+//! key with messages waiting to be sent again gets no new message before them.
 
 use std::collections::BTreeMap;
 
 use magnetar_proto::hash::pulsar_key_hash;
+
+use super::{Dispatcher, Joining, KeySharedOptions, Offer, SubscriptionType};
+use crate::error::BrokerError;
+use crate::managed_ledger::Position;
+
+/// Key_Shared: the selector and the recently joined consumers.
+#[derive(Default)]
+pub struct KeyShared {
+    /// The key -> consumer choice; set by the first consumer (its mode: STICKY or AUTO_SPLIT).
+    selector: Option<Selector>,
+    /// Consumer id -> last position read when it joined.
+    recently_joined: BTreeMap<u64, Position>,
+}
+
+impl Dispatcher for KeyShared {
+    fn sub_type(&self) -> SubscriptionType {
+        SubscriptionType::KeyShared
+    }
+
+    fn admit(&mut self, joining: Joining<'_>) -> Result<(), BrokerError> {
+        if joining.attached.is_empty() {
+            self.selector = None;
+            self.recently_joined.clear();
+        }
+        let options = joining.options.key_shared.clone().unwrap_or(KeySharedOptions {
+            sticky: false,
+            ranges: Vec::new(),
+            allow_out_of_order: false,
+        });
+        let selector =
+            self.selector
+                .get_or_insert_with(|| if options.sticky { Selector::sticky() } else { Selector::auto_split() });
+        if matches!(selector, Selector::Sticky { .. }) != options.sticky {
+            return Err(BrokerError::SubscriptionBusy {
+                what: "the subscription uses another Key_Shared mode".to_owned(),
+            });
+        }
+        let consumer = joining.consumer;
+        selector
+            .add(consumer.id, &consumer.name, &options.ranges)
+            .map_err(|error| BrokerError::ConsumerAssign { what: error.to_string() })?;
+        if !options.allow_out_of_order && !joining.attached.is_empty() {
+            if let Some(read) = joining.read_unacked {
+                self.recently_joined.insert(consumer.id, read);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, consumer_id: u64) {
+        if let Some(selector) = self.selector.as_mut() {
+            selector.remove(consumer_id);
+        }
+        self.recently_joined.remove(&consumer_id);
+    }
+
+    fn choose(&mut self, offer: Offer<'_>) -> Option<u64> {
+        if offer.key_waiting {
+            return None;
+        }
+        let owner = self.selector.as_ref()?.select(offer.hash)?;
+        if self.recently_joined.get(&owner).is_some_and(|joined| offer.position > *joined) {
+            return None;
+        }
+        super::with_permits(offer.consumers, owner)
+    }
+
+    fn acknowledged_through(&mut self, mark_delete: Position) {
+        // Recently joined consumers get everything once all before their join is acked.
+        self.recently_joined.retain(|_, joined| *joined > mark_delete);
+    }
+}
 
 /// Hash slots for STICKY ranges: `hash % HASH_RANGE_SIZE`.
 pub const HASH_RANGE_SIZE: u32 = 65536;

@@ -1,9 +1,12 @@
 //! A durable cursor: how far a subscription has acknowledged (Pulsar's ManagedCursorImpl).
 //!
-//! State: the mark-delete position (everything up to and including it is acknowledged) and the
-//! positions acknowledged individually beyond it. Acks change the state in memory at once; the
-//! cursor's persister task appends the latest state, as one [`CursorInfo`] entry, to the
-//! cursor's own ledger whenever it changed, coalescing bursts of acks into one append.
+//! State: a [`CursorState`] (mark-delete position, individually acknowledged ranges, batch-index
+//! acks). While a subscription has the cursor open, the live state is the subscription's (it
+//! changes under the subscription's lock) and the cursor only holds a weak link to it
+//! ([`CursorSource`]); otherwise the cursor keeps its own copy. An ack marks the cursor dirty
+//! (a generation number, no copy of the state); the cursor's persister task then encodes the
+//! latest state once, as one [`CursorInfo`] entry, and appends it to the cursor's own ledger,
+//! so a burst of acks costs one encode and one append.
 //!
 //! The metadata key ([`cursor_path`]) holds a snapshot: which ledger holds the cursor's state
 //! changes, and the mark-delete position at the time it was written, to fall back on. It is
@@ -21,18 +24,19 @@
 //! are delivered again (at-least-once), never skipped.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Weak};
 
 use magnetar_bookie::client::{self as ledger, Bookies, LedgerConfig, LedgerWriter};
 use magnetar_bookie::BookieError;
 use magnetar_meta::{Expected, Version};
-use magnetar_proto::records::{AckRange, CursorInfo};
+use magnetar_proto::records::CursorInfo;
+use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use super::cursor_state::CursorState;
 use super::{ManagedLedger, Position};
 use crate::error::BrokerError;
 
@@ -44,138 +48,6 @@ pub fn cursors_path(managed_ledger: &str) -> String {
 pub fn cursor_path(managed_ledger: &str, subscription: &str) -> String {
     format!("/magnetar/cursors/{managed_ledger}/{subscription}")
 }
-
-/// Whether `position` names a confirmed entry of `ledger` (an ack for anything else is ignored).
-pub fn is_valid_position(ledger: &ManagedLedger, position: Position) -> bool {
-    ledger.last_confirmed().is_some_and(|last| position <= last)
-        && ledger.ledgers().iter().any(|(id, entries)| *id == position.ledger_id && position.entry_id < *entries)
-}
-
-/// The confirmed entry just before `position` (`None`: `position` is the first entry, or
-/// before it). Seeks and readers start after this, so that `position` itself is delivered.
-pub fn position_before(ledger: &ManagedLedger, position: Position) -> Option<Position> {
-    if position.entry_id > 0 && ledger.ledgers().iter().any(|(id, _)| *id == position.ledger_id) {
-        return Some(Position::new(position.ledger_id, position.entry_id - 1));
-    }
-    ledger
-        .ledgers()
-        .into_iter()
-        .rfind(|(id, entries)| *id < position.ledger_id && *entries > 0)
-        .map(|(id, entries)| Position::new(id, entries - 1))
-}
-
-/// The acknowledgement state of one subscription.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CursorState {
-    pub mark_delete: Option<Position>,
-    pub individually_acked: BTreeSet<Position>,
-}
-
-impl CursorState {
-    pub fn is_acked(&self, position: Position) -> bool {
-        self.mark_delete.is_some_and(|m| position <= m) || self.individually_acked.contains(&position)
-    }
-
-    /// Acknowledges one position; returns whether anything changed.
-    pub fn ack_individual(&mut self, position: Position, ledger: &ManagedLedger) -> bool {
-        if self.is_acked(position) {
-            return false;
-        }
-        self.individually_acked.insert(position);
-        self.advance(ledger);
-        true
-    }
-
-    /// Acknowledges everything up to and including `position`.
-    pub fn ack_cumulative(&mut self, position: Position, ledger: &ManagedLedger) -> bool {
-        if self.mark_delete.is_some_and(|m| position <= m) {
-            return false;
-        }
-        self.mark_delete = Some(position);
-        self.individually_acked.retain(|p| *p > position);
-        self.advance(ledger);
-        true
-    }
-
-    /// Moves the mark-delete position over individually acknowledged positions that follow it.
-    fn advance(&mut self, ledger: &ManagedLedger) {
-        while let Some(next) = ledger.next_position(self.mark_delete) {
-            if !self.individually_acked.remove(&next) {
-                break;
-            }
-            self.mark_delete = Some(next);
-        }
-    }
-
-    /// Moves the cursor to `mark_delete` (a seek), forgetting every individual ack: what
-    /// follows is delivered again, as Pulsar's `resetCursor`.
-    pub fn reset(&mut self, mark_delete: Option<Position>) {
-        self.mark_delete = mark_delete;
-        self.individually_acked.clear();
-    }
-
-    pub fn to_record(&self) -> CursorInfo {
-        let mut ranges: Vec<AckRange> = Vec::new();
-        let mut current: Option<(Position, Position)> = None;
-        for position in &self.individually_acked {
-            if ranges.len() >= MAX_PERSISTED_ACK_RANGES {
-                // Later acks are not stored: after a reopen they are delivered again.
-                current = None;
-                break;
-            }
-            current = match current {
-                Some((start, end)) if end.ledger_id == position.ledger_id && end.entry_id + 1 == position.entry_id => {
-                    Some((start, *position))
-                }
-                Some((start, end)) => {
-                    ranges.push(AckRange { start: Some(start.into()), end: Some(end.into()) });
-                    Some((*position, *position))
-                }
-                None => Some((*position, *position)),
-            };
-        }
-        if let Some((start, end)) = current {
-            ranges.push(AckRange { start: Some(start.into()), end: Some(end.into()) });
-        }
-        CursorInfo {
-            mark_delete: self.mark_delete.map(Into::into),
-            individually_acked: ranges,
-            updated_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-            cursor_ledger_id: 0,
-        }
-    }
-
-    /// Rebuilds the state from a stored record; ranges are bounded by `MAX_RESTORED_ACKS`.
-    pub fn from_record(record: &CursorInfo) -> Result<Self, String> {
-        let mut individually_acked = BTreeSet::new();
-        for range in &record.individually_acked {
-            let (Some(start), Some(end)) = (&range.start, &range.end) else {
-                return Err("ack range without start or end".to_owned());
-            };
-            if start.ledger_id != end.ledger_id || start.entry_id > end.entry_id {
-                return Err(format!(
-                    "bad ack range {}:{}..{}:{}",
-                    start.ledger_id, start.entry_id, end.ledger_id, end.entry_id
-                ));
-            }
-            if individually_acked.len() as u64 + (end.entry_id - start.entry_id + 1) > MAX_RESTORED_ACKS {
-                return Err(format!("more than {MAX_RESTORED_ACKS} individually acknowledged positions"));
-            }
-            for entry_id in start.entry_id..=end.entry_id {
-                individually_acked.insert(Position::new(start.ledger_id, entry_id));
-            }
-        }
-        Ok(CursorState { mark_delete: record.mark_delete.as_ref().map(Position::from), individually_acked })
-    }
-}
-
-/// Bound on individually acknowledged positions restored from a record.
-pub const MAX_RESTORED_ACKS: u64 = 1_000_000;
-
-/// Most ranges of individually acknowledged positions one state change stores (Pulsar's
-/// `managedLedgerMaxUnackedRangesToPersist`); it keeps a stored state well below a bookie's
-/// entry size limit. Acks beyond it are delivered again after a reopen.
-pub const MAX_PERSISTED_ACK_RANGES: usize = 10_000;
 
 /// Longest a flush waits for the store before giving up (the state stays queued).
 pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -225,19 +97,63 @@ async fn recover_state(bookies: &Bookies, path: &str) -> Result<Option<Recovered
     Ok(Some(Recovered { state, snapshot_version: found.version, ledger_id: Some(ledger_id) }))
 }
 
+/// Where a cursor's live state is kept while a subscription has the cursor open.
+pub trait CursorSource: Send + Sync {
+    /// Runs `f` over the live state (under the owner's lock: `f` must be quick).
+    fn with_cursor_state(&self, f: &mut dyn FnMut(&CursorState));
+}
+
+/// Who holds a cursor's state.
+enum Holder {
+    /// No subscription has the cursor open: the cursor's own copy (as recovered, or as handed
+    /// back when the subscription closed).
+    Own(CursorState),
+    /// A subscription holds the live state. A dead link (the subscription was dropped without
+    /// closing: its broker is going away) means nothing more is written.
+    Subscription(Weak<dyn CursorSource>),
+}
+
+/// What the cursor handle and its persister task share.
+struct Shared {
+    holder: Mutex<Holder>,
+}
+
+impl Shared {
+    /// Runs `f` over the current state; `None` if its subscription is gone.
+    fn with_state<R>(&self, f: impl FnOnce(&CursorState) -> R) -> Option<R> {
+        let source = {
+            let holder = self.holder.lock();
+            match &*holder {
+                Holder::Own(state) => return Some(f(state)),
+                Holder::Subscription(source) => source.clone(),
+            }
+        };
+        // Outside the holder lock: the subscription takes its own lock in there.
+        let source = source.upgrade()?;
+        let mut f = Some(f);
+        let mut result = None;
+        source.with_cursor_state(&mut |state| {
+            if let Some(f) = f.take() {
+                result = Some(f(state));
+            }
+        });
+        result
+    }
+}
+
 /// One subscription's durable cursor; its state changes are written by its own task.
 pub struct ManagedCursor {
     name: String,
     path: String,
-    /// The state as acknowledged so far (persisted or not): for backlog.
-    latest: Mutex<CursorState>,
+    shared: Arc<Shared>,
     /// The mark-delete position of the latest durable state: trimming keeps what it needs.
     persisted_mark_delete: Arc<Mutex<Option<Position>>>,
     /// Ledgers this cursor owns (the current one, and one left by a previous owner until the
     /// next switch): deleted with the cursor.
     ledgers: Arc<Mutex<BTreeSet<u64>>>,
-    /// The latest state queued, numbered by generation.
-    queued: watch::Sender<Option<(u64, CursorInfo)>>,
+    /// Generation of the latest change (0: none since opening); the persister writes the
+    /// state whenever it is above `written`.
+    dirty: watch::Sender<u64>,
     /// The highest generation made durable.
     written: watch::Receiver<u64>,
     task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -255,7 +171,13 @@ impl ManagedCursor {
     ) -> Result<Option<Arc<Self>>, BrokerError> {
         let path = cursor_path(managed_ledger, name);
         let Some(recovered) = recover_state(bookies, &path).await? else { return Ok(None) };
-        info!(cursor = %path, mark_delete = ?recovered.state.mark_delete, acked = recovered.state.individually_acked.len(), "cursor recovered");
+        info!(
+            cursor = %path,
+            mark_delete = ?recovered.state.mark_delete,
+            acked = recovered.state.individually_acked.len(),
+            batch_acks = recovered.state.batch_acks.len(),
+            "cursor recovered"
+        );
         Ok(Some(Self::start(name, path, bookies, config, max_entries_per_ledger, recovered)))
     }
 
@@ -272,7 +194,7 @@ impl ManagedCursor {
             return Ok(found);
         }
         let path = cursor_path(managed_ledger, name);
-        let state = CursorState { mark_delete: initial_mark_delete, individually_acked: BTreeSet::new() };
+        let state = CursorState::at(initial_mark_delete);
         match bookies.meta().put(&path, state.to_record().encode_to_vec(), Expected::Absent).await {
             Ok(snapshot_version) => Ok(Self::start(
                 name,
@@ -300,11 +222,12 @@ impl ManagedCursor {
         max_entries_per_ledger: u64,
         recovered: Recovered,
     ) -> Arc<Self> {
-        let (queued, mut changes) = watch::channel::<Option<(u64, CursorInfo)>>(None);
+        let (dirty, mut changes) = watch::channel(0u64);
         let (mark_written, written) = watch::channel(0u64);
         let stop = CancellationToken::new();
         let persisted_mark_delete = Arc::new(Mutex::new(recovered.state.mark_delete));
         let ledgers = Arc::new(Mutex::new(recovered.ledger_id.into_iter().collect::<BTreeSet<u64>>()));
+        let shared = Arc::new(Shared { holder: Mutex::new(Holder::Own(recovered.state)) });
         let mut writer = CursorLedger {
             bookies: bookies.clone(),
             config,
@@ -314,7 +237,7 @@ impl ManagedCursor {
             current: None,
             ledgers: ledgers.clone(),
         };
-        let (task_stop, task_persisted) = (stop.clone(), persisted_mark_delete.clone());
+        let (task_stop, task_persisted, task_shared) = (stop.clone(), persisted_mark_delete.clone(), shared.clone());
         let task = tokio::spawn(async move {
             let mut last_written: Option<CursorInfo> = None;
             loop {
@@ -327,20 +250,21 @@ impl ManagedCursor {
                     },
                     () = task_stop.cancelled() => true,
                 };
-                let queued = changes.borrow_and_update().clone();
-                if let Some((generation, record)) = queued {
-                    if generation > *mark_written.borrow() {
-                        match writer.append(&record).await {
+                let generation = *changes.borrow_and_update();
+                if generation > *mark_written.borrow() {
+                    // Encoded once per write, however many acks marked it dirty meanwhile.
+                    match task_shared.with_state(CursorState::to_record) {
+                        Some(record) => match writer.append(&record).await {
                             Ok(()) => {
-                                *task_persisted.lock().unwrap_or_else(|p| p.into_inner()) =
-                                    record.mark_delete.as_ref().map(Position::from);
+                                *task_persisted.lock() = record.mark_delete.as_ref().map(Position::from);
                                 mark_written.send_replace(generation);
                                 last_written = Some(record);
                             }
                             Err(error) => {
                                 warn!(cursor = %writer.path, %error, "cannot persist cursor; will retry with the next ack")
                             }
-                        }
+                        },
+                        None => debug!(cursor = %writer.path, "subscription gone; cursor state not written"),
                     }
                 }
                 if stopping {
@@ -352,10 +276,10 @@ impl ManagedCursor {
         Arc::new(ManagedCursor {
             name: name.to_owned(),
             path,
-            latest: Mutex::new(recovered.state),
+            shared,
             persisted_mark_delete,
             ledgers,
-            queued,
+            dirty,
             written,
             task: tokio::sync::Mutex::new(Some(task)),
             stop,
@@ -366,46 +290,99 @@ impl ManagedCursor {
         &self.name
     }
 
-    /// The state as acknowledged so far.
-    pub fn state(&self) -> CursorState {
-        self.latest.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// A copy of the state as acknowledged so far (persisted or not); `None` if the
+    /// subscription holding it is gone.
+    pub fn state(&self) -> Option<CursorState> {
+        self.shared.with_state(CursorState::clone)
+    }
+
+    /// The mark-delete position and the count of positions acknowledged beyond it, for
+    /// stats (the persisted mark-delete position if the subscription holding it is gone).
+    pub fn summary(&self) -> (Option<Position>, u64) {
+        self.shared
+            .with_state(|state| (state.mark_delete, state.individually_acked.len()))
+            .unwrap_or_else(|| (self.persisted_mark_delete(), 0))
     }
 
     /// The mark-delete position of the latest durable state.
     pub fn persisted_mark_delete(&self) -> Option<Position> {
-        *self.persisted_mark_delete.lock().unwrap_or_else(|p| p.into_inner())
+        *self.persisted_mark_delete.lock()
     }
 
     /// The ledger the cursor's state changes go to now, if it has one yet.
     pub fn ledger_id(&self) -> Option<u64> {
-        self.ledgers.lock().unwrap_or_else(|p| p.into_inner()).last().copied()
+        self.ledgers.lock().last().copied()
     }
 
     /// Unacknowledged entries of `managed_ledger` for this cursor.
     pub fn backlog(&self, managed_ledger: &ManagedLedger) -> u64 {
-        managed_ledger.backlog(&self.latest.lock().unwrap_or_else(|p| p.into_inner()))
+        self.shared
+            .with_state(|state| managed_ledger.backlog(state))
+            .unwrap_or_else(|| managed_ledger.entries_after(self.persisted_mark_delete()))
     }
 
-    /// Takes `state` as the cursor's state and queues it for writing (latest state wins).
+    /// Hands the live state to a subscription: from now on it holds the state and marks the
+    /// cursor dirty when the state changes. Returns the state to start from.
+    pub fn lend_to(&self, source: Weak<dyn CursorSource>) -> CursorState {
+        let mut holder = self.shared.holder.lock();
+        let state = match &*holder {
+            Holder::Own(state) => state.clone(),
+            // A subscription that was dropped without closing: start from what was written.
+            Holder::Subscription(previous) => previous
+                .upgrade()
+                .and_then(|previous| {
+                    let mut copy = None;
+                    previous.with_cursor_state(&mut |state| copy = Some(state.clone()));
+                    copy
+                })
+                .unwrap_or_else(|| CursorState::at(self.persisted_mark_delete())),
+        };
+        *holder = Holder::Subscription(source);
+        state
+    }
+
+    /// Takes the state back from the subscription that is closing, with its latest value.
+    pub fn take_back(&self, state: CursorState) {
+        *self.shared.holder.lock() = Holder::Own(state);
+    }
+
+    /// Changes the cursor's own state (no subscription holds it) and queues it for writing.
+    pub fn update(&self, change: impl FnOnce(&mut CursorState) -> bool) {
+        let changed = match &mut *self.shared.holder.lock() {
+            Holder::Own(state) => change(state),
+            Holder::Subscription(_) => false,
+        };
+        if changed {
+            self.mark_dirty();
+        }
+    }
+
+    /// Replaces the cursor's own state (no subscription holds it) and queues it for writing.
     pub fn persist(&self, state: &CursorState) {
-        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = state.clone();
-        let record = state.to_record();
-        self.queued.send_modify(|latest| {
-            let generation = latest.as_ref().map_or(1, |(generation, _)| generation + 1);
-            *latest = Some((generation, record));
+        self.update(|own| {
+            *own = state.clone();
+            true
         });
     }
 
-    /// Waits until the latest queued state is durable (or `FLUSH_TIMEOUT` passes).
+    /// The state changed: the persister writes it (the latest state wins).
+    pub fn mark_dirty(&self) {
+        self.dirty.send_modify(|generation| *generation += 1);
+    }
+
+    /// Waits until the latest change is durable (or `FLUSH_TIMEOUT` passes).
     pub async fn flush(&self) {
-        let Some(target) = self.queued.borrow().as_ref().map(|(generation, _)| *generation) else { return };
+        let target = *self.dirty.borrow();
+        if target == 0 {
+            return;
+        }
         let mut written = self.written.clone();
         if tokio::time::timeout(FLUSH_TIMEOUT, written.wait_for(|done| *done >= target)).await.is_err() {
             warn!(cursor = %self.path, "cursor flush timed out; the latest acks stay queued");
         }
     }
 
-    /// Writes the latest queued state, closes the cursor ledger and stops. Idempotent.
+    /// Writes the latest state, closes the cursor ledger and stops. Idempotent.
     pub async fn close(&self) {
         self.stop.cancel();
         if let Some(task) = self.task.lock().await.take() {
@@ -416,7 +393,7 @@ impl ManagedCursor {
     /// Stops the cursor and deletes its ledgers and its key.
     pub(crate) async fn delete(&self, bookies: &Bookies) -> Result<(), BrokerError> {
         self.close().await;
-        let owned: Vec<u64> = self.ledgers.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+        let owned: Vec<u64> = self.ledgers.lock().iter().copied().collect();
         for ledger_id in owned {
             ledger::admin::delete_ledger(bookies, ledger_id).await?;
         }
@@ -480,7 +457,7 @@ impl CursorLedger {
             return Err(error);
         }
         let replaced: Vec<u64> = {
-            let mut ledgers = self.ledgers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut ledgers = self.ledgers.lock();
             let replaced = ledgers.iter().copied().collect();
             ledgers.clear();
             ledgers.insert(writer.ledger_id());
@@ -515,6 +492,7 @@ impl CursorLedger {
             individually_acked: Vec::new(),
             updated_at_ms: record.updated_at_ms,
             cursor_ledger_id: ledger_id,
+            batch_acks: Vec::new(),
         };
         self.snapshot_version = self
             .bookies

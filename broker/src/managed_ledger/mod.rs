@@ -28,8 +28,10 @@
 //! Changes of the ledger list (rollover, trim) are serialized by `rolling`; the list itself
 //! sits in `state` behind a std mutex never held across an await.
 
+pub mod ack_ranges;
 pub mod config;
 pub mod cursor;
+pub mod cursor_state;
 pub mod position;
 #[cfg(test)]
 mod tests;
@@ -52,6 +54,7 @@ use tracing::{info, warn};
 
 pub use config::{ManagedLedgerConfig, Retention};
 pub use cursor::ManagedCursor;
+pub use cursor_state::{CursorState, LedgerPositions, PositionView};
 pub use position::Position;
 
 use crate::error::BrokerError;
@@ -469,28 +472,27 @@ impl ManagedLedger {
         }
     }
 
+    /// The confirmed entries now, for cursor arithmetic without holding the ledger's lock.
+    pub fn positions(&self) -> LedgerPositions {
+        LedgerPositions { ledgers: self.ledgers() }
+    }
+
     /// The first confirmed position after `after` (`None`: from the very start), if any.
     pub fn next_position(&self, after: Option<Position>) -> Option<Position> {
-        let last = self.last_confirmed()?;
-        for (ledger_id, entries) in self.ledgers() {
-            if entries == 0 {
-                continue;
-            }
-            let candidate = match after {
-                None => Position::new(ledger_id, 0),
-                Some(after) if ledger_id < after.ledger_id => continue,
-                Some(after) if ledger_id == after.ledger_id => {
-                    if after.entry_id + 1 < entries {
-                        Position::new(ledger_id, after.entry_id + 1)
-                    } else {
-                        continue;
-                    }
-                }
-                Some(_) => Position::new(ledger_id, 0),
-            };
-            return (candidate <= last).then_some(candidate);
+        self.positions().next_position(after)
+    }
+
+    /// The confirmed entry just before `position` (`None`: `position` is the first entry, or
+    /// before it). Seeks and readers start after this, so that `position` itself is delivered.
+    pub fn position_before(&self, position: Position) -> Option<Position> {
+        let ledgers = self.ledgers();
+        if position.entry_id > 0 && ledgers.iter().any(|(id, _)| *id == position.ledger_id) {
+            return Some(Position::new(position.ledger_id, position.entry_id - 1));
         }
-        None
+        ledgers
+            .into_iter()
+            .rfind(|(id, entries)| *id < position.ledger_id && *entries > 0)
+            .map(|(id, entries)| Position::new(id, entries - 1))
     }
 
     /// Number of confirmed entries after `after` (the backlog of a cursor there).
@@ -512,11 +514,8 @@ impl ManagedLedger {
 
     /// Unacknowledged entries of a cursor state: those after its mark-delete position up to
     /// the last confirmed one, less the ones acknowledged individually.
-    pub fn backlog(&self, state: &cursor::CursorState) -> u64 {
-        let last = self.last_confirmed();
-        let acked_beyond =
-            state.individually_acked.iter().filter(|p| last.is_some_and(|last| **p <= last)).count() as u64;
-        self.entries_after(state.mark_delete).saturating_sub(acked_beyond)
+    pub fn backlog(&self, state: &CursorState) -> u64 {
+        state.backlog(self.entries_after(state.mark_delete), self.last_confirmed())
     }
 
     /// Opens the durable cursor `name`, creating it with `initial_mark_delete` if it is new.
@@ -722,4 +721,14 @@ fn raise(confirmed: &watch::Sender<Option<Position>>, position: Position) {
             false
         }
     });
+}
+
+impl PositionView for ManagedLedger {
+    fn next_position(&self, after: Option<Position>) -> Option<Position> {
+        ManagedLedger::next_position(self, after)
+    }
+
+    fn contains(&self, position: Position) -> bool {
+        self.positions().contains(position)
+    }
 }

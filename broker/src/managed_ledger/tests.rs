@@ -14,7 +14,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{ManagedLedgerConfig, Retention};
-use super::cursor::{cursor_path, CursorState};
+use super::cursor::cursor_path;
+use super::cursor_state::CursorState;
 use super::{info_path, ManagedLedger, Position};
 
 struct Cluster {
@@ -194,7 +195,7 @@ async fn reopened_cursor_resumes_with_exactly_its_individual_acks() {
         positions.push(add(&ledger, format!("m{i}")).await);
     }
     let cursor = ledger.open_cursor("sub", None).await.expect("cursor");
-    let mut state = cursor.state();
+    let mut state = cursor.state().expect("state");
     for i in [0, 1, 2, 5, 7] {
         state.ack_individual(positions[i], &ledger);
     }
@@ -203,6 +204,7 @@ async fn reopened_cursor_resumes_with_exactly_its_individual_acks() {
     let expected = CursorState {
         mark_delete: Some(positions[2]),
         individually_acked: [positions[5], positions[7]].into_iter().collect(),
+        ..Default::default()
     };
     assert_eq!(state, expected);
     assert_eq!(ledger.backlog(&state), 10 - 5);
@@ -214,10 +216,10 @@ async fn reopened_cursor_resumes_with_exactly_its_individual_acks() {
     let cursors = reopened.cursors();
     assert_eq!(cursors.len(), 1, "the stored cursor is opened with the managed ledger");
     let cursor = reopened.open_cursor("sub", None).await.expect("cursor");
-    assert_eq!(cursor.state(), expected);
+    assert_eq!(cursor.state().expect("state"), expected);
     assert_eq!(cursor.backlog(&reopened), 5);
     // The next change moves to a new cursor ledger and deletes the recovered one.
-    let mut state = cursor.state();
+    let mut state = cursor.state().expect("state");
     state.ack_individual(positions[3], &reopened);
     cursor.persist(&state);
     cursor.flush().await;
@@ -230,8 +232,8 @@ async fn reopened_cursor_resumes_with_exactly_its_individual_acks() {
     drop(reopened);
     let again = cluster.open(name, config()).await;
     let cursor = again.open_cursor("sub", None).await.expect("cursor");
-    assert_eq!(cursor.state().mark_delete, Some(positions[3]));
-    assert_eq!(cursor.state().individually_acked, [positions[5], positions[7]].into_iter().collect());
+    assert_eq!(cursor.state().expect("state").mark_delete, Some(positions[3]));
+    assert_eq!(cursor.state().expect("state").individually_acked, [positions[5], positions[7]].into_iter().collect());
 }
 
 #[tokio::test]
@@ -244,7 +246,7 @@ async fn cursor_switches_ledgers_when_full_and_deletes_the_old_one() {
         positions.push(add(&ledger, format!("m{i}")).await);
     }
     let cursor = ledger.open_cursor("sub", None).await.expect("cursor");
-    let mut state = cursor.state();
+    let mut state = cursor.state().expect("state");
     let mut used = Vec::new();
     for position in &positions {
         state.ack_cumulative(*position, &ledger);
@@ -268,7 +270,7 @@ async fn cursor_switches_ledgers_when_full_and_deletes_the_old_one() {
     drop(ledger);
     let reopened = cluster.open(name, config()).await;
     let cursor = reopened.open_cursor("sub", None).await.expect("cursor");
-    assert_eq!(cursor.state().mark_delete, Some(positions[7]));
+    assert_eq!(cursor.state().expect("state").mark_delete, Some(positions[7]));
 }
 
 #[tokio::test]
@@ -287,7 +289,7 @@ async fn retention_trims_consumed_ledgers_but_never_what_a_cursor_needs() {
     // Nothing acknowledged: the cursor needs everything.
     assert!(ledger.trim().await.expect("trim").is_empty());
     // Acknowledge through the middle of the second ledger: only the first is consumed.
-    let mut state = cursor.state();
+    let mut state = cursor.state().expect("state");
     state.ack_cumulative(positions[4], &ledger);
     cursor.persist(&state);
     cursor.flush().await;
@@ -317,7 +319,7 @@ async fn retention_trims_consumed_ledgers_but_never_what_a_cursor_needs() {
     for i in 10..16 {
         add(&ledger, format!("m{i}")).await;
     }
-    let mut state = cursor.state();
+    let mut state = cursor.state().expect("state");
     state.ack_cumulative(ledger.last_confirmed().expect("last"), &ledger);
     cursor.persist(&state);
     cursor.flush().await;
@@ -338,7 +340,7 @@ async fn retention_by_size_and_time_keep_consumed_ledgers() {
     for i in 0..8 {
         add(&ledger, vec![i as u8; 100]).await;
     }
-    let mut state = cursor.state();
+    let mut state = cursor.state().expect("state");
     state.ack_cumulative(ledger.last_confirmed().expect("last"), &ledger);
     cursor.persist(&state);
     cursor.flush().await;
@@ -356,7 +358,7 @@ async fn retention_by_size_and_time_keep_consumed_ledgers() {
     for i in 0..6 {
         add(&ledger, vec![i as u8; 100]).await;
     }
-    let mut state = cursor.state();
+    let mut state = cursor.state().expect("state");
     state.ack_cumulative(ledger.last_confirmed().expect("last"), &ledger);
     cursor.persist(&state);
     cursor.flush().await;

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -27,21 +27,21 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::consumer::ConnectionConsumer;
+use super::convert;
+use super::receipts::{answer_receipts, PendingReceipt, ReceiptItem};
 use super::{Outbound, MAX_PENDING_SENDS_PER_PRODUCER, OUTBOUND_QUEUE};
 use crate::dedup::Published;
-use crate::dispatcher::{key_shared, SubscriptionType};
+use crate::dispatcher::SubscribeOptions;
 use crate::error::BrokerError;
-use crate::managed_ledger::cursor::position_before;
 use crate::managed_ledger::{AddFuture, Position};
 use crate::metrics::Metrics;
 use crate::ownership::LookupAnswer;
 use crate::partitions;
 use crate::service::BrokerService;
-use crate::subscription::{
-    mark_delete_for_publish_time, start_before, ConsumerHandle, InitialPosition, KeySharedOptions, StartAt,
-    SubscribeOptions, Subscription,
-};
-use crate::topic::{AccessMode, Admission, Topic};
+use crate::subscription::start::{mark_delete_for_publish_time, start_before};
+use crate::subscription::{NewConsumer, StartAt, Subscription};
+use crate::topic::{Admission, Topic};
 use crate::topic_name::TopicName;
 
 const SERVER_VERSION: &str = concat!("Magnetar ", env!("CARGO_PKG_VERSION"));
@@ -50,22 +50,6 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// Distinguishes producers across connections when they unregister.
 static NEXT_PRODUCER_KEY: AtomicU64 = AtomicU64::new(1);
-
-struct PendingReceipt {
-    sequence_id: u64,
-    highest_sequence_id: u64,
-    messages: u64,
-    bytes: u64,
-    durable: AddFuture,
-}
-
-/// What a producer's receipt task answers, in order.
-enum ReceiptItem {
-    Publish(PendingReceipt),
-    /// The topic closed (moving to another broker): after the receipts before it, send
-    /// CLOSE_PRODUCER so the client reconnects through a lookup and resends the rest.
-    Close,
-}
 
 struct ProducerEntry {
     topic: Arc<Topic>,
@@ -281,9 +265,7 @@ impl Connection {
             (Type::Ack, BaseCommand { ack: Some(ack), .. }) => self.on_ack(ack).await,
             (Type::RedeliverUnacknowledgedMessages, BaseCommand { redeliver_unacknowledged_messages: Some(r), .. }) => {
                 if let Some(consumer) = self.consumers.get(&r.consumer_id) {
-                    let positions: Vec<Position> =
-                        r.message_ids.iter().map(|id| Position::new(id.ledger_id, id.entry_id)).collect();
-                    consumer.subscription.redeliver(r.consumer_id, &positions);
+                    consumer.subscription.redeliver(r.consumer_id, &convert::positions(&r.message_ids));
                 }
             }
             (Type::CloseConsumer, BaseCommand { close_consumer: Some(close), .. }) => {
@@ -380,20 +362,9 @@ impl Connection {
                 BrokerError::NotAllowed { what: format!("producer id {} is already in use", request.producer_id) };
             return self.send_error(request.request_id, &error).await;
         }
-        let mode = match pb::ProducerAccessMode::try_from(request.producer_access_mode.unwrap_or(0)) {
-            Ok(pb::ProducerAccessMode::Shared) => AccessMode::Shared,
-            Ok(pb::ProducerAccessMode::Exclusive) => AccessMode::Exclusive,
-            Ok(pb::ProducerAccessMode::WaitForExclusive) => AccessMode::WaitForExclusive,
-            Ok(pb::ProducerAccessMode::ExclusiveWithFencing) => {
-                let error = BrokerError::NotSupported { what: "access mode ExclusiveWithFencing".to_owned() };
-                return self.send_error(request.request_id, &error).await;
-            }
-            Err(_) => {
-                let error = BrokerError::NotAllowed {
-                    what: format!("unknown producer access mode {:?}", request.producer_access_mode),
-                };
-                return self.send_error(request.request_id, &error).await;
-            }
+        let mode = match convert::access_mode(request.producer_access_mode) {
+            Ok(mode) => mode,
+            Err(error) => return self.send_error(request.request_id, &error).await,
         };
         let key = NEXT_PRODUCER_KEY.fetch_add(1, Ordering::Relaxed);
         let topic_and_name = async {
@@ -540,48 +511,33 @@ impl Connection {
             // Closed by the broker (seek): the client subscribes again with the same id.
             self.consumers.remove(&request.consumer_id);
         }
-        use pb::command_subscribe::SubType;
-        let sub_type = match SubType::try_from(request.sub_type) {
-            Ok(SubType::Exclusive) => SubscriptionType::Exclusive,
-            Ok(SubType::Shared) => SubscriptionType::Shared,
-            Ok(SubType::Failover) => SubscriptionType::Failover,
-            Ok(SubType::KeyShared) => SubscriptionType::KeyShared,
-            Err(_) => {
-                return Err(BrokerError::NotAllowed { what: format!("unknown subscription type {}", request.sub_type) })
-            }
-        };
+        let sub_type = convert::sub_type(request.sub_type)?;
         if request.subscription.is_empty() || request.subscription.contains('/') {
             return Err(BrokerError::NotAllowed {
                 what: "subscription name must be non-empty and hold no '/'".to_owned(),
             });
         }
-        let key_shared = match (&request.key_shared_meta, sub_type) {
-            (Some(meta), SubscriptionType::KeyShared) => {
-                let sticky = meta.key_shared_mode() == pb::KeySharedMode::Sticky;
-                let ranges: Vec<(i32, i32)> = meta.hash_ranges.iter().map(|r| (r.start, r.end)).collect();
-                let ranges = key_shared::ranges_from_wire(&ranges)
-                    .map_err(|error| BrokerError::ConsumerAssign { what: error.to_string() })?;
-                Some(KeySharedOptions { sticky, ranges, allow_out_of_order: meta.allow_out_of_order_delivery() })
-            }
-            _ => None,
-        };
+        let key_shared = convert::key_shared_options(request.key_shared_meta.as_ref(), sub_type)?;
         let durable = request.durable.unwrap_or(true);
         let name = TopicName::parse(&request.topic)?;
         let topic = self.service.topic(&name).await?;
-        let initial = match request.initial_position() {
-            pb::command_subscribe::InitialPosition::Earliest => InitialPosition::Earliest,
-            pb::command_subscribe::InitialPosition::Latest => InitialPosition::Latest,
+        let initial = convert::initial_position(request.initial_position());
+        let start = if durable {
+            StartAt::Initial(initial)
+        } else {
+            convert::reader_start(topic.ledger(), &request, initial).await?
         };
-        let start = if durable { StartAt::Initial(initial) } else { reader_start(&topic, &request, initial).await? };
         let subscription = topic.subscription(&request.subscription, start, durable, sub_type).await?;
-        let handle = Arc::new(ConsumerHandle {
+        let handle = NewConsumer {
             consumer_id: request.consumer_id,
             consumer_name: request.consumer_name.clone().unwrap_or_default(),
             priority_level: request.priority_level.unwrap_or(0),
-            permits: AtomicI64::new(0),
-            outbound: self.outbound.clone(),
-            metrics: self.service.metrics.clone(),
-        });
+            sink: Arc::new(ConnectionConsumer {
+                consumer_id: request.consumer_id,
+                outbound: self.outbound.clone(),
+                metrics: self.service.metrics.clone(),
+            }),
+        };
         let options = SubscribeOptions { sub_type, key_shared };
         if let Err(error) = subscription.attach(handle, &options) {
             if !durable {
@@ -598,10 +554,7 @@ impl Connection {
             debug!(peer = %self.peer, consumer_id = ack.consumer_id, "ack for an unknown consumer");
             return;
         };
-        let cumulative = ack.ack_type() == pb::command_ack::AckType::Cumulative;
-        // A batch-index ack carries the bits of the indexes still unacknowledged.
-        let ids: Vec<(Position, Vec<i64>)> =
-            ack.message_id.iter().map(|id| (Position::new(id.ledger_id, id.entry_id), id.ack_set.clone())).collect();
+        let (ids, cumulative) = convert::ack_ids(&ack);
         let result = consumer.subscription.ack(&ids, cumulative);
         if let Err(error) = &result {
             info!(peer = %self.peer, consumer_id = ack.consumer_id, %error, "ack refused");
@@ -743,74 +696,4 @@ fn producer_success_waiting(request_id: u64, producer_name: &str, ready: bool, l
         success.producer_ready = Some(ready);
     }
     answer
-}
-
-/// Where a reader (non-durable subscription) starts, as Pulsar's `getNonDurableSubscription`:
-/// at the entry of `start_message_id` (-1:-1 = the start; past the end = the end). Pulsar
-/// takes every start id as a batch id and steps back one entry, so the whole entry comes
-/// and the client drops what it must (everything up to the id unless inclusive). A
-/// rollback duration starts at the first message published within it.
-async fn reader_start(
-    topic: &Topic,
-    request: &pb::CommandSubscribe,
-    initial: InitialPosition,
-) -> Result<StartAt, BrokerError> {
-    let ledger = topic.ledger();
-    if let Some(seconds) = request.start_message_rollback_duration_sec.filter(|s| *s > 0) {
-        let since = crate::subscription::now_ms().saturating_sub(seconds.saturating_mul(1000));
-        return Ok(StartAt::After(mark_delete_for_publish_time(ledger, since).await?));
-    }
-    let Some(id) = &request.start_message_id else { return Ok(StartAt::Initial(initial)) };
-    if id.ledger_id == u64::MAX || id.ledger_id as i64 == -1 {
-        return Ok(StartAt::After(None));
-    }
-    let position = Position::new(id.ledger_id, id.entry_id);
-    let Some(last) = ledger.last_confirmed() else { return Ok(StartAt::After(None)) };
-    if position > last {
-        return Ok(StartAt::After(Some(last)));
-    }
-    Ok(StartAt::After(position_before(ledger, position)))
-}
-
-/// Answers one producer's publishes in order, each once durable.
-async fn answer_receipts(
-    producer_id: u64,
-    mut queue: mpsc::Receiver<ReceiptItem>,
-    outbound: mpsc::Sender<Outbound>,
-    metrics: Arc<Metrics>,
-) {
-    while let Some(item) = queue.recv().await {
-        let pending = match item {
-            ReceiptItem::Publish(pending) => pending,
-            ReceiptItem::Close => {
-                // Request id -1, as Pulsar's broker-initiated close.
-                let close = command::close_producer(producer_id, u64::MAX);
-                if outbound.send(Outbound::command(close)).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-        };
-        let answer = match pending.durable.await {
-            Ok(position) => {
-                Metrics::add(&metrics.in_messages, pending.messages);
-                Metrics::add(&metrics.in_bytes, pending.bytes);
-                command::send_receipt(
-                    producer_id,
-                    pending.sequence_id,
-                    pending.highest_sequence_id,
-                    position.ledger_id,
-                    position.entry_id,
-                )
-            }
-            Err(error) => {
-                warn!(producer_id, sequence_id = pending.sequence_id, %error, "publish not durable");
-                Metrics::add(&metrics.send_errors, 1);
-                command::send_error(producer_id, pending.sequence_id, error.server_error(), &error.to_string())
-            }
-        };
-        if outbound.send(Outbound::command(answer)).await.is_err() {
-            return;
-        }
-    }
 }

@@ -1,7 +1,12 @@
 //! The Pulsar binary protocol server: an accept loop ([`server`]) and one handler per client
-//! connection ([`connection`]).
+//! connection ([`connection`], the command table); the frames a subscription's decisions become
+//! ([`consumer`]); each producer's receipt task ([`receipts`]); wire-to-domain conversions
+//! ([`convert`]).
 
 pub mod connection;
+pub mod consumer;
+pub mod convert;
+pub mod receipts;
 pub mod server;
 
 use bytes::Bytes;

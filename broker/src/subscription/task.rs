@@ -1,25 +1,30 @@
-//! The dispatcher task of one subscription.
+//! The dispatch task of one subscription: the I/O around the delivery core.
 //!
-//! It waits until a receiving consumer has permits and there is something to send (a
-//! message to redeliver, a confirmed entry after the delivery position, a delayed message
-//! whose time came), reads a run of entries (at most the permits), and for each asks the
-//! subscription which consumer gets it (`Subscription::dispatch`), then sends it there as a
-//! MESSAGE, spending as many permits as the entry holds messages (a batch counts each).
-//! Reads and sends happen outside the subscription's lock; a read that a rewind made stale
-//! is dropped. Sends wait when a consumer's connection queue is full (backpressure).
+//! It asks the subscription what to read ([`Subscription::next`]): nothing yet (wait for a
+//! wake-up, a newly confirmed entry or a delayed message's time), positions to send again,
+//! or new entries. It reads them (at most the permits), gives them back to
+//! [`Subscription::dispatch`], and sends each message it is handed to its consumer, waiting
+//! when a consumer's connection queue is full (backpressure). Reads and sends happen outside
+//! the subscription's lock; a read that a rewind made stale is dropped by the core.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
+use magnetar_proto::clock::now_ms;
 use tracing::{debug, warn};
 
+use super::delivery::Next;
+use super::Subscription;
+use crate::error::BrokerError;
 use crate::managed_ledger::Position;
-use crate::metrics::Metrics;
-use crate::subscription::{now_ms, Dispatch, EntryInfo, Next, Subscription};
 
-pub async fn run(subscription: Arc<Subscription>, cancel: CancellationToken) {
+/// How long the task waits before retrying a failed read.
+pub const READ_RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// Runs until the subscription closes.
+pub async fn run(subscription: Arc<Subscription>) {
+    let cancel = subscription.stopped();
     let mut confirmed = subscription.ledger().watch_confirmed();
     loop {
         if cancel.is_cancelled() {
@@ -28,7 +33,7 @@ pub async fn run(subscription: Arc<Subscription>, cancel: CancellationToken) {
         // Register interest before checking, so a wake between check and wait is not lost.
         let notified = subscription.notified();
         confirmed.borrow_and_update();
-        let (entries, epoch, from_replay) = match subscription.next() {
+        let (read, epoch, from_replay) = match subscription.next() {
             Next::Wait { until_ms } => {
                 let delay =
                     until_ms.map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.saturating_sub(now_ms())));
@@ -57,41 +62,23 @@ pub async fn run(subscription: Arc<Subscription>, cancel: CancellationToken) {
                 (read, epoch, false)
             }
         };
-        let entries = match entries {
+        let entries = match read {
             Ok(entries) => entries,
             Err((from, error)) => {
                 warn!(subscription = subscription.name(), %from, %error, "read failed; retrying");
                 tokio::select! {
-                    () = tokio::time::sleep(super::READ_RETRY_DELAY) => continue,
+                    () = tokio::time::sleep(READ_RETRY_DELAY) => continue,
                     () = cancel.cancelled() => break,
                 }
             }
         };
-        let mut sent_any = false;
-        for (position, data) in entries {
-            let info = EntryInfo::parse(&data);
-            let (consumer, redelivery_count, ack_set) = match subscription.dispatch(position, &info, epoch, from_replay)
-            {
-                Dispatch::Stale => break,
-                Dispatch::Skip => continue,
-                Dispatch::Send { consumer, redelivery_count, ack_set } => (consumer, redelivery_count, ack_set),
-            };
-            sent_any = true;
-            Metrics::add(&consumer.metrics.out_messages, info.messages.max(0) as u64);
-            Metrics::add(&consumer.metrics.out_bytes, data.len() as u64);
-            let frame = Subscription::message_frame(consumer.consumer_id, position, redelivery_count, ack_set, data);
-            if consumer.outbound.send(frame).await.is_err() {
+        for (sink, message) in subscription.dispatch(entries, epoch, from_replay) {
+            let position = message.position;
+            if !sink.send_message(message).await {
                 // The connection is gone; its cleanup detaches the consumer and the message
                 // goes to the replay set with the consumer's other unacknowledged ones.
-                debug!(
-                    subscription = subscription.name(),
-                    consumer_id = consumer.consumer_id,
-                    "consumer connection gone"
-                );
+                debug!(subscription = subscription.name(), %position, "consumer connection gone");
             }
-        }
-        if from_replay {
-            subscription.replay_pass_done(sent_any, epoch);
         }
     }
 }
@@ -100,7 +87,7 @@ pub async fn run(subscription: Arc<Subscription>, cancel: CancellationToken) {
 async fn read_positions(
     subscription: &Subscription,
     positions: &[Position],
-) -> Result<Vec<(Position, Bytes)>, (Position, crate::error::BrokerError)> {
+) -> Result<Vec<(Position, Bytes)>, (Position, BrokerError)> {
     let mut entries = Vec::with_capacity(positions.len());
     let mut index = 0;
     while index < positions.len() {
@@ -113,7 +100,7 @@ async fn read_positions(
         }
         let read = subscription.ledger().read_entries(start, run as u32).await.map_err(|e| (start, e))?;
         if read.is_empty() {
-            // Trimmed or never confirmed: nothing to send; dispatch forgets nothing, so skip.
+            // Trimmed or never confirmed: nothing to send.
             index += run;
             continue;
         }

@@ -1,0 +1,54 @@
+//! A consumer's side of its connection: the frames a subscription's decisions become
+//! (MESSAGE, ACTIVE_CONSUMER_CHANGE, CLOSE_CONSUMER), queued to the connection's writer.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use magnetar_proto::command;
+use magnetar_proto::pulsar::{base_command::Type, BaseCommand, CommandActiveConsumerChange};
+use tokio::sync::mpsc;
+
+use super::Outbound;
+use crate::metrics::Metrics;
+use crate::subscription::{ConsumerSink, OutgoingMessage};
+
+/// One consumer of one connection, as its subscription sends to it.
+pub struct ConnectionConsumer {
+    pub consumer_id: u64,
+    /// The connection's writer queue.
+    pub outbound: mpsc::Sender<Outbound>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl ConsumerSink for ConnectionConsumer {
+    async fn send_message(&self, message: OutgoingMessage) -> bool {
+        Metrics::add(&self.metrics.out_messages, message.messages.max(0) as u64);
+        Metrics::add(&self.metrics.out_bytes, message.data.len() as u64);
+        let position = message.position;
+        let mut frame =
+            command::message(self.consumer_id, position.ledger_id, position.entry_id, message.redelivery_count);
+        if let Some(body) = frame.message.as_mut() {
+            body.ack_set = message.ack_set;
+        }
+        self.outbound.send(Outbound { command: frame, payload: Some(message.data) }).await.is_ok()
+    }
+
+    fn active_changed(&self, is_active: bool) {
+        let frame = BaseCommand {
+            command_type: Type::ActiveConsumerChange as i32,
+            active_consumer_change: Some(CommandActiveConsumerChange {
+                consumer_id: self.consumer_id,
+                is_active: Some(is_active),
+            }),
+            ..Default::default()
+        };
+        let _ = self.outbound.try_send(Outbound::command(frame));
+    }
+
+    fn closed_by_broker(&self) {
+        // Request id -1, as Pulsar's broker-initiated close.
+        let frame = command::close_consumer(self.consumer_id, u64::MAX);
+        let _ = self.outbound.try_send(Outbound::command(frame));
+    }
+}

@@ -1,0 +1,79 @@
+//! A producer's receipt task: answers its publishes strictly in send order (Pulsar clients
+//! require receipts in send order), each once durable: SEND_RECEIPT with the entry's
+//! position, or SEND_ERROR. When the topic closes under the producer (it moves to another
+//! broker), CLOSE_PRODUCER follows the receipts queued before it, so the client resends the
+//! rest after a lookup.
+//!
+//! The queue between the connection and this task is bounded
+//! ([`MAX_PENDING_SENDS_PER_PRODUCER`](super::MAX_PENDING_SENDS_PER_PRODUCER)): when full the
+//! connection stops reading (backpressure on the socket).
+
+use std::sync::Arc;
+
+use magnetar_proto::command;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::Outbound;
+use crate::managed_ledger::AddFuture;
+use crate::metrics::Metrics;
+
+/// A publish waiting to be durable.
+pub struct PendingReceipt {
+    pub sequence_id: u64,
+    pub highest_sequence_id: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub durable: AddFuture,
+}
+
+/// What a producer's receipt task answers, in order.
+pub enum ReceiptItem {
+    Publish(PendingReceipt),
+    /// The topic closed (moving to another broker): after the receipts before it, send
+    /// CLOSE_PRODUCER so the client reconnects through a lookup and resends the rest.
+    Close,
+}
+
+/// Answers one producer's publishes in order, each once durable.
+pub async fn answer_receipts(
+    producer_id: u64,
+    mut queue: mpsc::Receiver<ReceiptItem>,
+    outbound: mpsc::Sender<Outbound>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(item) = queue.recv().await {
+        let pending = match item {
+            ReceiptItem::Publish(pending) => pending,
+            ReceiptItem::Close => {
+                // Request id -1, as Pulsar's broker-initiated close.
+                let close = command::close_producer(producer_id, u64::MAX);
+                if outbound.send(Outbound::command(close)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let answer = match pending.durable.await {
+            Ok(position) => {
+                Metrics::add(&metrics.in_messages, pending.messages);
+                Metrics::add(&metrics.in_bytes, pending.bytes);
+                command::send_receipt(
+                    producer_id,
+                    pending.sequence_id,
+                    pending.highest_sequence_id,
+                    position.ledger_id,
+                    position.entry_id,
+                )
+            }
+            Err(error) => {
+                warn!(producer_id, sequence_id = pending.sequence_id, %error, "publish not durable");
+                Metrics::add(&metrics.send_errors, 1);
+                command::send_error(producer_id, pending.sequence_id, error.server_error(), &error.to_string())
+            }
+        };
+        if outbound.send(Outbound::command(answer)).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! A subscription: a cursor on a topic plus the consumers it delivers to.
+//!
+//! The decisions (who gets which message, who is active, what to read next) are the delivery
+//! core's ([`delivery::Delivery`], plain code, with the per-type choice in `dispatcher/`).
+//! This shell holds it behind one mutex that is never held across an await, with what the
+//! core must not know: each consumer's [`ConsumerSink`] (its connection, which builds the
+//! frames), the wake-up of the dispatch task, the wall clock, and the durable cursor, which
+//! it marks dirty when an ack changed the state (the cursor's persister then reads the state
+//! through [`CursorSource`] and writes it once).
+//!
+//! One dispatch task per subscription ([`task`]) asks [`Subscription::next`] what to read,
+//! reads it, and gives it back to [`Subscription::dispatch`], which answers with the messages
+//! to send: one way out, one way back.
+//!
+//! Non-durable subscriptions (readers) have no `ManagedCursor`: acks stay in memory and the
+//! subscription is dropped when its consumer leaves.
+
+pub mod delivery;
+pub mod entry_meta;
+pub mod start;
+pub mod task;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use magnetar_proto::clock::now_ms;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatcher::{Consumer, SubscribeOptions, SubscriptionType};
+use crate::error::BrokerError;
+use crate::managed_ledger::cursor::CursorSource;
+use crate::managed_ledger::{CursorState, ManagedCursor, ManagedLedger, Position};
+use delivery::{ActiveChange, Delivery, EntryMeta, Next};
+pub use start::{InitialPosition, StartAt};
+
+/// One message for a consumer.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    pub position: Position,
+    pub redelivery_count: u32,
+    /// Bits of the batch indexes still unacknowledged (empty: deliver every index).
+    pub ack_set: Vec<i64>,
+    /// Messages in the entry (a batch counts each).
+    pub messages: i64,
+    pub data: Bytes,
+}
+
+/// Where a consumer's messages and notices go: its connection, which turns them into frames.
+#[async_trait]
+pub trait ConsumerSink: Send + Sync {
+    /// Sends one message; waits while the connection's queue is full (backpressure). False
+    /// if the connection is gone (its cleanup detaches the consumer).
+    async fn send_message(&self, message: OutgoingMessage) -> bool;
+    /// Tells the consumer whether it is the active one; never waits (a full queue means a
+    /// stuck client, which learns the state again on the next change).
+    fn active_changed(&self, is_active: bool);
+    /// Tells the consumer's client to subscribe again (the broker closed it); never waits.
+    fn closed_by_broker(&self);
+}
+
+/// A consumer attaching: who it is and where its messages go.
+pub struct NewConsumer {
+    pub consumer_id: u64,
+    pub consumer_name: String,
+    pub priority_level: i32,
+    pub sink: Arc<dyn ConsumerSink>,
+}
+
+struct Inner {
+    delivery: Delivery,
+    sinks: HashMap<u64, Arc<dyn ConsumerSink>>,
+}
+
+pub struct Subscription {
+    name: String,
+    ledger: Arc<ManagedLedger>,
+    inner: Mutex<Inner>,
+    /// Wakes the dispatch task: permits arrived, acks, consumers changed, delivery was reset.
+    wake: Notify,
+    /// The durable cursor: persists acks, owned by the managed ledger; `None` for readers.
+    cursor: Option<Arc<ManagedCursor>>,
+    /// Stops the dispatch task.
+    stop: CancellationToken,
+}
+
+impl CursorSource for Subscription {
+    fn with_cursor_state(&self, f: &mut dyn FnMut(&CursorState)) {
+        f(self.inner.lock().delivery.cursor());
+    }
+}
+
+impl Subscription {
+    /// Opens the subscription (its dispatch task, [`task::run`], is started by its owner). A
+    /// durable one gets its cursor
+    /// (created at `start` if new) and holds its live state from now on; a non-durable one
+    /// (reader) starts at `start` with its state in memory only.
+    pub async fn open(
+        topic: &str,
+        name: &str,
+        ledger: Arc<ManagedLedger>,
+        start: StartAt,
+        durable: bool,
+        sub_type: SubscriptionType,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let start_mark_delete = match start {
+            StartAt::Initial(InitialPosition::Earliest) => None,
+            StartAt::Initial(InitialPosition::Latest) => ledger.last_confirmed(),
+            StartAt::After(position) => position,
+        };
+        let cursor = if durable { Some(ledger.open_cursor(name, start_mark_delete).await?) } else { None };
+        let partition_index = partition_index(topic);
+        let subscription = Arc::new_cyclic(|weak: &std::sync::Weak<Subscription>| {
+            let state = match &cursor {
+                Some(cursor) => cursor.lend_to(weak.clone()),
+                None => CursorState::at(start_mark_delete),
+            };
+            Subscription {
+                name: name.to_owned(),
+                ledger,
+                inner: Mutex::new(Inner {
+                    delivery: Delivery::new(topic, name, sub_type, partition_index, state),
+                    sinks: HashMap::new(),
+                }),
+                wake: Notify::new(),
+                cursor,
+                stop: CancellationToken::new(),
+            }
+        });
+        Ok(subscription)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn ledger(&self) -> &Arc<ManagedLedger> {
+        &self.ledger
+    }
+
+    pub fn is_durable(&self) -> bool {
+        self.cursor.is_some()
+    }
+
+    pub fn has_consumer(&self) -> bool {
+        !self.inner.lock().delivery.consumers().is_empty()
+    }
+
+    pub fn has_consumer_id(&self, consumer_id: u64) -> bool {
+        self.inner.lock().delivery.has_consumer(consumer_id)
+    }
+
+    pub fn consumer_count(&self) -> usize {
+        self.inner.lock().delivery.consumers().len()
+    }
+
+    pub fn sub_type(&self) -> SubscriptionType {
+        self.inner.lock().delivery.sub_type()
+    }
+
+    pub fn mark_delete(&self) -> Option<Position> {
+        self.inner.lock().delivery.cursor().mark_delete
+    }
+
+    /// Unacknowledged entries.
+    pub fn backlog(&self) -> u64 {
+        self.ledger.backlog(self.inner.lock().delivery.cursor())
+    }
+
+    /// Attaches a consumer, refusing it as Pulsar does (see [`Delivery::attach`]).
+    pub fn attach(&self, consumer: NewConsumer, options: &SubscribeOptions) -> Result<(), BrokerError> {
+        let mut inner = self.inner.lock();
+        let spec = Consumer {
+            id: consumer.consumer_id,
+            name: consumer.consumer_name,
+            priority_level: consumer.priority_level,
+            permits: 0,
+        };
+        inner.delivery.attach(spec, options)?;
+        inner.sinks.insert(consumer.consumer_id, consumer.sink);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Failover: tells every consumer whether it is the active one (ACTIVE_CONSUMER_CHANGE).
+    /// Called after a consumer's SUBSCRIBE was answered and when one leaves.
+    pub fn announce_active(&self) {
+        let inner = self.inner.lock();
+        Self::announce(&inner, inner.delivery.active_changes());
+    }
+
+    fn announce(inner: &Inner, changes: Vec<ActiveChange>) {
+        for change in changes {
+            if let Some(sink) = inner.sinks.get(&change.consumer_id) {
+                sink.active_changed(change.is_active);
+            }
+        }
+    }
+
+    /// Detaches the consumer if attached; its unacknowledged messages go to the others
+    /// (Shared, Key_Shared) or to the next active consumer (Exclusive, Failover).
+    pub fn detach(&self, consumer_id: u64) -> bool {
+        let mut inner = self.inner.lock();
+        if !inner.delivery.detach(consumer_id) {
+            return false;
+        }
+        inner.sinks.remove(&consumer_id);
+        self.wake.notify_one();
+        Self::announce(&inner, inner.delivery.active_changes());
+        true
+    }
+
+    /// FLOW: the consumer may get `permits` more messages.
+    pub fn add_permits(&self, consumer_id: u64, permits: u32) {
+        self.inner.lock().delivery.flow(consumer_id, permits);
+        self.wake.notify_one();
+    }
+
+    /// REDELIVER_UNACKNOWLEDGED_MESSAGES (see [`Delivery::redeliver`]).
+    pub fn redeliver(&self, consumer_id: u64, positions: &[Position]) {
+        self.inner.lock().delivery.redeliver(consumer_id, positions);
+        self.wake.notify_one();
+    }
+
+    /// Acknowledges messages (see [`Delivery::ack`]); a change marks the cursor dirty, to be
+    /// persisted by its own task.
+    pub fn ack(&self, ids: &[(Position, Vec<i64>)], cumulative: bool) -> Result<(), BrokerError> {
+        let view = self.ledger.positions();
+        let changed = self.inner.lock().delivery.ack(ids, cumulative, &view)?;
+        if changed {
+            if let Some(cursor) = &self.cursor {
+                cursor.mark_dirty();
+            }
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Tells every consumer's client to reconnect (CLOSE_CONSUMER, as Pulsar's broker-initiated
+    /// close) and detaches them: the topic is moving to another broker.
+    pub fn disconnect_all(&self) {
+        let mut inner = self.inner.lock();
+        for consumer_id in inner.delivery.detach_all() {
+            if let Some(sink) = inner.sinks.remove(&consumer_id) {
+                sink.closed_by_broker();
+            }
+        }
+    }
+
+    /// Moves the subscription so that the next message delivered is the one after
+    /// `mark_delete` (a seek): acks after it are forgotten and every consumer is closed
+    /// (CLOSE_CONSUMER), to subscribe again, as Pulsar does. Returns the consumers closed.
+    pub fn reset(&self, mark_delete: Option<Position>) -> Vec<u64> {
+        let mut inner = self.inner.lock();
+        let closed = inner.delivery.seek(mark_delete);
+        for consumer_id in &closed {
+            if let Some(sink) = inner.sinks.remove(consumer_id) {
+                sink.closed_by_broker();
+            }
+        }
+        drop(inner);
+        if let Some(cursor) = &self.cursor {
+            cursor.mark_dirty();
+        }
+        self.wake.notify_one();
+        closed
+    }
+
+    /// Cancelled when the subscription closes: the dispatch task stops.
+    pub(crate) fn stopped(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// The dispatch task's wake-up, registered before it asks [`Self::next`].
+    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
+    /// What the dispatch task should read next.
+    pub(crate) fn next(&self) -> Next {
+        let view = self.ledger.positions();
+        self.inner.lock().delivery.next(now_ms(), &view)
+    }
+
+    /// Which consumer gets each of `entries` (read for `epoch`): the messages to send, with
+    /// where to send them.
+    pub(crate) fn dispatch(
+        &self,
+        entries: Vec<(Position, Bytes)>,
+        epoch: u64,
+        from_replay: bool,
+    ) -> Vec<(Arc<dyn ConsumerSink>, OutgoingMessage)> {
+        let metas: Vec<(Position, EntryMeta)> =
+            entries.iter().map(|(position, data)| (*position, entry_meta::parse(data))).collect();
+        let mut inner = self.inner.lock();
+        let sends = inner.delivery.dispatch(&metas, epoch, from_replay, now_ms());
+        sends
+            .into_iter()
+            .filter_map(|send| {
+                let sink = inner.sinks.get(&send.consumer_id)?.clone();
+                let (position, data) = &entries[send.index];
+                let message = OutgoingMessage {
+                    position: *position,
+                    redelivery_count: send.redelivery_count,
+                    ack_set: send.ack_set,
+                    messages: metas[send.index].1.messages,
+                    data: data.clone(),
+                };
+                Some((sink, message))
+            })
+            .collect()
+    }
+
+    /// Waits until every acknowledgement received so far is persisted.
+    pub async fn flush(&self) {
+        if let Some(cursor) = &self.cursor {
+            cursor.flush().await;
+        }
+    }
+
+    /// Removes the subscription's cursor for good.
+    pub async fn delete(&self) -> Result<(), BrokerError> {
+        if self.cursor.is_some() {
+            self.ledger.delete_cursor(&self.name).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops delivery, hands the cursor its latest state back and writes it.
+    pub async fn close(&self) {
+        self.stop.cancel();
+        if let Some(cursor) = &self.cursor {
+            let state = self.inner.lock().delivery.cursor().clone();
+            cursor.take_back(state);
+            cursor.close().await;
+        }
+    }
+}
+
+/// `<topic>-partition-<i>` is partition `i`.
+fn partition_index(topic: &str) -> Option<u32> {
+    let (_, index) = topic.rsplit_once("-partition-")?;
+    index.parse().ok()
+}
