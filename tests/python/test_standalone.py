@@ -178,6 +178,60 @@ def test_kill9_keeps_acknowledged_messages_and_acks(own_magnetar: MagnetarProces
         client.close()
 
 
+@pytest.mark.parametrize("restart", ["graceful", "kill9"])
+def test_batch_index_acks_survive_a_restart(own_magnetar: MagnetarProcess, restart: str) -> None:
+    """1,000 messages in one batch entry, 500 acknowledged one index at a time, then a restart:
+    only the 500 never acknowledged come back (the acked indexes are persisted with the
+    cursor, as Pulsar does with batch-index acknowledgement on)."""
+    topic = unique_topic(f"py-batch-index-{restart}")
+    total = 1000
+    client = make_client(own_magnetar)
+    consumer = client.subscribe(
+        topic, "bi", consumer_type=pulsar.ConsumerType.Shared, batch_index_ack_enabled=True,
+        receiver_queue_size=total,
+    )
+    producer = client.create_producer(
+        topic, batching_enabled=True, batching_max_messages=total,
+        batching_max_allowed_size_in_bytes=1024 * 1024, batching_max_publish_delay_ms=1000,
+    )
+    for i in range(total):
+        producer.send_async(f"b-{i}".encode(), None)
+    producer.flush()
+    producer.close()
+    messages = [consumer.receive(timeout_millis=RECEIVE_TIMEOUT_MS) for _ in range(total)]
+    entries = {(m.message_id().ledger_id(), m.message_id().entry_id()) for m in messages}
+    assert len(entries) == 1, f"the messages form one batch entry: {len(entries)} entries"
+    for message in messages:
+        if int(message.data().decode().split("-")[1]) % 2 == 0:
+            consumer.acknowledge(message)
+    # Closing flushes the client's grouped acks and waits until the broker persisted them.
+    consumer.close()
+    client.close()
+
+    if restart == "kill9":
+        own_magnetar.kill9()
+    else:
+        assert own_magnetar.stop() == 0
+    own_magnetar.start()
+
+    client = make_client(own_magnetar)
+    try:
+        reopened = client.subscribe(
+            topic, "bi", consumer_type=pulsar.ConsumerType.Shared, batch_index_ack_enabled=True,
+            receiver_queue_size=total,
+        )
+        rest = []
+        for _ in range(total // 2):
+            message = reopened.receive(timeout_millis=RECEIVE_TIMEOUT_MS)
+            rest.append(int(message.data().decode().split("-")[1]))
+            reopened.acknowledge(message)
+        assert sorted(rest) == list(range(1, total, 2)), "only the unacknowledged odd indexes come back"
+        expect_no_message(reopened)
+        reopened.close()
+    finally:
+        client.close()
+
+
 def summarize(indexes: list[int]) -> str:
     """Runs of consecutive indexes, e.g. '480..999' or '480..600, 590..999'."""
     if not indexes:
