@@ -43,9 +43,9 @@ use crate::client::Client;
 use crate::error::{error_chain, ClientError};
 use crate::message::{Message, MessageId};
 use crate::producer::{Producer, ProducerMessage};
-use crate::producer_task::now_millis;
 use crate::topic::TopicName;
 use crate::topic_consumer::{AckHandle, SubscribeSettings, TopicConsumer};
+use magnetar_proto::clock::now_ms;
 
 /// Pulsar's default receiver queue size.
 pub const DEFAULT_RECEIVER_QUEUE_SIZE: u32 = 1000;
@@ -713,7 +713,7 @@ impl Consumer {
             let mut retried = letter(message);
             retried.properties.insert(PROPERTY_RECONSUME_TIMES.into(), times.to_string());
             retried.properties.insert(PROPERTY_DELAY_TIME.into(), delay.as_millis().to_string());
-            let deliver_at = now_millis().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+            let deliver_at = now_ms().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
             retried.deliver_at_time = Some(i64::try_from(deliver_at).unwrap_or(i64::MAX));
             if retry.producer.is_none() {
                 retry.producer = Some(self.client.producer(retry.topic.clone()).create().await?);

@@ -861,7 +861,7 @@ mod tests {
         let retry = "persistent://public/default/my-topic-sub-RETRY";
         assert_eq!(consumer.topics(), [TOPIC, retry]);
         let message = with_timeout(consumer.receive()).await.expect("receive");
-        let before = crate::producer_task::now_millis() as i64;
+        let before = magnetar_proto::clock::now_ms() as i64;
         consumer.reconsume_later(&message, Duration::from_secs(10)).await.expect("reconsume later");
         broker.eventually("the original acked", |state| state.acks.len() == 1).await;
         {

@@ -16,11 +16,12 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+use magnetar_proto::clock::now_ms;
 use magnetar_proto::pulsar as pb;
 use magnetar_proto::{command, Frame, Payload};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -271,7 +272,7 @@ impl ProducerTask {
         let metadata = pb::MessageMetadata {
             producer_name: self.name.clone(),
             sequence_id,
-            publish_time: now_millis(),
+            publish_time: now_ms(),
             properties: message.wire_properties(),
             partition_key: message.key.clone(),
             event_time: message.event_time,
@@ -300,7 +301,7 @@ impl ProducerTask {
             producer_name: self.name.clone(),
             sequence_id,
             highest_sequence_id: Some(highest_sequence_id),
-            publish_time: now_millis(),
+            publish_time: now_ms(),
             num_messages_in_batch: Some(i32::try_from(count).unwrap_or(i32::MAX)),
             compression: self.config.compression.to_wire(),
             uncompressed_size: Some(u32::try_from(body.len()).unwrap_or(u32::MAX)),
@@ -532,10 +533,4 @@ fn copy_error(error: &ClientError) -> ClientError {
         ClientError::MessageTooLarge { size, max } => ClientError::MessageTooLarge { size: *size, max: *max },
         other => ClientError::SendFailed { reason: error_chain(other) },
     }
-}
-
-pub(crate) fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }

@@ -40,12 +40,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use magnetar_bookie::client::{self as ledger, Bookies, LedgerConfig, LedgerWriter};
 use magnetar_bookie::BookieError;
 use magnetar_meta::{Expected, Version};
+use magnetar_proto::clock::now_ms;
 use magnetar_proto::records::{managed_ledger_info::LedgerInfo, LedgerMetadata, ManagedLedgerInfo};
 use prost::Message;
 use tokio::sync::watch;
@@ -68,10 +69,6 @@ pub fn info_path(name: &str) -> String {
 pub const MAX_READ_ENTRIES: u32 = 100;
 /// Most bytes one read returns (at least one entry is always returned).
 pub const MAX_READ_BYTES: u64 = 4 * 1024 * 1024;
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// The answer to one add: its position once durable.
 pub type AddFuture = Pin<Box<dyn Future<Output = Result<Position, BrokerError>> + Send>>;

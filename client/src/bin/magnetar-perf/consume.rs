@@ -113,7 +113,7 @@ pub async fn consume_benchmark(args: ConsumeArgs) -> anyhow::Result<()> {
                     Ok(Err(error)) if error.is_message_error() => continue,
                     Ok(Err(error)) => return Err(anyhow::Error::from(error).context("receive")),
                 };
-                let latency_ms = now_millis().saturating_sub(message.publish_time);
+                let latency_ms = magnetar_proto::clock::now_ms().saturating_sub(message.publish_time);
                 run.latencies_us.push(u32::try_from(latency_ms.saturating_mul(1000)).unwrap_or(u32::MAX));
                 run.messages += 1;
                 run.bytes += message.payload.len() as u64;
@@ -133,12 +133,6 @@ pub async fn consume_benchmark(args: ConsumeArgs) -> anyhow::Result<()> {
     let elapsed = start.elapsed();
     total.latencies_us.sort_unstable();
     print_figures(&args, &total, elapsed)
-}
-
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn print_figures(args: &ConsumeArgs, run: &ConsumerRun, elapsed: Duration) -> anyhow::Result<()> {
