@@ -31,44 +31,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use magnetar_meta::{lock, MetadataStore, SessionId, WatchEvent};
-use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::client::replication;
 use crate::client::{metadata, Bookies};
+use crate::config::AutoRecoveryConfig;
 use crate::error::BookieError;
 use crate::AUTORECOVERY_LEADER_PATH;
 
 /// Pause after a failed session or lock call before trying again.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
-
-/// Settings of the auto-recovery worker (the `[autorecovery]` section of a bookie's TOML).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AutoRecoveryConfig {
-    /// Run the worker inside the bookie (BookKeeper's `autoRecoveryDaemonEnabled`).
-    pub enabled: bool,
-    /// How long a bookie must be gone before its data is re-replicated
-    /// (`lostBookieRecoveryDelay`): a restart within it moves nothing.
-    #[serde(with = "crate::config::millis", rename = "lost_bookie_recovery_delay_ms")]
-    pub lost_bookie_recovery_delay: Duration,
-    /// How often the leader scans every ledger even without registration changes (to catch
-    /// ledgers closed since, and to retry what failed).
-    #[serde(with = "crate::config::millis", rename = "audit_interval_ms")]
-    pub audit_interval: Duration,
-}
-
-impl Default for AutoRecoveryConfig {
-    fn default() -> Self {
-        AutoRecoveryConfig {
-            enabled: true,
-            lost_bookie_recovery_delay: Duration::from_secs(60),
-            audit_interval: Duration::from_secs(30),
-        }
-    }
-}
 
 /// When each referenced, unregistered bookie went missing. Pure bookkeeping over a clock the
 /// caller passes in.

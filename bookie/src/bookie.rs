@@ -23,67 +23,14 @@ use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
+pub use crate::add_request::AddRequest;
 use crate::config::BookieConfig;
 use crate::error::BookieError;
 use crate::journal::{Journal, Record};
-use crate::ledger_state::LedgerState;
+use crate::ledger_data::LedgerData;
 use crate::ledger_storage::LedgerStorage;
 
-/// One add: what a writer (or a recovery) sends and a bookie receives.
-#[derive(Debug, Clone)]
-pub struct AddRequest {
-    pub ledger_id: u64,
-    pub entry_id: u64,
-    pub master_key: Bytes,
-    /// The writer's last-add-confirmed when it sent the entry.
-    pub last_add_confirmed: i64,
-    pub payload: Bytes,
-    /// A recovery write-back: accepted by a fenced ledger.
-    pub recovery: bool,
-}
-
-/// The wire form of an add, both ways (the server receives it, the ledger client sends it).
-impl From<magnetar_proto::bookie::AddEntryRequest> for AddRequest {
-    fn from(add: magnetar_proto::bookie::AddEntryRequest) -> Self {
-        let magnetar_proto::bookie::AddEntryRequest {
-            ledger_id,
-            entry_id,
-            master_key,
-            last_add_confirmed,
-            payload,
-            recovery,
-        } = add;
-        AddRequest { ledger_id, entry_id, master_key, last_add_confirmed, payload, recovery }
-    }
-}
-
-impl From<AddRequest> for magnetar_proto::bookie::AddEntryRequest {
-    fn from(add: AddRequest) -> Self {
-        let AddRequest { ledger_id, entry_id, master_key, last_add_confirmed, payload, recovery } = add;
-        magnetar_proto::bookie::AddEntryRequest {
-            ledger_id,
-            entry_id,
-            master_key,
-            last_add_confirmed,
-            payload,
-            recovery,
-        }
-    }
-}
-
 impl AddRequest {
-    fn validate(&self) -> Result<(), BookieError> {
-        if self.payload.len() > crate::MAX_ENTRY_SIZE {
-            return Err(BookieError::InvalidRequest {
-                reason: format!("entry of {} bytes exceeds the limit of {}", self.payload.len(), crate::MAX_ENTRY_SIZE),
-            });
-        }
-        if self.master_key.len() > crate::journal::record::MAX_KEY_LEN {
-            return Err(BookieError::InvalidRequest { reason: "master key too long".to_owned() });
-        }
-        Ok(())
-    }
-
     fn record(&self) -> Record {
         Record::Add {
             ledger_id: self.ledger_id,
@@ -425,7 +372,7 @@ fn apply(storage: &LedgerStorage, record: Record) -> Result<(), BookieError> {
             if storage.ledger_state(ledger_id)?.is_none() {
                 storage.set_ledger_state(
                     ledger_id,
-                    LedgerState { fenced: false, last_add_confirmed: -1, master_key: master_key.to_vec() },
+                    LedgerData { fenced: false, last_add_confirmed: -1, master_key: master_key.to_vec() },
                 );
             }
         }
@@ -486,10 +433,10 @@ impl Shared {
         ledger_id: u64,
         master_key: Bytes,
         records: &mut Vec<(u64, Record)>,
-    ) -> LedgerState {
+    ) -> LedgerData {
         let sequence = ordering.next_sequence;
         ordering.next_sequence += 1;
-        let state = LedgerState { fenced: false, last_add_confirmed: -1, master_key: master_key.to_vec() };
+        let state = LedgerData { fenced: false, last_add_confirmed: -1, master_key: master_key.to_vec() };
         records.push((sequence, Record::Key { ledger_id, master_key }));
         state
     }

@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::autorecovery::AutoRecoveryConfig;
-
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct BookieConfig {
@@ -178,6 +176,32 @@ mod micros {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_micros(u64::deserialize(deserializer)?))
+    }
+}
+
+/// Settings of the auto-recovery worker (the `[autorecovery]` section of a bookie's TOML).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AutoRecoveryConfig {
+    /// Run the worker inside the bookie (BookKeeper's `autoRecoveryDaemonEnabled`).
+    pub enabled: bool,
+    /// How long a bookie must be gone before its data is re-replicated
+    /// (`lostBookieRecoveryDelay`): a restart within it moves nothing.
+    #[serde(with = "crate::config::millis", rename = "lost_bookie_recovery_delay_ms")]
+    pub lost_bookie_recovery_delay: Duration,
+    /// How often the leader scans every ledger even without registration changes (to catch
+    /// ledgers closed since, and to retry what failed).
+    #[serde(with = "crate::config::millis", rename = "audit_interval_ms")]
+    pub audit_interval: Duration,
+}
+
+impl Default for AutoRecoveryConfig {
+    fn default() -> Self {
+        AutoRecoveryConfig {
+            enabled: true,
+            lost_bookie_recovery_delay: Duration::from_secs(60),
+            audit_interval: Duration::from_secs(30),
+        }
     }
 }
 

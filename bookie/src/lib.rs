@@ -14,6 +14,7 @@
 //! - [`autorecovery`]: the elected worker that restores the write quorum of ledgers that lost
 //!   a bookie for good.
 
+pub mod add_request;
 pub mod autorecovery;
 pub mod bookie;
 pub mod client;
@@ -22,8 +23,9 @@ pub mod cookie;
 pub mod disk;
 pub mod error;
 pub mod journal;
-pub mod ledger_state;
+pub mod ledger_data;
 pub mod ledger_storage;
+pub mod node;
 pub mod registration;
 pub mod server;
 pub mod uring;
@@ -51,3 +53,6 @@ pub const LEDGER_ID_SEQUENCE: &str = "/magnetar/sequences/ledger-id";
 
 /// Largest entry a bookie accepts (a Pulsar frame's maximum plus room for headers).
 pub const MAX_ENTRY_SIZE: usize = 6 * 1024 * 1024;
+
+/// Largest gRPC message accepted (an entry plus headers).
+pub const MAX_GRPC_MESSAGE: usize = MAX_ENTRY_SIZE + 64 * 1024;

@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Streaming};
 use tracing::{info, warn};
 
-use crate::bookie::{AddRequest, Bookie};
+use crate::add_request::AddRequest;
+use crate::bookie::Bookie;
 use crate::config::BookieConfig;
 use crate::error::BookieError;
 
@@ -35,8 +36,6 @@ pub const MAX_LONG_POLL: Duration = Duration::from_secs(30);
 /// Most entries and bytes one range read returns.
 pub const MAX_RANGE_ENTRIES: usize = 1000;
 pub const MAX_RANGE_BYTES: usize = 8 * 1024 * 1024;
-/// Largest gRPC message accepted (an entry plus headers).
-pub const MAX_GRPC_MESSAGE: usize = crate::MAX_ENTRY_SIZE + 64 * 1024;
 
 /// A bookie's gRPC service; clone-cheap.
 #[derive(Clone)]
@@ -60,8 +59,8 @@ impl BookieServer {
         info!(?address, "bookie serving BookieService");
         let bookie = self.bookie.clone();
         let service = BookieServiceServer::new(self)
-            .max_decoding_message_size(MAX_GRPC_MESSAGE)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE);
+            .max_decoding_message_size(crate::MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(crate::MAX_GRPC_MESSAGE);
         // With our own listener, tonic's tcp_nodelay setting does not apply: set it on each
         // accepted socket, or small answers wait for delayed ACKs (~40 ms each).
         let incoming = TcpListenerStream::new(listener).map(|accepted| {

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use bytes::Bytes;
-use magnetar_bookie::autorecovery::{AutoRecovery, AutoRecoveryConfig};
-use magnetar_bookie::client::writer::write_set;
+use magnetar_bookie::autorecovery::AutoRecovery;
+use magnetar_bookie::config::AutoRecoveryConfig;
+use magnetar_bookie::client::metadata::write_set;
 use magnetar_bookie::client::{metadata, Bookies, LedgerConfig, LedgerWriter};
 use magnetar_meta::{LocalStore, MetadataStore};
 use magnetar_proto::records::LedgerMetadata;

@@ -8,22 +8,18 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use magnetar_bookie::autorecovery::{AutoRecovery, AutoRecoveryConfig};
+use magnetar_bookie::autorecovery::AutoRecovery;
 use magnetar_bookie::client::LedgerConfig;
-use magnetar_bookie::disk::DiskMonitor;
-use magnetar_bookie::registration::{self, BookieRegistration};
-use magnetar_bookie::{cookie, BookieConfig, BookieServer};
+use magnetar_bookie::config::AutoRecoveryConfig;
+use magnetar_bookie::node::{BookieNode, REGISTRATION_TTL};
+use magnetar_bookie::BookieConfig;
 use magnetar_broker::config::BrokerSettings;
 use magnetar_broker::metadata_url::MetadataUrl;
 use magnetar_broker::node::{self, BrokerNodeConfig};
-use magnetar_broker::standalone::{self, StandaloneConfig, SHUTDOWN_GRACE};
+use magnetar_broker::standalone::{self, StandaloneConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
-
-/// Time a bookie's registration outlives contact with the metadata store (its session ttl):
-/// how long writers may still pick a bookie that died without closing its session.
-const BOOKIE_REGISTRATION_TTL: Duration = Duration::from_secs(10);
+use tracing::info;
 
 #[derive(Parser)]
 #[command(name = "magnetar", version, about = "Magnetar: a Pulsar-compatible messaging platform")]
@@ -285,21 +281,12 @@ async fn load_bookie_config(path: &Path) -> anyhow::Result<BookieConfig> {
     toml::from_str(&text).with_context(|| format!("bookie config file {}", path.display()))
 }
 
-/// Runs one bookie until `cancel` fires: check the cookie, open storage, watch the disks,
-/// serve, register; on cancel, deregister and drain (the server closes the bookie).
+/// Runs one bookie until `cancel` fires (`magnetar_bookie::node` has the start and stop
+/// sequence): bind, start, then stop on cancel or fail if the server stops by itself.
 async fn run_bookie(args: BookieArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     let config = args.bookie_config().await?;
     let metadata_url = args.metadata_url(&config)?;
     let meta = metadata_url.connect().await?;
-    let cookie = cookie::verify_or_create(meta.as_ref(), &config)
-        .await
-        .with_context(|| format!("check the cookie of bookie {}", config.bookie_id))?;
-
-    let open_config = config.clone();
-    let server = tokio::task::spawn_blocking(move || BookieServer::open(&open_config))
-        .await
-        .context("open bookie storage")?
-        .with_context(|| format!("open bookie storage in {}", config.data_dir.display()))?;
     let listener =
         TcpListener::bind(&config.listen).await.with_context(|| format!("bind the bookie port {}", config.listen))?;
     let local: SocketAddr = listener.local_addr().context("read the bound bookie address")?;
@@ -314,28 +301,14 @@ async fn run_bookie(args: BookieArgs, cancel: CancellationToken) -> anyhow::Resu
         }
         None => local.ip().to_string(),
     };
-    let address = magnetar_bookie::server::advertised(local, &advertised_host);
-
-    let disk_cancel = CancellationToken::new();
-    let disk_task = DiskMonitor::new(&config, server.bookie().read_only_flag()).spawn(disk_cancel.clone());
-    let serve_cancel = CancellationToken::new();
-    let mut server_task = tokio::spawn(server.run(listener, serve_cancel.clone()));
-    let host = config.host_name.clone().unwrap_or_else(|| registration::host_of(&address).to_owned());
-    let registration = BookieRegistration::new(config.bookie_id.clone(), address.clone()).with_host(host);
-    let session = match registration::register(meta.as_ref(), &registration, BOOKIE_REGISTRATION_TTL).await {
-        Ok(session) => session,
-        Err(error) => {
-            serve_cancel.cancel();
-            disk_cancel.cancel();
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, server_task).await;
-            return Err(error).context("register the bookie in metadata");
-        }
-    };
+    let mut bookie = BookieNode::start(&config, meta, listener, &advertised_host)
+        .await
+        .with_context(|| format!("start bookie {} in {}", config.bookie_id, config.data_dir.display()))?;
     info!(
         bookie_id = %config.bookie_id,
-        instance_id = %cookie.instance_id,
+        instance_id = %bookie.cookie().instance_id,
         listen = %local,
-        advertised = %address,
+        advertised = %bookie.address(),
         metadata = %metadata_url,
         data_dir = %config.data_dir.display(),
         journal_dir = %config.journal_dir().display(),
@@ -343,46 +316,17 @@ async fn run_bookie(args: BookieArgs, cancel: CancellationToken) -> anyhow::Resu
     );
     // The one line tools and tests parse to find a bookie started on port 0.
     eprintln!("magnetar bookie listening on {local}");
-    let autorecovery_cancel = CancellationToken::new();
-    let autorecovery_task = config.autorecovery.enabled.then(|| {
-        let worker = AutoRecovery::new(
-            meta.clone(),
-            config.bookie_id.clone(),
-            config.autorecovery.clone(),
-            BOOKIE_REGISTRATION_TTL,
-        );
-        tokio::spawn(worker.run(autorecovery_cancel.clone()))
-    });
-
-    let served = tokio::select! {
+    let failed = tokio::select! {
         _ = cancel.cancelled() => None,
-        result = &mut server_task => Some(result),
+        result = bookie.failed() => Some(result),
     };
     info!("shutting down");
-    autorecovery_cancel.cancel();
-    if let Some(task) = autorecovery_task {
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
-    }
-    if let Err(error) = meta.close_session(session).await {
-        warn!(%error, "closing the bookie's metadata session (its registration expires with the session)");
-    }
-    serve_cancel.cancel();
-    disk_cancel.cancel();
-    let _ = disk_task.await;
-    let served = match served {
-        Some(result) => result,
-        None => match tokio::time::timeout(SHUTDOWN_GRACE, server_task).await {
-            Ok(result) => result,
-            Err(_) => {
-                warn!("bookie did not drain within {SHUTDOWN_GRACE:?}; exiting anyway");
-                return Ok(());
-            }
-        },
-    };
-    served.context("bookie server task")?.context("serve BookieService")?;
-    if !cancel.is_cancelled() {
+    let stopped = bookie.stop().await;
+    if let Some(result) = failed {
+        result.context("serve BookieService")?;
         bail!("bookie server stopped without being asked to");
     }
+    stopped.context("stop the bookie")?;
     info!("stopped");
     Ok(())
 }
@@ -398,7 +342,7 @@ async fn run_autorecovery(args: AutoRecoveryWorkerArgs, cancel: CancellationToke
     let meta = metadata_url.connect().await?;
     let worker_id = args.worker_id.unwrap_or_else(|| format!("autorecovery-{}", std::process::id()));
     info!(%worker_id, metadata = %metadata_url, "magnetar autorecovery is ready");
-    AutoRecovery::new(meta, worker_id, config, BOOKIE_REGISTRATION_TTL).run(cancel).await;
+    AutoRecovery::new(meta, worker_id, config, REGISTRATION_TTL).run(cancel).await;
     Ok(())
 }
 

@@ -8,18 +8,15 @@
 //! port each when `bookie_port` is 0. New ledgers use the configured ensemble size, write
 //! quorum and ack quorum (`BrokerConfig::ledger`).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use magnetar_bookie::client::LedgerConfig;
-use magnetar_bookie::disk::DiskMonitor;
-use magnetar_bookie::registration::{self, BookieRegistration};
-use magnetar_bookie::{cookie, BookieConfig, BookieServer};
-use magnetar_meta::{LocalStore, MetadataStore, SessionId};
-use tokio::task::JoinHandle;
+use magnetar_bookie::node::BookieNode;
+use magnetar_bookie::BookieConfig;
+use magnetar_meta::{LocalStore, MetadataStore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -32,8 +29,6 @@ use crate::node::{bind, ServingBroker};
 pub const STANDALONE_BOOKIE_ID: &str = "standalone-bookie-0";
 /// Time allowed for a clean shutdown before the process gives up waiting.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
-/// Time a standalone bookie's registration outlives contact with the metadata store.
-const BOOKIE_REGISTRATION_TTL: Duration = Duration::from_secs(10);
 /// Most bookies one standalone process runs: each has its own journal thread, RocksDB index
 /// and caches, so more than a handful only competes for the same disk and cores.
 pub const MAX_STANDALONE_BOOKIES: u32 = 16;
@@ -100,70 +95,29 @@ impl StandaloneConfig {
     }
 }
 
-/// One running bookie of standalone and what stopping it takes.
-struct RunningBookie {
-    bookie_id: String,
-    address: SocketAddr,
-    task: JoinHandle<anyhow::Result<()>>,
-    /// Stops serving (the server closes the bookie once drained).
-    serve_cancel: CancellationToken,
-    /// Stops the disk monitor.
-    disk_cancel: CancellationToken,
-    session: SessionId,
-}
-
-/// Checks the cookie, opens storage, serves on loopback and registers bookie `index`.
+/// Starts bookie `index` on loopback (`magnetar_bookie::node` has the sequence). Standalone's
+/// bookies run no auto-recovery worker: they live and die with the process together.
 async fn start_bookie(
     config: &StandaloneConfig,
     meta: &Arc<dyn MetadataStore>,
     index: u32,
-) -> anyhow::Result<RunningBookie> {
+) -> anyhow::Result<BookieNode> {
     let bookie_id = StandaloneConfig::bookie_id(index);
-    let bookie_config = BookieConfig::new(bookie_id.clone(), config.bookie_dir(index));
-    cookie::verify_or_create(meta.as_ref(), &bookie_config)
-        .await
-        .with_context(|| format!("check the cookie of bookie {bookie_id}"))?;
-    let opened_config = bookie_config.clone();
-    let bookie = tokio::task::spawn_blocking(move || BookieServer::open(&opened_config))
-        .await
-        .context("open bookie")?
-        .with_context(|| format!("open bookie {bookie_id} in {}", bookie_config.data_dir.display()))?;
-    let disk_cancel = CancellationToken::new();
-    DiskMonitor::new(&bookie_config, bookie.bookie().read_only_flag()).spawn(disk_cancel.clone());
+    let mut bookie_config = BookieConfig::new(bookie_id.clone(), config.bookie_dir(index));
+    bookie_config.autorecovery.enabled = false;
     let listener = bind("127.0.0.1", config.bookie_port(index), &format!("bookie {bookie_id}")).await?;
-    let address: SocketAddr = listener.local_addr().context("bookie address")?;
-    let serve_cancel = CancellationToken::new();
-    let serve = bookie.run(listener, serve_cancel.clone());
-    let task = tokio::spawn(async move { serve.await.context("serve BookieService") });
-    let registration = BookieRegistration::new(bookie_id.clone(), address.to_string());
-    let session = match registration::register(meta.as_ref(), &registration, BOOKIE_REGISTRATION_TTL).await {
-        Ok(session) => session,
-        Err(error) => {
-            serve_cancel.cancel();
-            disk_cancel.cancel();
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
-            return Err(error).with_context(|| format!("register bookie {bookie_id}"));
-        }
-    };
-    info!(bookie_id = %bookie_id, address = %address, "standalone bookie registered");
-    Ok(RunningBookie { bookie_id, address, task, serve_cancel, disk_cancel, session })
+    let bookie = BookieNode::start(&bookie_config, meta.clone(), listener, "127.0.0.1")
+        .await
+        .with_context(|| format!("start bookie {bookie_id} in {}", bookie_config.data_dir.display()))?;
+    info!(bookie_id = %bookie_id, address = %bookie.address(), "standalone bookie registered");
+    Ok(bookie)
 }
 
-impl RunningBookie {
-    /// Deregisters, then drains the server (which closes the bookie).
-    async fn stop(self, meta: &dyn MetadataStore) {
-        if let Err(error) = meta.close_session(self.session).await {
-            warn!(bookie_id = %self.bookie_id, %error, "closing the bookie's metadata session");
-        }
-        self.serve_cancel.cancel();
-        self.disk_cancel.cancel();
-        match self.task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                warn!(bookie_id = %self.bookie_id, error = format!("{error:#}"), "bookie server stopped with an error")
-            }
-            Err(error) => warn!(bookie_id = %self.bookie_id, %error, "bookie server task failed"),
-        }
+/// Stops a bookie, logging what went wrong.
+async fn stop_bookie(bookie: BookieNode) {
+    let bookie_id = bookie.bookie_id().to_owned();
+    if let Err(error) = bookie.stop().await {
+        warn!(bookie_id = %bookie_id, %error, "bookie stopped with an error");
     }
 }
 
@@ -185,7 +139,7 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
             Ok(bookie) => bookies.push(bookie),
             Err(error) => {
                 for bookie in bookies {
-                    bookie.stop(meta.as_ref()).await;
+                    stop_bookie(bookie).await;
                 }
                 return Err(error);
             }
@@ -206,7 +160,7 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
         data_dir = %config.data_dir.display(),
         pulsar = %broker.service.config.broker_service_url(),
         http_port = config.http_port,
-        bookies = %bookies.iter().map(|bookie| format!("{}={}", bookie.bookie_id, bookie.address)).collect::<Vec<_>>().join(","),
+        bookies = %bookies.iter().map(|bookie| format!("{}={}", bookie.bookie_id(), bookie.address())).collect::<Vec<_>>().join(","),
         ensemble_size = config.ledger.ensemble_size,
         write_quorum = config.ledger.write_quorum,
         ack_quorum = config.ledger.ack_quorum,
@@ -218,7 +172,7 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
     let drain = async {
         broker.stop().await;
         for bookie in bookies {
-            bookie.stop(meta.as_ref()).await;
+            stop_bookie(bookie).await;
         }
     };
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use magnetar_bookie::client::writer::write_set;
+use magnetar_bookie::client::metadata::write_set;
 use magnetar_bookie::client::{self, metadata, Bookies};
 use magnetar_client::{Client, InitialPosition, ProducerMessage};
 use magnetar_proto::records::{LedgerMetadata, LedgerState};

@@ -33,7 +33,7 @@ use super::placement::Candidate;
 use super::rpc::{AddRequest, BookieConnector, BookieRpc, LedgerEnd};
 use crate::error::BookieError;
 use crate::registration;
-use crate::server::MAX_GRPC_MESSAGE;
+use crate::MAX_GRPC_MESSAGE;
 
 /// Adds queued to one bookie before callers wait.
 pub const ADD_QUEUE: usize = 4096;
@@ -109,18 +109,13 @@ impl BookieConnection {
                                 .unwrap_or_else(|p| p.into_inner())
                                 .remove(&(response.ledger_id, response.entry_id));
                             if let Some(reply) = reply {
-                                let status = Status::try_from(response.status).unwrap_or(Status::IoError);
-                                let result = if status == Status::Ok {
-                                    Ok(())
-                                } else {
-                                    Err(BookieError::from_status(
-                                        &task_bookie,
-                                        response.ledger_id,
-                                        response.entry_id,
-                                        status,
-                                        response.message,
-                                    ))
-                                };
+                                let result = status_result(
+                                    &task_bookie,
+                                    response.status,
+                                    response.ledger_id,
+                                    response.entry_id,
+                                    response.message,
+                                );
                                 let _ = reply.send(result);
                             }
                         }
@@ -149,6 +144,20 @@ impl BookieConnection {
 
     fn rpc_error(&self, source: tonic::Status) -> BookieError {
         BookieError::Rpc { bookie: self.bookie_id.clone(), source }
+    }
+
+    /// This bookie's answer status as a result.
+    fn check(&self, status: i32, ledger_id: u64, entry_id: u64, message: String) -> Result<(), BookieError> {
+        status_result(&self.bookie_id, status, ledger_id, entry_id, message)
+    }
+}
+
+/// A bookie's answer status as a result: OK, or the error it stands for (an unknown status
+/// counts as an I/O error).
+fn status_result(bookie: &str, status: i32, ledger_id: u64, entry_id: u64, message: String) -> Result<(), BookieError> {
+    match Status::try_from(status).unwrap_or(Status::IoError) {
+        Status::Ok => Ok(()),
+        status => Err(BookieError::from_status(bookie, ledger_id, entry_id, status, message)),
     }
 }
 
@@ -197,10 +206,7 @@ impl BookieRpc for BookieConnection {
             .await
             .map_err(|e| self.rpc_error(e))?
             .into_inner();
-        let status = Status::try_from(response.status).unwrap_or(Status::IoError);
-        if status != Status::Ok {
-            return Err(BookieError::from_status(&self.bookie_id, ledger_id, entry_id, status, response.message));
-        }
+        self.check(response.status, ledger_id, entry_id, response.message)?;
         Ok((response.payload, response.last_add_confirmed))
     }
 
@@ -219,10 +225,7 @@ impl BookieRpc for BookieConnection {
             .await
             .map_err(|e| self.rpc_error(e))?
             .into_inner();
-        let status = Status::try_from(response.status).unwrap_or(Status::IoError);
-        if status != Status::Ok {
-            return Err(BookieError::from_status(&self.bookie_id, ledger_id, first_entry_id, status, response.message));
-        }
+        self.check(response.status, ledger_id, first_entry_id, response.message)?;
         Ok(response.entries.into_iter().map(|entry| (entry.entry_id, entry.payload)).collect())
     }
 
@@ -234,10 +237,7 @@ impl BookieRpc for BookieConnection {
             .await
             .map_err(|e| self.rpc_error(e))?
             .into_inner();
-        let status = Status::try_from(response.status).unwrap_or(Status::IoError);
-        if status != Status::Ok {
-            return Err(BookieError::from_status(&self.bookie_id, ledger_id, 0, status, response.message));
-        }
+        self.check(response.status, ledger_id, 0, response.message)?;
         Ok(LedgerEnd { last_add_confirmed: response.last_add_confirmed, last_entry_id: response.last_entry_id })
     }
 
@@ -253,10 +253,7 @@ impl BookieRpc for BookieConnection {
             .await
             .map_err(|e| self.rpc_error(e))?
             .into_inner();
-        let status = Status::try_from(response.status).unwrap_or(Status::IoError);
-        if status != Status::Ok {
-            return Err(BookieError::from_status(&self.bookie_id, ledger_id, 0, status, response.message));
-        }
+        self.check(response.status, ledger_id, 0, response.message)?;
         Ok(LedgerEnd { last_add_confirmed: response.last_add_confirmed, last_entry_id: response.last_entry_id })
     }
 
@@ -268,11 +265,10 @@ impl BookieRpc for BookieConnection {
             .await
             .map_err(|e| self.rpc_error(e))?
             .into_inner();
-        let status = Status::try_from(response.status).unwrap_or(Status::IoError);
-        if status != Status::Ok && status != Status::NoSuchLedger {
-            return Err(BookieError::from_status(&self.bookie_id, ledger_id, 0, status, response.message));
+        match self.check(response.status, ledger_id, 0, response.message) {
+            Ok(()) | Err(BookieError::NoSuchLedger { .. }) => Ok(()),
+            Err(error) => Err(error),
         }
-        Ok(())
     }
 }
 

@@ -50,3 +50,9 @@ pub fn ensemble_for(metadata: &LedgerMetadata, entry_id: u64) -> Option<&[String
         .find(|fragment| fragment.first_entry_id <= entry_id)
         .map(|fragment| fragment.bookies.as_slice())
 }
+
+/// The Qw ensemble indexes entry `entry_id` is written to, in order.
+pub fn write_set(entry_id: u64, ensemble_size: usize, write_quorum: usize) -> impl Iterator<Item = usize> {
+    let first = (entry_id % ensemble_size.max(1) as u64) as usize;
+    (0..write_quorum).map(move |i| (first + i) % ensemble_size.max(1))
+}

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use magnetar_proto::records::LedgerMetadata;
 
 use super::connection::Bookies;
-use super::writer::write_set;
+use super::metadata::write_set;
 use crate::error::BookieError;
 
 /// Reads consecutive entries `first..=last` (fewer if bounded by `max_entries`, `max_bytes`

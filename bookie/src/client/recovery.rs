@@ -32,8 +32,8 @@ use magnetar_proto::records::{LedgerMetadata, LedgerState};
 
 use super::connection::Bookies;
 use super::metadata;
+use super::metadata::write_set;
 use super::rpc::{AddRequest, BookieRpc, LedgerEnd};
-use super::writer::write_set;
 use crate::error::BookieError;
 
 /// Recovers and closes the ledger if it is not closed yet; returns its closed metadata.

@@ -31,10 +31,10 @@ use tracing::{info, warn};
 
 use super::connection::Bookies;
 use super::metadata;
+use super::metadata::write_set;
 use super::placement;
 use super::reader;
 use super::rpc::AddRequest;
-use super::writer::write_set;
 use crate::error::BookieError;
 
 /// Entries copied at once, per ledger.

@@ -28,7 +28,7 @@ pub struct LedgerEnd {
 }
 
 /// One add, as the writer and recovery send it and a bookie receives it.
-pub use crate::bookie::AddRequest;
+pub use crate::add_request::AddRequest;
 
 /// The calls of BookieService the ledger protocol uses, on one bookie.
 #[async_trait]

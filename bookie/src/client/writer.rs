@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::connection::{Bookies, ClientOptions};
-use super::metadata::{self, LedgerConfig};
+use super::metadata::{self, write_set, LedgerConfig};
 use super::placement;
 use super::rpc::{AddRequest, BookieRpc};
 use crate::error::BookieError;
@@ -56,12 +56,6 @@ pub const MAX_PENDING_ADDS: usize = 8192;
 
 /// Bytes of master key of a new ledger.
 const MASTER_KEY_BYTES: usize = 16;
-
-/// The Qw ensemble indexes entry `entry_id` is written to, in order.
-pub fn write_set(entry_id: u64, ensemble_size: usize, write_quorum: usize) -> impl Iterator<Item = usize> {
-    let first = (entry_id % ensemble_size.max(1) as u64) as usize;
-    (0..write_quorum).map(move |i| (first + i) % ensemble_size.max(1))
-}
 
 /// Checks E >= Qw >= Qa >= 1.
 pub fn validate_config(config: &LedgerConfig) -> Result<(), BookieError> {

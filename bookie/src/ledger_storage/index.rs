@@ -3,7 +3,7 @@
 //!
 //! Keys (integers big-endian, so keys sort by ledger then entry):
 //! - `i | ledger u64 | entry u64` -> `log_id u64 | offset u64 | len u32`: an entry's record;
-//! - `l | ledger u64` -> [`LedgerState::encode`];
+//! - `l | ledger u64` -> [`LedgerData::encode`];
 //! - `c` -> `mark u64`: the journal mark the last checkpoint made durable;
 //! - `m | log_id u64 | ledger u64` -> `bytes u64`: record bytes the ledger has in the log;
 //! - `e | log_id u64` -> `end u64`: end of the log's records that the index accounts for.
@@ -23,7 +23,7 @@ use rocksdb::{BlockBasedOptions, Direction, IteratorMode, Options, ReadOptions, 
 use super::entry_log::Location;
 use super::log_usage::LogUsage;
 use crate::error::BookieError;
-use crate::ledger_state::LedgerState;
+use crate::ledger_data::LedgerData;
 
 const ENTRY_PREFIX: u8 = b'i';
 const STATE_PREFIX: u8 = b'l';
@@ -184,7 +184,7 @@ impl Index {
         Ok(())
     }
 
-    pub fn states(&self) -> Result<HashMap<u64, LedgerState>, BookieError> {
+    pub fn states(&self) -> Result<HashMap<u64, LedgerData>, BookieError> {
         let mut states = HashMap::new();
         self.for_each_with_prefix(STATE_PREFIX, |key, value| {
             if key.len() != 9 {
@@ -194,7 +194,7 @@ impl Index {
                 });
             }
             let ledger_id = be_u64(&key[1..]);
-            states.insert(ledger_id, LedgerState::decode(ledger_id, value)?);
+            states.insert(ledger_id, LedgerData::decode(ledger_id, value)?);
             Ok(())
         })?;
         Ok(states)
@@ -248,7 +248,7 @@ impl IndexBatch {
         self.batch.delete_range(pair_key(ENTRY_PREFIX, ledger_id, 0).to_vec(), pair_end(ENTRY_PREFIX, ledger_id));
     }
 
-    pub fn put_state(&mut self, ledger_id: u64, state: &LedgerState) {
+    pub fn put_state(&mut self, ledger_id: u64, state: &LedgerData) {
         self.batch.put(single_key(STATE_PREFIX, ledger_id), state.encode());
     }
 
@@ -325,7 +325,7 @@ mod tests {
             assert_eq!(index.mark().expect("mark"), 0);
             let mut batch = IndexBatch::default();
             batch.put_mark(42);
-            batch.put_state(3, &LedgerState { fenced: true, last_add_confirmed: 7, master_key: b"k".to_vec() });
+            batch.put_state(3, &LedgerData { fenced: true, last_add_confirmed: 7, master_key: b"k".to_vec() });
             batch.put_log_end(1, 1000);
             batch.put_log_end(2, 500);
             batch.put_usage(1, 3, 300);

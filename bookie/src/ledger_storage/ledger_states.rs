@@ -10,21 +10,21 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::ledger_state::LedgerState;
+use crate::ledger_data::LedgerData;
 
 #[derive(Debug, Default)]
 pub struct LedgerStates {
-    states: HashMap<u64, LedgerState>,
+    states: HashMap<u64, LedgerData>,
     dirty: HashSet<u64>,
 }
 
 impl LedgerStates {
     /// The table as the index stored it, nothing dirty.
-    pub fn loaded(states: HashMap<u64, LedgerState>) -> Self {
+    pub fn loaded(states: HashMap<u64, LedgerData>) -> Self {
         LedgerStates { states, dirty: HashSet::new() }
     }
 
-    pub fn get(&self, ledger_id: u64) -> Option<&LedgerState> {
+    pub fn get(&self, ledger_id: u64) -> Option<&LedgerData> {
         self.states.get(&ledger_id)
     }
 
@@ -38,7 +38,7 @@ impl LedgerStates {
         }
     }
 
-    pub fn set(&mut self, ledger_id: u64, state: LedgerState) {
+    pub fn set(&mut self, ledger_id: u64, state: LedgerData) {
         self.states.insert(ledger_id, state);
         self.dirty.insert(ledger_id);
     }
@@ -49,9 +49,9 @@ impl LedgerStates {
     }
 
     /// The states changed since the last checkpoint, now no longer dirty.
-    pub fn take_dirty(&mut self) -> Vec<(u64, LedgerState)> {
+    pub fn take_dirty(&mut self) -> Vec<(u64, LedgerData)> {
         let dirty = std::mem::take(&mut self.dirty);
-        let mut out: Vec<(u64, LedgerState)> =
+        let mut out: Vec<(u64, LedgerData)> =
             dirty.into_iter().filter_map(|id| self.states.get(&id).map(|state| (id, state.clone()))).collect();
         out.sort_unstable_by_key(|(id, _)| *id);
         out
@@ -78,8 +78,8 @@ impl LedgerStates {
 mod tests {
     use super::*;
 
-    fn state(lac: i64) -> LedgerState {
-        LedgerState { fenced: false, last_add_confirmed: lac, master_key: b"key".to_vec() }
+    fn state(lac: i64) -> LedgerData {
+        LedgerData { fenced: false, last_add_confirmed: lac, master_key: b"key".to_vec() }
     }
 
     #[test]

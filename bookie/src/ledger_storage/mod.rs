@@ -68,7 +68,7 @@ use self::read_cache::ReadCache;
 use self::write_cache::{FlushingHalf, WriteCache};
 use crate::config::BookieConfig;
 use crate::error::BookieError;
-use crate::ledger_state::LedgerState;
+use crate::ledger_data::LedgerData;
 use crate::uring::Ring;
 
 /// Entry logs, under the data directory.
@@ -99,7 +99,7 @@ struct PendingFlush {
     /// Ledgers deleted before the flush started: not written at all.
     skip: HashSet<u64>,
     /// Ledger states changed since the last checkpoint.
-    states: Vec<(u64, LedgerState)>,
+    states: Vec<(u64, LedgerData)>,
 }
 
 /// What a flush appended, synced: each entry's location, and the logs written with the end of
@@ -305,7 +305,7 @@ impl LedgerStorage {
 
     /// Ledger state: kept in memory, persisted at each checkpoint in the same RocksDB batch as
     /// the index.
-    pub fn ledger_state(&self, ledger_id: u64) -> Result<Option<LedgerState>, BookieError> {
+    pub fn ledger_state(&self, ledger_id: u64) -> Result<Option<LedgerData>, BookieError> {
         Ok(read(&self.states).get(ledger_id).cloned())
     }
 
@@ -324,7 +324,7 @@ impl LedgerStorage {
         write(&self.states).raise_last_add_confirmed(ledger_id, lac);
     }
 
-    pub fn set_ledger_state(&self, ledger_id: u64, state: LedgerState) {
+    pub fn set_ledger_state(&self, ledger_id: u64, state: LedgerData) {
         write(&self.states).set(ledger_id, state);
     }
 

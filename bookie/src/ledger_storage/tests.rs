@@ -32,8 +32,8 @@ fn content(ledger_id: u64, entry_id: u64, generation: u64) -> Bytes {
     )
 }
 
-fn state(last_add_confirmed: i64) -> LedgerState {
-    LedgerState { fenced: false, last_add_confirmed, master_key: b"key".to_vec() }
+fn state(last_add_confirmed: i64) -> LedgerData {
+    LedgerData { fenced: false, last_add_confirmed, master_key: b"key".to_vec() }
 }
 
 fn checkpoint(storage: &LedgerStorage, mark: u64) {
@@ -598,8 +598,8 @@ fn step() -> impl Strategy<Value = Step> {
 struct Model {
     durable: BTreeMap<(u64, u64), Bytes>,
     volatile: BTreeMap<(u64, u64), Bytes>,
-    durable_states: BTreeMap<u64, LedgerState>,
-    volatile_states: BTreeMap<u64, LedgerState>,
+    durable_states: BTreeMap<u64, LedgerData>,
+    volatile_states: BTreeMap<u64, LedgerData>,
     generations: HashMap<u64, u64>,
     mark: u64,
 }
@@ -609,7 +609,7 @@ impl Model {
         self.volatile.get(&(ledger_id, entry_id)).or_else(|| self.durable.get(&(ledger_id, entry_id)))
     }
 
-    fn state(&self, ledger_id: u64) -> Option<&LedgerState> {
+    fn state(&self, ledger_id: u64) -> Option<&LedgerData> {
         self.volatile_states.get(&ledger_id).or_else(|| self.durable_states.get(&ledger_id))
     }
 

@@ -1,0 +1,167 @@
+//! One running bookie node: the start and stop sequence that `magnetar bookie` and standalone
+//! share.
+//!
+//! Start: check the cookie (refuse wiped or swapped disks), open storage (journal replay),
+//! start the disk monitor, serve BookieService on the given listener, register the bookie in
+//! metadata under a session (an ephemeral key that lapses [`REGISTRATION_TTL`] after the
+//! bookie loses contact), and start the auto-recovery worker when the config enables it.
+//! Stop, in reverse: auto-recovery, the registration (so brokers stop choosing this bookie),
+//! serving (the server drains and closes the bookie), the disk monitor. Each wait is bounded
+//! by [`SHUTDOWN_GRACE`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use magnetar_meta::{MetadataStore, SessionId};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::autorecovery::AutoRecovery;
+use crate::cookie::{self, Cookie};
+use crate::disk::DiskMonitor;
+use crate::registration::{self, BookieRegistration};
+use crate::{BookieConfig, BookieError, BookieServer};
+
+/// How long a bookie's registration (and an auto-recovery worker's lock) outlives contact
+/// with the metadata store.
+pub const REGISTRATION_TTL: Duration = Duration::from_secs(10);
+/// Longest a stopping bookie waits for each of its tasks to end.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// A bookie serving and registered; [`BookieNode::stop`] takes it down.
+pub struct BookieNode {
+    bookie_id: String,
+    /// The address the listener is bound to.
+    local: SocketAddr,
+    /// The address registered for others to reach it.
+    address: String,
+    cookie: Cookie,
+    meta: Arc<dyn MetadataStore>,
+    session: SessionId,
+    /// `None` once it ended and its result was taken.
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    /// Stops serving (the server closes the bookie once drained).
+    serve_cancel: CancellationToken,
+    disk_monitor: JoinHandle<()>,
+    disk_cancel: CancellationToken,
+    autorecovery: Option<(JoinHandle<()>, CancellationToken)>,
+}
+
+impl BookieNode {
+    /// Starts the bookie of `config` on `listener`, registered as reachable at
+    /// `advertised_host` (with the listener's port) and on host `config.host_name` (else the
+    /// advertised host).
+    pub async fn start(
+        config: &BookieConfig,
+        meta: Arc<dyn MetadataStore>,
+        listener: TcpListener,
+        advertised_host: &str,
+    ) -> Result<Self, BookieError> {
+        let cookie = cookie::verify_or_create(meta.as_ref(), config).await?;
+        let open_config = config.clone();
+        let server = tokio::task::spawn_blocking(move || BookieServer::open(&open_config))
+            .await
+            .map_err(|_| BookieError::Stopped { what: "opening bookie storage" })??;
+        let local = listener.local_addr().map_err(|source| BookieError::Io { path: config.listen.clone(), source })?;
+        let address = crate::server::advertised(local, advertised_host);
+
+        let disk_cancel = CancellationToken::new();
+        let disk_monitor = DiskMonitor::new(config, server.bookie().read_only_flag()).spawn(disk_cancel.clone());
+        let serve_cancel = CancellationToken::new();
+        let server = tokio::spawn(server.run(listener, serve_cancel.clone()));
+        let host = config.host_name.clone().unwrap_or_else(|| registration::host_of(&address).to_owned());
+        let registration = BookieRegistration::new(config.bookie_id.clone(), address.clone()).with_host(host);
+        let session = match registration::register(meta.as_ref(), &registration, REGISTRATION_TTL).await {
+            Ok(session) => session,
+            Err(error) => {
+                serve_cancel.cancel();
+                disk_cancel.cancel();
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
+                return Err(error);
+            }
+        };
+        let autorecovery = config.autorecovery.enabled.then(|| {
+            let cancel = CancellationToken::new();
+            let worker = AutoRecovery::new(
+                meta.clone(),
+                config.bookie_id.clone(),
+                config.autorecovery.clone(),
+                REGISTRATION_TTL,
+            );
+            (tokio::spawn(worker.run(cancel.clone())), cancel)
+        });
+        Ok(BookieNode {
+            bookie_id: config.bookie_id.clone(),
+            local,
+            address,
+            cookie,
+            meta,
+            session,
+            server: Some(server),
+            serve_cancel,
+            disk_monitor,
+            disk_cancel,
+            autorecovery,
+        })
+    }
+
+    pub fn bookie_id(&self) -> &str {
+        &self.bookie_id
+    }
+
+    /// The address the bookie's listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The address the bookie is registered at.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub fn cookie(&self) -> &Cookie {
+        &self.cookie
+    }
+
+    /// Resolves if the server stops without being asked to (its error, if any). Cancel-safe:
+    /// dropping it leaves the server running.
+    pub async fn failed(&mut self) -> Result<(), BookieError> {
+        self.served().await
+    }
+
+    async fn served(&mut self) -> Result<(), BookieError> {
+        let Some(server) = self.server.as_mut() else { return Ok(()) };
+        let result = server.await;
+        self.server = None;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(BookieError::Transport { bookie: self.bookie_id.clone(), source }),
+            Err(_) => Err(BookieError::Stopped { what: "bookie server task" }),
+        }
+    }
+
+    /// Stops the bookie: auto-recovery, registration, serving (drained), disk monitor. A
+    /// server that does not drain within [`SHUTDOWN_GRACE`] is left behind with a warning.
+    pub async fn stop(mut self) -> Result<(), BookieError> {
+        if let Some((task, cancel)) = self.autorecovery.take() {
+            cancel.cancel();
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
+        }
+        if let Err(error) = self.meta.close_session(self.session).await {
+            warn!(bookie_id = %self.bookie_id, %error, "closing the bookie's metadata session (its registration expires with the session)");
+        }
+        self.serve_cancel.cancel();
+        self.disk_cancel.cancel();
+        let _ = (&mut self.disk_monitor).await;
+        match tokio::time::timeout(SHUTDOWN_GRACE, self.served()).await {
+            Ok(result) => result,
+            Err(_) => {
+                warn!(bookie_id = %self.bookie_id, "bookie did not drain within {SHUTDOWN_GRACE:?}");
+                Ok(())
+            }
+        }
+    }
+}
