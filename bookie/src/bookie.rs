@@ -14,9 +14,10 @@
 //! active write cache passes `write_cache_bytes`; adders wait while the cache holds twice that.
 //! A GC thread compacts entry logs every `gc_interval`.
 
+use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -74,10 +75,6 @@ struct Shared {
 pub struct Bookie {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Bookie {
@@ -191,7 +188,7 @@ impl Bookie {
         // The admitted adds (and the keys of new ledgers, each before its first add) go to the
         // journal as one request, answered once: one group commit makes them all durable.
         let durable = {
-            let mut ordering = lock(&shared.ordering);
+            let mut ordering = shared.ordering.lock();
             let mut records = Vec::with_capacity(adds.len());
             for (index, add) in adds.iter().enumerate() {
                 if results[index].is_some() {
@@ -241,7 +238,7 @@ impl Bookie {
     pub async fn fence(&self, ledger_id: u64, master_key: &[u8]) -> Result<FenceResult, BookieError> {
         let shared = &self.shared;
         let (durable, state) = {
-            let mut ordering = lock(&shared.ordering);
+            let mut ordering = shared.ordering.lock();
             let mut records = Vec::new();
             let mut state = match shared.storage.ledger_state(ledger_id)? {
                 Some(state) if state.master_key != master_key => return Err(BookieError::Unauthorized { ledger_id }),
@@ -309,7 +306,7 @@ impl Bookie {
     /// A receiver that sees this ledger's last-add-confirmed as it grows.
     pub fn watch_lac(&self, ledger_id: u64) -> Result<watch::Receiver<i64>, BookieError> {
         let current = self.last_add_confirmed(ledger_id)?.unwrap_or(-1);
-        let mut watchers = lock(&self.shared.lac_watchers);
+        let mut watchers = self.shared.lac_watchers.lock();
         watchers.retain(|_, sender| sender.receiver_count() > 0);
         let sender = watchers.entry(ledger_id).or_insert_with(|| watch::channel(current).0);
         sender.send_if_modified(|value| {
@@ -325,7 +322,7 @@ impl Bookie {
 
     /// Removes the ledger; its space is reclaimed by GC. Blocking.
     pub fn delete(&self, ledger_id: u64) -> Result<(), BookieError> {
-        let _ordering = lock(&self.shared.ordering);
+        let _ordering = self.shared.ordering.lock();
         self.shared.storage.delete_ledger(ledger_id)
     }
 
@@ -346,11 +343,11 @@ impl Drop for Bookie {
     fn drop(&mut self) {
         {
             let (stop, wake) = &self.shared.checkpoint_wake;
-            *lock(stop) = true;
+            *stop.lock() = true;
             wake.notify_all();
             self.shared.gc_wake.notify_all();
         }
-        for thread in lock(&self.threads).drain(..) {
+        for thread in self.threads.lock().drain(..) {
             let _ = thread.join();
         }
     }
@@ -446,7 +443,7 @@ impl Shared {
     }
 
     fn publish_lac(&self, ledger_id: u64, lac: i64) {
-        if let Some(sender) = lock(&self.lac_watchers).get(&ledger_id) {
+        if let Some(sender) = self.lac_watchers.lock().get(&ledger_id) {
             sender.send_if_modified(|current| {
                 if lac > *current {
                     *current = lac;
@@ -460,7 +457,7 @@ impl Shared {
 
     fn checkpoint(&self) -> Result<u64, BookieError> {
         {
-            let ordering = lock(&self.ordering);
+            let ordering = self.ordering.lock();
             // Refused while an earlier swap is still unflushed; the flush below finishes it.
             self.storage.swap_write_cache(ordering.next_sequence - 1);
         }
@@ -474,12 +471,12 @@ impl Shared {
         let (stop, wake) = &self.checkpoint_wake;
         loop {
             let stopping = {
-                let guard = lock(stop);
+                let guard = stop.lock();
                 if *guard {
                     true
                 } else {
-                    let (guard, _) =
-                        wake.wait_timeout(guard, self.config.checkpoint_interval).unwrap_or_else(|p| p.into_inner());
+                    let mut guard = guard;
+                    wake.wait_for(&mut guard, self.config.checkpoint_interval);
                     *guard
                 }
             };
@@ -499,11 +496,11 @@ impl Shared {
         let (stop, wake) = (&self.checkpoint_wake.0, &self.gc_wake);
         loop {
             {
-                let guard = lock(stop);
+                let mut guard = stop.lock();
                 if *guard {
                     break;
                 }
-                let (guard, _) = wake.wait_timeout(guard, self.config.gc_interval).unwrap_or_else(|p| p.into_inner());
+                wake.wait_for(&mut guard, self.config.gc_interval);
                 if *guard {
                     break;
                 }

@@ -19,9 +19,10 @@
 //!
 //! `MAGNETAR_SIM_SEEDS=N` runs N seeds (default 1000), `MAGNETAR_SIM_SEED=S` replays one.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -44,10 +45,6 @@ const BOOKIES: usize = 5;
 const DEFAULT_SEEDS: u64 = 1000;
 const CONFIGS: &[(u32, u32, u32)] =
     &[(3, 3, 2), (3, 2, 2), (4, 3, 2), (5, 3, 3), (3, 3, 3), (2, 2, 1), (4, 2, 2), (5, 5, 3)];
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 // ---------------------------------------------------------------------------------------------
 // The simulated world: bookies, network, randomness.
@@ -156,9 +153,9 @@ struct SimRpc {
 impl SimRpc {
     /// A message's trip: a seeded delay, then it may be lost or find the bookie down.
     async fn travel(&self, what: &str) -> Result<(), BookieError> {
-        let delay = lock(&self.world).delay(10);
+        let delay = self.world.lock().delay(10);
         tokio::time::sleep(delay).await;
-        let mut world = lock(&self.world);
+        let mut world = self.world.lock();
         world.note((&self.bookie_id, what));
         let lost = world.lost();
         let up = world.bookies.get(&self.bookie_id).is_some_and(|b| b.up);
@@ -171,7 +168,7 @@ impl SimRpc {
     /// Journals `record` and waits for its sync; fails if the bookie crashed meanwhile.
     async fn journal(&self, record: Record) -> Result<(), BookieError> {
         let (sync_at, incarnation) = {
-            let mut world = lock(&self.world);
+            let mut world = self.world.lock();
             let sync = world.delay(4);
             let bookie = world.bookies.get_mut(&self.bookie_id).ok_or_else(|| lost_error(&self.bookie_id, "bookie"))?;
             let mut sync_at = Instant::now() + sync;
@@ -183,7 +180,7 @@ impl SimRpc {
             (sync_at, bookie.incarnation)
         };
         tokio::time::sleep_until(sync_at).await;
-        let mut world = lock(&self.world);
+        let mut world = self.world.lock();
         let bookie = world.bookies.get_mut(&self.bookie_id).ok_or_else(|| lost_error(&self.bookie_id, "bookie"))?;
         bookie.sync(Instant::now());
         if bookie.incarnation != incarnation {
@@ -193,7 +190,7 @@ impl SimRpc {
     }
 
     fn with_bookie<T>(&self, work: impl FnOnce(&mut SimBookie) -> Result<T, BookieError>) -> Result<T, BookieError> {
-        let mut world = lock(&self.world);
+        let mut world = self.world.lock();
         let bookie = world.bookies.get_mut(&self.bookie_id).ok_or_else(|| lost_error(&self.bookie_id, "bookie"))?;
         bookie.sync(Instant::now());
         work(bookie)
@@ -207,7 +204,7 @@ impl SimRpc {
         })?;
         // Even if fenced already, wait behind the journal: the answer follows earlier adds.
         if already {
-            let sync_at = lock(&self.world).bookies.get(&self.bookie_id).and_then(|b| b.last_sync);
+            let sync_at = self.world.lock().bookies.get(&self.bookie_id).and_then(|b| b.last_sync);
             if let Some(sync_at) = sync_at {
                 tokio::time::sleep_until(sync_at).await;
             }
@@ -370,7 +367,7 @@ struct SimConnector {
 #[async_trait]
 impl BookieConnector for SimConnector {
     async fn connect(&self, bookie_id: &str) -> Result<Arc<dyn BookieRpc>, BookieError> {
-        if !lock(&self.world).bookies.contains_key(bookie_id) {
+        if !self.world.lock().bookies.contains_key(bookie_id) {
             return Err(BookieError::UnknownBookie { bookie: bookie_id.to_owned() });
         }
         Ok(Arc::new(SimRpc { world: self.world.clone(), bookie_id: bookie_id.to_owned() }))
@@ -378,7 +375,7 @@ impl BookieConnector for SimConnector {
 }
 
 fn crash(world: &Shared, bookie_id: &str) {
-    let mut world = lock(world);
+    let mut world = world.lock();
     world.note(("crash", bookie_id));
     if let Some(bookie) = world.bookies.get_mut(bookie_id) {
         bookie.sync(Instant::now());
@@ -390,7 +387,7 @@ fn crash(world: &Shared, bookie_id: &str) {
 }
 
 fn restart(world: &Shared, bookie_id: &str) {
-    let mut world = lock(world);
+    let mut world = world.lock();
     world.note(("restart", bookie_id));
     if let Some(bookie) = world.bookies.get_mut(bookie_id) {
         bookie.up = true;
@@ -415,7 +412,7 @@ struct MemStore {
 
 impl MemStore {
     async fn pause(&self) {
-        let delay = lock(&self.world).delay(3);
+        let delay = self.world.lock().delay(3);
         tokio::time::sleep(delay).await;
     }
 
@@ -453,7 +450,7 @@ impl MemStore {
         expected: Expected,
         session: Option<i64>,
     ) -> magnetar_meta::Result<Version> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         Self::check(&state, key, expected)?;
         state.revision += 1;
         let version = state.revision;
@@ -467,7 +464,9 @@ impl MemStore {
 impl MetadataStore for MemStore {
     async fn get(&self, key: &str) -> magnetar_meta::Result<Option<Versioned>> {
         self.pause().await;
-        Ok(lock(&self.state)
+        Ok(self
+            .state
+            .lock()
             .keys
             .get(key)
             .map(|(value, version, _)| Versioned { value: value.clone(), version: *version }))
@@ -480,7 +479,7 @@ impl MetadataStore for MemStore {
 
     async fn delete(&self, key: &str, expected: Expected) -> magnetar_meta::Result<()> {
         self.pause().await;
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         Self::check(&state, key, expected)?;
         if state.keys.remove(key).is_some() {
             Self::notify(&mut state, WatchEvent::Delete { key: key.to_owned() });
@@ -491,7 +490,7 @@ impl MetadataStore for MemStore {
     async fn list_children(&self, path: &str) -> magnetar_meta::Result<Vec<String>> {
         self.pause().await;
         let prefix = format!("{}/", path.trim_end_matches('/'));
-        let state = lock(&self.state);
+        let state = self.state.lock();
         let mut children: Vec<String> = state
             .keys
             .keys()
@@ -505,12 +504,12 @@ impl MetadataStore for MemStore {
 
     async fn watch(&self, prefix: &str) -> magnetar_meta::Result<Watch> {
         let (sender, receiver) = mpsc::channel(1024);
-        lock(&self.state).watchers.push((prefix.to_owned(), sender));
+        self.state.lock().watchers.push((prefix.to_owned(), sender));
         Ok(receiver)
     }
 
     async fn create_session(&self, _ttl: Duration) -> magnetar_meta::Result<SessionId> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         state.next_session += 1;
         Ok(SessionId(state.next_session))
     }
@@ -527,7 +526,7 @@ impl MetadataStore for MemStore {
     }
 
     async fn close_session(&self, session: SessionId) -> magnetar_meta::Result<()> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let gone: Vec<String> = state
             .keys
             .iter()
@@ -656,7 +655,7 @@ async fn scenario(seed: u64) -> Result<Outcome, String> {
     let meta_store: Arc<dyn MetadataStore> = meta.clone();
     for index in 0..BOOKIES {
         let bookie_id = format!("bookie-{index}");
-        lock(&world).bookies.insert(bookie_id.clone(), SimBookie { up: true, ..SimBookie::default() });
+        world.lock().bookies.insert(bookie_id.clone(), SimBookie { up: true, ..SimBookie::default() });
         let registration =
             BookieRegistration::new(bookie_id, format!("sim:{index}")).with_host(format!("sim-host-{index}"));
         registration::register(meta_store.as_ref(), &registration, Duration::from_secs(10))
@@ -676,7 +675,7 @@ async fn scenario(seed: u64) -> Result<Outcome, String> {
     };
     let checker = Arc::new(Mutex::new(Checker::new()));
     let hook_checker = checker.clone();
-    let hook: client::ConfirmHook = Arc::new(move |entry_id| lock(&hook_checker).on_confirm(entry_id));
+    let hook: client::ConfirmHook = Arc::new(move |entry_id| hook_checker.lock().on_confirm(entry_id));
     let writer_bookies = client(rng.random());
     let writer = LedgerWriter::create(&writer_bookies, config, Some(hook))
         .await
@@ -700,7 +699,7 @@ async fn scenario(seed: u64) -> Result<Outcome, String> {
             });
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let mut world = lock(&fault_world);
+        let mut world = fault_world.lock();
         world.loss = 0.0;
         let ids: Vec<String> = world.bookies.keys().cloned().collect();
         drop(world);
@@ -726,7 +725,7 @@ async fn scenario(seed: u64) -> Result<Outcome, String> {
                 continue;
             };
             {
-                let mut checker = lock(&reader_checker);
+                let mut checker = reader_checker.lock();
                 checker.max_lac_read = checker.max_lac_read.max(seen);
                 if let Some(closed) = checker.closed {
                     if seen > closed {
@@ -742,7 +741,7 @@ async fn scenario(seed: u64) -> Result<Outcome, String> {
                     Ok(entries) => {
                         for (entry_id, data) in entries {
                             if data != payload(seed, entry_id) || entry_id as i64 != lac + 1 {
-                                lock(&reader_checker).violation(format!("tailing read of entry {entry_id} is wrong"));
+                                reader_checker.lock().violation(format!("tailing read of entry {entry_id} is wrong"));
                             }
                             lac = entry_id as i64;
                         }
@@ -773,7 +772,7 @@ async fn scenario(seed: u64) -> Result<Outcome, String> {
                 break;
             }
         }
-        let pause = lock(&world).delay(8);
+        let pause = world.lock().delay(8);
         tokio::time::sleep(pause).await;
         let answer = match writer.add(payload(seed, index)).await {
             Ok(answer) => answer,
@@ -782,13 +781,13 @@ async fn scenario(seed: u64) -> Result<Outcome, String> {
         let ack_checker = checker.clone();
         waiters.push(tokio::spawn(async move {
             if let Ok(Ok(entry_id)) = answer.await {
-                lock(&ack_checker).on_ack(index, entry_id);
+                ack_checker.lock().on_ack(index, entry_id);
             }
         }));
     }
     if ending == 0 {
         if let Ok(last) = writer.close().await {
-            lock(&checker).on_closed(last, "the writer");
+            checker.lock().on_closed(last, "the writer");
         }
     }
     drop(writer);
@@ -803,7 +802,7 @@ async fn scenario(seed: u64) -> Result<Outcome, String> {
     }
     let _ = faults.await;
     let _ = tail.await;
-    lock(&checker).ensure()?;
+    checker.lock().ensure()?;
 
     // Healed: every entry of the closed ledger reads back with its bytes.
     let (ledger, _) = metadata::read(meta_store.as_ref(), ledger_id)
@@ -813,7 +812,7 @@ async fn scenario(seed: u64) -> Result<Outcome, String> {
     if ledger.state != LedgerState::Closed as i32 {
         return Err(format!("ledger not closed at the end: state {}", ledger.state));
     }
-    lock(&checker).on_closed(ledger.last_entry_id, "the final metadata");
+    checker.lock().on_closed(ledger.last_entry_id, "the final metadata");
     let mut next = 0u64;
     while (next as i64) <= ledger.last_entry_id {
         let entries = client::read_entries(&bookies, &ledger, next, ledger.last_entry_id as u64, 8, 1 << 20)
@@ -831,9 +830,9 @@ async fn scenario(seed: u64) -> Result<Outcome, String> {
             next += 1;
         }
     }
-    let checker = lock(&checker);
+    let checker = checker.lock();
     checker.ensure()?;
-    let trace = lock(&world).trace.finish();
+    let trace = world.lock().trace.finish();
     Ok(Outcome { trace, closed_at: ledger.last_entry_id, acked: checker.max_acked })
 }
 
@@ -843,15 +842,15 @@ async fn recover_until_closed(bookies: &Bookies, ledger_id: u64, checker: &Mutex
         match client::recover_ledger(bookies, ledger_id).await {
             Ok(closed) => {
                 if closed.state != LedgerState::Closed as i32 {
-                    lock(checker).violation(format!("recovery returned a ledger in state {}", closed.state));
+                    checker.lock().violation(format!("recovery returned a ledger in state {}", closed.state));
                 }
-                lock(checker).on_closed(closed.last_entry_id, "recovery");
+                checker.lock().on_closed(closed.last_entry_id, "recovery");
                 return;
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    lock(checker).violation("recovery never finished".to_owned());
+    checker.lock().violation("recovery never finished".to_owned());
 }
 
 fn replay_hint(seed: u64) -> String {

@@ -16,8 +16,9 @@
 //! the entries after its position are read back and their metadata (producer name, sequence
 //! id, highest sequence id, batch size) applied, so the rebuilt state covers every durable entry.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use magnetar_meta::{Expected, MetadataStore};
@@ -92,10 +93,6 @@ fn highest_sequence_id_of(payload: &Payload) -> (String, i64) {
     (metadata.producer_name.clone(), i64::try_from(highest).unwrap_or(i64::MAX))
 }
 
-fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Deduplication {
     /// Loads the snapshot and replays the entries after it. With no snapshot (dedup just
     /// enabled) it starts empty at the current end, as Pulsar does, and writes a snapshot there
@@ -155,7 +152,7 @@ impl Deduplication {
 
     /// The highest sequence id accepted from `producer`, -1 if none (PRODUCER_SUCCESS).
     pub fn last_sequence_id(&self, producer: &str) -> i64 {
-        lock(&self.state).pushed.get(producer).copied().unwrap_or(-1)
+        self.state.lock().pushed.get(producer).copied().unwrap_or(-1)
     }
 
     /// Checks a SEND against the producer's ids and stores it unless it is a duplicate.
@@ -170,7 +167,7 @@ impl Deduplication {
         let highest = i64::try_from(highest_sequence_id).unwrap_or(i64::MAX).max(sequence_id);
         let tracker = self.order.lock().await;
         {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             if let Some(&pushed) = state.pushed.get(producer) {
                 if sequence_id <= pushed {
                     let persisted = state.persisted.get(producer).copied().unwrap_or(-1);
@@ -201,7 +198,7 @@ impl Deduplication {
 
     /// After a failed add: what was pushed but not persisted may be sent again.
     fn forget_in_flight(&self, producer: &str) {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         match state.persisted.get(producer).copied() {
             Some(persisted) => state.pushed.insert(producer.to_owned(), persisted),
             None => state.pushed.remove(producer),
@@ -211,7 +208,7 @@ impl Deduplication {
     /// Writes the current state (consistent: see the module doc).
     pub async fn snapshot(&self) -> Result<(), BrokerError> {
         let snapshot = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             state.applied_since_snapshot = 0;
             Snapshot {
                 position: state.applied.map(|p| (p.ledger_id, p.entry_id)),
@@ -236,7 +233,7 @@ async fn track(dedup: std::sync::Weak<Deduplication>, state: Arc<Mutex<State>>, 
     while let Some(tracked) = queue.recv().await {
         let result = tracked.durable.await;
         let snapshot_due = {
-            let mut state = lock(&state);
+            let mut state = state.lock();
             match &result {
                 Ok(position) => {
                     let entry = state.persisted.entry(tracked.producer.clone()).or_insert(tracked.highest_sequence_id);

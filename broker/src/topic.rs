@@ -6,9 +6,10 @@
 //! Producer names are unique per topic. With deduplication on (namespace policy), publishes go
 //! through [`Deduplication`]; the producer registry is a plain mutex never held across `.await`.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use magnetar_meta::MetadataStore;
@@ -110,7 +111,7 @@ impl Topic {
         producer_key: u64,
         mode: AccessMode,
     ) -> Result<Admission, BrokerError> {
-        let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut producers = self.producers.lock();
         if producers.by_name.contains_key(producer_name) || producers.waiting.iter().any(|w| w.name == producer_name) {
             return Err(BrokerError::ProducerBusy { topic: self.name.to_string(), producer: producer_name.to_owned() });
         }
@@ -146,7 +147,7 @@ impl Topic {
     }
 
     pub fn remove_producer(&self, producer_name: &str, producer_key: u64) {
-        let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut producers = self.producers.lock();
         if producers.by_name.get(producer_name) == Some(&producer_key) {
             producers.by_name.remove(producer_name);
         }
@@ -164,10 +165,10 @@ impl Topic {
         if self.fenced.load(Ordering::SeqCst) {
             return closer();
         }
-        self.producers.lock().unwrap_or_else(|p| p.into_inner()).closers.insert(producer_key, closer);
+        self.producers.lock().closers.insert(producer_key, closer);
         // Closed between the check and the insert: the close did not see this closer.
         if self.fenced.load(Ordering::SeqCst) {
-            let closer = self.producers.lock().unwrap_or_else(|p| p.into_inner()).closers.remove(&producer_key);
+            let closer = self.producers.lock().closers.remove(&producer_key);
             if let Some(closer) = closer {
                 closer();
             }
@@ -189,11 +190,11 @@ impl Topic {
     }
 
     pub fn producer_count(&self) -> usize {
-        self.producers.lock().unwrap_or_else(|p| p.into_inner()).by_name.len()
+        self.producers.lock().by_name.len()
     }
 
     fn deduplication(&self) -> Option<Arc<Deduplication>> {
-        self.dedup.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.dedup.lock().clone()
     }
 
     /// Turns deduplication on (rebuilding its state from the snapshot and the tail entries)
@@ -204,12 +205,12 @@ impl Topic {
         }
         if enabled {
             let dedup = Deduplication::open(self.ledger.clone(), meta.clone()).await?;
-            let mut slot = self.dedup.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = self.dedup.lock();
             if slot.is_none() {
                 *slot = Some(dedup);
             }
         } else {
-            self.dedup.lock().unwrap_or_else(|p| p.into_inner()).take();
+            self.dedup.lock().take();
             Deduplication::delete_snapshot(meta.as_ref(), self.ledger.name()).await?;
         }
         info!(topic = %self.name, enabled, "deduplication changed");
@@ -316,7 +317,7 @@ impl Topic {
             warn!(topic = %self.name, %error, "closing the managed ledger failed; the next owner recovers it");
         }
         let closers: Vec<_> = {
-            let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut producers = self.producers.lock();
             producers.closers.drain().map(|(_, closer)| closer).collect()
         };
         for closer in closers {

@@ -11,8 +11,9 @@
 //! two tasks that connect to the same new broker at once may both open a connection, and the
 //! second one to finish is dropped.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use magnetar_proto::command;
@@ -315,6 +316,6 @@ impl Client {
     }
 
     fn pool(&self) -> MutexGuard<'_, HashMap<BrokerAddress, Connection>> {
-        self.inner.connections.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.connections.lock()
     }
 }

@@ -22,9 +22,10 @@
 //! When the connection ends, for whatever reason, every pending request and send fails with
 //! [`ClientError::Disconnected`] carrying the reason, and every consumer's channel is closed.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -252,13 +253,8 @@ impl Connection {
 
     /// The error for an operation that found the connection gone.
     pub(crate) fn disconnected(&self) -> ClientError {
-        let reason = self
-            .shared
-            .close_reason
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .unwrap_or_else(|| "the connection task stopped".to_owned());
+        let reason =
+            self.shared.close_reason.lock().clone().unwrap_or_else(|| "the connection task stopped".to_owned());
         ClientError::Disconnected { broker: self.shared.broker.to_string(), reason }
     }
 
@@ -470,7 +466,7 @@ impl ConnectionTask {
                 reason
             }
         };
-        *self.close_reason.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
+        *self.close_reason.lock() = Some(reason.clone());
         self.fail_everything(&reason);
     }
 

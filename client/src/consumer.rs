@@ -25,10 +25,11 @@
 //! `AckHandle`, which follows it to a new connection and consumer id after a reconnect and
 //! clears the redelivered entries' batch acknowledgement state.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::select_all;
@@ -438,7 +439,7 @@ struct Shared {
 
 impl Shared {
     fn timers(&self) -> MutexGuard<'_, Timers> {
-        self.timers.lock().unwrap_or_else(PoisonError::into_inner)
+        self.timers.lock()
     }
 
     async fn redeliver_due(&self) {

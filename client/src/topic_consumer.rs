@@ -21,8 +21,9 @@
 //! broker redelivers everything unacknowledged to the new consumer. A non-durable (reader)
 //! subscription restarts after the last message handed out.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use magnetar_proto::command;
 use magnetar_proto::pulsar::{self as pb, command_ack::AckType, command_subscribe};
@@ -111,7 +112,7 @@ pub(crate) struct AckHandle {
 
 impl AckHandle {
     fn route(&self) -> MutexGuard<'_, Route> {
-        self.route.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.route.lock()
     }
 
     /// Acknowledges one message. For a message of a batch, the broker is told once every

@@ -19,9 +19,10 @@
 //!
 //! Operations are not cancel-safe: a write whose future is dropped may still be applied.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -228,7 +229,7 @@ impl MetadataStore for EtcdStore {
         let id = granted.id();
         let granted_ttl = Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(1).max(1));
         let cancel = self.inner.shutdown.child_token();
-        self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner).insert(id, cancel.clone());
+        self.inner.sessions.lock().insert(id, cancel.clone());
         tokio::spawn(keep_alive(lease, id, granted_ttl, cancel));
         Ok(SessionId(id))
     }
@@ -249,7 +250,7 @@ impl MetadataStore for EtcdStore {
     /// Stops the keep-alive and revokes the lease, which deletes its keys at once. Closing an
     /// unknown or expired session is a no-op.
     async fn close_session(&self, session: SessionId) -> Result<()> {
-        let keeper = self.inner.sessions.lock().unwrap_or_else(PoisonError::into_inner).remove(&session.0);
+        let keeper = self.inner.sessions.lock().remove(&session.0);
         if let Some(keeper) = keeper {
             keeper.cancel();
         }

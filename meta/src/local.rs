@@ -9,7 +9,7 @@
 //!
 //! **Concurrency.** RocksDB calls block, so every operation runs on tokio's blocking pool
 //! (`spawn_blocking`). Reads go straight to RocksDB. Writes (read, check the expected version,
-//! write) are serialized by one `std::sync::Mutex` around the writer state, which makes
+//! write) are serialized by one mutex around the writer state, which makes
 //! compare-and-set atomic; the mutex is only ever taken on the blocking pool, never on an async
 //! worker. Watch events are published while the writer mutex is still held, so every watcher
 //! sees changes in revision order. Operations are not cancel-safe: dropping the future does
@@ -23,10 +23,11 @@
 //! watcher whose channel is full is dropped (its receiver sees the channel close) rather than
 //! slowing writers down; it must re-read and watch again.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -234,11 +235,11 @@ impl Inner {
     }
 
     fn lock_writer(&self) -> Result<MutexGuard<'_, WriterState>> {
-        self.writer.lock().map_err(|_| MetaError::Stopped { what: "local store writer (a write panicked)" })
+        Ok(self.writer.lock())
     }
 
     fn lock_watchers(&self) -> Result<MutexGuard<'_, Vec<Watcher>>> {
-        self.watchers.lock().map_err(|_| MetaError::Stopped { what: "local store watchers (a publish panicked)" })
+        Ok(self.watchers.lock())
     }
 
     fn read(&self, key: &str) -> Result<Option<Record>> {

@@ -10,9 +10,10 @@
 //! add's oneshot by (ledger, entry). When the stream breaks, every pending add fails and the
 //! connection is marked broken so that the next use dials again.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -104,10 +105,7 @@ impl BookieConnection {
                 match responses.message().await {
                     Ok(Some(batch)) => {
                         for response in batch.responses {
-                            let reply = task_pending
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .remove(&(response.ledger_id, response.entry_id));
+                            let reply = task_pending.lock().remove(&(response.ledger_id, response.entry_id));
                             if let Some(reply) = reply {
                                 let result = status_result(
                                     &task_bookie,
@@ -130,7 +128,7 @@ impl BookieConnection {
             } else {
                 tracing::debug!(bookie = %task_bookie, "bookie add stream closed");
             }
-            let failed: Vec<_> = task_pending.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+            let failed: Vec<_> = task_pending.lock().drain().collect();
             for ((ledger_id, entry_id), reply) in failed {
                 let _ = reply.send(Err(BookieError::Remote {
                     bookie: task_bookie.clone(),
@@ -182,10 +180,10 @@ impl BookieRpc for BookieConnection {
             return answer;
         }
         let key = (add.ledger_id, add.entry_id);
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(key, reply);
+        self.pending.lock().insert(key, reply);
         if self.adds.send(AddEntryRequest::from(add)).await.is_err() {
             self.broken.store(true, Ordering::SeqCst);
-            if let Some(reply) = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&key) {
+            if let Some(reply) = self.pending.lock().remove(&key) {
                 let _ = reply.send(Err(BookieError::Stopped { what: "bookie add stream" }));
             }
         }
@@ -355,7 +353,7 @@ impl Bookies {
 
     /// A random number from the pool's seeded source.
     pub fn random(&self) -> u64 {
-        self.rng.lock().unwrap_or_else(|p| p.into_inner()).next_u64()
+        self.rng.lock().next_u64()
     }
 
     /// A live connection to the bookie, dialing it if needed.

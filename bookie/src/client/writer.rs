@@ -28,9 +28,10 @@
 //! writer rebases and retries; a recovery (IN_RECOVERY, CLOSED) fences it out. A FENCED answer: the writer stops. A stopped writer fails every pending add and never reports them
 //! written; only recovery decides where its ledger ends.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -206,12 +207,12 @@ impl LedgerWriter {
     /// The ledger's metadata as this writer last stored it: reads of the open ledger use it,
     /// since an ensemble change adds a fragment while the ledger is written.
     pub fn metadata(&self) -> Arc<LedgerMetadata> {
-        self.metadata.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.metadata.lock().clone()
     }
 
     /// Why the writer stopped, if it did.
     pub fn failure(&self) -> Option<String> {
-        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.failure.lock().clone()
     }
 
     /// Sends an entry; the receiver answers its entry id once it and every earlier entry are
@@ -219,7 +220,7 @@ impl LedgerWriter {
     /// the order of calls.
     pub async fn add(&self, payload: Bytes) -> Result<oneshot::Receiver<Result<u64, BookieError>>, BookieError> {
         let mut next_entry_id = self.next_entry_id.lock().await;
-        if *self.closed.lock().unwrap_or_else(|p| p.into_inner()) {
+        if *self.closed.lock() {
             return Err(BookieError::LedgerClosed { ledger_id: self.ledger_id });
         }
         if let Some(reason) = self.failure() {
@@ -239,7 +240,7 @@ impl LedgerWriter {
     /// confirmed entry. Returns the last entry id (-1 for an empty ledger).
     pub async fn close(&self) -> Result<i64, BookieError> {
         let _adds = self.next_entry_id.lock().await;
-        *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *self.closed.lock() = true;
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Close { reply })
@@ -306,7 +307,7 @@ struct WriterTask {
 impl WriterTask {
     /// Takes `metadata` as the ledger's current metadata and shows it to readers.
     fn set_metadata(&mut self, metadata: LedgerMetadata) {
-        *self.published.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(metadata.clone());
+        *self.published.lock() = Arc::new(metadata.clone());
         self.metadata = metadata;
     }
 
@@ -356,7 +357,7 @@ impl WriterTask {
     fn stop(&mut self, error: BookieError) {
         if self.stopped.is_none() {
             warn!(ledger_id = self.ledger_id, %error, "ledger writer stopped");
-            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
+            *self.failure.lock() = Some(error.to_string());
             self.stopped = Some(error);
         }
     }
@@ -383,7 +384,7 @@ impl WriterTask {
         reply: oneshot::Sender<Result<u64, BookieError>>,
     ) -> Vec<(usize, String, BookieError)> {
         if self.stopped.is_some() {
-            let reason = self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+            let reason = self.failure.lock().clone().unwrap_or_default();
             let _ = reply.send(Err(BookieError::WriterFailed { ledger_id: self.ledger_id, reason }));
             return Vec::new();
         }

@@ -18,12 +18,13 @@
 //! record's crc, ledger and entry are checked before its bytes are used: a mismatch is
 //! [`BookieError::Corrupt`] naming the file and offset.
 
+use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tracing::warn;
@@ -291,12 +292,12 @@ impl EntryLogReader {
 
     /// The open file, None if the log no longer exists.
     fn file(&self, log_id: u64) -> Result<Option<Arc<File>>, BookieError> {
-        if let Some(file) = self.files.read().unwrap_or_else(PoisonError::into_inner).get(&log_id) {
+        if let Some(file) = self.files.read().get(&log_id) {
             return Ok(Some(file.clone()));
         }
         // Opening under the write lock orders it with `forget`: a file opened before its removal
         // is forgotten by it, one opened after finds nothing.
-        let mut files = self.files.write().unwrap_or_else(PoisonError::into_inner);
+        let mut files = self.files.write();
         if let Some(file) = files.get(&log_id) {
             return Ok(Some(file.clone()));
         }
@@ -314,7 +315,7 @@ impl EntryLogReader {
 
     /// Closes the log's file; called after the file was removed.
     pub fn forget(&self, log_id: u64) {
-        self.files.write().unwrap_or_else(PoisonError::into_inner).remove(&log_id);
+        self.files.write().remove(&log_id);
     }
 
     /// Reads records of `ledger_id` that lie back to back in one log, starting at `run[0]`'s

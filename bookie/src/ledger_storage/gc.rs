@@ -35,7 +35,7 @@ use super::entry_log::{self, io_error, Location, ScannedRecord};
 use super::index::IndexBatch;
 use super::log_usage::LogUsage;
 use super::log_usage::UsageChange;
-use super::{lock, LedgerStorage};
+use super::LedgerStorage;
 use crate::error::BookieError;
 
 /// Live records gathered before they are moved in one batch.
@@ -61,11 +61,11 @@ struct Candidate {
 }
 
 pub(super) fn collect(storage: &LedgerStorage) -> Result<GcStats, BookieError> {
-    let _one_at_a_time = lock(&storage.gc_running);
+    let _one_at_a_time = storage.gc_running.lock();
     let mut stats = GcStats::default();
     let candidates = {
-        let writer = lock(&storage.appender);
-        let mut usage = lock(&storage.usage);
+        let writer = storage.appender.lock();
+        let mut usage = storage.usage.lock();
         let current = writer.current_log_id();
         for (log_id, path) in entry_log::list_logs(&storage.log_dir)? {
             if Some(log_id) != current && usage.get(log_id).is_none() {
@@ -172,14 +172,14 @@ impl Compaction<'_> {
             return Ok(());
         }
         let storage = self.storage;
-        let mut writer = lock(&storage.appender);
+        let mut writer = storage.appender.lock();
         let mut copies = Vec::with_capacity(self.pending.len());
         for record in self.pending.drain(..) {
             let copy = writer.append(record.ledger_id, record.entry_id, &record.data)?;
             copies.push((record.ledger_id, record.entry_id, record.location, copy));
         }
         let ends = writer.finish()?;
-        let mut usage = lock(&storage.usage);
+        let mut usage = storage.usage.lock();
         let mut batch = IndexBatch::default();
         let mut change = UsageChange::default();
         for (ledger_id, entry_id, old, copy) in &copies {
@@ -214,7 +214,7 @@ fn compact(storage: &LedgerStorage, candidate: &Candidate) -> Result<u64, Compac
     }
     scanned.map_err(CompactionError::Unreadable)?;
     compaction.move_pending().map_err(CompactionError::Failed)?;
-    let mut usage = lock(&storage.usage);
+    let mut usage = storage.usage.lock();
     let removed = forget_log(storage, &mut usage, candidate.log_id).map_err(CompactionError::Failed)?;
     Ok(removed.saturating_sub(compaction.moved_bytes))
 }

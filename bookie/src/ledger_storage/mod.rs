@@ -50,10 +50,11 @@ pub mod write_cache;
 #[cfg(test)]
 mod tests;
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tracing::{debug, info};
@@ -80,18 +81,6 @@ const READ_AHEAD_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// Times a read looks an entry up again when GC removed the log it was in between the lookup
 /// and the read (once is enough unless the log went missing otherwise).
 const READ_ATTEMPTS: usize = 3;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// A flush between taking its half and committing it.
 struct PendingFlush {
@@ -179,14 +168,14 @@ impl LedgerStorage {
     /// (ledger, entry) in the cache. The caller has checked the size against
     /// [`crate::MAX_ENTRY_SIZE`] (a larger entry would make every flush fail).
     pub fn put_entry(&self, ledger_id: u64, entry_id: u64, data: Bytes) {
-        lock(&self.cache).put(ledger_id, entry_id, data);
+        self.cache.lock().put(ledger_id, entry_id, data);
     }
 
     /// Reads an entry: active half, flushing half, read cache, then index + entry log (filling
     /// the read cache and reading ahead `read_ahead_entries` following entries of the same
     /// ledger from the same entry log).
     pub fn get_entry(&self, ledger_id: u64, entry_id: u64) -> Result<Option<Bytes>, BookieError> {
-        if let Some(data) = lock(&self.cache).get(ledger_id, entry_id) {
+        if let Some(data) = self.cache.lock().get(ledger_id, entry_id) {
             return Ok(Some(data));
         }
         if let Some(data) = self.read_cache.get(ledger_id, entry_id) {
@@ -262,7 +251,7 @@ impl LedgerStorage {
             while ahead.front().is_some_and(|(id, _)| *id < entry_id) {
                 ahead.pop_front();
             }
-            let cached = lock(&self.cache).get(ledger_id, entry_id);
+            let cached = self.cache.lock().get(ledger_id, entry_id);
             let data = match cached {
                 Some(data) => data,
                 None => match ahead.front() {
@@ -298,7 +287,7 @@ impl LedgerStorage {
     /// Highest entry id stored for the ledger (write cache halves and index), None if none.
     pub fn last_entry_id(&self, ledger_id: u64) -> Result<Option<u64>, BookieError> {
         // The cache first: a flush drops its half only after the index has the entries.
-        let cached = lock(&self.cache).last_entry_id(ledger_id);
+        let cached = self.cache.lock().last_entry_id(ledger_id);
         let indexed = self.index.last_entry_id(ledger_id)?;
         Ok(cached.max(indexed))
     }
@@ -306,13 +295,13 @@ impl LedgerStorage {
     /// Ledger state: kept in memory, persisted at each checkpoint in the same RocksDB batch as
     /// the index.
     pub fn ledger_state(&self, ledger_id: u64) -> Result<Option<LedgerData>, BookieError> {
-        Ok(read(&self.states).get(ledger_id).cloned())
+        Ok(self.states.read().get(ledger_id).cloned())
     }
 
     /// What an add needs of its ledger's state, without copying it: None for a ledger not
     /// known here.
     pub fn admission(&self, ledger_id: u64, master_key: &[u8]) -> Option<Admission> {
-        read(&self.states).get(ledger_id).map(|state| Admission {
+        self.states.read().get(ledger_id).map(|state| Admission {
             fenced: state.fenced,
             last_add_confirmed: state.last_add_confirmed,
             key_matches: state.master_key == master_key,
@@ -321,18 +310,18 @@ impl LedgerStorage {
 
     /// Raises the ledger's last-add-confirmed to `lac` if that is higher.
     pub fn raise_last_add_confirmed(&self, ledger_id: u64, lac: i64) {
-        write(&self.states).raise_last_add_confirmed(ledger_id, lac);
+        self.states.write().raise_last_add_confirmed(ledger_id, lac);
     }
 
     pub fn set_ledger_state(&self, ledger_id: u64, state: LedgerData) {
-        write(&self.states).set(ledger_id, state);
+        self.states.write().set(ledger_id, state);
     }
 
     /// Deletes the ledger: state, cached entries and index entries go now (persisted in one
     /// synced batch with the ledger's log accounting); entry log space is reclaimed by `gc`.
     /// Waits at most for one index batch of a flush or GC move, never for entry log writes.
     pub fn delete_ledger(&self, ledger_id: u64) -> Result<(), BookieError> {
-        let mut usage = lock(&self.usage);
+        let mut usage = self.usage.lock();
         let mut batch = IndexBatch::default();
         batch.delete_ledger_entries(ledger_id);
         batch.delete_state(ledger_id);
@@ -342,8 +331,8 @@ impl LedgerStorage {
         self.index.write(batch)?;
         usage.remove_ledger(ledger_id);
         // A flush in progress sees the ledger hidden when it commits (under `usage`, which we hold).
-        lock(&self.cache).remove_ledger(ledger_id);
-        write(&self.states).remove(ledger_id);
+        self.cache.lock().remove_ledger(ledger_id);
+        self.states.write().remove(ledger_id);
         self.read_cache.invalidate_ledger(ledger_id);
         debug!(ledger_id, "ledger deleted from ledger storage");
         Ok(())
@@ -354,12 +343,12 @@ impl LedgerStorage {
     /// caller holds its own lock around put_entry and this call so the mark is exact. Returns
     /// false (and does nothing) if a flush is still pending.
     pub fn swap_write_cache(&self, mark: u64) -> bool {
-        lock(&self.cache).swap(mark)
+        self.cache.lock().swap(mark)
     }
 
     /// Whether a swapped half waits for (or is in) `flush`.
     pub fn flush_pending(&self) -> bool {
-        lock(&self.cache).flush_pending()
+        self.cache.lock().flush_pending()
     }
 
     /// Writes the flushing half to the current entry log (entries sorted by ledger then entry),
@@ -368,7 +357,7 @@ impl LedgerStorage {
     /// drops the flushing half. Returns the mark now durable. No-op returning the last mark if
     /// nothing is flushing. After an error the half stays, and the next call tries again.
     pub fn flush(&self) -> Result<u64, BookieError> {
-        let mut writer = lock(&self.appender);
+        let mut writer = self.appender.lock();
         let Some(pending) = self.start_flush() else { return Ok(self.checkpoint_mark()) };
         match Self::append_half(&mut writer, &pending.half, &pending.skip) {
             Ok(appended) => self.commit_flush(pending, appended),
@@ -382,24 +371,24 @@ impl LedgerStorage {
     /// What a flush is about to write; None if nothing is flushing. The caller holds `appender`.
     fn start_flush(&self) -> Option<PendingFlush> {
         let (half, skip) = {
-            let cache = lock(&self.cache);
+            let cache = self.cache.lock();
             (cache.flushing()?, cache.hidden().clone())
         };
-        let states = write(&self.states).take_dirty();
+        let states = self.states.write().take_dirty();
         Some(PendingFlush { half, skip, states })
     }
 
     /// Puts back what a failed flush took; its half stays for the next try.
     fn abort_flush(&self, pending: PendingFlush) {
-        write(&self.states).restore_dirty(pending.states.into_iter().map(|(ledger_id, _)| ledger_id));
+        self.states.write().restore_dirty(pending.states.into_iter().map(|(ledger_id, _)| ledger_id));
     }
 
     /// Commits the index batch of an appended (and synced) flush, leaving out ledgers deleted
     /// meanwhile; then drops the half. Returns the mark now durable.
     fn commit_flush(&self, pending: PendingFlush, appended: Appended) -> Result<u64, BookieError> {
-        let mut usage = lock(&self.usage);
+        let mut usage = self.usage.lock();
         // Stable while we hold `usage`: deletions add to it only under that lock.
-        let deleted = lock(&self.cache).hidden().clone();
+        let deleted = self.cache.lock().hidden().clone();
         let mut batch = IndexBatch::default();
         let mut change = UsageChange::default();
         for (ledger_id, entry_id, location) in &appended.locations {
@@ -430,8 +419,8 @@ impl LedgerStorage {
         }
         usage.apply(change);
         self.mark.store(mark, Ordering::Release);
-        lock(&self.cache).finish_flush();
-        write(&self.states).restore_dirty(later);
+        self.cache.lock().finish_flush();
+        self.states.write().restore_dirty(later);
         Ok(mark)
     }
 
@@ -455,8 +444,8 @@ impl LedgerStorage {
     /// never is.
     #[cfg(test)]
     fn flush_entry_log_only(&self) -> Result<(), BookieError> {
-        let mut writer = lock(&self.appender);
-        let Some(half) = lock(&self.cache).flushing() else { return Ok(()) };
+        let mut writer = self.appender.lock();
+        let Some(half) = self.cache.lock().flushing() else { return Ok(()) };
         Self::append_half(&mut writer, &half, &HashSet::new()).map(|_| ())
     }
 
@@ -467,7 +456,7 @@ impl LedgerStorage {
 
     /// Bytes in the active half (the bookie checkpoints when it passes write_cache_bytes).
     pub fn active_bytes(&self) -> usize {
-        lock(&self.cache).active_bytes()
+        self.cache.lock().active_bytes()
     }
 
     /// Garbage collection: entry logs whose live fraction is below gc_compaction_threshold are
@@ -479,6 +468,6 @@ impl LedgerStorage {
 
     /// Ids of ledgers known here (states), sorted.
     pub fn ledgers(&self) -> Result<Vec<u64>, BookieError> {
-        Ok(read(&self.states).ids())
+        Ok(self.states.read().ids())
     }
 }

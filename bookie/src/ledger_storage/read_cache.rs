@@ -12,7 +12,7 @@
 //! Entries are immutable per (ledger, entry) in the ledger protocol, so the cache is never
 //! refreshed on overwrite.
 
-use std::sync::{PoisonError, RwLock};
+use parking_lot::RwLock;
 
 use bytes::Bytes;
 use moka::sync::Cache;
@@ -42,13 +42,13 @@ impl ReadCache {
 
     /// Note this before looking up the index for entries to insert later.
     pub fn generation(&self) -> u64 {
-        *self.deletions.read().unwrap_or_else(PoisonError::into_inner)
+        *self.deletions.read()
     }
 
     /// Caches entries of a ledger read from the entry logs, unless a ledger was deleted since
     /// `generation` (they might belong to it). Returns whether they were inserted.
     pub fn insert_if_unchanged(&self, generation: u64, ledger_id: u64, entries: &[(u64, Bytes)]) -> bool {
-        let deletions = self.deletions.read().unwrap_or_else(PoisonError::into_inner);
+        let deletions = self.deletions.read();
         if *deletions != generation {
             return false;
         }
@@ -59,7 +59,7 @@ impl ReadCache {
     }
 
     pub fn invalidate_ledger(&self, ledger_id: u64) {
-        let mut deletions = self.deletions.write().unwrap_or_else(PoisonError::into_inner);
+        let mut deletions = self.deletions.write();
         *deletions += 1;
         if let Err(error) = self.entries.invalidate_entries_if(move |key, _| key.0 == ledger_id) {
             warn!(ledger_id, %error, "read cache cannot invalidate one ledger, clearing it all");

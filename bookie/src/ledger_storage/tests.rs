@@ -329,7 +329,7 @@ fn ledger_deleted_while_a_flush_writes_is_left_out_of_its_index_batch() {
             storage.set_ledger_state(ledger, state(9));
         }
         assert!(storage.swap_write_cache(1));
-        let mut writer = lock(&storage.appender);
+        let mut writer = storage.appender.lock();
         let pending = storage.start_flush().expect("a half to flush");
         let appended = LedgerStorage::append_half(&mut writer, &pending.half, &pending.skip).expect("append");
         // The flush has written and synced the entry log and holds the appender: a deletion
@@ -355,7 +355,7 @@ fn ledger_deleted_while_a_flush_writes_is_left_out_of_its_index_batch() {
         assert_eq!(storage.get_entry(1, 0).expect("read"), None);
         assert_eq!(storage.get_entry(1, 100).expect("read"), Some(content(1, 100, 1)));
         assert_eq!(storage.ledger_state(1).expect("state"), Some(state(0)));
-        assert!(lock(&storage.usage).iter().all(|(_, log)| !log.ledgers.contains_key(&1)));
+        assert!(storage.usage.lock().iter().all(|(_, log)| !log.ledgers.contains_key(&1)));
         assert_eq!(storage.get_entry(2, 9).expect("read"), Some(content(2, 9, 0)));
         checkpoint(&storage, 2);
     }
@@ -456,7 +456,7 @@ fn compaction_keeps_live_entries_readable_at_new_locations() {
         assert_eq!(storage.get_entry(2, entry).expect("read"), Some(content(2, entry, 0)));
     }
     assert_eq!(storage.ledger_state(2).expect("state"), Some(state(19)));
-    let usage = lock(&storage.usage);
+    let usage = storage.usage.lock();
     assert!(usage.get(1).is_none(), "log 1 is forgotten");
     assert!(usage.get(2).expect("log 2").ledgers.contains_key(&2));
 }

@@ -36,10 +36,11 @@ pub mod position;
 #[cfg(test)]
 mod tests;
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -262,8 +263,8 @@ impl ManagedLedger {
         &self.config
     }
 
-    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_state(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// The last durable position, if any entry was ever written.
@@ -400,7 +401,7 @@ impl ManagedLedger {
             if last_entry_id >= 0 {
                 raise(&self.last_confirmed, Position::new(old.ledger_id(), last_entry_id as u64));
             }
-            self.ledger_cache.lock().unwrap_or_else(|p| p.into_inner()).remove(&old.ledger_id());
+            self.ledger_cache.lock().remove(&old.ledger_id());
         }
         let new_writer = Self::new_writer(&self.bookies, self.ledger_config, self.last_confirmed.clone()).await?;
         let (info, version) = {
@@ -521,7 +522,7 @@ impl ManagedLedger {
         name: &str,
         initial_mark_delete: Option<Position>,
     ) -> Result<Arc<ManagedCursor>, BrokerError> {
-        if let Some(found) = self.cursors.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+        if let Some(found) = self.cursors.lock().get(name) {
             return Ok(found.clone());
         }
         let opened = ManagedCursor::open_or_create(
@@ -533,18 +534,18 @@ impl ManagedLedger {
             initial_mark_delete,
         )
         .await?;
-        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cursors = self.cursors.lock();
         Ok(cursors.entry(name.to_owned()).or_insert(opened).clone())
     }
 
     /// Every durable cursor, by name.
     pub fn cursors(&self) -> Vec<(String, Arc<ManagedCursor>)> {
-        self.cursors.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(n, c)| (n.clone(), c.clone())).collect()
+        self.cursors.lock().iter().map(|(n, c)| (n.clone(), c.clone())).collect()
     }
 
     /// Removes a cursor for good: its state changes stop, its ledger and key are deleted.
     pub async fn delete_cursor(&self, name: &str) -> Result<(), BrokerError> {
-        let removed = self.cursors.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        let removed = self.cursors.lock().remove(name);
         if let Some(cursor) = removed {
             cursor.delete(&self.bookies).await?;
         }
@@ -554,7 +555,7 @@ impl ManagedLedger {
     /// The slowest persisted mark-delete position over every cursor: `None` when there is no
     /// cursor, `Some(None)` when one of them still needs the log from its very start.
     fn slowest_mark_delete(&self) -> Option<Option<Position>> {
-        self.cursors.lock().unwrap_or_else(|p| p.into_inner()).values().map(|c| c.persisted_mark_delete()).min()
+        self.cursors.lock().values().map(|c| c.persisted_mark_delete()).min()
     }
 
     /// Removes closed ledgers that every cursor has consumed and retention no longer keeps:
@@ -609,7 +610,7 @@ impl ManagedLedger {
             state.version = new_version;
         }
         {
-            let mut cache = self.ledger_cache.lock().unwrap_or_else(|p| p.into_inner());
+            let mut cache = self.ledger_cache.lock();
             for ledger_id in &removed {
                 cache.remove(ledger_id);
             }
@@ -624,12 +625,12 @@ impl ManagedLedger {
     }
 
     async fn ledger_metadata(&self, ledger_id: u64) -> Result<Arc<LedgerMetadata>, BrokerError> {
-        if let Some(found) = self.ledger_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&ledger_id) {
+        if let Some(found) = self.ledger_cache.lock().get(&ledger_id) {
             return Ok(found.clone());
         }
         // The ledger being written: its writer knows its fragments, which ensemble changes
         // extend while it is open.
-        let writer = self.state.lock().unwrap_or_else(|p| p.into_inner()).writer.clone();
+        let writer = self.state.lock().writer.clone();
         if writer.ledger_id() == ledger_id {
             return Ok(writer.metadata());
         }
@@ -639,7 +640,7 @@ impl ManagedLedger {
         let metadata = Arc::new(metadata);
         // Only a closed ledger's metadata never changes again.
         if ledger::metadata::is_closed(&metadata) {
-            self.ledger_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(ledger_id, metadata.clone());
+            self.ledger_cache.lock().insert(ledger_id, metadata.clone());
         }
         Ok(metadata)
     }
