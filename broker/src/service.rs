@@ -23,7 +23,7 @@ use crate::metrics::{Gauges, Metrics, TopicGauges};
 use crate::namespace;
 use crate::partitions;
 use crate::topic::Topic;
-use crate::topic_name::TopicName;
+use crate::topic_name::{partition_topic_name, TopicName};
 
 /// Counter the broker ids of generated producer names come from.
 const BROKER_ID_SEQUENCE: &str = "/magnetar/sequences/broker-id";
@@ -124,7 +124,7 @@ impl BrokerService {
             .collect();
         for (name, count) in partitions::list(self.meta.as_ref(), namespace).await? {
             let name = TopicName::parse(&name)?;
-            topics.extend((0..count).map(|index| partitions::partition_name(&name, index)));
+            topics.extend((0..count).map(|index| partition_topic_name(&name, index)));
         }
         Ok(topics.into_iter().collect())
     }

@@ -168,22 +168,7 @@ async fn write_frames(
 
 /// The request id a command carries, for error answers.
 fn request_id_of(command: &BaseCommand) -> Option<u64> {
-    command
-        .lookup_topic
-        .as_ref()
-        .map(|c| c.request_id)
-        .or(command.partition_metadata.as_ref().map(|c| c.request_id))
-        .or(command.producer.as_ref().map(|c| c.request_id))
-        .or(command.subscribe.as_ref().map(|c| c.request_id))
-        .or(command.close_producer.as_ref().map(|c| c.request_id))
-        .or(command.close_consumer.as_ref().map(|c| c.request_id))
-        .or(command.unsubscribe.as_ref().map(|c| c.request_id))
-        .or(command.seek.as_ref().map(|c| c.request_id))
-        .or(command.get_last_message_id.as_ref().map(|c| c.request_id))
-        .or(command.get_topics_of_namespace.as_ref().map(|c| c.request_id))
-        .or(command.get_schema.as_ref().map(|c| c.request_id))
-        .or(command.get_or_create_schema.as_ref().map(|c| c.request_id))
-        .or(command.consumer_stats.as_ref().map(|c| c.request_id))
+    command::request_id(command)
 }
 
 impl Connection {
