@@ -7,7 +7,8 @@ use anyhow::Context;
 use magnetar_bookie::client::LedgerConfig;
 use serde::Deserialize;
 
-use crate::load_manager::LoadManagerConfig;
+use crate::cluster::bundles;
+use crate::cluster::config::LoadManagerConfig;
 use crate::managed_ledger::config::ManagedLedgerSettings;
 use crate::managed_ledger::ManagedLedgerConfig;
 
@@ -100,9 +101,9 @@ impl BrokerSettings {
         }
         let default_bundles = match self.default_number_of_namespace_bundles {
             None => defaults.default_bundles,
-            Some(count) if count == 0 || count as usize > crate::bundles::MAX_BUNDLES => anyhow::bail!(
+            Some(count) if count == 0 || count as usize > bundles::MAX_BUNDLES => anyhow::bail!(
                 "default_number_of_namespace_bundles = {count}: must be between 1 and {}",
-                crate::bundles::MAX_BUNDLES
+                bundles::MAX_BUNDLES
             ),
             Some(count) => count,
         };
@@ -152,7 +153,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             session_timeout: Duration::from_secs(10),
-            default_bundles: crate::bundles::DEFAULT_BUNDLES,
+            default_bundles: bundles::DEFAULT_BUNDLES,
             load_manager: LoadManagerConfig::default(),
         }
     }

@@ -17,10 +17,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::bundles::Bundle;
+use crate::cluster::bundles::Bundle;
+use crate::cluster::load_manager::{self, Action, LoadCommand};
+use crate::cluster::load_report;
+use crate::cluster::ownership::LookupAnswer;
 use crate::error::BrokerError;
-use crate::load_manager::{self, Action, LoadCommand};
-use crate::ownership::LookupAnswer;
 use crate::service::BrokerService;
 use crate::topic_name::TopicName;
 use crate::{namespace, partitions};
@@ -458,12 +459,12 @@ async fn active_brokers(
     if cluster != service.config.cluster_name {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("cluster {cluster} is not this broker's cluster")));
     }
-    Ok(Json(service.meta.list_children(load_manager::REPORTS_PATH).await.map_err(BrokerError::from)?))
+    Ok(Json(service.meta.list_children(load_report::REPORTS_PATH).await.map_err(BrokerError::from)?))
 }
 
 /// This broker's last load report.
 async fn load_report(State(service): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let path = load_manager::report_path(&service.ownership.me().broker);
+    let path = load_report::report_path(&service.ownership.me().broker);
     let Some(found) = service.meta.get(&path).await.map_err(BrokerError::from)? else {
         return Err(ApiError(StatusCode::NOT_FOUND, "no load report written yet".to_owned()));
     };

@@ -2,22 +2,21 @@
 //! ([`protocol`]), keeps each topic's messages in a managed ledger on bookies
 //! ([`managed_ledger`]), tracks subscriptions with durable cursors and dispatches to consumers
 //! ([`subscription`], [`dispatcher`]), and serves admin and metrics over HTTP ([`http`]).
+//! In a cluster, [`cluster`] decides which broker serves which namespace bundle.
 //! [`standalone`] wires bookies and a broker into one process on the local store; [`node`] runs
 //! a broker of a cluster against a shared metadata store and separate bookies.
 
-pub mod bundles;
+pub mod cluster;
 pub mod config;
 pub mod dedup;
 pub mod dispatcher;
 pub mod error;
 pub mod http;
-pub mod load_manager;
 pub mod managed_ledger;
 pub mod metadata_url;
 pub mod metrics;
 pub mod namespace;
 pub mod node;
-pub mod ownership;
 pub mod partitions;
 pub mod protocol;
 pub mod service;

@@ -5,8 +5,8 @@
 //! replaced broker recovers each topic it opens (fencing the previous owner's ledger).
 //!
 //! Any number of brokers share one metadata store: each serves the namespace bundles it owns
-//! ([`crate::ownership`]) and sends clients elsewhere for the rest; the load manager
-//! ([`crate::load_manager`]) spreads bundles. On SIGTERM a broker hands its bundles over
+//! ([`crate::cluster::ownership`]) and sends clients elsewhere for the rest; the load manager
+//! ([`crate::cluster::load_manager`]) spreads bundles. On SIGTERM a broker hands its bundles over
 //! before it exits; if it dies, its bundles are free once its session times out.
 
 use std::sync::Arc;
@@ -19,12 +19,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::cluster::{broker_info::BrokerInfo, load_manager, ownership::Ownership};
 use crate::config::{BrokerConfig, ClusterConfig};
 use crate::managed_ledger::ManagedLedgerConfig;
 use crate::metadata_url::MetadataUrl;
-use crate::ownership::{BrokerInfo, Ownership};
 use crate::standalone::SHUTDOWN_GRACE;
-use crate::{http, load_manager, namespace, protocol, BrokerService};
+use crate::{http, namespace, protocol, BrokerService};
 
 #[derive(Debug, Clone)]
 pub struct BrokerNodeConfig {

@@ -10,7 +10,7 @@ use magnetar_meta::{Expected, MetaError, MetadataStore};
 use serde::{Deserialize, Serialize};
 
 use crate::error::BrokerError;
-use crate::topic_name::TopicName;
+use crate::topic_name::{partition_index, TopicName};
 
 pub const PARTITIONED_TOPICS_PATH: &str = "/magnetar/admin/partitioned-topics";
 /// Most partitions one topic may have (Pulsar's `maxNumPartitionsPerPartitionedTopic` is
@@ -30,17 +30,6 @@ fn path(topic: &TopicName) -> String {
     format!("{}/{}", namespace_prefix(&topic.namespace_name()), topic.local_name)
 }
 
-/// The name of partition `index` of `topic`.
-pub fn partition_name(topic: &TopicName, index: u32) -> String {
-    format!("{}-partition-{index}", topic)
-}
-
-/// The partition index if `topic` names a partition (`<topic>-partition-<i>`).
-pub fn partition_index(topic: &TopicName) -> Option<u32> {
-    let (_, index) = topic.local_name.rsplit_once("-partition-")?;
-    index.parse().ok()
-}
-
 /// Creates the record; `AlreadyExists` if the topic is already partitioned.
 pub async fn create(store: &dyn MetadataStore, topic: &TopicName, partitions: u32) -> Result<(), BrokerError> {
     if partitions == 0 || partitions > MAX_PARTITIONS {
@@ -48,7 +37,7 @@ pub async fn create(store: &dyn MetadataStore, topic: &TopicName, partitions: u3
             what: format!("number of partitions must be between 1 and {MAX_PARTITIONS}, got {partitions}"),
         });
     }
-    if partition_index(topic).is_some() {
+    if partition_index(&topic.local_name).is_some() {
         return Err(BrokerError::InvalidArgument { what: format!("{topic} is itself a partition") });
     }
     let value = serde_json::to_vec(&PartitionedTopicMetadata { partitions })
@@ -90,18 +79,4 @@ pub async fn list(store: &dyn MetadataStore, namespace: &str) -> Result<Vec<(Str
         }
     }
     Ok(found)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partition_names_follow_pulsar() {
-        let topic = TopicName::parse("persistent://t/n/orders").expect("valid name");
-        let partition = TopicName::parse(&partition_name(&topic, 3)).expect("valid partition name");
-        assert_eq!(partition.to_string(), "persistent://t/n/orders-partition-3");
-        assert_eq!(partition_index(&partition), Some(3));
-        assert_eq!(partition_index(&topic), None);
-    }
 }

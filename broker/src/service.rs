@@ -12,16 +12,18 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::bundles::{self, Bundle};
+use crate::cluster::bundles::{self, Bundle};
+use crate::cluster::control::BundleControl;
+use crate::cluster::load_report;
+use crate::cluster::ownership::Ownership;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::managed_ledger::ManagedLedger;
 use crate::metrics::{Gauges, Metrics, TopicGauges};
 use crate::namespace;
-use crate::ownership::Ownership;
 use crate::partitions;
 use crate::topic::Topic;
-use crate::topic_name::TopicName;
+use crate::topic_name::{partition_topic_name, TopicName};
 
 /// Counter the broker ids of generated producer names come from.
 const BROKER_ID_SEQUENCE: &str = "/magnetar/sequences/broker-id";
@@ -122,7 +124,7 @@ impl BrokerService {
             .collect();
         for (name, count) in partitions::list(self.meta.as_ref(), namespace).await? {
             let name = TopicName::parse(&name)?;
-            topics.extend((0..count).map(|index| partitions::partition_name(&name, index)));
+            topics.extend((0..count).map(|index| partition_topic_name(&name, index)));
         }
         Ok(topics.into_iter().collect())
     }
@@ -246,7 +248,7 @@ impl BrokerService {
     /// move to other brokers without errors), then the remaining topics close.
     pub async fn drain(&self) {
         self.ownership.start_draining();
-        crate::load_manager::withdraw(&self.ownership).await;
+        load_report::withdraw(self.meta.as_ref(), &self.ownership.me().broker).await;
         for bundle in self.ownership.owned_bundles() {
             if let Err(error) = self.unload_bundle(&bundle).await {
                 warn!(%bundle, %error, "unloading at shutdown");
@@ -262,5 +264,28 @@ impl BrokerService {
     pub async fn close_all_topics(&self) {
         self.shutdown.cancel();
         self.close_topics(|_| true).await;
+    }
+}
+
+/// The load manager drives this broker through [`BundleControl`] only.
+impl BundleControl for BrokerService {
+    fn ownership(&self) -> &Arc<Ownership> {
+        &self.ownership
+    }
+
+    fn loaded_topics(&self) -> Vec<Arc<Topic>> {
+        BrokerService::loaded_topics(self)
+    }
+
+    async fn unload_bundle(&self, bundle: &Bundle) -> Result<(), BrokerError> {
+        BrokerService::unload_bundle(self, bundle).await
+    }
+
+    async fn split_bundle(&self, bundle: &Bundle) -> Result<(), BrokerError> {
+        BrokerService::split_bundle(self, bundle).await
+    }
+
+    fn session_expired(&self) {
+        self.fatal.cancel();
     }
 }

@@ -1,6 +1,6 @@
 //! Topic names: the broker uses the shared definition in magnetar-proto.
 
-pub use magnetar_proto::topic_name::{TopicName, TopicNameError};
+pub use magnetar_proto::topic_name::{partition_index, partition_topic_name, TopicName, TopicNameError};
 
 use crate::error::BrokerError;
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use magnetar_proto::command;
 use magnetar_proto::pulsar::{command_lookup_topic_response::LookupType, command_partitioned_topic_metadata_response};
+use magnetar_proto::topic_name::partition_topic_name;
 use tracing::{debug, warn};
 
 use crate::address::{BrokerAddress, ServiceUrl};
@@ -199,7 +200,7 @@ impl Client {
         let names = if partitions == 0 {
             vec![topic.to_string()]
         } else {
-            (0..partitions).map(|index| format!("{topic}-partition-{index}")).collect()
+            (0..partitions).map(|index| partition_topic_name(&topic, index)).collect()
         };
         Ok((topic, names))
     }

@@ -592,11 +592,11 @@ impl ConnectionTask {
             Type::Ping => self.queue_control(command::pong()),
             Type::Pong => {}
             Type::Success => {
-                let request_id = command.success.as_ref().map(|c| c.request_id);
+                let request_id = command::request_id(&command);
                 self.complete(request_id, command);
             }
             Type::Error => {
-                let request_id = command.error.as_ref().map(|c| c.request_id);
+                let request_id = command::request_id(&command);
                 self.complete(request_id, command);
             }
             Type::ProducerSuccess => {
@@ -608,40 +608,40 @@ impl ConnectionTask {
                     info!(broker = %self.broker, producer = %success.producer_name, "producer waits for exclusive access");
                     return;
                 }
-                let request_id = Some(success.request_id);
+                let request_id = command::request_id(&command);
                 self.complete(request_id, command);
             }
             Type::LookupResponse => {
-                let request_id = command.lookup_topic_response.as_ref().map(|c| c.request_id);
+                let request_id = command::request_id(&command);
                 self.complete(request_id, command);
             }
             Type::PartitionedMetadataResponse => {
-                let request_id = command.partition_metadata_response.as_ref().map(|c| c.request_id);
+                let request_id = command::request_id(&command);
                 self.complete(request_id, command);
             }
             Type::GetLastMessageIdResponse => {
-                let request_id = command.get_last_message_id_response.as_ref().map(|c| c.request_id);
+                let request_id = command::request_id(&command);
                 self.complete(request_id, command);
             }
             Type::GetTopicsOfNamespaceResponse => {
-                let request_id = command.get_topics_of_namespace_response.as_ref().map(|c| c.request_id);
+                let request_id = command::request_id(&command);
                 self.complete(request_id, command);
             }
             Type::GetSchemaResponse => {
-                let request_id = command.get_schema_response.as_ref().map(|c| c.request_id);
+                let request_id = command::request_id(&command);
                 self.complete(request_id, command);
             }
             Type::GetOrCreateSchemaResponse => {
-                let request_id = command.get_or_create_schema_response.as_ref().map(|c| c.request_id);
+                let request_id = command::request_id(&command);
                 self.complete(request_id, command);
             }
             Type::ConsumerStatsResponse => {
-                let request_id = command.consumer_stats_response.as_ref().map(|c| c.request_id);
+                let request_id = command::request_id(&command);
                 self.complete(request_id, command);
             }
             Type::AckResponse => {
                 // Only acks that carry a request id are answered; this client sends none.
-                let request_id = command.ack_response.as_ref().and_then(|c| c.request_id);
+                let request_id = command::request_id(&command);
                 if request_id.is_some() {
                     self.complete(request_id, command);
                 }

@@ -3,6 +3,42 @@
 
 use crate::pulsar::{self as pb, base_command::Type, BaseCommand};
 
+/// The request id a command carries, read from the body its type names: the requests a
+/// broker answers (for error answers, even to commands it does not support) and the responses
+/// a client matches to its pending requests. None for commands without one (SEND, MESSAGE,
+/// FLOW, ...), for ACK (its request id asks for an ACK_RESPONSE, answered by the ack handling
+/// itself) and for a command whose body is missing.
+pub fn request_id(command: &BaseCommand) -> Option<u64> {
+    let Ok(command_type) = Type::try_from(command.command_type) else { return None };
+    match command_type {
+        Type::Lookup => command.lookup_topic.as_ref().map(|c| c.request_id),
+        Type::PartitionedMetadata => command.partition_metadata.as_ref().map(|c| c.request_id),
+        Type::Producer => command.producer.as_ref().map(|c| c.request_id),
+        Type::Subscribe => command.subscribe.as_ref().map(|c| c.request_id),
+        Type::CloseProducer => command.close_producer.as_ref().map(|c| c.request_id),
+        Type::CloseConsumer => command.close_consumer.as_ref().map(|c| c.request_id),
+        Type::Unsubscribe => command.unsubscribe.as_ref().map(|c| c.request_id),
+        Type::Seek => command.seek.as_ref().map(|c| c.request_id),
+        Type::GetLastMessageId => command.get_last_message_id.as_ref().map(|c| c.request_id),
+        Type::GetTopicsOfNamespace => command.get_topics_of_namespace.as_ref().map(|c| c.request_id),
+        Type::GetSchema => command.get_schema.as_ref().map(|c| c.request_id),
+        Type::GetOrCreateSchema => command.get_or_create_schema.as_ref().map(|c| c.request_id),
+        Type::ConsumerStats => command.consumer_stats.as_ref().map(|c| c.request_id),
+        Type::Success => command.success.as_ref().map(|c| c.request_id),
+        Type::Error => command.error.as_ref().map(|c| c.request_id),
+        Type::ProducerSuccess => command.producer_success.as_ref().map(|c| c.request_id),
+        Type::LookupResponse => command.lookup_topic_response.as_ref().map(|c| c.request_id),
+        Type::PartitionedMetadataResponse => command.partition_metadata_response.as_ref().map(|c| c.request_id),
+        Type::GetLastMessageIdResponse => command.get_last_message_id_response.as_ref().map(|c| c.request_id),
+        Type::GetTopicsOfNamespaceResponse => command.get_topics_of_namespace_response.as_ref().map(|c| c.request_id),
+        Type::GetSchemaResponse => command.get_schema_response.as_ref().map(|c| c.request_id),
+        Type::GetOrCreateSchemaResponse => command.get_or_create_schema_response.as_ref().map(|c| c.request_id),
+        Type::ConsumerStatsResponse => command.consumer_stats_response.as_ref().map(|c| c.request_id),
+        Type::AckResponse => command.ack_response.as_ref().and_then(|c| c.request_id),
+        _ => None,
+    }
+}
+
 fn base(command_type: Type) -> BaseCommand {
     BaseCommand { command_type: command_type as i32, ..Default::default() }
 }
@@ -331,5 +367,30 @@ pub fn seek(
     BaseCommand {
         seek: Some(pb::CommandSeek { consumer_id, request_id, message_id, message_publish_time: publish_time }),
         ..base(Type::Seek)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_carry_their_request_id() {
+        assert_eq!(request_id(&lookup("persistent://t/n/x", 7, false)), Some(7));
+        assert_eq!(request_id(&producer("persistent://t/n/x", 1, 8, None)), Some(8));
+        assert_eq!(request_id(&close_consumer(1, 9)), Some(9));
+        assert_eq!(request_id(&success(10)), Some(10));
+        assert_eq!(request_id(&error(11, pb::ServerError::UnknownError, "no")), Some(11));
+        assert_eq!(request_id(&lookup_connect(12, "pulsar://b:6650")), Some(12));
+        assert_eq!(request_id(&partitioned_metadata_response(13, 4)), Some(13));
+    }
+
+    #[test]
+    fn commands_without_a_request_id_have_none() {
+        assert_eq!(request_id(&ping()), None);
+        assert_eq!(request_id(&flow(1, 100)), None);
+        assert_eq!(request_id(&send(1, 2, 1)), None);
+        let body_missing = BaseCommand { command_type: Type::Lookup as i32, ..Default::default() };
+        assert_eq!(request_id(&body_missing), None);
     }
 }

@@ -9,6 +9,20 @@ use std::str::FromStr;
 
 /// Longest topic name accepted, in bytes.
 pub const MAX_TOPIC_NAME_LEN: usize = 1024;
+/// What separates a partitioned topic's name from a partition's index.
+const PARTITION_SUFFIX: &str = "-partition-";
+
+/// The name of partition `index` of `topic`: `<topic>-partition-<index>`, as Pulsar names it.
+pub fn partition_topic_name(topic: &TopicName, index: u32) -> String {
+    format!("{topic}{PARTITION_SUFFIX}{index}")
+}
+
+/// The partition index if `name` (a full or local topic name) names a partition
+/// (`<topic>-partition-<i>`); none for any other topic.
+pub fn partition_index(name: &str) -> Option<u32> {
+    let (_, index) = name.rsplit_once(PARTITION_SUFFIX)?;
+    index.parse().ok()
+}
 
 /// Why a topic name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -129,6 +143,18 @@ mod tests {
         let non_persistent = TopicName::parse("non-persistent://a/b/c").expect("valid");
         assert!(!non_persistent.is_persistent());
         assert_eq!(non_persistent.to_string(), "non-persistent://a/b/c");
+    }
+
+    #[test]
+    fn partition_names_follow_pulsar() {
+        let topic = TopicName::parse("persistent://t/n/orders").expect("valid name");
+        let partition = partition_topic_name(&topic, 3);
+        assert_eq!(partition, "persistent://t/n/orders-partition-3");
+        assert_eq!(partition_index(&partition), Some(3));
+        assert_eq!(partition_index("orders-partition-3"), Some(3), "a local name works too");
+        assert_eq!(partition_index(&topic.to_string()), None);
+        assert_eq!(partition_index("persistent://t/n/orders-partition-x"), None);
+        assert_eq!(partition_index("persistent://t/n-partition-1/orders"), None, "only the topic's own name counts");
     }
 
     #[test]

@@ -297,7 +297,7 @@ async fn ownership_versions(cluster: &Cluster) -> anyhow::Result<BTreeMap<String
 /// The bundle range of `topic` (`public/default/<local>`) in the current layout.
 async fn bundle_of(meta: &std::sync::Arc<dyn magnetar_meta::MetadataStore>, topic: &str) -> anyhow::Result<String> {
     let name = magnetar_proto::topic_name::TopicName::parse(&format!("persistent://{topic}"))?;
-    let layout = magnetar_broker::bundles::layout(meta.as_ref(), "public/default", 4).await?;
+    let layout = magnetar_broker::cluster::bundles::layout(meta.as_ref(), "public/default", 4).await?;
     Ok(layout.bundle_of(&name).range.to_string())
 }
 

@@ -31,12 +31,12 @@ use super::consumer::ConnectionConsumer;
 use super::convert;
 use super::receipts::{answer_receipts, PendingReceipt, ReceiptItem};
 use super::{Outbound, MAX_PENDING_SENDS_PER_PRODUCER, OUTBOUND_QUEUE};
+use crate::cluster::ownership::LookupAnswer;
 use crate::dedup::Published;
 use crate::dispatcher::SubscribeOptions;
 use crate::error::BrokerError;
 use crate::managed_ledger::{AddFuture, Position};
 use crate::metrics::Metrics;
-use crate::ownership::LookupAnswer;
 use crate::partitions;
 use crate::service::BrokerService;
 use crate::subscription::start::{mark_delete_for_publish_time, start_before};
@@ -168,22 +168,7 @@ async fn write_frames(
 
 /// The request id a command carries, for error answers.
 fn request_id_of(command: &BaseCommand) -> Option<u64> {
-    command
-        .lookup_topic
-        .as_ref()
-        .map(|c| c.request_id)
-        .or(command.partition_metadata.as_ref().map(|c| c.request_id))
-        .or(command.producer.as_ref().map(|c| c.request_id))
-        .or(command.subscribe.as_ref().map(|c| c.request_id))
-        .or(command.close_producer.as_ref().map(|c| c.request_id))
-        .or(command.close_consumer.as_ref().map(|c| c.request_id))
-        .or(command.unsubscribe.as_ref().map(|c| c.request_id))
-        .or(command.seek.as_ref().map(|c| c.request_id))
-        .or(command.get_last_message_id.as_ref().map(|c| c.request_id))
-        .or(command.get_topics_of_namespace.as_ref().map(|c| c.request_id))
-        .or(command.get_schema.as_ref().map(|c| c.request_id))
-        .or(command.get_or_create_schema.as_ref().map(|c| c.request_id))
-        .or(command.consumer_stats.as_ref().map(|c| c.request_id))
+    command::request_id(command)
 }
 
 impl Connection {

@@ -6,8 +6,10 @@
 //!   session), rewritten every `report_interval`: the broker's URLs, its bundles with their
 //!   topic, producer and consumer counts and publish rates, and its CPU use. A broker's report
 //!   key is also its registration: no report, no new bundles.
-//! - Assignment ([`choose_broker`]): fewest bundles, then lowest publish rate, counting the
-//!   assignments this broker made since it last read the reports.
+//!   The report types and key names are in [`super::load_report`].
+//! - Assignment ([`super::placement::choose`], asked by ownership's lookups): fewest bundles,
+//!   then lowest publish rate, counting the assignments this broker made since it last read
+//!   the reports.
 //! - Leader: `/magnetar/loadbalance/leader` (a lock, [`magnetar_meta::lock`]). Every
 //!   `shedding_interval` it reads the reports and
 //!   - splits each bundle over `bundle_max_topics` topics or `bundle_max_msg_rate` messages/s
@@ -19,6 +21,10 @@
 //! - Commands: the leader asks an owner to unload or split by writing
 //!   `/magnetar/loadbalance/commands/<broker>/<id>` (`{"action": "unload"|"split",
 //!   "bundle": ...}`); the owner carries it out and deletes the key.
+//!
+//! Concurrency: [`spawn`] starts three tasks per broker (reports, commands, leader), each
+//! looping until the cancel token fires; commands run in tasks of their own because an
+//! unload waits for topics to close. The broker is reached only through [`BundleControl`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,70 +33,17 @@ use std::time::{Duration, Instant};
 use magnetar_meta::{Expected, MetaError, WatchEvent};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::bundles::{self, Bundle};
+use crate::cluster::bundles::{self, Bundle};
+use crate::cluster::config::LoadManagerConfig;
+use crate::cluster::control::BundleControl;
+use crate::cluster::load_report::{self, BundleLoad, LoadReport};
+use crate::cluster::ownership::Ownership;
 use crate::error::BrokerError;
-use crate::ownership::{BrokerInfo, Ownership};
-use crate::service::BrokerService;
 
-pub const REPORTS_PATH: &str = "/magnetar/loadbalance/brokers";
 pub const LEADER_PATH: &str = "/magnetar/loadbalance/leader";
 pub const COMMANDS_PATH: &str = "/magnetar/loadbalance/commands";
-
-/// Settings of the load manager (`[load_balancer]` in the broker's TOML file).
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoadManagerConfig {
-    /// Whether the leader moves and splits bundles (reports and assignment always run).
-    pub enabled: bool,
-    pub report_interval: Duration,
-    pub shedding_interval: Duration,
-    /// A bundle moved by the leader is not moved again within this time.
-    pub shedding_grace_period: Duration,
-    pub auto_bundle_split: bool,
-    pub bundle_max_topics: u64,
-    pub bundle_max_msg_rate: f64,
-}
-
-impl Default for LoadManagerConfig {
-    fn default() -> Self {
-        LoadManagerConfig {
-            enabled: true,
-            report_interval: Duration::from_secs(5),
-            shedding_interval: Duration::from_secs(60),
-            shedding_grace_period: Duration::from_secs(300),
-            auto_bundle_split: true,
-            bundle_max_topics: 1000,
-            bundle_max_msg_rate: 30_000.0,
-        }
-    }
-}
-
-/// One bundle's load in a report.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BundleLoad {
-    pub bundle: String,
-    pub topics: u64,
-    pub producers: u64,
-    pub consumers: u64,
-    /// Entries published per second over the last report interval.
-    pub msg_rate_in: f64,
-}
-
-/// A broker's load report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LoadReport {
-    #[serde(flatten)]
-    pub info: BrokerInfo,
-    pub bundles: Vec<BundleLoad>,
-    pub topics: u64,
-    pub msg_rate_in: f64,
-    /// CPU used by the broker process over the last interval, in percent of one core.
-    pub cpu_percent: f64,
-    pub timestamp_ms: u64,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -103,63 +56,6 @@ pub enum Action {
 pub struct LoadCommand {
     pub action: Action,
     pub bundle: String,
-}
-
-pub fn report_path(broker: &str) -> String {
-    format!("{REPORTS_PATH}/{broker}")
-}
-
-/// Every live broker's report (unreadable ones are skipped with a warning).
-pub async fn reports(ownership: &Ownership) -> Result<Vec<LoadReport>, BrokerError> {
-    let meta = ownership.meta();
-    let mut out = Vec::new();
-    for broker in meta.list_children(REPORTS_PATH).await? {
-        let path = report_path(&broker);
-        let Some(found) = meta.get(&path).await? else { continue };
-        match serde_json::from_slice::<LoadReport>(&found.value) {
-            Ok(report) => out.push(report),
-            Err(error) => warn!(%path, %error, "unreadable load report; ignoring that broker"),
-        }
-    }
-    Ok(out)
-}
-
-/// The least loaded broker by the reports (this one if there are none yet, unless it is
-/// draining): fewest bundles (counting this broker's recent assignments), then lowest
-/// publish rate, then name.
-pub async fn choose_broker(ownership: &Ownership) -> Result<BrokerInfo, BrokerError> {
-    let me = ownership.me();
-    let mut candidates: Vec<LoadReport> = reports(ownership).await?;
-    candidates.retain(|report| !(ownership.is_draining() && report.info.broker == me.broker));
-    let Some(chosen) = pick(&candidates, &ownership.recent_assignments.lock().unwrap_or_else(|p| p.into_inner()))
-    else {
-        if ownership.is_draining() {
-            return Err(BrokerError::ServiceUnitNotReady {
-                what: "this broker is shutting down and no other broker is available".to_owned(),
-            });
-        }
-        return Ok(me.clone());
-    };
-    let chosen = chosen.info.clone();
-    *ownership
-        .recent_assignments
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(chosen.broker.clone())
-        .or_default() += 1;
-    Ok(chosen)
-}
-
-/// The report of the least loaded broker.
-fn pick<'a>(reports: &'a [LoadReport], recent: &HashMap<String, u32>) -> Option<&'a LoadReport> {
-    reports.iter().min_by(|a, b| {
-        let load =
-            |r: &LoadReport| r.bundles.len() as u64 + u64::from(recent.get(&r.info.broker).copied().unwrap_or(0));
-        load(a)
-            .cmp(&load(b))
-            .then(a.msg_rate_in.total_cmp(&b.msg_rate_in))
-            .then_with(|| a.info.broker.cmp(&b.info.broker))
-    })
 }
 
 /// What the leader decides in one round.
@@ -219,7 +115,7 @@ pub fn decide(
 
 /// Runs the load manager of one broker until `cancel`: reports, the leader election and,
 /// while leader, shedding; and the commands addressed to this broker.
-pub fn spawn(service: Arc<BrokerService>, config: LoadManagerConfig, cancel: CancellationToken) {
+pub fn spawn<B: BundleControl>(service: Arc<B>, config: LoadManagerConfig, cancel: CancellationToken) {
     tokio::spawn(report_loop(service.clone(), config.clone(), cancel.clone()));
     tokio::spawn(command_loop(service.clone(), cancel.clone()));
     if config.enabled {
@@ -243,9 +139,9 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn report_loop(service: Arc<BrokerService>, config: LoadManagerConfig, cancel: CancellationToken) {
-    let ownership = service.ownership.clone();
-    let path = report_path(&ownership.me().broker);
+async fn report_loop<B: BundleControl>(service: Arc<B>, config: LoadManagerConfig, cancel: CancellationToken) {
+    let ownership = service.ownership().clone();
+    let path = load_report::report_path(&ownership.me().broker);
     let mut last: Option<(Instant, Duration, HashMap<String, u64>)> = None;
     loop {
         if ownership.is_draining() {
@@ -294,12 +190,12 @@ async fn report_loop(service: Arc<BrokerService>, config: LoadManagerConfig, can
             Ok(_) => {}
             Err(error @ MetaError::SessionExpired { .. }) => {
                 warn!(%error, "the broker's metadata session expired: it owns nothing any more; shutting down");
-                service.fatal.cancel();
+                service.session_expired();
                 return;
             }
             Err(error) => warn!(%error, "writing the load report failed"),
         }
-        ownership.recent_assignments.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        ownership.forget_recent_assignments();
         last = Some((now, cpu, published));
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -308,15 +204,8 @@ async fn report_loop(service: Arc<BrokerService>, config: LoadManagerConfig, can
     }
 }
 
-/// Removes this broker's report: no new bundles come here (shutdown).
-pub async fn withdraw(ownership: &Ownership) {
-    if let Err(error) = ownership.meta().delete(&report_path(&ownership.me().broker), Expected::Any).await {
-        debug!(%error, "removing the load report");
-    }
-}
-
-async fn leader_loop(service: Arc<BrokerService>, config: LoadManagerConfig, cancel: CancellationToken) {
-    let ownership = service.ownership.clone();
+async fn leader_loop<B: BundleControl>(service: Arc<B>, config: LoadManagerConfig, cancel: CancellationToken) {
+    let ownership = service.ownership().clone();
     let meta = ownership.meta().clone();
     let acquired = tokio::select! {
         _ = cancel.cancelled() => return,
@@ -359,7 +248,7 @@ async fn shed_once(
     config: &LoadManagerConfig,
     moved: &mut HashMap<String, Instant>,
 ) -> Result<(), BrokerError> {
-    let reports = reports(ownership).await?;
+    let reports = load_report::reports(ownership.meta().as_ref()).await?;
     let mut per_namespace = HashMap::new();
     for report in &reports {
         for load in &report.bundles {
@@ -384,8 +273,8 @@ async fn shed_once(
 }
 
 /// Carries out the commands addressed to this broker.
-async fn command_loop(service: Arc<BrokerService>, cancel: CancellationToken) {
-    let ownership = service.ownership.clone();
+async fn command_loop<B: BundleControl>(service: Arc<B>, cancel: CancellationToken) {
+    let ownership = service.ownership().clone();
     let prefix = format!("{COMMANDS_PATH}/{}", ownership.me().broker);
     loop {
         let mut watch = match ownership.meta().watch(&format!("{prefix}/")).await {
@@ -418,8 +307,8 @@ async fn command_loop(service: Arc<BrokerService>, cancel: CancellationToken) {
     }
 }
 
-async fn run_command(service: &Arc<BrokerService>, key: &str) {
-    let meta = service.ownership.meta().clone();
+async fn run_command<B: BundleControl>(service: &Arc<B>, key: &str) {
+    let meta = service.ownership().meta().clone();
     let Ok(Some(found)) = meta.get(key).await else { return };
     let _ = meta.delete(key, Expected::Version(found.version)).await;
     let command: LoadCommand = match serde_json::from_slice(&found.value) {
@@ -450,6 +339,7 @@ async fn run_command(service: &Arc<BrokerService>, key: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::broker_info::BrokerInfo;
 
     fn report(broker: &str, bundles: &[(&str, u64, f64)]) -> LoadReport {
         LoadReport {
@@ -478,17 +368,6 @@ mod tests {
     const B2: &str = "public/default/0x40000000_0x80000000";
     const B3: &str = "public/default/0x80000000_0xc0000000";
     const B4: &str = "public/default/0xc0000000_0xffffffff";
-
-    #[test]
-    fn lookups_pick_the_broker_with_fewest_bundles_then_lowest_rate() {
-        let reports = vec![report("a:8080", &[(B1, 1, 10.0), (B2, 1, 0.0)]), report("b:8080", &[(B3, 1, 500.0)])];
-        assert_eq!(pick(&reports, &HashMap::new()).expect("a broker").info.broker, "b:8080");
-        let recent = HashMap::from([("b:8080".to_owned(), 2)]);
-        assert_eq!(pick(&reports, &recent).expect("a broker").info.broker, "a:8080", "recent assignments count");
-        let even = vec![report("a:8080", &[(B1, 1, 10.0)]), report("b:8080", &[(B3, 1, 5.0)])];
-        assert_eq!(pick(&even, &HashMap::new()).expect("a broker").info.broker, "b:8080");
-        assert!(pick(&[], &HashMap::new()).is_none());
-    }
 
     #[test]
     fn a_new_broker_gets_the_busiest_bundle_of_the_fullest() {

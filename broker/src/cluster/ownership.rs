@@ -8,7 +8,8 @@
 //!   owner at a time, gone when the owner releases it or its session ends (the broker died or
 //!   lost the store for longer than the session timeout).
 //! - `/magnetar/loadbalance/brokers/<host:http port>`: the live brokers and their load
-//!   ([`crate::load_manager`]).
+//!   ([`super::load_report`]), which an unowned bundle's lookup reads to choose a broker
+//!   ([`super::placement`]).
 //!
 //! **Invariants.** A broker serves a topic only while it holds its bundle's key and the bundle
 //! is not being unloaded: [`Ownership::ensure_owned`] is checked before a topic opens and
@@ -29,9 +30,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::bundles::{self, Bundle, Layout};
+use crate::cluster::broker_info::BrokerInfo;
+use crate::cluster::bundles::{self, Bundle, Layout};
+use crate::cluster::{load_report, placement};
 use crate::error::BrokerError;
-use crate::load_manager;
 use crate::topic_name::TopicName;
 
 pub const OWNERSHIP_PATH: &str = "/magnetar/namespace";
@@ -43,16 +45,6 @@ const LOOKUP_ATTEMPTS: usize = 6;
 
 pub fn ownership_path(bundle: &Bundle) -> String {
     format!("{OWNERSHIP_PATH}/{bundle}")
-}
-
-/// Who a broker is: what lookups answer, and how other brokers and tools name it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BrokerInfo {
-    /// `host:http port`, as Pulsar names brokers.
-    pub broker: String,
-    pub native_url: String,
-    pub http_url: String,
 }
 
 /// The value of an ownership key.
@@ -109,7 +101,7 @@ pub struct Ownership {
     lost: Mutex<Option<mpsc::UnboundedSender<Bundle>>>,
     /// Assignments this broker made since the last load reports were read, so that a burst
     /// of lookups does not send every bundle to the same broker.
-    pub(crate) recent_assignments: Mutex<HashMap<String, u32>>,
+    recent_assignments: Mutex<HashMap<String, u32>>,
     /// When each owner last answered a connection probe: one probe per owner per
     /// [`PROBE_VALIDITY`], however many lookups redirect to it.
     probed_alive: Mutex<HashMap<String, std::time::Instant>>,
@@ -354,7 +346,7 @@ impl Ownership {
                     let target = if authoritative && !self.is_draining() {
                         self.me.clone()
                     } else {
-                        load_manager::choose_broker(self).await?
+                        self.choose_broker().await?
                     };
                     if target.broker != self.me.broker {
                         return Ok(LookupAnswer::Redirect(target));
@@ -383,6 +375,25 @@ impl Ownership {
             .unwrap_or_else(|p| p.into_inner())
             .insert(owner.broker.clone(), std::time::Instant::now());
         false
+    }
+
+    /// The least loaded broker by the load reports ([`placement::choose`]), counted as one
+    /// more bundle for it until the next report is written.
+    async fn choose_broker(&self) -> Result<BrokerInfo, BrokerError> {
+        let reports = load_report::reports(self.meta.as_ref()).await?;
+        let chosen = {
+            let recent = self.recent_assignments.lock().unwrap_or_else(|p| p.into_inner());
+            placement::choose(&reports, &recent, &self.me, self.is_draining())?
+        };
+        *self.recent_assignments.lock().unwrap_or_else(|p| p.into_inner()).entry(chosen.broker.clone()).or_default() +=
+            1;
+        Ok(chosen)
+    }
+
+    /// Forgets the assignments counted by [`Ownership::choose_broker`]: the report loop calls
+    /// it every report interval, by when the brokers chosen report the bundles they took.
+    pub fn forget_recent_assignments(&self) {
+        self.recent_assignments.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Takes the stream of lost bundles (once).
