@@ -3,8 +3,9 @@
 //! Topics open on first use (auto-creation, as in Pulsar) exactly once even when many
 //! connections ask at the same moment: each name maps to a cell that one opener fills.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use magnetar_bookie::client::Bookies;
 use magnetar_meta::MetadataStore;
@@ -77,7 +78,7 @@ impl BrokerService {
         if self.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }
-        let cell = self.topics.lock().unwrap_or_else(|p| p.into_inner()).entry(name.clone()).or_default().clone();
+        let cell = self.topics.lock().entry(name.clone()).or_default().clone();
         let topic = cell
             .get_or_try_init(|| async {
                 self.check_topic(name).await?;
@@ -108,7 +109,7 @@ impl BrokerService {
     }
 
     pub fn loaded_topics(&self) -> Vec<Arc<Topic>> {
-        self.topics.lock().unwrap_or_else(|p| p.into_inner()).values().filter_map(|cell| cell.get().cloned()).collect()
+        self.topics.lock().values().filter_map(|cell| cell.get().cloned()).collect()
     }
 
     /// Persistent topics of a namespace that exist in metadata, and every partition of its
@@ -181,7 +182,7 @@ impl BrokerService {
     /// clients to reconnect; they are opened afresh on next use.
     pub async fn close_topics(&self, filter: impl Fn(&TopicName) -> bool) {
         let cells: Vec<(TopicName, Arc<OnceCell<Arc<Topic>>>)> = {
-            let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            let mut topics = self.topics.lock();
             let names: Vec<TopicName> = topics.keys().filter(|name| filter(name)).cloned().collect();
             names.into_iter().filter_map(|name| topics.remove(&name).map(|cell| (name, cell))).collect()
         };

@@ -20,9 +20,10 @@
 //! marked `disabled`, until its topics are closed, so lookups wait instead of sending clients
 //! to a broker that is still closing.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use magnetar_meta::{Expected, MetaError, MetadataStore, SessionId, Version, WatchEvent};
@@ -160,8 +161,8 @@ impl Ownership {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Bundle, Owned>> {
-        self.owned.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<Bundle, Owned>> {
+        self.owned.lock()
     }
 
     pub async fn layout(&self, namespace: &str) -> Result<Layout, BrokerError> {
@@ -363,17 +364,14 @@ impl Ownership {
     /// Whether `owner` certainly is not running (its Pulsar port refuses connections); a
     /// recent successful probe counts as alive without another.
     async fn owner_is_gone(&self, owner: &BrokerInfo) -> bool {
-        let recently = self.probed_alive.lock().unwrap_or_else(|p| p.into_inner()).get(&owner.broker).copied();
+        let recently = self.probed_alive.lock().get(&owner.broker).copied();
         if recently.is_some_and(|at| at.elapsed() < PROBE_VALIDITY) {
             return false;
         }
         if refuses_connections(&owner.native_url).await {
             return true;
         }
-        self.probed_alive
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(owner.broker.clone(), std::time::Instant::now());
+        self.probed_alive.lock().insert(owner.broker.clone(), std::time::Instant::now());
         false
     }
 
@@ -382,27 +380,26 @@ impl Ownership {
     async fn choose_broker(&self) -> Result<BrokerInfo, BrokerError> {
         let reports = load_report::reports(self.meta.as_ref()).await?;
         let chosen = {
-            let recent = self.recent_assignments.lock().unwrap_or_else(|p| p.into_inner());
+            let recent = self.recent_assignments.lock();
             placement::choose(&reports, &recent, &self.me, self.is_draining())?
         };
-        *self.recent_assignments.lock().unwrap_or_else(|p| p.into_inner()).entry(chosen.broker.clone()).or_default() +=
-            1;
+        *self.recent_assignments.lock().entry(chosen.broker.clone()).or_default() += 1;
         Ok(chosen)
     }
 
     /// Forgets the assignments counted by [`Ownership::choose_broker`]: the report loop calls
     /// it every report interval, by when the brokers chosen report the bundles they took.
     pub fn forget_recent_assignments(&self) {
-        self.recent_assignments.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.recent_assignments.lock().clear();
     }
 
     /// Takes the stream of lost bundles (once).
     pub fn take_lost(&self) -> Option<mpsc::UnboundedSender<Bundle>> {
-        self.lost.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.lost.lock().take()
     }
 
     fn report_lost(&self, bundle: Bundle) {
-        if let Some(lost) = self.lost.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(lost) = self.lost.lock().as_ref() {
             let _ = lost.send(bundle);
         }
     }

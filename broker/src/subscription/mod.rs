@@ -114,7 +114,7 @@ impl Subscription {
             StartAt::After(position) => position,
         };
         let cursor = if durable { Some(ledger.open_cursor(name, start_mark_delete).await?) } else { None };
-        let partition_index = partition_index(topic);
+        let partition_index = magnetar_proto::topic_name::partition_index(topic);
         let subscription = Arc::new_cyclic(|weak: &std::sync::Weak<Subscription>| {
             let state = match &cursor {
                 Some(cursor) => cursor.lend_to(weak.clone()),
@@ -340,10 +340,4 @@ impl Subscription {
             cursor.close().await;
         }
     }
-}
-
-/// `<topic>-partition-<i>` is partition `i`.
-fn partition_index(topic: &str) -> Option<u32> {
-    let (_, index) = topic.rsplit_once("-partition-")?;
-    index.parse().ok()
 }
