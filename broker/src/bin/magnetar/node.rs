@@ -5,11 +5,12 @@
 //! replaced broker recovers each topic it opens (fencing the previous owner's ledger).
 //!
 //! Any number of brokers share one metadata store: each serves the namespace bundles it owns
-//! ([`crate::cluster::ownership`]) and sends clients elsewhere for the rest; the load manager
-//! ([`crate::cluster::load_manager`]) spreads bundles. On SIGTERM a broker hands its bundles over
+//! ([`magnetar_broker::cluster::ownership`]) and sends clients elsewhere for the rest; the load manager
+//! ([`magnetar_broker::cluster::load_manager`]) spreads bundles. On SIGTERM a broker hands its bundles over
 //! before it exits; if it dies, its bundles are free once its session times out.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use magnetar_bookie::client::LedgerConfig;
@@ -19,12 +20,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cluster::{broker_info::BrokerInfo, load_manager, ownership::Ownership};
-use crate::config::{BrokerConfig, ClusterConfig};
-use crate::managed_ledger::ManagedLedgerConfig;
 use crate::metadata_url::MetadataUrl;
-use crate::standalone::SHUTDOWN_GRACE;
-use crate::{http, namespace, protocol, BrokerService};
+use magnetar_broker::cluster::{broker_info::BrokerInfo, load_manager, ownership::Ownership};
+use magnetar_broker::config::{BrokerConfig, ClusterConfig};
+use magnetar_broker::managed_ledger::ManagedLedgerConfig;
+use magnetar_broker::{http, namespace, protocol, BrokerService};
+
+/// Time allowed for a clean shutdown before the process gives up waiting.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
 pub struct BrokerNodeConfig {

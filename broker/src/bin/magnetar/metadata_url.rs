@@ -21,7 +21,7 @@ pub const DEFAULT_ETCD_PORT: u16 = 2379;
 
 /// Why a metadata URL cannot be used.
 ///
-/// Its own enum rather than a [`BrokerError`](crate::BrokerError) variant: it is a startup
+/// Its own enum rather than a [`BrokerError`](magnetar_broker::BrokerError) variant: it is a startup
 /// configuration error of the binary, never answered to a client.
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataUrlError {

@@ -2,6 +2,11 @@
 //! storage node of a cluster), `broker` (one broker of a cluster) and `autorecovery` (only the
 //! auto-recovery worker that every bookie also runs by default).
 
+mod metadata_url;
+mod node;
+mod settings;
+mod standalone;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,10 +18,10 @@ use magnetar_bookie::client::LedgerConfig;
 use magnetar_bookie::config::AutoRecoveryConfig;
 use magnetar_bookie::node::{BookieNode, REGISTRATION_TTL};
 use magnetar_bookie::BookieConfig;
-use magnetar_broker::config::BrokerSettings;
-use magnetar_broker::metadata_url::MetadataUrl;
-use magnetar_broker::node::{self, BrokerNodeConfig};
-use magnetar_broker::standalone::{self, StandaloneConfig};
+use metadata_url::MetadataUrl;
+use node::BrokerNodeConfig;
+use settings::BrokerSettings;
+use standalone::StandaloneConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;

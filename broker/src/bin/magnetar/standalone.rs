@@ -10,7 +10,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use magnetar_bookie::client::LedgerConfig;
@@ -20,15 +19,11 @@ use magnetar_meta::{LocalStore, MetadataStore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::BrokerConfig;
-use crate::managed_ledger::ManagedLedgerConfig;
-use crate::namespace;
-use crate::node::{bind, ServingBroker};
+use crate::node::{bind, ServingBroker, SHUTDOWN_GRACE};
+use magnetar_broker::config::BrokerConfig;
+use magnetar_broker::managed_ledger::ManagedLedgerConfig;
+use magnetar_broker::namespace;
 
-/// Bookie id of standalone's first bookie: stable across restarts, whatever port it gets.
-pub const STANDALONE_BOOKIE_ID: &str = "standalone-bookie-0";
-/// Time allowed for a clean shutdown before the process gives up waiting.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// Most bookies one standalone process runs: each has its own journal thread, RocksDB index
 /// and caches, so more than a handful only competes for the same disk and cores.
 pub const MAX_STANDALONE_BOOKIES: u32 = 16;
