@@ -22,16 +22,21 @@ pub struct ConnectionConsumer {
 
 #[async_trait]
 impl ConsumerSink for ConnectionConsumer {
-    async fn send_message(&self, message: OutgoingMessage) -> bool {
-        Metrics::add(&self.metrics.out_messages, message.messages.max(0) as u64);
-        Metrics::add(&self.metrics.out_bytes, message.data.len() as u64);
-        let position = message.position;
-        let mut frame =
-            command::message(self.consumer_id, position.ledger_id, position.entry_id, message.redelivery_count);
-        if let Some(body) = frame.message.as_mut() {
-            body.ack_set = message.ack_set;
+    async fn send_messages(&self, messages: Vec<OutgoingMessage>) -> bool {
+        for message in messages {
+            Metrics::add(&self.metrics.out_messages, message.messages.max(0) as u64);
+            Metrics::add(&self.metrics.out_bytes, message.data.len() as u64);
+            let position = message.position;
+            let mut frame =
+                command::message(self.consumer_id, position.ledger_id, position.entry_id, message.redelivery_count);
+            if let Some(body) = frame.message.as_mut() {
+                body.ack_set = message.ack_set;
+            }
+            if self.outbound.send(Outbound { command: frame, payload: Some(message.data) }).await.is_err() {
+                return false;
+            }
         }
-        self.outbound.send(Outbound { command: frame, payload: Some(message.data) }).await.is_ok()
+        true
     }
 
     fn active_changed(&self, is_active: bool) {

@@ -54,9 +54,9 @@ pub struct OutgoingMessage {
 /// Where a consumer's messages and notices go: its connection, which turns them into frames.
 #[async_trait]
 pub trait ConsumerSink: Send + Sync {
-    /// Sends one message; waits while the connection's queue is full (backpressure). False
-    /// if the connection is gone (its cleanup detaches the consumer).
-    async fn send_message(&self, message: OutgoingMessage) -> bool;
+    /// Sends messages in order; waits while the connection's queue is full (backpressure).
+    /// False if the connection is gone (its cleanup detaches the consumer).
+    async fn send_messages(&self, messages: Vec<OutgoingMessage>) -> bool;
     /// Tells the consumer whether it is the active one; never waits (a full queue means a
     /// stuck client, which learns the state again on the next change).
     fn active_changed(&self, is_active: bool);
@@ -287,33 +287,35 @@ impl Subscription {
         self.inner.lock().delivery.next(now_ms(), &view)
     }
 
-    /// Which consumer gets each of `entries` (read for `epoch`): the messages to send, with
-    /// where to send them.
+    /// Which consumer gets each of `entries` (read for `epoch`): the messages to send, per
+    /// consumer in log order.
     pub(crate) fn dispatch(
         &self,
         entries: Vec<(Position, Bytes)>,
         epoch: u64,
         from_replay: bool,
-    ) -> Vec<(Arc<dyn ConsumerSink>, OutgoingMessage)> {
+    ) -> Vec<(Arc<dyn ConsumerSink>, Vec<OutgoingMessage>)> {
         let metas: Vec<(Position, EntryMeta)> =
             entries.iter().map(|(position, data)| (*position, entry_meta::parse(data))).collect();
         let mut inner = self.inner.lock();
         let sends = inner.delivery.dispatch(&metas, epoch, from_replay, now_ms());
-        sends
-            .into_iter()
-            .filter_map(|send| {
-                let sink = inner.sinks.get(&send.consumer_id)?.clone();
-                let (position, data) = &entries[send.index];
-                let message = OutgoingMessage {
-                    position: *position,
-                    redelivery_count: send.redelivery_count,
-                    ack_set: send.ack_set,
-                    messages: metas[send.index].1.messages,
-                    data: data.clone(),
-                };
-                Some((sink, message))
-            })
-            .collect()
+        let mut batches: Vec<(u64, Arc<dyn ConsumerSink>, Vec<OutgoingMessage>)> = Vec::new();
+        for send in sends {
+            let Some(sink) = inner.sinks.get(&send.consumer_id) else { continue };
+            let (position, data) = &entries[send.index];
+            let message = OutgoingMessage {
+                position: *position,
+                redelivery_count: send.redelivery_count,
+                ack_set: send.ack_set,
+                messages: metas[send.index].1.messages,
+                data: data.clone(),
+            };
+            match batches.iter_mut().find(|(id, _, _)| *id == send.consumer_id) {
+                Some((_, _, messages)) => messages.push(message),
+                None => batches.push((send.consumer_id, sink.clone(), vec![message])),
+            }
+        }
+        batches.into_iter().map(|(_, sink, messages)| (sink, messages)).collect()
     }
 
     /// Waits until every acknowledgement received so far is persisted.

@@ -72,12 +72,11 @@ pub async fn run(subscription: Arc<Subscription>) {
                 }
             }
         };
-        for (sink, message) in subscription.dispatch(entries, epoch, from_replay) {
-            let position = message.position;
-            if !sink.send_message(message).await {
-                // The connection is gone; its cleanup detaches the consumer and the message
-                // goes to the replay set with the consumer's other unacknowledged ones.
-                debug!(subscription = subscription.name(), %position, "consumer connection gone");
+        for (sink, messages) in subscription.dispatch(entries, epoch, from_replay) {
+            if !sink.send_messages(messages).await {
+                // The connection is gone; its cleanup detaches the consumer and its messages
+                // go to the replay set with the consumer's other unacknowledged ones.
+                debug!(subscription = subscription.name(), "consumer connection gone");
             }
         }
     }
