@@ -445,7 +445,10 @@ impl Delivery {
                 return None;
             }
         }
-        let key_waiting = !from_replay && self.replay.values().any(|h| *h == meta.hash);
+        // Only Key_Shared orders by key; the scan of the replay set is skipped for the others.
+        let key_waiting = !from_replay
+            && self.sub_type() == SubscriptionType::KeyShared
+            && self.replay.values().any(|h| *h == meta.hash);
         let offer = Offer { position, hash: meta.hash, key_waiting, consumers: &self.consumers, active: self.active };
         let Some(consumer_id) = self.dispatcher.choose(offer) else {
             // Nobody can take it now: it waits in the replay set, in position order.
