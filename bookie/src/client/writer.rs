@@ -28,11 +28,11 @@
 //! writer rebases and retries; a recovery (IN_RECOVERY, CLOSED) fences it out. A FENCED answer: the writer stops. A stopped writer fails every pending add and never reports them
 //! written; only recovery decides where its ledger ends.
 
+use magnetar_proto::clock::now_ms;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
@@ -89,10 +89,6 @@ pub struct LedgerWriter {
     failure: Arc<Mutex<Option<String>>>,
     /// The ledger's metadata as its writer last stored it.
     metadata: Arc<Mutex<Arc<LedgerMetadata>>>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl LedgerWriter {

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use magnetar_meta::{Expected, MetaError, WatchEvent};
+use magnetar_proto::clock::now_ms;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -133,10 +134,6 @@ fn process_cpu() -> Option<Duration> {
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     // Linux reports in clock ticks; USER_HZ is 100 on every platform Rust targets with /proc.
     Some(Duration::from_millis(ticks * 10))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn report_loop<B: BundleControl>(service: Arc<B>, config: LoadManagerConfig, cancel: CancellationToken) {
