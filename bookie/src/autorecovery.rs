@@ -244,7 +244,7 @@ impl AutoRecovery {
         let mut ledgers = Vec::new();
         let mut referenced = BTreeSet::new();
         for child in meta.list_children(crate::LEDGERS_PATH).await? {
-            let Ok(ledger_id) = child.parse::<u64>() else {
+            let Ok(ledger_id) = child.parse::<u64>().map(crate::LedgerId) else {
                 warn!(key = %child, "auto-recovery: a key under the ledgers path is no ledger id; skipped");
                 continue;
             };
@@ -257,7 +257,7 @@ impl AutoRecovery {
                 }
                 Err(error) => return Err(error),
             };
-            referenced.extend(ledger.fragments.iter().flat_map(|f| f.bookies.iter().cloned()));
+            referenced.extend(ledger.fragments().iter().flat_map(|f| f.bookies.iter().cloned()));
             ledgers.push(ledger);
         }
         let now = Instant::now();
@@ -271,10 +271,10 @@ impl AutoRecovery {
         }
         // Ledgers naming a lost bookie only in an open ledger's last fragment wait for their
         // writer (or a recovery) to leave that fragment.
-        let todo: Vec<u64> = ledgers
+        let todo: Vec<crate::LedgerId> = ledgers
             .iter()
             .filter(|ledger| !replication::lost_replicas(ledger, &lost).is_empty())
-            .map(|ledger| ledger.ledger_id)
+            .map(|ledger| ledger.id())
             .collect();
         if todo.is_empty() {
             debug!(?lost, "auto-recovery: lost bookies are named only by the writers' own fragments");
@@ -297,7 +297,7 @@ impl AutoRecovery {
                 }
                 Err(error) => {
                     unfinished = true;
-                    warn!(ledger_id, %error, "auto-recovery: ledger not re-replicated yet; retrying later");
+                    warn!(%ledger_id, %error, "auto-recovery: ledger not re-replicated yet; retrying later");
                 }
             }
         }

@@ -22,6 +22,7 @@ pub mod config;
 pub mod cookie;
 pub mod disk;
 pub mod error;
+pub mod ids;
 pub mod journal;
 pub mod ledger_data;
 pub mod ledger_storage;
@@ -32,6 +33,7 @@ pub mod uring;
 
 pub use config::BookieConfig;
 pub use error::BookieError;
+pub use ids::{EntryId, LedgerId};
 pub use server::BookieServer;
 
 /// Metadata key under which live bookies register (ephemeral), one child per bookie id.
@@ -41,8 +43,8 @@ pub const BOOKIES_PATH: &str = "/magnetar/bookies/available";
 pub const LEDGERS_PATH: &str = "/magnetar/ledgers";
 
 /// Metadata key holding one ledger's metadata record.
-pub fn ledger_path(ledger_id: u64) -> String {
-    format!("{LEDGERS_PATH}/{ledger_id:020}")
+pub fn ledger_path(ledger_id: LedgerId) -> String {
+    format!("{LEDGERS_PATH}/{:020}", ledger_id.0)
 }
 
 /// The lock key of the auto-recovery leader (ephemeral; its value is the holder's id).

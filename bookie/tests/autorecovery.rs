@@ -14,11 +14,11 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 use bytes::Bytes;
 use magnetar_bookie::autorecovery::AutoRecovery;
-use magnetar_bookie::client::metadata::write_set;
+use magnetar_bookie::client::metadata::{write_set, Ledger};
+use magnetar_bookie::{EntryId, LedgerId};
 use magnetar_bookie::client::{metadata, Bookies, LedgerConfig, LedgerWriter};
 use magnetar_bookie::config::AutoRecoveryConfig;
 use magnetar_meta::{LocalStore, MetadataStore};
-use magnetar_proto::records::LedgerMetadata;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +42,7 @@ fn fast() -> AutoRecoveryConfig {
 async fn write(writer: &LedgerWriter, range: std::ops::Range<u64>) -> anyhow::Result<()> {
     let mut answers = Vec::new();
     for entry_id in range.clone() {
-        answers.push(writer.add(payload(writer.ledger_id(), entry_id)).await?);
+        answers.push(writer.add(payload(writer.ledger_id().0, entry_id)).await?);
     }
     for (offset, answer) in answers.into_iter().enumerate() {
         ensure!(answer.await?? == range.start + offset as u64, "acks in order");
@@ -50,31 +50,31 @@ async fn write(writer: &LedgerWriter, range: std::ops::Range<u64>) -> anyhow::Re
     Ok(())
 }
 
-async fn read_ledger(meta: &Arc<dyn MetadataStore>, ledger_id: u64) -> anyhow::Result<LedgerMetadata> {
+async fn read_ledger(meta: &Arc<dyn MetadataStore>, ledger_id: LedgerId) -> anyhow::Result<Ledger> {
     Ok(metadata::read(meta.as_ref(), ledger_id).await?.context("ledger metadata")?.0)
 }
 
 /// Every entry `0..=last` is stored, with its bytes, on every bookie of its write set.
-async fn every_copy_is_there(bookies: &Bookies, ledger: &LedgerMetadata, last: u64) -> anyhow::Result<()> {
-    let write_quorum = ledger.write_quorum as usize;
-    for entry_id in 0..=last {
-        let ensemble = metadata::ensemble_for(ledger, entry_id).context("a fragment")?;
+async fn every_copy_is_there(bookies: &Bookies, ledger: &Ledger, last: u64) -> anyhow::Result<()> {
+    let write_quorum = ledger.write_quorum();
+    for entry_id in EntryId(0).through(EntryId(last)) {
+        let ensemble = ledger.ensemble_for(entry_id);
         for index in write_set(entry_id, ensemble.len(), write_quorum) {
             let bookie_id = &ensemble[index];
             let (data, _) = bookies
                 .get(bookie_id)
                 .await?
-                .read_entry(ledger.ledger_id, entry_id, None)
+                .read_entry(ledger.id(), entry_id, None)
                 .await
-                .with_context(|| format!("entry {}:{entry_id} on {bookie_id}", ledger.ledger_id))?;
-            ensure!(data == payload(ledger.ledger_id, entry_id), "entry {entry_id} on {bookie_id} has wrong bytes");
+                .with_context(|| format!("entry {}:{entry_id} on {bookie_id}", ledger.id()))?;
+            ensure!(data == payload(ledger.id().0, entry_id.0), "entry {entry_id} on {bookie_id} has wrong bytes");
         }
     }
     Ok(())
 }
 
-fn names(ledger: &LedgerMetadata, bookie_id: &str) -> bool {
-    ledger.fragments.iter().any(|fragment| fragment.bookies.iter().any(|id| id == bookie_id))
+fn names(ledger: &Ledger, bookie_id: &str) -> bool {
+    ledger.names(bookie_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +92,7 @@ async fn a_bookie_removed_for_good_is_re_replicated_and_the_writer_goes_on() -> 
     let full =
         LedgerWriter::create(&bookies, LedgerConfig { ensemble_size: 3, write_quorum: 3, ack_quorum: 2 }, None).await?;
     write(&full, 0..40).await?;
-    let victim = read_ledger(&meta, full.ledger_id()).await?.fragments[0].bookies[0].clone();
+    let victim = read_ledger(&meta, full.ledger_id()).await?.fragments()[0].bookies[0].clone();
     // Make sure the others name the victim too: retry creation until they do.
     let mut striped = None;
     let mut open = None;
@@ -123,7 +123,7 @@ async fn a_bookie_removed_for_good_is_re_replicated_and_the_writer_goes_on() -> 
     cluster[index].kill(&meta).await?;
     write(&open, 30..60).await?;
     for _ in 0..200 {
-        if read_ledger(&meta, open.ledger_id()).await?.fragments.len() > 1 {
+        if read_ledger(&meta, open.ledger_id()).await?.fragments().len() > 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -154,16 +154,16 @@ async fn a_bookie_removed_for_good_is_re_replicated_and_the_writer_goes_on() -> 
 
     // A second bookie of the open ledger's current ensemble dies: the writer's ensemble change
     // loses its compare-and-set (auto-recovery changed the record), rebases and goes on.
-    let second = read_ledger(&meta, open.ledger_id()).await?.fragments.last().context("a fragment")?.bookies[0].clone();
+    let second = read_ledger(&meta, open.ledger_id()).await?.fragments().last().context("a fragment")?.bookies[0].clone();
     let index = cluster.iter().position(|b| b.bookie_id == second).context("second victim")?;
     cluster[index].kill(&meta).await?;
     write(&open, 60..80).await?;
     ensure!(open.failure().is_none(), "the writer goes on: {:?}", open.failure());
     let seen_by_writer = open.metadata();
     ensure!(
-        seen_by_writer.fragments.len() >= 3 && !names(&seen_by_writer, &victim),
+        seen_by_writer.fragments().len() >= 3 && !names(&seen_by_writer, &victim),
         "the writer rebased on the re-replicated record: {:?}",
-        seen_by_writer.fragments
+        seen_by_writer.fragments()
     );
     // The second loss is re-replicated too, once the writer left that fragment.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -172,7 +172,7 @@ async fn a_bookie_removed_for_good_is_re_replicated_and_the_writer_goes_on() -> 
         for ledger_id in ledgers {
             let ledger = read_ledger(&meta, ledger_id).await?;
             if names(&ledger, &victim)
-                || ledger.fragments[..ledger.fragments.len() - 1].iter().any(|f| f.bookies.contains(&second))
+                || ledger.fragments()[..ledger.fragments().len() - 1].iter().any(|f| f.bookies.contains(&second))
             {
                 remaining.push(ledger_id);
             }
@@ -193,10 +193,10 @@ async fn a_bookie_removed_for_good_is_re_replicated_and_the_writer_goes_on() -> 
         ensure!(
             !names(&ledger, &victim) && !names(&ledger, &second),
             "{ledger_id} still names {victim} or {second}: {:?}",
-            ledger.fragments
+            ledger.fragments()
         );
         // Every ensemble keeps its hosts apart (five hosts, three copies).
-        for fragment in &ledger.fragments {
+        for fragment in ledger.fragments() {
             let distinct: BTreeSet<&String> = fragment.bookies.iter().collect();
             ensure!(distinct.len() == fragment.bookies.len(), "one copy per bookie: {:?}", fragment.bookies);
         }
@@ -224,7 +224,7 @@ async fn without_auto_recovery_the_lost_bookie_stays_named() -> anyhow::Result<(
     write(&writer, 0..10).await?;
     writer.close().await?;
     let ledger = read_ledger(&meta, writer.ledger_id()).await?;
-    let victim = ledger.fragments[0].bookies[1].clone();
+    let victim = ledger.fragments()[0].bookies[1].clone();
     let index = cluster.iter().position(|b| b.bookie_id == victim).context("victim")?;
     cluster[index].kill(&meta).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use magnetar_bookie::client::{self, metadata, Bookies, LedgerConfig, LedgerWriter};
-use magnetar_bookie::BookieError;
+use magnetar_bookie::{BookieError, EntryId, LedgerId};
 use magnetar_meta::{LocalStore, MetadataStore};
 use tempfile::TempDir;
 
@@ -41,14 +41,14 @@ fn payload(entry_id: u64) -> Bytes {
 const QUORUM: LedgerConfig = LedgerConfig { ensemble_size: 3, write_quorum: 3, ack_quorum: 2 };
 
 /// Reads entries `0..=last` and checks each one's bytes.
-async fn read_all(bookies: &Bookies, ledger_id: u64, last: i64) -> anyhow::Result<()> {
+async fn read_all(bookies: &Bookies, ledger_id: LedgerId, last: i64) -> anyhow::Result<()> {
     let (ledger, _) = metadata::read(bookies.meta().as_ref(), ledger_id).await?.context("ledger metadata")?;
     let mut next = 0u64;
     while (next as i64) <= last {
-        let entries = client::read_entries(bookies, &ledger, next, last as u64, 16, 1 << 20)
+        let entries = client::read_entries(bookies, &ledger, EntryId(next), EntryId(last as u64), 16, 1 << 20)
             .await
             .with_context(|| format!("read from entry {next}"))?;
-        for (entry_id, data) in entries {
+        for (EntryId(entry_id), data) in entries {
             anyhow::ensure!(entry_id == next, "read returned entry {entry_id}, expected {next}");
             anyhow::ensure!(data == payload(entry_id), "entry {entry_id} has wrong bytes");
             next += 1;
@@ -70,7 +70,7 @@ async fn writer_continues_after_a_bookie_dies_with_a_new_fragment() -> anyhow::R
         assert_eq!(answer.await??, entry_id as u64);
     }
     let (ledger, _) = metadata::read(cluster.meta.as_ref(), writer.ledger_id()).await?.context("metadata")?;
-    let victim = ledger.fragments[0].bookies[1].clone();
+    let victim = ledger.fragments()[0].bookies[1].clone();
     let index = cluster.bookies.iter().position(|b| b.bookie_id == victim).context("victim")?;
     cluster.bookies[index].kill(&cluster.meta).await?;
 
@@ -85,7 +85,7 @@ async fn writer_continues_after_a_bookie_dies_with_a_new_fragment() -> anyhow::R
     let mut ledger = None;
     for _ in 0..200 {
         let (found, _) = metadata::read(cluster.meta.as_ref(), writer.ledger_id()).await?.context("metadata")?;
-        let changed = found.fragments.len() > 1;
+        let changed = found.fragments().len() > 1;
         ledger = Some(found);
         if changed {
             break;
@@ -93,9 +93,9 @@ async fn writer_continues_after_a_bookie_dies_with_a_new_fragment() -> anyhow::R
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let ledger = ledger.context("metadata")?;
-    assert_eq!(ledger.fragments.len(), 2, "one ensemble change: {:?}", ledger.fragments);
-    assert!(!ledger.fragments[1].bookies.contains(&victim), "the dead bookie was replaced");
-    assert!(ledger.fragments[1].first_entry_id >= 20 && ledger.fragments[1].first_entry_id <= 40);
+    assert_eq!(ledger.fragments().len(), 2, "one ensemble change: {:?}", ledger.fragments());
+    assert!(!ledger.fragments()[1].bookies.contains(&victim), "the dead bookie was replaced");
+    assert!(ledger.fragments()[1].first.0 >= 20 && ledger.fragments()[1].first.0 <= 40);
 
     assert_eq!(writer.close().await?, 39);
     read_all(&bookies, writer.ledger_id(), 39).await?;
@@ -133,7 +133,7 @@ async fn with_no_replacement_the_writer_goes_on_while_the_ack_quorum_holds() -> 
         LedgerWriter::create(&bookies, LedgerConfig { ensemble_size: 2, write_quorum: 2, ack_quorum: 2 }, None).await?;
     assert_eq!(writer.add(payload(0)).await?.await??, 0);
     let survivor = metadata::read(cluster.meta.as_ref(), writer.ledger_id()).await?.context("metadata")?.0;
-    let victim = survivor.fragments[0].bookies[0].clone();
+    let victim = survivor.fragments()[0].bookies[0].clone();
     let index = cluster.bookies.iter().position(|b| b.bookie_id == victim).context("victim")?;
     cluster.bookies[index].kill(&cluster.meta).await?;
     let failed = writer.add(payload(1)).await?.await?;
@@ -162,16 +162,16 @@ async fn recovery_of_a_dropped_writer_closes_at_or_after_its_last_ack() -> anyho
 
     let recovering = Bookies::new(cluster.meta.clone());
     let closed = client::recover_ledger(&recovering, ledger_id).await?;
-    assert!(metadata::is_closed(&closed));
+    assert!(closed.is_closed());
     assert!(
-        closed.last_entry_id >= last_acked,
+        EntryId::last_to_wire(closed.last_entry()) >= last_acked,
         "closed at {} before acknowledged entry {last_acked}",
-        closed.last_entry_id
+        EntryId::last_to_wire(closed.last_entry())
     );
-    assert!(closed.last_entry_id <= 29);
-    read_all(&recovering, ledger_id, closed.last_entry_id).await?;
+    assert!(EntryId::last_to_wire(closed.last_entry()) <= 29);
+    read_all(&recovering, ledger_id, EntryId::last_to_wire(closed.last_entry())).await?;
     // A second recovery agrees.
-    assert_eq!(client::recover_ledger(&recovering, ledger_id).await?.last_entry_id, closed.last_entry_id);
+    assert_eq!(EntryId::last_to_wire(client::recover_ledger(&recovering, ledger_id).await?.last_entry()), EntryId::last_to_wire(closed.last_entry()));
     bookies.close().await;
     recovering.close().await;
     Ok(())
@@ -187,7 +187,7 @@ async fn fenced_writer_fails_its_pending_adds() -> anyhow::Result<()> {
     }
     let recovering = Bookies::new(cluster.meta.clone());
     let closed = client::recover_ledger(&recovering, writer.ledger_id()).await?;
-    assert_eq!(closed.last_entry_id, 4);
+    assert_eq!(EntryId::last_to_wire(closed.last_entry()), 4);
 
     let answer = writer.add(payload(5)).await?;
     let outcome = answer.await?;
@@ -199,7 +199,7 @@ async fn fenced_writer_fails_its_pending_adds() -> anyhow::Result<()> {
     assert!(writer.add(payload(6)).await.is_err(), "a stopped writer refuses adds");
     assert!(writer.close().await.is_err(), "a fenced writer cannot close the ledger");
     let (ledger, _) = metadata::read(cluster.meta.as_ref(), writer.ledger_id()).await?.context("metadata")?;
-    assert_eq!(ledger.last_entry_id, 4, "the closed end did not move");
+    assert_eq!(EntryId::last_to_wire(ledger.last_entry()), 4, "the closed end did not move");
     bookies.close().await;
     recovering.close().await;
     Ok(())

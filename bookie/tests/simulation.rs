@@ -32,10 +32,9 @@ use magnetar_bookie::client::{
     self, AddRequest, BookieConnector, BookieRpc, Bookies, ClientOptions, LedgerEnd, LedgerWriter,
 };
 use magnetar_bookie::registration::{self, BookieRegistration};
-use magnetar_bookie::BookieError;
+use magnetar_bookie::{BookieError, EntryId, LedgerId};
 use magnetar_meta::{Expected, MetaError, MetadataStore, SessionId, Version, Versioned, Watch, WatchEvent};
 use magnetar_proto::bookie::Status;
-use magnetar_proto::records::LedgerState;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, oneshot};
@@ -269,10 +268,11 @@ impl BookieRpc for SimRpc {
 
     async fn read_entry(
         &self,
-        ledger_id: u64,
-        entry_id: u64,
+        ledger_id: LedgerId,
+        entry_id: EntryId,
         fence_key: Option<Bytes>,
     ) -> Result<(Bytes, i64), BookieError> {
+        let (ledger_id, entry_id) = (ledger_id.0, entry_id.0);
         self.travel("read").await?;
         if let Some(key) = &fence_key {
             self.fence_now(ledger_id, key).await?;
@@ -289,12 +289,13 @@ impl BookieRpc for SimRpc {
 
     async fn read_range(
         &self,
-        ledger_id: u64,
-        first: u64,
-        last: u64,
+        ledger_id: LedgerId,
+        first: EntryId,
+        last: EntryId,
         max_entries: u32,
         max_bytes: u64,
-    ) -> Result<Vec<(u64, Bytes)>, BookieError> {
+    ) -> Result<Vec<(EntryId, Bytes)>, BookieError> {
+        let (ledger_id, first, last) = (ledger_id.0, first.0, last.0);
         self.travel("read range").await?;
         let result = self.with_bookie(|bookie| {
             let ledger = bookie.ledgers.get(&ledger_id).ok_or(BookieError::NoSuchLedger { ledger_id })?;
@@ -308,7 +309,7 @@ impl BookieRpc for SimRpc {
                     break;
                 }
                 bytes += payload.len() as u64;
-                out.push((entry_id, payload.clone()));
+                out.push((EntryId(entry_id), payload.clone()));
             }
             if out.is_empty() {
                 return Err(BookieError::NoSuchEntry { ledger_id, entry_id: first });
@@ -319,7 +320,8 @@ impl BookieRpc for SimRpc {
         result
     }
 
-    async fn fence(&self, ledger_id: u64, master_key: Bytes) -> Result<LedgerEnd, BookieError> {
+    async fn fence(&self, ledger_id: LedgerId, master_key: Bytes) -> Result<LedgerEnd, BookieError> {
+        let ledger_id = ledger_id.0;
         self.travel("fence").await?;
         self.fence_now(ledger_id, &master_key).await?;
         let end = self.with_bookie(|bookie| {
@@ -331,7 +333,8 @@ impl BookieRpc for SimRpc {
         end
     }
 
-    async fn read_lac(&self, ledger_id: u64, previous_lac: i64, long_poll: Duration) -> Result<LedgerEnd, BookieError> {
+    async fn read_lac(&self, ledger_id: LedgerId, previous_lac: i64, long_poll: Duration) -> Result<LedgerEnd, BookieError> {
+        let ledger_id = ledger_id.0;
         self.travel("read lac").await?;
         let until = Instant::now() + long_poll;
         let end = loop {
@@ -350,7 +353,8 @@ impl BookieRpc for SimRpc {
         end
     }
 
-    async fn delete_ledger(&self, ledger_id: u64) -> Result<(), BookieError> {
+    async fn delete_ledger(&self, ledger_id: LedgerId) -> Result<(), BookieError> {
+        let ledger_id = ledger_id.0;
         self.travel("delete").await?;
         self.with_bookie(|bookie| {
             bookie.ledgers.remove(&ledger_id);
@@ -716,7 +720,7 @@ async fn scenario(seed: u64) -> Result<Outcome, String> {
         let mut lac = -1i64;
         for _ in 0..40 {
             let Ok(Some((ledger, _))) = metadata::read(reader_meta.as_ref(), ledger_id).await else { continue };
-            if metadata::is_closed(&ledger) {
+            if ledger.is_closed() {
                 break;
             }
             let Ok(seen) =
@@ -736,10 +740,10 @@ async fn scenario(seed: u64) -> Result<Outcome, String> {
                 }
             }
             while lac < seen {
-                let from = (lac + 1) as u64;
-                match client::read_entries(&reader_bookies, &ledger, from, seen as u64, 16, 1 << 20).await {
+                let from = EntryId((lac + 1) as u64);
+                match client::read_entries(&reader_bookies, &ledger, from, EntryId(seen as u64), 16, 1 << 20).await {
                     Ok(entries) => {
-                        for (entry_id, data) in entries {
+                        for (EntryId(entry_id), data) in entries {
                             if data != payload(seed, entry_id) || entry_id as i64 != lac + 1 {
                                 reader_checker.lock().violation(format!("tailing read of entry {entry_id} is wrong"));
                             }
@@ -809,18 +813,17 @@ async fn scenario(seed: u64) -> Result<Outcome, String> {
         .await
         .map_err(|error| format!("read metadata: {error}"))?
         .ok_or("ledger metadata vanished")?;
-    if ledger.state != LedgerState::Closed as i32 {
-        return Err(format!("ledger not closed at the end: state {}", ledger.state));
+    if !ledger.is_closed() {
+        return Err(format!("ledger not closed at the end: {:?}", ledger.status()));
     }
-    checker.lock().on_closed(ledger.last_entry_id, "the final metadata");
+    let closed_at = EntryId::last_to_wire(ledger.last_entry());
+    checker.lock().on_closed(closed_at, "the final metadata");
     let mut next = 0u64;
-    while (next as i64) <= ledger.last_entry_id {
-        let entries = client::read_entries(&bookies, &ledger, next, ledger.last_entry_id as u64, 8, 1 << 20)
+    while let Some(last) = ledger.last_entry().filter(|last| next <= last.0) {
+        let entries = client::read_entries(&bookies, &ledger, EntryId(next), last, 8, 1 << 20)
             .await
-            .map_err(|error| {
-                format!("entry {next} of the closed ledger (last {}) unreadable: {error}", ledger.last_entry_id)
-            })?;
-        for (entry_id, data) in entries {
+            .map_err(|error| format!("entry {next} of the closed ledger (last {last}) unreadable: {error}"))?;
+        for (EntryId(entry_id), data) in entries {
             if entry_id != next {
                 return Err(format!("read returned entry {entry_id}, expected {next}"));
             }
@@ -833,18 +836,18 @@ async fn scenario(seed: u64) -> Result<Outcome, String> {
     let checker = checker.lock();
     checker.ensure()?;
     let trace = world.lock().trace.finish();
-    Ok(Outcome { trace, closed_at: ledger.last_entry_id, acked: checker.max_acked })
+    Ok(Outcome { trace, closed_at, acked: checker.max_acked })
 }
 
 /// Recovers the ledger, retrying while bookies are down; checks the closed end.
-async fn recover_until_closed(bookies: &Bookies, ledger_id: u64, checker: &Mutex<Checker>) {
+async fn recover_until_closed(bookies: &Bookies, ledger_id: LedgerId, checker: &Mutex<Checker>) {
     for _ in 0..1000 {
         match client::recover_ledger(bookies, ledger_id).await {
             Ok(closed) => {
-                if closed.state != LedgerState::Closed as i32 {
-                    checker.lock().violation(format!("recovery returned a ledger in state {}", closed.state));
+                if !closed.is_closed() {
+                    checker.lock().violation(format!("recovery returned a ledger in state {:?}", closed.status()));
                 }
-                checker.lock().on_closed(closed.last_entry_id, "recovery");
+                checker.lock().on_closed(EntryId::last_to_wire(closed.last_entry()), "recovery");
                 return;
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,

@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use magnetar_meta::testing::EtcdServer;
 use magnetar_meta::MetadataStore;
-use magnetar_proto::records::{LedgerMetadata, ManagedLedgerInfo};
+use magnetar_bookie::client::metadata::{self, Ledger};
+use magnetar_bookie::LedgerId;
+use magnetar_proto::records::ManagedLedgerInfo;
 use prost::Message;
 
 use crate::{binary, eventually, free_port, BookieOptions, BookieProcess};
@@ -282,27 +284,28 @@ impl Cluster {
 
     /// The ledgers of a topic (`tenant/ns/topic`) as the metadata store holds them, oldest
     /// first.
-    pub async fn ledgers(&self, topic: &str) -> anyhow::Result<Vec<LedgerMetadata>> {
+    pub async fn ledgers(&self, topic: &str) -> anyhow::Result<Vec<Ledger>> {
         let (tenant_ns, local) = topic.rsplit_once('/').context("topic is tenant/ns/topic")?;
         let path = format!("/magnetar/managed-ledgers/{tenant_ns}/persistent/{local}");
         let found = self.meta.get(&path).await?.with_context(|| format!("no managed ledger at {path}"))?;
         let info = ManagedLedgerInfo::decode(&found.value[..]).context("decode the managed ledger info")?;
         let mut ledgers = Vec::new();
         for ledger in info.ledgers {
-            let path = magnetar_bookie::ledger_path(ledger.ledger_id);
-            let found = self.meta.get(&path).await?.with_context(|| format!("no ledger metadata at {path}"))?;
-            ledgers.push(LedgerMetadata::decode(&found.value[..]).context("decode ledger metadata")?);
+            let (found, _) = metadata::read(self.meta.as_ref(), LedgerId(ledger.ledger_id))
+                .await?
+                .with_context(|| format!("no metadata of ledger {}", ledger.ledger_id))?;
+            ledgers.push(found);
         }
         Ok(ledgers)
     }
 
     /// Every ledger in the metadata store (topics' and cursors'), by id.
-    pub async fn all_ledgers(&self) -> anyhow::Result<Vec<LedgerMetadata>> {
+    pub async fn all_ledgers(&self) -> anyhow::Result<Vec<Ledger>> {
         let mut ledgers = Vec::new();
         for child in self.meta.list_children(magnetar_bookie::LEDGERS_PATH).await? {
-            let path = format!("{}/{child}", magnetar_bookie::LEDGERS_PATH);
-            if let Some(found) = self.meta.get(&path).await? {
-                ledgers.push(LedgerMetadata::decode(&found.value[..]).context("decode ledger metadata")?);
+            let ledger_id = child.parse::<u64>().map(LedgerId).with_context(|| format!("ledger key {child}"))?;
+            if let Some((found, _)) = metadata::read(self.meta.as_ref(), ledger_id).await? {
+                ledgers.push(found);
             }
         }
         Ok(ledgers)

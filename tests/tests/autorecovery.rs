@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use magnetar_bookie::client::metadata::write_set;
-use magnetar_bookie::client::{self, metadata, Bookies};
+use magnetar_bookie::client::metadata::{write_set, Ledger};
+use magnetar_bookie::EntryId;
+use magnetar_bookie::client::{self, Bookies};
 use magnetar_client::{Client, InitialPosition, ProducerMessage};
-use magnetar_proto::records::{LedgerMetadata, LedgerState};
 use magnetar_tests::cluster::{Cluster, Replication};
 use magnetar_tests::eventually;
 
@@ -40,24 +40,24 @@ async fn produce(
     Ok(())
 }
 
-fn names(ledger: &LedgerMetadata, bookie_id: &str) -> bool {
-    ledger.fragments.iter().any(|fragment| fragment.bookies.iter().any(|id| id == bookie_id))
+fn names(ledger: &Ledger, bookie_id: &str) -> bool {
+    ledger.names(bookie_id)
 }
 
 /// Reads every entry of `ledger` up to `last` from each bookie of its write set.
-async fn every_copy_is_there(bookies: &Bookies, ledger: &LedgerMetadata, last: i64) -> anyhow::Result<u64> {
-    let Ok(last) = u64::try_from(last) else { return Ok(0) };
+async fn every_copy_is_there(bookies: &Bookies, ledger: &Ledger, last: Option<EntryId>) -> anyhow::Result<u64> {
+    let Some(last) = last else { return Ok(0) };
     let mut copies = 0;
-    for entry_id in 0..=last {
-        let ensemble = metadata::ensemble_for(ledger, entry_id).context("a fragment")?;
-        for index in write_set(entry_id, ensemble.len(), ledger.write_quorum as usize) {
+    for entry_id in EntryId::FIRST.through(last) {
+        let ensemble = ledger.ensemble_for(entry_id);
+        for index in write_set(entry_id, ensemble.len(), ledger.write_quorum()) {
             let bookie_id = &ensemble[index];
             bookies
                 .get(bookie_id)
                 .await?
-                .read_entry(ledger.ledger_id, entry_id, None)
+                .read_entry(ledger.id(), entry_id, None)
                 .await
-                .with_context(|| format!("entry {}:{entry_id} on {bookie_id}", ledger.ledger_id))?;
+                .with_context(|| format!("entry {}:{entry_id} on {bookie_id}", ledger.id()))?;
             copies += 1;
         }
     }
@@ -85,7 +85,7 @@ async fn a_bookie_removed_for_good_gets_every_ledger_back_to_its_write_quorum() 
 
     // The victim is in the first topic's ensemble; killed for good.
     let ledger = cluster.ledgers(TOPICS[0]).await?.last().context("a ledger")?.clone();
-    let victim = ledger.fragments.last().context("a fragment")?.bookies[0].clone();
+    let victim = ledger.last_fragment().bookies[0].clone();
     cluster.bookie_mut(&victim)?.kill9()?;
     // The writers notice on their next adds and move on without it (a new fragment).
     for (topic, producer) in producers.iter_mut().enumerate() {
@@ -118,12 +118,12 @@ async fn a_bookie_removed_for_good_gets_every_ledger_back_to_its_write_quorum() 
     let bookies = Bookies::new(cluster.meta.clone());
     let mut copies = BTreeMap::new();
     for ledger in cluster.all_ledgers().await? {
-        let last = if ledger.state == LedgerState::Closed as i32 {
-            ledger.last_entry_id
+        let last = if ledger.is_closed() {
+            ledger.last_entry()
         } else {
-            client::read_last_add_confirmed(&bookies, &ledger).await?
+            EntryId::from_last(client::read_last_add_confirmed(&bookies, &ledger).await?)
         };
-        copies.insert(ledger.ledger_id, every_copy_is_there(&bookies, &ledger, last).await?);
+        copies.insert(ledger.id(), every_copy_is_there(&bookies, &ledger, last).await?);
     }
     ensure!(copies.values().sum::<u64>() > 0, "entries were checked: {copies:?}");
     bookies.close().await;

@@ -42,7 +42,7 @@ async fn produce(
 async fn produce_through_a_bookie_loss(
     cluster: &mut Cluster,
     topic: &str,
-) -> anyhow::Result<(magnetar_proto::records::LedgerMetadata, String)> {
+) -> anyhow::Result<(magnetar_bookie::client::metadata::Ledger, String)> {
     let client = Client::connect(&cluster.broker.service_url()).await?;
     let mut producer = client.producer(format!("persistent://{topic}")).create().await?;
     let mut ids = produce(&mut producer, 0..1000).await?;
@@ -50,10 +50,10 @@ async fn produce_through_a_bookie_loss(
     let ledgers = cluster.ledgers(topic).await?;
     let current = ledgers.last().context("the topic has a ledger")?.clone();
     ensure!(
-        (current.ensemble_size, current.write_quorum, current.ack_quorum) == (3, 3, 2),
+        (current.ensemble_size(), current.write_quorum(), current.ack_quorum()) == (3, 3, 2),
         "new ledgers use 3/3/2: {current:?}"
     );
-    let ensemble = current.fragments.last().context("a fragment")?.bookies.clone();
+    let ensemble = current.last_fragment().bookies.clone();
     ensure!(ensemble.len() == 3, "an ensemble of three: {ensemble:?}");
     let victim = ensemble[1].clone();
     cluster.bookie_mut(&victim)?.kill9()?;
@@ -81,7 +81,7 @@ async fn produce_through_a_bookie_loss(
         consumer.ack(&message).await?;
     }
     let ledgers = cluster.ledgers(topic).await?;
-    let written = ledgers.into_iter().find(|ledger| ledger.ledger_id == current.ledger_id).context("the ledger")?;
+    let written = ledgers.into_iter().find(|ledger| ledger.id() == current.id()).context("the ledger")?;
     Ok((written, victim))
 }
 
@@ -90,12 +90,12 @@ async fn losing_a_bookie_changes_the_ensemble_and_the_producer_goes_on() -> anyh
     // Four bookies: the ensemble of three has a replacement when one of them stops.
     let mut cluster = Cluster::start(4, REPLICATION).await?;
     let (ledger, victim) = produce_through_a_bookie_loss(&mut cluster, "public/default/replaced").await?;
-    ensure!(ledger.fragments.len() >= 2, "the bookie loss started a new fragment: {:?}", ledger.fragments);
-    let last_fragment = ledger.fragments.last().context("a fragment")?;
+    ensure!(ledger.fragments().len() >= 2, "the bookie loss started a new fragment: {:?}", ledger.fragments());
+    let last_fragment = ledger.last_fragment();
     ensure!(
         !last_fragment.bookies.contains(&victim) && last_fragment.bookies.len() == 3,
         "the new fragment replaced {victim}: {:?}",
-        ledger.fragments
+        ledger.fragments()
     );
     Ok(())
 }
@@ -106,9 +106,9 @@ async fn with_three_bookies_at_3_3_2_the_producer_goes_on_without_one() -> anyho
     let mut cluster = Cluster::start(3, REPLICATION).await?;
     let (ledger, victim) = produce_through_a_bookie_loss(&mut cluster, "public/default/degraded").await?;
     ensure!(
-        ledger.fragments.iter().all(|fragment| fragment.bookies.len() == 3),
+        ledger.fragments().iter().all(|fragment| fragment.bookies.len() == 3),
         "the ensemble keeps its size ({victim} lost): {:?}",
-        ledger.fragments
+        ledger.fragments()
     );
     Ok(())
 }

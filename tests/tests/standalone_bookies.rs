@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use magnetar_bookie::client::metadata;
+use magnetar_bookie::LedgerId;
 use magnetar_client::{Client, InitialPosition, ProducerMessage};
 use magnetar_meta::{LocalStore, MetadataStore};
 use magnetar_proto::records::ManagedLedgerInfo;
@@ -75,14 +76,14 @@ async fn three_bookies_replicate_every_ledger_over_all_three() -> anyhow::Result
     assert!(!info.ledgers.is_empty(), "the topic has a ledger");
     for ledger in &info.ledgers {
         let (ledger_metadata, _) =
-            metadata::read(store.as_ref(), ledger.ledger_id).await?.context("ledger metadata is stored")?;
+            metadata::read(store.as_ref(), LedgerId(ledger.ledger_id)).await?.context("ledger metadata is stored")?;
         assert_eq!(
-            (ledger_metadata.ensemble_size, ledger_metadata.write_quorum, ledger_metadata.ack_quorum),
+            (ledger_metadata.ensemble_size(), ledger_metadata.write_quorum(), ledger_metadata.ack_quorum()),
             (3, 3, 2),
             "ledger {} replication",
             ledger.ledger_id
         );
-        for fragment in &ledger_metadata.fragments {
+        for fragment in ledger_metadata.fragments() {
             let bookies: BTreeSet<&str> = fragment.bookies.iter().map(String::as_str).collect();
             assert_eq!(
                 bookies,

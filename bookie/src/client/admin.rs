@@ -12,13 +12,14 @@ use magnetar_meta::{Expected, MetaError};
 use super::connection::Bookies;
 use super::metadata;
 use crate::error::BookieError;
+use crate::ids::LedgerId;
 
 /// Deletes `ledger_id` on the bookies of every fragment's ensemble, then removes its metadata.
-pub async fn delete_ledger(bookies: &Bookies, ledger_id: u64) -> Result<(), BookieError> {
+pub async fn delete_ledger(bookies: &Bookies, ledger_id: LedgerId) -> Result<(), BookieError> {
     let Some((ledger, version)) = metadata::read(bookies.meta().as_ref(), ledger_id).await? else {
         return Ok(());
     };
-    let holders: BTreeSet<&String> = ledger.fragments.iter().flat_map(|fragment| fragment.bookies.iter()).collect();
+    let holders: BTreeSet<&String> = ledger.fragments().iter().flat_map(|fragment| fragment.bookies.iter()).collect();
     for bookie_id in holders {
         bookies.get(bookie_id).await?.delete_ledger(ledger_id).await?;
     }

@@ -33,6 +33,7 @@ use rand::{RngCore, SeedableRng};
 use super::placement::Candidate;
 use super::rpc::{AddRequest, BookieConnector, BookieRpc, LedgerEnd};
 use crate::error::BookieError;
+use crate::ids::{EntryId, LedgerId};
 use crate::registration;
 use crate::MAX_GRPC_MESSAGE;
 
@@ -192,10 +193,11 @@ impl BookieRpc for BookieConnection {
 
     async fn read_entry(
         &self,
-        ledger_id: u64,
-        entry_id: u64,
+        ledger_id: LedgerId,
+        entry_id: EntryId,
         fence_key: Option<Bytes>,
     ) -> Result<(Bytes, i64), BookieError> {
+        let (ledger_id, entry_id) = (ledger_id.0, entry_id.0);
         let fence = fence_key.is_some();
         let response = self
             .grpc
@@ -210,12 +212,13 @@ impl BookieRpc for BookieConnection {
 
     async fn read_range(
         &self,
-        ledger_id: u64,
-        first_entry_id: u64,
-        last_entry_id: u64,
+        ledger_id: LedgerId,
+        first: EntryId,
+        last: EntryId,
         max_entries: u32,
         max_bytes: u64,
-    ) -> Result<Vec<(u64, Bytes)>, BookieError> {
+    ) -> Result<Vec<(EntryId, Bytes)>, BookieError> {
+        let (ledger_id, first_entry_id, last_entry_id) = (ledger_id.0, first.0, last.0);
         let response = self
             .grpc
             .clone()
@@ -224,10 +227,11 @@ impl BookieRpc for BookieConnection {
             .map_err(|e| self.rpc_error(e))?
             .into_inner();
         self.check(response.status, ledger_id, first_entry_id, response.message)?;
-        Ok(response.entries.into_iter().map(|entry| (entry.entry_id, entry.payload)).collect())
+        Ok(response.entries.into_iter().map(|entry| (EntryId(entry.entry_id), entry.payload)).collect())
     }
 
-    async fn fence(&self, ledger_id: u64, master_key: Bytes) -> Result<LedgerEnd, BookieError> {
+    async fn fence(&self, ledger_id: LedgerId, master_key: Bytes) -> Result<LedgerEnd, BookieError> {
+        let ledger_id = ledger_id.0;
         let response = self
             .grpc
             .clone()
@@ -239,7 +243,8 @@ impl BookieRpc for BookieConnection {
         Ok(LedgerEnd { last_add_confirmed: response.last_add_confirmed, last_entry_id: response.last_entry_id })
     }
 
-    async fn read_lac(&self, ledger_id: u64, previous_lac: i64, long_poll: Duration) -> Result<LedgerEnd, BookieError> {
+    async fn read_lac(&self, ledger_id: LedgerId, previous_lac: i64, long_poll: Duration) -> Result<LedgerEnd, BookieError> {
+        let ledger_id = ledger_id.0;
         let response = self
             .grpc
             .clone()
@@ -255,7 +260,8 @@ impl BookieRpc for BookieConnection {
         Ok(LedgerEnd { last_add_confirmed: response.last_add_confirmed, last_entry_id: response.last_entry_id })
     }
 
-    async fn delete_ledger(&self, ledger_id: u64) -> Result<(), BookieError> {
+    async fn delete_ledger(&self, ledger_id: LedgerId) -> Result<(), BookieError> {
+        let ledger_id = ledger_id.0;
         let response = self
             .grpc
             .clone()

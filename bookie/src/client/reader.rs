@@ -15,49 +15,41 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use magnetar_proto::records::LedgerMetadata;
 
 use super::connection::Bookies;
-use super::metadata::write_set;
+use super::metadata::{write_set, Ledger};
 use crate::error::BookieError;
+use crate::ids::{EntryId, LedgerId};
 
 /// Reads consecutive entries `first..=last` (fewer if bounded by `max_entries`, `max_bytes`
 /// or the end of `first`'s fragment), each from a bookie of its write set.
 pub async fn read_entries(
     bookies: &Bookies,
-    ledger: &LedgerMetadata,
-    first: u64,
-    last: u64,
+    ledger: &Ledger,
+    first: EntryId,
+    last: EntryId,
     max_entries: u32,
     max_bytes: u64,
-) -> Result<Vec<(u64, Bytes)>, BookieError> {
-    let ledger_id = ledger.ledger_id;
-    let fragment = ledger
-        .fragments
-        .iter()
-        .rev()
-        .find(|fragment| fragment.first_entry_id <= first)
-        .ok_or(BookieError::NoSuchEntry { ledger_id, entry_id: first })?;
-    let ensemble = &fragment.bookies;
-    if ensemble.is_empty() || last < first {
-        return Err(BookieError::NoSuchEntry { ledger_id, entry_id: first });
+) -> Result<Vec<(EntryId, Bytes)>, BookieError> {
+    let ledger_id = ledger.id();
+    if last < first {
+        return Err(BookieError::NoSuchEntry { ledger_id: ledger_id.0, entry_id: first.0 });
     }
     // Stay within the fragment that holds `first`.
-    let fragment_end = ledger
-        .fragments
-        .iter()
-        .find(|next| next.first_entry_id > first)
-        .map_or(u64::MAX, |next| next.first_entry_id - 1);
+    let index = ledger.fragment_index(first);
+    let ensemble = &ledger.fragments()[index].bookies;
+    let fragment_end = ledger.fragment_end(index).unwrap_or(EntryId(u64::MAX));
     let max_entries = max_entries.max(1);
-    let last = last.min(fragment_end).min(first.saturating_add(u64::from(max_entries) - 1));
-    let write_quorum = (ledger.write_quorum as usize).clamp(1, ensemble.len());
+    let last = last.min(fragment_end).min(EntryId(first.0.saturating_add(u64::from(max_entries) - 1)));
+    // Checked when read: E bookies in the fragment, E >= Qw >= 1.
+    let write_quorum = ledger.write_quorum();
     if write_quorum == ensemble.len() {
         return read_range(bookies, ledger_id, ensemble, first, last, max_entries, max_bytes).await;
     }
     // Striped: no bookie holds every entry; read them one by one, concurrently, keeping the
     // consecutive run from `first`.
     let mut reads = FuturesUnordered::new();
-    for entry_id in first..=last {
+    for entry_id in first.through(last) {
         let bookie_ids: Vec<&String> =
             write_set(entry_id, ensemble.len(), write_quorum).map(|i| &ensemble[i]).collect();
         reads.push(async move { (entry_id, read_entry(bookies, ledger_id, entry_id, &bookie_ids).await) });
@@ -88,8 +80,8 @@ pub async fn read_entries(
 /// the last error if none does.
 pub(super) async fn read_entry(
     bookies: &Bookies,
-    ledger_id: u64,
-    entry_id: u64,
+    ledger_id: LedgerId,
+    entry_id: EntryId,
     bookie_ids: &[&String],
 ) -> Result<Bytes, BookieError> {
     let timeout = bookies.options().read_timeout;
@@ -105,29 +97,29 @@ pub(super) async fn read_entry(
         match result {
             Ok((payload, _)) => return Ok(payload),
             Err(error) => {
-                tracing::debug!(bookie = %bookie_id, ledger_id, entry_id, %error, "read failed, trying next bookie");
+                tracing::debug!(bookie = %bookie_id, %ledger_id, %entry_id, %error, "read failed, trying next bookie");
                 last_error = Some(error);
             }
         }
     }
-    Err(last_error.unwrap_or(BookieError::NoSuchEntry { ledger_id, entry_id }))
+    Err(last_error.unwrap_or(BookieError::NoSuchEntry { ledger_id: ledger_id.0, entry_id: entry_id.0 }))
 }
 
 /// A range from one bookie of a fragment where every bookie holds every entry, trying each in
 /// turn; keeps the consecutive run starting at `first`.
 async fn read_range(
     bookies: &Bookies,
-    ledger_id: u64,
+    ledger_id: LedgerId,
     ensemble: &[String],
-    first: u64,
-    last: u64,
+    first: EntryId,
+    last: EntryId,
     max_entries: u32,
     max_bytes: u64,
-) -> Result<Vec<(u64, Bytes)>, BookieError> {
+) -> Result<Vec<(EntryId, Bytes)>, BookieError> {
     let timeout = bookies.options().read_timeout;
     let mut last_error = None;
     // Start at the bookie `first` is written to first, so reads spread over the ensemble.
-    let start = (first % ensemble.len() as u64) as usize;
+    let start = (first.0 % ensemble.len() as u64) as usize;
     for offset in 0..ensemble.len() {
         let bookie_id = &ensemble[(start + offset) % ensemble.len()];
         let attempt = async {
@@ -140,29 +132,29 @@ async fn read_range(
         match result {
             Ok(entries) => {
                 // A bookie may miss entries it never acknowledged: keep the run from `first`.
-                let run: Vec<(u64, Bytes)> = entries
+                let run: Vec<(EntryId, Bytes)> = entries
                     .into_iter()
-                    .zip(first..=last)
+                    .zip(first.through(last))
                     .take_while(|((entry_id, _), expected)| entry_id == expected)
                     .map(|(entry, _)| entry)
                     .collect();
                 if !run.is_empty() {
                     return Ok(run);
                 }
-                last_error = Some(BookieError::NoSuchEntry { ledger_id, entry_id: first });
+                last_error = Some(BookieError::NoSuchEntry { ledger_id: ledger_id.0, entry_id: first.0 });
             }
             Err(error) => {
-                tracing::debug!(bookie = %bookie_id, ledger_id, first, %error, "read failed, trying next bookie");
+                tracing::debug!(bookie = %bookie_id, %ledger_id, %first, %error, "read failed, trying next bookie");
                 last_error = Some(error);
             }
         }
     }
-    Err(last_error.unwrap_or(BookieError::NoSuchEntry { ledger_id, entry_id: first }))
+    Err(last_error.unwrap_or(BookieError::NoSuchEntry { ledger_id: ledger_id.0, entry_id: first.0 }))
 }
 
 /// The highest last-add-confirmed any bookie of the last fragment reports (-1: none). Every
 /// entry up to it is acknowledged and readable. Needs one answer; fails if none answers.
-pub async fn read_last_add_confirmed(bookies: &Bookies, ledger: &LedgerMetadata) -> Result<i64, BookieError> {
+pub async fn read_last_add_confirmed(bookies: &Bookies, ledger: &Ledger) -> Result<i64, BookieError> {
     poll_last_add_confirmed(bookies, ledger, -1, Duration::ZERO).await
 }
 
@@ -171,7 +163,7 @@ pub async fn read_last_add_confirmed(bookies: &Bookies, ledger: &LedgerMetadata)
 /// otherwise the highest reported once all answered.
 pub async fn wait_last_add_confirmed(
     bookies: &Bookies,
-    ledger: &LedgerMetadata,
+    ledger: &Ledger,
     previous_lac: i64,
     long_poll: Duration,
 ) -> Result<i64, BookieError> {
@@ -180,14 +172,14 @@ pub async fn wait_last_add_confirmed(
 
 async fn poll_last_add_confirmed(
     bookies: &Bookies,
-    ledger: &LedgerMetadata,
+    ledger: &Ledger,
     previous_lac: i64,
     long_poll: Duration,
 ) -> Result<i64, BookieError> {
-    let ledger_id = ledger.ledger_id;
+    let ledger_id = ledger.id();
     // Entries below the last fragment are acknowledged: its start bounds the answer below.
-    let fragment = ledger.fragments.last().ok_or(BookieError::NoSuchLedger { ledger_id })?;
-    let floor = fragment.first_entry_id as i64 - 1;
+    let fragment = ledger.last_fragment();
+    let floor = EntryId::last_to_wire(fragment.first.previous());
     let timeout = bookies.options().read_timeout + long_poll;
     let mut polls = FuturesUnordered::new();
     for bookie_id in &fragment.bookies {

@@ -28,36 +28,36 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use magnetar_meta::{Expected, MetaError};
-use magnetar_proto::records::{LedgerMetadata, LedgerState};
 
 use super::connection::Bookies;
-use super::metadata;
-use super::metadata::write_set;
+use super::metadata::{self, write_set, Ledger, LedgerStatus};
 use super::rpc::{AddRequest, BookieRpc, LedgerEnd};
 use crate::error::BookieError;
+use crate::ids::{EntryId, LedgerId};
 
 /// Recovers and closes the ledger if it is not closed yet; returns its closed metadata.
-pub async fn recover_ledger(bookies: &Bookies, ledger_id: u64) -> Result<LedgerMetadata, BookieError> {
+pub async fn recover_ledger(bookies: &Bookies, ledger_id: LedgerId) -> Result<Ledger, BookieError> {
     loop {
-        let (mut current, mut version) =
-            metadata::read(bookies.meta().as_ref(), ledger_id).await?.ok_or(BookieError::NoSuchLedger { ledger_id })?;
-        if metadata::is_closed(&current) {
+        let (mut current, mut version) = metadata::read(bookies.meta().as_ref(), ledger_id)
+            .await?
+            .ok_or(BookieError::NoSuchLedger { ledger_id: ledger_id.0 })?;
+        if current.is_closed() {
             return Ok(current);
         }
-        if current.state != LedgerState::InRecovery as i32 {
-            current.state = LedgerState::InRecovery as i32;
+        if current.status() != LedgerStatus::InRecovery {
+            current.set_in_recovery();
             match metadata::write(bookies.meta().as_ref(), &current, Expected::Version(version)).await {
                 Ok(new_version) => version = new_version,
                 Err(BookieError::Meta(MetaError::BadVersion { .. })) => continue,
                 Err(error) => return Err(error),
             }
         }
-        let last_entry_id = find_last_entry(bookies, &current).await?;
-        current.state = LedgerState::Closed as i32;
-        current.last_entry_id = last_entry_id;
+        let last_entry = find_last_entry(bookies, &current).await?;
+        // The bytes of entries acknowledged before the recovery are not known here.
+        current.close(last_entry, 0);
         match metadata::write(bookies.meta().as_ref(), &current, Expected::Version(version)).await {
             Ok(_) => {
-                tracing::info!(ledger_id, last_entry_id, "ledger recovered and closed");
+                tracing::info!(%ledger_id, last_entry_id = EntryId::last_to_wire(last_entry), "ledger recovered and closed");
                 return Ok(current);
             }
             Err(BookieError::Meta(MetaError::BadVersion { .. })) => continue,
@@ -68,7 +68,7 @@ pub async fn recover_ledger(bookies: &Bookies, ledger_id: u64) -> Result<LedgerM
 
 /// Quorum sizes and the last fragment of a ledger under recovery.
 struct Quorums {
-    ledger_id: u64,
+    ledger_id: LedgerId,
     master_key: Bytes,
     ensemble: Vec<String>,
     write_quorum: usize,
@@ -78,51 +78,42 @@ struct Quorums {
 }
 
 impl Quorums {
-    fn of(ledger: &LedgerMetadata) -> Result<(Self, u64), BookieError> {
-        let ledger_id = ledger.ledger_id;
-        let last = ledger.fragments.last().ok_or_else(|| BookieError::Corrupt {
-            what: crate::ledger_path(ledger_id),
-            reason: "ledger metadata has no fragment".to_owned(),
-        })?;
-        let ensemble = last.bookies.clone();
-        let write_quorum = (ledger.write_quorum as usize).clamp(1, ensemble.len().max(1));
-        let ack_quorum = (ledger.ack_quorum as usize).clamp(1, write_quorum);
-        if ensemble.is_empty() {
-            return Err(BookieError::Corrupt {
-                what: crate::ledger_path(ledger_id),
-                reason: "last fragment has no bookies".to_owned(),
-            });
-        }
+    /// The quorums of `ledger`'s last fragment, and where that fragment starts. (Checked when
+    /// read: E bookies in it, E >= Qw >= Qa >= 1.)
+    fn of(ledger: &Ledger) -> (Self, EntryId) {
+        let last = ledger.last_fragment();
+        let (write_quorum, ack_quorum) = (ledger.write_quorum(), ledger.ack_quorum());
         let quorums = Quorums {
-            ledger_id,
-            master_key: Bytes::from(ledger.master_key.clone()),
-            ensemble,
+            ledger_id: ledger.id(),
+            master_key: ledger.master_key().clone(),
+            ensemble: last.bookies.clone(),
             write_quorum,
             ack_quorum,
             coverage: write_quorum - ack_quorum + 1,
         };
-        Ok((quorums, last.first_entry_id))
+        (quorums, last.first)
     }
 
-    fn write_set(&self, entry_id: u64) -> impl Iterator<Item = usize> {
+    fn write_set(&self, entry_id: EntryId) -> impl Iterator<Item = usize> {
         write_set(entry_id, self.ensemble.len(), self.write_quorum)
     }
 
     /// True once every write set holds `coverage` of the `answered` indexes.
     fn covered(&self, answered: &BTreeMap<usize, LedgerEnd>) -> bool {
-        (0..self.ensemble.len() as u64)
-            .all(|first| self.write_set(first).filter(|index| answered.contains_key(index)).count() >= self.coverage)
+        (0..self.ensemble.len() as u64).all(|first| {
+            self.write_set(EntryId(first)).filter(|index| answered.contains_key(index)).count() >= self.coverage
+        })
     }
 
     fn incomplete(&self, reason: String) -> BookieError {
-        BookieError::RecoveryIncomplete { ledger_id: self.ledger_id, reason }
+        BookieError::RecoveryIncomplete { ledger_id: self.ledger_id.0, reason }
     }
 }
 
 /// Fences the last fragment, reads forward and writes back; answers the last entry of the
 /// ledger.
-async fn find_last_entry(bookies: &Bookies, ledger: &LedgerMetadata) -> Result<i64, BookieError> {
-    let (quorums, fragment_start) = Quorums::of(ledger)?;
+async fn find_last_entry(bookies: &Bookies, ledger: &Ledger) -> Result<Option<EntryId>, BookieError> {
+    let (quorums, fragment_start) = Quorums::of(ledger);
     let timeout = bookies.options().read_timeout;
 
     // Fence, until every write set has ack-quorum coverage.
@@ -156,26 +147,26 @@ async fn find_last_entry(bookies: &Bookies, ledger: &LedgerMetadata) -> Result<i
     drop(fences);
     let highest_lac = fenced.values().map(|end| end.last_add_confirmed).max().unwrap_or(-1);
     // Entries below the last fragment were acknowledged before it was made.
-    let mut last_entry_id = highest_lac.max(fragment_start as i64 - 1);
+    let mut last_entry = EntryId::from_last(highest_lac).max(fragment_start.previous());
 
     // Read forward, writing each found entry back.
     loop {
-        let entry_id = (last_entry_id + 1) as u64;
+        let entry_id = last_entry.map_or(EntryId::FIRST, EntryId::next);
         match read_for_recovery(bookies, &quorums, entry_id).await? {
             Some(payload) => {
                 // The LAC sent along is what the writer confirmed, never a recovered entry: a
                 // racing recovery may close the ledger before it, and readers trust LACs.
                 write_back(bookies, &quorums, entry_id, highest_lac, payload).await?;
-                last_entry_id = entry_id as i64;
+                last_entry = Some(entry_id);
             }
-            None => return Ok(last_entry_id),
+            None => return Ok(last_entry),
         }
     }
 }
 
 /// A fencing read of one entry from its write set: `Some` if any bookie has it, `None` once
 /// `coverage` bookies answered that they do not.
-async fn read_for_recovery(bookies: &Bookies, quorums: &Quorums, entry_id: u64) -> Result<Option<Bytes>, BookieError> {
+async fn read_for_recovery(bookies: &Bookies, quorums: &Quorums, entry_id: EntryId) -> Result<Option<Bytes>, BookieError> {
     let timeout = bookies.options().read_timeout;
     let mut reads = FuturesUnordered::new();
     for index in quorums.write_set(entry_id) {
@@ -215,7 +206,7 @@ async fn read_for_recovery(bookies: &Bookies, quorums: &Quorums, entry_id: u64) 
 async fn write_back(
     bookies: &Bookies,
     quorums: &Quorums,
-    entry_id: u64,
+    entry_id: EntryId,
     last_add_confirmed: i64,
     payload: Bytes,
 ) -> Result<(), BookieError> {
@@ -224,8 +215,8 @@ async fn write_back(
     for index in quorums.write_set(entry_id) {
         let bookie_id = &quorums.ensemble[index];
         let add = AddRequest {
-            ledger_id: quorums.ledger_id,
-            entry_id,
+            ledger_id: quorums.ledger_id.0,
+            entry_id: entry_id.0,
             master_key: quorums.master_key.clone(),
             last_add_confirmed,
             payload: payload.clone(),

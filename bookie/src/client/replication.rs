@@ -23,19 +23,17 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use magnetar_meta::{Expected, MetaError};
-use magnetar_proto::records::{LedgerMetadata, LedgerState};
 use tracing::{info, warn};
 
 use super::connection::Bookies;
-use super::metadata;
-use super::metadata::write_set;
+use super::metadata::{self, write_set, Ledger};
 use super::placement;
 use super::reader;
 use super::rpc::AddRequest;
 use crate::error::BookieError;
+use crate::ids::{EntryId, LedgerId};
 
 /// Entries copied at once, per ledger.
 pub const COPY_PARALLELISM: usize = 32;
@@ -49,9 +47,9 @@ const MAX_ATTEMPTS_PER_LEDGER: usize = 64;
 pub struct LostReplica {
     /// Position of the fragment in the ledger's fragment list.
     pub fragment: usize,
-    pub first_entry_id: u64,
+    pub first: EntryId,
     /// The fragment's last entry; `None` when it holds none (only the metadata changes).
-    pub last_entry_id: Option<u64>,
+    pub last: Option<EntryId>,
     /// Ensemble index of the lost bookie in the fragment.
     pub index: usize,
     pub bookie_id: String,
@@ -68,25 +66,23 @@ pub struct ReplicationStats {
 
 /// The replicas on `lost` bookies that re-replication restores in `ledger` (see the module
 /// doc for which fragments count), in fragment order.
-pub fn lost_replicas(ledger: &LedgerMetadata, lost: &BTreeSet<String>) -> Vec<LostReplica> {
-    let closed = ledger.state == LedgerState::Closed as i32;
-    let count = ledger.fragments.len();
+pub fn lost_replicas(ledger: &Ledger, lost: &BTreeSet<String>) -> Vec<LostReplica> {
+    let closed = ledger.is_closed();
+    let count = ledger.fragments().len();
     let mut out = Vec::new();
-    for (position, fragment) in ledger.fragments.iter().enumerate() {
+    for (position, fragment) in ledger.fragments().iter().enumerate() {
         let is_last = position + 1 == count;
         if is_last && !closed {
             continue;
         }
-        let last_entry_id = match ledger.fragments.get(position + 1) {
-            Some(next) => next.first_entry_id.checked_sub(1).filter(|end| *end >= fragment.first_entry_id),
-            None => u64::try_from(ledger.last_entry_id).ok().filter(|end| *end >= fragment.first_entry_id),
-        };
+        let end = if is_last { ledger.last_entry() } else { ledger.fragment_end(position) };
+        let last = end.filter(|end| *end >= fragment.first);
         for (index, bookie_id) in fragment.bookies.iter().enumerate() {
             if lost.contains(bookie_id) {
                 out.push(LostReplica {
                     fragment: position,
-                    first_entry_id: fragment.first_entry_id,
-                    last_entry_id,
+                    first: fragment.first,
+                    last,
                     index,
                     bookie_id: bookie_id.clone(),
                 });
@@ -99,20 +95,20 @@ pub fn lost_replicas(ledger: &LedgerMetadata, lost: &BTreeSet<String>) -> Vec<Lo
 /// The entries of `first..=last` stored at ensemble index `index`: those whose write set
 /// (Qw of E, striped) includes it.
 pub fn entries_at_index(
-    first: u64,
-    last: u64,
+    first: EntryId,
+    last: EntryId,
     ensemble_size: usize,
     write_quorum: usize,
     index: usize,
-) -> impl Iterator<Item = u64> {
-    (first..=last).filter(move |&entry_id| write_set(entry_id, ensemble_size, write_quorum).any(|i| i == index))
+) -> impl Iterator<Item = EntryId> {
+    first.through(last).filter(move |&entry_id| write_set(entry_id, ensemble_size, write_quorum).any(|i| i == index))
 }
 
 /// Restores every lost replica of `ledger_id` (see [`lost_replicas`]), one at a time, each by
 /// a copy and then a compare-and-set. A ledger that is gone counts as done.
 pub async fn replicate_ledger(
     bookies: &Bookies,
-    ledger_id: u64,
+    ledger_id: LedgerId,
     lost: &BTreeSet<String>,
 ) -> Result<ReplicationStats, BookieError> {
     let mut stats = ReplicationStats::default();
@@ -129,8 +125,8 @@ pub async fn replicate_ledger(
             stats.fragments += 1;
             stats.entries += copied;
             info!(
-                ledger_id,
-                fragment_first_entry = replica.first_entry_id,
+                %ledger_id,
+                fragment_first_entry = %replica.first,
                 lost = %replica.bookie_id,
                 replacement = %replacement,
                 entries = copied,
@@ -139,7 +135,7 @@ pub async fn replicate_ledger(
         }
     }
     Err(BookieError::ReplicationIncomplete {
-        ledger_id,
+        ledger_id: ledger_id.0,
         reason: format!("still lost replicas after {MAX_ATTEMPTS_PER_LEDGER} attempts"),
     })
 }
@@ -147,22 +143,22 @@ pub async fn replicate_ledger(
 /// A registered bookie outside the fragment's ensemble, on another host where possible.
 async fn choose_replacement(
     bookies: &Bookies,
-    ledger: &LedgerMetadata,
+    ledger: &Ledger,
     replica: &LostReplica,
     lost: &BTreeSet<String>,
 ) -> Result<String, BookieError> {
-    let ensemble = &ledger.fragments[replica.fragment].bookies;
+    let ensemble = &ledger.fragments()[replica.fragment].bookies;
     let candidates = bookies.candidates().await?;
     let excluded: BTreeSet<String> = ensemble.iter().chain(lost).cloned().collect();
     let others: Vec<String> = ensemble.iter().filter(|id| !lost.contains(*id)).cloned().collect();
     let occupied = placement::hosts_of(&candidates, &others);
     let choice =
         placement::choose(&candidates, 1, &excluded, &occupied, &mut || bookies.random()).ok_or_else(|| {
-            BookieError::NoReplacementBookie { ledger_id: ledger.ledger_id, bookie: replica.bookie_id.clone() }
+            BookieError::NoReplacementBookie { ledger_id: ledger.id().0, bookie: replica.bookie_id.clone() }
         })?;
     if !choice.shared_hosts.is_empty() {
         info!(
-            ledger_id = ledger.ledger_id,
+            ledger_id = %ledger.id(),
             replacement = %choice.chosen[0],
             shared_hosts = ?choice.shared_hosts,
             "re-replication target shares a host with the ensemble: no bookie on another host is free"
@@ -174,28 +170,23 @@ async fn choose_replacement(
 /// Copies the replica's entries to `replacement`; returns how many.
 async fn copy_replica(
     bookies: &Bookies,
-    ledger: &LedgerMetadata,
+    ledger: &Ledger,
     replica: &LostReplica,
     replacement: &str,
     lost: &BTreeSet<String>,
 ) -> Result<u64, BookieError> {
-    let Some(last) = replica.last_entry_id else { return Ok(0) };
-    let ledger_id = ledger.ledger_id;
-    let ensemble = &ledger.fragments[replica.fragment].bookies;
+    let Some(last) = replica.last else { return Ok(0) };
+    let ledger_id = ledger.id();
+    // Checked when read: E bookies in every fragment, E >= Qw >= 1.
+    let ensemble = &ledger.fragments()[replica.fragment].bookies;
     let ensemble_size = ensemble.len();
-    let write_quorum = ledger.write_quorum as usize;
-    if ensemble_size == 0 || write_quorum == 0 || write_quorum > ensemble_size {
-        return Err(BookieError::Corrupt {
-            what: crate::ledger_path(ledger_id),
-            reason: format!("fragment of {ensemble_size} bookies with write quorum {write_quorum}"),
-        });
-    }
+    let write_quorum = ledger.write_quorum();
     let target = bookies.get(replacement).await?;
-    let master_key = Bytes::from(ledger.master_key.clone());
+    let master_key = ledger.master_key().clone();
     let options = *bookies.options();
     let copied = AtomicU64::new(0);
-    futures::stream::iter(entries_at_index(replica.first_entry_id, last, ensemble_size, write_quorum, replica.index))
-        .map(Ok::<u64, BookieError>)
+    futures::stream::iter(entries_at_index(replica.first, last, ensemble_size, write_quorum, replica.index))
+        .map(Ok::<EntryId, BookieError>)
         .try_for_each_concurrent(COPY_PARALLELISM, |entry_id| {
             let sources: Vec<&String> = write_set(entry_id, ensemble_size, write_quorum)
                 .map(|i| &ensemble[i])
@@ -204,18 +195,18 @@ async fn copy_replica(
             let (target, master_key, copied) = (&target, master_key.clone(), &copied);
             async move {
                 let payload = reader::read_entry(bookies, ledger_id, entry_id, &sources).await.map_err(|error| {
-                    warn!(ledger_id, entry_id, %error, "no surviving bookie of the write set returned the entry");
+                    warn!(%ledger_id, %entry_id, %error, "no surviving bookie of the write set returned the entry");
                     BookieError::ReplicationIncomplete {
-                        ledger_id,
+                        ledger_id: ledger_id.0,
                         reason: format!("entry {entry_id}: no surviving copy readable (last error: {error})"),
                     }
                 })?;
                 let add = AddRequest {
-                    ledger_id,
-                    entry_id,
+                    ledger_id: ledger_id.0,
+                    entry_id: entry_id.0,
                     master_key,
                     // Every entry up to the fragment's end is confirmed (module doc).
-                    last_add_confirmed: last as i64,
+                    last_add_confirmed: last.0 as i64,
                     payload,
                     recovery: true,
                 };
@@ -239,7 +230,7 @@ async fn copy_replica(
 /// ledger is gone): the copy is left unused.
 async fn swap_in(
     bookies: &Bookies,
-    ledger_id: u64,
+    ledger_id: LedgerId,
     replica: &LostReplica,
     replacement: &str,
     lost: &BTreeSet<String>,
@@ -249,12 +240,12 @@ async fn swap_in(
             return Ok(false);
         };
         let still_missing = lost_replicas(&ledger, lost).contains(replica)
-            && !ledger.fragments[replica.fragment].bookies.iter().any(|id| id == replacement);
+            && !ledger.fragments()[replica.fragment].bookies.iter().any(|id| id == replacement);
         if !still_missing {
-            info!(ledger_id, lost = %replica.bookie_id, "replica changed while copying: left for the next scan");
+            info!(%ledger_id, lost = %replica.bookie_id, "replica changed while copying: left for the next scan");
             return Ok(false);
         }
-        ledger.fragments[replica.fragment].bookies[replica.index] = replacement.to_owned();
+        ledger.replace_bookie(replica.fragment, replica.index, replacement.to_owned());
         match metadata::write(bookies.meta().as_ref(), &ledger, Expected::Version(version)).await {
             Ok(_) => return Ok(true),
             Err(BookieError::Meta(MetaError::BadVersion { .. })) => continue,
@@ -265,12 +256,12 @@ async fn swap_in(
 
 #[cfg(test)]
 mod tests {
-    use magnetar_proto::records::Fragment;
+    use magnetar_proto::records::{Fragment, LedgerMetadata, LedgerState};
 
     use super::*;
 
-    fn ledger(state: LedgerState, last_entry_id: i64, fragments: &[(u64, &[&str])]) -> LedgerMetadata {
-        LedgerMetadata {
+    fn ledger(state: LedgerState, last_entry_id: i64, fragments: &[(u64, &[&str])]) -> Ledger {
+        let record = LedgerMetadata {
             ledger_id: 1,
             state: state as i32,
             ensemble_size: 3,
@@ -287,7 +278,8 @@ mod tests {
             length: 0,
             master_key: vec![0; 16],
             created_at_ms: 0,
-        }
+        };
+        Ledger::from_record(LedgerId(1), record).expect("a valid ledger")
     }
 
     fn lost(ids: &[&str]) -> BTreeSet<String> {
@@ -295,7 +287,7 @@ mod tests {
     }
 
     fn summary(replicas: &[LostReplica]) -> Vec<(usize, u64, Option<u64>, usize)> {
-        replicas.iter().map(|r| (r.fragment, r.first_entry_id, r.last_entry_id, r.index)).collect()
+        replicas.iter().map(|r| (r.fragment, r.first.0, r.last.map(|last| last.0), r.index)).collect()
     }
 
     #[test]
@@ -327,9 +319,10 @@ mod tests {
     #[test]
     fn only_entries_whose_write_set_holds_the_index_are_copied() {
         // E=3, Qw=2: entry e is on (e mod 3) and (e+1 mod 3); index 0 holds e = 0, 2, 3, 5, ...
-        let at_zero: Vec<u64> = entries_at_index(0, 8, 3, 2, 0).collect();
+        let at_zero: Vec<u64> = entries_at_index(EntryId(0), EntryId(8), 3, 2, 0).map(|e| e.0).collect();
         assert_eq!(at_zero, vec![0, 2, 3, 5, 6, 8]);
         // E = Qw: every entry.
-        assert_eq!(entries_at_index(4, 7, 3, 3, 1).collect::<Vec<_>>(), vec![4, 5, 6, 7]);
+        let every: Vec<u64> = entries_at_index(EntryId(4), EntryId(7), 3, 3, 1).map(|e| e.0).collect();
+        assert_eq!(every, vec![4, 5, 6, 7]);
     }
 }

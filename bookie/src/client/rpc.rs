@@ -18,6 +18,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::error::BookieError;
+use crate::ids::{EntryId, LedgerId};
 
 /// What a bookie knows of a ledger's end: the last-add-confirmed piggybacked on the adds it
 /// stored, and the highest entry it stores (-1: none).
@@ -47,30 +48,30 @@ pub trait BookieRpc: Send + Sync + 'static {
     /// ledger first (a recovery read: no add of the old writer lands after it).
     async fn read_entry(
         &self,
-        ledger_id: u64,
-        entry_id: u64,
+        ledger_id: LedgerId,
+        entry_id: EntryId,
         fence_key: Option<Bytes>,
     ) -> Result<(Bytes, i64), BookieError>;
 
     /// Consecutive stored entries from `first` (at most to `last`), bounded by count and bytes.
     async fn read_range(
         &self,
-        ledger_id: u64,
-        first: u64,
-        last: u64,
+        ledger_id: LedgerId,
+        first: EntryId,
+        last: EntryId,
         max_entries: u32,
         max_bytes: u64,
-    ) -> Result<Vec<(u64, Bytes)>, BookieError>;
+    ) -> Result<Vec<(EntryId, Bytes)>, BookieError>;
 
     /// Fences the ledger on this bookie (durably) and answers what it holds.
-    async fn fence(&self, ledger_id: u64, master_key: Bytes) -> Result<LedgerEnd, BookieError>;
+    async fn fence(&self, ledger_id: LedgerId, master_key: Bytes) -> Result<LedgerEnd, BookieError>;
 
     /// The bookie's view of the ledger's end; with a non-zero `long_poll`, the bookie waits up
     /// to that long for its last-add-confirmed to pass `previous_lac`.
-    async fn read_lac(&self, ledger_id: u64, previous_lac: i64, long_poll: Duration) -> Result<LedgerEnd, BookieError>;
+    async fn read_lac(&self, ledger_id: LedgerId, previous_lac: i64, long_poll: Duration) -> Result<LedgerEnd, BookieError>;
 
     /// Deletes the ledger's entries on this bookie (a missing ledger is not an error).
-    async fn delete_ledger(&self, ledger_id: u64) -> Result<(), BookieError>;
+    async fn delete_ledger(&self, ledger_id: LedgerId) -> Result<(), BookieError>;
 }
 
 /// Opens a [`BookieRpc`] handle to a bookie by id.

@@ -38,16 +38,16 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use magnetar_meta::{Expected, MetaError, Version};
-use magnetar_proto::records::{Fragment, LedgerMetadata, LedgerState};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::connection::{Bookies, ClientOptions};
-use super::metadata::{self, write_set, LedgerConfig};
+use super::metadata::{self, write_set, Ledger, LedgerConfig};
 use super::placement;
 use super::rpc::{AddRequest, BookieRpc};
 use crate::error::BookieError;
+use crate::ids::{EntryId, LedgerId};
 
 /// Called with each confirmed entry id, in order.
 pub type ConfirmHook = Arc<dyn Fn(u64) + Send + Sync>;
@@ -60,16 +60,7 @@ const MASTER_KEY_BYTES: usize = 16;
 
 /// Checks E >= Qw >= Qa >= 1.
 pub fn validate_config(config: &LedgerConfig) -> Result<(), BookieError> {
-    let LedgerConfig { ensemble_size, write_quorum, ack_quorum } = *config;
-    if ack_quorum == 0 || write_quorum < ack_quorum || ensemble_size < write_quorum {
-        return Err(BookieError::InvalidConfig {
-            reason: format!(
-                "ledger replication must satisfy ensemble size >= write quorum >= ack quorum >= 1, \
-                 got ensemble {ensemble_size}, write quorum {write_quorum}, ack quorum {ack_quorum}"
-            ),
-        });
-    }
-    Ok(())
+    config.check().map_err(|reason| BookieError::InvalidConfig { reason })
 }
 
 enum Command {
@@ -79,7 +70,7 @@ enum Command {
 
 /// The handle to an open ledger.
 pub struct LedgerWriter {
-    ledger_id: u64,
+    ledger_id: LedgerId,
     /// Next entry id; held while the add is queued so the task receives adds in id order.
     next_entry_id: tokio::sync::Mutex<u64>,
     closed: Mutex<bool>,
@@ -88,7 +79,7 @@ pub struct LedgerWriter {
     commands: mpsc::Sender<Command>,
     failure: Arc<Mutex<Option<String>>>,
     /// The ledger's metadata as its writer last stored it.
-    metadata: Arc<Mutex<Arc<LedgerMetadata>>>,
+    metadata: Arc<Mutex<Arc<Ledger>>>,
 }
 
 impl LedgerWriter {
@@ -116,24 +107,14 @@ impl LedgerWriter {
             );
         }
         let chosen = placement.chosen;
-        let ledger_id = magnetar_meta::sequence::next(bookies.meta().as_ref(), crate::LEDGER_ID_SEQUENCE).await?;
+        let ledger_id =
+            LedgerId(magnetar_meta::sequence::next(bookies.meta().as_ref(), crate::LEDGER_ID_SEQUENCE).await?);
         let mut key = Vec::with_capacity(MASTER_KEY_BYTES);
         while key.len() < MASTER_KEY_BYTES {
             key.extend_from_slice(&bookies.random().to_le_bytes());
         }
         key.truncate(MASTER_KEY_BYTES);
-        let metadata = LedgerMetadata {
-            ledger_id,
-            state: LedgerState::Open as i32,
-            ensemble_size: config.ensemble_size,
-            write_quorum: config.write_quorum,
-            ack_quorum: config.ack_quorum,
-            fragments: vec![Fragment { first_entry_id: 0, bookies: chosen.clone() }],
-            last_entry_id: -1,
-            length: 0,
-            master_key: key,
-            created_at_ms: now_ms(),
-        };
+        let metadata = Ledger::new(ledger_id, config, chosen.clone(), Bytes::from(key), now_ms())?;
         let version = metadata::write(bookies.meta().as_ref(), &metadata, Expected::Absent).await?;
         let mut ensemble = Vec::with_capacity(needed);
         for bookie_id in &chosen {
@@ -145,7 +126,7 @@ impl LedgerWriter {
 
     fn start(
         bookies: Bookies,
-        metadata: LedgerMetadata,
+        metadata: Ledger,
         version: Version,
         ensemble_ids: Vec<String>,
         ensemble: Vec<Option<Arc<dyn BookieRpc>>>,
@@ -154,14 +135,14 @@ impl LedgerWriter {
         let (commands, queue) = mpsc::channel::<Command>(MAX_PENDING_ADDS);
         let last_add_confirmed = Arc::new(AtomicI64::new(-1));
         let failure: Arc<Mutex<Option<String>>> = Arc::default();
-        let ledger_id = metadata.ledger_id;
+        let ledger_id = metadata.id();
         let published = Arc::new(Mutex::new(Arc::new(metadata.clone())));
         let task = WriterTask {
             ledger_id,
-            master_key: Bytes::from(metadata.master_key.clone()),
-            ensemble_size: metadata.ensemble_size as usize,
-            write_quorum: metadata.write_quorum as usize,
-            ack_quorum: metadata.ack_quorum as usize,
+            master_key: metadata.master_key().clone(),
+            ensemble_size: metadata.ensemble_size(),
+            write_quorum: metadata.write_quorum(),
+            ack_quorum: metadata.ack_quorum(),
             options: *bookies.options(),
             bookies,
             metadata,
@@ -192,7 +173,7 @@ impl LedgerWriter {
         })
     }
 
-    pub fn ledger_id(&self) -> u64 {
+    pub fn ledger_id(&self) -> LedgerId {
         self.ledger_id
     }
 
@@ -202,7 +183,7 @@ impl LedgerWriter {
 
     /// The ledger's metadata as this writer last stored it: reads of the open ledger use it,
     /// since an ensemble change adds a fragment while the ledger is written.
-    pub fn metadata(&self) -> Arc<LedgerMetadata> {
+    pub fn metadata(&self) -> Arc<Ledger> {
         self.metadata.lock().clone()
     }
 
@@ -217,10 +198,10 @@ impl LedgerWriter {
     pub async fn add(&self, payload: Bytes) -> Result<oneshot::Receiver<Result<u64, BookieError>>, BookieError> {
         let mut next_entry_id = self.next_entry_id.lock().await;
         if *self.closed.lock() {
-            return Err(BookieError::LedgerClosed { ledger_id: self.ledger_id });
+            return Err(BookieError::LedgerClosed { ledger_id: self.ledger_id.0 });
         }
         if let Some(reason) = self.failure() {
-            return Err(BookieError::WriterFailed { ledger_id: self.ledger_id, reason });
+            return Err(BookieError::WriterFailed { ledger_id: self.ledger_id.0, reason });
         }
         let entry_id = *next_entry_id;
         let (reply, answer) = oneshot::channel();
@@ -268,7 +249,7 @@ type AnswerFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Answer> +
 
 /// Owns the write state of one ledger.
 struct WriterTask {
-    ledger_id: u64,
+    ledger_id: LedgerId,
     master_key: Bytes,
     ensemble_size: usize,
     write_quorum: usize,
@@ -276,7 +257,7 @@ struct WriterTask {
     options: ClientOptions,
     bookies: Bookies,
     /// The metadata as last written by this writer, and its version.
-    metadata: LedgerMetadata,
+    metadata: Ledger,
     version: Version,
     /// The current ensemble, by index; `None` for a bookie that could not be dialed.
     ensemble_ids: Vec<String>,
@@ -297,12 +278,12 @@ struct WriterTask {
     failure: Arc<Mutex<Option<String>>>,
     on_confirm: Option<ConfirmHook>,
     /// The metadata as readers of this ledger should see it (fragments after ensemble changes).
-    published: Arc<Mutex<Arc<LedgerMetadata>>>,
+    published: Arc<Mutex<Arc<Ledger>>>,
 }
 
 impl WriterTask {
     /// Takes `metadata` as the ledger's current metadata and shows it to readers.
-    fn set_metadata(&mut self, metadata: LedgerMetadata) {
+    fn set_metadata(&mut self, metadata: Ledger) {
         *self.published.lock() = Arc::new(metadata.clone());
         self.metadata = metadata;
     }
@@ -352,7 +333,7 @@ impl WriterTask {
 
     fn stop(&mut self, error: BookieError) {
         if self.stopped.is_none() {
-            warn!(ledger_id = self.ledger_id, %error, "ledger writer stopped");
+            warn!(ledger_id = %self.ledger_id, %error, "ledger writer stopped");
             *self.failure.lock() = Some(error.to_string());
             self.stopped = Some(error);
         }
@@ -365,9 +346,9 @@ impl WriterTask {
         let fenced = matches!(error, BookieError::Fenced { .. });
         for (_, entry) in std::mem::take(&mut self.pending) {
             let error = if fenced {
-                BookieError::Fenced { ledger_id: self.ledger_id }
+                BookieError::Fenced { ledger_id: self.ledger_id.0 }
             } else {
-                BookieError::WriterFailed { ledger_id: self.ledger_id, reason: reason.clone() }
+                BookieError::WriterFailed { ledger_id: self.ledger_id.0, reason: reason.clone() }
             };
             let _ = entry.reply.send(Err(error));
         }
@@ -381,7 +362,7 @@ impl WriterTask {
     ) -> Vec<(usize, String, BookieError)> {
         if self.stopped.is_some() {
             let reason = self.failure.lock().clone().unwrap_or_default();
-            let _ = reply.send(Err(BookieError::WriterFailed { ledger_id: self.ledger_id, reason }));
+            let _ = reply.send(Err(BookieError::WriterFailed { ledger_id: self.ledger_id.0, reason }));
             return Vec::new();
         }
         self.pending.insert(
@@ -389,7 +370,7 @@ impl WriterTask {
             PendingEntry { payload: payload.clone(), acked: BTreeSet::new(), reply, sent_at: Instant::now() },
         );
         let mut failed = Vec::new();
-        for index in write_set(entry_id, self.ensemble_size, self.write_quorum).collect::<Vec<_>>() {
+        for index in write_set(EntryId(entry_id), self.ensemble_size, self.write_quorum).collect::<Vec<_>>() {
             if let Err(failure) = self.send(entry_id, index, payload.clone()).await {
                 failed.push(failure);
             }
@@ -407,7 +388,7 @@ impl WriterTask {
             return Err((index, bookie_id.clone(), BookieError::UnknownBookie { bookie: bookie_id }));
         };
         let add = AddRequest {
-            ledger_id: self.ledger_id,
+            ledger_id: self.ledger_id.0,
             entry_id,
             master_key: self.master_key.clone(),
             last_add_confirmed: self.lac,
@@ -440,7 +421,7 @@ impl WriterTask {
                 None
             }
             Err(BookieError::Fenced { .. }) => {
-                self.stop(BookieError::Fenced { ledger_id: self.ledger_id });
+                self.stop(BookieError::Fenced { ledger_id: self.ledger_id.0 });
                 None
             }
             Err(error) => Some((answer.index, answer.bookie_id, error)),
@@ -453,7 +434,7 @@ impl WriterTask {
         let Some((&entry_id, entry)) = self.pending.iter_mut().next() else { return Vec::new() };
         // Restart the clock: the replacements get the entry now.
         entry.sent_at = Instant::now();
-        write_set(entry_id, self.ensemble_size, self.write_quorum)
+        write_set(EntryId(entry_id), self.ensemble_size, self.write_quorum)
             .filter(|index| !entry.acked.contains(index))
             .map(|index| {
                 let bookie_id = self.ensemble_ids[index].clone();
@@ -472,7 +453,7 @@ impl WriterTask {
             if self.ensemble_ids[index] != bookie_id {
                 continue; // already replaced
             }
-            warn!(ledger_id = self.ledger_id, bookie = %bookie_id, index, %error, "bookie failed, changing the ensemble");
+            warn!(ledger_id = %self.ledger_id, bookie = %bookie_id, index, %error, "bookie failed, changing the ensemble");
             failed.extend(self.change_ensemble(index).await);
         }
     }
@@ -480,7 +461,7 @@ impl WriterTask {
     /// Whether every write set keeps at least Qa bookies with `index` down too.
     fn can_go_on_without(&self, index: usize) -> bool {
         (0..self.ensemble_size as u64).all(|first| {
-            let alive = write_set(first, self.ensemble_size, self.write_quorum)
+            let alive = write_set(EntryId(first), self.ensemble_size, self.write_quorum)
                 .filter(|i| *i != index && !self.down.contains(i))
                 .count();
             alive >= self.ack_quorum
@@ -509,7 +490,7 @@ impl WriterTask {
                 if self.can_go_on_without(index) {
                     if self.down.insert(index) {
                         warn!(
-                            ledger_id = self.ledger_id,
+                            ledger_id = %self.ledger_id,
                             bookie = %failed_bookie,
                             "no replacement bookie: writing on to the rest of the ensemble (ack quorum still reachable)"
                         );
@@ -519,13 +500,13 @@ impl WriterTask {
                     self.replaced.remove(&failed_bookie);
                     return Vec::new();
                 }
-                self.stop(BookieError::NoReplacementBookie { ledger_id: self.ledger_id, bookie: failed_bookie });
+                self.stop(BookieError::NoReplacementBookie { ledger_id: self.ledger_id.0, bookie: failed_bookie });
                 return Vec::new();
             };
             let chosen = choice.chosen[0].clone();
             if !choice.shared_hosts.is_empty() {
                 info!(
-                    ledger_id = self.ledger_id,
+                    ledger_id = %self.ledger_id,
                     replacement = %chosen,
                     shared_hosts = ?choice.shared_hosts,
                     "replacement shares a host with the ensemble: no bookie on another host is free"
@@ -534,7 +515,7 @@ impl WriterTask {
             match self.bookies.get(&chosen).await {
                 Ok(connection) => break (chosen, connection),
                 Err(error) => {
-                    warn!(ledger_id = self.ledger_id, bookie = %chosen, %error, "replacement bookie unreachable");
+                    warn!(ledger_id = %self.ledger_id, bookie = %chosen, %error, "replacement bookie unreachable");
                     self.replaced.insert(chosen);
                 }
             }
@@ -543,12 +524,12 @@ impl WriterTask {
         let first_unacked = (self.lac + 1) as u64;
         let mut ensemble_ids = self.ensemble_ids.clone();
         ensemble_ids[index] = replacement_id.clone();
-        if let Err(error) = self.write_fragment(first_unacked, ensemble_ids.clone()).await {
+        if let Err(error) = self.write_fragment(EntryId(first_unacked), ensemble_ids.clone()).await {
             self.stop(error);
             return Vec::new();
         }
         info!(
-            ledger_id = self.ledger_id,
+            ledger_id = %self.ledger_id,
             failed = %failed_bookie,
             replacement = %replacement_id,
             first_entry_id = first_unacked,
@@ -562,7 +543,7 @@ impl WriterTask {
         let mut resend = Vec::new();
         let now = Instant::now();
         for (&entry_id, entry) in self.pending.iter_mut() {
-            if write_set(entry_id, self.ensemble_size, self.write_quorum).any(|i| i == index) {
+            if write_set(EntryId(entry_id), self.ensemble_size, self.write_quorum).any(|i| i == index) {
                 entry.acked.remove(&index);
                 entry.sent_at = now;
                 resend.push((entry_id, entry.payload.clone()));
@@ -579,14 +560,11 @@ impl WriterTask {
     }
 
     /// Compare-and-sets the metadata with the ensemble `bookies` from `first_entry_id` on.
-    async fn write_fragment(&mut self, first_entry_id: u64, bookies: Vec<String>) -> Result<(), BookieError> {
+    async fn write_fragment(&mut self, first: EntryId, bookies: Vec<String>) -> Result<(), BookieError> {
         loop {
             let mut updated = self.metadata.clone();
-            match updated.fragments.last_mut() {
-                // Nothing acknowledged since the last change: that fragment is replaced.
-                Some(last) if last.first_entry_id == first_entry_id => last.bookies = bookies.clone(),
-                _ => updated.fragments.push(Fragment { first_entry_id, bookies: bookies.clone() }),
-            }
+            // Nothing acknowledged since the last change: that fragment is replaced.
+            updated.change_ensemble(first, bookies.clone())?;
             match metadata::write(self.bookies.meta().as_ref(), &updated, Expected::Version(self.version)).await {
                 Ok(version) => {
                     self.set_metadata(updated);
@@ -606,17 +584,17 @@ impl WriterTask {
     async fn reread_open(&mut self) -> Result<(), BookieError> {
         let (current, version) = metadata::read(self.bookies.meta().as_ref(), self.ledger_id)
             .await?
-            .ok_or(BookieError::NoSuchLedger { ledger_id: self.ledger_id })?;
-        if current.state != LedgerState::Open as i32 {
-            return Err(BookieError::Fenced { ledger_id: self.ledger_id });
+            .ok_or(BookieError::NoSuchLedger { ledger_id: self.ledger_id.0 })?;
+        if !current.is_open() {
+            return Err(BookieError::Fenced { ledger_id: self.ledger_id.0 });
         }
         if !only_earlier_fragments_differ(&self.metadata, &current) {
             return Err(BookieError::WriterFailed {
-                ledger_id: self.ledger_id,
+                ledger_id: self.ledger_id.0,
                 reason: "the stored metadata changed the writer's own fragment".to_owned(),
             });
         }
-        info!(ledger_id = self.ledger_id, "ledger metadata changed in earlier fragments (re-replicated): rebased");
+        info!(ledger_id = %self.ledger_id, "ledger metadata changed in earlier fragments (re-replicated): rebased");
         self.set_metadata(current);
         self.version = version;
         Ok(())
@@ -647,16 +625,14 @@ impl WriterTask {
         if let Some(error) = &self.stopped {
             // The ensemble may hold entries this writer never confirmed: only recovery can
             // decide where the ledger ends.
-            return Err(BookieError::WriterFailed { ledger_id: self.ledger_id, reason: error.to_string() });
+            return Err(BookieError::WriterFailed { ledger_id: self.ledger_id.0, reason: error.to_string() });
         }
-        if metadata::is_closed(&self.metadata) {
-            return Ok(self.metadata.last_entry_id);
+        if self.metadata.is_closed() {
+            return Ok(EntryId::last_to_wire(self.metadata.last_entry()));
         }
         loop {
             let mut updated = self.metadata.clone();
-            updated.state = LedgerState::Closed as i32;
-            updated.last_entry_id = self.lac;
-            updated.length = self.length;
+            updated.close(EntryId::from_last(self.lac), self.length);
             match metadata::write(self.bookies.meta().as_ref(), &updated, Expected::Version(self.version)).await {
                 Ok(version) => {
                     self.set_metadata(updated);
@@ -666,8 +642,8 @@ impl WriterTask {
                 Err(BookieError::Meta(MetaError::BadVersion { .. })) => {
                     let (current, _) = metadata::read(self.bookies.meta().as_ref(), self.ledger_id)
                         .await?
-                        .ok_or(BookieError::NoSuchLedger { ledger_id: self.ledger_id })?;
-                    if metadata::is_closed(&current) && current.last_entry_id == self.lac {
+                        .ok_or(BookieError::NoSuchLedger { ledger_id: self.ledger_id.0 })?;
+                    if current.is_closed() && EntryId::last_to_wire(current.last_entry()) == self.lac {
                         self.set_metadata(current);
                         return Ok(self.lac);
                     }
@@ -676,9 +652,9 @@ impl WriterTask {
                         let fenced = matches!(error, BookieError::Fenced { .. });
                         self.stop(error);
                         return Err(if fenced {
-                            BookieError::Fenced { ledger_id: self.ledger_id }
+                            BookieError::Fenced { ledger_id: self.ledger_id.0 }
                         } else {
-                            BookieError::WriterFailed { ledger_id: self.ledger_id, reason }
+                            BookieError::WriterFailed { ledger_id: self.ledger_id.0, reason }
                         });
                     }
                 }
@@ -692,14 +668,13 @@ impl WriterTask {
 /// fragment boundaries, and the same last fragment (the writer's own, which only it changes).
 /// Auto-recovery's replacements of lost bookies in earlier fragments pass; anything else is
 /// not the writer's to overwrite.
-pub fn only_earlier_fragments_differ(mine: &LedgerMetadata, stored: &LedgerMetadata) -> bool {
-    mine.ledger_id == stored.ledger_id
-        && mine.master_key == stored.master_key
-        && (mine.ensemble_size, mine.write_quorum, mine.ack_quorum)
-            == (stored.ensemble_size, stored.write_quorum, stored.ack_quorum)
-        && mine.fragments.len() == stored.fragments.len()
-        && mine.fragments.iter().zip(&stored.fragments).all(|(a, b)| a.first_entry_id == b.first_entry_id)
-        && mine.fragments.last() == stored.fragments.last()
+pub fn only_earlier_fragments_differ(mine: &Ledger, stored: &Ledger) -> bool {
+    mine.id() == stored.id()
+        && mine.master_key() == stored.master_key()
+        && mine.quorum() == stored.quorum()
+        && mine.fragments().len() == stored.fragments().len()
+        && mine.fragments().iter().zip(stored.fragments()).all(|(a, b)| a.first == b.first)
+        && mine.fragments().last() == stored.fragments().last()
 }
 
 fn timeout_error(bookie_id: &str, entry_id: u64) -> BookieError {
@@ -719,37 +694,26 @@ mod tests {
 
     #[test]
     fn write_sets_stripe_over_the_ensemble() {
-        assert_eq!(write_set(0, 5, 3).collect::<Vec<_>>(), vec![0, 1, 2]);
-        assert_eq!(write_set(3, 5, 3).collect::<Vec<_>>(), vec![3, 4, 0]);
-        assert_eq!(write_set(7, 3, 3).collect::<Vec<_>>(), vec![1, 2, 0]);
+        assert_eq!(write_set(EntryId(0), 5, 3).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(write_set(EntryId(3), 5, 3).collect::<Vec<_>>(), vec![3, 4, 0]);
+        assert_eq!(write_set(EntryId(7), 3, 3).collect::<Vec<_>>(), vec![1, 2, 0]);
     }
 
     #[test]
     fn a_writer_rebases_only_over_changes_to_earlier_fragments() {
-        let fragment = |first_entry_id, bookies: &[&str]| Fragment {
-            first_entry_id,
-            bookies: bookies.iter().map(|b| (*b).to_owned()).collect(),
-        };
-        let mine = LedgerMetadata {
-            ledger_id: 7,
-            state: LedgerState::Open as i32,
-            ensemble_size: 3,
-            write_quorum: 3,
-            ack_quorum: 2,
-            fragments: vec![fragment(0, &["a", "b", "c"]), fragment(10, &["a", "d", "c"])],
-            last_entry_id: -1,
-            length: 0,
-            master_key: vec![1; 16],
-            created_at_ms: 0,
-        };
+        let bookies = |names: &[&str]| names.iter().map(|b| (*b).to_owned()).collect::<Vec<_>>();
+        let config = LedgerConfig { ensemble_size: 3, write_quorum: 3, ack_quorum: 2 };
+        let mut mine =
+            Ledger::new(LedgerId(7), config, bookies(&["a", "b", "c"]), Bytes::from(vec![1; 16]), 0).expect("new");
+        mine.change_ensemble(EntryId(10), bookies(&["a", "d", "c"])).expect("change");
         let mut re_replicated = mine.clone();
-        re_replicated.fragments[0].bookies[1] = "e".to_owned();
+        re_replicated.replace_bookie(0, 1, "e".to_owned());
         assert!(only_earlier_fragments_differ(&mine, &re_replicated));
         let mut own_fragment_changed = mine.clone();
-        own_fragment_changed.fragments[1].bookies[0] = "e".to_owned();
+        own_fragment_changed.replace_bookie(1, 0, "e".to_owned());
         assert!(!only_earlier_fragments_differ(&mine, &own_fragment_changed));
         let mut fragment_added = mine.clone();
-        fragment_added.fragments.push(fragment(20, &["e", "d", "c"]));
+        fragment_added.change_ensemble(EntryId(20), bookies(&["e", "d", "c"])).expect("change");
         assert!(!only_earlier_fragments_differ(&mine, &fragment_added));
     }
 

@@ -27,7 +27,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Weak};
 
 use magnetar_bookie::client::{self as ledger, Bookies, LedgerConfig, LedgerWriter};
-use magnetar_bookie::BookieError;
+use magnetar_bookie::{BookieError, LedgerId};
 use magnetar_meta::{Expected, Version};
 use magnetar_proto::records::CursorInfo;
 use parking_lot::Mutex;
@@ -76,7 +76,7 @@ async fn recover_state(bookies: &Bookies, path: &str) -> Result<Option<Recovered
         return Ok(Some(Recovered { state: fallback, snapshot_version: found.version, ledger_id: None }));
     }
     let ledger_id = snapshot.cursor_ledger_id;
-    let closed = match ledger::recover_ledger(bookies, ledger_id).await {
+    let closed = match ledger::recover_ledger(bookies, LedgerId(ledger_id)).await {
         Ok(closed) => closed,
         Err(BookieError::NoSuchLedger { .. }) => {
             warn!(cursor = path, ledger_id, "cursor ledger is gone; using the snapshot's mark-delete position");
@@ -84,10 +84,9 @@ async fn recover_state(bookies: &Bookies, path: &str) -> Result<Option<Recovered
         }
         Err(error) => return Err(error.into()),
     };
-    if closed.last_entry_id < 0 {
+    let Some(last) = closed.last_entry() else {
         return Ok(Some(Recovered { state: fallback, snapshot_version: found.version, ledger_id: Some(ledger_id) }));
-    }
-    let last = closed.last_entry_id as u64;
+    };
     let entries = ledger::read_entries(bookies, &closed, last, last, 1, super::MAX_READ_BYTES).await?;
     let what = format!("{path} (cursor ledger {ledger_id} entry {last})");
     let Some((_, bytes)) = entries.into_iter().find(|(entry_id, _)| *entry_id == last) else {
@@ -395,7 +394,7 @@ impl ManagedCursor {
         self.close().await;
         let owned: Vec<u64> = self.ledgers.lock().iter().copied().collect();
         for ledger_id in owned {
-            ledger::admin::delete_ledger(bookies, ledger_id).await?;
+            ledger::admin::delete_ledger(bookies, LedgerId(ledger_id)).await?;
         }
         bookies.meta().delete(&self.path, Expected::Any).await?;
         Ok(())
@@ -433,7 +432,7 @@ impl CursorLedger {
                 match added.await {
                     Ok(_) => return Ok(()),
                     Err(error) => {
-                        warn!(cursor = %self.path, ledger_id = writer.ledger_id(), %error, "cursor ledger write failed, switching ledgers")
+                        warn!(cursor = %self.path, ledger_id = writer.ledger_id().0, %error, "cursor ledger write failed, switching ledgers")
                     }
                 }
             }
@@ -449,38 +448,38 @@ impl CursorLedger {
             writer.add(payload).await?.await.map_err(|_| BookieError::Stopped { what: "cursor ledger writer" })?
         };
         if let Err(error) = first.await {
-            self.discard(writer.ledger_id()).await;
+            self.discard(writer.ledger_id().0).await;
             return Err(error.into());
         }
-        if let Err(error) = self.write_snapshot(record, writer.ledger_id()).await {
-            self.discard(writer.ledger_id()).await;
+        if let Err(error) = self.write_snapshot(record, writer.ledger_id().0).await {
+            self.discard(writer.ledger_id().0).await;
             return Err(error);
         }
         let replaced: Vec<u64> = {
             let mut ledgers = self.ledgers.lock();
             let replaced = ledgers.iter().copied().collect();
             ledgers.clear();
-            ledgers.insert(writer.ledger_id());
+            ledgers.insert(writer.ledger_id().0);
             replaced
         };
         if let Some((old, _)) = self.current.replace((writer.clone(), 1)) {
             if old.failure().is_none() {
                 if let Err(error) = old.close().await {
-                    warn!(cursor = %self.path, ledger_id = old.ledger_id(), %error, "closing the old cursor ledger failed");
+                    warn!(cursor = %self.path, ledger_id = old.ledger_id().0, %error, "closing the old cursor ledger failed");
                 }
             }
         }
         for ledger_id in replaced {
-            if let Err(error) = ledger::admin::delete_ledger(&self.bookies, ledger_id).await {
+            if let Err(error) = ledger::admin::delete_ledger(&self.bookies, LedgerId(ledger_id)).await {
                 warn!(cursor = %self.path, ledger_id, %error, "old cursor ledger left on the bookies");
             }
         }
-        info!(cursor = %self.path, ledger_id = writer.ledger_id(), "cursor switched to a new ledger");
+        info!(cursor = %self.path, ledger_id = writer.ledger_id().0, "cursor switched to a new ledger");
         Ok(())
     }
 
     async fn discard(&self, ledger_id: u64) {
-        if let Err(error) = ledger::admin::delete_ledger(&self.bookies, ledger_id).await {
+        if let Err(error) = ledger::admin::delete_ledger(&self.bookies, LedgerId(ledger_id)).await {
             warn!(cursor = %self.path, ledger_id, %error, "unused cursor ledger left on the bookies");
         }
     }
@@ -510,11 +509,11 @@ impl CursorLedger {
             return;
         }
         if let Err(error) = writer.close().await {
-            warn!(cursor = %self.path, ledger_id = writer.ledger_id(), %error, "closing the cursor ledger failed; the next owner recovers it");
+            warn!(cursor = %self.path, ledger_id = writer.ledger_id().0, %error, "closing the cursor ledger failed; the next owner recovers it");
             return;
         }
         if let Some(record) = last_written {
-            if let Err(error) = self.write_snapshot(record, writer.ledger_id()).await {
+            if let Err(error) = self.write_snapshot(record, writer.ledger_id().0).await {
                 warn!(cursor = %self.path, %error, "cannot update the cursor snapshot on close");
             }
         }

@@ -45,10 +45,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use magnetar_bookie::client::{self as ledger, Bookies, LedgerConfig, LedgerWriter};
-use magnetar_bookie::BookieError;
+use magnetar_bookie::{BookieError, EntryId, LedgerId};
 use magnetar_meta::{Expected, Version};
 use magnetar_proto::clock::now_ms;
-use magnetar_proto::records::{managed_ledger_info::LedgerInfo, LedgerMetadata, ManagedLedgerInfo};
+use magnetar_proto::records::{managed_ledger_info::LedgerInfo, ManagedLedgerInfo};
 use prost::Message;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -105,7 +105,7 @@ pub struct ManagedLedger {
     /// Serializes changes of the ledger list: rollovers and trims.
     rolling: tokio::sync::Mutex<()>,
     /// Metadata of ledgers, for reads.
-    ledger_cache: Mutex<HashMap<u64, Arc<LedgerMetadata>>>,
+    ledger_cache: Mutex<HashMap<u64, Arc<ledger::metadata::Ledger>>>,
     /// The last confirmed position; `None` while the log is empty.
     last_confirmed: watch::Sender<Option<Position>>,
     /// Every durable cursor of this managed ledger, by name.
@@ -142,9 +142,9 @@ impl ManagedLedger {
         };
         // Close what a previous owner left open; drop ledgers that ended up empty.
         for ledger_info in info.ledgers.iter_mut().filter(|l| !l.closed) {
-            let closed = ledger::recover_ledger(&bookies, ledger_info.ledger_id).await?;
+            let closed = ledger::recover_ledger(&bookies, LedgerId(ledger_info.ledger_id)).await?;
             ledger_info.closed = true;
-            ledger_info.entries = (closed.last_entry_id + 1).max(0) as u64;
+            ledger_info.entries = closed.last_entry().map_or(0, |last| last.0 + 1);
             ledger_info.closed_at_ms = now_ms();
         }
         let empty: Vec<u64> = info.ledgers.iter().filter(|l| l.entries == 0).map(|l| l.ledger_id).collect();
@@ -153,7 +153,7 @@ impl ManagedLedger {
         let (sender, _) = watch::channel(last_confirmed);
         let writer = Self::new_writer(&bookies, ledger_config, sender.clone()).await?;
         info.ledgers.push(LedgerInfo {
-            ledger_id: writer.ledger_id(),
+            ledger_id: writer.ledger_id().0,
             entries: 0,
             size: 0,
             created_at_ms: now_ms(),
@@ -162,7 +162,7 @@ impl ManagedLedger {
         });
         version = meta.put(&path, info.encode_to_vec(), Expected::Version(version)).await?;
         for ledger_id in empty {
-            if let Err(error) = ledger::admin::delete_ledger(&bookies, ledger_id).await {
+            if let Err(error) = ledger::admin::delete_ledger(&bookies, LedgerId(ledger_id)).await {
                 warn!(managed_ledger = name, ledger_id, %error, "cannot delete an empty ledger dropped from the list");
             }
         }
@@ -183,7 +183,7 @@ impl ManagedLedger {
         }
         info!(
             managed_ledger = name,
-            ledger_id = writer.ledger_id(),
+            ledger_id = writer.ledger_id().0,
             ?last_confirmed,
             cursors = cursors.len(),
             "managed ledger opened"
@@ -251,7 +251,7 @@ impl ManagedLedger {
             }
         });
         let writer = LedgerWriter::create(bookies, config, Some(hook)).await?;
-        let _ = ledger_id.set(writer.ledger_id());
+        let _ = ledger_id.set(writer.ledger_id().0);
         Ok(writer)
     }
 
@@ -296,7 +296,7 @@ impl ManagedLedger {
                     state.current_bytes += size;
                 }
             }
-            let ledger_id = writer.ledger_id();
+            let ledger_id = writer.ledger_id().0;
             let this = self.clone();
             return Ok(Box::pin(async move {
                 let entry_id = answer.await.map_err(|_| BrokerError::ShuttingDown)??;
@@ -379,19 +379,19 @@ impl ManagedLedger {
                 None => match old.close().await {
                     Ok(last) => last,
                     Err(error) => {
-                        warn!(managed_ledger = %self.name, ledger_id = old.ledger_id(), %error, "closing the ledger failed, recovering it");
-                        ledger::recover_ledger(&self.bookies, old.ledger_id()).await?.last_entry_id
+                        warn!(managed_ledger = %self.name, ledger_id = old.ledger_id().0, %error, "closing the ledger failed, recovering it");
+                        EntryId::last_to_wire(ledger::recover_ledger(&self.bookies, old.ledger_id()).await?.last_entry())
                     }
                 },
                 Some(reason) => {
-                    warn!(managed_ledger = %self.name, ledger_id = old.ledger_id(), %reason, "ledger write failed, rolling over");
-                    ledger::recover_ledger(&self.bookies, old.ledger_id()).await?.last_entry_id
+                    warn!(managed_ledger = %self.name, ledger_id = old.ledger_id().0, %reason, "ledger write failed, rolling over");
+                    EntryId::last_to_wire(ledger::recover_ledger(&self.bookies, old.ledger_id()).await?.last_entry())
                 }
             };
             {
                 let mut state = self.lock_state();
                 state.writer_closed = true;
-                if let Some(closed) = state.info.ledgers.iter_mut().find(|l| l.ledger_id == old.ledger_id()) {
+                if let Some(closed) = state.info.ledgers.iter_mut().find(|l| l.ledger_id == old.ledger_id().0) {
                     closed.closed = true;
                     closed.entries = (last_entry_id + 1).max(0) as u64;
                     closed.closed_at_ms = now_ms();
@@ -399,15 +399,15 @@ impl ManagedLedger {
             }
             // Recovery may have confirmed entries the failed writer never reported.
             if last_entry_id >= 0 {
-                raise(&self.last_confirmed, Position::new(old.ledger_id(), last_entry_id as u64));
+                raise(&self.last_confirmed, Position::new(old.ledger_id().0, last_entry_id as u64));
             }
-            self.ledger_cache.lock().remove(&old.ledger_id());
+            self.ledger_cache.lock().remove(&old.ledger_id().0);
         }
         let new_writer = Self::new_writer(&self.bookies, self.ledger_config, self.last_confirmed.clone()).await?;
         let (info, version) = {
             let mut state = self.lock_state();
             state.info.ledgers.push(LedgerInfo {
-                ledger_id: new_writer.ledger_id(),
+                ledger_id: new_writer.ledger_id().0,
                 entries: 0,
                 size: 0,
                 created_at_ms: now_ms(),
@@ -427,12 +427,12 @@ impl ManagedLedger {
                 state.current_entries = 0;
                 state.current_bytes = 0;
                 state.current_opened = Instant::now();
-                info!(managed_ledger = %self.name, closed = old.ledger_id(), opened = new_writer.ledger_id(), "ledger rolled over");
+                info!(managed_ledger = %self.name, closed = old.ledger_id().0, opened = new_writer.ledger_id().0, "ledger rolled over");
                 Ok((new_writer, true))
             }
             Err(error) => {
                 // Not in the list: never written to, and the next rollover starts another.
-                state.info.ledgers.retain(|l| l.ledger_id != new_writer.ledger_id());
+                state.info.ledgers.retain(|l| l.ledger_id != new_writer.ledger_id().0);
                 Err(error.into())
             }
         }
@@ -571,7 +571,7 @@ impl ManagedLedger {
             let mut removed_size = 0u64;
             let mut removed = Vec::new();
             for l in &state.info.ledgers {
-                if !l.closed || l.ledger_id == state.writer.ledger_id() {
+                if !l.closed || l.ledger_id == state.writer.ledger_id().0 {
                     break;
                 }
                 let consumed = match slowest {
@@ -616,7 +616,7 @@ impl ManagedLedger {
             }
         }
         for ledger_id in &removed {
-            if let Err(error) = ledger::admin::delete_ledger(&self.bookies, *ledger_id).await {
+            if let Err(error) = ledger::admin::delete_ledger(&self.bookies, LedgerId(*ledger_id)).await {
                 warn!(managed_ledger = %self.name, ledger_id, %error, "trimmed ledger left on the bookies");
             }
         }
@@ -624,22 +624,22 @@ impl ManagedLedger {
         Ok(removed)
     }
 
-    async fn ledger_metadata(&self, ledger_id: u64) -> Result<Arc<LedgerMetadata>, BrokerError> {
+    async fn ledger_metadata(&self, ledger_id: u64) -> Result<Arc<ledger::metadata::Ledger>, BrokerError> {
         if let Some(found) = self.ledger_cache.lock().get(&ledger_id) {
             return Ok(found.clone());
         }
         // The ledger being written: its writer knows its fragments, which ensemble changes
         // extend while it is open.
         let writer = self.state.lock().writer.clone();
-        if writer.ledger_id() == ledger_id {
+        if writer.ledger_id() == LedgerId(ledger_id) {
             return Ok(writer.metadata());
         }
-        let (metadata, _) = ledger::metadata::read(self.bookies.meta().as_ref(), ledger_id)
+        let (metadata, _) = ledger::metadata::read(self.bookies.meta().as_ref(), LedgerId(ledger_id))
             .await?
             .ok_or(BrokerError::Storage(BookieError::NoSuchLedger { ledger_id }))?;
         let metadata = Arc::new(metadata);
         // Only a closed ledger's metadata never changes again.
-        if ledger::metadata::is_closed(&metadata) {
+        if metadata.is_closed() {
             self.ledger_cache.lock().insert(ledger_id, metadata.clone());
         }
         Ok(metadata)
@@ -666,13 +666,13 @@ impl ManagedLedger {
         let entries = ledger::read_entries(
             &self.bookies,
             &metadata,
-            from.entry_id,
-            end,
+            EntryId(from.entry_id),
+            EntryId(end),
             max_entries.clamp(1, MAX_READ_ENTRIES),
             MAX_READ_BYTES,
         )
         .await?;
-        Ok(entries.into_iter().map(|(entry_id, data)| (Position::new(from.ledger_id, entry_id), data)).collect())
+        Ok(entries.into_iter().map(|(entry_id, data)| (Position::new(from.ledger_id, entry_id.0), data)).collect())
     }
 
     /// Closes the cursors and the current ledger cleanly, so that the next owner need not
@@ -695,7 +695,7 @@ impl ManagedLedger {
         let (info, version) = {
             let mut state = self.lock_state();
             state.writer_closed = true;
-            if let Some(current) = state.info.ledgers.iter_mut().find(|l| l.ledger_id == writer.ledger_id()) {
+            if let Some(current) = state.info.ledgers.iter_mut().find(|l| l.ledger_id == writer.ledger_id().0) {
                 current.closed = true;
                 current.entries = (last + 1).max(0) as u64;
                 current.closed_at_ms = now_ms();
