@@ -8,6 +8,7 @@ use magnetar_bookie::client::LedgerConfig;
 use crate::cluster::bundles;
 use crate::cluster::config::LoadManagerConfig;
 use crate::managed_ledger::ManagedLedgerConfig;
+use crate::tenancy::PolicyDefaults;
 
 /// How a broker takes part in a cluster: its session, bundles and load manager.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +52,8 @@ pub struct BrokerConfig {
     pub managed_ledger: ManagedLedgerConfig,
     /// Session, bundles, load manager.
     pub cluster: ClusterConfig,
+    /// What namespaces and topics get where their policies say nothing.
+    pub policies: PolicyDefaults,
 }
 
 impl BrokerConfig {
@@ -80,6 +83,7 @@ impl Default for BrokerConfig {
             max_connections: 10_000,
             managed_ledger: ManagedLedgerConfig::default(),
             cluster: ClusterConfig::default(),
+            policies: PolicyDefaults::default(),
         }
     }
 }

@@ -23,12 +23,27 @@ pub enum BrokerError {
     UnsubscribeRefused { what: String },
     #[error("producer {producer} is already connected to {topic}")]
     ProducerBusy { topic: String, producer: String },
+    /// The topic's max producers policy.
+    #[error("Topic reached max producers limit ({max}) on {topic}")]
+    TooManyProducers { topic: String, max: u32 },
+    /// The topic's or subscription's max consumers policy.
+    #[error("{what}")]
+    TooManyConsumers { what: String },
+    /// A backlog quota with `producer_exception` is exceeded: no new producer, no new send.
+    #[error("Cannot create producer on topic with backlog quota exceeded: {topic}")]
+    BacklogQuotaExceeded { topic: String },
     #[error("producer refused on {topic}: {reason}")]
     ProducerFenced { topic: String, reason: String },
     #[error("message {sequence_id} is a duplicate of one still being persisted; resend it")]
     DuplicateInFlight { sequence_id: u64 },
     #[error("{what}")]
     AlreadyExists { what: String },
+    /// An admin resource (cluster, tenant, policy) that does not exist: 404.
+    #[error("{what}")]
+    NotFound { what: String },
+    /// A change that conflicts with what exists (a tenant that still has namespaces): 409.
+    #[error("{what}")]
+    Conflict { what: String },
     #[error("{what}")]
     InvalidArgument { what: String },
     #[error("{what} is not supported yet")]
@@ -58,10 +73,14 @@ impl BrokerError {
         match self {
             BrokerError::InvalidTopicName { .. } => ServerError::InvalidTopicName,
             BrokerError::NamespaceNotFound { .. } | BrokerError::TopicNotFound { .. } => ServerError::TopicNotFound,
+            BrokerError::NotFound { .. } => ServerError::TopicNotFound,
+            BrokerError::Conflict { .. } => ServerError::NotAllowedError,
             BrokerError::ConsumerBusy { .. } | BrokerError::SubscriptionBusy { .. } => ServerError::ConsumerBusy,
             BrokerError::ConsumerAssign { .. } => ServerError::ConsumerAssignError,
             BrokerError::UnsubscribeRefused { .. } => ServerError::MetadataError,
-            BrokerError::ProducerBusy { .. } => ServerError::ProducerBusy,
+            BrokerError::ProducerBusy { .. } | BrokerError::TooManyProducers { .. } => ServerError::ProducerBusy,
+            BrokerError::TooManyConsumers { .. } => ServerError::ConsumerBusy,
+            BrokerError::BacklogQuotaExceeded { .. } => ServerError::ProducerBlockedQuotaExceededException,
             BrokerError::ProducerFenced { .. } => ServerError::ProducerFenced,
             BrokerError::AlreadyExists { .. } | BrokerError::InvalidArgument { .. } => ServerError::NotAllowedError,
             BrokerError::NotSupported { .. } | BrokerError::NotAllowed { .. } => ServerError::NotAllowedError,

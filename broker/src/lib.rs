@@ -2,7 +2,8 @@
 //! ([`protocol`]), keeps each topic's messages in a managed ledger on bookies
 //! ([`managed_ledger`]), tracks subscriptions with durable cursors and dispatches to consumers
 //! ([`subscription`], [`dispatcher`]), and serves admin and metrics over HTTP ([`http`]).
-//! In a cluster, [`cluster`] decides which broker serves which namespace bundle.
+//! In a cluster, [`cluster`] decides which broker serves which namespace bundle; [`tenancy`]
+//! holds clusters, tenants, namespaces and the policies every topic is held to.
 //! The process wiring (`magnetar standalone|broker|bookie|autorecovery`, the settings file,
 //! metadata URLs) lives with the binary, in `src/bin/magnetar/`.
 
@@ -14,11 +15,12 @@ pub mod error;
 pub mod http;
 pub mod managed_ledger;
 pub mod metrics;
-pub mod namespace;
 pub mod partitions;
 pub mod protocol;
 pub mod service;
 pub mod subscription;
+pub mod tenancy;
+pub mod throttle;
 pub mod topic;
 pub mod topic_name;
 

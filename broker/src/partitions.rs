@@ -60,6 +60,19 @@ pub async fn get(store: &dyn MetadataStore, topic: &TopicName) -> Result<Option<
     Ok(Some(metadata.partitions))
 }
 
+/// Changes the partition count of an existing partitioned topic (the caller checks it grows).
+pub async fn set(store: &dyn MetadataStore, topic: &TopicName, partitions: u32) -> Result<(), BrokerError> {
+    if partitions == 0 || partitions > MAX_PARTITIONS {
+        return Err(BrokerError::InvalidArgument {
+            what: format!("number of partitions must be between 1 and {MAX_PARTITIONS}, got {partitions}"),
+        });
+    }
+    let value = serde_json::to_vec(&PartitionedTopicMetadata { partitions })
+        .map_err(|error| BrokerError::Corrupt { what: path(topic), reason: error.to_string() })?;
+    store.put(&path(topic), value, Expected::Any).await?;
+    Ok(())
+}
+
 /// Removes the record; `TopicNotFound` if there was none. The partitions' data stays until
 /// each partition topic is deleted.
 pub async fn delete(store: &dyn MetadataStore, topic: &TopicName) -> Result<(), BrokerError> {

@@ -93,6 +93,14 @@ impl TopicName {
         self.persistent
     }
 
+    /// The partitioned topic this one is partition `i` of (`<topic>-partition-<i>`), and `i`.
+    pub fn partition_of(&self) -> Option<(TopicName, u32)> {
+        let index = partition_index(&self.local_name)?;
+        let (base, _) = self.local_name.rsplit_once(PARTITION_SUFFIX)?;
+        let topic = TopicName { local_name: base.to_owned(), ..self.clone() };
+        Some((topic, index))
+    }
+
     pub fn tenant(&self) -> &str {
         &self.tenant
     }
@@ -150,6 +158,9 @@ mod tests {
         let topic = TopicName::parse("persistent://t/n/orders").expect("valid name");
         let partition = partition_topic_name(&topic, 3);
         assert_eq!(partition, "persistent://t/n/orders-partition-3");
+        let parsed = TopicName::parse(&partition).expect("valid partition name");
+        assert_eq!(parsed.partition_of(), Some((topic.clone(), 3)));
+        assert_eq!(topic.partition_of(), None);
         assert_eq!(partition_index(&partition), Some(3));
         assert_eq!(partition_index("orders-partition-3"), Some(3), "a local name works too");
         assert_eq!(partition_index(&topic.to_string()), None);

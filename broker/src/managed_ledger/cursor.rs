@@ -49,6 +49,18 @@ pub fn cursor_path(managed_ledger: &str, subscription: &str) -> String {
     format!("/magnetar/cursors/{managed_ledger}/{subscription}")
 }
 
+/// Deletes a stored cursor that is not open (its topic is deleted): its ledger, then its key.
+pub(crate) async fn delete_stored(bookies: &Bookies, path: &str) -> Result<(), BrokerError> {
+    if let Some(found) = bookies.meta().get(path).await? {
+        let snapshot = decode(path, &found.value)?;
+        if snapshot.cursor_ledger_id != 0 {
+            ledger::admin::delete_ledger(bookies, LedgerId(snapshot.cursor_ledger_id)).await?;
+        }
+        bookies.meta().delete(path, Expected::Any).await?;
+    }
+    Ok(())
+}
+
 /// Longest a flush waits for the store before giving up (the state stays queued).
 pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 

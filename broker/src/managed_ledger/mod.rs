@@ -112,6 +112,8 @@ pub struct ManagedLedger {
     cursors: Mutex<BTreeMap<String, Arc<ManagedCursor>>>,
     /// Stops the periodic rollover-by-age and trim task.
     stop: CancellationToken,
+    /// The namespace's or topic's retention policy, over the configured default.
+    retention: Mutex<Option<Retention>>,
 }
 
 impl ManagedLedger {
@@ -208,6 +210,7 @@ impl ManagedLedger {
             last_confirmed: sender,
             cursors: Mutex::new(cursors),
             stop: CancellationToken::new(),
+            retention: Mutex::new(None),
         });
         Self::spawn_checks(&managed_ledger);
         Ok(managed_ledger)
@@ -510,6 +513,30 @@ impl ManagedLedger {
             .sum()
     }
 
+    /// Bytes of the entries after `after` (`None`: all), estimated for the ledger holding
+    /// `after` from its average entry size (Pulsar estimates backlog size the same way).
+    pub fn bytes_after(&self, after: Option<Position>) -> u64 {
+        let sizes: Vec<(u64, u64, u64)> = {
+            let state = self.lock_state();
+            state.info.ledgers.iter().map(|l| (l.ledger_id, l.entries, l.size)).collect()
+        };
+        let counts = self.ledgers();
+        sizes
+            .into_iter()
+            .zip(counts)
+            .map(|((ledger_id, _, size), (_, entries))| match after {
+                None => size,
+                Some(a) if ledger_id < a.ledger_id => 0,
+                Some(a) if ledger_id == a.ledger_id && entries > 0 => {
+                    let left = entries.saturating_sub(a.entry_id + 1);
+                    (u128::from(size) * u128::from(left) / u128::from(entries)) as u64
+                }
+                Some(a) if ledger_id == a.ledger_id => 0,
+                Some(_) => size,
+            })
+            .sum()
+    }
+
     /// Unacknowledged entries of a cursor state: those after its mark-delete position up to
     /// the last confirmed one, less the ones acknowledged individually.
     pub fn backlog(&self, state: &CursorState) -> u64 {
@@ -558,12 +585,22 @@ impl ManagedLedger {
         self.cursors.lock().values().map(|c| c.persisted_mark_delete()).min()
     }
 
+    /// Sets the retention of a namespace or topic policy (none: the configured default).
+    pub fn set_retention(&self, retention: Option<Retention>) {
+        *self.retention.lock() = retention;
+    }
+
+    /// The retention in force.
+    pub fn retention(&self) -> Retention {
+        self.retention.lock().unwrap_or(self.config.retention)
+    }
+
     /// Removes closed ledgers that every cursor has consumed and retention no longer keeps:
     /// first from the stored list (CAS), then from the bookies. Returns the removed ids.
     pub async fn trim(&self) -> Result<Vec<u64>, BrokerError> {
         let _rolling = self.rolling.lock().await;
         let slowest = self.slowest_mark_delete();
-        let retention = self.config.retention;
+        let retention = self.retention();
         let (info, version, removed) = {
             let state = self.lock_state();
             let now = now_ms();
@@ -707,6 +744,28 @@ impl ManagedLedger {
         self.lock_state().version = version;
         Ok(())
     }
+}
+
+/// Deletes a managed ledger for good (a deleted topic) without opening it: every cursor
+/// (its ledger and key), every ledger (bookies, then metadata), the ledger list. The topic must
+/// be closed first. A delete cut short can be repeated: each step skips what is gone.
+pub async fn delete_stored(name: &str, bookies: &Bookies) -> Result<(), BrokerError> {
+    let meta = bookies.meta().clone();
+    let cursors_path = cursor::cursors_path(name);
+    for cursor_name in meta.list_children(&cursors_path).await? {
+        cursor::delete_stored(bookies, &format!("{cursors_path}/{cursor_name}")).await?;
+    }
+    let path = info_path(name);
+    if let Some(found) = meta.get(&path).await? {
+        let info = ManagedLedgerInfo::decode(&found.value[..])
+            .map_err(|error| BrokerError::Corrupt { what: path.clone(), reason: error.to_string() })?;
+        for ledger in info.ledgers {
+            ledger::admin::delete_ledger(bookies, LedgerId(ledger.ledger_id)).await?;
+        }
+        meta.delete(&path, Expected::Any).await?;
+    }
+    info!(managed_ledger = %name, "managed ledger deleted");
+    Ok(())
 }
 
 /// Moves the last confirmed position forward to `position` (never back).

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -37,11 +37,10 @@ use crate::dispatcher::SubscribeOptions;
 use crate::error::BrokerError;
 use crate::managed_ledger::{AddFuture, Position};
 use crate::metrics::Metrics;
-use crate::partitions;
 use crate::service::BrokerService;
 use crate::subscription::start::{mark_delete_for_publish_time, start_before};
 use crate::subscription::{NewConsumer, StartAt, Subscription};
-use crate::topic::{Admission, Topic};
+use crate::topic::{Admission, QuotaVerdict, Topic};
 use crate::topic_name::TopicName;
 
 const SERVER_VERSION: &str = concat!("Magnetar ", env!("CARGO_PKG_VERSION"));
@@ -61,6 +60,8 @@ struct ProducerEntry {
     closed: Arc<AtomicBool>,
     /// False while a WaitForExclusive producer waits for its turn; SENDs are refused until then.
     ready: Arc<AtomicBool>,
+    /// Sends held by a backlog quota and not yet published; later sends queue behind them.
+    held: Arc<AtomicUsize>,
 }
 
 struct ConsumerEntry {
@@ -317,15 +318,12 @@ impl Connection {
     async fn on_partitioned_metadata(&self, request: pb::CommandPartitionedTopicMetadata) {
         let partitions = async {
             let name = TopicName::parse(&request.topic)?;
-            self.service.check_topic(&name).await?;
-            partitions::get(self.service.meta.as_ref(), &name).await
+            self.service.partitioned_metadata(&name).await
         }
         .await;
         match partitions {
             // A non-partitioned topic answers 0, as Pulsar does.
-            Ok(count) => {
-                self.send(command::partitioned_metadata_response(request.request_id, count.unwrap_or(0))).await
-            }
+            Ok(count) => self.send(command::partitioned_metadata_response(request.request_id, count)).await,
             Err(error) => {
                 self.send(command::partitioned_metadata_failed(
                     request.request_id,
@@ -369,7 +367,7 @@ impl Connection {
                 return self.send_error(request.request_id, &error).await;
             }
         };
-        let admission = match topic.add_producer(&name, key, mode) {
+        let admission = match topic.admit_producer().and_then(|()| topic.add_producer(&name, key, mode)) {
             Ok(admission) => admission,
             Err(error) => {
                 info!(peer = %self.peer, topic = %request.topic, %error, "producer refused");
@@ -383,7 +381,15 @@ impl Connection {
         let (close_flag, close_queue) = (closed.clone(), receipts.clone());
         self.producers.insert(
             request.producer_id,
-            ProducerEntry { topic: topic.clone(), name: name.clone(), key, receipts, ready: ready.clone(), closed },
+            ProducerEntry {
+                topic: topic.clone(),
+                name: name.clone(),
+                key,
+                receipts,
+                ready: ready.clone(),
+                closed,
+                held: Arc::default(),
+            },
         );
         match admission {
             Admission::Ready => {
@@ -438,9 +444,22 @@ impl Connection {
             Metrics::add(&self.service.metrics.send_errors, 1);
             return self.send(refuse(ServerError::NotAllowedError, "SEND without a payload")).await;
         };
-        if payload.body().len() > self.service.config.max_message_size {
+        let max_size = producer.topic.limits().max_message_size.map_or(self.service.config.max_message_size, |own| {
+            own.min(self.service.config.max_message_size)
+        });
+        if payload.body().len() > max_size {
             Metrics::add(&self.service.metrics.send_errors, 1);
-            return self.send(refuse(ServerError::NotAllowedError, "message exceeds the maximum message size")).await;
+            let message = format!("message of {} bytes exceeds the maximum message size {max_size}", payload.body().len());
+            return self.send(refuse(ServerError::NotAllowedError, &message)).await;
+        }
+        // Under a backlog quota a send is refused (producer_exception) or held until consumers
+        // catch up (producer_request_hold): a held send is published by the receipt task when
+        // its turn comes, so this connection goes on reading (acks included), and every later
+        // send of the producer follows it there to keep the order.
+        let verdict = producer.topic.quota_verdict();
+        if let QuotaVerdict::Refuse(error) = verdict {
+            Metrics::add(&self.service.metrics.send_errors, 1);
+            return self.send(refuse(error.server_error(), &error.to_string())).await;
         }
         let messages = u64::from(payload.num_messages());
         // The entry is the payload exactly as the client wrote it: batches, chunks, compressed
@@ -448,28 +467,41 @@ impl Connection {
         let data: Bytes = payload.into_bytes();
         let bytes = data.len() as u64;
         let highest_sequence_id = send.highest_sequence_id.unwrap_or(0).max(send.sequence_id);
-        let published = producer.topic.publish(&producer.name, send.sequence_id, highest_sequence_id, data).await;
-        let durable: AddFuture = match published {
-            Ok(Published::Stored(durable)) => durable,
-            // Pulsar answers a known duplicate with a receipt for -1:-1 and stores nothing.
-            Ok(Published::Duplicate) => Box::pin(async { Ok(Position::new(u64::MAX, u64::MAX)) }),
-            Ok(Published::InFlightDuplicate) => {
-                let error = BrokerError::DuplicateInFlight { sequence_id: send.sequence_id };
-                Box::pin(async move { Err(error) })
-            }
-            Err(BrokerError::TopicFenced { .. }) => {
-                debug!(topic = %producer.topic.name(), "publish to a closing topic dropped; the client resends it");
-                return;
-            }
-            Err(error) => {
-                warn!(topic = %producer.topic.name(), %error, "publish failed");
-                Metrics::add(&self.service.metrics.send_errors, 1);
-                return self.send(refuse(error.server_error(), &error.to_string())).await;
+        let sequence_id = send.sequence_id;
+        let durable: AddFuture = if matches!(verdict, QuotaVerdict::Hold) || producer.held.load(Ordering::Acquire) > 0 {
+            producer.held.fetch_add(1, Ordering::AcqRel);
+            let (topic, name, held) = (producer.topic.clone(), producer.name.clone(), producer.held.clone());
+            Box::pin(async move {
+                let published = match topic.wait_out_hold().await {
+                    Ok(()) => topic.publish(&name, sequence_id, highest_sequence_id, data).await,
+                    Err(error) => Err(error),
+                };
+                held.fetch_sub(1, Ordering::AcqRel);
+                durable_of(published, sequence_id)?.await
+            })
+        } else {
+            let published = producer.topic.publish(&producer.name, sequence_id, highest_sequence_id, data).await;
+            match durable_of(published, sequence_id) {
+                Ok(durable) => durable,
+                Err(BrokerError::TopicFenced { .. }) => {
+                    debug!(topic = %producer.topic.name(), "publish to a closing topic dropped; the client resends it");
+                    return;
+                }
+                Err(error) => {
+                    warn!(topic = %producer.topic.name(), %error, "publish failed");
+                    Metrics::add(&self.service.metrics.send_errors, 1);
+                    return self.send(refuse(error.server_error(), &error.to_string())).await;
+                }
             }
         };
         let receipt = PendingReceipt { sequence_id: send.sequence_id, highest_sequence_id, messages, bytes, durable };
         // Waits when the producer has too many publishes in flight: backpressure on the socket.
         let _ = producer.receipts.send(ReceiptItem::Publish(receipt)).await;
+        // The publish rate policy: this connection reads on once the topic is within it.
+        let wait = producer.topic.publish_throttle(messages, bytes);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
 
     async fn on_subscribe(&mut self, request: pb::CommandSubscribe) {
@@ -513,6 +545,19 @@ impl Connection {
             convert::reader_start(topic.ledger(), &request, initial).await?
         };
         let subscription = topic.subscription(&request.subscription, start, durable, sub_type).await?;
+        let limits = topic.limits();
+        if let Some(max) = limits.max_consumers {
+            if topic.consumer_count().await >= max as usize {
+                return Err(BrokerError::TooManyConsumers { what: format!("Topic reached max consumers limit ({max})") });
+            }
+        }
+        if let Some(max) = limits.max_consumers_per_subscription {
+            if subscription.consumer_count() >= max as usize {
+                return Err(BrokerError::TooManyConsumers {
+                    what: format!("Subscription reached max consumers limit ({max})"),
+                });
+            }
+        }
         let handle = NewConsumer {
             consumer_id: request.consumer_id,
             consumer_name: request.consumer_name.clone().unwrap_or_default(),
@@ -675,6 +720,19 @@ impl Connection {
 }
 
 /// PRODUCER_SUCCESS with an explicit `producer_ready` (WaitForExclusive answers twice).
+/// The receipt future of a publish: durability of a stored entry, -1:-1 for a known duplicate
+/// (Pulsar answers so and stores nothing), an error for a duplicate still in flight.
+fn durable_of(published: Result<Published, BrokerError>, sequence_id: u64) -> Result<AddFuture, BrokerError> {
+    Ok(match published? {
+        Published::Stored(durable) => durable,
+        Published::Duplicate => Box::pin(async { Ok(Position::new(u64::MAX, u64::MAX)) }),
+        Published::InFlightDuplicate => {
+            let error = BrokerError::DuplicateInFlight { sequence_id };
+            Box::pin(async move { Err(error) })
+        }
+    })
+}
+
 fn producer_success_waiting(request_id: u64, producer_name: &str, ready: bool, last_sequence_id: i64) -> BaseCommand {
     let mut answer = command::producer_success(request_id, producer_name, last_sequence_id);
     if let Some(success) = answer.producer_success.as_mut() {

@@ -328,6 +328,26 @@ impl Delivery {
         Ok(changed)
     }
 
+    /// Acknowledges everything up to `position` for the broker itself (message TTL, backlog
+    /// eviction), whatever the subscription type; whether anything changed.
+    pub fn skip_through(&mut self, position: Position, view: &impl PositionView) -> bool {
+        if self.cursor.mark_delete.is_some_and(|mark| mark >= position) {
+            return false;
+        }
+        let changed = self.cursor.ack_cumulative(position, view);
+        if changed {
+            if let Some(mark) = self.cursor.mark_delete {
+                let after = Position::new(mark.ledger_id, mark.entry_id + 1);
+                self.delivered = self.delivered.split_off(&after);
+                self.replay = self.replay.split_off(&after);
+                self.redelivery_counts.retain(|p, _| *p > mark);
+                self.dispatcher.acknowledged_through(mark);
+            }
+            self.changed();
+        }
+        changed
+    }
+
     fn forget(&mut self, position: Position) {
         self.redelivery_counts.remove(&position);
         self.delivered.remove(&position);

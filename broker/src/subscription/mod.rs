@@ -241,6 +241,20 @@ impl Subscription {
         Ok(())
     }
 
+    /// Acknowledges everything through `position` for the broker (message TTL, backlog
+    /// eviction): the messages leave the backlog, whatever the subscription type.
+    pub fn skip_through(&self, position: Position) -> bool {
+        let view = self.ledger.positions();
+        let changed = self.inner.lock().delivery.skip_through(position, &view);
+        if changed {
+            if let Some(cursor) = &self.cursor {
+                cursor.mark_dirty();
+            }
+            self.wake.notify_one();
+        }
+        changed
+    }
+
     /// Tells every consumer's client to reconnect (CLOSE_CONSUMER, as Pulsar's broker-initiated
     /// close) and detaches them: the topic is moving to another broker.
     pub fn disconnect_all(&self) {

@@ -46,6 +46,44 @@ pub async fn mark_delete_for_publish_time(
     Ok(after)
 }
 
+/// How far messages published before `cutoff_ms` reach after `after` (a subscription's
+/// mark-delete position): the last such position, scanning at most `budget` entries (message
+/// TTL continues on its next round). `None`: nothing after `after` is that old.
+pub async fn published_before(
+    ledger: &ManagedLedger,
+    after: Option<Position>,
+    cutoff_ms: u64,
+    budget: u32,
+) -> Result<Option<Position>, BrokerError> {
+    let mut last_old = None;
+    let mut cursor = after;
+    let mut scanned = 0;
+    while scanned < budget {
+        let Some(from) = ledger.next_position(cursor) else { break };
+        let entries = ledger.read_entries(from, MAX_READ_BATCH.min(budget - scanned)).await?;
+        if entries.is_empty() {
+            break;
+        }
+        for (position, data) in entries {
+            scanned += 1;
+            let published = Payload::parse(data).map_or(0, |p| p.metadata().publish_time);
+            if published >= cutoff_ms {
+                return Ok(last_old);
+            }
+            last_old = Some(position);
+            cursor = Some(position);
+        }
+    }
+    Ok(last_old)
+}
+
+/// The publish time of the first entry after `after`, if there is one (a backlog's age).
+pub async fn first_publish_time(ledger: &ManagedLedger, after: Option<Position>) -> Result<Option<u64>, BrokerError> {
+    let Some(from) = ledger.next_position(after) else { return Ok(None) };
+    let entries = ledger.read_entries(from, 1).await?;
+    Ok(entries.into_iter().next().map(|(_, data)| Payload::parse(data).map_or(0, |p| p.metadata().publish_time)))
+}
+
 /// The mark-delete position that makes `position` the next message delivered.
 pub fn start_before(ledger: &ManagedLedger, position: Position) -> Option<Position> {
     match ledger.last_confirmed() {

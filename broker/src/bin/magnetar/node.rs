@@ -24,7 +24,10 @@ use crate::metadata_url::MetadataUrl;
 use magnetar_broker::cluster::{broker_info::BrokerInfo, load_manager, ownership::Ownership};
 use magnetar_broker::config::{BrokerConfig, ClusterConfig};
 use magnetar_broker::managed_ledger::ManagedLedgerConfig;
-use magnetar_broker::{http, namespace, protocol, BrokerService};
+use magnetar_broker::service::spawn_policy_applier;
+use magnetar_broker::tenancy::model::ClusterData;
+use magnetar_broker::tenancy::{store, PolicyCache};
+use magnetar_broker::{http, protocol, BrokerService};
 
 /// Time allowed for a clean shutdown before the process gives up waiting.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -67,9 +70,6 @@ pub fn check_ledger_config(ledger: &LedgerConfig) -> anyhow::Result<()> {
 pub async fn run(config: BrokerNodeConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     check_ledger_config(&config.ledger)?;
     let meta = config.metadata_url.connect().await?;
-    namespace::initialize_defaults(meta.as_ref(), &config.cluster_name)
-        .await
-        .context("create the cluster, the public tenant and public/default")?;
     let broker_config = BrokerConfig {
         cluster_name: config.cluster_name.clone(),
         advertised_address: config.advertised_address.clone(),
@@ -135,13 +135,26 @@ impl ServingBroker {
             native_url: config.broker_service_url(),
             http_url: config.web_service_url(),
         };
+        // The cluster (with this broker's URLs, as Pulsar's cluster initialization takes
+        // them), tenant `public` and namespace `public/default`, if missing.
+        let cluster = ClusterData {
+            service_url: Some(config.web_service_url()),
+            broker_service_url: Some(config.broker_service_url()),
+            ..ClusterData::default()
+        };
+        store::initialize_defaults(meta.as_ref(), &config.cluster_name, &cluster)
+            .await
+            .context("create the cluster, the public tenant and public/default")?;
         let (ownership, mut lost) =
             Ownership::start(meta.clone(), me, config.cluster.session_timeout, config.cluster.default_bundles)
                 .await
                 .context("open the broker's metadata session")?;
-        let load_manager = config.cluster.load_manager.clone();
-        let service = BrokerService::new(config, meta, ownership);
         let cancel = CancellationToken::new();
+        let policies =
+            PolicyCache::start(meta.clone(), cancel.clone()).await.context("read tenants and namespace policies")?;
+        let load_manager = config.cluster.load_manager.clone();
+        let service = BrokerService::new(config, meta, ownership, policies);
+        spawn_policy_applier(service.clone(), cancel.clone());
         let lost_service = service.clone();
         let closer = tokio::spawn(async move {
             while let Some(bundle) = lost.recv().await {

@@ -22,7 +22,6 @@ use tracing::{info, warn};
 use crate::node::{bind, ServingBroker, SHUTDOWN_GRACE};
 use magnetar_broker::config::BrokerConfig;
 use magnetar_broker::managed_ledger::ManagedLedgerConfig;
-use magnetar_broker::namespace;
 
 /// Most bookies one standalone process runs: each has its own journal thread, RocksDB index
 /// and caches, so more than a handful only competes for the same disk and cores.
@@ -125,7 +124,6 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
     let store =
         tokio::task::spawn_blocking(move || LocalStore::open(&meta_dir)).await.context("open metadata store")??;
     let meta: Arc<dyn MetadataStore> = Arc::new(store);
-    namespace::initialize_defaults(meta.as_ref(), "standalone").await.context("create default tenant and namespace")?;
 
     // Bookies, all registered before the broker can create a ledger.
     let mut bookies = Vec::with_capacity(config.num_bookies as usize);

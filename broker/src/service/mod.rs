@@ -1,7 +1,14 @@
 //! The broker's shared state: topics by name, the stores, the counters.
 //!
-//! Topics open on first use (auto-creation, as in Pulsar) exactly once even when many
-//! connections ask at the same moment: each name maps to a cell that one opener fills.
+//! Topics open on first use exactly once even when many connections ask at the same moment:
+//! each name maps to a cell that one opener fills. Whether a topic may be created on first
+//! use, and the limits it is held to, come from its namespace's and its own policies
+//! ([`policies`]).
+
+mod admin;
+mod policies;
+
+pub use policies::spawn_policy_applier;
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -21,9 +28,9 @@ use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::managed_ledger::ManagedLedger;
 use crate::metrics::{Gauges, Metrics, TopicGauges};
-use crate::namespace;
 use crate::partitions;
-use crate::topic::Topic;
+use crate::tenancy::PolicyCache;
+use crate::topic::{PolicingIntervals, Topic};
 use crate::topic_name::{partition_topic_name, TopicName};
 
 /// Counter the broker ids of generated producer names come from.
@@ -43,10 +50,17 @@ pub struct BrokerService {
     pub ownership: Arc<Ownership>,
     /// Fired when the broker cannot go on (its metadata session expired): the process stops.
     pub fatal: CancellationToken,
+    /// Tenants, namespace and topic policies, kept current by a metadata watch.
+    pub policies: Arc<PolicyCache>,
 }
 
 impl BrokerService {
-    pub fn new(config: BrokerConfig, meta: Arc<dyn MetadataStore>, ownership: Arc<Ownership>) -> Arc<Self> {
+    pub fn new(
+        config: BrokerConfig,
+        meta: Arc<dyn MetadataStore>,
+        ownership: Arc<Ownership>,
+        policies: Arc<PolicyCache>,
+    ) -> Arc<Self> {
         let bookies = Bookies::new(meta.clone());
         Arc::new(BrokerService {
             config,
@@ -58,18 +72,8 @@ impl BrokerService {
             shutdown: CancellationToken::new(),
             ownership,
             fatal: CancellationToken::new(),
+            policies,
         })
-    }
-
-    /// Checks that a topic may be served here: persistent, in an existing namespace.
-    pub async fn check_topic(&self, name: &TopicName) -> Result<(), BrokerError> {
-        if !name.persistent {
-            return Err(BrokerError::NotSupported { what: "non-persistent topics".to_owned() });
-        }
-        if !namespace::namespace_exists(self.meta.as_ref(), &name.namespace_name()).await? {
-            return Err(BrokerError::NamespaceNotFound { namespace: name.namespace_name() });
-        }
-        Ok(())
     }
 
     /// The topic, opened (and created) on first use, if this broker owns its bundle (or it
@@ -81,7 +85,8 @@ impl BrokerService {
         let cell = self.topics.lock().entry(name.clone()).or_default().clone();
         let topic = cell
             .get_or_try_init(|| async {
-                self.check_topic(name).await?;
+                let namespace = self.check_topic(name).await?;
+                self.check_creation(name, &namespace).await?;
                 let bundle = self.ownership.ensure_owned(name).await?;
                 let ledger = ManagedLedger::open(
                     &name.persistence_name(),
@@ -90,10 +95,13 @@ impl BrokerService {
                     self.config.managed_ledger,
                 )
                 .await?;
-                let topic = Topic::new(name.clone(), ledger);
-                if namespace::deduplication_enabled(self.meta.as_ref(), &name.namespace_name()).await? {
-                    topic.set_deduplication(true, &self.meta).await?;
-                }
+                let limits = self.limits_of(name, Some(&namespace));
+                let intervals = PolicingIntervals {
+                    backlog_quota: self.config.policies.backlog_quota_check_interval,
+                    message_expiry: self.config.policies.message_expiry_check_interval,
+                };
+                let topic = Topic::new(name.clone(), ledger, limits.clone(), intervals);
+                topic.apply_limits(limits, &self.meta).await?;
                 if !self.ownership.is_active(&bundle) {
                     // The bundle started moving while the topic opened: hand it over closed.
                     topic.close().await;
@@ -130,15 +138,6 @@ impl BrokerService {
         Ok(topics.into_iter().collect())
     }
 
-    /// Applies a namespace's deduplication policy to its loaded topics.
-    pub async fn apply_deduplication(&self, namespace: &str, enabled: bool) -> Result<(), BrokerError> {
-        for topic in self.loaded_topics() {
-            if topic.name().namespace_name() == namespace {
-                topic.set_deduplication(enabled, &self.meta).await?;
-            }
-        }
-        Ok(())
-    }
 
     /// This broker's id for generated producer names, allocated once per process from the
     /// metadata store so names stay unique across brokers and restarts.

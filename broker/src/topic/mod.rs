@@ -5,6 +5,8 @@
 //! WaitForExclusive producers queue until the topic has no other producer, in arrival order.
 //! Producer names are unique per topic. With deduplication on (namespace policy), publishes go
 //! through [`Deduplication`]; the producer registry is a plain mutex never held across `.await`.
+//! The topic holds its resolved policy limits ([`TopicLimits`]), replaced as a whole when a
+//! policy changes; each check reads them once.
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
@@ -16,11 +18,18 @@ use magnetar_meta::MetadataStore;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+mod policing;
+
+pub use policing::{PolicingIntervals, QuotaVerdict};
+
 use crate::dedup::{Deduplication, Published};
 use crate::dispatcher::SubscriptionType;
 use crate::error::BrokerError;
 use crate::managed_ledger::ManagedLedger;
 use crate::subscription::{task, StartAt, Subscription};
+use crate::tenancy::model::RetentionPolicy;
+use crate::tenancy::TopicLimits;
+use crate::throttle::Throttle;
 use crate::topic_name::TopicName;
 
 /// How a producer shares the topic (Pulsar's ProducerAccessMode).
@@ -80,11 +89,24 @@ pub struct Topic {
     fenced: AtomicBool,
     /// Entries stored since the topic opened (load reports).
     published: AtomicU64,
+    /// What the topic's policies limit, resolved.
+    limits: parking_lot::RwLock<Arc<TopicLimits>>,
+    /// The publish rate policy, shared by every producer of the topic.
+    publish_rate: Throttle,
+    /// The policy of an age quota the backlog exceeded at the last timed check.
+    age_exceeded: Mutex<Option<RetentionPolicy>>,
 }
 
 impl Topic {
-    pub fn new(name: TopicName, ledger: Arc<ManagedLedger>) -> Arc<Self> {
-        Arc::new(Topic {
+    /// A topic over its opened managed ledger; its timed policy checks run every
+    /// `intervals` until it closes.
+    pub fn new(
+        name: TopicName,
+        ledger: Arc<ManagedLedger>,
+        limits: TopicLimits,
+        intervals: PolicingIntervals,
+    ) -> Arc<Self> {
+        let topic = Arc::new(Topic {
             name,
             ledger,
             producers: Mutex::default(),
@@ -92,7 +114,31 @@ impl Topic {
             subscriptions: Default::default(),
             fenced: AtomicBool::new(false),
             published: AtomicU64::new(0),
-        })
+            publish_rate: Throttle::new(limits.publish_rate),
+            limits: parking_lot::RwLock::new(Arc::new(limits)),
+            age_exceeded: Mutex::new(None),
+        });
+        policing::spawn(&topic, intervals);
+        topic
+    }
+
+    /// The limits in force now.
+    pub fn limits(&self) -> Arc<TopicLimits> {
+        self.limits.read().clone()
+    }
+
+    /// Takes new limits: deduplication and retention change at once, the rest applies to
+    /// the next check.
+    pub async fn apply_limits(&self, limits: TopicLimits, meta: &Arc<dyn MetadataStore>) -> Result<(), BrokerError> {
+        let deduplication = limits.deduplication;
+        self.ledger.set_retention(limits.retention);
+        self.publish_rate.set(limits.publish_rate);
+        let changed = **self.limits.read() != limits;
+        *self.limits.write() = Arc::new(limits);
+        if changed {
+            info!(topic = %self.name, "policies applied");
+        }
+        self.set_deduplication(deduplication, meta).await
     }
 
     pub fn name(&self) -> &TopicName {
@@ -111,9 +157,15 @@ impl Topic {
         producer_key: u64,
         mode: AccessMode,
     ) -> Result<Admission, BrokerError> {
+        let max_producers = self.limits().max_producers;
         let mut producers = self.producers.lock();
         if producers.by_name.contains_key(producer_name) || producers.waiting.iter().any(|w| w.name == producer_name) {
             return Err(BrokerError::ProducerBusy { topic: self.name.to_string(), producer: producer_name.to_owned() });
+        }
+        if let Some(max) = max_producers {
+            if producers.by_name.len() + producers.waiting.len() >= max as usize {
+                return Err(BrokerError::TooManyProducers { topic: self.name.to_string(), max });
+            }
         }
         let exclusive_taken = producers.exclusive.is_some() || !producers.waiting.is_empty();
         let fenced = |reason: String| BrokerError::ProducerFenced { topic: self.name.to_string(), reason };
@@ -255,6 +307,15 @@ impl Topic {
         if let Some(found) = subscriptions.get(name) {
             return Ok(found.clone());
         }
+        if let Some(max) = self.limits().max_subscriptions {
+            let known = self.ledger.cursors().len().max(subscriptions.len());
+            let stored = self.ledger.cursors().iter().any(|(cursor, _)| cursor == name);
+            if !stored && known >= max as usize {
+                return Err(BrokerError::NotAllowed {
+                    what: format!("Exceed the maximum number of subscriptions of topic {}: {max}", self.name),
+                });
+            }
+        }
         let opened =
             Subscription::open(&self.name.to_string(), name, self.ledger.clone(), start, durable, sub_type).await?;
         tokio::spawn(task::run(opened.clone()));
@@ -290,6 +351,11 @@ impl Topic {
         subscriptions.remove(name);
         subscription.close().await;
         subscription.delete().await
+    }
+
+    /// The subscription `name` if it is open here.
+    pub async fn loaded_subscription(&self, name: &str) -> Option<Arc<Subscription>> {
+        self.subscriptions.lock().await.get(name).cloned()
     }
 
     pub async fn subscriptions(&self) -> Vec<Arc<Subscription>> {

@@ -1,0 +1,179 @@
+//! HTTP on the web port: Prometheus metrics at `/metrics`, the admin REST API under
+//! `/admin/v2` in Pulsar's paths and JSON shapes, and the HTTP lookup
+//! `/lookup/v2/topic/persistent/...`.
+//!
+//! - [`tenancy`]: clusters, tenants and namespaces (list, get, create, update, delete);
+//! - [`policies`]: namespace policies and each topic's own (get, set, remove);
+//! - [`topics`]: topics (create, delete, list, stats, partitions, unload);
+//! - [`bundles`]: namespace bundles (list, unload, split), brokers and load reports.
+//!
+//! Errors answer with a status and a JSON body `{"reason": ...}`, as Pulsar's admin API does:
+//! 400 for a body that does not parse or a value out of range (naming the field), 404 for
+//! what does not exist, 409 for what already exists or conflicts, 412 for a precondition
+//! (a cluster a tenant does not allow, a cluster still in use).
+
+mod bundles;
+mod policies;
+mod tenancy;
+mod topics;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::cluster::ownership::LookupAnswer;
+use crate::error::BrokerError;
+use crate::service::BrokerService;
+use crate::tenancy::store;
+use crate::topic_name::TopicName;
+
+type AppState = Arc<BrokerService>;
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "reason": self.1 }))).into_response()
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(error: BrokerError) -> Self {
+        let status = match error {
+            BrokerError::InvalidTopicName { .. } => StatusCode::PRECONDITION_FAILED,
+            BrokerError::NamespaceNotFound { .. } | BrokerError::TopicNotFound { .. } | BrokerError::NotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            BrokerError::ShuttingDown | BrokerError::ServiceUnitNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            BrokerError::NotAllowed { .. } => StatusCode::PRECONDITION_FAILED,
+            BrokerError::AlreadyExists { .. } | BrokerError::Conflict { .. } => StatusCode::CONFLICT,
+            BrokerError::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, error.to_string())
+    }
+}
+
+pub fn router(service: Arc<BrokerService>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/metrics/", get(metrics))
+        .route("/lookup/v2/topic/persistent/{tenant}/{namespace}/{topic}", get(lookup))
+        .merge(tenancy::routes())
+        .merge(policies::routes())
+        .merge(topics::routes())
+        .merge(bundles::routes())
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such resource".to_owned()) })
+        .with_state(service)
+}
+
+async fn metrics(State(service): State<AppState>) -> impl IntoResponse {
+    let gauges = service.gauges().await;
+    let body = service.metrics.render(&service.config.cluster_name, gauges);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+/// A JSON body that must be one value of type `T` (Pulsar's admin sends `4`, `true`, or an
+/// object); unknown fields and values of the wrong type are a 400 naming them.
+fn json_body<T: serde::de::DeserializeOwned>(body: &str, what: &str) -> Result<T, ApiError> {
+    serde_json::from_str(body.trim())
+        .map_err(|error| ApiError(StatusCode::BAD_REQUEST, format!("body must be {what}: {error}")))
+}
+
+/// `namespace`, if it exists (404 otherwise).
+async fn existing_namespace(service: &BrokerService, namespace: String) -> Result<String, ApiError> {
+    if !store::namespace_exists(service.meta.as_ref(), &namespace).await? {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("namespace {namespace} does not exist")));
+    }
+    Ok(namespace)
+}
+
+/// The persistent topic named by an admin path, in a namespace that must exist (404
+/// otherwise).
+async fn existing_namespace_topic(
+    service: &BrokerService,
+    tenant: &str,
+    ns: &str,
+    topic: &str,
+) -> Result<TopicName, ApiError> {
+    let name = TopicName::parse(&format!("persistent://{tenant}/{ns}/{topic}")).map_err(BrokerError::from)?;
+    existing_namespace(service, name.namespace_name()).await?;
+    Ok(name)
+}
+
+/// A 307 to the same path on the broker that owns `name`'s bundle, if that is another broker
+/// (Pulsar's admin API redirects the same way).
+async fn redirect_to_owner(
+    service: &BrokerService,
+    name: &TopicName,
+    path: &str,
+) -> Result<Option<Response>, ApiError> {
+    let bundle = service.ownership.bundle_of(name).await?;
+    if service.ownership.is_active(&bundle) {
+        return Ok(None);
+    }
+    match service.ownership.read_owner(&bundle).await? {
+        Some((owner, _)) if owner.info.broker != service.ownership.me().broker => {
+            let location = format!("{}{path}", owner.info.http_url);
+            Ok(Some((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response()))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Pulsar's HTTP lookup answer: the broker that owns the topic's bundle (assigned now to
+/// the least loaded broker if nobody owns it), on any broker.
+async fn lookup(
+    State(service): State<AppState>,
+    Path((tenant, ns, topic)): Path<(String, String, String)>,
+    Query(query): Query<LookupQuery>,
+) -> Result<Response, ApiError> {
+    let name = TopicName::parse(&format!("persistent://{tenant}/{ns}/{topic}")).map_err(BrokerError::from)?;
+    service.check_topic(&name).await?;
+    let answer = service.ownership.lookup(&name, query.authoritative).await?;
+    if let LookupAnswer::Redirect(target) = &answer {
+        if service.ownership.read_owner(&service.ownership.bundle_of(&name).await?).await?.is_none() {
+            // Chosen, not yet owned: the chosen broker takes it when asked authoritatively
+            // (Pulsar's lookup redirects the same way).
+            let location =
+                format!("{}/lookup/v2/topic/persistent/{tenant}/{ns}/{topic}?authoritative=true", target.http_url);
+            return Ok((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response());
+        }
+    }
+    let broker = answer.broker();
+    Ok(Json(json!({
+        "brokerUrl": broker.native_url,
+        "brokerUrlTls": "",
+        "httpUrl": broker.http_url,
+        "httpUrlTls": "",
+        "nativeUrl": broker.native_url,
+    }))
+    .into_response())
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct LookupQuery {
+    authoritative: bool,
+}
+
+/// `?force=true` on deletes.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct ForceQuery {
+    force: bool,
+}
+
+/// Serves HTTP until `cancel` fires.
+pub async fn run(service: Arc<BrokerService>, listener: TcpListener, cancel: CancellationToken) -> std::io::Result<()> {
+    info!(address = ?listener.local_addr().ok(), "serving HTTP admin and metrics");
+    axum::serve(listener, router(service)).with_graceful_shutdown(cancel.cancelled_owned()).await
+}
