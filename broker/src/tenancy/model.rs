@@ -238,7 +238,7 @@ pub struct AutoSubscriptionCreationOverride {
 pub struct RetentionPolicies {
     #[serde(default)]
     pub retention_time_in_minutes: i32,
-    #[serde(default)]
+    #[serde(default, rename = "retentionSizeInMB")]
     pub retention_size_in_mb: i64,
 }
 

@@ -4,6 +4,7 @@
 
 mod metadata_url;
 mod node;
+mod pulsar_conf;
 mod settings;
 mod standalone;
 
@@ -63,10 +64,12 @@ struct ServeArgs {
     /// Host name clients are told to connect to [default: 127.0.0.1].
     #[arg(long)]
     advertised_address: Option<String>,
-    /// TOML file with broker settings: Pulsar's broker.conf names in snake case
-    /// (metadata_store_url, broker_service_port, web_service_port, ...) and a [managed_ledger]
-    /// section (rollover, retention).
-    #[arg(long, value_name = "FILE.toml")]
+    /// Broker settings: a TOML file with Pulsar's broker.conf names in snake case
+    /// (metadata_store_url, broker_service_port, allow_auto_topic_creation, ...) and a
+    /// [managed_ledger] section (rollover, retention), or Pulsar's own broker.conf /
+    /// standalone.conf (a `.conf` file: Pulsar's key spellings; keys Magnetar does not
+    /// implement are reported once).
+    #[arg(long, value_name = "FILE.toml|FILE.conf")]
     config: Option<PathBuf>,
 }
 
@@ -397,6 +400,9 @@ async fn main() -> anyhow::Result<()> {
             let serve = args.serve.resolve()?;
             let config = StandaloneConfig {
                 managed_ledger: serve.settings.managed_ledger_config()?,
+                policies: serve.settings.policy_defaults()?,
+                max_message_size: serve.settings.max_message_size()?,
+                cluster_name: serve.settings.cluster_name.clone().unwrap_or_else(|| "standalone".to_owned()),
                 data_dir: args.data_dir,
                 bind_address: serve.bind_address,
                 pulsar_port: serve.pulsar_port,
@@ -426,6 +432,8 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| "etcd://127.0.0.1:2379".to_owned());
             let config = BrokerNodeConfig {
                 managed_ledger: settings.managed_ledger_config()?,
+                policies: settings.policy_defaults()?,
+                max_message_size: settings.max_message_size()?,
                 cluster: settings.cluster_config()?,
                 metadata_url: metadata_url.parse()?,
                 cluster_name: args

@@ -26,7 +26,7 @@ use magnetar_broker::config::{BrokerConfig, ClusterConfig};
 use magnetar_broker::managed_ledger::ManagedLedgerConfig;
 use magnetar_broker::service::spawn_policy_applier;
 use magnetar_broker::tenancy::model::ClusterData;
-use magnetar_broker::tenancy::{store, PolicyCache};
+use magnetar_broker::tenancy::{store, PolicyCache, PolicyDefaults};
 use magnetar_broker::{http, protocol, BrokerService};
 
 /// Time allowed for a clean shutdown before the process gives up waiting.
@@ -43,6 +43,8 @@ pub struct BrokerNodeConfig {
     pub ledger: LedgerConfig,
     pub managed_ledger: ManagedLedgerConfig,
     pub cluster: ClusterConfig,
+    pub policies: PolicyDefaults,
+    pub max_message_size: usize,
 }
 
 /// Checks ensemble size E, write quorum Qw and ack quorum Qa: E >= Qw >= Qa >= 1. The message
@@ -76,6 +78,8 @@ pub async fn run(config: BrokerNodeConfig, cancel: CancellationToken) -> anyhow:
         ledger: config.ledger,
         managed_ledger: config.managed_ledger,
         cluster: config.cluster.clone(),
+        policies: config.policies.clone(),
+        max_message_size: config.max_message_size,
         ..BrokerConfig::default()
     };
     let broker =

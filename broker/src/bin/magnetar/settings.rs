@@ -1,6 +1,7 @@
 //! The broker's settings file (`magnetar broker|standalone --config broker.toml`): Pulsar's
 //! broker.conf names in snake case, read and checked into the library's configuration;
-//! errors name the file and the field.
+//! errors name the file and the field. A Pulsar `.conf` file (Java properties, Pulsar's own
+//! key spellings) is read too ([`super::pulsar_conf`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +13,8 @@ use magnetar_broker::cluster::config::LoadManagerConfig;
 use magnetar_broker::config::ClusterConfig;
 use magnetar_broker::managed_ledger::config::ManagedLedgerSettings;
 use magnetar_broker::managed_ledger::ManagedLedgerConfig;
+use magnetar_broker::tenancy::effective::{AutoTopicType, InactiveRule, PolicyDefaults, Rate};
+use magnetar_broker::tenancy::model::{InactiveTopicDeleteMode, RetentionPolicy};
 use serde::Deserialize;
 
 /// What a broker's TOML file (`magnetar broker|standalone --config broker.toml`) may set,
@@ -52,19 +55,199 @@ pub struct BrokerSettings {
     pub load_balancer_namespace_bundle_max_topics: Option<u64>,
     /// A bundle with more published entries per second splits (30000).
     pub load_balancer_namespace_bundle_max_msg_rate: Option<f64>,
+    /// Largest message a producer may send (5 MiB).
+    pub max_message_size: Option<usize>,
+    // Policy defaults, for namespaces and topics whose policies say nothing.
+    pub allow_auto_topic_creation: Option<bool>,
+    /// `non-partitioned` or `partitioned`.
+    pub allow_auto_topic_creation_type: Option<String>,
+    pub default_num_partitions: Option<u32>,
+    pub broker_deduplication_enabled: Option<bool>,
+    pub ttl_duration_default_in_seconds: Option<u64>,
+    pub backlog_quota_default_limit_bytes: Option<i64>,
+    /// Pulsar's older spelling of the size quota, in GiB (fractions allowed).
+    pub backlog_quota_default_limit_gb: Option<f64>,
+    pub backlog_quota_default_limit_second: Option<i64>,
+    /// `producer_request_hold`, `producer_exception` or `consumer_backlog_eviction`.
+    pub backlog_quota_default_retention_policy: Option<String>,
+    pub backlog_quota_check_interval_in_seconds: Option<u64>,
+    pub message_expiry_check_interval_in_minutes: Option<u64>,
+    /// Magnetar's finer form of `message_expiry_check_interval_in_minutes` (tests, small
+    /// TTLs); wins over it when both are set.
+    pub message_expiry_check_interval_in_seconds: Option<u64>,
+    pub max_producers_per_topic: Option<u32>,
+    pub max_consumers_per_topic: Option<u32>,
+    pub max_consumers_per_subscription: Option<u32>,
+    pub max_unacked_messages_per_consumer: Option<u32>,
+    pub max_unacked_messages_per_subscription: Option<u32>,
+    pub max_subscriptions_per_topic: Option<u32>,
+    pub max_topics_per_namespace: Option<u32>,
+    pub dispatch_throttling_rate_per_topic_in_msg: Option<u64>,
+    pub dispatch_throttling_rate_per_topic_in_byte: Option<u64>,
+    pub dispatch_throttling_rate_per_subscription_in_msg: Option<u64>,
+    pub dispatch_throttling_rate_per_subscription_in_byte: Option<u64>,
+    pub subscription_expiration_time_minutes: Option<u64>,
+    pub broker_delete_inactive_topics_enabled: Option<bool>,
+    /// `delete_when_no_subscriptions` or `delete_when_subscriptions_caught_up`.
+    pub broker_delete_inactive_topics_mode: Option<String>,
+    pub broker_delete_inactive_topics_max_inactive_duration_seconds: Option<u64>,
     pub managed_ledger: ManagedLedgerSettings,
 }
 
 impl BrokerSettings {
     /// Reads and checks a settings file; errors name the file and the field.
+    /// A `.conf` or `.properties` file is read as Pulsar's (Java properties, Pulsar's key
+    /// spellings); anything else as TOML.
     pub fn load(path: &Path) -> anyhow::Result<BrokerSettings> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("read broker config file {}", path.display()))?;
-        let settings: BrokerSettings =
-            toml::from_str(&text).with_context(|| format!("broker config file {}", path.display()))?;
+        let pulsar = matches!(path.extension().and_then(|e| e.to_str()), Some("conf" | "properties"));
+        let settings: BrokerSettings = if pulsar {
+            let (table, ignored) =
+                super::pulsar_conf::to_settings(&text).with_context(|| format!("broker config file {}", path.display()))?;
+            if !ignored.is_empty() {
+                tracing::warn!(
+                    file = %path.display(),
+                    keys = %ignored.join(", "),
+                    "Pulsar settings Magnetar does not implement are ignored"
+                );
+            }
+            table.try_into().with_context(|| format!("broker config file {}", path.display()))?
+        } else {
+            toml::from_str(&text).with_context(|| format!("broker config file {}", path.display()))?
+        };
         settings.managed_ledger_config().with_context(|| format!("broker config file {}", path.display()))?;
         settings.cluster_config().with_context(|| format!("broker config file {}", path.display()))?;
+        settings.policy_defaults().with_context(|| format!("broker config file {}", path.display()))?;
         Ok(settings)
+    }
+
+    /// The policy defaults; errors name the key.
+    pub fn policy_defaults(&self) -> anyhow::Result<PolicyDefaults> {
+        let d = PolicyDefaults::default();
+        let auto_topic_type = match self.allow_auto_topic_creation_type.as_deref() {
+            None | Some("non-partitioned") => AutoTopicType::NonPartitioned,
+            Some("partitioned") => match self.default_num_partitions.unwrap_or(1) {
+                0 => anyhow::bail!("default_num_partitions = 0: must be at least 1"),
+                count => AutoTopicType::Partitioned(count),
+            },
+            Some(other) => {
+                anyhow::bail!("allow_auto_topic_creation_type = {other:?}: must be \"non-partitioned\" or \"partitioned\"")
+            }
+        };
+        let backlog_quota_policy = match self.backlog_quota_default_retention_policy.as_deref() {
+            None => d.backlog_quota_policy,
+            Some(name) => serde_json::from_value::<RetentionPolicy>(serde_json::Value::String(name.to_owned()))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "backlog_quota_default_retention_policy = {name:?}: must be producer_request_hold, \
+                         producer_exception or consumer_backlog_eviction"
+                    )
+                })?,
+        };
+        let backlog_quota_limit_bytes = match (self.backlog_quota_default_limit_bytes, self.backlog_quota_default_limit_gb) {
+            (Some(bytes), _) => bytes,
+            (None, Some(gb)) if gb.is_nan() => anyhow::bail!("backlog_quota_default_limit_gb is not a number"),
+            (None, Some(gb)) if gb <= 0.0 => -1,
+            (None, Some(gb)) => (gb * 1024.0 * 1024.0 * 1024.0) as i64,
+            (None, None) => d.backlog_quota_limit_bytes,
+        };
+        let positive = |value: Option<u64>, name: &str, default: Duration, unit: fn(u64) -> Duration| match value {
+            None => Ok(default),
+            Some(0) => anyhow::bail!("{name} = 0: must be positive"),
+            Some(value) => Ok(unit(value)),
+        };
+        let message_expiry_check_interval = match self.message_expiry_check_interval_in_seconds {
+            Some(_) => positive(
+                self.message_expiry_check_interval_in_seconds,
+                "message_expiry_check_interval_in_seconds",
+                d.message_expiry_check_interval,
+                Duration::from_secs,
+            )?,
+            None => positive(
+                self.message_expiry_check_interval_in_minutes,
+                "message_expiry_check_interval_in_minutes",
+                d.message_expiry_check_interval,
+                |minutes| Duration::from_secs(minutes * 60),
+            )?,
+        };
+        let rate = |messages: Option<u64>, bytes: Option<u64>, default: Rate| Rate {
+            messages: messages.map_or(default.messages, |m| (m > 0).then_some(m)),
+            bytes: bytes.map_or(default.bytes, |b| (b > 0).then_some(b)),
+            period: Duration::from_secs(1),
+        };
+        let delete_inactive_topics = match self.broker_delete_inactive_topics_enabled {
+            Some(true) => {
+                let mode = match self.broker_delete_inactive_topics_mode.as_deref() {
+                    None | Some("delete_when_no_subscriptions") => InactiveTopicDeleteMode::DeleteWhenNoSubscriptions,
+                    Some("delete_when_subscriptions_caught_up") => InactiveTopicDeleteMode::DeleteWhenSubscriptionsCaughtUp,
+                    Some(other) => anyhow::bail!(
+                        "broker_delete_inactive_topics_mode = {other:?}: must be delete_when_no_subscriptions or \
+                         delete_when_subscriptions_caught_up"
+                    ),
+                };
+                let after = self.broker_delete_inactive_topics_max_inactive_duration_seconds.unwrap_or(60);
+                Some(InactiveRule { mode, after: Duration::from_secs(after) })
+            }
+            Some(false) => None,
+            None => d.delete_inactive_topics,
+        };
+        Ok(PolicyDefaults {
+            allow_auto_topic_creation: self.allow_auto_topic_creation.unwrap_or(d.allow_auto_topic_creation),
+            auto_topic_type,
+            deduplication_enabled: self.broker_deduplication_enabled.unwrap_or(d.deduplication_enabled),
+            message_ttl_seconds: self.ttl_duration_default_in_seconds.unwrap_or(d.message_ttl_seconds),
+            backlog_quota_limit_bytes,
+            backlog_quota_limit_seconds: self.backlog_quota_default_limit_second.unwrap_or(d.backlog_quota_limit_seconds),
+            backlog_quota_policy,
+            max_producers_per_topic: self.max_producers_per_topic.unwrap_or(d.max_producers_per_topic),
+            max_consumers_per_topic: self.max_consumers_per_topic.unwrap_or(d.max_consumers_per_topic),
+            max_consumers_per_subscription: self.max_consumers_per_subscription.unwrap_or(d.max_consumers_per_subscription),
+            max_unacked_messages_per_consumer: self
+                .max_unacked_messages_per_consumer
+                .unwrap_or(d.max_unacked_messages_per_consumer),
+            max_unacked_messages_per_subscription: self
+                .max_unacked_messages_per_subscription
+                .unwrap_or(d.max_unacked_messages_per_subscription),
+            max_subscriptions_per_topic: self.max_subscriptions_per_topic.unwrap_or(d.max_subscriptions_per_topic),
+            max_topics_per_namespace: self.max_topics_per_namespace.unwrap_or(d.max_topics_per_namespace),
+            dispatch_rate_per_topic: rate(
+                self.dispatch_throttling_rate_per_topic_in_msg,
+                self.dispatch_throttling_rate_per_topic_in_byte,
+                d.dispatch_rate_per_topic,
+            ),
+            dispatch_rate_per_subscription: rate(
+                self.dispatch_throttling_rate_per_subscription_in_msg,
+                self.dispatch_throttling_rate_per_subscription_in_byte,
+                d.dispatch_rate_per_subscription,
+            ),
+            subscription_expiration_minutes: self
+                .subscription_expiration_time_minutes
+                .unwrap_or(d.subscription_expiration_minutes),
+            backlog_quota_check_interval: positive(
+                self.backlog_quota_check_interval_in_seconds,
+                "backlog_quota_check_interval_in_seconds",
+                d.backlog_quota_check_interval,
+                Duration::from_secs,
+            )?,
+            message_expiry_check_interval,
+            delete_inactive_topics,
+        })
+    }
+
+    /// The largest message size; errors name the key.
+    pub fn max_message_size(&self) -> anyhow::Result<usize> {
+        match self.max_message_size {
+            None => Ok(magnetar_proto::DEFAULT_MAX_MESSAGE_SIZE),
+            // A message and its metadata must fit in one bookie entry.
+            Some(size) if !(1024..=magnetar_bookie::MAX_ENTRY_SIZE - magnetar_proto::FRAME_OVERHEAD).contains(&size) => {
+                anyhow::bail!(
+                    "max_message_size = {size}: must be between 1024 and {}",
+                    magnetar_bookie::MAX_ENTRY_SIZE - magnetar_proto::FRAME_OVERHEAD
+                )
+            }
+            Some(size) => Ok(size),
+        }
     }
 
     /// The checked managed ledger configuration.

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::node::{bind, ServingBroker, SHUTDOWN_GRACE};
 use magnetar_broker::config::BrokerConfig;
 use magnetar_broker::managed_ledger::ManagedLedgerConfig;
+use magnetar_broker::tenancy::PolicyDefaults;
 
 /// Most bookies one standalone process runs: each has its own journal thread, RocksDB index
 /// and caches, so more than a handful only competes for the same disk and cores.
@@ -43,6 +44,10 @@ pub struct StandaloneConfig {
     pub ledger: LedgerConfig,
     /// Ledger rollover, cursor ledgers and retention.
     pub managed_ledger: ManagedLedgerConfig,
+    /// Policy defaults for namespaces and topics.
+    pub policies: PolicyDefaults,
+    pub max_message_size: usize,
+    pub cluster_name: String,
 }
 
 impl StandaloneConfig {
@@ -141,9 +146,12 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
 
     // Broker.
     let broker_config = BrokerConfig {
+        cluster_name: config.cluster_name.clone(),
         advertised_address: config.advertised_address.clone(),
         ledger: config.ledger,
         managed_ledger: config.managed_ledger,
+        policies: config.policies.clone(),
+        max_message_size: config.max_message_size,
         ..BrokerConfig::default()
     };
     let broker =
@@ -190,6 +198,9 @@ mod tests {
             num_bookies,
             ledger: LedgerConfig { ensemble_size, write_quorum, ack_quorum },
             managed_ledger: ManagedLedgerConfig::default(),
+            policies: PolicyDefaults::default(),
+            max_message_size: magnetar_proto::DEFAULT_MAX_MESSAGE_SIZE,
+            cluster_name: "standalone".to_owned(),
         }
     }
 
