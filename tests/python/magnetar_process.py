@@ -78,8 +78,9 @@ def _die_with_parent() -> None:
 class MagnetarProcess:
     """One `magnetar standalone` node: a data dir and ports that survive restarts."""
 
-    def __init__(self, binary: Path, workdir: Path, name: str) -> None:
+    def __init__(self, binary: Path, workdir: Path, name: str, extra_args: list[str] | None = None) -> None:
         self.binary = binary
+        self.extra_args = list(extra_args or [])
         self.workdir = workdir
         self.name = name
         self.data_dir = workdir / "data"
@@ -105,6 +106,7 @@ class MagnetarProcess:
             "--http-port", str(self.http_port),
             "--bind-address", "127.0.0.1",
             "--advertised-address", "127.0.0.1",
+            *self.extra_args,
         ]  # fmt: skip
 
     def start(self) -> None:

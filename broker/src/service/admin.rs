@@ -1,6 +1,10 @@
 //! Topic and namespace lifecycles on admin request: creating a topic explicitly, deleting a
 //! topic with its data, deleting a namespace with its topics.
 
+use magnetar_meta::{Expected, MetaError};
+use magnetar_proto::clock::now_ms;
+use magnetar_proto::records::ManagedLedgerInfo;
+use prost::Message;
 use tracing::info;
 
 use super::BrokerService;
@@ -20,6 +24,16 @@ impl BrokerService {
             return Err(BrokerError::AlreadyExists { what: format!("topic {name} already exists") });
         }
         self.check_max_topics(&name.namespace_name(), &namespace, 1).await?;
+        // Creating a topic is storing its (empty) ledger list: from then on it exists, auto
+        // creation or not, and opening it here starts its first ledger.
+        let info = ManagedLedgerInfo { ledgers: Vec::new(), created_at_ms: now_ms() };
+        match self.meta.put(&info_path(&name.persistence_name()), info.encode_to_vec(), Expected::Absent).await {
+            Ok(_) => {}
+            Err(MetaError::BadVersion { .. }) => {
+                return Err(BrokerError::AlreadyExists { what: format!("topic {name} already exists") })
+            }
+            Err(error) => return Err(error.into()),
+        }
         self.topic(name).await?;
         info!(topic = %name, "topic created (admin)");
         Ok(())
