@@ -27,6 +27,7 @@ use crate::tenancy::model::{
     InactiveTopicPolicies, PersistencePolicies, Policies, PublishRate, RetentionPolicies, TopicPolicies,
 };
 use crate::tenancy::store;
+use crate::tenancy::PolicyDefaults;
 use crate::topic_name::TopicName;
 
 /// How a namespace policy is read from and written to `Policies` (the cluster names the
@@ -35,6 +36,9 @@ struct NamespaceField<T> {
     what: &'static str,
     get: fn(&Policies, &str) -> Option<T>,
     set: fn(&mut Policies, &str, Option<T>),
+    /// What GET answers when the namespace sets nothing (the broker's default), where Pulsar
+    /// answers that rather than `null`.
+    default: Option<fn(&PolicyDefaults) -> T>,
 }
 
 /// How a topic policy is read from and written to `TopicPolicies`, and the query parameter
@@ -66,91 +70,109 @@ pub(super) fn routes() -> Router<AppState> {
             what: int,
             get: |p, _| p.message_ttl_in_seconds,
             set: |p, _, v| p.message_ttl_in_seconds = v,
+            default: None,
         }))
         .route(&ns("retention"), namespace_policy(NamespaceField::<RetentionPolicies> {
             what: "a RetentionPolicies object",
             get: |p, _| p.retention_policies.clone(),
             set: |p, _, v| p.retention_policies = v,
+            default: None,
         }))
         .route(&ns("maxProducersPerTopic"), namespace_policy(NamespaceField {
             what: int,
             get: |p, _| p.max_producers_per_topic,
             set: |p, _, v| p.max_producers_per_topic = v,
+            default: None,
         }))
         .route(&ns("maxConsumersPerTopic"), namespace_policy(NamespaceField {
             what: int,
             get: |p, _| p.max_consumers_per_topic,
             set: |p, _, v| p.max_consumers_per_topic = v,
+            default: None,
         }))
         .route(&ns("maxConsumersPerSubscription"), namespace_policy(NamespaceField {
             what: int,
             get: |p, _| p.max_consumers_per_subscription,
             set: |p, _, v| p.max_consumers_per_subscription = v,
+            default: None,
         }))
         .route(&ns("maxUnackedMessagesPerConsumer"), namespace_policy(NamespaceField {
             what: int,
             get: |p, _| p.max_unacked_messages_per_consumer,
             set: |p, _, v| p.max_unacked_messages_per_consumer = v,
+            default: None,
         }))
         .route(&ns("maxUnackedMessagesPerSubscription"), namespace_policy(NamespaceField {
             what: int,
             get: |p, _| p.max_unacked_messages_per_subscription,
             set: |p, _, v| p.max_unacked_messages_per_subscription = v,
+            default: None,
         }))
         .route(&ns("maxSubscriptionsPerTopic"), namespace_policy(NamespaceField {
             what: int,
             get: |p, _| p.max_subscriptions_per_topic,
             set: |p, _, v| p.max_subscriptions_per_topic = v,
+            default: None,
         }))
         .route(&ns("maxTopicsPerNamespace"), namespace_policy(NamespaceField {
             what: int,
             get: |p, _| p.max_topics_per_namespace,
             set: |p, _, v| p.max_topics_per_namespace = v,
+            default: None,
         }))
         .route(&ns("subscriptionExpirationTime"), namespace_policy(NamespaceField {
             what: "an integer (minutes)",
             get: |p, _| p.subscription_expiration_time_minutes,
             set: |p, _, v| p.subscription_expiration_time_minutes = v,
+            default: None,
         }))
         .route(&ns("publishRate"), namespace_policy(NamespaceField::<PublishRate> {
             what: "a PublishRate object",
             get: |p, c| cluster_entry(&p.publish_max_message_rate, c),
             set: |p, c, v| set_cluster_entry(&mut p.publish_max_message_rate, c, v),
+            default: None,
         }))
         .route(&ns("dispatchRate"), namespace_policy(NamespaceField::<DispatchRate> {
             what: "a DispatchRate object",
             get: |p, c| cluster_entry(&p.topic_dispatch_rate, c),
             set: |p, c, v| set_cluster_entry(&mut p.topic_dispatch_rate, c, v),
+            default: None,
         }))
         .route(&ns("subscriptionDispatchRate"), namespace_policy(NamespaceField::<DispatchRate> {
             what: "a DispatchRate object",
             get: |p, c| cluster_entry(&p.subscription_dispatch_rate, c),
             set: |p, c, v| set_cluster_entry(&mut p.subscription_dispatch_rate, c, v),
+            default: None,
         }))
         .route(&ns("inactiveTopicPolicies"), namespace_policy(NamespaceField::<InactiveTopicPolicies> {
             what: "an InactiveTopicPolicies object",
             get: |p, _| p.inactive_topic_policies.clone(),
             set: |p, _, v| p.inactive_topic_policies = v,
+            default: None,
         }))
         .route(&ns("autoTopicCreation"), namespace_policy(NamespaceField::<AutoTopicCreationOverride> {
             what: "an AutoTopicCreationOverride object",
             get: |p, _| p.auto_topic_creation_override.clone(),
             set: |p, _, v| p.auto_topic_creation_override = v,
+            default: None,
         }))
         .route(&ns("autoSubscriptionCreation"), namespace_policy(NamespaceField::<AutoSubscriptionCreationOverride> {
             what: "an AutoSubscriptionCreationOverride object",
             get: |p, _| p.auto_subscription_creation_override.clone(),
             set: |p, _, v| p.auto_subscription_creation_override = v,
+            default: None,
         }))
         .route(&ns("deduplication"), namespace_policy(NamespaceField {
             what: "true or false",
             get: |p, _| p.deduplication_enabled,
             set: |p, _, v| p.deduplication_enabled = v,
+            default: Some(|d| d.deduplication_enabled),
         }))
         .route(&ns("persistence"), namespace_policy(NamespaceField::<PersistencePolicies> {
             what: "a PersistencePolicies object",
             get: |p, _| p.persistence.clone(),
             set: |p, _, v| p.persistence = v,
+            default: None,
         }))
         .route(&ns("backlogQuota"), axum::routing::post(set_namespace_backlog_quota).delete(remove_namespace_backlog_quota))
         .route(&ns("backlogQuotaMap"), get(namespace_backlog_quotas))
@@ -258,10 +280,11 @@ fn namespace_policy<T>(field: NamespaceField<T>) -> MethodRouter<AppState>
 where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
-    let NamespaceField { what, get: read, set } = field;
+    let NamespaceField { what, get: read, set, default } = field;
     get(move |State(service): State<AppState>, Path((tenant, ns)): Path<(String, String)>| async move {
         let policies = store::policies(service.meta.as_ref(), &format!("{tenant}/{ns}")).await?;
-        Ok::<_, ApiError>(Json(read(&policies, &service.config.cluster_name)))
+        let value = read(&policies, &service.config.cluster_name).or_else(|| default.map(|d| d(&service.config.policies)));
+        Ok::<_, ApiError>(Json(value))
     })
     .post(move |State(service): State<AppState>, Path((tenant, ns)): Path<(String, String)>, body: String| async move {
         let value: T = json_body(&body, what)?;
