@@ -89,6 +89,36 @@ impl Throttle {
         self.state.lock().rate.is_limited()
     }
 
+    /// How much may pass now: `Ok(None)` without a message limit, `Ok(Some(n))` for `n`
+    /// messages, `Err(wait)` while a bucket is empty or in debt (a reader sizes its next read
+    /// by this, so a stream does not go out in bursts beyond the rate).
+    pub fn budget(&self) -> Result<Option<u64>, Duration> {
+        let mut state = self.state.lock();
+        if !state.rate.is_limited() {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(state.last);
+        state.last = now;
+        let mut budget = None;
+        let State { messages, bytes, .. } = &mut *state;
+        for bucket in [messages, bytes].into_iter().flatten() {
+            bucket.refill(elapsed);
+        }
+        if let Some(bytes) = &state.bytes {
+            if bytes.tokens < 1.0 {
+                return Err(Duration::from_secs_f64((1.0 - bytes.tokens) / bytes.per_second));
+            }
+        }
+        if let Some(messages) = &state.messages {
+            if messages.tokens < 1.0 {
+                return Err(Duration::from_secs_f64((1.0 - messages.tokens) / messages.per_second));
+            }
+            budget = Some(messages.tokens as u64);
+        }
+        Ok(budget)
+    }
+
     /// Counts `messages` and `bytes` just passed; answers how long the caller waits before
     /// passing more (zero within the rate).
     pub fn acquire(&self, messages: u64, bytes: u64) -> Duration {
@@ -146,6 +176,9 @@ mod tests {
         let throttle = Throttle::new(Rate::NONE);
         assert_eq!(run(&throttle, 10_000, 1_000_000), Duration::ZERO);
         throttle.set(Rate { messages: Some(10), bytes: None, period: Duration::from_secs(1) });
+        assert_eq!(throttle.budget(), Ok(Some(1)), "a full bucket holds a tenth of a second's 10");
         assert!(run(&throttle, 20, 1) >= Duration::from_millis(1800));
+        assert!(throttle.budget().is_err(), "in debt: wait before reading more");
+        assert_eq!(Throttle::new(Rate::NONE).budget(), Ok(None));
     }
 }

@@ -204,3 +204,35 @@ def test_killing_the_owning_broker_moves_the_client_without_losing_messages(clus
         assert cluster.owner(topic, broker=survivor).endswith(f":{cluster.pulsar_port(survivor)}"), "the survivor owns it"
     finally:
         client.close()
+
+
+def _admin(cluster: LocalCluster, broker: int, method: str, path: str, body: object = None) -> int:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{cluster.http_port(broker)}{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.status
+
+
+def test_a_policy_set_through_one_broker_applies_on_the_other_within_a_second(cluster: LocalCluster) -> None:
+    assert _admin(cluster, 0, "PUT", "/admin/v2/tenants/platform", {"allowedClusters": ["magnetar-local"]}) == 204
+    assert _admin(cluster, 0, "PUT", "/admin/v2/namespaces/platform/limits") == 204
+    topic = "persistent://platform/limits/orders"
+    owner_url = cluster.owner("platform/limits/orders")
+    owner = 0 if owner_url.endswith(f":{cluster.pulsar_port(0)}") else 1
+    other = 1 - owner
+    client = pulsar.Client(cluster.service_url, operation_timeout_seconds=10)
+    try:
+        first = client.create_producer(topic, producer_name="first")
+        first.send(b"before the policy")
+        assert _admin(cluster, other, "POST", "/admin/v2/namespaces/platform/limits/maxProducersPerTopic", 1) == 204
+        time.sleep(1.0)
+        with pytest.raises(Exception, match="(?i)busy|max producers"):
+            client.create_producer(topic, producer_name="second")
+        first.send(b"the first producer goes on")
+    finally:
+        client.close()

@@ -3,8 +3,9 @@ tenants and namespaces created over REST in Pulsar's paths and JSON shapes, and 
 namespace or topic policy observed working from a client's side (limits refuse, quotas
 refuse or hold, TTL expires, rates throttle, auto-creation off refuses an unknown topic).
 
-The broker here checks backlog quotas and message TTL every second (its settings file), so a
-test waits seconds, not minutes.
+The broker here checks backlog quotas, message TTL and inactive topics every second (its
+settings file), so a test waits seconds, not minutes (subscription expiration counts in
+minutes, as Pulsar's policy does: that test waits one).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from magnetar_process import MagnetarProcess, magnetar_bin, make_client
 SETTINGS = """
 backlog_quota_check_interval_in_seconds = 1
 message_expiry_check_interval_in_seconds = 1
+broker_delete_inactive_topics_frequency_seconds = 1
 """
 
 
@@ -402,3 +404,73 @@ def test_pulsar_standalone_conf_is_read_as_it_is(tmp_path: Path, request: pytest
     with pytest.raises(BaseException):
         bad_node.start()
     assert "brokerServicePort" in bad_node.log_tail()
+
+
+def test_max_unacked_messages_per_consumer_stops_delivery_until_acks(
+    node: MagnetarProcess, client: pulsar.Client, namespace: str
+) -> None:
+    ok(node, "POST", f"/admin/v2/namespaces/{namespace}/maxUnackedMessagesPerConsumer", 4)
+    topic = f"persistent://{namespace}/unacked"
+    consumer = client.subscribe(topic, "shared", consumer_type=pulsar.ConsumerType.Shared)
+    producer = client.create_producer(topic, batching_enabled=False)
+    for i in range(10):
+        producer.send(f"{i}".encode())
+    held = [consumer.receive(timeout_millis=10_000) for _ in range(4)]
+    with pytest.raises(Exception):
+        consumer.receive(timeout_millis=1500)
+    for message in held[:2]:
+        consumer.acknowledge(message)
+    more = consumer.receive(timeout_millis=10_000)
+    assert more.data().decode() not in {m.data().decode() for m in held}
+
+
+def test_a_dispatch_rate_keeps_delivery_under_it(node: MagnetarProcess, client: pulsar.Client, namespace: str) -> None:
+    topic = f"{namespace}/dispatch-throttled"
+    ok(node, "PUT", f"/admin/v2/persistent/{topic}")
+    client.subscribe(f"persistent://{topic}", "reader").close()
+    producer = client.create_producer(f"persistent://{topic}", batching_enabled=False)
+    count = 150
+    for i in range(count):
+        producer.send_async(f"{i}".encode(), None)
+    producer.flush()
+    rate = {"dispatchThrottlingRateInMsg": 50, "dispatchThrottlingRateInByte": -1, "ratePeriodInSecond": 1}
+    ok(node, "POST", f"/admin/v2/persistent/{topic}/dispatchRate", rate)
+    consumer = client.subscribe(f"persistent://{topic}", "reader")
+    start = time.monotonic()
+    for _ in range(count):
+        consumer.acknowledge(consumer.receive(timeout_millis=20_000))
+    took = time.monotonic() - start
+    # Within 10% of 50/s: 150 messages take at least 150 / 55 s.
+    assert took >= count / 55, f"{count} messages delivered in {took:.2f}s: faster than 50/s + 10%"
+
+
+def test_an_inactive_topic_is_deleted(node: MagnetarProcess, client: pulsar.Client, namespace: str) -> None:
+    policy = {"inactiveTopicDeleteMode": "delete_when_no_subscriptions", "maxInactiveDurationSeconds": 2, "deleteWhileInactive": True}
+    ok(node, "POST", f"/admin/v2/namespaces/{namespace}/inactiveTopicPolicies", policy)
+    idle = f"persistent://{namespace}/idle"
+    kept = f"persistent://{namespace}/subscribed"
+    for topic in (idle, kept):
+        producer = client.create_producer(topic)
+        producer.send(b"x")
+        producer.close()
+    client.subscribe(kept, "keeps-it").close()
+    deadline = time.monotonic() + 20
+    while idle in ok(node, "GET", f"/admin/v2/namespaces/{namespace}/topics") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    topics = ok(node, "GET", f"/admin/v2/namespaces/{namespace}/topics")
+    assert idle not in topics, f"the idle topic was deleted: {topics}"
+    assert kept in topics, "a topic with a subscription stays (delete_when_no_subscriptions)"
+
+
+def test_a_subscription_without_consumers_expires(node: MagnetarProcess, client: pulsar.Client, namespace: str) -> None:
+    ok(node, "POST", f"/admin/v2/namespaces/{namespace}/subscriptionExpirationTime", 1)
+    topic = f"persistent://{namespace}/expiring-subs"
+    client.subscribe(topic, "abandoned").close()
+    active = client.subscribe(topic, "active")
+    path = topic.removeprefix("persistent://")
+    deadline = time.monotonic() + 90
+    while "abandoned" in ok(node, "GET", f"/admin/v2/persistent/{path}/stats")["subscriptions"]:
+        assert time.monotonic() < deadline, "the abandoned subscription did not expire in 90 s"
+        time.sleep(1)
+    assert "active" in ok(node, "GET", f"/admin/v2/persistent/{path}/stats")["subscriptions"]
+    active.close()

@@ -58,7 +58,7 @@ mod tests {
     use super::*;
 
     fn candidate(id: u64, name: &str, priority_level: i32) -> Consumer {
-        Consumer { id, name: name.to_owned(), priority_level, permits: 0 }
+        Consumer { id, name: name.to_owned(), priority_level, permits: 0, blocked: false }
     }
 
     #[test]

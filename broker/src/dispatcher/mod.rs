@@ -79,6 +79,9 @@ pub struct Consumer {
     pub priority_level: i32,
     /// Messages the consumer asked for (FLOW) and was not sent yet.
     pub permits: i64,
+    /// Holds the most unacknowledged messages its subscription's policy allows: sent nothing
+    /// until acks bring it down to half (Shared and Key_Shared, as Pulsar).
+    pub blocked: bool,
 }
 
 /// What a joining consumer's admission may look at.
@@ -138,5 +141,5 @@ pub trait Dispatcher: Send {
 
 /// The first consumer of `consumers` with id `id` that has permits.
 pub(crate) fn with_permits(consumers: &[Consumer], id: u64) -> Option<u64> {
-    consumers.iter().find(|c| c.id == id && c.permits > 0).map(|c| c.id)
+    consumers.iter().find(|c| c.id == id && c.permits > 0 && !c.blocked).map(|c| c.id)
 }

@@ -36,7 +36,7 @@ pub fn pick_round_robin(consumers: &[Consumer], next: &mut usize) -> Option<u64>
     let count = consumers.len();
     for step in 0..count {
         let index = (*next + step) % count;
-        if consumers[index].permits > 0 {
+        if consumers[index].permits > 0 && !consumers[index].blocked {
             *next = (index + 1) % count;
             return Some(consumers[index].id);
         }
@@ -50,7 +50,7 @@ mod tests {
 
     #[test]
     fn consumers_take_turns_and_those_without_permits_are_skipped() {
-        let consumer = |id, permits| Consumer { id, name: String::new(), priority_level: 0, permits };
+        let consumer = |id, permits| Consumer { id, name: String::new(), priority_level: 0, permits, blocked: false };
         let mut next = 0;
         let consumers = [consumer(1, 5), consumer(2, 0), consumer(3, 5)];
         let picks: Vec<u64> = (0..4).filter_map(|_| pick_round_robin(&consumers, &mut next)).collect();

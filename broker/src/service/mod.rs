@@ -8,7 +8,7 @@
 mod admin;
 mod policies;
 
-pub use policies::spawn_policy_applier;
+pub use policies::{spawn_inactive_topic_reaper, spawn_policy_applier};
 
 use parking_lot::Mutex;
 use std::collections::HashMap;

@@ -14,7 +14,7 @@ use crate::managed_ledger::info_path;
 use crate::partitions;
 use crate::tenancy::cache::Change;
 use crate::tenancy::effective::{self, AutoTopicType};
-use crate::tenancy::model::Policies;
+use crate::tenancy::model::{InactiveTopicDeleteMode, Policies};
 use crate::tenancy::TopicLimits;
 use crate::topic_name::TopicName;
 
@@ -154,6 +154,43 @@ impl BrokerService {
             self.apply_policy_change(&Change::Namespace(namespace)).await;
         }
     }
+}
+
+/// Deletes loaded topics that stayed inactive past their rule (Pulsar's inactive topic
+/// policies): no producer and no consumer for the rule's time, and no subscription
+/// (`delete_when_no_subscriptions`) or every subscription caught up
+/// (`delete_when_subscriptions_caught_up`). Partitions are left to their partitioned topic.
+pub fn spawn_inactive_topic_reaper(service: Arc<BrokerService>, cancel: CancellationToken) {
+    let interval = service.config.policies.inactive_topic_check_interval;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            for topic in service.loaded_topics() {
+                let Some(rule) = topic.limits().inactive else { continue };
+                if topic.name().partition_of().is_some() || topic.inactive_for().await < rule.after {
+                    continue;
+                }
+                let ledger = topic.ledger();
+                let eligible = match rule.mode {
+                    InactiveTopicDeleteMode::DeleteWhenNoSubscriptions => ledger.cursors().is_empty(),
+                    InactiveTopicDeleteMode::DeleteWhenSubscriptionsCaughtUp => {
+                        ledger.cursors().iter().all(|(_, cursor)| cursor.backlog(ledger) == 0)
+                    }
+                };
+                if !eligible {
+                    continue;
+                }
+                let name = topic.name().clone();
+                match service.delete_topic(&name, false).await {
+                    Ok(()) => tracing::info!(topic = %name, after = ?rule.after, "inactive topic deleted"),
+                    Err(error) => warn!(topic = %name, %error, "deleting an inactive topic failed"),
+                }
+            }
+        }
+    });
 }
 
 /// Applies every policy change the cache announces to the loaded topics, until `cancel`.

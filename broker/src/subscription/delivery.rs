@@ -11,6 +11,10 @@
 //! dropped. Every message sent again carries its redelivery count, so clients' dead-letter
 //! policies work. The per-type choices are the [`Dispatcher`]'s (dispatcher/).
 //!
+//! Unacknowledged limits (Shared and Key_Shared, as Pulsar): a consumer holding the most
+//! unacknowledged messages its policy allows is sent nothing more until acks bring it down to
+//! half; a subscription holding its most sends nothing to anyone, likewise.
+//!
 //! Invariants (checked by the property tests in `tests.rs`): an acknowledged message is
 //! never sent again; a message is out with at most one consumer at a time; Exclusive and
 //! Failover send in log order; Key_Shared keeps per-key order while consumers come and go.
@@ -68,6 +72,75 @@ struct Delivered {
     consumer_id: u64,
     redelivery_count: u32,
     hash: u32,
+    /// Messages in the entry (a batch counts each).
+    messages: i64,
+}
+
+/// Entries sent and not acknowledged, by position, with the messages each consumer and the
+/// subscription hold kept up to date on every change.
+#[derive(Debug, Default)]
+struct Outstanding {
+    by_position: BTreeMap<Position, Delivered>,
+    per_consumer: HashMap<u64, i64>,
+    total: i64,
+}
+
+impl Outstanding {
+    fn count(&mut self, delivered: &Delivered, sign: i64) {
+        *self.per_consumer.entry(delivered.consumer_id).or_default() += sign * delivered.messages;
+        self.total += sign * delivered.messages;
+    }
+
+    fn insert(&mut self, position: Position, delivered: Delivered) {
+        if let Some(old) = self.by_position.insert(position, delivered) {
+            self.count(&old, -1);
+        }
+        self.count(&delivered, 1);
+    }
+
+    fn remove(&mut self, position: &Position) -> Option<Delivered> {
+        let removed = self.by_position.remove(position)?;
+        self.count(&removed, -1);
+        Some(removed)
+    }
+
+    fn get(&self, position: &Position) -> Option<&Delivered> {
+        self.by_position.get(position)
+    }
+
+    fn contains_key(&self, position: &Position) -> bool {
+        self.by_position.contains_key(position)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Position, &Delivered)> {
+        self.by_position.iter()
+    }
+
+    /// Everything, emptied.
+    fn take(&mut self) -> BTreeMap<Position, Delivered> {
+        self.per_consumer.clear();
+        self.total = 0;
+        std::mem::take(&mut self.by_position)
+    }
+
+    /// Drops every entry before `after`.
+    fn drop_before(&mut self, after: &Position) {
+        let kept = self.by_position.split_off(after);
+        for delivered in std::mem::replace(&mut self.by_position, kept).into_values() {
+            self.count(&delivered, -1);
+        }
+    }
+
+    fn unacked(&self, consumer_id: u64) -> i64 {
+        self.per_consumer.get(&consumer_id).copied().unwrap_or(0)
+    }
+}
+
+/// A subscription's unacknowledged-message limits (none: no limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnackedLimits {
+    pub per_consumer: Option<u32>,
+    pub per_subscription: Option<u32>,
 }
 
 /// The delivery state of one subscription; see the module doc.
@@ -86,7 +159,10 @@ pub struct Delivery {
     consumers: Vec<Consumer>,
     /// Exclusive and Failover: the consumer that receives.
     active: Option<u64>,
-    delivered: BTreeMap<Position, Delivered>,
+    delivered: Outstanding,
+    limits: UnackedLimits,
+    /// The subscription holds its most unacknowledged messages: nothing is sent.
+    blocked: bool,
     /// Messages to send again, with their sticky key hash (Key_Shared keeps per-key order).
     replay: BTreeMap<Position, u32>,
     /// Set when a pass over `replay` sent nothing (consumers without permits); cleared by
@@ -116,7 +192,9 @@ impl Delivery {
             epoch: 0,
             consumers: Vec::new(),
             active: None,
-            delivered: BTreeMap::new(),
+            delivered: Outstanding::default(),
+            limits: UnackedLimits::default(),
+            blocked: false,
             replay: BTreeMap::new(),
             replay_blocked: false,
             redelivery_counts: HashMap::new(),
@@ -143,6 +221,29 @@ impl Delivery {
     /// Something changed that may let a blocked replay pass send.
     fn changed(&mut self) {
         self.replay_blocked = false;
+        self.update_blocks();
+    }
+
+    /// Takes the subscription's unacknowledged limits (a policy change).
+    pub fn set_limits(&mut self, limits: UnackedLimits) {
+        self.limits = limits;
+        self.changed();
+    }
+
+    /// Blocks and unblocks consumers and the subscription by their unacknowledged messages:
+    /// blocked at the limit, unblocked at half of it (Shared and Key_Shared only).
+    fn update_blocks(&mut self) {
+        let applies = matches!(self.sub_type(), SubscriptionType::Shared | SubscriptionType::KeyShared);
+        let crossed = |held: i64, limit: Option<u32>, blocked: bool| match limit.filter(|_| applies) {
+            None => false,
+            Some(limit) if held >= i64::from(limit) => true,
+            Some(limit) if held <= i64::from(limit) / 2 => false,
+            Some(_) => blocked,
+        };
+        for consumer in &mut self.consumers {
+            consumer.blocked = crossed(self.delivered.unacked(consumer.id), self.limits.per_consumer, consumer.blocked);
+        }
+        self.blocked = crossed(self.delivered.total, self.limits.per_subscription, self.blocked);
     }
 
     /// Attaches a consumer, refusing it as Pulsar does: a type other than the subscription's
@@ -251,7 +352,7 @@ impl Delivery {
     /// Moves delivery back to just after the mark-delete position, counting a redelivery for
     /// every message already sent and not acknowledged.
     fn rewind(&mut self) {
-        for (position, delivered) in std::mem::take(&mut self.delivered) {
+        for (position, delivered) in self.delivered.take() {
             self.redelivery_counts.insert(position, delivered.redelivery_count + 1);
         }
         self.replay.clear();
@@ -318,7 +419,7 @@ impl Delivery {
         if changed {
             if let Some(mark) = self.cursor.mark_delete {
                 let after = Position::new(mark.ledger_id, mark.entry_id + 1);
-                self.delivered = self.delivered.split_off(&after);
+                self.delivered.drop_before(&after);
                 self.replay = self.replay.split_off(&after);
                 self.redelivery_counts.retain(|p, _| *p > mark);
                 self.dispatcher.acknowledged_through(mark);
@@ -338,7 +439,7 @@ impl Delivery {
         if changed {
             if let Some(mark) = self.cursor.mark_delete {
                 let after = Position::new(mark.ledger_id, mark.entry_id + 1);
-                self.delivered = self.delivered.split_off(&after);
+                self.delivered.drop_before(&after);
                 self.replay = self.replay.split_off(&after);
                 self.redelivery_counts.retain(|p, _| *p > mark);
                 self.dispatcher.acknowledged_through(mark);
@@ -364,7 +465,7 @@ impl Delivery {
         }
         self.active = None;
         self.cursor.reset(mark_delete);
-        self.delivered.clear();
+        self.delivered.take();
         self.redelivery_counts.clear();
         self.rewind();
         self.changed();
@@ -390,8 +491,8 @@ impl Delivery {
         if self.sub_type().single_active() && self.active.is_none() {
             return Next::Wait { until_ms };
         }
-        let permits: i64 = self.receivers().map(|c| c.permits.max(0)).sum();
-        if permits <= 0 {
+        let permits: i64 = self.receivers().filter(|c| !c.blocked).map(|c| c.permits.max(0)).sum();
+        if permits <= 0 || self.blocked {
             return Next::Wait { until_ms };
         }
         let max = permits.min(i64::from(MAX_READ_BATCH)) as usize;
@@ -479,7 +580,9 @@ impl Delivery {
         consumer.permits -= meta.messages;
         self.replay.remove(&position);
         let redelivery_count = self.redelivery_counts.get(&position).copied().unwrap_or(0);
-        self.delivered.insert(position, Delivered { consumer_id, redelivery_count, hash: meta.hash });
+        self.delivered
+            .insert(position, Delivered { consumer_id, redelivery_count, hash: meta.hash, messages: meta.messages.max(1) });
+        self.update_blocks();
         Some((consumer_id, redelivery_count))
     }
 }

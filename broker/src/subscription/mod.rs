@@ -36,6 +36,9 @@ use crate::dispatcher::{Consumer, SubscribeOptions, SubscriptionType};
 use crate::error::BrokerError;
 use crate::managed_ledger::cursor::CursorSource;
 use crate::managed_ledger::{CursorState, ManagedCursor, ManagedLedger, Position};
+use crate::tenancy::effective::Rate;
+use crate::throttle::Throttle;
+pub use delivery::UnackedLimits;
 use delivery::{ActiveChange, Delivery, EntryMeta, Next};
 pub use start::{InitialPosition, StartAt};
 
@@ -87,6 +90,9 @@ pub struct Subscription {
     cursor: Option<Arc<ManagedCursor>>,
     /// Stops the dispatch task.
     stop: CancellationToken,
+    /// The dispatch rate policies: the topic's (shared by all its subscriptions) and this
+    /// subscription's own.
+    rates: Mutex<(Arc<Throttle>, Arc<Throttle>)>,
 }
 
 impl CursorSource for Subscription {
@@ -130,6 +136,7 @@ impl Subscription {
                 wake: Notify::new(),
                 cursor,
                 stop: CancellationToken::new(),
+                rates: Mutex::new((Arc::new(Throttle::new(Rate::NONE)), Arc::new(Throttle::new(Rate::NONE)))),
             }
         });
         Ok(subscription)
@@ -180,6 +187,7 @@ impl Subscription {
             name: consumer.consumer_name,
             priority_level: consumer.priority_level,
             permits: 0,
+            blocked: false,
         };
         inner.delivery.attach(spec, options)?;
         inner.sinks.insert(consumer.consumer_id, consumer.sink);
@@ -239,6 +247,41 @@ impl Subscription {
         }
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Takes the dispatch rates of the topic's policies: `topic` is shared by the topic's
+    /// subscriptions, `own` is this subscription's.
+    pub fn set_dispatch_rates(&self, topic: Arc<Throttle>, own: Rate) {
+        let mut rates = self.rates.lock();
+        rates.0 = topic;
+        rates.1.set(own);
+    }
+
+    /// How many messages the dispatch rates let out now (`Ok(None)`: no message limit), or
+    /// how long to wait before any.
+    pub(crate) fn dispatch_budget(&self) -> Result<Option<u64>, std::time::Duration> {
+        let (topic, own) = self.rates.lock().clone();
+        match (topic.budget(), own.budget()) {
+            (Err(a), Err(b)) => Err(a.max(b)),
+            (Err(wait), _) | (_, Err(wait)) => Err(wait),
+            (Ok(a), Ok(b)) => Ok(match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }),
+        }
+    }
+
+    /// How long the dispatch task pauses after sending `messages` in `bytes` to stay within
+    /// the dispatch rates (zero within them).
+    pub(crate) fn dispatch_wait(&self, messages: u64, bytes: u64) -> std::time::Duration {
+        let (topic, own) = self.rates.lock().clone();
+        topic.acquire(messages, bytes).max(own.acquire(messages, bytes))
+    }
+
+    /// Takes the unacknowledged-message limits of the topic's policies.
+    pub fn set_limits(&self, limits: UnackedLimits) {
+        self.inner.lock().delivery.set_limits(limits);
+        self.wake.notify_one();
     }
 
     /// Acknowledges everything through `position` for the broker (message TTL, backlog

@@ -45,8 +45,13 @@ pub async fn run(subscription: Arc<Subscription>) {
                 }
                 continue;
             }
-            Next::Replay { positions, epoch } => {
+            Next::Replay { mut positions, epoch } => {
                 drop(notified);
+                match budget(&subscription, &cancel).await {
+                    Budget::Stop => break,
+                    Budget::Retry => continue,
+                    Budget::Messages(allowed) => positions.truncate(allowed.max(1) as usize),
+                }
                 let read = tokio::select! {
                     read = read_positions(&subscription, &positions) => read,
                     () = cancel.cancelled() => break,
@@ -55,6 +60,11 @@ pub async fn run(subscription: Arc<Subscription>) {
             }
             Next::Read { from, max, epoch } => {
                 drop(notified);
+                let max = match budget(&subscription, &cancel).await {
+                    Budget::Stop => break,
+                    Budget::Retry => continue,
+                    Budget::Messages(allowed) => max.min(allowed.clamp(1, u64::from(u32::MAX)) as u32),
+                };
                 let read = tokio::select! {
                     read = subscription.ledger().read_entries(from, max) => read.map_err(|e| (from, e)),
                     () = cancel.cancelled() => break,
@@ -72,13 +82,43 @@ pub async fn run(subscription: Arc<Subscription>) {
                 }
             }
         };
+        let (mut sent_messages, mut sent_bytes) = (0u64, 0u64);
         for (sink, messages) in subscription.dispatch(entries, epoch, from_replay) {
+            sent_messages += messages.iter().map(|m| m.messages.max(1) as u64).sum::<u64>();
+            sent_bytes += messages.iter().map(|m| m.data.len() as u64).sum::<u64>();
             if !sink.send_messages(messages).await {
                 // The connection is gone; its cleanup detaches the consumer and its messages
                 // go to the replay set with the consumer's other unacknowledged ones.
                 debug!(subscription = subscription.name(), "consumer connection gone");
             }
         }
+        // The dispatch rate policies: pause until this subscription is within them.
+        let wait = subscription.dispatch_wait(sent_messages, sent_bytes);
+        if !wait.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = cancel.cancelled() => break,
+            }
+        }
+    }
+}
+
+/// What the dispatch rates allow before a read.
+enum Budget {
+    /// This many messages (entries) now; unlimited is `u64::MAX`.
+    Messages(u64),
+    /// Waited for the rate: ask the subscription again.
+    Retry,
+    Stop,
+}
+
+async fn budget(subscription: &Subscription, cancel: &tokio_util::sync::CancellationToken) -> Budget {
+    match subscription.dispatch_budget() {
+        Ok(allowed) => Budget::Messages(allowed.unwrap_or(u64::MAX)),
+        Err(wait) => tokio::select! {
+            () = tokio::time::sleep(wait) => Budget::Retry,
+            () = cancel.cancelled() => Budget::Stop,
+        },
     }
 }
 

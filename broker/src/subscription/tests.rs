@@ -160,7 +160,7 @@ impl Harness {
                 if self.inboxes.contains_key(&slot) {
                     return Ok(());
                 }
-                let consumer = Consumer { id: slot, name: format!("c{slot}"), priority_level: priority, permits: 0 };
+                let consumer = Consumer { id: slot, name: format!("c{slot}"), priority_level: priority, permits: 0, blocked: false };
                 if self.delivery.attach(consumer, &self.options()).is_ok() {
                     self.inboxes.insert(slot, BTreeMap::new());
                 } else {
@@ -431,4 +431,33 @@ fn batch_index_acks_survive_a_restart() {
     let sends = harness.delivery.dispatch(&read.entries, read.epoch, read.from_replay, 0);
     assert_eq!(sends.len(), 1);
     assert_eq!(sends[0].ack_set, vec![0b101], "index 1 was acknowledged before the restart");
+}
+
+#[test]
+fn a_consumer_at_its_unacked_limit_is_sent_nothing_until_acks_bring_it_to_half() {
+    use super::delivery::UnackedLimits;
+    let positions: Vec<Position> = (0..8).map(|entry| Position::new(1, entry)).collect();
+    let view = LedgerPositions { ledgers: vec![(1, 8)] };
+    let meta = EntryMeta { messages: 1, deliver_at_ms: None, hash: 0 };
+    let mut delivery = Delivery::new("t", "s", SubscriptionType::Shared, None, CursorState::at(None));
+    delivery.set_limits(UnackedLimits { per_consumer: Some(4), per_subscription: None });
+    let options = SubscribeOptions { sub_type: SubscriptionType::Shared, key_shared: None };
+    let consumer = Consumer { id: 1, name: "c".into(), priority_level: 0, permits: 0, blocked: false };
+    delivery.attach(consumer, &options).expect("attach");
+    delivery.flow(1, 100);
+    let read = |delivery: &mut Delivery, from: usize| {
+        let Next::Read { epoch, .. } = delivery.next(0, &view) else { return 0 };
+        let entries: Vec<(Position, EntryMeta)> = positions[from..].iter().map(|p| (*p, meta)).collect();
+        delivery.dispatch(&entries, epoch, false, 0).len()
+    };
+    assert_eq!(read(&mut delivery, 0), 4, "four sent, then the consumer is at its limit");
+    assert!(matches!(delivery.next(0, &view), Next::Wait { .. }), "blocked: nothing to read for it");
+    delivery.ack(&[(positions[0], Vec::new())], false, &view).expect("ack");
+    assert!(matches!(delivery.next(0, &view), Next::Wait { .. }), "3 held: still above half the limit");
+    delivery.ack(&[(positions[1], Vec::new())], false, &view).expect("ack");
+    // The entries read while it was blocked wait in the replay set, sent first.
+    assert!(matches!(delivery.next(0, &view), Next::Replay { .. }), "2 held: half the limit, unblocked");
+    // The subscription's own limit blocks everyone.
+    delivery.set_limits(UnackedLimits { per_consumer: None, per_subscription: Some(2) });
+    assert!(matches!(delivery.next(0, &view), Next::Wait { .. }), "the subscription holds 2 of 2");
 }

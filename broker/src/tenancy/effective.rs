@@ -62,6 +62,9 @@ pub struct PolicyDefaults {
     pub backlog_quota_check_interval: Duration,
     /// `messageExpiryCheckIntervalInMinutes` (5): how often message TTL expires messages.
     pub message_expiry_check_interval: Duration,
+    /// `brokerDeleteInactiveTopicsFrequencySeconds` (60): how often inactive topics are looked
+    /// for.
+    pub inactive_topic_check_interval: Duration,
     /// `brokerDeleteInactiveTopicsEnabled` (false here; Pulsar's default is true) with
     /// `brokerDeleteInactiveTopicsMode` and `brokerDeleteInactiveTopicsMaxInactiveDurationSeconds`.
     pub delete_inactive_topics: Option<InactiveRule>,
@@ -89,6 +92,7 @@ impl Default for PolicyDefaults {
             subscription_expiration_minutes: 0,
             backlog_quota_check_interval: Duration::from_secs(60),
             message_expiry_check_interval: Duration::from_secs(5 * 60),
+            inactive_topic_check_interval: Duration::from_secs(60),
             delete_inactive_topics: None,
         }
     }

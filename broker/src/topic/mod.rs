@@ -26,7 +26,7 @@ use crate::dedup::{Deduplication, Published};
 use crate::dispatcher::SubscriptionType;
 use crate::error::BrokerError;
 use crate::managed_ledger::ManagedLedger;
-use crate::subscription::{task, StartAt, Subscription};
+use crate::subscription::{task, StartAt, Subscription, UnackedLimits};
 use crate::tenancy::model::RetentionPolicy;
 use crate::tenancy::TopicLimits;
 use crate::throttle::Throttle;
@@ -93,8 +93,15 @@ pub struct Topic {
     limits: parking_lot::RwLock<Arc<TopicLimits>>,
     /// The publish rate policy, shared by every producer of the topic.
     publish_rate: Throttle,
+    /// The topic's dispatch rate policy, shared by all its subscriptions.
+    dispatch_rate: Arc<Throttle>,
     /// The policy of an age quota the backlog exceeded at the last timed check.
     age_exceeded: Mutex<Option<RetentionPolicy>>,
+    /// When the topic last had a producer or a consumer (ms since the epoch), as seen by the
+    /// timed checks: inactive topic deletion counts from here.
+    last_active_ms: AtomicU64,
+    /// Since when each durable subscription has had no consumer: subscription expiration.
+    idle_since_ms: Mutex<HashMap<String, u64>>,
 }
 
 impl Topic {
@@ -115,8 +122,11 @@ impl Topic {
             fenced: AtomicBool::new(false),
             published: AtomicU64::new(0),
             publish_rate: Throttle::new(limits.publish_rate),
+            dispatch_rate: Arc::new(Throttle::new(limits.dispatch_rate)),
             limits: parking_lot::RwLock::new(Arc::new(limits)),
             age_exceeded: Mutex::new(None),
+            last_active_ms: AtomicU64::new(magnetar_proto::clock::now_ms()),
+            idle_since_ms: Mutex::new(HashMap::new()),
         });
         policing::spawn(&topic, intervals);
         topic
@@ -133,8 +143,15 @@ impl Topic {
         let deduplication = limits.deduplication;
         self.ledger.set_retention(limits.retention);
         self.publish_rate.set(limits.publish_rate);
+        self.dispatch_rate.set(limits.dispatch_rate);
+        let subscription_rate = limits.subscription_dispatch_rate;
         let changed = **self.limits.read() != limits;
+        let unacked = unacked_limits(&limits);
         *self.limits.write() = Arc::new(limits);
+        for subscription in self.subscriptions().await {
+            subscription.set_limits(unacked);
+            subscription.set_dispatch_rates(self.dispatch_rate.clone(), subscription_rate);
+        }
         if changed {
             info!(topic = %self.name, "policies applied");
         }
@@ -318,6 +335,9 @@ impl Topic {
         }
         let opened =
             Subscription::open(&self.name.to_string(), name, self.ledger.clone(), start, durable, sub_type).await?;
+        let limits = self.limits();
+        opened.set_limits(unacked_limits(&limits));
+        opened.set_dispatch_rates(self.dispatch_rate.clone(), limits.subscription_dispatch_rate);
         tokio::spawn(task::run(opened.clone()));
         subscriptions.insert(name.to_owned(), opened.clone());
         Ok(opened)
@@ -351,6 +371,20 @@ impl Topic {
         subscriptions.remove(name);
         subscription.close().await;
         subscription.delete().await
+    }
+
+    /// Deletes a durable subscription for the broker (subscription expiration): its
+    /// consumers are disconnected and its cursor is deleted.
+    pub async fn delete_subscription(&self, name: &str) -> Result<(), BrokerError> {
+        let removed = self.subscriptions.lock().await.remove(name);
+        if let Some(subscription) = removed {
+            subscription.disconnect_all();
+            subscription.close().await;
+            subscription.delete().await?;
+        } else {
+            self.ledger.delete_cursor(name).await?;
+        }
+        Ok(())
     }
 
     /// The subscription `name` if it is open here.
@@ -390,4 +424,9 @@ impl Topic {
             closer();
         }
     }
+}
+
+/// The unacknowledged-message limits a topic's subscriptions are held to.
+fn unacked_limits(limits: &TopicLimits) -> UnackedLimits {
+    UnackedLimits { per_consumer: limits.max_unacked_per_consumer, per_subscription: limits.max_unacked_per_subscription }
 }

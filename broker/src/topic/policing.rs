@@ -200,6 +200,48 @@ impl Topic {
     }
 }
 
+impl Topic {
+    /// Deletes durable subscriptions that have had no consumer for `after`.
+    async fn expire_subscriptions(&self, after: Option<Duration>) -> Result<(), BrokerError> {
+        let now = now_ms();
+        let names: Vec<String> = self.ledger().cursors().into_iter().map(|(name, _)| name).collect();
+        let mut expired = Vec::new();
+        for name in &names {
+            let attached = match self.loaded_subscription(name).await {
+                Some(subscription) => subscription.has_consumer(),
+                None => false,
+            };
+            let mut idle = self.idle_since_ms.lock();
+            if attached {
+                idle.remove(name);
+                continue;
+            }
+            let since = *idle.entry(name.clone()).or_insert(now);
+            if after.is_some_and(|after| now.saturating_sub(since) >= after.as_millis() as u64) {
+                expired.push(name.clone());
+            }
+        }
+        self.idle_since_ms.lock().retain(|name, _| names.contains(name));
+        for name in expired {
+            self.delete_subscription(&name).await?;
+            self.idle_since_ms.lock().remove(&name);
+            info!(topic = %self.name(), subscription = %name, "subscription expired (no consumer)");
+        }
+        Ok(())
+    }
+
+    /// Records whether the topic is in use now; answers how long it has not been (zero while
+    /// it has a producer or a consumer).
+    pub async fn inactive_for(&self) -> Duration {
+        let now = now_ms();
+        if self.producer_count() > 0 || self.consumer_count().await > 0 {
+            self.last_active_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+            return Duration::ZERO;
+        }
+        Duration::from_millis(now.saturating_sub(self.last_active_ms.load(std::sync::atomic::Ordering::Relaxed)))
+    }
+}
+
 /// Runs the topic's timed checks until it closes or is dropped.
 pub fn spawn(topic: &Arc<Topic>, intervals: PolicingIntervals) {
     let weak: Weak<Topic> = Arc::downgrade(topic);
@@ -215,6 +257,11 @@ pub fn spawn(topic: &Arc<Topic>, intervals: PolicingIntervals) {
             if topic.is_fenced() {
                 return;
             }
+            let expiration = topic.limits().subscription_expiration;
+            if let Err(error) = topic.expire_subscriptions(expiration).await {
+                warn!(topic = %topic.name(), %error, "subscription expiration failed");
+            }
+            topic.inactive_for().await;
             if since_quota >= intervals.backlog_quota {
                 since_quota = Duration::ZERO;
                 if let Err(error) = topic.check_backlog_quota().await {

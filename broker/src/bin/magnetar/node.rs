@@ -24,7 +24,7 @@ use crate::metadata_url::MetadataUrl;
 use magnetar_broker::cluster::{broker_info::BrokerInfo, load_manager, ownership::Ownership};
 use magnetar_broker::config::{BrokerConfig, ClusterConfig};
 use magnetar_broker::managed_ledger::ManagedLedgerConfig;
-use magnetar_broker::service::spawn_policy_applier;
+use magnetar_broker::service::{spawn_inactive_topic_reaper, spawn_policy_applier};
 use magnetar_broker::tenancy::model::ClusterData;
 use magnetar_broker::tenancy::{store, PolicyCache, PolicyDefaults};
 use magnetar_broker::{http, protocol, BrokerService};
@@ -159,6 +159,7 @@ impl ServingBroker {
         let load_manager = config.cluster.load_manager.clone();
         let service = BrokerService::new(config, meta, ownership, policies);
         spawn_policy_applier(service.clone(), cancel.clone());
+        spawn_inactive_topic_reaper(service.clone(), cancel.clone());
         let lost_service = service.clone();
         let closer = tokio::spawn(async move {
             while let Some(bundle) = lost.recv().await {

@@ -67,6 +67,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
         "broker_delete_inactive_topics_max_inactive_duration_seconds",
         Kind::Integer,
     ),
+    ("brokerDeleteInactiveTopicsFrequencySeconds", "broker_delete_inactive_topics_frequency_seconds", Kind::Integer),
     ("managedLedgerMaxEntriesPerLedger", "managed_ledger.managed_ledger_max_entries_per_ledger", Kind::Integer),
     ("managedLedgerMaxSizePerLedgerMbytes", "managed_ledger.managed_ledger_max_size_per_ledger_mb", Kind::Integer),
     (

@@ -91,6 +91,7 @@ pub struct BrokerSettings {
     /// `delete_when_no_subscriptions` or `delete_when_subscriptions_caught_up`.
     pub broker_delete_inactive_topics_mode: Option<String>,
     pub broker_delete_inactive_topics_max_inactive_duration_seconds: Option<u64>,
+    pub broker_delete_inactive_topics_frequency_seconds: Option<u64>,
     pub managed_ledger: ManagedLedgerSettings,
 }
 
@@ -231,6 +232,12 @@ impl BrokerSettings {
                 Duration::from_secs,
             )?,
             message_expiry_check_interval,
+            inactive_topic_check_interval: positive(
+                self.broker_delete_inactive_topics_frequency_seconds,
+                "broker_delete_inactive_topics_frequency_seconds",
+                d.inactive_topic_check_interval,
+                Duration::from_secs,
+            )?,
             delete_inactive_topics,
         })
     }
