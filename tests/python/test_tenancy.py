@@ -474,3 +474,36 @@ def test_a_subscription_without_consumers_expires(node: MagnetarProcess, client:
         time.sleep(1)
     assert "active" in ok(node, "GET", f"/admin/v2/persistent/{path}/stats")["subscriptions"]
     active.close()
+
+
+def test_backlog_quota_consumer_backlog_eviction_drops_the_oldest(
+    node: MagnetarProcess, client: pulsar.Client, namespace: str
+) -> None:
+    quota = {"limitSize": 5_000, "policy": "consumer_backlog_eviction"}
+    ok(node, "POST", f"/admin/v2/namespaces/{namespace}/backlogQuota", quota)
+    topic = f"persistent://{namespace}/evicting"
+    client.subscribe(topic, "slow").close()
+    producer = client.create_producer(topic, batching_enabled=False)
+    for i in range(20):
+        producer.send(f"{i:04d}".encode() * 250)  # 1000 bytes each
+    path = topic.removeprefix("persistent://")
+    deadline = time.monotonic() + 15
+    while backlog(node, path, "slow") > 5 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = backlog(node, path, "slow")
+    assert 0 < left <= 5, f"backlog after eviction: {left}"
+    consumer = client.subscribe(topic, "slow")
+    first = consumer.receive(timeout_millis=10_000).data()
+    assert first.startswith(f"{20 - left:04d}".encode()), "the oldest messages went, the newest stay"
+
+
+def test_a_topic_message_size_limit_refuses_larger_messages(
+    node: MagnetarProcess, client: pulsar.Client, namespace: str
+) -> None:
+    topic = f"{namespace}/small-messages"
+    ok(node, "PUT", f"/admin/v2/persistent/{topic}")
+    ok(node, "POST", f"/admin/v2/persistent/{topic}/maxMessageSize", 2048)
+    producer = client.create_producer(f"persistent://{topic}", batching_enabled=False, send_timeout_millis=10_000)
+    producer.send(b"s" * 1000)
+    with pytest.raises(Exception):
+        producer.send(b"L" * 4096)
