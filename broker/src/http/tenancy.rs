@@ -84,15 +84,17 @@ async fn tenant(State(service): State<AppState>, Path(tenant): Path<String>) -> 
     Ok(Json(store::tenant(service.meta.as_ref(), &tenant).await?))
 }
 
-/// A tenant must allow at least one cluster: nothing of it could be served otherwise.
-fn check_tenant(info: &TenantInfo) -> Result<(), ApiError> {
+/// A `TenantInfo` body; a tenant must allow at least one cluster (nothing of it could be
+/// served otherwise).
+fn tenant_body(body: &str) -> Result<TenantInfo, ApiError> {
+    let info: TenantInfo = json_body(body, "a TenantInfo object")?;
     if info.allowed_clusters.is_empty() {
         return Err(ApiError(
             StatusCode::PRECONDITION_FAILED,
             "allowedClusters: a tenant needs at least one allowed cluster".to_owned(),
         ));
     }
-    Ok(())
+    Ok(info)
 }
 
 async fn create_tenant(
@@ -100,8 +102,7 @@ async fn create_tenant(
     Path(tenant): Path<String>,
     body: String,
 ) -> Result<StatusCode, ApiError> {
-    let info: TenantInfo = json_body(&body, "a TenantInfo object")?;
-    check_tenant(&info)?;
+    let info = tenant_body(&body)?;
     store::create_tenant(service.meta.as_ref(), &tenant, &info).await?;
     service.policies.refresh(&store::tenant_path(&tenant)).await?;
     info!(%tenant, "tenant created");
@@ -113,8 +114,7 @@ async fn update_tenant(
     Path(tenant): Path<String>,
     body: String,
 ) -> Result<StatusCode, ApiError> {
-    let info: TenantInfo = json_body(&body, "a TenantInfo object")?;
-    check_tenant(&info)?;
+    let info = tenant_body(&body)?;
     store::update_tenant(service.meta.as_ref(), &tenant, &info).await?;
     service.policies.refresh(&store::tenant_path(&tenant)).await?;
     info!(%tenant, "tenant updated");

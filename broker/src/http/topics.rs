@@ -135,6 +135,14 @@ async fn topic_stats(
     .into_response())
 }
 
+/// A partition count body: a positive integer (400 otherwise).
+fn partitions_body(body: &str) -> Result<u32, ApiError> {
+    let requested: i64 = json_body(body, "the number of partitions")?;
+    u32::try_from(requested).ok().filter(|count| *count >= 1).ok_or_else(|| {
+        ApiError(StatusCode::BAD_REQUEST, format!("number of partitions must be at least 1, got {requested}"))
+    })
+}
+
 /// `PUT .../{topic}/partitions` with body N: 204, 409 if it exists, 400 for N < 1.
 async fn create_partitioned_topic(
     State(service): State<AppState>,
@@ -142,10 +150,7 @@ async fn create_partitioned_topic(
     body: String,
 ) -> Result<StatusCode, ApiError> {
     let name = existing_namespace_topic(&service, &tenant, &ns, &topic).await?;
-    let requested: i64 = json_body(&body, "the number of partitions")?;
-    let partitions = u32::try_from(requested).map_err(|_| {
-        ApiError(StatusCode::BAD_REQUEST, format!("number of partitions must be at least 1, got {requested}"))
-    })?;
+    let partitions = partitions_body(&body)?;
     let namespace = service.check_topic(&name).await?;
     if service.topic_exists(&name).await? {
         return Err(ApiError(StatusCode::CONFLICT, format!("topic {name} already exists as a non-partitioned topic")));
@@ -187,10 +192,7 @@ async fn update_partitioned_topic(
     body: String,
 ) -> Result<StatusCode, ApiError> {
     let name = existing_namespace_topic(&service, &tenant, &ns, &topic).await?;
-    let requested: i64 = json_body(&body, "the number of partitions")?;
-    let partitions = u32::try_from(requested).map_err(|_| {
-        ApiError(StatusCode::BAD_REQUEST, format!("number of partitions must be at least 1, got {requested}"))
-    })?;
+    let partitions = partitions_body(&body)?;
     service.update_partitions(&name, partitions).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -417,13 +417,7 @@ impl Delivery {
             }
         }
         if changed {
-            if let Some(mark) = self.cursor.mark_delete {
-                let after = Position::new(mark.ledger_id, mark.entry_id + 1);
-                self.delivered.drop_before(&after);
-                self.replay = self.replay.split_off(&after);
-                self.redelivery_counts.retain(|p, _| *p > mark);
-                self.dispatcher.acknowledged_through(mark);
-            }
+            self.forget_through_mark_delete();
         }
         self.changed();
         Ok(changed)
@@ -437,16 +431,21 @@ impl Delivery {
         }
         let changed = self.cursor.ack_cumulative(position, view);
         if changed {
-            if let Some(mark) = self.cursor.mark_delete {
-                let after = Position::new(mark.ledger_id, mark.entry_id + 1);
-                self.delivered.drop_before(&after);
-                self.replay = self.replay.split_off(&after);
-                self.redelivery_counts.retain(|p, _| *p > mark);
-                self.dispatcher.acknowledged_through(mark);
-            }
+            self.forget_through_mark_delete();
             self.changed();
         }
         changed
+    }
+
+    /// Drops what delivery keeps of messages at or before the mark-delete position.
+    fn forget_through_mark_delete(&mut self) {
+        if let Some(mark) = self.cursor.mark_delete {
+            let after = Position::new(mark.ledger_id, mark.entry_id + 1);
+            self.delivered.drop_before(&after);
+            self.replay = self.replay.split_off(&after);
+            self.redelivery_counts.retain(|p, _| *p > mark);
+            self.dispatcher.acknowledged_through(mark);
+        }
     }
 
     fn forget(&mut self, position: Position) {
