@@ -394,3 +394,29 @@ async fn rollover_by_age_and_periodic_trim_run_without_adds() {
     }
     assert_eq!(ledger.ledger_ids().len(), 1);
 }
+
+#[tokio::test]
+async fn a_policy_retention_overrides_the_default_and_backlog_bytes_follow_the_cursor() {
+    let cluster = Cluster::start(1).await;
+    let config = ManagedLedgerConfig { max_entries_per_ledger: 3, retention: Retention::NONE, ..config() };
+    let ledger = cluster.open("t/ns/persistent/policy-retention", config).await;
+    let cursor = ledger.open_cursor("sub", None).await.expect("cursor");
+    let mut positions = Vec::new();
+    for i in 0..10 {
+        positions.push(add(&ledger, format!("m{i}")).await);
+    }
+    let all = ledger.bytes_after(None);
+    assert_eq!(all, 20, "ten 2-byte entries");
+    assert_eq!(ledger.bytes_after(Some(positions[4])), 10, "five entries after the fifth");
+    let mut state = cursor.state().expect("state");
+    state.ack_cumulative(positions[9], &ledger);
+    cursor.persist(&state);
+    cursor.flush().await;
+    // The namespace keeps everything: nothing is trimmed though all is consumed.
+    ledger.set_retention(Some(Retention::INFINITE));
+    assert_eq!(ledger.retention(), Retention::INFINITE);
+    assert!(ledger.trim().await.expect("trim").is_empty());
+    // The policy removed: the broker's default (keep nothing) applies again.
+    ledger.set_retention(None);
+    assert!(!ledger.trim().await.expect("trim").is_empty());
+}
