@@ -496,14 +496,3 @@ def test_backlog_quota_consumer_backlog_eviction_drops_the_oldest(
     first = consumer.receive(timeout_millis=10_000).data()
     assert first.startswith(f"{20 - left:04d}".encode()), "the oldest messages went, the newest stay"
 
-
-def test_a_topic_message_size_limit_refuses_larger_messages(
-    node: MagnetarProcess, client: pulsar.Client, namespace: str
-) -> None:
-    topic = f"{namespace}/small-messages"
-    ok(node, "PUT", f"/admin/v2/persistent/{topic}")
-    ok(node, "POST", f"/admin/v2/persistent/{topic}/maxMessageSize", 2048)
-    producer = client.create_producer(f"persistent://{topic}", batching_enabled=False, send_timeout_millis=10_000)
-    producer.send(b"s" * 1000)
-    with pytest.raises(Exception):
-        producer.send(b"L" * 4096)
