@@ -15,9 +15,9 @@ use anyhow::{ensure, Context};
 use bytes::Bytes;
 use magnetar_bookie::autorecovery::AutoRecovery;
 use magnetar_bookie::client::metadata::{write_set, Ledger};
-use magnetar_bookie::{EntryId, LedgerId};
 use magnetar_bookie::client::{metadata, Bookies, LedgerConfig, LedgerWriter};
 use magnetar_bookie::config::AutoRecoveryConfig;
+use magnetar_bookie::{EntryId, LedgerId};
 use magnetar_meta::{LocalStore, MetadataStore};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -154,7 +154,8 @@ async fn a_bookie_removed_for_good_is_re_replicated_and_the_writer_goes_on() -> 
 
     // A second bookie of the open ledger's current ensemble dies: the writer's ensemble change
     // loses its compare-and-set (auto-recovery changed the record), rebases and goes on.
-    let second = read_ledger(&meta, open.ledger_id()).await?.fragments().last().context("a fragment")?.bookies[0].clone();
+    let second =
+        read_ledger(&meta, open.ledger_id()).await?.fragments().last().context("a fragment")?.bookies[0].clone();
     let index = cluster.iter().position(|b| b.bookie_id == second).context("second victim")?;
     cluster[index].kill(&meta).await?;
     write(&open, 60..80).await?;

@@ -171,7 +171,10 @@ async fn recovery_of_a_dropped_writer_closes_at_or_after_its_last_ack() -> anyho
     assert!(EntryId::last_to_wire(closed.last_entry()) <= 29);
     read_all(&recovering, ledger_id, EntryId::last_to_wire(closed.last_entry())).await?;
     // A second recovery agrees.
-    assert_eq!(EntryId::last_to_wire(client::recover_ledger(&recovering, ledger_id).await?.last_entry()), EntryId::last_to_wire(closed.last_entry()));
+    assert_eq!(
+        EntryId::last_to_wire(client::recover_ledger(&recovering, ledger_id).await?.last_entry()),
+        EntryId::last_to_wire(closed.last_entry())
+    );
     bookies.close().await;
     recovering.close().await;
     Ok(())

@@ -333,7 +333,12 @@ impl BookieRpc for SimRpc {
         end
     }
 
-    async fn read_lac(&self, ledger_id: LedgerId, previous_lac: i64, long_poll: Duration) -> Result<LedgerEnd, BookieError> {
+    async fn read_lac(
+        &self,
+        ledger_id: LedgerId,
+        previous_lac: i64,
+        long_poll: Duration,
+    ) -> Result<LedgerEnd, BookieError> {
         let ledger_id = ledger_id.0;
         self.travel("read lac").await?;
         let until = Instant::now() + long_poll;

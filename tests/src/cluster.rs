@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use magnetar_meta::testing::EtcdServer;
-use magnetar_meta::MetadataStore;
 use magnetar_bookie::client::metadata::{self, Ledger};
 use magnetar_bookie::LedgerId;
+use magnetar_meta::testing::EtcdServer;
+use magnetar_meta::MetadataStore;
 use magnetar_proto::records::ManagedLedgerInfo;
 use prost::Message;
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use magnetar_bookie::client::metadata::{write_set, Ledger};
-use magnetar_bookie::EntryId;
 use magnetar_bookie::client::{self, Bookies};
+use magnetar_bookie::EntryId;
 use magnetar_client::{Client, InitialPosition, ProducerMessage};
 use magnetar_tests::cluster::{Cluster, Replication};
 use magnetar_tests::eventually;

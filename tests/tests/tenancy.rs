@@ -68,7 +68,8 @@ async fn a_tenant_namespace_and_its_limits_work_for_the_rust_client() -> anyhow:
     }
 
     // Bad bodies change nothing.
-    let (status, answer) = http(port, "POST", "/admin/v2/namespaces/rust-team/events/messageTTL", Some("\"x\"")).await?;
+    let (status, answer) =
+        http(port, "POST", "/admin/v2/namespaces/rust-team/events/messageTTL", Some("\"x\"")).await?;
     assert_eq!(status, 400, "{answer}");
     assert!(answer["reason"].as_str().is_some_and(|r| !r.is_empty()));
     let (status, _) = http(port, "PUT", "/admin/v2/namespaces/rust-team/other", Some(r#"{"bundle":{}}"#)).await?;
@@ -103,7 +104,10 @@ async fn a_policy_set_through_one_broker_is_enforced_by_the_other_within_a_secon
     tokio::time::sleep(Duration::from_secs(1)).await;
     let second = client.producer().with_topic(topic).with_name("p2").build().await;
     assert!(second.is_err(), "the owner refuses a second producer a second after the change elsewhere");
-    assert_eq!(ok(brokers[owner].http_port, "GET", "/admin/v2/namespaces/shared/ns/maxProducersPerTopic", None).await?, 1);
+    assert_eq!(
+        ok(brokers[owner].http_port, "GET", "/admin/v2/namespaces/shared/ns/maxProducersPerTopic", None).await?,
+        1
+    );
 
     // Removed through the other broker again: the owner takes it back just as fast.
     ok(other, "DELETE", "/admin/v2/namespaces/shared/ns/maxProducersPerTopic", None).await?;

@@ -243,7 +243,12 @@ impl BookieRpc for BookieConnection {
         Ok(LedgerEnd { last_add_confirmed: response.last_add_confirmed, last_entry_id: response.last_entry_id })
     }
 
-    async fn read_lac(&self, ledger_id: LedgerId, previous_lac: i64, long_poll: Duration) -> Result<LedgerEnd, BookieError> {
+    async fn read_lac(
+        &self,
+        ledger_id: LedgerId,
+        previous_lac: i64,
+        long_poll: Duration,
+    ) -> Result<LedgerEnd, BookieError> {
         let ledger_id = ledger_id.0;
         let response = self
             .grpc

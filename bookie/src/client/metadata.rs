@@ -142,7 +142,10 @@ impl Ledger {
             fragments: self
                 .fragments
                 .iter()
-                .map(|fragment| records::Fragment { first_entry_id: fragment.first.0, bookies: fragment.bookies.clone() })
+                .map(|fragment| records::Fragment {
+                    first_entry_id: fragment.first.0,
+                    bookies: fragment.bookies.clone(),
+                })
                 .collect(),
             last_entry_id: EntryId::last_to_wire(last),
             length,
@@ -296,7 +299,8 @@ pub async fn read(store: &dyn MetadataStore, ledger_id: LedgerId) -> Result<Opti
     let Some(found) = store.get(&path).await? else { return Ok(None) };
     let record = LedgerMetadata::decode(&found.value[..])
         .map_err(|error| BookieError::Corrupt { what: path.clone(), reason: error.to_string() })?;
-    let ledger = Ledger::from_record(ledger_id, record).map_err(|reason| BookieError::Corrupt { what: path, reason })?;
+    let ledger =
+        Ledger::from_record(ledger_id, record).map_err(|reason| BookieError::Corrupt { what: path, reason })?;
     Ok(Some((ledger, found.version)))
 }
 
@@ -357,10 +361,14 @@ mod tests {
 
     #[test]
     fn a_closed_empty_ledger_has_no_last_entry_and_changes_keep_the_checks() {
-        let mut ledger =
-            Ledger::new(LedgerId(7), LedgerConfig { ensemble_size: 2, write_quorum: 2, ack_quorum: 1 },
-                vec!["a".into(), "b".into()], Bytes::from_static(b"k"), 1)
-                .expect("new");
+        let mut ledger = Ledger::new(
+            LedgerId(7),
+            LedgerConfig { ensemble_size: 2, write_quorum: 2, ack_quorum: 1 },
+            vec!["a".into(), "b".into()],
+            Bytes::from_static(b"k"),
+            1,
+        )
+        .expect("new");
         assert!(ledger.change_ensemble(EntryId(5), vec!["a".into()]).is_err(), "an ensemble of the wrong size");
         ledger.change_ensemble(EntryId(5), vec!["a".into(), "c".into()]).expect("change");
         ledger.change_ensemble(EntryId(5), vec!["a".into(), "d".into()]).expect("nothing acked since: replaced");
@@ -372,7 +380,13 @@ mod tests {
         let back = Ledger::from_record(LedgerId(7), record).expect("read back");
         assert_eq!(back.last_entry(), None);
         assert!(back.is_closed());
-        assert!(Ledger::new(LedgerId(8), LedgerConfig { ensemble_size: 1, write_quorum: 2, ack_quorum: 1 },
-            vec!["a".into()], Bytes::new(), 1).is_err());
+        assert!(Ledger::new(
+            LedgerId(8),
+            LedgerConfig { ensemble_size: 1, write_quorum: 2, ack_quorum: 1 },
+            vec!["a".into()],
+            Bytes::new(),
+            1
+        )
+        .is_err());
     }
 }

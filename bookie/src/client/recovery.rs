@@ -166,7 +166,11 @@ async fn find_last_entry(bookies: &Bookies, ledger: &Ledger) -> Result<Option<En
 
 /// A fencing read of one entry from its write set: `Some` if any bookie has it, `None` once
 /// `coverage` bookies answered that they do not.
-async fn read_for_recovery(bookies: &Bookies, quorums: &Quorums, entry_id: EntryId) -> Result<Option<Bytes>, BookieError> {
+async fn read_for_recovery(
+    bookies: &Bookies,
+    quorums: &Quorums,
+    entry_id: EntryId,
+) -> Result<Option<Bytes>, BookieError> {
     let timeout = bookies.options().read_timeout;
     let mut reads = FuturesUnordered::new();
     for index in quorums.write_set(entry_id) {

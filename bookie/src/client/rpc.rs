@@ -68,7 +68,12 @@ pub trait BookieRpc: Send + Sync + 'static {
 
     /// The bookie's view of the ledger's end; with a non-zero `long_poll`, the bookie waits up
     /// to that long for its last-add-confirmed to pass `previous_lac`.
-    async fn read_lac(&self, ledger_id: LedgerId, previous_lac: i64, long_poll: Duration) -> Result<LedgerEnd, BookieError>;
+    async fn read_lac(
+        &self,
+        ledger_id: LedgerId,
+        previous_lac: i64,
+        long_poll: Duration,
+    ) -> Result<LedgerEnd, BookieError>;
 
     /// Deletes the ledger's entries on this bookie (a missing ledger is not an error).
     async fn delete_ledger(&self, ledger_id: LedgerId) -> Result<(), BookieError>;

@@ -164,4 +164,3 @@ async fn load_report(State(service): State<AppState>) -> Result<Json<serde_json:
         .map_err(|error| ApiError(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?;
     Ok(Json(report))
 }
-

@@ -49,9 +49,9 @@ impl From<BrokerError> for ApiError {
     fn from(error: BrokerError) -> Self {
         let status = match error {
             BrokerError::InvalidTopicName { .. } => StatusCode::PRECONDITION_FAILED,
-            BrokerError::NamespaceNotFound { .. } | BrokerError::TopicNotFound { .. } | BrokerError::NotFound { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            BrokerError::NamespaceNotFound { .. }
+            | BrokerError::TopicNotFound { .. }
+            | BrokerError::NotFound { .. } => StatusCode::NOT_FOUND,
             BrokerError::ShuttingDown | BrokerError::ServiceUnitNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             BrokerError::NotAllowed { .. } => StatusCode::PRECONDITION_FAILED,
             BrokerError::AlreadyExists { .. } | BrokerError::Conflict { .. } => StatusCode::CONFLICT,

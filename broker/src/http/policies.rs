@@ -66,200 +66,299 @@ pub(super) fn routes() -> Router<AppState> {
     let topic = |policy: &str| format!("/admin/v2/persistent/{{tenant}}/{{namespace}}/{{topic}}/{policy}");
     let int = "an integer";
     Router::new()
-        .route(&ns("messageTTL"), namespace_policy(NamespaceField {
-            what: int,
-            get: |p, _| p.message_ttl_in_seconds,
-            set: |p, _, v| p.message_ttl_in_seconds = v,
-            default: None,
-        }))
-        .route(&ns("retention"), namespace_policy(NamespaceField::<RetentionPolicies> {
-            what: "a RetentionPolicies object",
-            get: |p, _| p.retention_policies.clone(),
-            set: |p, _, v| p.retention_policies = v,
-            default: None,
-        }))
-        .route(&ns("maxProducersPerTopic"), namespace_policy(NamespaceField {
-            what: int,
-            get: |p, _| p.max_producers_per_topic,
-            set: |p, _, v| p.max_producers_per_topic = v,
-            default: None,
-        }))
-        .route(&ns("maxConsumersPerTopic"), namespace_policy(NamespaceField {
-            what: int,
-            get: |p, _| p.max_consumers_per_topic,
-            set: |p, _, v| p.max_consumers_per_topic = v,
-            default: None,
-        }))
-        .route(&ns("maxConsumersPerSubscription"), namespace_policy(NamespaceField {
-            what: int,
-            get: |p, _| p.max_consumers_per_subscription,
-            set: |p, _, v| p.max_consumers_per_subscription = v,
-            default: None,
-        }))
-        .route(&ns("maxUnackedMessagesPerConsumer"), namespace_policy(NamespaceField {
-            what: int,
-            get: |p, _| p.max_unacked_messages_per_consumer,
-            set: |p, _, v| p.max_unacked_messages_per_consumer = v,
-            default: None,
-        }))
-        .route(&ns("maxUnackedMessagesPerSubscription"), namespace_policy(NamespaceField {
-            what: int,
-            get: |p, _| p.max_unacked_messages_per_subscription,
-            set: |p, _, v| p.max_unacked_messages_per_subscription = v,
-            default: None,
-        }))
-        .route(&ns("maxSubscriptionsPerTopic"), namespace_policy(NamespaceField {
-            what: int,
-            get: |p, _| p.max_subscriptions_per_topic,
-            set: |p, _, v| p.max_subscriptions_per_topic = v,
-            default: None,
-        }))
-        .route(&ns("maxTopicsPerNamespace"), namespace_policy(NamespaceField {
-            what: int,
-            get: |p, _| p.max_topics_per_namespace,
-            set: |p, _, v| p.max_topics_per_namespace = v,
-            default: None,
-        }))
-        .route(&ns("subscriptionExpirationTime"), namespace_policy(NamespaceField {
-            what: "an integer (minutes)",
-            get: |p, _| p.subscription_expiration_time_minutes,
-            set: |p, _, v| p.subscription_expiration_time_minutes = v,
-            default: None,
-        }))
-        .route(&ns("publishRate"), namespace_policy(NamespaceField::<PublishRate> {
-            what: "a PublishRate object",
-            get: |p, c| cluster_entry(&p.publish_max_message_rate, c),
-            set: |p, c, v| set_cluster_entry(&mut p.publish_max_message_rate, c, v),
-            default: None,
-        }))
-        .route(&ns("dispatchRate"), namespace_policy(NamespaceField::<DispatchRate> {
-            what: "a DispatchRate object",
-            get: |p, c| cluster_entry(&p.topic_dispatch_rate, c),
-            set: |p, c, v| set_cluster_entry(&mut p.topic_dispatch_rate, c, v),
-            default: None,
-        }))
-        .route(&ns("subscriptionDispatchRate"), namespace_policy(NamespaceField::<DispatchRate> {
-            what: "a DispatchRate object",
-            get: |p, c| cluster_entry(&p.subscription_dispatch_rate, c),
-            set: |p, c, v| set_cluster_entry(&mut p.subscription_dispatch_rate, c, v),
-            default: None,
-        }))
-        .route(&ns("inactiveTopicPolicies"), namespace_policy(NamespaceField::<InactiveTopicPolicies> {
-            what: "an InactiveTopicPolicies object",
-            get: |p, _| p.inactive_topic_policies.clone(),
-            set: |p, _, v| p.inactive_topic_policies = v,
-            default: None,
-        }))
-        .route(&ns("autoTopicCreation"), namespace_policy(NamespaceField::<AutoTopicCreationOverride> {
-            what: "an AutoTopicCreationOverride object",
-            get: |p, _| p.auto_topic_creation_override.clone(),
-            set: |p, _, v| p.auto_topic_creation_override = v,
-            default: None,
-        }))
-        .route(&ns("autoSubscriptionCreation"), namespace_policy(NamespaceField::<AutoSubscriptionCreationOverride> {
-            what: "an AutoSubscriptionCreationOverride object",
-            get: |p, _| p.auto_subscription_creation_override.clone(),
-            set: |p, _, v| p.auto_subscription_creation_override = v,
-            default: None,
-        }))
-        .route(&ns("deduplication"), namespace_policy(NamespaceField {
-            what: "true or false",
-            get: |p, _| p.deduplication_enabled,
-            set: |p, _, v| p.deduplication_enabled = v,
-            default: Some(|d| d.deduplication_enabled),
-        }))
-        .route(&ns("persistence"), namespace_policy(NamespaceField::<PersistencePolicies> {
-            what: "a PersistencePolicies object",
-            get: |p, _| p.persistence.clone(),
-            set: |p, _, v| p.persistence = v,
-            default: None,
-        }))
-        .route(&ns("backlogQuota"), axum::routing::post(set_namespace_backlog_quota).delete(remove_namespace_backlog_quota))
+        .route(
+            &ns("messageTTL"),
+            namespace_policy(NamespaceField {
+                what: int,
+                get: |p, _| p.message_ttl_in_seconds,
+                set: |p, _, v| p.message_ttl_in_seconds = v,
+                default: None,
+            }),
+        )
+        .route(
+            &ns("retention"),
+            namespace_policy(NamespaceField::<RetentionPolicies> {
+                what: "a RetentionPolicies object",
+                get: |p, _| p.retention_policies.clone(),
+                set: |p, _, v| p.retention_policies = v,
+                default: None,
+            }),
+        )
+        .route(
+            &ns("maxProducersPerTopic"),
+            namespace_policy(NamespaceField {
+                what: int,
+                get: |p, _| p.max_producers_per_topic,
+                set: |p, _, v| p.max_producers_per_topic = v,
+                default: None,
+            }),
+        )
+        .route(
+            &ns("maxConsumersPerTopic"),
+            namespace_policy(NamespaceField {
+                what: int,
+                get: |p, _| p.max_consumers_per_topic,
+                set: |p, _, v| p.max_consumers_per_topic = v,
+                default: None,
+            }),
+        )
+        .route(
+            &ns("maxConsumersPerSubscription"),
+            namespace_policy(NamespaceField {
+                what: int,
+                get: |p, _| p.max_consumers_per_subscription,
+                set: |p, _, v| p.max_consumers_per_subscription = v,
+                default: None,
+            }),
+        )
+        .route(
+            &ns("maxUnackedMessagesPerConsumer"),
+            namespace_policy(NamespaceField {
+                what: int,
+                get: |p, _| p.max_unacked_messages_per_consumer,
+                set: |p, _, v| p.max_unacked_messages_per_consumer = v,
+                default: None,
+            }),
+        )
+        .route(
+            &ns("maxUnackedMessagesPerSubscription"),
+            namespace_policy(NamespaceField {
+                what: int,
+                get: |p, _| p.max_unacked_messages_per_subscription,
+                set: |p, _, v| p.max_unacked_messages_per_subscription = v,
+                default: None,
+            }),
+        )
+        .route(
+            &ns("maxSubscriptionsPerTopic"),
+            namespace_policy(NamespaceField {
+                what: int,
+                get: |p, _| p.max_subscriptions_per_topic,
+                set: |p, _, v| p.max_subscriptions_per_topic = v,
+                default: None,
+            }),
+        )
+        .route(
+            &ns("maxTopicsPerNamespace"),
+            namespace_policy(NamespaceField {
+                what: int,
+                get: |p, _| p.max_topics_per_namespace,
+                set: |p, _, v| p.max_topics_per_namespace = v,
+                default: None,
+            }),
+        )
+        .route(
+            &ns("subscriptionExpirationTime"),
+            namespace_policy(NamespaceField {
+                what: "an integer (minutes)",
+                get: |p, _| p.subscription_expiration_time_minutes,
+                set: |p, _, v| p.subscription_expiration_time_minutes = v,
+                default: None,
+            }),
+        )
+        .route(
+            &ns("publishRate"),
+            namespace_policy(NamespaceField::<PublishRate> {
+                what: "a PublishRate object",
+                get: |p, c| cluster_entry(&p.publish_max_message_rate, c),
+                set: |p, c, v| set_cluster_entry(&mut p.publish_max_message_rate, c, v),
+                default: None,
+            }),
+        )
+        .route(
+            &ns("dispatchRate"),
+            namespace_policy(NamespaceField::<DispatchRate> {
+                what: "a DispatchRate object",
+                get: |p, c| cluster_entry(&p.topic_dispatch_rate, c),
+                set: |p, c, v| set_cluster_entry(&mut p.topic_dispatch_rate, c, v),
+                default: None,
+            }),
+        )
+        .route(
+            &ns("subscriptionDispatchRate"),
+            namespace_policy(NamespaceField::<DispatchRate> {
+                what: "a DispatchRate object",
+                get: |p, c| cluster_entry(&p.subscription_dispatch_rate, c),
+                set: |p, c, v| set_cluster_entry(&mut p.subscription_dispatch_rate, c, v),
+                default: None,
+            }),
+        )
+        .route(
+            &ns("inactiveTopicPolicies"),
+            namespace_policy(NamespaceField::<InactiveTopicPolicies> {
+                what: "an InactiveTopicPolicies object",
+                get: |p, _| p.inactive_topic_policies.clone(),
+                set: |p, _, v| p.inactive_topic_policies = v,
+                default: None,
+            }),
+        )
+        .route(
+            &ns("autoTopicCreation"),
+            namespace_policy(NamespaceField::<AutoTopicCreationOverride> {
+                what: "an AutoTopicCreationOverride object",
+                get: |p, _| p.auto_topic_creation_override.clone(),
+                set: |p, _, v| p.auto_topic_creation_override = v,
+                default: None,
+            }),
+        )
+        .route(
+            &ns("autoSubscriptionCreation"),
+            namespace_policy(NamespaceField::<AutoSubscriptionCreationOverride> {
+                what: "an AutoSubscriptionCreationOverride object",
+                get: |p, _| p.auto_subscription_creation_override.clone(),
+                set: |p, _, v| p.auto_subscription_creation_override = v,
+                default: None,
+            }),
+        )
+        .route(
+            &ns("deduplication"),
+            namespace_policy(NamespaceField {
+                what: "true or false",
+                get: |p, _| p.deduplication_enabled,
+                set: |p, _, v| p.deduplication_enabled = v,
+                default: Some(|d| d.deduplication_enabled),
+            }),
+        )
+        .route(
+            &ns("persistence"),
+            namespace_policy(NamespaceField::<PersistencePolicies> {
+                what: "a PersistencePolicies object",
+                get: |p, _| p.persistence.clone(),
+                set: |p, _, v| p.persistence = v,
+                default: None,
+            }),
+        )
+        .route(
+            &ns("backlogQuota"),
+            axum::routing::post(set_namespace_backlog_quota).delete(remove_namespace_backlog_quota),
+        )
         .route(&ns("backlogQuotaMap"), get(namespace_backlog_quotas))
-        .route(&topic("messageTTL"), topic_policy(TopicField {
-            what: int,
-            query: Some("messageTTL"),
-            get: |p| p.message_ttl_in_seconds,
-            set: |p, v| p.message_ttl_in_seconds = v,
-        }))
-        .route(&topic("retention"), topic_policy(TopicField::<RetentionPolicies> {
-            what: "a RetentionPolicies object",
-            query: None,
-            get: |p| p.retention_policies.clone(),
-            set: |p, v| p.retention_policies = v,
-        }))
-        .route(&topic("maxProducers"), topic_policy(TopicField {
-            what: int,
-            query: None,
-            get: |p| p.max_producer_per_topic,
-            set: |p, v| p.max_producer_per_topic = v,
-        }))
-        .route(&topic("maxConsumers"), topic_policy(TopicField {
-            what: int,
-            query: None,
-            get: |p| p.max_consumer_per_topic,
-            set: |p, v| p.max_consumer_per_topic = v,
-        }))
-        .route(&topic("maxConsumersPerSubscription"), topic_policy(TopicField {
-            what: int,
-            query: None,
-            get: |p| p.max_consumers_per_subscription,
-            set: |p, v| p.max_consumers_per_subscription = v,
-        }))
-        .route(&topic("maxUnackedMessagesOnConsumer"), topic_policy(TopicField {
-            what: int,
-            query: None,
-            get: |p| p.max_unacked_messages_on_consumer,
-            set: |p, v| p.max_unacked_messages_on_consumer = v,
-        }))
-        .route(&topic("maxUnackedMessagesOnSubscription"), topic_policy(TopicField {
-            what: int,
-            query: None,
-            get: |p| p.max_unacked_messages_on_subscription,
-            set: |p, v| p.max_unacked_messages_on_subscription = v,
-        }))
-        .route(&topic("maxSubscriptionsPerTopic"), topic_policy(TopicField {
-            what: int,
-            query: None,
-            get: |p| p.max_subscriptions_per_topic,
-            set: |p, v| p.max_subscriptions_per_topic = v,
-        }))
-        .route(&topic("maxMessageSize"), topic_policy(TopicField {
-            what: int,
-            query: None,
-            get: |p| p.max_message_size,
-            set: |p, v| p.max_message_size = v,
-        }))
-        .route(&topic("publishRate"), topic_policy(TopicField::<PublishRate> {
-            what: "a PublishRate object",
-            query: None,
-            get: |p| p.publish_rate.clone(),
-            set: |p, v| p.publish_rate = v,
-        }))
-        .route(&topic("dispatchRate"), topic_policy(TopicField::<DispatchRate> {
-            what: "a DispatchRate object",
-            query: None,
-            get: |p| p.dispatch_rate.clone(),
-            set: |p, v| p.dispatch_rate = v,
-        }))
-        .route(&topic("subscriptionDispatchRate"), topic_policy(TopicField::<DispatchRate> {
-            what: "a DispatchRate object",
-            query: None,
-            get: |p| p.subscription_dispatch_rate.clone(),
-            set: |p, v| p.subscription_dispatch_rate = v,
-        }))
-        .route(&topic("deduplicationEnabled"), topic_policy(TopicField {
-            what: "true or false",
-            query: None,
-            get: |p| p.deduplication_enabled,
-            set: |p, v| p.deduplication_enabled = v,
-        }))
-        .route(&topic("inactiveTopicPolicies"), topic_policy(TopicField::<InactiveTopicPolicies> {
-            what: "an InactiveTopicPolicies object",
-            query: None,
-            get: |p| p.inactive_topic_policies.clone(),
-            set: |p, v| p.inactive_topic_policies = v,
-        }))
+        .route(
+            &topic("messageTTL"),
+            topic_policy(TopicField {
+                what: int,
+                query: Some("messageTTL"),
+                get: |p| p.message_ttl_in_seconds,
+                set: |p, v| p.message_ttl_in_seconds = v,
+            }),
+        )
+        .route(
+            &topic("retention"),
+            topic_policy(TopicField::<RetentionPolicies> {
+                what: "a RetentionPolicies object",
+                query: None,
+                get: |p| p.retention_policies.clone(),
+                set: |p, v| p.retention_policies = v,
+            }),
+        )
+        .route(
+            &topic("maxProducers"),
+            topic_policy(TopicField {
+                what: int,
+                query: None,
+                get: |p| p.max_producer_per_topic,
+                set: |p, v| p.max_producer_per_topic = v,
+            }),
+        )
+        .route(
+            &topic("maxConsumers"),
+            topic_policy(TopicField {
+                what: int,
+                query: None,
+                get: |p| p.max_consumer_per_topic,
+                set: |p, v| p.max_consumer_per_topic = v,
+            }),
+        )
+        .route(
+            &topic("maxConsumersPerSubscription"),
+            topic_policy(TopicField {
+                what: int,
+                query: None,
+                get: |p| p.max_consumers_per_subscription,
+                set: |p, v| p.max_consumers_per_subscription = v,
+            }),
+        )
+        .route(
+            &topic("maxUnackedMessagesOnConsumer"),
+            topic_policy(TopicField {
+                what: int,
+                query: None,
+                get: |p| p.max_unacked_messages_on_consumer,
+                set: |p, v| p.max_unacked_messages_on_consumer = v,
+            }),
+        )
+        .route(
+            &topic("maxUnackedMessagesOnSubscription"),
+            topic_policy(TopicField {
+                what: int,
+                query: None,
+                get: |p| p.max_unacked_messages_on_subscription,
+                set: |p, v| p.max_unacked_messages_on_subscription = v,
+            }),
+        )
+        .route(
+            &topic("maxSubscriptionsPerTopic"),
+            topic_policy(TopicField {
+                what: int,
+                query: None,
+                get: |p| p.max_subscriptions_per_topic,
+                set: |p, v| p.max_subscriptions_per_topic = v,
+            }),
+        )
+        .route(
+            &topic("maxMessageSize"),
+            topic_policy(TopicField {
+                what: int,
+                query: None,
+                get: |p| p.max_message_size,
+                set: |p, v| p.max_message_size = v,
+            }),
+        )
+        .route(
+            &topic("publishRate"),
+            topic_policy(TopicField::<PublishRate> {
+                what: "a PublishRate object",
+                query: None,
+                get: |p| p.publish_rate.clone(),
+                set: |p, v| p.publish_rate = v,
+            }),
+        )
+        .route(
+            &topic("dispatchRate"),
+            topic_policy(TopicField::<DispatchRate> {
+                what: "a DispatchRate object",
+                query: None,
+                get: |p| p.dispatch_rate.clone(),
+                set: |p, v| p.dispatch_rate = v,
+            }),
+        )
+        .route(
+            &topic("subscriptionDispatchRate"),
+            topic_policy(TopicField::<DispatchRate> {
+                what: "a DispatchRate object",
+                query: None,
+                get: |p| p.subscription_dispatch_rate.clone(),
+                set: |p, v| p.subscription_dispatch_rate = v,
+            }),
+        )
+        .route(
+            &topic("deduplicationEnabled"),
+            topic_policy(TopicField {
+                what: "true or false",
+                query: None,
+                get: |p| p.deduplication_enabled,
+                set: |p, v| p.deduplication_enabled = v,
+            }),
+        )
+        .route(
+            &topic("inactiveTopicPolicies"),
+            topic_policy(TopicField::<InactiveTopicPolicies> {
+                what: "an InactiveTopicPolicies object",
+                query: None,
+                get: |p| p.inactive_topic_policies.clone(),
+                set: |p, v| p.inactive_topic_policies = v,
+            }),
+        )
         .route(&topic("backlogQuota"), axum::routing::post(set_topic_backlog_quota).delete(remove_topic_backlog_quota))
         .route(&topic("backlogQuotaMap"), get(topic_backlog_quotas))
 }
@@ -283,7 +382,8 @@ where
     let NamespaceField { what, get: read, set, default } = field;
     get(move |State(service): State<AppState>, Path((tenant, ns)): Path<(String, String)>| async move {
         let policies = store::policies(service.meta.as_ref(), &format!("{tenant}/{ns}")).await?;
-        let value = read(&policies, &service.config.cluster_name).or_else(|| default.map(|d| d(&service.config.policies)));
+        let value =
+            read(&policies, &service.config.cluster_name).or_else(|| default.map(|d| d(&service.config.policies)));
         Ok::<_, ApiError>(Json(value))
     })
     .post(move |State(service): State<AppState>, Path((tenant, ns)): Path<(String, String)>, body: String| async move {
@@ -377,9 +477,7 @@ async fn change_topic(
 ) -> Result<StatusCode, ApiError> {
     store::update_topic_policies(service.meta.as_ref(), name, change).await?;
     service.policies.refresh(&store::topic_policies_path(name)).await?;
-    service
-        .apply_policy_change(&Change::Topic { namespace: name.namespace_name(), topic: name.to_string() })
-        .await;
+    service.apply_policy_change(&Change::Topic { namespace: name.namespace_name(), topic: name.to_string() }).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

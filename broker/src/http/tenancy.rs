@@ -140,7 +140,10 @@ async fn delete_tenant(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn namespaces(State(service): State<AppState>, Path(tenant): Path<String>) -> Result<Json<Vec<String>>, ApiError> {
+async fn namespaces(
+    State(service): State<AppState>,
+    Path(tenant): Path<String>,
+) -> Result<Json<Vec<String>>, ApiError> {
     store::tenant(service.meta.as_ref(), &tenant).await?;
     Ok(Json(store::namespaces(service.meta.as_ref(), &tenant).await?))
 }

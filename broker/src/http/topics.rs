@@ -51,7 +51,9 @@ async fn create_topic(
     Path((tenant, ns, topic)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let name = existing_namespace_topic(&service, &tenant, &ns, &topic).await?;
-    if let Some(redirect) = redirect_to_owner(&service, &name, &format!("/admin/v2/persistent/{tenant}/{ns}/{topic}")).await? {
+    if let Some(redirect) =
+        redirect_to_owner(&service, &name, &format!("/admin/v2/persistent/{tenant}/{ns}/{topic}")).await?
+    {
         return Ok(redirect);
     }
     service.create_topic(&name).await?;
@@ -223,4 +225,3 @@ async fn unload_topic(
     service.close_topics(|loaded| *loaded == name).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
-

@@ -383,7 +383,9 @@ impl ManagedLedger {
                     Ok(last) => last,
                     Err(error) => {
                         warn!(managed_ledger = %self.name, ledger_id = old.ledger_id().0, %error, "closing the ledger failed, recovering it");
-                        EntryId::last_to_wire(ledger::recover_ledger(&self.bookies, old.ledger_id()).await?.last_entry())
+                        EntryId::last_to_wire(
+                            ledger::recover_ledger(&self.bookies, old.ledger_id()).await?.last_entry(),
+                        )
                     }
                 },
                 Some(reason) => {

@@ -65,7 +65,12 @@ impl Cluster {
 
     /// Whether any bookie still holds an entry of the ledger, or its metadata still exists.
     async fn ledger_exists(&self, ledger_id: u64) -> bool {
-        let in_metadata = self.meta.get(&magnetar_bookie::ledger_path(magnetar_bookie::LedgerId(ledger_id))).await.expect("get").is_some();
+        let in_metadata = self
+            .meta
+            .get(&magnetar_bookie::ledger_path(magnetar_bookie::LedgerId(ledger_id)))
+            .await
+            .expect("get")
+            .is_some();
         let on_bookie = self.bookies.iter().any(|b| b.last_entry_id(ledger_id).expect("last entry") >= 0);
         in_metadata || on_bookie
     }

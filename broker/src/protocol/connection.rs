@@ -444,12 +444,15 @@ impl Connection {
             Metrics::add(&self.service.metrics.send_errors, 1);
             return self.send(refuse(ServerError::NotAllowedError, "SEND without a payload")).await;
         };
-        let max_size = producer.topic.limits().max_message_size.map_or(self.service.config.max_message_size, |own| {
-            own.min(self.service.config.max_message_size)
-        });
+        let max_size = producer
+            .topic
+            .limits()
+            .max_message_size
+            .map_or(self.service.config.max_message_size, |own| own.min(self.service.config.max_message_size));
         if payload.body().len() > max_size {
             Metrics::add(&self.service.metrics.send_errors, 1);
-            let message = format!("message of {} bytes exceeds the maximum message size {max_size}", payload.body().len());
+            let message =
+                format!("message of {} bytes exceeds the maximum message size {max_size}", payload.body().len());
             return self.send(refuse(ServerError::NotAllowedError, &message)).await;
         }
         // Under a backlog quota a send is refused (producer_exception) or held until consumers
@@ -548,7 +551,9 @@ impl Connection {
         let limits = topic.limits();
         if let Some(max) = limits.max_consumers {
             if topic.consumer_count().await >= max as usize {
-                return Err(BrokerError::TooManyConsumers { what: format!("Topic reached max consumers limit ({max})") });
+                return Err(BrokerError::TooManyConsumers {
+                    what: format!("Topic reached max consumers limit ({max})"),
+                });
             }
         }
         if let Some(max) = limits.max_consumers_per_subscription {

@@ -138,7 +138,6 @@ impl BrokerService {
         Ok(topics.into_iter().collect())
     }
 
-
     /// This broker's id for generated producer names, allocated once per process from the
     /// metadata store so names stay unique across brokers and restarts.
     pub async fn broker_id(&self) -> Result<u64, BrokerError> {

@@ -115,7 +115,8 @@ impl BrokerService {
     /// The limits `name` is held to now.
     pub fn limits_of(&self, name: &TopicName, namespace: Option<&Policies>) -> TopicLimits {
         // A partition takes its partitioned topic's policies unless it has its own.
-        let own = self.policies.topic(name).or_else(|| name.partition_of().and_then(|(base, _)| self.policies.topic(&base)));
+        let own =
+            self.policies.topic(name).or_else(|| name.partition_of().and_then(|(base, _)| self.policies.topic(&base)));
         TopicLimits::resolve(&self.config.policies, namespace, own.as_deref(), &self.config.cluster_name)
     }
 

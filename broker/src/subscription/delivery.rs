@@ -579,8 +579,10 @@ impl Delivery {
         consumer.permits -= meta.messages;
         self.replay.remove(&position);
         let redelivery_count = self.redelivery_counts.get(&position).copied().unwrap_or(0);
-        self.delivered
-            .insert(position, Delivered { consumer_id, redelivery_count, hash: meta.hash, messages: meta.messages.max(1) });
+        self.delivered.insert(
+            position,
+            Delivered { consumer_id, redelivery_count, hash: meta.hash, messages: meta.messages.max(1) },
+        );
         self.update_blocks();
         Some((consumer_id, redelivery_count))
     }

@@ -160,7 +160,13 @@ impl Harness {
                 if self.inboxes.contains_key(&slot) {
                     return Ok(());
                 }
-                let consumer = Consumer { id: slot, name: format!("c{slot}"), priority_level: priority, permits: 0, blocked: false };
+                let consumer = Consumer {
+                    id: slot,
+                    name: format!("c{slot}"),
+                    priority_level: priority,
+                    permits: 0,
+                    blocked: false,
+                };
                 if self.delivery.attach(consumer, &self.options()).is_ok() {
                     self.inboxes.insert(slot, BTreeMap::new());
                 } else {

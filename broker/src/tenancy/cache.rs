@@ -289,16 +289,14 @@ mod tests {
         })
         .await
         .expect("update");
-        let change = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.expect("in time").expect("change");
+        let change =
+            tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.expect("in time").expect("change");
         assert_eq!(change, Change::Namespace("public/default".to_owned()));
         assert_eq!(cache.namespace("public/default").and_then(|p| p.max_producers_per_topic), Some(3));
         // A namespace the cache has not seen yet is read from the store.
         store::create_namespace(store.as_ref(), "public/fresh", &Policies::default()).await.expect("create");
         assert!(cache.existing_namespace("public/fresh").await.is_ok());
-        assert!(matches!(
-            cache.existing_namespace("public/none").await,
-            Err(BrokerError::NamespaceNotFound { .. })
-        ));
+        assert!(matches!(cache.existing_namespace("public/none").await, Err(BrokerError::NamespaceNotFound { .. })));
         cancel.cancel();
     }
 }

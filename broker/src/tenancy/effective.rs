@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use super::model::{
-    BacklogQuota, DispatchRate, InactiveTopicDeleteMode, Policies, PublishRate, RetentionPolicies,
-    RetentionPolicy, TopicPolicies,
+    BacklogQuota, DispatchRate, InactiveTopicDeleteMode, Policies, PublishRate, RetentionPolicies, RetentionPolicy,
+    TopicPolicies,
 };
 use crate::managed_ledger::config::Retention;
 
@@ -274,8 +274,14 @@ impl TopicLimits {
             message_ttl: (message_ttl > 0).then(|| Duration::from_secs(message_ttl)),
             retention,
             backlog_quota,
-            max_producers: limit(own(|t| t.max_producer_per_topic).or(ns(|n| n.max_producers_per_topic)), defaults.max_producers_per_topic),
-            max_consumers: limit(own(|t| t.max_consumer_per_topic).or(ns(|n| n.max_consumers_per_topic)), defaults.max_consumers_per_topic),
+            max_producers: limit(
+                own(|t| t.max_producer_per_topic).or(ns(|n| n.max_producers_per_topic)),
+                defaults.max_producers_per_topic,
+            ),
+            max_consumers: limit(
+                own(|t| t.max_consumer_per_topic).or(ns(|n| n.max_consumers_per_topic)),
+                defaults.max_consumers_per_topic,
+            ),
             max_consumers_per_subscription: limit(
                 own(|t| t.max_consumers_per_subscription).or(ns(|n| n.max_consumers_per_subscription)),
                 defaults.max_consumers_per_subscription,
@@ -307,9 +313,9 @@ pub fn auto_topic_creation(defaults: &PolicyDefaults, namespace: Option<&Policie
     match namespace.and_then(|n| n.auto_topic_creation_override.as_ref()) {
         Some(rule) if !rule.allow_auto_topic_creation => None,
         Some(rule) => Some(match rule.topic_type.as_deref() {
-            Some("partitioned") => {
-                AutoTopicType::Partitioned(rule.default_num_partitions.and_then(|n| u32::try_from(n).ok()).unwrap_or(1).max(1))
-            }
+            Some("partitioned") => AutoTopicType::Partitioned(
+                rule.default_num_partitions.and_then(|n| u32::try_from(n).ok()).unwrap_or(1).max(1),
+            ),
             _ => AutoTopicType::NonPartitioned,
         }),
         None => defaults.allow_auto_topic_creation.then_some(defaults.auto_topic_type),
@@ -327,10 +333,12 @@ mod tests {
 
     #[test]
     fn a_topic_policy_overrides_its_namespace_which_overrides_the_broker() {
-        let defaults = PolicyDefaults { max_producers_per_topic: 10, message_ttl_seconds: 30, ..PolicyDefaults::default() };
+        let defaults =
+            PolicyDefaults { max_producers_per_topic: 10, message_ttl_seconds: 30, ..PolicyDefaults::default() };
         let none = TopicLimits::resolve(&defaults, None, None, "c");
         assert_eq!((none.max_producers, none.message_ttl), (Some(10), Some(Duration::from_secs(30))));
-        let namespace = Policies { max_producers_per_topic: Some(2), message_ttl_in_seconds: Some(0), ..Policies::default() };
+        let namespace =
+            Policies { max_producers_per_topic: Some(2), message_ttl_in_seconds: Some(0), ..Policies::default() };
         let ns = TopicLimits::resolve(&defaults, Some(&namespace), None, "c");
         assert_eq!((ns.max_producers, ns.message_ttl), (Some(2), None), "0 in a policy means none");
         let topic = TopicPolicies { max_producer_per_topic: Some(1), ..TopicPolicies::default() };
@@ -347,7 +355,9 @@ mod tests {
         );
         let limits = TopicLimits::resolve(&PolicyDefaults::default(), Some(&namespace), None, "c");
         assert_eq!((limits.publish_rate.messages, limits.publish_rate.bytes), (Some(100), None));
-        assert!(!TopicLimits::resolve(&PolicyDefaults::default(), Some(&namespace), None, "other").publish_rate.is_limited());
+        assert!(!TopicLimits::resolve(&PolicyDefaults::default(), Some(&namespace), None, "other")
+            .publish_rate
+            .is_limited());
         namespace.auto_topic_creation_override = Some(super::super::model::AutoTopicCreationOverride {
             allow_auto_topic_creation: false,
             topic_type: None,

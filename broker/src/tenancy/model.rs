@@ -518,7 +518,9 @@ impl Policies {
             auto.check().map_err(|reason| format!("autoTopicCreationOverride: {reason}"))?;
         }
         if let Some(bundles) = &self.bundles {
-            if bundles.boundaries.is_none() && !(1..=crate::cluster::bundles::MAX_BUNDLES as i32).contains(&bundles.num_bundles) {
+            if bundles.boundaries.is_none()
+                && !(1..=crate::cluster::bundles::MAX_BUNDLES as i32).contains(&bundles.num_bundles)
+            {
                 return Err(format!(
                     "bundles.numBundles: {} must be between 1 and {}",
                     bundles.num_bundles,
@@ -527,8 +529,11 @@ impl Policies {
             }
         }
         if let Some(persistence) = &self.persistence {
-            let (e, qw, qa) =
-                (persistence.bookkeeper_ensemble, persistence.bookkeeper_write_quorum, persistence.bookkeeper_ack_quorum);
+            let (e, qw, qa) = (
+                persistence.bookkeeper_ensemble,
+                persistence.bookkeeper_write_quorum,
+                persistence.bookkeeper_ack_quorum,
+            );
             if qa < 1 || qw < qa || e < qw {
                 return Err(format!(
                     "persistence: bookkeeperEnsemble/WriteQuorum/AckQuorum {e}/{qw}/{qa} must satisfy E >= Qw >= Qa >= 1"

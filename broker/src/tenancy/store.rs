@@ -53,7 +53,8 @@ pub fn check_name(what: &str, name: &str) -> Result<(), BrokerError> {
 }
 
 fn decode<T: DeserializeOwned>(path: &str, value: &[u8]) -> Result<T, BrokerError> {
-    serde_json::from_slice(value).map_err(|error| BrokerError::Corrupt { what: path.to_owned(), reason: error.to_string() })
+    serde_json::from_slice(value)
+        .map_err(|error| BrokerError::Corrupt { what: path.to_owned(), reason: error.to_string() })
 }
 
 fn encode<T: Serialize>(path: &str, value: &T) -> Result<Vec<u8>, BrokerError> {
@@ -72,7 +73,12 @@ pub async fn read<T: DeserializeOwned>(
 }
 
 /// Creates `path` with `value`; `AlreadyExists` (409) if it is there.
-async fn create<T: Serialize>(store: &dyn MetadataStore, path: &str, value: &T, what: String) -> Result<(), BrokerError> {
+async fn create<T: Serialize>(
+    store: &dyn MetadataStore,
+    path: &str,
+    value: &T,
+    what: String,
+) -> Result<(), BrokerError> {
     match store.put(path, encode(path, value)?, Expected::Absent).await {
         Ok(_) => Ok(()),
         Err(MetaError::BadVersion { .. }) => Err(BrokerError::AlreadyExists { what }),
@@ -82,7 +88,12 @@ async fn create<T: Serialize>(store: &dyn MetadataStore, path: &str, value: &T, 
 
 /// Applies `change` to the value at `path` by compare-and-set, retrying lost races; `missing`
 /// if there is no value. Returns the value written.
-async fn update<T, F>(store: &dyn MetadataStore, path: &str, missing: impl Fn() -> BrokerError, change: F) -> Result<T, BrokerError>
+async fn update<T, F>(
+    store: &dyn MetadataStore,
+    path: &str,
+    missing: impl Fn() -> BrokerError,
+    change: F,
+) -> Result<T, BrokerError>
 where
     T: Serialize + DeserializeOwned,
     F: Fn(&mut T) -> Result<(), BrokerError>,
@@ -217,7 +228,11 @@ pub async fn policies(store: &dyn MetadataStore, namespace: &str) -> Result<Poli
 
 /// Creates `tenant/name` with `policies`: the tenant must exist and every replication
 /// cluster must be one it allows.
-pub async fn create_namespace(store: &dyn MetadataStore, namespace: &str, policies: &Policies) -> Result<(), BrokerError> {
+pub async fn create_namespace(
+    store: &dyn MetadataStore,
+    namespace: &str,
+    policies: &Policies,
+) -> Result<(), BrokerError> {
     let Some((tenant, local)) = namespace.split_once('/') else {
         return Err(BrokerError::InvalidArgument { what: format!("namespace {namespace:?} must be tenant/namespace") });
     };

@@ -428,5 +428,8 @@ impl Topic {
 
 /// The unacknowledged-message limits a topic's subscriptions are held to.
 fn unacked_limits(limits: &TopicLimits) -> UnackedLimits {
-    UnackedLimits { per_consumer: limits.max_unacked_per_consumer, per_subscription: limits.max_unacked_per_subscription }
+    UnackedLimits {
+        per_consumer: limits.max_unacked_per_consumer,
+        per_subscription: limits.max_unacked_per_subscription,
+    }
 }

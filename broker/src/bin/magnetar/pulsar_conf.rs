@@ -80,7 +80,11 @@ const KEYS: &[(&str, &str, Kind)] = &[
         "managed_ledger.managed_ledger_max_ledger_rollover_time_minutes",
         Kind::Integer,
     ),
-    ("managedLedgerCursorMaxEntriesPerLedger", "managed_ledger.managed_ledger_cursor_max_entries_per_ledger", Kind::Integer),
+    (
+        "managedLedgerCursorMaxEntriesPerLedger",
+        "managed_ledger.managed_ledger_cursor_max_entries_per_ledger",
+        Kind::Integer,
+    ),
     ("defaultRetentionTimeInMinutes", "managed_ledger.default_retention_time_in_minutes", Kind::Integer),
     ("defaultRetentionSizeInMB", "managed_ledger.default_retention_size_in_mb", Kind::Integer),
     ("retentionCheckIntervalInSeconds", "managed_ledger.retention_check_interval_in_seconds", Kind::Integer),

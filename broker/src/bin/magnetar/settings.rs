@@ -104,8 +104,8 @@ impl BrokerSettings {
             std::fs::read_to_string(path).with_context(|| format!("read broker config file {}", path.display()))?;
         let pulsar = matches!(path.extension().and_then(|e| e.to_str()), Some("conf" | "properties"));
         let settings: BrokerSettings = if pulsar {
-            let (table, ignored) =
-                super::pulsar_conf::to_settings(&text).with_context(|| format!("broker config file {}", path.display()))?;
+            let (table, ignored) = super::pulsar_conf::to_settings(&text)
+                .with_context(|| format!("broker config file {}", path.display()))?;
             if !ignored.is_empty() {
                 tracing::warn!(
                     file = %path.display(),
@@ -133,7 +133,9 @@ impl BrokerSettings {
                 count => AutoTopicType::Partitioned(count),
             },
             Some(other) => {
-                anyhow::bail!("allow_auto_topic_creation_type = {other:?}: must be \"non-partitioned\" or \"partitioned\"")
+                anyhow::bail!(
+                    "allow_auto_topic_creation_type = {other:?}: must be \"non-partitioned\" or \"partitioned\""
+                )
             }
         };
         let backlog_quota_policy = match self.backlog_quota_default_retention_policy.as_deref() {
@@ -146,13 +148,14 @@ impl BrokerSettings {
                     )
                 })?,
         };
-        let backlog_quota_limit_bytes = match (self.backlog_quota_default_limit_bytes, self.backlog_quota_default_limit_gb) {
-            (Some(bytes), _) => bytes,
-            (None, Some(gb)) if gb.is_nan() => anyhow::bail!("backlog_quota_default_limit_gb is not a number"),
-            (None, Some(gb)) if gb <= 0.0 => -1,
-            (None, Some(gb)) => (gb * 1024.0 * 1024.0 * 1024.0) as i64,
-            (None, None) => d.backlog_quota_limit_bytes,
-        };
+        let backlog_quota_limit_bytes =
+            match (self.backlog_quota_default_limit_bytes, self.backlog_quota_default_limit_gb) {
+                (Some(bytes), _) => bytes,
+                (None, Some(gb)) if gb.is_nan() => anyhow::bail!("backlog_quota_default_limit_gb is not a number"),
+                (None, Some(gb)) if gb <= 0.0 => -1,
+                (None, Some(gb)) => (gb * 1024.0 * 1024.0 * 1024.0) as i64,
+                (None, None) => d.backlog_quota_limit_bytes,
+            };
         let positive = |value: Option<u64>, name: &str, default: Duration, unit: fn(u64) -> Duration| match value {
             None => Ok(default),
             Some(0) => anyhow::bail!("{name} = 0: must be positive"),
@@ -181,7 +184,9 @@ impl BrokerSettings {
             Some(true) => {
                 let mode = match self.broker_delete_inactive_topics_mode.as_deref() {
                     None | Some("delete_when_no_subscriptions") => InactiveTopicDeleteMode::DeleteWhenNoSubscriptions,
-                    Some("delete_when_subscriptions_caught_up") => InactiveTopicDeleteMode::DeleteWhenSubscriptionsCaughtUp,
+                    Some("delete_when_subscriptions_caught_up") => {
+                        InactiveTopicDeleteMode::DeleteWhenSubscriptionsCaughtUp
+                    }
                     Some(other) => anyhow::bail!(
                         "broker_delete_inactive_topics_mode = {other:?}: must be delete_when_no_subscriptions or \
                          delete_when_subscriptions_caught_up"
@@ -199,11 +204,15 @@ impl BrokerSettings {
             deduplication_enabled: self.broker_deduplication_enabled.unwrap_or(d.deduplication_enabled),
             message_ttl_seconds: self.ttl_duration_default_in_seconds.unwrap_or(d.message_ttl_seconds),
             backlog_quota_limit_bytes,
-            backlog_quota_limit_seconds: self.backlog_quota_default_limit_second.unwrap_or(d.backlog_quota_limit_seconds),
+            backlog_quota_limit_seconds: self
+                .backlog_quota_default_limit_second
+                .unwrap_or(d.backlog_quota_limit_seconds),
             backlog_quota_policy,
             max_producers_per_topic: self.max_producers_per_topic.unwrap_or(d.max_producers_per_topic),
             max_consumers_per_topic: self.max_consumers_per_topic.unwrap_or(d.max_consumers_per_topic),
-            max_consumers_per_subscription: self.max_consumers_per_subscription.unwrap_or(d.max_consumers_per_subscription),
+            max_consumers_per_subscription: self
+                .max_consumers_per_subscription
+                .unwrap_or(d.max_consumers_per_subscription),
             max_unacked_messages_per_consumer: self
                 .max_unacked_messages_per_consumer
                 .unwrap_or(d.max_unacked_messages_per_consumer),
@@ -247,7 +256,9 @@ impl BrokerSettings {
         match self.max_message_size {
             None => Ok(magnetar_proto::DEFAULT_MAX_MESSAGE_SIZE),
             // A message and its metadata must fit in one bookie entry.
-            Some(size) if !(1024..=magnetar_bookie::MAX_ENTRY_SIZE - magnetar_proto::FRAME_OVERHEAD).contains(&size) => {
+            Some(size)
+                if !(1024..=magnetar_bookie::MAX_ENTRY_SIZE - magnetar_proto::FRAME_OVERHEAD).contains(&size) =>
+            {
                 anyhow::bail!(
                     "max_message_size = {size}: must be between 1024 and {}",
                     magnetar_bookie::MAX_ENTRY_SIZE - magnetar_proto::FRAME_OVERHEAD
