@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use super::{existing_namespace, existing_namespace_topic, json_body, ApiError, AppState};
+use super::{existing_namespace_topic, json_body, ApiError, AppState};
 use crate::error::BrokerError;
 use crate::partitions;
 use crate::service::BrokerService;
@@ -462,7 +462,6 @@ async fn namespace_backlog_quotas(
 /// exist.
 async fn policy_topic(service: &BrokerService, tenant: &str, ns: &str, topic: &str) -> Result<TopicName, ApiError> {
     let name = existing_namespace_topic(service, tenant, ns, topic).await?;
-    existing_namespace(service, name.namespace_name()).await?;
     if !service.topic_exists(&name).await? && partitions::get(service.meta.as_ref(), &name).await?.is_none() {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("topic {name} not found")));
     }

@@ -539,6 +539,29 @@ impl ManagedLedger {
             .sum()
     }
 
+    /// The mark-delete position, at or after `after`, that leaves at most `limit` bytes after
+    /// it by the estimate of [`ManagedLedger::bytes_after`] (backlog eviction): whole ledgers
+    /// counted from the newest, then entries of the one that does not fit whole.
+    pub fn keeping_at_most(&self, after: Option<Position>, limit: u64) -> Option<Position> {
+        let sizes: Vec<(u64, u64)> = {
+            let state = self.lock_state();
+            state.info.ledgers.iter().map(|l| (l.ledger_id, l.size)).collect()
+        };
+        let mut kept = 0u64;
+        for ((ledger_id, size), (_, entries)) in sizes.into_iter().zip(self.ledgers()).rev() {
+            if entries == 0 {
+                continue;
+            }
+            if kept + size <= limit {
+                kept += size;
+                continue;
+            }
+            let keep = (u128::from(limit - kept) * u128::from(entries) / u128::from(size.max(1))) as u64;
+            return after.max(Some(Position::new(ledger_id, entries - keep.min(entries) - 1)));
+        }
+        after
+    }
+
     /// Unacknowledged entries of a cursor state: those after its mark-delete position up to
     /// the last confirmed one, less the ones acknowledged individually.
     pub fn backlog(&self, state: &CursorState) -> u64 {

@@ -413,6 +413,11 @@ async fn a_policy_retention_overrides_the_default_and_backlog_bytes_follow_the_c
     let all = ledger.bytes_after(None);
     assert_eq!(all, 20, "ten 2-byte entries");
     assert_eq!(ledger.bytes_after(Some(positions[4])), 10, "five entries after the fifth");
+    // Eviction to 5 bytes keeps the newest two entries: through the eighth goes.
+    assert_eq!(ledger.keeping_at_most(None, 5), Some(positions[7]));
+    assert_eq!(ledger.bytes_after(Some(positions[7])), 4);
+    assert_eq!(ledger.keeping_at_most(Some(positions[8]), 5), Some(positions[8]), "never moves back");
+    assert_eq!(ledger.keeping_at_most(None, 100), None, "everything fits");
     let mut state = cursor.state().expect("state");
     state.ack_cumulative(positions[9], &ledger);
     cursor.persist(&state);

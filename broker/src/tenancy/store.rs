@@ -311,10 +311,7 @@ pub async fn update_topic_policies(
 }
 
 pub async fn delete_topic_policies(store: &dyn MetadataStore, topic: &TopicName) -> Result<(), BrokerError> {
-    match store.delete(&topic_policies_path(topic), Expected::Any).await {
-        Ok(()) => Ok(()),
-        Err(error) => Err(error.into()),
-    }
+    Ok(store.delete(&topic_policies_path(topic), Expected::Any).await?)
 }
 
 // ---- defaults --------------------------------------------------------------------------

@@ -325,8 +325,9 @@ impl Topic {
             return Ok(found.clone());
         }
         if let Some(max) = self.limits().max_subscriptions {
-            let known = self.ledger.cursors().len().max(subscriptions.len());
-            let stored = self.ledger.cursors().iter().any(|(cursor, _)| cursor == name);
+            let cursors = self.ledger.cursors();
+            let known = cursors.len().max(subscriptions.len());
+            let stored = cursors.iter().any(|(cursor, _)| cursor == name);
             if !stored && known >= max as usize {
                 return Err(BrokerError::NotAllowed {
                     what: format!("Exceed the maximum number of subscriptions of topic {}: {max}", self.name),

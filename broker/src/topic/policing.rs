@@ -59,7 +59,10 @@ impl Topic {
     /// The quota exceeded now, measuring the size at once and taking the age from the last
     /// timed check.
     fn exceeded_quota(&self, limits: &TopicLimits) -> Option<Quota> {
-        let size_over = |quota: &Quota| quota.size_bytes.is_some_and(|limit| self.backlog_bytes() > limit);
+        // Measured once, and only if a size quota asks for it.
+        let backlog = std::cell::OnceCell::new();
+        let size_over =
+            |quota: &Quota| quota.size_bytes.is_some_and(|limit| *backlog.get_or_init(|| self.backlog_bytes()) > limit);
         let age_over = |quota: &Quota| quota.age.is_some() && *self.age_exceeded.lock() == Some(quota.policy);
         limits.backlog_quota.iter().find(|quota| size_over(quota) || age_over(quota)).copied()
     }
@@ -140,15 +143,7 @@ impl Topic {
         for (name, mark) in marks {
             let mut target = None;
             if let Some(limit) = quota.size_bytes {
-                let ledger = self.ledger();
-                let mut position = *mark;
-                // Step forward until what is left fits.
-                while ledger.bytes_after(position) > limit {
-                    match ledger.next_position(position) {
-                        Some(next) => position = Some(next),
-                        None => break,
-                    }
-                }
+                let position = self.ledger().keeping_at_most(*mark, limit);
                 if position != *mark {
                     target = position;
                 }
