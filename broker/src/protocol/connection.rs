@@ -548,21 +548,6 @@ impl Connection {
             convert::reader_start(topic.ledger(), &request, initial).await?
         };
         let subscription = topic.subscription(&request.subscription, start, durable, sub_type).await?;
-        let limits = topic.limits();
-        if let Some(max) = limits.max_consumers {
-            if topic.consumer_count().await >= max as usize {
-                return Err(BrokerError::TooManyConsumers {
-                    what: format!("Topic reached max consumers limit ({max})"),
-                });
-            }
-        }
-        if let Some(max) = limits.max_consumers_per_subscription {
-            if subscription.consumer_count() >= max as usize {
-                return Err(BrokerError::TooManyConsumers {
-                    what: format!("Subscription reached max consumers limit ({max})"),
-                });
-            }
-        }
         let handle = NewConsumer {
             consumer_id: request.consumer_id,
             consumer_name: request.consumer_name.clone().unwrap_or_default(),
@@ -574,7 +559,11 @@ impl Connection {
             }),
         };
         let options = SubscribeOptions { sub_type, key_shared };
-        if let Err(error) = subscription.attach(handle, &options) {
+        let attached = match consumer_limits(&topic, &subscription).await {
+            Ok(()) => subscription.attach(handle, &options),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = attached {
             if !durable {
                 topic.remove_if_unused(&request.subscription).await;
             }
@@ -724,7 +713,24 @@ impl Connection {
     }
 }
 
-/// PRODUCER_SUCCESS with an explicit `producer_ready` (WaitForExclusive answers twice).
+/// The topic's and the subscription's max consumers policies, before one more attaches.
+async fn consumer_limits(topic: &Topic, subscription: &Subscription) -> Result<(), BrokerError> {
+    let limits = topic.limits();
+    if let Some(max) = limits.max_consumers {
+        if topic.consumer_count().await >= max as usize {
+            return Err(BrokerError::TooManyConsumers { what: format!("Topic reached max consumers limit ({max})") });
+        }
+    }
+    if let Some(max) = limits.max_consumers_per_subscription {
+        if subscription.consumer_count() >= max as usize {
+            return Err(BrokerError::TooManyConsumers {
+                what: format!("Subscription reached max consumers limit ({max})"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The receipt future of a publish: durability of a stored entry, -1:-1 for a known duplicate
 /// (Pulsar answers so and stores nothing), an error for a duplicate still in flight.
 fn durable_of(published: Result<Published, BrokerError>, sequence_id: u64) -> Result<AddFuture, BrokerError> {
@@ -738,6 +744,7 @@ fn durable_of(published: Result<Published, BrokerError>, sequence_id: u64) -> Re
     })
 }
 
+/// PRODUCER_SUCCESS with an explicit `producer_ready` (WaitForExclusive answers twice).
 fn producer_success_waiting(request_id: u64, producer_name: &str, ready: bool, last_sequence_id: i64) -> BaseCommand {
     let mut answer = command::producer_success(request_id, producer_name, last_sequence_id);
     if let Some(success) = answer.producer_success.as_mut() {
