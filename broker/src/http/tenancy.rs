@@ -9,7 +9,6 @@ use tracing::info;
 
 use super::{json_body, ApiError, AppState, ForceQuery};
 use crate::cluster::bundles;
-use crate::tenancy::cache::Change;
 use crate::tenancy::model::{BundlesData, ClusterData, Policies, TenantInfo};
 use crate::tenancy::store;
 
@@ -190,6 +189,5 @@ async fn delete_namespace(
 ) -> Result<StatusCode, ApiError> {
     let namespace = format!("{tenant}/{ns}");
     service.delete_namespace(&namespace, query.force).await?;
-    service.apply_policy_change(&Change::Namespace(namespace)).await;
     Ok(StatusCode::NO_CONTENT)
 }
