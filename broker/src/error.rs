@@ -65,6 +65,12 @@ pub enum BrokerError {
     /// The topic closed for a hand-over; the publish was not stored.
     #[error("topic {topic} is closed here and moving to another broker")]
     TopicFenced { topic: String },
+    /// Credentials missing, malformed, expired or wrong: 401, AuthenticationError.
+    #[error("{what}")]
+    Unauthenticated { what: String },
+    /// A role without the permission asked for: 403, AuthorizationError.
+    #[error("{what}")]
+    Unauthorized { what: String },
 }
 
 impl BrokerError {
@@ -88,6 +94,8 @@ impl BrokerError {
             BrokerError::Meta(_) | BrokerError::Corrupt { .. } => ServerError::MetadataError,
             BrokerError::ShuttingDown | BrokerError::ServiceUnitNotReady { .. } => ServerError::ServiceNotReady,
             BrokerError::TopicFenced { .. } => ServerError::ServiceNotReady,
+            BrokerError::Unauthenticated { .. } => ServerError::AuthenticationError,
+            BrokerError::Unauthorized { .. } => ServerError::AuthorizationError,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! ([`managed_ledger`]), tracks subscriptions with durable cursors and dispatches to consumers
 //! ([`subscription`], [`dispatcher`]), and serves admin and metrics over HTTP ([`http`]).
 //! In a cluster, [`cluster`] decides which broker serves which namespace bundle; [`tenancy`]
-//! holds clusters, tenants, namespaces and the policies every topic is held to.
+//! holds clusters, tenants, namespaces and the policies every topic is held to;
+//! [`security`] authenticates clients (TLS, tokens, basic) and authorizes what they do.
 //! The process wiring (`magnetar standalone|broker|bookie|autorecovery`, the settings file,
 //! metadata URLs) lives with the binary, in `src/bin/magnetar/`.
 
@@ -17,6 +18,7 @@ pub mod managed_ledger;
 pub mod metrics;
 pub mod partitions;
 pub mod protocol;
+pub mod security;
 pub mod service;
 pub mod subscription;
 pub mod tenancy;
