@@ -8,6 +8,7 @@ use magnetar_bookie::client::LedgerConfig;
 use crate::cluster::bundles;
 use crate::cluster::config::LoadManagerConfig;
 use crate::managed_ledger::ManagedLedgerConfig;
+use crate::security::SecurityConfig;
 use crate::tenancy::PolicyDefaults;
 
 /// How a broker takes part in a cluster: its session, bundles and load manager.
@@ -54,6 +55,12 @@ pub struct BrokerConfig {
     pub cluster: ClusterConfig,
     /// What namespaces and topics get where their policies say nothing.
     pub policies: PolicyDefaults,
+    /// `pulsar+ssl://` port clients are told in lookup answers, when TLS is served.
+    pub advertised_pulsar_tls_port: Option<u16>,
+    /// HTTPS port clients are told in lookup answers, when HTTPS is served.
+    pub advertised_https_port: Option<u16>,
+    /// Authentication and authorization.
+    pub security: SecurityConfig,
 }
 
 impl BrokerConfig {
@@ -63,6 +70,14 @@ impl BrokerConfig {
 
     pub fn web_service_url(&self) -> String {
         format!("http://{}:{}", self.advertised_address, self.advertised_http_port)
+    }
+
+    pub fn broker_service_url_tls(&self) -> Option<String> {
+        self.advertised_pulsar_tls_port.map(|port| format!("pulsar+ssl://{}:{port}", self.advertised_address))
+    }
+
+    pub fn web_service_url_tls(&self) -> Option<String> {
+        self.advertised_https_port.map(|port| format!("https://{}:{port}", self.advertised_address))
     }
 
     /// Largest frame accepted: the largest message plus room for command and metadata.
@@ -84,6 +99,9 @@ impl Default for BrokerConfig {
             managed_ledger: ManagedLedgerConfig::default(),
             cluster: ClusterConfig::default(),
             policies: PolicyDefaults::default(),
+            advertised_pulsar_tls_port: None,
+            advertised_https_port: None,
+            security: SecurityConfig::default(),
         }
     }
 }

@@ -10,6 +10,9 @@ pub struct Metrics {
     pub out_messages: AtomicU64,
     pub out_bytes: AtomicU64,
     pub connections_opened: AtomicU64,
+    /// Credentials accepted and refused (CONNECT, AUTH_RESPONSE, HTTP).
+    pub authentication_successes: AtomicU64,
+    pub authentication_failures: AtomicU64,
     pub connections_closed: AtomicU64,
     pub send_errors: AtomicU64,
     pub protocol_errors: AtomicU64,
@@ -74,6 +77,18 @@ impl Metrics {
             "counter",
             "Client connections closed",
             get(&self.connections_closed),
+        );
+        metric(
+            "pulsar_authentication_success_total",
+            "counter",
+            "Credentials accepted (CONNECT, AUTH_RESPONSE, HTTP)",
+            get(&self.authentication_successes),
+        );
+        metric(
+            "pulsar_authentication_failures_total",
+            "counter",
+            "Credentials refused or expired (CONNECT, AUTH_RESPONSE, HTTP)",
+            get(&self.authentication_failures),
         );
         metric("magnetar_send_errors_total", "counter", "Publishes answered with an error", get(&self.send_errors));
         metric("magnetar_protocol_errors_total", "counter", "Malformed or refused frames", get(&self.protocol_errors));

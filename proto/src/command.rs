@@ -67,6 +67,22 @@ pub fn connected(server_version: &str, protocol_version: i32, max_message_size: 
     }
 }
 
+/// Asks the client for fresh credentials of `method` (its token expired), as Pulsar's broker
+/// does: the challenge data is `refresh`.
+pub fn auth_challenge(server_version: &str, method: &str, protocol_version: i32) -> BaseCommand {
+    BaseCommand {
+        auth_challenge: Some(pb::CommandAuthChallenge {
+            server_version: Some(server_version.to_owned()),
+            challenge: Some(pb::AuthData {
+                auth_method_name: Some(method.to_owned()),
+                auth_data: Some(b"refresh".to_vec()),
+            }),
+            protocol_version: Some(protocol_version),
+        }),
+        ..base(Type::AuthChallenge)
+    }
+}
+
 pub fn ping() -> BaseCommand {
     BaseCommand { ping: Some(pb::CommandPing {}), ..base(Type::Ping) }
 }

@@ -12,4 +12,10 @@ pub struct BrokerInfo {
     pub broker: String,
     pub native_url: String,
     pub http_url: String,
+    /// `pulsar+ssl://`, when the broker serves TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_url_tls: Option<String>,
+    /// `https://`, when the broker serves HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_url_tls: Option<String>,
 }

@@ -51,6 +51,8 @@ mod tests {
             broker: broker.to_owned(),
             native_url: format!("pulsar://{broker}"),
             http_url: format!("http://{broker}"),
+            native_url_tls: None,
+            http_url_tls: None,
         }
     }
 

@@ -5,14 +5,19 @@
 //! - [`tenancy`]: clusters, tenants and namespaces (list, get, create, update, delete);
 //! - [`policies`]: namespace policies and each topic's own (get, set, remove);
 //! - [`topics`]: topics (create, delete, list, stats, partitions, unload);
-//! - [`bundles`]: namespace bundles (list, unload, split), brokers and load reports.
+//! - [`bundles`]: namespace bundles (list, unload, split), brokers and load reports;
+//! - [`permissions`]: who may produce and consume where (namespace, topic, subscription);
+//! - [`auth`]: every request authenticated (401) and checked against its role (403), and the
+//!   HTTPS listener.
 //!
 //! Errors answer with a status and a JSON body `{"reason": ...}`, as Pulsar's admin API does:
 //! 400 for a body that does not parse or a value out of range (naming the field), 404 for
 //! what does not exist, 409 for what already exists or conflicts, 412 for a precondition
 //! (a cluster a tenant does not allow, a cluster still in use).
 
+pub mod auth;
 mod bundles;
+mod permissions;
 mod policies;
 mod tenancy;
 mod topics;
@@ -31,6 +36,7 @@ use tracing::info;
 
 use crate::cluster::ownership::LookupAnswer;
 use crate::error::BrokerError;
+use crate::security::TlsAcceptor;
 use crate::service::BrokerService;
 use crate::tenancy::store;
 use crate::topic_name::TopicName;
@@ -56,6 +62,8 @@ impl From<BrokerError> for ApiError {
             BrokerError::NotAllowed { .. } => StatusCode::PRECONDITION_FAILED,
             BrokerError::AlreadyExists { .. } | BrokerError::Conflict { .. } => StatusCode::CONFLICT,
             BrokerError::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
+            BrokerError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            BrokerError::Unauthorized { .. } => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, error.to_string())
@@ -71,7 +79,9 @@ pub fn router(service: Arc<BrokerService>) -> Router {
         .merge(policies::routes())
         .merge(topics::routes())
         .merge(bundles::routes())
+        .merge(permissions::routes())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such resource".to_owned()) })
+        .layer(axum::middleware::from_fn_with_state(service.clone(), auth::guard))
         .with_state(service)
 }
 
@@ -151,9 +161,9 @@ async fn lookup(
     let broker = answer.broker();
     Ok(Json(json!({
         "brokerUrl": broker.native_url,
-        "brokerUrlTls": "",
+        "brokerUrlTls": broker.native_url_tls.as_deref().unwrap_or_default(),
         "httpUrl": broker.http_url,
-        "httpUrlTls": "",
+        "httpUrlTls": broker.http_url_tls.as_deref().unwrap_or_default(),
         "nativeUrl": broker.native_url,
     }))
     .into_response())
@@ -172,8 +182,23 @@ struct ForceQuery {
     force: bool,
 }
 
-/// Serves HTTP until `cancel` fires.
-pub async fn run(service: Arc<BrokerService>, listener: TcpListener, cancel: CancellationToken) -> std::io::Result<()> {
-    info!(address = ?listener.local_addr().ok(), "serving HTTP admin and metrics");
-    axum::serve(listener, router(service)).with_graceful_shutdown(cancel.cancelled_owned()).await
+/// Serves HTTP (or HTTPS, with a TLS acceptor) until `cancel` fires.
+pub async fn run(
+    service: Arc<BrokerService>,
+    listener: TcpListener,
+    tls: Option<Arc<TlsAcceptor>>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let app = router(service).into_make_service_with_connect_info::<auth::HttpPeer>();
+    match tls {
+        None => {
+            info!(address = ?listener.local_addr().ok(), "serving HTTP admin and metrics");
+            axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned()).await
+        }
+        Some(tls) => {
+            info!(address = ?listener.local_addr().ok(), "serving HTTPS admin and metrics");
+            let listener = auth::TlsListener::spawn(listener, tls, cancel.clone())?;
+            axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await
+        }
+    }
 }

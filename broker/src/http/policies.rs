@@ -211,6 +211,15 @@ pub(super) fn routes() -> Router<AppState> {
             }),
         )
         .route(
+            &ns("subscriptionAuthMode"),
+            namespace_policy(NamespaceField::<String> {
+                what: "\"None\" or \"Prefix\"",
+                get: |p, _| p.subscription_auth_mode.clone(),
+                set: |p, _, v| p.subscription_auth_mode = v,
+                default: Some(|_| "None".to_owned()),
+            }),
+        )
+        .route(
             &ns("deduplication"),
             namespace_policy(NamespaceField {
                 what: "true or false",
@@ -364,7 +373,7 @@ pub(super) fn routes() -> Router<AppState> {
 }
 
 /// Stores a namespace change, then applies it to this broker's topics before answering.
-async fn change_namespace(
+pub(super) async fn change_namespace(
     service: &BrokerService,
     namespace: &str,
     change: impl Fn(&mut Policies) -> Result<(), BrokerError>,

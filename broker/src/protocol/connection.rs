@@ -19,9 +19,7 @@ use bytes::{Bytes, BytesMut};
 use magnetar_proto::command;
 use magnetar_proto::frame::{self, FrameCodec, FrameError, Payload};
 use magnetar_proto::pulsar::{self as pb, base_command::Type, BaseCommand, ServerError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +35,7 @@ use crate::dispatcher::SubscribeOptions;
 use crate::error::BrokerError;
 use crate::managed_ledger::{AddFuture, Position};
 use crate::metrics::Metrics;
+use crate::security::{Credentials, Identity, TopicAction};
 use crate::service::BrokerService;
 use crate::subscription::start::{mark_delete_for_publish_time, start_before};
 use crate::subscription::{NewConsumer, StartAt, Subscription};
@@ -74,15 +73,32 @@ struct Connection {
     peer: SocketAddr,
     outbound: mpsc::Sender<Outbound>,
     connected: bool,
+    /// Who the client is (set by CONNECT; refreshed by AUTH_RESPONSE).
+    identity: Identity,
+    /// The common name of the client's TLS certificate, on a TLS connection that has one.
+    client_common_name: Option<String>,
+    /// Set when an AUTH_CHALLENGE went out and no good answer came back yet.
+    challenged: bool,
     producers: HashMap<u64, ProducerEntry>,
     consumers: HashMap<u64, ConsumerEntry>,
 }
 
-/// Serves one connection until the client leaves, the stream breaks or `cancel` fires.
-pub async fn serve(service: Arc<BrokerService>, stream: TcpStream, peer: SocketAddr, cancel: CancellationToken) {
-    let _ = stream.set_nodelay(true);
+/// What the listener knows of a connection before its first frame.
+pub struct Peer {
+    pub address: SocketAddr,
+    /// The common name of the TLS client certificate, if the connection is TLS and has one.
+    pub client_common_name: Option<String>,
+}
+
+/// Serves one connection, given as its two halves, until the client leaves, the stream
+/// breaks or `cancel` fires.
+pub async fn serve<R, W>(service: Arc<BrokerService>, mut reader: R, writer: W, peer: Peer, cancel: CancellationToken)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     Metrics::add(&service.metrics.connections_opened, 1);
-    let (mut reader, writer) = stream.into_split();
+    let Peer { address: peer, client_common_name } = peer;
     let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
     let writer_task = tokio::spawn(write_frames(writer, queue, service.config.max_frame_size(), peer));
     let mut connection = Connection {
@@ -90,9 +106,16 @@ pub async fn serve(service: Arc<BrokerService>, stream: TcpStream, peer: SocketA
         peer,
         outbound,
         connected: false,
+        identity: Identity::unauthenticated(),
+        client_common_name,
+        challenged: false,
         producers: HashMap::new(),
         consumers: HashMap::new(),
     };
+    // Credentials that expire are checked this often (Pulsar's authenticationRefreshCheckSeconds).
+    let mut refresh = tokio::time::interval(service.security.refresh_check);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    refresh.reset();
     let mut codec = FrameCodec::new(service.config.max_frame_size());
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
     'read: loop {
@@ -115,6 +138,12 @@ pub async fn serve(service: Arc<BrokerService>, stream: TcpStream, peer: SocketA
         buffer.reserve(READ_CHUNK);
         let read = tokio::select! {
             read = reader.read_buf(&mut buffer) => read,
+            _ = refresh.tick() => {
+                if !connection.check_credentials().await {
+                    break;
+                }
+                continue;
+            }
             () = cancel.cancelled() => break,
         };
         match read {
@@ -138,8 +167,8 @@ pub async fn serve(service: Arc<BrokerService>, stream: TcpStream, peer: SocketA
     debug!(%peer, "connection closed");
 }
 
-async fn write_frames(
-    mut writer: OwnedWriteHalf,
+async fn write_frames<W: AsyncWrite + Unpin>(
+    mut writer: W,
     mut queue: mpsc::Receiver<Outbound>,
     max_frame_size: usize,
     peer: SocketAddr,
@@ -165,6 +194,13 @@ async fn write_frames(
         buffer.clear();
     }
     let _ = writer.shutdown().await;
+}
+
+/// Adds the broker's `pulsar+ssl://` URL to a lookup answer.
+fn with_tls_url(answer: &mut BaseCommand, url_tls: Option<&str>) {
+    if let Some(response) = answer.lookup_topic_response.as_mut() {
+        response.broker_service_url_tls = url_tls.map(str::to_owned);
+    }
 }
 
 /// The request id a command carries, for error answers.
@@ -229,7 +265,10 @@ impl Connection {
             return false;
         }
         match (command_type, command) {
-            (Type::Connect, BaseCommand { connect: Some(connect), .. }) => self.on_connect(connect).await,
+            (Type::Connect, BaseCommand { connect: Some(connect), .. }) => return self.on_connect(connect).await,
+            (Type::AuthResponse, BaseCommand { auth_response: Some(response), .. }) => {
+                return self.on_auth_response(response).await
+            }
             (Type::Ping, _) => self.send(command::pong()).await,
             (Type::Pong, _) => {}
             (Type::Lookup, BaseCommand { lookup_topic: Some(lookup), .. }) => self.on_lookup(lookup).await,
@@ -267,7 +306,16 @@ impl Connection {
                 self.on_get_last_message_id(request).await
             }
             (Type::GetTopicsOfNamespace, BaseCommand { get_topics_of_namespace: Some(request), .. }) => {
-                match self.service.topics_of_namespace(&request.namespace).await {
+                let security = &self.service.security;
+                let allowed = security
+                    .authorizer
+                    .check_namespace_read(&self.service.policies, &self.identity, &request.namespace)
+                    .await;
+                let topics = match allowed {
+                    Ok(()) => self.service.topics_of_namespace(&request.namespace).await,
+                    Err(error) => Err(error),
+                };
+                match topics {
                     Ok(topics) => self.send(command::topics_of_namespace_response(request.request_id, topics)).await,
                     Err(error) => self.send_error(request.request_id, &error).await,
                 }
@@ -283,12 +331,98 @@ impl Connection {
         true
     }
 
-    async fn on_connect(&mut self, connect: pb::CommandConnect) {
+    /// Authenticates the client; false (closing the connection) if its credentials are refused.
+    async fn on_connect(&mut self, connect: pb::CommandConnect) -> bool {
         let version = connect.protocol_version.unwrap_or(0).min(magnetar_proto::PROTOCOL_VERSION);
-        debug!(peer = %self.peer, client = %connect.client_version, version, "connected");
+        if self.connected {
+            let error = BrokerError::NotAllowed { what: "already connected".to_owned() };
+            self.send_error(0, &error).await;
+            return true;
+        }
+        let credentials = Credentials {
+            method: connect.auth_method_name.as_deref(),
+            data: connect.auth_data.as_deref().unwrap_or_default(),
+            client_common_name: self.client_common_name.as_deref(),
+        };
+        match self.service.security.authenticator.authenticate(credentials) {
+            Ok(identity) => {
+                if self.service.security.authenticator.enabled() {
+                    Metrics::add(&self.service.metrics.authentication_successes, 1);
+                }
+                debug!(peer = %self.peer, client = %connect.client_version, version, role = ?identity.role, "connected");
+                self.identity = identity;
+            }
+            Err(error) => {
+                Metrics::add(&self.service.metrics.authentication_failures, 1);
+                info!(peer = %self.peer, client = %connect.client_version, %error, "CONNECT refused");
+                self.send(command::error(u64::MAX, ServerError::AuthenticationError, &error.0)).await;
+                return false;
+            }
+        }
         self.connected = true;
         let max = self.service.config.max_message_size as i32;
         self.send(command::connected(SERVER_VERSION, version, max)).await;
+        true
+    }
+
+    /// On each refresh tick: a connection whose credentials expired is challenged (the client
+    /// answers with fresh ones); one still expired at the next tick is closed. False closes.
+    async fn check_credentials(&mut self) -> bool {
+        if !self.identity.is_expired(std::time::SystemTime::now()) {
+            return true;
+        }
+        if self.challenged {
+            info!(peer = %self.peer, role = ?self.identity.role, "credentials expired and not refreshed; closing");
+            Metrics::add(&self.service.metrics.authentication_failures, 1);
+            return false;
+        }
+        debug!(peer = %self.peer, role = ?self.identity.role, "credentials expired; sending AUTH_CHALLENGE");
+        self.challenged = true;
+        self.send(command::auth_challenge(SERVER_VERSION, self.identity.method, magnetar_proto::PROTOCOL_VERSION))
+            .await;
+        true
+    }
+
+    /// A client's fresh credentials; the role must stay the same. False closes.
+    async fn on_auth_response(&mut self, response: pb::CommandAuthResponse) -> bool {
+        let Some(data) = response.response else {
+            warn!(peer = %self.peer, "AUTH_RESPONSE without data; closing");
+            return false;
+        };
+        let credentials = Credentials {
+            method: data.auth_method_name.as_deref(),
+            data: data.auth_data.as_deref().unwrap_or_default(),
+            client_common_name: self.client_common_name.as_deref(),
+        };
+        match self.service.security.authenticator.authenticate(credentials) {
+            Ok(identity) if identity.role == self.identity.role => {
+                debug!(peer = %self.peer, role = ?identity.role, "credentials refreshed");
+                self.identity = identity;
+                self.challenged = false;
+                true
+            }
+            Ok(identity) => {
+                warn!(peer = %self.peer, was = ?self.identity.role, now = ?identity.role, "AUTH_RESPONSE changed the role; closing");
+                false
+            }
+            Err(error) => {
+                Metrics::add(&self.service.metrics.authentication_failures, 1);
+                info!(peer = %self.peer, %error, "AUTH_RESPONSE refused; closing");
+                self.send(command::error(u64::MAX, ServerError::AuthenticationError, &error.0)).await;
+                false
+            }
+        }
+    }
+
+    /// `action` on `topic` for this client's role (authorization).
+    async fn authorize(
+        &self,
+        topic: &TopicName,
+        action: TopicAction,
+        subscription: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let security = &self.service.security;
+        security.authorizer.check_topic(&self.service.policies, &self.identity, topic, action, subscription).await
     }
 
     /// Answers Connect if this broker serves the topic's bundle, or Redirect to the broker
@@ -297,17 +431,22 @@ impl Connection {
         let authoritative = lookup.authoritative.unwrap_or(false);
         let answer = async {
             let name = TopicName::parse(&lookup.topic)?;
+            self.authorize(&name, TopicAction::Lookup, None).await?;
             self.service.check_topic(&name).await?;
             self.service.ownership.lookup(&name, authoritative).await
         }
         .await;
         match answer {
             Ok(LookupAnswer::Connect(broker)) => {
-                self.send(command::lookup_connect(lookup.request_id, &broker.native_url)).await
+                let mut answer = command::lookup_connect(lookup.request_id, &broker.native_url);
+                with_tls_url(&mut answer, broker.native_url_tls.as_deref());
+                self.send(answer).await
             }
             Ok(LookupAnswer::Redirect(broker)) => {
                 debug!(topic = %lookup.topic, to = %broker.native_url, "lookup redirected");
-                self.send(command::lookup_redirect(lookup.request_id, &broker.native_url, true)).await
+                let mut answer = command::lookup_redirect(lookup.request_id, &broker.native_url, true);
+                with_tls_url(&mut answer, broker.native_url_tls.as_deref());
+                self.send(answer).await
             }
             Err(error) => {
                 self.send(command::lookup_failed(lookup.request_id, error.server_error(), &error.to_string())).await
@@ -318,6 +457,7 @@ impl Connection {
     async fn on_partitioned_metadata(&self, request: pb::CommandPartitionedTopicMetadata) {
         let partitions = async {
             let name = TopicName::parse(&request.topic)?;
+            self.authorize(&name, TopicAction::Lookup, None).await?;
             self.service.partitioned_metadata(&name).await
         }
         .await;
@@ -351,7 +491,9 @@ impl Connection {
         };
         let key = NEXT_PRODUCER_KEY.fetch_add(1, Ordering::Relaxed);
         let topic_and_name = async {
-            let topic = self.service.topic(&TopicName::parse(&request.topic)?).await?;
+            let name = TopicName::parse(&request.topic)?;
+            self.authorize(&name, TopicAction::Produce, None).await?;
+            let topic = self.service.topic(&name).await?;
             let name = match request.producer_name.as_deref() {
                 Some(name) if !name.is_empty() => name.to_owned(),
                 // Pulsar's generated names: <cluster>-<broker id>-<n>, unique across brokers.
@@ -540,6 +682,9 @@ impl Connection {
         let key_shared = convert::key_shared_options(request.key_shared_meta.as_ref(), sub_type)?;
         let durable = request.durable.unwrap_or(true);
         let name = TopicName::parse(&request.topic)?;
+        // A reader's subscription is its own, unnamed by the user: only the topic is checked.
+        let named = durable.then_some(request.subscription.as_str());
+        self.authorize(&name, TopicAction::Consume, named).await?;
         let topic = self.service.topic(&name).await?;
         let initial = convert::initial_position(request.initial_position());
         let start = if durable {

@@ -1,4 +1,6 @@
-//! The accept loop on the Pulsar port.
+//! The accept loop on the Pulsar port (`pulsar://`, or `pulsar+ssl://` with a TLS acceptor:
+//! the handshake runs in the connection's task, bounded in time, so a slow client never holds
+//! up the loop).
 //!
 //! A semaphore bounds the connections served at once (`max_connections`); when it is
 //! exhausted the loop stops accepting, and the kernel's backlog holds new clients. Each
@@ -11,15 +13,22 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::connection;
+use super::connection::{self, Peer};
+use crate::security::TlsAcceptor;
 use crate::service::BrokerService;
 
-pub async fn run(service: Arc<BrokerService>, listener: TcpListener, cancel: CancellationToken) {
+pub async fn run(
+    service: Arc<BrokerService>,
+    listener: TcpListener,
+    tls: Option<Arc<TlsAcceptor>>,
+    cancel: CancellationToken,
+) {
     let limit = Arc::new(Semaphore::new(service.config.max_connections));
     let mut connections = JoinSet::new();
-    info!(address = ?listener.local_addr().ok(), "serving the Pulsar protocol");
+    let scheme = if tls.is_some() { "pulsar+ssl" } else { "pulsar" };
+    info!(address = ?listener.local_addr().ok(), scheme, "serving the Pulsar protocol");
     loop {
         let permit = tokio::select! {
             permit = limit.clone().acquire_owned() => match permit {
@@ -33,11 +42,27 @@ pub async fn run(service: Arc<BrokerService>, listener: TcpListener, cancel: Can
             () = cancel.cancelled() => break,
         };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok((stream, address)) => {
+                let _ = stream.set_nodelay(true);
                 let service = service.clone();
                 let cancel = cancel.child_token();
+                let tls = tls.clone();
                 connections.spawn(async move {
-                    connection::serve(service, stream, peer, cancel).await;
+                    match tls {
+                        None => {
+                            let (reader, writer) = stream.into_split();
+                            let peer = Peer { address, client_common_name: None };
+                            connection::serve(service, reader, writer, peer, cancel).await;
+                        }
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(accepted) => {
+                                let peer = Peer { address, client_common_name: accepted.client_common_name };
+                                let (reader, writer) = tokio::io::split(accepted.stream);
+                                connection::serve(service, reader, writer, peer, cancel).await;
+                            }
+                            Err(error) => debug!(peer = %address, %error, "TLS handshake failed"),
+                        },
+                    }
                     drop(permit);
                 });
             }

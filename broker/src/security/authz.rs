@@ -209,10 +209,8 @@ mod tests {
         let mut policies = Policies::default();
         let auth = &mut policies.auth_policies;
         auth.namespace_auth.insert("reader".into(), ["consume".to_owned()].into());
-        auth.destination_auth.insert(
-            "persistent://t/ns/orders".into(),
-            [("writer".to_owned(), ["produce".to_owned()].into())].into(),
-        );
+        auth.destination_auth
+            .insert("persistent://t/ns/orders".into(), [("writer".to_owned(), ["produce".to_owned()].into())].into());
         auth.subscription_auth_roles.insert("billing".into(), ["finance".to_owned()].into());
         policies
     }

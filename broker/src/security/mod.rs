@@ -121,6 +121,29 @@ impl Default for SecurityConfig {
     }
 }
 
+/// A broker's authentication and authorization, as its configuration made them.
+#[derive(Debug)]
+pub struct Security {
+    pub authenticator: Authenticator,
+    pub authorizer: Authorizer,
+    /// How often connections' credentials are checked for expiry.
+    pub refresh_check: Duration,
+}
+
+impl Security {
+    /// Loads the providers' keys and files; an error names the setting.
+    pub fn new(config: &SecurityConfig) -> Result<Self, String> {
+        if config.refresh_check.is_zero() {
+            return Err("authenticationRefreshCheckSeconds must be positive".into());
+        }
+        Ok(Security {
+            authenticator: Authenticator::new(config)?,
+            authorizer: Authorizer::new(config.authorization_enabled, config.super_user_roles.clone()),
+            refresh_check: config.refresh_check,
+        })
+    }
+}
+
 /// Who a client is once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -188,8 +211,12 @@ impl Authenticator {
         let token = if config.providers.contains(&Provider::Token) {
             let settings = &config.token;
             let validator = match (&settings.secret_key, &settings.public_key) {
-                (Some(secret), None) => TokenValidator::with_secret_key(secret).map_err(|e| format!("tokenSecretKey: {e}"))?,
-                (None, Some(public)) => TokenValidator::with_public_key(public).map_err(|e| format!("tokenPublicKey: {e}"))?,
+                (Some(secret), None) => {
+                    TokenValidator::with_secret_key(secret).map_err(|e| format!("tokenSecretKey: {e}"))?
+                }
+                (None, Some(public)) => {
+                    TokenValidator::with_public_key(public).map_err(|e| format!("tokenPublicKey: {e}"))?
+                }
                 (Some(_), Some(_)) => return Err("set one of tokenSecretKey and tokenPublicKey, not both".into()),
                 (None, None) => {
                     return Err("AuthenticationProviderToken needs tokenSecretKey or tokenPublicKey".into());
@@ -245,17 +272,19 @@ impl Authenticator {
                 let token = std::str::from_utf8(credentials.data)
                     .map_err(|_| AuthError("Failed to authenticate: the token is not text".into()))?;
                 let token = token.strip_prefix("Bearer ").unwrap_or(token);
-                let valid = self.token.as_ref().map(|validator| validator.validate(token)).unwrap_or_else(|| {
-                    Err(token::TokenError::Invalid("token authentication is not enabled".into()))
-                });
+                let valid =
+                    self.token.as_ref().map(|validator| validator.validate(token)).unwrap_or_else(|| {
+                        Err(token::TokenError::Invalid("token authentication is not enabled".into()))
+                    });
                 let valid = valid.map_err(|error| AuthError(format!("Failed to authenticate: {error}")))?;
                 Ok(Identity { role: Some(valid.role), method: "token", expires: valid.expires })
             }
             Some("basic") if self.basic.is_some() => {
                 let text = std::str::from_utf8(credentials.data)
                     .map_err(|_| AuthError("Failed to authenticate: basic credentials are not text".into()))?;
-                let (user, password) =
-                    text.split_once(':').ok_or_else(|| AuthError("Failed to authenticate: expected user:password".into()))?;
+                let (user, password) = text
+                    .split_once(':')
+                    .ok_or_else(|| AuthError("Failed to authenticate: expected user:password".into()))?;
                 if self.basic.as_ref().is_some_and(|users| users.check(user, password)) {
                     Ok(Identity { role: Some(user.to_owned()), method: "basic", expires: None })
                 } else {
@@ -266,7 +295,9 @@ impl Authenticator {
                 Some(name) => Ok(Identity { role: Some(name.to_owned()), method: "tls", expires: None }),
                 None => Err(AuthError("Failed to authenticate: no TLS client certificate".into())),
             },
-            Some(other) => Err(AuthError(format!("Failed to authenticate: method {other:?} is not enabled on this broker"))),
+            Some(other) => {
+                Err(AuthError(format!("Failed to authenticate: method {other:?} is not enabled on this broker")))
+            }
         }
     }
 
@@ -309,9 +340,9 @@ mod tests {
             authentication_enabled: true,
             providers: [Provider::Token, Provider::Tls, Provider::Basic].into(),
             token: TokenSettings { secret_key: Some(url.clone()), ..TokenSettings::default() },
-            basic_auth_conf: Some(base64::engine::general_purpose::STANDARD.encode(
-                "alice:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00\n",
-            )),
+            basic_auth_conf: Some(
+                base64::engine::general_purpose::STANDARD.encode("alice:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00\n"),
+            ),
             ..SecurityConfig::default()
         };
         (config, token::SigningKey::secret(&url).expect("key"))
@@ -336,8 +367,8 @@ mod tests {
         assert!(with(None, b"", None).is_err(), "no anonymous role");
         assert!(with(Some("token"), &[0xff, 0xfe], None).is_err());
 
-        let anonymous = Authenticator::new(&SecurityConfig { anonymous_user_role: Some("anon".into()), ..config })
-            .expect("auth");
+        let anonymous =
+            Authenticator::new(&SecurityConfig { anonymous_user_role: Some("anon".into()), ..config }).expect("auth");
         let identity = anonymous.authenticate(Credentials { method: None, data: &[], client_common_name: None });
         assert_eq!(identity.expect("anonymous").role.as_deref(), Some("anon"));
     }
@@ -347,9 +378,15 @@ mod tests {
         let (config, key) = secret_config();
         let auth = Authenticator::new(&config).expect("auth");
         let token = token::create_token(&key, "svc", None).expect("token");
-        assert_eq!(auth.authenticate_http(Some(&format!("Bearer {token}")), None).expect("ok").role.as_deref(), Some("svc"));
+        assert_eq!(
+            auth.authenticate_http(Some(&format!("Bearer {token}")), None).expect("ok").role.as_deref(),
+            Some("svc")
+        );
         let basic = base64::engine::general_purpose::STANDARD.encode("alice:password");
-        assert_eq!(auth.authenticate_http(Some(&format!("Basic {basic}")), None).expect("ok").role.as_deref(), Some("alice"));
+        assert_eq!(
+            auth.authenticate_http(Some(&format!("Basic {basic}")), None).expect("ok").role.as_deref(),
+            Some("alice")
+        );
         assert!(auth.authenticate_http(Some("Basic !!!"), None).is_err());
         assert!(auth.authenticate_http(Some("Digest x"), None).is_err());
         assert!(auth.authenticate_http(None, None).is_err());
@@ -359,7 +396,12 @@ mod tests {
     #[test]
     fn configurations_that_cannot_work_are_refused() {
         let (config, _) = secret_config();
-        assert!(Authenticator::new(&SecurityConfig { authentication_enabled: false, authorization_enabled: true, ..config.clone() }).is_err());
+        assert!(Authenticator::new(&SecurityConfig {
+            authentication_enabled: false,
+            authorization_enabled: true,
+            ..config.clone()
+        })
+        .is_err());
         let no_key = SecurityConfig { token: TokenSettings::default(), ..config.clone() };
         assert!(Authenticator::new(&no_key).expect_err("no key").contains("tokenSecretKey"));
         let no_basic = SecurityConfig { basic_auth_conf: None, ..config };

@@ -119,7 +119,8 @@ pub fn server_config(settings: &TlsSettings) -> Result<ServerConfig, String> {
                 })
             } else {
                 let builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
-                let builder = if settings.require_trusted_client_cert { builder } else { builder.allow_unauthenticated() };
+                let builder =
+                    if settings.require_trusted_client_cert { builder } else { builder.allow_unauthenticated() };
                 builder.build().map_err(|error| format!("tlsTrustCertsFilePath {}: {error}", path.display()))?
             }
         }
@@ -128,7 +129,8 @@ pub fn server_config(settings: &TlsSettings) -> Result<ServerConfig, String> {
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|error| format!("tlsCertificateFilePath/tlsKeyFilePath: {error}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTPS speaks HTTP/1.1 (clients that offer no ALPN, as Pulsar clients, are served too).
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
@@ -268,7 +270,8 @@ impl TlsAcceptor {
         let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-        let client_common_name = stream.get_ref().1.peer_certificates().and_then(|certs| certs.first()).and_then(common_name);
+        let client_common_name =
+            stream.get_ref().1.peer_certificates().and_then(|certs| certs.first()).and_then(common_name);
         Ok(Accepted { stream, client_common_name })
     }
 }

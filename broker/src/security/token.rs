@@ -255,9 +255,10 @@ impl TokenValidator {
         };
         let expires = match data.claims.get("exp") {
             Some(exp) => {
-                let seconds = exp.as_f64().filter(|s| s.is_finite() && *s >= 0.0).ok_or_else(|| {
-                    TokenError::Invalid("token claim exp is not a time".to_owned())
-                })?;
+                let seconds = exp
+                    .as_f64()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| TokenError::Invalid("token claim exp is not a time".to_owned()))?;
                 Some(UNIX_EPOCH + Duration::from_secs(seconds as u64))
             }
             None => None,
@@ -372,7 +373,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("{text:?}: expected a number and a unit (s, m, h, d, w, y)"))?;
+    let number: u64 =
+        number.parse().map_err(|_| format!("{text:?}: expected a number and a unit (s, m, h, d, w, y)"))?;
     let seconds = match unit {
         "" | "s" => 1,
         "m" => 60,

@@ -29,6 +29,7 @@ use crate::error::BrokerError;
 use crate::managed_ledger::ManagedLedger;
 use crate::metrics::{Gauges, Metrics, TopicGauges};
 use crate::partitions;
+use crate::security::Security;
 use crate::tenancy::PolicyCache;
 use crate::topic::{PolicingIntervals, Topic};
 use crate::topic_name::{partition_topic_name, TopicName};
@@ -52,6 +53,8 @@ pub struct BrokerService {
     pub fatal: CancellationToken,
     /// Tenants, namespace and topic policies, kept current by a metadata watch.
     pub policies: Arc<PolicyCache>,
+    /// Who clients are and what they may do.
+    pub security: Security,
 }
 
 impl BrokerService {
@@ -60,6 +63,7 @@ impl BrokerService {
         meta: Arc<dyn MetadataStore>,
         ownership: Arc<Ownership>,
         policies: Arc<PolicyCache>,
+        security: Security,
     ) -> Arc<Self> {
         let bookies = Bookies::new(meta.clone());
         Arc::new(BrokerService {
@@ -73,6 +77,7 @@ impl BrokerService {
             ownership,
             fatal: CancellationToken::new(),
             policies,
+            security,
         })
     }
 

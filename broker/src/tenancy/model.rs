@@ -97,7 +97,8 @@ pub struct TenantInfo {
     pub allowed_clusters: BTreeSet<String>,
 }
 
-/// Who may do what in a namespace (kept for the security issue; not enforced yet).
+/// Who may do what in a namespace: its roles' actions, each topic's, and the roles each
+/// subscription is reserved to (enforced by [`crate::security::authz`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthPolicies {
@@ -107,6 +108,30 @@ pub struct AuthPolicies {
     pub destination_auth: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
     #[serde(default)]
     pub subscription_auth_roles: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl AuthPolicies {
+    /// Every action granted is one Pulsar knows; the error names where.
+    pub fn check(&self) -> Result<(), String> {
+        let known = |actions: &BTreeSet<String>, at: &str| match actions
+            .iter()
+            .find(|action| !crate::security::authz::ACTIONS.contains(&action.as_str()))
+        {
+            Some(action) => {
+                Err(format!("{at}: unknown action {action:?} (known: {})", crate::security::authz::ACTIONS.join(", ")))
+            }
+            None => Ok(()),
+        };
+        for (role, actions) in &self.namespace_auth {
+            known(actions, &format!("namespace_auth.{role}"))?;
+        }
+        for (topic, roles) in &self.destination_auth {
+            for (role, actions) in roles {
+                known(actions, &format!("destination_auth.{topic}.{role}"))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A namespace's bundles as created: a count, or explicit boundaries.
@@ -499,6 +524,12 @@ impl AutoTopicCreationOverride {
 impl Policies {
     /// Checks every value that has a range; the error names the field.
     pub fn check(&self) -> Result<(), String> {
+        self.auth_policies.check().map_err(|reason| format!("auth_policies.{reason}"))?;
+        if let Some(mode) = &self.subscription_auth_mode {
+            if !matches!(mode.as_str(), "None" | "Prefix") {
+                return Err(format!("subscription_auth_mode: {mode:?} must be None or Prefix"));
+            }
+        }
         for (kind, quota) in &self.backlog_quota_map {
             quota.check().map_err(|reason| format!("backlog_quota_map.{kind:?}: {reason}"))?;
         }

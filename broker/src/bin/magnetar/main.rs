@@ -20,7 +20,7 @@ use magnetar_bookie::config::AutoRecoveryConfig;
 use magnetar_bookie::node::{BookieNode, REGISTRATION_TTL};
 use magnetar_bookie::BookieConfig;
 use metadata_url::MetadataUrl;
-use node::BrokerNodeConfig;
+use node::{BrokerNodeConfig, Listeners};
 use settings::BrokerSettings;
 use standalone::StandaloneConfig;
 use tokio::net::TcpListener;
@@ -61,6 +61,13 @@ struct ServeArgs {
     /// HTTP port for admin, lookup and metrics [default: 8080].
     #[arg(long)]
     http_port: Option<u16>,
+    /// `pulsar+ssl://` port [file: broker_service_port_tls; default: off]; needs the TLS
+    /// certificate and key in the settings file.
+    #[arg(long)]
+    pulsar_tls_port: Option<u16>,
+    /// HTTPS port [file: web_service_port_tls; default: off].
+    #[arg(long)]
+    https_port: Option<u16>,
     /// Host name clients are told to connect to [default: 127.0.0.1].
     #[arg(long)]
     advertised_address: Option<String>,
@@ -75,9 +82,7 @@ struct ServeArgs {
 
 /// Where a broker serves, after flags, file and defaults.
 struct Serve {
-    bind_address: String,
-    pulsar_port: u16,
-    http_port: u16,
+    listeners: Listeners,
     advertised_address: String,
     settings: BrokerSettings,
 }
@@ -89,10 +94,27 @@ impl ServeArgs {
             Some(path) => BrokerSettings::load(path)?,
             None => BrokerSettings::default(),
         };
-        Ok(Serve {
+        let enabled = |flag: Option<u16>, on: Option<bool>, port: Option<u16>, default: u16| match (flag, on) {
+            (Some(port), _) => Some(port),
+            (None, Some(false)) => None,
+            (None, _) => Some(port.unwrap_or(default)),
+        };
+        let listeners = Listeners {
             bind_address: self.bind_address.clone().or(settings.bind_address.clone()).unwrap_or("0.0.0.0".into()),
-            pulsar_port: self.pulsar_port.or(settings.broker_service_port).unwrap_or(6650),
-            http_port: self.http_port.or(settings.web_service_port).unwrap_or(8080),
+            pulsar_port: enabled(
+                self.pulsar_port,
+                settings.broker_service_port_enabled,
+                settings.broker_service_port,
+                6650,
+            ),
+            http_port: enabled(self.http_port, settings.web_service_port_enabled, settings.web_service_port, 8080),
+            pulsar_tls_port: self.pulsar_tls_port.or(settings.broker_service_port_tls),
+            https_port: self.https_port.or(settings.web_service_port_tls),
+            tls: settings.tls_settings()?,
+        };
+        listeners.check()?;
+        Ok(Serve {
+            listeners,
             advertised_address: self
                 .advertised_address
                 .clone()
@@ -403,10 +425,9 @@ async fn main() -> anyhow::Result<()> {
                 policies: serve.settings.policy_defaults()?,
                 max_message_size: serve.settings.max_message_size()?,
                 cluster_name: serve.settings.cluster_name.clone().unwrap_or_else(|| "standalone".to_owned()),
+                security: serve.settings.security_config()?,
                 data_dir: args.data_dir,
-                bind_address: serve.bind_address,
-                pulsar_port: serve.pulsar_port,
-                http_port: serve.http_port,
+                listeners: serve.listeners,
                 bookie_port: args.bookie_port,
                 advertised_address: serve.advertised_address,
                 num_bookies: args.num_bookies,
@@ -445,9 +466,8 @@ async fn main() -> anyhow::Result<()> {
                     write_quorum: args.write_quorum.unwrap_or(file_ledger.write_quorum),
                     ack_quorum: args.ack_quorum.unwrap_or(file_ledger.ack_quorum),
                 },
-                bind_address: serve.bind_address,
-                pulsar_port: serve.pulsar_port,
-                http_port: serve.http_port,
+                security: settings.security_config()?,
+                listeners: serve.listeners,
                 advertised_address: serve.advertised_address,
             };
             node::run(config, cancel).await

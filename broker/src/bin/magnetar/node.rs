@@ -24,6 +24,7 @@ use crate::metadata_url::MetadataUrl;
 use magnetar_broker::cluster::{broker_info::BrokerInfo, load_manager, ownership::Ownership};
 use magnetar_broker::config::{BrokerConfig, ClusterConfig};
 use magnetar_broker::managed_ledger::ManagedLedgerConfig;
+use magnetar_broker::security::{Security, SecurityConfig, TlsAcceptor, TlsSettings};
 use magnetar_broker::service::{spawn_inactive_topic_reaper, spawn_policy_applier};
 use magnetar_broker::tenancy::model::ClusterData;
 use magnetar_broker::tenancy::{store, PolicyCache, PolicyDefaults};
@@ -32,19 +33,59 @@ use magnetar_broker::{http, protocol, BrokerService};
 /// Time allowed for a clean shutdown before the process gives up waiting.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
+/// Where a broker listens: plain and TLS ports for the Pulsar protocol and HTTP (None: off).
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    pub bind_address: String,
+    pub pulsar_port: Option<u16>,
+    pub http_port: Option<u16>,
+    pub pulsar_tls_port: Option<u16>,
+    pub https_port: Option<u16>,
+    /// The certificate and options of the TLS ports.
+    pub tls: Option<TlsSettings>,
+}
+
+impl Listeners {
+    /// Plain `pulsar://` and HTTP on these ports, no TLS.
+    #[cfg(test)]
+    pub fn plain(bind_address: &str, pulsar_port: u16, http_port: u16) -> Self {
+        Listeners {
+            bind_address: bind_address.to_owned(),
+            pulsar_port: Some(pulsar_port),
+            http_port: Some(http_port),
+            pulsar_tls_port: None,
+            https_port: None,
+            tls: None,
+        }
+    }
+
+    /// At least one port for each protocol, and TLS settings for the TLS ports.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.pulsar_port.is_none() && self.pulsar_tls_port.is_none() {
+            bail!("both Pulsar ports are off: set broker_service_port or broker_service_port_tls");
+        }
+        if self.http_port.is_none() && self.https_port.is_none() {
+            bail!("both HTTP ports are off: set web_service_port or web_service_port_tls");
+        }
+        if (self.pulsar_tls_port.is_some() || self.https_port.is_some()) && self.tls.is_none() {
+            bail!("the TLS ports need tls_certificate_file_path and tls_key_file_path");
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BrokerNodeConfig {
     pub metadata_url: MetadataUrl,
     pub cluster_name: String,
-    pub bind_address: String,
-    pub pulsar_port: u16,
-    pub http_port: u16,
+    pub listeners: Listeners,
     pub advertised_address: String,
     pub ledger: LedgerConfig,
     pub managed_ledger: ManagedLedgerConfig,
     pub cluster: ClusterConfig,
     pub policies: PolicyDefaults,
     pub max_message_size: usize,
+    pub security: SecurityConfig,
 }
 
 /// Checks ensemble size E, write quorum Qw and ack quorum Qa: E >= Qw >= Qa >= 1. The message
@@ -80,13 +121,13 @@ pub async fn run(config: BrokerNodeConfig, cancel: CancellationToken) -> anyhow:
         cluster: config.cluster.clone(),
         policies: config.policies.clone(),
         max_message_size: config.max_message_size,
+        security: config.security.clone(),
         ..BrokerConfig::default()
     };
-    let broker =
-        ServingBroker::start(&config.bind_address, config.pulsar_port, config.http_port, broker_config, meta).await?;
+    let broker = ServingBroker::start(&config.listeners, broker_config, meta).await?;
     info!(
-        pulsar = %broker.service.config.broker_service_url(),
-        http_port = config.http_port,
+        pulsar = %broker.service.ownership.me().native_url,
+        http = %broker.service.ownership.me().http_url,
         metadata = %config.metadata_url,
         cluster = %config.cluster_name,
         ensemble_size = config.ledger.ensemble_size,
@@ -121,29 +162,60 @@ pub struct ServingBroker {
 }
 
 impl ServingBroker {
-    /// Binds the Pulsar and HTTP ports on `bind_address` and serves; `config`'s advertised
-    /// Pulsar and HTTP ports become the bound ones.
+    /// Binds the listeners' ports and serves; `config`'s advertised ports become the bound
+    /// ones.
     pub async fn start(
-        bind_address: &str,
-        pulsar_port: u16,
-        http_port: u16,
+        listeners: &Listeners,
         mut config: BrokerConfig,
         meta: Arc<dyn MetadataStore>,
     ) -> anyhow::Result<ServingBroker> {
-        let pulsar_listener = bind(bind_address, pulsar_port, "Pulsar").await?;
-        let http_listener = bind(bind_address, http_port, "HTTP").await?;
-        config.advertised_pulsar_port = pulsar_listener.local_addr().context("read the Pulsar address")?.port();
-        config.advertised_http_port = http_listener.local_addr().context("read the HTTP address")?.port();
+        listeners.check()?;
+        let security = Security::new(&config.security).map_err(|error| anyhow::anyhow!(error))?;
+        let tls = match &listeners.tls {
+            Some(settings) => Some(TlsAcceptor::new(settings.clone()).map_err(|error| anyhow::anyhow!(error))?),
+            None => None,
+        };
+        let address = listeners.bind_address.as_str();
+        let bind_optional = |port: Option<u16>, what: &'static str| async move {
+            match port {
+                Some(port) => bind(address, port, what).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let pulsar_listener = bind_optional(listeners.pulsar_port, "Pulsar").await?;
+        let http_listener = bind_optional(listeners.http_port, "HTTP").await?;
+        let pulsar_tls_listener = bind_optional(listeners.pulsar_tls_port, "Pulsar TLS").await?;
+        let https_listener = bind_optional(listeners.https_port, "HTTPS").await?;
+        let port_of =
+            |listener: &Option<TcpListener>| listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port());
+        config.advertised_pulsar_tls_port = port_of(&pulsar_tls_listener);
+        config.advertised_https_port = port_of(&https_listener);
+        config.advertised_pulsar_port = port_of(&pulsar_listener).unwrap_or_default();
+        config.advertised_http_port = port_of(&http_listener).unwrap_or_default();
+        // With a plain port off, the TLS URL stands in for it.
+        let native_url = match &pulsar_listener {
+            Some(_) => config.broker_service_url(),
+            None => config.broker_service_url_tls().unwrap_or_else(|| config.broker_service_url()),
+        };
+        let http_url = match &http_listener {
+            Some(_) => config.web_service_url(),
+            None => config.web_service_url_tls().unwrap_or_else(|| config.web_service_url()),
+        };
+        let http_port = port_of(&http_listener).or(port_of(&https_listener)).unwrap_or_default();
         let me = BrokerInfo {
-            broker: format!("{}:{}", config.advertised_address, config.advertised_http_port),
-            native_url: config.broker_service_url(),
-            http_url: config.web_service_url(),
+            broker: format!("{}:{http_port}", config.advertised_address),
+            native_url,
+            http_url,
+            native_url_tls: config.broker_service_url_tls(),
+            http_url_tls: config.web_service_url_tls(),
         };
         // The cluster (with this broker's URLs, as Pulsar's cluster initialization takes
         // them), tenant `public` and namespace `public/default`, if missing.
         let cluster = ClusterData {
-            service_url: Some(config.web_service_url()),
-            broker_service_url: Some(config.broker_service_url()),
+            service_url: Some(me.http_url.clone()),
+            broker_service_url: Some(me.native_url.clone()),
+            service_url_tls: me.http_url_tls.clone(),
+            broker_service_url_tls: me.native_url_tls.clone(),
             ..ClusterData::default()
         };
         store::initialize_defaults(meta.as_ref(), &config.cluster_name, &cluster)
@@ -157,7 +229,7 @@ impl ServingBroker {
         let policies =
             PolicyCache::start(meta.clone(), cancel.clone()).await.context("read tenants and namespace policies")?;
         let load_manager = config.cluster.load_manager.clone();
-        let service = BrokerService::new(config, meta, ownership, policies);
+        let service = BrokerService::new(config, meta, ownership, policies, security);
         spawn_policy_applier(service.clone(), cancel.clone());
         spawn_inactive_topic_reaper(service.clone(), cancel.clone());
         let lost_service = service.clone();
@@ -167,14 +239,26 @@ impl ServingBroker {
             }
         });
         load_manager::spawn(service.clone(), load_manager, cancel.clone());
-        let pulsar = tokio::spawn(protocol::server::run(service.clone(), pulsar_listener, cancel.clone()));
-        let (http_service, http_cancel) = (service.clone(), cancel.clone());
-        let http = tokio::spawn(async move {
-            if let Err(error) = http::run(http_service, http_listener, http_cancel).await {
-                warn!(%error, "the HTTP server stopped");
+        if let Some(tls) = &tls {
+            tls.spawn_reloader(cancel.clone());
+        }
+        let mut tasks = Vec::new();
+        for (listener, tls) in [(pulsar_listener, None), (pulsar_tls_listener, tls.clone())] {
+            if let Some(listener) = listener {
+                tasks.push(tokio::spawn(protocol::server::run(service.clone(), listener, tls, cancel.clone())));
             }
-        });
-        Ok(ServingBroker { service, cancel, tasks: vec![pulsar, http], closer })
+        }
+        for (listener, tls) in [(http_listener, None), (https_listener, tls)] {
+            if let Some(listener) = listener {
+                let (http_service, http_cancel) = (service.clone(), cancel.clone());
+                tasks.push(tokio::spawn(async move {
+                    if let Err(error) = http::run(http_service, listener, tls, http_cancel).await {
+                        warn!(%error, "the HTTP server stopped");
+                    }
+                }));
+            }
+        }
+        Ok(ServingBroker { service, cancel, tasks, closer })
     }
 
     /// Hands every owned bundle over (topics closed, clients told to reconnect elsewhere)

@@ -88,7 +88,32 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("defaultRetentionTimeInMinutes", "managed_ledger.default_retention_time_in_minutes", Kind::Integer),
     ("defaultRetentionSizeInMB", "managed_ledger.default_retention_size_in_mb", Kind::Integer),
     ("retentionCheckIntervalInSeconds", "managed_ledger.retention_check_interval_in_seconds", Kind::Integer),
+    ("brokerServicePortTls", "broker_service_port_tls", Kind::Integer),
+    ("webServicePortTls", "web_service_port_tls", Kind::Integer),
+    ("tlsCertificateFilePath", "tls_certificate_file_path", Kind::Text),
+    ("tlsKeyFilePath", "tls_key_file_path", Kind::Text),
+    ("tlsTrustCertsFilePath", "tls_trust_certs_file_path", Kind::Text),
+    ("tlsAllowInsecureConnection", "tls_allow_insecure_connection", Kind::Bool),
+    ("tlsRequireTrustedClientCertOnConnect", "tls_require_trusted_client_cert_on_connect", Kind::Bool),
+    ("tlsProtocols", "tls_protocols", Kind::Text),
+    ("tlsCiphers", "tls_ciphers", Kind::Text),
+    ("tlsCertRefreshCheckDurationSec", "tls_cert_refresh_check_duration_sec", Kind::Integer),
+    ("authenticationEnabled", "authentication_enabled", Kind::Bool),
+    ("authenticationProviders", "authentication_providers", Kind::Text),
+    ("anonymousUserRole", "anonymous_user_role", Kind::Text),
+    ("tokenSecretKey", "token_secret_key", Kind::Text),
+    ("tokenPublicKey", "token_public_key", Kind::Text),
+    ("tokenAuthClaim", "token_auth_claim", Kind::Text),
+    ("tokenAudience", "token_audience", Kind::Text),
+    ("basicAuthConf", "basic_auth_conf", Kind::Text),
+    ("authenticationRefreshCheckSeconds", "authentication_refresh_check_seconds", Kind::Integer),
+    ("authorizationEnabled", "authorization_enabled", Kind::Bool),
+    ("superUserRoles", "super_user_roles", Kind::Text),
 ];
+
+/// Ports Pulsar switches off with an empty value, and the Magnetar setting that says so.
+const PORTS_OFF_WHEN_EMPTY: &[(&str, &str)] =
+    &[("brokerServicePort", "broker_service_port_enabled"), ("webServicePort", "web_service_port_enabled")];
 
 /// The key/value pairs of a Java properties text: `key=value`, `key: value` or `key value`;
 /// `#` and `!` comment lines; a trailing `\` continues a value on the next line.
@@ -141,6 +166,9 @@ pub fn to_settings(text: &str) -> anyhow::Result<(Table, Vec<String>)> {
             continue;
         };
         if value.is_empty() {
+            if let Some((_, enabled)) = PORTS_OFF_WHEN_EMPTY.iter().find(|(pulsar, _)| *pulsar == key) {
+                table.insert((*enabled).to_owned(), Value::Boolean(false));
+            }
             continue; // Pulsar's default
         }
         let value = typed(&key, line, &value, *kind)?;

@@ -13,6 +13,7 @@ use magnetar_broker::cluster::config::LoadManagerConfig;
 use magnetar_broker::config::ClusterConfig;
 use magnetar_broker::managed_ledger::config::ManagedLedgerSettings;
 use magnetar_broker::managed_ledger::ManagedLedgerConfig;
+use magnetar_broker::security::{Provider, Security, SecurityConfig, TlsSettings, TokenSettings};
 use magnetar_broker::tenancy::effective::{AutoTopicType, InactiveRule, PolicyDefaults, Rate};
 use magnetar_broker::tenancy::model::{InactiveTopicDeleteMode, RetentionPolicy};
 use serde::Deserialize;
@@ -93,6 +94,57 @@ pub struct BrokerSettings {
     pub broker_delete_inactive_topics_max_inactive_duration_seconds: Option<u64>,
     pub broker_delete_inactive_topics_frequency_seconds: Option<u64>,
     pub managed_ledger: ManagedLedgerSettings,
+    /// False switches the plain `pulsar://` port off (Pulsar: an empty `brokerServicePort`).
+    pub broker_service_port_enabled: Option<bool>,
+    /// False switches the plain HTTP port off (Pulsar: an empty `webServicePort`).
+    pub web_service_port_enabled: Option<bool>,
+    /// `pulsar+ssl://` port (off unless set; Pulsar's is 6651).
+    pub broker_service_port_tls: Option<u16>,
+    /// HTTPS port (off unless set; Pulsar's is 8443).
+    pub web_service_port_tls: Option<u16>,
+    pub tls_certificate_file_path: Option<String>,
+    pub tls_key_file_path: Option<String>,
+    pub tls_trust_certs_file_path: Option<String>,
+    pub tls_allow_insecure_connection: Option<bool>,
+    pub tls_require_trusted_client_cert_on_connect: Option<bool>,
+    /// `TLSv1.3`, `TLSv1.2` (a list, or comma-separated as in Pulsar's file).
+    pub tls_protocols: Option<NameList>,
+    pub tls_ciphers: Option<NameList>,
+    /// How often the TLS files are checked for changes [default: 300].
+    pub tls_cert_refresh_check_duration_sec: Option<u64>,
+    pub authentication_enabled: Option<bool>,
+    /// Provider class names (Pulsar's) or `token`, `tls`, `basic`.
+    pub authentication_providers: Option<NameList>,
+    pub anonymous_user_role: Option<String>,
+    pub token_secret_key: Option<String>,
+    pub token_public_key: Option<String>,
+    pub token_auth_claim: Option<String>,
+    pub token_audience: Option<String>,
+    pub basic_auth_conf: Option<String>,
+    /// How often connections' credentials are checked for expiry [default: 60].
+    pub authentication_refresh_check_seconds: Option<u64>,
+    pub authorization_enabled: Option<bool>,
+    pub super_user_roles: Option<NameList>,
+}
+
+/// A list of names: a TOML array, or one comma-separated string as Pulsar's files write it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum NameList {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl NameList {
+    pub fn names(&self) -> Vec<String> {
+        let split = |text: &str| -> Vec<String> {
+            text.split(',').map(str::trim).filter(|name| !name.is_empty()).map(str::to_owned).collect()
+        };
+        match self {
+            NameList::List(names) => names.iter().flat_map(|name| split(name)).collect(),
+            NameList::Text(text) => split(text),
+        }
+    }
 }
 
 impl BrokerSettings {
@@ -120,7 +172,76 @@ impl BrokerSettings {
         settings.managed_ledger_config().with_context(|| format!("broker config file {}", path.display()))?;
         settings.cluster_config().with_context(|| format!("broker config file {}", path.display()))?;
         settings.policy_defaults().with_context(|| format!("broker config file {}", path.display()))?;
+        settings.security_config().with_context(|| format!("broker config file {}", path.display()))?;
+        settings.tls_settings().with_context(|| format!("broker config file {}", path.display()))?;
         Ok(settings)
+    }
+
+    /// Authentication and authorization; errors name the key.
+    pub fn security_config(&self) -> anyhow::Result<SecurityConfig> {
+        let defaults = SecurityConfig::default();
+        let names = |list: &Option<NameList>| list.as_ref().map(NameList::names).unwrap_or_default();
+        let providers = names(&self.authentication_providers)
+            .iter()
+            .map(|name| Provider::parse(name))
+            .collect::<Result<_, _>>()
+            .map_err(|error| anyhow::anyhow!(error))?;
+        let refresh_check = match self.authentication_refresh_check_seconds {
+            Some(0) => anyhow::bail!("authentication_refresh_check_seconds = 0: must be positive"),
+            Some(seconds) => Duration::from_secs(seconds),
+            None => defaults.refresh_check,
+        };
+        let config = SecurityConfig {
+            authentication_enabled: self.authentication_enabled.unwrap_or(false),
+            providers,
+            anonymous_user_role: self.anonymous_user_role.clone().filter(|role| !role.is_empty()),
+            token: TokenSettings {
+                secret_key: self.token_secret_key.clone(),
+                public_key: self.token_public_key.clone(),
+                auth_claim: self.token_auth_claim.clone(),
+                audience: self.token_audience.clone(),
+            },
+            basic_auth_conf: self.basic_auth_conf.clone(),
+            authorization_enabled: self.authorization_enabled.unwrap_or(false),
+            super_user_roles: names(&self.super_user_roles).into_iter().collect(),
+            refresh_check,
+        };
+        // Loads the keys and files now, so a bad one is reported at start naming its key.
+        Security::new(&config).map_err(|error| anyhow::anyhow!(error))?;
+        Ok(config)
+    }
+
+    /// The TLS files and options, if a certificate is configured; errors name the key.
+    pub fn tls_settings(&self) -> anyhow::Result<Option<TlsSettings>> {
+        let (certificate, key) = match (&self.tls_certificate_file_path, &self.tls_key_file_path) {
+            (Some(certificate), Some(key)) if !certificate.is_empty() && !key.is_empty() => (certificate, key),
+            (None, None) => {
+                if self.broker_service_port_tls.is_some() || self.web_service_port_tls.is_some() {
+                    anyhow::bail!(
+                        "broker_service_port_tls/web_service_port_tls need tls_certificate_file_path and tls_key_file_path"
+                    );
+                }
+                return Ok(None);
+            }
+            _ => anyhow::bail!("tls_certificate_file_path and tls_key_file_path go together"),
+        };
+        let settings = TlsSettings {
+            certificate_file: certificate.into(),
+            key_file: key.into(),
+            trust_certs_file: self.tls_trust_certs_file_path.clone().filter(|path| !path.is_empty()).map(Into::into),
+            allow_insecure_connection: self.tls_allow_insecure_connection.unwrap_or(false),
+            require_trusted_client_cert: self.tls_require_trusted_client_cert_on_connect.unwrap_or(false),
+            protocols: self.tls_protocols.as_ref().map(NameList::names).unwrap_or_default(),
+            ciphers: self.tls_ciphers.as_ref().map(NameList::names).unwrap_or_default(),
+            refresh_check: match self.tls_cert_refresh_check_duration_sec {
+                Some(0) => anyhow::bail!("tls_cert_refresh_check_duration_sec = 0: must be positive"),
+                Some(seconds) => Duration::from_secs(seconds),
+                None => Duration::from_secs(300),
+            },
+        };
+        // Loads the files now, so a missing or bad one is reported at start.
+        magnetar_broker::security::tls::server_config(&settings).map_err(|error| anyhow::anyhow!(error))?;
+        Ok(Some(settings))
     }
 
     /// The policy defaults; errors name the key.

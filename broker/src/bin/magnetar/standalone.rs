@@ -19,9 +19,10 @@ use magnetar_meta::{LocalStore, MetadataStore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::node::{bind, ServingBroker, SHUTDOWN_GRACE};
+use crate::node::{bind, Listeners, ServingBroker, SHUTDOWN_GRACE};
 use magnetar_broker::config::BrokerConfig;
 use magnetar_broker::managed_ledger::ManagedLedgerConfig;
+use magnetar_broker::security::SecurityConfig;
 use magnetar_broker::tenancy::PolicyDefaults;
 
 /// Most bookies one standalone process runs: each has its own journal thread, RocksDB index
@@ -31,9 +32,7 @@ pub const MAX_STANDALONE_BOOKIES: u32 = 16;
 #[derive(Debug, Clone)]
 pub struct StandaloneConfig {
     pub data_dir: PathBuf,
-    pub bind_address: String,
-    pub pulsar_port: u16,
-    pub http_port: u16,
+    pub listeners: Listeners,
     /// Port of the first bookie on loopback; bookie `i` gets `bookie_port + i`. 0 gives each
     /// bookie a free port.
     pub bookie_port: u16,
@@ -48,6 +47,7 @@ pub struct StandaloneConfig {
     pub policies: PolicyDefaults,
     pub max_message_size: usize,
     pub cluster_name: String,
+    pub security: SecurityConfig,
 }
 
 impl StandaloneConfig {
@@ -152,15 +152,17 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
         managed_ledger: config.managed_ledger,
         policies: config.policies.clone(),
         max_message_size: config.max_message_size,
+        security: config.security.clone(),
         ..BrokerConfig::default()
     };
-    let broker =
-        ServingBroker::start(&config.bind_address, config.pulsar_port, config.http_port, broker_config, meta.clone())
-            .await?;
+    let broker = ServingBroker::start(&config.listeners, broker_config, meta.clone()).await?;
+    let me = broker.service.ownership.me();
     info!(
         data_dir = %config.data_dir.display(),
-        pulsar = %broker.service.config.broker_service_url(),
-        http_port = config.http_port,
+        pulsar = %me.native_url,
+        http = %me.http_url,
+        pulsar_tls = ?me.native_url_tls,
+        https = ?me.http_url_tls,
         bookies = %bookies.iter().map(|bookie| format!("{}={}", bookie.bookie_id(), bookie.address())).collect::<Vec<_>>().join(","),
         ensemble_size = config.ledger.ensemble_size,
         write_quorum = config.ledger.write_quorum,
@@ -190,9 +192,8 @@ mod tests {
     fn config(num_bookies: u32, ensemble_size: u32, write_quorum: u32, ack_quorum: u32) -> StandaloneConfig {
         StandaloneConfig {
             data_dir: PathBuf::from("/nonexistent"),
-            bind_address: "127.0.0.1".to_owned(),
-            pulsar_port: 6650,
-            http_port: 8080,
+            listeners: Listeners::plain("127.0.0.1", 6650, 8080),
+            security: SecurityConfig::default(),
             bookie_port: 0,
             advertised_address: "127.0.0.1".to_owned(),
             num_bookies,
