@@ -7,6 +7,7 @@ mod node;
 mod pulsar_conf;
 mod settings;
 mod standalone;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,11 @@ enum Command {
     /// Only the auto-recovery worker: re-replicates the ledgers of bookies gone for good
     /// (every `magnetar bookie` runs one too unless `--autorecovery false`).
     Autorecovery(AutoRecoveryWorkerArgs),
+    /// Secret keys, key pairs and JWTs for token authentication (Pulsar's `tokens` verbs).
+    Tokens {
+        #[command(subcommand)]
+        command: tokens::TokensCommand,
+    },
 }
 
 /// What every broker serves on, and its settings file: shared by `standalone` and `broker`.
@@ -442,6 +448,7 @@ async fn main() -> anyhow::Result<()> {
             standalone::run(config, cancel).await
         }
         Command::Bookie(args) => run_bookie(args, cancel).await,
+        Command::Tokens { command } => tokens::run(command),
         Command::Autorecovery(args) => run_autorecovery(args, cancel).await,
         Command::Broker(args) => {
             let serve = args.serve.resolve()?;
