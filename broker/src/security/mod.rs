@@ -15,7 +15,8 @@
 pub mod authz;
 pub mod basic;
 pub mod tls;
-pub mod token;
+
+pub use magnetar_auth::token;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
