@@ -401,7 +401,7 @@ pub async fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> an
     let mut path = path.to_owned();
     // Follows loopback redirects (a broker sending an admin call or a lookup to the owner).
     for _ in 0..4 {
-        let (status, json, location) = http_once(port, method, &path, body).await?;
+        let (status, json, location) = http_once(port, method, &path, body, &[]).await?;
         let Some(location) = location.filter(|_| status == 307 || status == 308) else { return Ok((status, json)) };
         let rest = location
             .strip_prefix("http://127.0.0.1:")
@@ -413,18 +413,32 @@ pub async fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> an
     anyhow::bail!("too many redirects for {method} {path}")
 }
 
+/// One HTTP/1.1 request with extra headers (`Authorization`, ...), redirects not followed.
+pub async fn http_with_headers(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let (status, json, _) = http_once(port, method, path, body, headers).await?;
+    Ok((status, json))
+}
+
 /// One request; the status, JSON body and Location header.
 async fn http_once(
     port: u16,
     method: &str,
     path: &str,
     body: Option<&str>,
+    headers: &[(&str, &str)],
 ) -> anyhow::Result<(u16, serde_json::Value, Option<String>)> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let body = body.unwrap_or("");
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
+         {extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await?;

@@ -1,0 +1,164 @@
+//! TLS and authentication with the Rust `pulsar` crate, a client nobody here wrote, against
+//! `magnetar standalone` configured with TLS (certificates made here with rcgen), the token
+//! and basic providers and authorization. (The crate has no client-certificate identity, so
+//! TLS certificate authentication is tested with the Python client.)
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use magnetar_tests::{free_port, http_with_headers, Standalone};
+use pulsar::consumer::InitialPosition;
+use pulsar::{Authentication, Consumer, ConsumerOptions, OperationRetryOptions, Pulsar, TokioExecutor};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+struct Secure {
+    standalone: Standalone,
+    tls_port: u16,
+    dir: tempfile::TempDir,
+    secret: std::path::PathBuf,
+}
+
+fn magnetar_tokens(args: &[&str]) -> anyhow::Result<String> {
+    let output = std::process::Command::new(magnetar_tests::binary("magnetar")?).arg("tokens").args(args).output()?;
+    anyhow::ensure!(output.status.success(), "magnetar tokens {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    Ok(String::from_utf8(output.stdout)?.trim().to_owned())
+}
+
+impl Secure {
+    fn token(&self, role: &str) -> anyhow::Result<String> {
+        magnetar_tokens(&["create", "--subject", role, "--secret-key", &format!("file://{}", self.secret.display())])
+    }
+
+    fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<()> {
+        let auth = format!("Bearer {}", self.token("admin")?);
+        let (status, answer) =
+            http_with_headers(self.standalone.http_port, method, path, body, &[("Authorization", &auth)]).await?;
+        anyhow::ensure!(status == 204 || status == 200, "{method} {path}: {status} {answer}");
+        Ok(())
+    }
+
+    async fn client(&self, auth: Authentication) -> Result<Pulsar<TokioExecutor>, pulsar::Error> {
+        let no_retries = OperationRetryOptions { max_retries: Some(0), ..OperationRetryOptions::default() };
+        let ca = std::fs::read(self.ca()).unwrap_or_default();
+        Pulsar::builder(format!("pulsar+ssl://localhost:{}", self.tls_port), TokioExecutor)
+            .with_certificate_chain(ca)
+            .with_tls_hostname_verification_enabled(true)
+            .with_auth(auth)
+            .with_operation_retry_options(no_retries)
+            .build()
+            .await
+    }
+}
+
+fn write_pki(dir: &Path) -> anyhow::Result<()> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "magnetar-rust-test-ca");
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    params.distinguished_name.push(DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &issuer)?;
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
+    std::fs::write(dir.join("broker.pem"), cert.pem())?;
+    std::fs::write(dir.join("broker.key"), key.serialize_pem())?;
+    Ok(())
+}
+
+async fn secure_standalone() -> anyhow::Result<Secure> {
+    let dir = tempfile::tempdir()?;
+    write_pki(dir.path())?;
+    let secret = dir.path().join("secret.key");
+    magnetar_tokens(&["create-secret-key", "--output", secret.to_str().unwrap_or_default()])?;
+    // The password "rust-password" as `openssl passwd -apr1 -salt rUsTsAlT` writes it.
+    let apr1 = std::process::Command::new("openssl")
+        .args(["passwd", "-apr1", "-salt", "rUsTsAlT", "rust-password"])
+        .output()?;
+    anyhow::ensure!(apr1.status.success(), "openssl passwd failed");
+    std::fs::write(dir.path().join("htpasswd"), format!("rustuser:{}", String::from_utf8(apr1.stdout)?))?;
+    let tls_port = free_port()?;
+    let config = dir.path().join("broker.toml");
+    let d = dir.path().display();
+    std::fs::write(
+        &config,
+        format!(
+            "broker_service_port_tls = {tls_port}\n\
+             tls_certificate_file_path = \"{d}/broker.pem\"\n\
+             tls_key_file_path = \"{d}/broker.key\"\n\
+             authentication_enabled = true\n\
+             authentication_providers = [\"token\", \"basic\"]\n\
+             token_secret_key = \"file://{d}/secret.key\"\n\
+             basic_auth_conf = \"{d}/htpasswd\"\n\
+             authorization_enabled = true\n\
+             super_user_roles = [\"admin\"]\n"
+        ),
+    )?;
+    let standalone = Standalone::start_with_args(&["--config", config.to_str().unwrap_or_default()]).await?;
+    Ok(Secure { standalone, tls_port, dir, secret })
+}
+
+async fn roundtrip(client: &Pulsar<TokioExecutor>, topic: &str) -> anyhow::Result<()> {
+    let mut consumer: Consumer<String, TokioExecutor> = client
+        .consumer()
+        .with_topic(topic)
+        .with_subscription("s")
+        .with_options(ConsumerOptions::default().with_initial_position(InitialPosition::Earliest))
+        .build()
+        .await?;
+    let mut producer = client.producer().with_topic(topic).build().await?;
+    for i in 0..5 {
+        producer.send_non_blocking(format!("m{i}")).await?.await?;
+    }
+    for i in 0..5 {
+        let message = tokio::time::timeout(Duration::from_secs(10), consumer.try_next())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("stream ended"))?;
+        assert_eq!(message.deserialize()?, format!("m{i}"));
+        consumer.ack(&message).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_over_tls_with_token_and_basic_auth() -> anyhow::Result<()> {
+    let secure = secure_standalone().await?;
+    let grants =
+        r#"{"auth_policies":{"namespace_auth":{"app":["produce","consume"],"rustuser":["produce","consume"]}}}"#;
+    secure.admin("PUT", "/admin/v2/namespaces/public/secure", Some(grants)).await?;
+
+    let token = Authentication { name: "token".into(), data: secure.token("app")?.into_bytes() };
+    let client = secure.client(token).await?;
+    roundtrip(&client, "persistent://public/secure/tokens").await?;
+    // The same role without a grant elsewhere: AuthorizationError.
+    let denied = client.producer().with_topic("persistent://public/default/elsewhere").build().await;
+    let error = format!("{:?}", denied.err().ok_or_else(|| anyhow::anyhow!("a producer without permission"))?);
+    assert!(error.contains("AuthorizationError"), "{error}");
+
+    let basic = Authentication { name: "basic".into(), data: b"rustuser:rust-password".to_vec() };
+    roundtrip(&secure.client(basic).await?, "persistent://public/secure/basic").await?;
+
+    // Refused credentials: the broker answers CONNECT with AuthenticationError and closes (the
+    // crate reports a fatal connection error); its log names the reason.
+    for bad in [
+        Authentication { name: "token".into(), data: b"not.a.token".to_vec() },
+        Authentication { name: "basic".into(), data: b"rustuser:wrong".to_vec() },
+    ] {
+        let refused = match secure.client(bad).await {
+            Err(error) => Some(error),
+            Ok(client) => client.producer().with_topic("persistent://public/secure/x").build().await.err(),
+        };
+        assert!(refused.is_some(), "refused credentials cannot produce");
+    }
+    let log = secure.standalone.log();
+    assert!(log.contains("CONNECT refused") && log.contains("invalid token"), "the broker logs the refusal");
+    assert!(log.contains("wrong user or password for \"rustuser\""), "{log}");
+    assert!(!log.contains("rust-password"), "no password in the log");
+    Ok(())
+}
