@@ -2,7 +2,7 @@
 # THE test command: `bash deploy/test.sh` (CI runs it through .ci/run).
 #
 #   1. installs the system packages the build and tests need, each only when missing
-#      (libclang-dev for bindgen, etcd-server, pkg-config + libssl-dev, python3-venv if needed);
+#      (libclang-dev for bindgen, etcd-server, pkg-config + libssl-dev, openssl, python3-venv if needed);
 #   2. creates or reuses a Python virtualenv at .venv with the real Apache Pulsar client;
 #   3. builds the workspace's binaries and tests (dev profile, --locked);
 #   4. runs the Rust tests with cargo-nextest;
@@ -52,6 +52,8 @@ missing=()
 have_libclang_dev || missing+=(libclang-dev)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+# The security tests make their CA, certificates and htpasswd lines with the openssl CLI.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # The pulsar crate used by the Rust integration tests links openssl through openssl-sys.
 if ! pkg-config --exists openssl 2>/dev/null && ! have_debian_package libssl-dev; then
     missing+=(libssl-dev)
