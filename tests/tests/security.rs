@@ -131,6 +131,8 @@ async fn the_rust_client_over_tls_with_token_and_basic_auth() -> anyhow::Result<
     let secure = secure_standalone().await?;
     let grants =
         r#"{"auth_policies":{"namespace_auth":{"app":["produce","consume"],"rustuser":["produce","consume"]}}}"#;
+    // With authentication on, tenant `public` is left to an administrator.
+    secure.admin("PUT", "/admin/v2/tenants/public", Some(r#"{"allowedClusters":["standalone"]}"#)).await?;
     secure.admin("PUT", "/admin/v2/namespaces/public/secure", Some(grants)).await?;
 
     let token = Authentication { name: "token".into(), data: secure.token("app")?.into_bytes() };

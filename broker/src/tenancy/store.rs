@@ -330,10 +330,19 @@ pub async fn initialize_defaults(
     cluster: &str,
     data: &ClusterData,
 ) -> Result<(), BrokerError> {
-    create_if_absent(store, &cluster_path(cluster), data).await?;
+    initialize_cluster(store, cluster, data).await?;
     let public = TenantInfo { allowed_clusters: [cluster.to_owned()].into(), ..TenantInfo::default() };
     create_if_absent(store, &tenant_path("public"), &public).await?;
     let policies = Policies { replication_clusters: [cluster.to_owned()].into(), ..Policies::default() };
     create_if_absent(store, &namespace_path("public/default"), &policies).await?;
     Ok(())
+}
+
+/// Creates the cluster (with this broker's URLs) if it is missing.
+pub async fn initialize_cluster(
+    store: &dyn MetadataStore,
+    cluster: &str,
+    data: &ClusterData,
+) -> Result<(), BrokerError> {
+    create_if_absent(store, &cluster_path(cluster), data).await
 }

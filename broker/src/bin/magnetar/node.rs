@@ -218,9 +218,19 @@ impl ServingBroker {
             broker_service_url_tls: me.native_url_tls.clone(),
             ..ClusterData::default()
         };
-        store::initialize_defaults(meta.as_ref(), &config.cluster_name, &cluster)
-            .await
-            .context("create the cluster, the public tenant and public/default")?;
+        if config.security.authentication_enabled {
+            // With authentication on, Pulsar's standalone leaves `public` to an administrator
+            // (its own admin calls are refused), and the documented secure set-ups create it
+            // with the roles they want: a `public` made here would answer their PUT with 409.
+            store::initialize_cluster(meta.as_ref(), &config.cluster_name, &cluster)
+                .await
+                .context("create the cluster")?;
+            info!("authentication is on: tenant public and public/default are left to an administrator");
+        } else {
+            store::initialize_defaults(meta.as_ref(), &config.cluster_name, &cluster)
+                .await
+                .context("create the cluster, the public tenant and public/default")?;
+        }
         let (ownership, mut lost) =
             Ownership::start(meta.clone(), me, config.cluster.session_timeout, config.cluster.default_bundles)
                 .await
