@@ -56,10 +56,13 @@
 //! ZSTD.
 
 mod address;
+mod auth;
 mod batch;
 mod client;
+mod client_conf;
 mod compression;
 mod connection;
+mod connection_args;
 mod consumer;
 mod entry;
 mod error;
@@ -68,15 +71,23 @@ mod producer;
 mod producer_task;
 mod reader;
 mod routing;
+mod stream;
+mod tls;
 mod topic;
 mod topic_consumer;
 
 #[cfg(test)]
 mod fake_broker;
 
-pub use address::{BrokerAddress, ServiceUrl, DEFAULT_PORT};
+pub use address::{BrokerAddress, ServiceUrl, DEFAULT_PORT, DEFAULT_TLS_PORT};
+pub use auth::{
+    authentication_from_plugin, AuthData, AuthPlugin, Authentication, BasicAuthentication, ClientCertificateFiles,
+    TlsAuthentication, TokenAuthentication,
+};
 pub use client::{Client, ClientConfig, MAX_LOOKUP_REDIRECTS};
+pub use client_conf::ClientConf;
 pub use compression::{CompressionType, MAX_UNCOMPRESSED_SIZE};
+pub use connection_args::ConnectionArgs;
 pub use consumer::{
     Consumer, ConsumerBuilder, DeadLetterPolicy, InitialPosition, SubscriptionType,
     DEFAULT_NEGATIVE_ACK_REDELIVERY_DELAY, DEFAULT_RECEIVER_QUEUE_SIZE, PROPERTY_DELAY_TIME,
