@@ -78,6 +78,8 @@ mod topic_consumer;
 
 #[cfg(test)]
 mod fake_broker;
+#[cfg(test)]
+mod security_tests;
 
 pub use address::{BrokerAddress, ServiceUrl, DEFAULT_PORT, DEFAULT_TLS_PORT};
 pub use auth::{
