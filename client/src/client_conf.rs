@@ -48,11 +48,22 @@ pub struct ClientConf {
 }
 
 impl ClientConf {
-    /// Reads a client.conf file. This blocks on the file read: call it at startup, before the
-    /// runtime is busy, or from `spawn_blocking`.
+    /// Reads a client.conf file. This blocks on the file read: in async code use
+    /// [`ClientConf::read_async`].
     pub fn read(path: impl AsRef<Path>) -> Result<ClientConf, ClientError> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| ClientError::ReadFile {
+            what: "the client configuration file",
+            path: path.to_owned(),
+            source,
+        })?;
+        ClientConf::parse(&bytes, path)
+    }
+
+    /// Reads a client.conf file without blocking the async threads.
+    pub async fn read_async(path: impl AsRef<Path>) -> Result<ClientConf, ClientError> {
+        let path = path.as_ref();
+        let bytes = tokio::fs::read(path).await.map_err(|source| ClientError::ReadFile {
             what: "the client configuration file",
             path: path.to_owned(),
             source,

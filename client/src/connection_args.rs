@@ -14,41 +14,45 @@ use crate::error::ClientError;
 pub struct ConnectionArgs {
     /// Pulsar's client.conf to read settings from (brokerServiceUrl, authPlugin, authParams,
     /// tlsTrustCertsFilePath, ...); flags win over it.
-    #[arg(long = "client-conf", value_name = "FILE")]
+    #[arg(global = true, long = "client-conf", value_name = "FILE")]
     pub client_conf: Option<PathBuf>,
 
     /// Authentication plugin: token, basic, tls, or Pulsar's class name
     /// (org.apache.pulsar.client.impl.auth.AuthenticationToken, ...).
-    #[arg(long = "auth-plugin", value_name = "PLUGIN")]
+    #[arg(global = true, long = "auth-plugin", value_name = "PLUGIN")]
     pub auth_plugin: Option<String>,
 
     /// Authentication parameters, as Pulsar takes them: token:<jwt>, file:///path/to/token,
     /// a JSON object such as {"userId":"u","password":"p"}, or key:value pairs such as
     /// tlsCertFile:/a.pem,tlsKeyFile:/b.pem.
-    #[arg(long = "auth-params", value_name = "PARAMS")]
+    #[arg(global = true, long = "auth-params", value_name = "PARAMS")]
     pub auth_params: Option<String>,
 
     /// PEM file of the CA certificates that sign the brokers' certificates (default: the
     /// system's trusted roots).
-    #[arg(long = "tls-trust-cert-path", visible_alias = "trust-cert-file", value_name = "FILE")]
+    #[arg(global = true, long = "tls-trust-cert-path", visible_alias = "trust-cert-file", value_name = "FILE")]
     pub tls_trust_cert_path: Option<PathBuf>,
 
     /// Accept any broker certificate (encrypted but open to interception: for tests only).
-    #[arg(long = "tls-allow-insecure")]
+    #[arg(global = true, long = "tls-allow-insecure")]
     pub tls_allow_insecure: bool,
 
     /// Check that a broker's certificate is issued for its host name (default true).
-    #[arg(long = "tls-enable-hostname-verification", value_name = "BOOL")]
+    #[arg(global = true, long = "tls-enable-hostname-verification", value_name = "BOOL")]
     pub tls_hostname_verification: Option<bool>,
 }
 
 impl ConnectionArgs {
     /// The service URL and settings to connect with: `service_url` (the CLI's URL flag, if
     /// given) over client.conf's `brokerServiceUrl` over `default_url`, and the flags over the
-    /// file for everything else. Reads the client.conf file (blocking; call at startup).
-    pub fn resolve(&self, service_url: Option<&str>, default_url: &str) -> Result<(String, ClientConfig), ClientError> {
+    /// file for everything else.
+    pub async fn resolve(
+        &self,
+        service_url: Option<&str>,
+        default_url: &str,
+    ) -> Result<(String, ClientConfig), ClientError> {
         let file = match &self.client_conf {
-            Some(path) => ClientConf::read(path)?,
+            Some(path) => ClientConf::read_async(path).await?,
             None => ClientConf::default(),
         };
         let flags = ClientConf {
@@ -96,7 +100,8 @@ mod tests {
 
     fn resolve(args: &[&str]) -> Result<(String, ClientConfig), ClientError> {
         let cli = Cli::try_parse_from(std::iter::once("cli").chain(args.iter().copied())).expect("flags parse");
-        cli.connection.resolve(cli.url.as_deref(), "pulsar://localhost:6650")
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(cli.connection.resolve(cli.url.as_deref(), "pulsar://localhost:6650"))
     }
 
     #[test]
