@@ -67,7 +67,7 @@ const WRITE_BUFFER_HARD_LIMIT: usize = 4 * WRITE_BUFFER_HIGH_WATER;
 const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Settings of one connection.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct ConnectionConfig {
     /// TCP connect plus the CONNECT/CONNECTED handshake.
     pub connection_timeout: Duration,
@@ -81,6 +81,20 @@ pub(crate) struct ConnectionConfig {
     pub authentication: Option<Arc<dyn Authentication>>,
     /// Set for TLS connections (a `pulsar+ssl://` client).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for ConnectionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The TLS configuration holds the client's private key: shown as present or not.
+        f.debug_struct("ConnectionConfig")
+            .field("connection_timeout", &self.connection_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("command_queue_size", &self.command_queue_size)
+            .field("authentication", &self.authentication)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 /// A handle to one broker connection. Cheap to clone; the connection lives while any handle

@@ -188,6 +188,19 @@ impl ClientError {
         }
     }
 
+    /// True when the error is about the client's credentials or TLS setup: retrying does not
+    /// help until someone changes them, so it is worth a warning when it keeps a producer or
+    /// consumer from reconnecting.
+    pub fn is_security_error(&self) -> bool {
+        matches!(
+            self,
+            ClientError::AuthenticationFailed { .. }
+                | ClientError::AuthenticationData { .. }
+                | ClientError::TlsHandshake { .. }
+                | ClientError::TlsConfig { .. }
+        ) || self.server_code() == Some(ServerError::AuthorizationError)
+    }
+
     /// True when the error concerns one received message only: the consumer can go on
     /// receiving the next ones.
     pub fn is_message_error(&self) -> bool {
