@@ -161,6 +161,9 @@ impl Client {
             true => Some(crate::tls::client_tls_config(&config).await?),
             false => None,
         };
+        if tls.is_none() && config.authentication.as_ref().is_some_and(|auth| auth.tls_client_certificate().is_some()) {
+            warn!(%service_url, "TLS authentication presents its certificate only over TLS: use a pulsar+ssl:// service URL");
+        }
         let connection_config = ConnectionConfig {
             connection_timeout: config.connection_timeout,
             operation_timeout: config.operation_timeout,

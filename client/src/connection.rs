@@ -189,7 +189,8 @@ enum Outgoing {
 }
 
 impl Connection {
-    /// Opens a TCP connection to `broker` and performs the CONNECT handshake.
+    /// Opens a connection to `broker` (TLS when the config has a TLS setup) and performs the
+    /// CONNECT handshake with the config's credentials.
     pub(crate) async fn connect(broker: BrokerAddress, config: &ConnectionConfig) -> Result<Connection, ClientError> {
         let (reader, writer, connected) = tokio::time::timeout(config.connection_timeout, handshake(&broker, config))
             .await
