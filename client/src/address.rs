@@ -1,5 +1,9 @@
 //! Where brokers are: the service URL a client starts from (`pulsar://host:port`, possibly
-//! several comma-separated hosts) and the broker URLs that lookups answer with.
+//! several comma-separated hosts; `pulsar+ssl://` for TLS) and the broker URLs that lookups
+//! answer with.
+//!
+//! Whether a connection uses TLS is decided by the service URL, as in Pulsar's clients: a
+//! client on `pulsar+ssl://` connects to every broker with TLS, at the TLS URL lookups give.
 //!
 //! Connections are pooled by [`BrokerAddress`], so a lookup that names a broker the client is
 //! already connected to reuses that connection.
@@ -11,22 +15,34 @@ use crate::error::ClientError;
 /// Pulsar's default port for the binary protocol without TLS.
 pub const DEFAULT_PORT: u16 = 6650;
 
+/// Pulsar's default port for the binary protocol over TLS.
+pub const DEFAULT_TLS_PORT: u16 = 6651;
+
 const SCHEME: &str = "pulsar://";
 const TLS_SCHEME: &str = "pulsar+ssl://";
 
-/// One broker's host and port.
+/// One broker's host and port, and whether the connection to it uses TLS.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BrokerAddress {
     host: String,
     port: u16,
+    tls: bool,
 }
 
 impl BrokerAddress {
+    /// A broker reached without TLS.
     pub fn new(host: impl Into<String>, port: u16) -> Self {
-        BrokerAddress { host: host.into(), port }
+        BrokerAddress { host: host.into(), port, tls: false }
     }
 
-    /// Parses a broker URL as a lookup names it: `pulsar://host:port`.
+    /// The same broker, reached with TLS or without.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Parses a broker URL as a lookup names it: `pulsar://host:port` or
+    /// `pulsar+ssl://host:port`.
     pub fn parse_url(url: &str) -> Result<Self, ClientError> {
         let hosts = ServiceUrl::parse(url)?.hosts;
         match <[BrokerAddress; 1]>::try_from(hosts) {
@@ -45,6 +61,11 @@ impl BrokerAddress {
         self.port
     }
 
+    /// True when the connection to this broker uses TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
     /// The address in the form `TcpStream::connect` resolves.
     pub(crate) fn socket_target(&self) -> (&str, u16) {
         let host = self.host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(&self.host);
@@ -54,7 +75,8 @@ impl BrokerAddress {
 
 impl fmt::Display for BrokerAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{SCHEME}{}:{}", self.host, self.port)
+        let scheme = if self.tls { TLS_SCHEME } else { SCHEME };
+        write!(f, "{scheme}{}:{}", self.host, self.port)
     }
 }
 
@@ -62,16 +84,19 @@ impl fmt::Display for BrokerAddress {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceUrl {
     hosts: Vec<BrokerAddress>,
+    tls: bool,
 }
 
 impl ServiceUrl {
-    /// Parses `pulsar://host[:port][,host[:port]...][/]`; the port defaults to 6650.
+    /// Parses `pulsar://host[:port][,host[:port]...][/]`, the port defaulting to 6650, or the
+    /// same with `pulsar+ssl://` for TLS, the port defaulting to 6651.
     pub fn parse(url: &str) -> Result<Self, ClientError> {
         let invalid = |reason| ClientError::InvalidUrl { url: url.to_owned(), reason };
-        if url.starts_with(TLS_SCHEME) {
-            return Err(ClientError::Unsupported { what: format!("TLS service URLs ({url})") });
-        }
-        let rest = url.strip_prefix(SCHEME).ok_or_else(|| invalid("expected a pulsar:// URL"))?;
+        let (rest, tls) = match (url.strip_prefix(SCHEME), url.strip_prefix(TLS_SCHEME)) {
+            (Some(rest), _) => (rest, false),
+            (None, Some(rest)) => (rest, true),
+            (None, None) => return Err(invalid("expected a pulsar:// or pulsar+ssl:// URL")),
+        };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         let mut hosts = Vec::new();
         for authority in rest.split(',') {
@@ -93,6 +118,7 @@ impl ServiceUrl {
                 return Err(invalid("expected host[:port]"));
             }
             let port = match port {
+                None if tls => DEFAULT_TLS_PORT,
                 None => DEFAULT_PORT,
                 Some(port) => port
                     .parse()
@@ -100,20 +126,25 @@ impl ServiceUrl {
                     .filter(|&p| p != 0)
                     .ok_or_else(|| invalid("the port must be a number from 1 to 65535"))?,
             };
-            hosts.push(BrokerAddress { host, port });
+            hosts.push(BrokerAddress { host, port, tls });
         }
-        Ok(ServiceUrl { hosts })
+        Ok(ServiceUrl { hosts, tls })
     }
 
     /// The hosts, in the order given.
     pub fn hosts(&self) -> &[BrokerAddress] {
         &self.hosts
     }
+
+    /// True for a `pulsar+ssl://` URL: every connection of the client uses TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.tls
+    }
 }
 
 impl fmt::Display for ServiceUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(SCHEME)?;
+        f.write_str(if self.tls { TLS_SCHEME } else { SCHEME })?;
         for (index, host) in self.hosts.iter().enumerate() {
             if index > 0 {
                 f.write_str(",")?;
@@ -165,7 +196,23 @@ mod tests {
         ] {
             assert!(matches!(ServiceUrl::parse(url), Err(ClientError::InvalidUrl { .. })), "{url:?} should be refused");
         }
-        assert!(matches!(ServiceUrl::parse("pulsar+ssl://a:6651"), Err(ClientError::Unsupported { .. })));
         assert!(BrokerAddress::parse_url("pulsar://a,b").is_err());
+        assert!(BrokerAddress::parse_url("pulsar+ssl://").is_err());
+        assert!(ServiceUrl::parse("pulsar+tls://a").is_err());
+    }
+
+    #[test]
+    fn tls_urls_default_to_port_6651_and_keep_their_scheme() {
+        let url = ServiceUrl::parse("pulsar+ssl://a,b:7000").expect("valid");
+        assert!(url.uses_tls());
+        assert_eq!(
+            url.hosts(),
+            [BrokerAddress::new("a", 6651).with_tls(true), BrokerAddress::new("b", 7000).with_tls(true)]
+        );
+        assert_eq!(url.to_string(), "pulsar+ssl://a:6651,b:7000");
+        let broker = BrokerAddress::parse_url("pulsar+ssl://broker-2:6651").expect("valid");
+        assert!(broker.is_tls());
+        assert_eq!(broker.to_string(), "pulsar+ssl://broker-2:6651");
+        assert!(!ServiceUrl::parse("pulsar://a").expect("valid").uses_tls());
     }
 }

@@ -7,12 +7,17 @@
 //! broker says so) to the broker it names, until one answers Connect with the owner. At most
 //! [`MAX_LOOKUP_REDIRECTS`] redirects are followed.
 //!
+//! Security: a `pulsar+ssl://` service URL makes every connection TLS (tls.rs builds the
+//! rustls configuration once, here, when the client is created); lookups then answer with
+//! the brokers' TLS URLs. The [`Authentication`] in the settings is used by every connection.
+//!
 //! The pool's lock is a plain mutex held only to read or insert, never across an `.await`;
 //! two tasks that connect to the same new broker at once may both open a connection, and the
 //! second one to finish is dropped.
 
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +27,7 @@ use magnetar_proto::topic_name::partition_topic_name;
 use tracing::{debug, warn};
 
 use crate::address::{BrokerAddress, ServiceUrl};
+use crate::auth::Authentication;
 use crate::connection::{Connection, ConnectionConfig};
 use crate::consumer::ConsumerBuilder;
 use crate::error::{error_chain, ClientError};
@@ -32,7 +38,10 @@ use crate::topic::TopicName;
 /// How many Redirect answers a lookup follows before giving up.
 pub const MAX_LOOKUP_REDIRECTS: u32 = 8;
 
-/// Client settings. The defaults are Pulsar's.
+/// Client settings. The defaults are Pulsar's, except that TLS host names are verified.
+///
+/// The TLS settings apply to `pulsar+ssl://` service URLs and are ignored otherwise.
+/// [`ClientConf`](crate::ClientConf) reads them from Pulsar's client.conf.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// How long a request (lookup, create a producer, subscribe, close) and a send wait for
@@ -50,6 +59,27 @@ pub struct ClientConfig {
     /// doubles with every failed attempt up to `max_backoff_interval` (Pulsar: 100 ms, 60 s).
     pub initial_backoff_interval: Duration,
     pub max_backoff_interval: Duration,
+    /// How the client proves who it is: its method and data go in every CONNECT, and fresh
+    /// data answers every AUTH_CHALLENGE. `None`: no authentication. Build one with
+    /// [`TokenAuthentication`](crate::TokenAuthentication),
+    /// [`BasicAuthentication`](crate::BasicAuthentication),
+    /// [`TlsAuthentication`](crate::TlsAuthentication) or
+    /// [`authentication_from_plugin`](crate::authentication_from_plugin).
+    pub authentication: Option<Arc<dyn Authentication>>,
+    /// A PEM file of the CA certificates that sign brokers' certificates (Pulsar's
+    /// `tlsTrustCertsFilePath`). `None`: the system's trusted roots.
+    pub tls_trust_certs_file_path: Option<PathBuf>,
+    /// Accept any broker certificate, trusted or not (Pulsar's `tlsAllowInsecureConnection`).
+    /// The connection is still encrypted but can be intercepted: for tests only.
+    pub tls_allow_insecure_connection: bool,
+    /// Check that a broker's certificate is issued for the host name connected to (Pulsar's
+    /// `tlsHostnameVerificationEnable`). On by default here (Pulsar's Java client has it off).
+    pub tls_hostname_verification: bool,
+    /// A client certificate (PEM, with any intermediates) and its key (PEM) for mutual TLS,
+    /// when the authentication provides none (Pulsar's `tlsCertificateFilePath` and
+    /// `tlsKeyFilePath`). Both or neither.
+    pub tls_certificate_file_path: Option<PathBuf>,
+    pub tls_key_file_path: Option<PathBuf>,
 }
 
 impl Default for ClientConfig {
@@ -61,6 +91,12 @@ impl Default for ClientConfig {
             connection_queue_size: 1000,
             initial_backoff_interval: Duration::from_millis(100),
             max_backoff_interval: Duration::from_secs(30),
+            authentication: None,
+            tls_trust_certs_file_path: None,
+            tls_allow_insecure_connection: false,
+            tls_hostname_verification: true,
+            tls_certificate_file_path: None,
+            tls_key_file_path: None,
         }
     }
 }
@@ -86,16 +122,10 @@ impl ClientConfig {
         if self.connection_queue_size == 0 {
             return invalid("connection_queue_size", "must be at least 1");
         }
-        Ok(())
-    }
-
-    fn connection_config(&self) -> ConnectionConfig {
-        ConnectionConfig {
-            connection_timeout: self.connection_timeout,
-            operation_timeout: self.operation_timeout,
-            keepalive_interval: self.keepalive_interval,
-            command_queue_size: self.connection_queue_size,
+        if self.tls_certificate_file_path.is_some() != self.tls_key_file_path.is_some() {
+            return invalid("tls_certificate_file_path", "needs tls_key_file_path, and the other way round");
         }
+        Ok(())
     }
 }
 
@@ -109,23 +139,44 @@ pub struct Client {
 struct ClientInner {
     service_url: ServiceUrl,
     config: ClientConfig,
+    /// What every new connection is opened with, TLS and authentication included.
+    connection_config: ConnectionConfig,
     connections: Mutex<HashMap<BrokerAddress, Connection>>,
 }
 
 impl Client {
-    /// Connects to the service URL (`pulsar://host:port`) with the default settings.
+    /// Connects to the service URL (`pulsar://host:port`, or `pulsar+ssl://host:port` for
+    /// TLS) with the default settings.
     pub async fn connect(service_url: &str) -> Result<Client, ClientError> {
         Client::connect_with_config(service_url, ClientConfig::default()).await
     }
 
     /// Connects to the service URL with the given settings. The first connection is opened
-    /// here, so an unreachable cluster is reported at once.
+    /// here, so an unreachable cluster, a TLS setup that does not work or refused credentials
+    /// are reported at once.
     pub async fn connect_with_config(service_url: &str, config: ClientConfig) -> Result<Client, ClientError> {
         config.validate()?;
+        let service_url = ServiceUrl::parse(service_url)?;
+        let tls = match service_url.uses_tls() {
+            true => Some(crate::tls::client_tls_config(&config).await?),
+            false => None,
+        };
+        if tls.is_none() && config.authentication.as_ref().is_some_and(|auth| auth.tls_client_certificate().is_some()) {
+            warn!(%service_url, "TLS authentication presents its certificate only over TLS: use a pulsar+ssl:// service URL");
+        }
+        let connection_config = ConnectionConfig {
+            connection_timeout: config.connection_timeout,
+            operation_timeout: config.operation_timeout,
+            keepalive_interval: config.keepalive_interval,
+            command_queue_size: config.connection_queue_size,
+            authentication: config.authentication.clone(),
+            tls,
+        };
         let client = Client {
             inner: Arc::new(ClientInner {
-                service_url: ServiceUrl::parse(service_url)?,
+                service_url,
                 config,
+                connection_config,
                 connections: Mutex::new(HashMap::new()),
             }),
         };
@@ -263,13 +314,19 @@ impl Client {
             if response == LookupType::Failed {
                 return Err(ClientError::from_server(lookup.error.unwrap_or(0), lookup.message.unwrap_or_default()));
             }
-            let Some(url) = lookup.broker_service_url.as_deref() else {
-                if lookup.broker_service_url_tls.is_some() {
-                    return Err(ClientError::Unsupported { what: format!("TLS brokers (lookup of {topic_name})") });
-                }
-                return Err(unexpected("LOOKUP_RESPONSE without a broker URL"));
+            let tls = self.inner.service_url.uses_tls();
+            let url = if tls { lookup.broker_service_url_tls.as_deref() } else { lookup.broker_service_url.as_deref() };
+            let Some(url) = url else {
+                return Err(match (tls, lookup.broker_service_url_tls.is_some()) {
+                    (true, _) => unexpected("LOOKUP_RESPONSE without a TLS broker URL (the broker may not serve TLS)"),
+                    (false, true) => ClientError::Unsupported {
+                        what: format!("a broker reachable only with TLS (lookup of {topic_name}): use pulsar+ssl://"),
+                    },
+                    (false, false) => unexpected("LOOKUP_RESPONSE without a broker URL"),
+                });
             };
-            let broker = BrokerAddress::parse_url(url)?;
+            // As in Pulsar's clients, the client's URL decides TLS, not the scheme the broker wrote.
+            let broker = BrokerAddress::parse_url(url)?.with_tls(tls);
             if lookup.proxy_through_service_url == Some(true) {
                 warn!(%topic, %broker, "the lookup asks to go through a proxy, which this client does not support yet; connecting directly");
             }
@@ -305,7 +362,7 @@ impl Client {
         if let Some(connection) = self.pool().get(broker).filter(|c| !c.is_closed()) {
             return Ok(connection.clone());
         }
-        let fresh = Connection::connect(broker.clone(), &self.inner.config.connection_config()).await?;
+        let fresh = Connection::connect(broker.clone(), &self.inner.connection_config).await?;
         let mut pool = self.pool();
         match pool.get(broker) {
             Some(existing) if !existing.is_closed() => Ok(existing.clone()),

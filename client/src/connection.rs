@@ -1,4 +1,5 @@
-//! One TCP connection to one broker.
+//! One connection to one broker: TCP, or TLS over TCP (stream.rs), authenticated in CONNECT
+//! when the client has an [`Authentication`].
 //!
 //! A single task owns the socket and all routing state; everything else holds a cloneable
 //! [`Connection`] and talks to the task through one bounded command channel
@@ -13,7 +14,11 @@
 //!   consumer's channel closed, so nothing is dropped silently and the connection never
 //!   waits on a slow application);
 //! - answers PING with PONG and sends its own PING every keepalive interval; a connection
-//!   that received nothing for a whole interval after a PING is considered dead.
+//!   that received nothing for a whole interval after a PING is considered dead;
+//! - answers AUTH_CHALLENGE (the broker wants fresh credentials, say because a token expired)
+//!   with AUTH_RESPONSE carrying fresh data from the provider. The provider runs as a future
+//!   polled by the task itself, so the connection keeps reading and writing meanwhile; a
+//!   provider that fails ends the connection (its producers and consumers reconnect).
 //!
 //! Reads never wait on writes: the socket is split, outgoing frames are encoded into a buffer
 //! that is written in the same `select!` as reads, and new commands are taken from the
@@ -29,19 +34,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use magnetar_proto::command;
-use magnetar_proto::pulsar::{self as pb, base_command::Type, BaseCommand};
+use magnetar_proto::pulsar::{self as pb, base_command::Type, BaseCommand, ServerError};
 use magnetar_proto::{Frame, FrameCodec, FrameError, Payload};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio_util::codec::{Encoder, FramedRead};
 use tracing::{debug, info, warn};
 
 use crate::address::BrokerAddress;
+use crate::auth::{AuthData, Authentication};
 use crate::error::{error_chain, ClientError};
+use crate::stream::{BrokerStream, ReadHalf, WriteHalf};
 
 /// What this client says it is in CONNECT.
 pub(crate) const CLIENT_VERSION: &str = concat!("magnetar-client/", env!("CARGO_PKG_VERSION"));
@@ -60,7 +67,7 @@ const WRITE_BUFFER_HARD_LIMIT: usize = 4 * WRITE_BUFFER_HIGH_WATER;
 const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Settings of one connection.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct ConnectionConfig {
     /// TCP connect plus the CONNECT/CONNECTED handshake.
     pub connection_timeout: Duration,
@@ -70,6 +77,24 @@ pub(crate) struct ConnectionConfig {
     pub keepalive_interval: Duration,
     /// Commands queued for the connection task; when full, callers wait.
     pub command_queue_size: usize,
+    /// Sent in CONNECT and asked again on AUTH_CHALLENGE; `None` sends no credentials.
+    pub authentication: Option<Arc<dyn Authentication>>,
+    /// Set for TLS connections (a `pulsar+ssl://` client).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for ConnectionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The TLS configuration holds the client's private key: shown as present or not.
+        f.debug_struct("ConnectionConfig")
+            .field("connection_timeout", &self.connection_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("command_queue_size", &self.command_queue_size)
+            .field("authentication", &self.authentication)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 /// A handle to one broker connection. Cheap to clone; the connection lives while any handle
@@ -164,15 +189,16 @@ enum Outgoing {
 }
 
 impl Connection {
-    /// Opens a TCP connection to `broker` and performs the CONNECT handshake.
+    /// Opens a connection to `broker` (TLS when the config has a TLS setup) and performs the
+    /// CONNECT handshake with the config's credentials.
     pub(crate) async fn connect(broker: BrokerAddress, config: &ConnectionConfig) -> Result<Connection, ClientError> {
-        let (reader, writer, connected) = tokio::time::timeout(config.connection_timeout, handshake(&broker))
+        let (reader, writer, connected) = tokio::time::timeout(config.connection_timeout, handshake(&broker, config))
             .await
             .map_err(|_| ClientError::Timeout {
-            broker: broker.to_string(),
-            operation: "connect and CONNECT handshake".into(),
-            after: config.connection_timeout,
-        })??;
+                broker: broker.to_string(),
+                operation: "connect and CONNECT handshake".into(),
+                after: config.connection_timeout,
+            })??;
         let max_message_size = connected
             .max_message_size
             .and_then(|size| usize::try_from(size).ok())
@@ -201,6 +227,9 @@ impl Connection {
             commands: command_receiver,
             keepalive_interval: config.keepalive_interval,
             waiting_for_pong: false,
+            authentication: config.authentication.clone(),
+            auth_refresh: None,
+            auth_refused: None,
             pending: HashMap::new(),
             producers: HashMap::new(),
             closing_producers: HashMap::new(),
@@ -343,21 +372,51 @@ impl Connection {
     }
 }
 
-/// Connects and exchanges CONNECT / CONNECTED.
+/// Connects (with TLS when configured) and exchanges CONNECT / CONNECTED, answering any
+/// AUTH_CHALLENGE on the way.
 async fn handshake(
     broker: &BrokerAddress,
-) -> Result<(FramedRead<OwnedReadHalf, FrameCodec>, OwnedWriteHalf, pb::CommandConnected), ClientError> {
+    config: &ConnectionConfig,
+) -> Result<(FramedRead<ReadHalf, FrameCodec>, WriteHalf, pb::CommandConnected), ClientError> {
     let connect_error = |source| ClientError::Connect { broker: broker.to_string(), source };
-    let stream = TcpStream::connect(broker.socket_target()).await.map_err(connect_error)?;
-    if let Err(error) = stream.set_nodelay(true) {
+    let (host, port) = broker.socket_target();
+    let tcp = TcpStream::connect((host, port)).await.map_err(connect_error)?;
+    if let Err(error) = tcp.set_nodelay(true) {
         debug!(%broker, %error, "cannot set TCP_NODELAY");
     }
+    let stream = match &config.tls {
+        None => BrokerStream::Plain(tcp),
+        Some(tls) => {
+            let server_name = crate::tls::server_name(host)?;
+            let connector = tokio_rustls::TlsConnector::from(tls.clone());
+            let stream = connector.connect(server_name, tcp).await.map_err(|source| {
+                // rustls reports its verdicts (untrusted certificate, alert from the broker)
+                // as InvalidData; anything else is the network, which may heal.
+                if source.kind() == std::io::ErrorKind::InvalidData {
+                    ClientError::TlsHandshake { broker: broker.to_string(), source }
+                } else {
+                    ClientError::Connect { broker: broker.to_string(), source }
+                }
+            })?;
+            BrokerStream::Tls(Box::new(stream))
+        }
+    };
     let (read_half, mut writer) = stream.into_split();
     let mut reader = FramedRead::new(read_half, FrameCodec::default());
     let mut out = BytesMut::new();
     let mut codec = FrameCodec::default();
-    encode(&mut codec, Frame::simple(command::connect(CLIENT_VERSION, None, None)), &mut out, broker)?;
-    writer.write_all(&out).await.map_err(connect_error)?;
+    let authentication = config.authentication.as_deref();
+    let method = authentication.map(|auth| auth.method_name().to_owned());
+    let mut connect = command::connect(CLIENT_VERSION, None, None);
+    if let (Some(body), Some(authentication)) = (connect.connect.as_mut(), authentication) {
+        body.auth_method_name = Some(authentication.method_name().to_owned());
+        body.auth_data = Some(authentication.auth_data().await?.into_bytes());
+        // Without this flag Pulsar brokers close the connection when credentials expire,
+        // instead of sending AUTH_CHALLENGE.
+        body.feature_flags = Some(pb::FeatureFlags { supports_auth_refresh: Some(true), ..Default::default() });
+    }
+    encode(&mut codec, Frame::simple(connect), &mut out, broker)?;
+    write_and_flush(&mut writer, &out).await.map_err(connect_error)?;
     let disconnected = |reason: String| ClientError::Disconnected { broker: broker.to_string(), reason };
     loop {
         let frame = match reader.next().await {
@@ -375,18 +434,57 @@ async fn handshake(
             }
             Some(Type::Error) => {
                 let error = frame.command.error.unwrap_or_default();
+                if error.error == ServerError::AuthenticationError as i32 {
+                    return Err(ClientError::AuthenticationFailed {
+                        broker: broker.to_string(),
+                        method: method.unwrap_or_else(|| "none".to_owned()),
+                        message: error.message,
+                    });
+                }
                 return Err(ClientError::from_server(error.error, error.message));
             }
             Some(Type::Ping) => {
                 out.clear();
                 encode(&mut codec, Frame::simple(command::pong()), &mut out, broker)?;
-                writer.write_all(&out).await.map_err(connect_error)?;
+                write_and_flush(&mut writer, &out).await.map_err(connect_error)?;
             }
             Some(Type::AuthChallenge) => {
-                return Err(ClientError::Unsupported { what: "authentication (the broker sent AUTH_CHALLENGE)".into() })
+                // A multi-step method (or a broker refreshing at once): answer with fresh data.
+                let Some(authentication) = authentication else {
+                    return Err(ClientError::AuthenticationFailed {
+                        broker: broker.to_string(),
+                        method: "none".into(),
+                        message: "the broker asks for credentials and the client has no authentication set".into(),
+                    });
+                };
+                let data = authentication.auth_data().await?;
+                out.clear();
+                encode(&mut codec, Frame::simple(auth_response(authentication.method_name(), data)), &mut out, broker)?;
+                write_and_flush(&mut writer, &out).await.map_err(connect_error)?;
             }
             _ => return Err(unexpected(broker, "CONNECTED", &command_name(frame.command.command_type))),
         }
+    }
+}
+
+async fn write_and_flush(writer: &mut WriteHalf, bytes: &[u8]) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
+}
+
+/// AUTH_RESPONSE with fresh credentials, as Pulsar's client builds it.
+fn auth_response(method: &str, data: AuthData) -> BaseCommand {
+    BaseCommand {
+        command_type: Type::AuthResponse as i32,
+        auth_response: Some(pb::CommandAuthResponse {
+            client_version: Some(CLIENT_VERSION.to_owned()),
+            response: Some(pb::AuthData {
+                auth_method_name: Some(method.to_owned()),
+                auth_data: Some(data.into_bytes()),
+            }),
+            protocol_version: Some(magnetar_proto::PROTOCOL_VERSION),
+        }),
+        ..Default::default()
     }
 }
 
@@ -426,8 +524,8 @@ impl ProducerSlot {
 /// The task that owns the socket. See the module documentation.
 struct ConnectionTask {
     broker: BrokerAddress,
-    reader: FramedRead<OwnedReadHalf, FrameCodec>,
-    writer: OwnedWriteHalf,
+    reader: FramedRead<ReadHalf, FrameCodec>,
+    writer: WriteHalf,
     codec: FrameCodec,
     /// Encoded frames not yet written.
     out: BytesMut,
@@ -435,6 +533,13 @@ struct ConnectionTask {
     keepalive_interval: Duration,
     /// A PING went out and nothing has come in since.
     waiting_for_pong: bool,
+    authentication: Option<Arc<dyn Authentication>>,
+    /// Fresh credentials being fetched to answer an AUTH_CHALLENGE; at most one at a time
+    /// (a challenge arriving meanwhile is answered by the same fresh data).
+    auth_refresh: Option<BoxFuture<'static, Result<AuthData, ClientError>>>,
+    /// The broker's message when it refused credentials outside any request (a failed
+    /// refresh); it names the reason when the broker then closes the connection.
+    auth_refused: Option<String>,
     pending: HashMap<u64, oneshot::Sender<Result<BaseCommand, ClientError>>>,
     producers: HashMap<u64, ProducerSlot>,
     /// CLOSE_PRODUCER requests of dropped producers: request id to producer id.
@@ -477,7 +582,12 @@ impl ConnectionTask {
         loop {
             tokio::select! {
                 frame = self.reader.next() => match frame {
-                    None => return Exit::Failed("the broker closed the connection".into()),
+                    None => {
+                        return Exit::Failed(match self.auth_refused.take() {
+                            Some(message) => format!("the broker refused the refreshed credentials: {message}"),
+                            None => "the broker closed the connection".into(),
+                        })
+                    }
                     Some(Ok(frame)) => {
                         self.waiting_for_pong = false;
                         self.handle_frame(frame);
@@ -488,11 +598,24 @@ impl ConnectionTask {
                         self.handle_bad_frame(error);
                     }
                 },
-                written = self.writer.write_buf(&mut self.out), if !self.out.is_empty() => match written {
-                    Ok(0) => return Exit::Failed("the socket no longer accepts writes".into()),
+                written = write_or_flush(&mut self.writer, &mut self.out),
+                    if !self.out.is_empty() || self.writer.needs_flush() => match written {
+                    Ok(Some(0)) => return Exit::Failed("the socket no longer accepts writes".into()),
                     Ok(_) => {}
                     Err(error) => return Exit::Failed(format!("cannot write: {error}")),
                 },
+                refreshed = next_auth_data(&mut self.auth_refresh), if self.auth_refresh.is_some() => {
+                    self.auth_refresh = None;
+                    match refreshed {
+                        Ok(data) => self.answer_auth_challenge(data),
+                        Err(error) => {
+                            return Exit::Failed(format!(
+                                "cannot get fresh credentials for the broker's AUTH_CHALLENGE: {}",
+                                error_chain(&error)
+                            ))
+                        }
+                    }
+                }
                 outgoing = self.commands.recv(), if self.out.len() < WRITE_BUFFER_HIGH_WATER => match outgoing {
                     None => return Exit::Released,
                     Some(outgoing) => self.handle_outgoing(outgoing),
@@ -597,7 +720,16 @@ impl ConnectionTask {
             }
             Type::Error => {
                 let request_id = command::request_id(&command);
-                self.complete(request_id, command);
+                let pending = request_id.is_some_and(|id| self.pending.contains_key(&id));
+                match &command.error {
+                    // Pulsar brokers send this (request id -1) when a refreshed credential is
+                    // refused, then close the connection.
+                    Some(error) if !pending && error.error == ServerError::AuthenticationError as i32 => {
+                        warn!(broker = %self.broker, message = %error.message, "the broker refused the refreshed credentials");
+                        self.auth_refused = Some(error.message.clone());
+                    }
+                    _ => self.complete(request_id, command),
+                }
             }
             Type::ProducerSuccess => {
                 let Some(success) = &command.producer_success else {
@@ -701,12 +833,35 @@ impl ConnectionTask {
                 let change = command.active_consumer_change;
                 debug!(broker = %self.broker, ?change, "active consumer changed");
             }
-            Type::AuthChallenge => {
-                warn!(broker = %self.broker, "the broker asks to refresh authentication, which this client does not support");
-            }
+            Type::AuthChallenge => self.start_auth_refresh(),
             other => {
                 warn!(broker = %self.broker, command = other.as_str_name(), "unexpected command from the broker; ignored");
             }
+        }
+    }
+
+    /// Starts fetching fresh credentials for an AUTH_CHALLENGE; the task's loop answers once
+    /// they arrive.
+    fn start_auth_refresh(&mut self) {
+        let Some(authentication) = self.authentication.clone() else {
+            return warn!(broker = %self.broker, "the broker sent AUTH_CHALLENGE but the client has no authentication set");
+        };
+        if self.auth_refresh.is_some() {
+            return debug!(broker = %self.broker, "AUTH_CHALLENGE while fresh credentials are on their way");
+        }
+        debug!(broker = %self.broker, method = authentication.method_name(), "AUTH_CHALLENGE: fetching fresh credentials");
+        self.auth_refresh = Some(Box::pin(async move { authentication.auth_data().await }));
+    }
+
+    fn answer_auth_challenge(&mut self, data: AuthData) {
+        let Some(authentication) = &self.authentication else { return };
+        let response = auth_response(authentication.method_name(), data);
+        // Queued even above the high-water mark: the broker closes a connection whose
+        // challenge goes unanswered.
+        if let Err(error) = encode(&mut self.codec, Frame::simple(response), &mut self.out, &self.broker) {
+            warn!(broker = %self.broker, error = %error_chain(&error), "cannot encode AUTH_RESPONSE");
+        } else {
+            debug!(broker = %self.broker, "answered AUTH_CHALLENGE");
         }
     }
 
@@ -832,5 +987,26 @@ impl ConnectionTask {
                 _ => {}
             }
         }
+    }
+}
+
+/// The fresh credentials being fetched; pending forever when there is no fetch (the task's
+/// `select!` polls it only when there is).
+async fn next_auth_data(
+    refresh: &mut Option<BoxFuture<'static, Result<AuthData, ClientError>>>,
+) -> Result<AuthData, ClientError> {
+    match refresh {
+        Some(refresh) => refresh.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes some of `out`; with nothing left there, flushes what a TLS session still holds
+/// (only TLS needs it, see stream.rs). `Some(bytes written)` or `None` after a flush.
+async fn write_or_flush(writer: &mut WriteHalf, out: &mut BytesMut) -> std::io::Result<Option<usize>> {
+    if out.is_empty() {
+        writer.flush().await.map(|()| None)
+    } else {
+        writer.write_buf(out).await.map(Some)
     }
 }

@@ -9,6 +9,7 @@
 //! A variant with a `#[source]` does not repeat it in its message: print the chain (as
 //! `anyhow`'s `{:#}` does) to see the cause.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use magnetar_proto::pulsar::ServerError;
@@ -103,6 +104,65 @@ pub enum ClientError {
 
     #[error("{operation} is not allowed on a {subscription_type} subscription")]
     NotAllowed { operation: &'static str, subscription_type: &'static str },
+
+    /// A file the settings name (CA certificates, a client certificate or key, a token file,
+    /// client.conf) cannot be read.
+    #[error("cannot read {what} {}", path.display())]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The TLS settings cannot be turned into a TLS client: no usable certificate in a file, a
+    /// key that does not match its certificate, no trusted roots.
+    #[error("invalid TLS setup: {reason}")]
+    TlsConfig {
+        reason: String,
+        #[source]
+        source: Option<rustls::Error>,
+    },
+
+    /// The TLS handshake failed: the broker's certificate is not trusted or not for its name,
+    /// or the broker refused the client's certificate. Not retried: it fails the same way again.
+    #[error("TLS handshake with {broker} failed")]
+    TlsHandshake {
+        broker: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The broker refused the credentials in CONNECT (Pulsar's `AuthenticationError`).
+    #[error("{broker} refused authentication with method {method:?}: {message}")]
+    AuthenticationFailed { broker: String, method: String, message: String },
+
+    /// The authentication provider could not produce its data (a token file that is missing
+    /// or empty, a failing token function). Never carries the secret itself.
+    #[error("cannot get the {method} authentication data: {reason}")]
+    AuthenticationData { method: String, reason: String },
+
+    #[error(
+        "unknown authentication plugin {plugin:?} (known: token, basic, tls, or Pulsar's \
+         org.apache.pulsar.client.impl.auth.AuthenticationToken, AuthenticationBasic, AuthenticationTls)"
+    )]
+    UnknownAuthPlugin { plugin: String },
+
+    /// Authentication parameters that the plugin cannot use. The reason never quotes a value.
+    #[error("invalid authentication parameters for the {plugin} plugin: {reason}")]
+    InvalidAuthParams { plugin: &'static str, reason: String },
+
+    /// A client.conf line with a value that does not fit its key.
+    #[error("{}:{line}: invalid {key}: {reason}", path.display())]
+    InvalidClientConf { path: PathBuf, line: usize, key: String, reason: String },
+
+    /// A client.conf that is not a readable properties file.
+    #[error("cannot parse {} as a properties file", path.display())]
+    ClientConfSyntax {
+        path: PathBuf,
+        #[source]
+        source: java_properties::PropertiesError,
+    },
 }
 
 impl ClientError {
@@ -123,8 +183,22 @@ impl ClientError {
     pub fn server_code(&self) -> Option<ServerError> {
         match self {
             ClientError::Server { code, .. } => Some(*code),
+            ClientError::AuthenticationFailed { .. } => Some(ServerError::AuthenticationError),
             _ => None,
         }
+    }
+
+    /// True when the error is about the client's credentials or TLS setup: retrying does not
+    /// help until someone changes them, so it is worth a warning when it keeps a producer or
+    /// consumer from reconnecting.
+    pub fn is_security_error(&self) -> bool {
+        matches!(
+            self,
+            ClientError::AuthenticationFailed { .. }
+                | ClientError::AuthenticationData { .. }
+                | ClientError::TlsHandshake { .. }
+                | ClientError::TlsConfig { .. }
+        ) || self.server_code() == Some(ServerError::AuthorizationError)
     }
 
     /// True when the error concerns one received message only: the consumer can go on

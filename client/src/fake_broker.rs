@@ -7,6 +7,11 @@
 //! the tests also check the client's flow control. Special topic names trigger failures:
 //! `missing-*` (lookup fails), `elsewhere-*` (lookup redirects), `partitioned-*`,
 //! `blackhole-*` (the connection drops on SEND), `rejected-*` (SEND_ERROR).
+//!
+//! For the security tests it can serve TLS (recording the client certificates it saw),
+//! refuse credentials in CONNECT and AUTH_RESPONSE as Pulsar's broker does (ERROR
+//! AuthenticationError with request id -1, then close), and send AUTH_CHALLENGE on every open
+//! connection ([`FakeBroker::challenge`]).
 
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
@@ -17,7 +22,8 @@ use futures::{SinkExt, StreamExt};
 use magnetar_proto::command;
 use magnetar_proto::pulsar::{self as pb, base_command::Type, command_lookup_topic_response::LookupType, ServerError};
 use magnetar_proto::{Frame, FrameCodec, Payload};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::codec::Framed;
 
@@ -42,6 +48,14 @@ pub(crate) struct State {
     pub seeks: HashMap<(String, String), usize>,
     /// While set, SENDs are stored but not answered.
     pub hold_receipts: bool,
+    /// Every AUTH_RESPONSE, in arrival order.
+    pub auth_responses: Vec<pb::CommandAuthResponse>,
+    /// The first certificate (DER) of each TLS client that presented one.
+    pub client_certificates: Vec<Vec<u8>>,
+    /// TLS handshakes that failed, with rustls' reason.
+    pub tls_failures: Vec<String>,
+    /// While set, connections wait a millisecond after each frame they read.
+    pub slow_reads: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -52,6 +66,10 @@ pub(crate) struct Options {
     pub last_sequence_ids: HashMap<String, i64>,
     /// Answer CONNECT, then never send anything again (not even PONG).
     pub mute_after_connect: bool,
+    /// Serve TLS with this configuration (the URL is then `pulsar+ssl://localhost:<port>`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Which credentials (method, data) CONNECT and AUTH_RESPONSE must carry; `None` takes any.
+    pub accept_auth: Option<fn(&str, &[u8]) -> bool>,
 }
 
 pub(crate) struct FakeBroker {
@@ -61,6 +79,8 @@ pub(crate) struct FakeBroker {
     appended: watch::Sender<u64>,
     /// Bumped to make every open connection drop.
     kill: watch::Sender<u64>,
+    /// Bumped to make every open connection send AUTH_CHALLENGE.
+    challenge: watch::Sender<u64>,
     accept_loop: tokio::task::JoinHandle<()>,
 }
 
@@ -73,19 +93,52 @@ impl Drop for FakeBroker {
 impl FakeBroker {
     pub async fn start(options: Options) -> FakeBroker {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("pulsar://{}", listener.local_addr().expect("address"));
+        let address = listener.local_addr().expect("address");
+        let url = match options.tls {
+            Some(_) => format!("pulsar+ssl://localhost:{}", address.port()),
+            None => format!("pulsar://{address}"),
+        };
         let state = Arc::new(Mutex::new(State::default()));
         let (appended, _) = watch::channel(0);
         let (kill, _) = watch::channel(0);
-        let shared =
-            Shared { url: url.clone(), options, state: state.clone(), appended: appended.clone(), kill: kill.clone() };
+        let (challenge, _) = watch::channel(0);
+        let acceptor = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        let shared = Shared {
+            url: url.clone(),
+            options,
+            state: state.clone(),
+            appended: appended.clone(),
+            kill: kill.clone(),
+            challenge: challenge.clone(),
+        };
         let accept_loop = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 shared.lock().connections += 1;
-                tokio::spawn(serve(stream, shared.clone()));
+                let shared = shared.clone();
+                let Some(acceptor) = acceptor.clone() else {
+                    tokio::spawn(serve(stream, shared));
+                    continue;
+                };
+                tokio::spawn(async move {
+                    match acceptor.accept(stream).await {
+                        Ok(stream) => {
+                            if let Some(certificate) = stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                                shared.lock().client_certificates.push(certificate.to_vec());
+                            }
+                            serve(stream, shared).await;
+                        }
+                        Err(error) => shared.lock().tls_failures.push(error.to_string()),
+                    }
+                });
             }
         });
-        FakeBroker { url, state, appended, kill, accept_loop }
+        FakeBroker { url, state, appended, kill, challenge, accept_loop }
+    }
+
+    /// Sends AUTH_CHALLENGE on every open connection, as a broker whose client's credentials
+    /// expired does.
+    pub fn challenge(&self) {
+        self.challenge.send_modify(|generation| *generation += 1);
     }
 
     /// Closes every open connection, as a broker crash would.
@@ -120,9 +173,15 @@ struct Shared {
     state: Arc<Mutex<State>>,
     appended: watch::Sender<u64>,
     kill: watch::Sender<u64>,
+    challenge: watch::Sender<u64>,
 }
 
 impl Shared {
+    /// True when `options.accept_auth` takes these credentials.
+    fn accepts(&self, method: Option<&str>, data: Option<&[u8]>) -> bool {
+        self.options.accept_auth.is_none_or(|accept| accept(method.unwrap_or_default(), data.unwrap_or_default()))
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock()
     }
@@ -139,14 +198,18 @@ struct Subscription {
     deliveries: HashMap<usize, u32>,
 }
 
-async fn serve(stream: TcpStream, shared: Shared) {
+async fn serve(stream: impl AsyncRead + AsyncWrite + Unpin, shared: Shared) {
     let mut framed = Framed::new(stream, FrameCodec::default());
     let mut appended = shared.appended.subscribe();
     let mut kill = shared.kill.subscribe();
+    let mut challenge = shared.challenge.subscribe();
     let mut producers: HashMap<u64, String> = HashMap::new();
     let mut subscriptions: HashMap<u64, Subscription> = HashMap::new();
     let mut muted = false;
     loop {
+        if shared.lock().slow_reads {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let frame = tokio::select! {
             frame = framed.next() => match frame {
                 Some(Ok(frame)) => Some(frame),
@@ -162,6 +225,12 @@ async fn serve(stream: TcpStream, shared: Shared) {
                 shared.lock().dropped += 1;
                 return;
             }
+            _ = challenge.changed() => {
+                if framed.send(Frame::simple(auth_challenge())).await.is_err() {
+                    return;
+                }
+                None
+            }
         };
         let mut replies = Vec::new();
         if let Some(frame) = frame {
@@ -172,12 +241,25 @@ async fn serve(stream: TcpStream, shared: Shared) {
             let command = frame.command;
             match kind {
                 Type::Connect => {
-                    shared.lock().connects.push(command.connect.expect("connect"));
+                    let connect = command.connect.expect("connect");
+                    let accepted = shared.accepts(connect.auth_method_name.as_deref(), connect.auth_data.as_deref());
+                    shared.lock().connects.push(connect);
+                    if !accepted {
+                        return refuse_credentials(&mut framed).await;
+                    }
                     replies.push(Frame::simple(command::connected("fake-broker", 19, 5 * 1024 * 1024)));
                     if shared.options.mute_after_connect {
                         muted = true;
                     } else {
                         replies.push(Frame::simple(command::ping()));
+                    }
+                }
+                Type::AuthResponse => {
+                    let response = command.auth_response.expect("auth response");
+                    let data = response.response.clone().unwrap_or_default();
+                    shared.lock().auth_responses.push(response);
+                    if !shared.accepts(data.auth_method_name.as_deref(), data.auth_data.as_deref()) {
+                        return refuse_credentials(&mut framed).await;
                     }
                 }
                 Type::Ping => replies.push(Frame::simple(command::pong())),
@@ -193,6 +275,13 @@ async fn serve(stream: TcpStream, shared: Shared) {
                             response.response = Some(LookupType::Redirect as i32);
                         }
                         redirect
+                    } else if shared.options.tls.is_some() {
+                        // The plain URL leads nowhere: a TLS client must take the TLS one.
+                        let mut answer = command::lookup_connect(lookup.request_id, "pulsar://127.0.0.1:1");
+                        if let Some(response) = answer.lookup_topic_response.as_mut() {
+                            response.broker_service_url_tls = Some(shared.url.clone());
+                        }
+                        answer
                     } else {
                         command::lookup_connect(lookup.request_id, &shared.url)
                     };
@@ -362,6 +451,28 @@ async fn serve(stream: TcpStream, shared: Shared) {
             }
         }
     }
+}
+
+/// AUTH_CHALLENGE as Pulsar's broker sends it when credentials expire.
+fn auth_challenge() -> pb::BaseCommand {
+    pb::BaseCommand {
+        command_type: Type::AuthChallenge as i32,
+        auth_challenge: Some(pb::CommandAuthChallenge {
+            server_version: Some("fake-broker".into()),
+            challenge: Some(pb::AuthData {
+                auth_method_name: Some("token".into()),
+                auth_data: Some(b"PulsarAuthRefresh".to_vec()),
+            }),
+            protocol_version: Some(19),
+        }),
+        ..Default::default()
+    }
+}
+
+/// As Pulsar's broker: ERROR AuthenticationError with request id -1, then close.
+async fn refuse_credentials(framed: &mut Framed<impl AsyncRead + AsyncWrite + Unpin, FrameCodec>) {
+    let error = command::error(u64::MAX, ServerError::AuthenticationError, "Unable to authenticate: invalid token");
+    let _ = framed.send(Frame::simple(error)).await;
 }
 
 fn local_name(topic: &str) -> &str {

@@ -37,11 +37,56 @@
 //! # }
 //! ```
 //!
+//! # Security
+//!
+//! A `pulsar+ssl://` service URL connects with TLS (rustls): the brokers' certificates must
+//! chain to the CA file in [`ClientConfig::tls_trust_certs_file_path`] (else to the system's
+//! roots) and be issued for the host name connected to, unless
+//! [`ClientConfig::tls_hostname_verification`] is off or
+//! [`ClientConfig::tls_allow_insecure_connection`] accepts any certificate. Credentials come
+//! from an [`Authentication`] in [`ClientConfig::authentication`]: [`TokenAuthentication`]
+//! (a JWT from a string, a file read again at every use, or a function),
+//! [`BasicAuthentication`], or [`TlsAuthentication`] (a client certificate for mutual TLS).
+//! They go in every CONNECT, and when the broker sends AUTH_CHALLENGE (a token expired) the
+//! connection answers with fresh data without dropping producers or consumers. Refused
+//! credentials are [`ClientError::AuthenticationFailed`]; secrets never appear in logs or
+//! `Debug` output.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use magnetar_client::{Client, ClientConf, ClientConfig, TokenAuthentication};
+//!
+//! # async fn example() -> Result<(), magnetar_client::ClientError> {
+//! let config = ClientConfig {
+//!     tls_trust_certs_file_path: Some("/etc/pulsar/ca.cert.pem".into()),
+//!     authentication: Some(Arc::new(TokenAuthentication::from_file("/run/secrets/pulsar-token"))),
+//!     ..ClientConfig::default()
+//! };
+//! let client = Client::connect_with_config("pulsar+ssl://broker.example.com:6651", config).await?;
+//!
+//! // Or as Pulsar's tools take it: a plugin and its parameters, or a client.conf file.
+//! let authentication = magnetar_client::authentication_from_plugin(
+//!     "org.apache.pulsar.client.impl.auth.AuthenticationBasic",
+//!     r#"{"userId":"alice","password":"secret"}"#,
+//! )?;
+//! let conf = ClientConf::read_async("/etc/pulsar/client.conf").await?;
+//! let mut config = conf.client_config()?;
+//! config.authentication.get_or_insert(authentication);
+//! let url = conf.broker_service_url.as_deref().unwrap_or("pulsar://localhost:6650");
+//! let client = Client::connect_with_config(url, config).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The CLIs (`magnetar-client`, `magnetar-perf`) share [`ConnectionArgs`]: `--auth-plugin`,
+//! `--auth-params`, `--tls-trust-cert-path` (or `--trust-cert-file`), `--tls-allow-insecure`,
+//! `--tls-enable-hostname-verification` and `--client-conf FILE`, flags winning over the file.
+//!
 //! How it is built:
 //!
 //! - [`Client`] (client.rs) holds one connection per broker and looks topics up, following
 //!   redirects to the owning broker, and partitioned topics' partition counts.
-//! - connection.rs: one task per TCP connection owns the socket; requests, sends and
+//! - connection.rs: one task per connection (TCP or TLS) owns the socket; requests, sends and
 //!   consumers are routed to and from it through bounded channels.
 //! - [`Producer`] (producer.rs) routes messages to partitions (routing.rs) and hands them to
 //!   one task per partition (producer_task.rs) that batches, compresses (compression.rs),
@@ -50,16 +95,22 @@
 //!   batch acks, resubscribe) per topic or partition, and adds nacks, ack timeouts, dead
 //!   letters and the retry topic; [`Reader`] (reader.rs) is a non-durable one.
 //! - entry.rs decompresses delivered entries and splits batches into [`Message`]s.
+//! - Security: stream.rs (plain or TLS byte streams), tls.rs (the rustls configuration),
+//!   auth/ (the [`Authentication`] providers and Pulsar's plugin spelling), client_conf.rs
+//!   (Pulsar's client.conf) and connection_args.rs (the CLIs' flags).
 //!
-//! Not supported yet: TLS, authentication, schemas, chunking and end-to-end encryption (such
-//! a message is reported as an error, never returned as garbage), codecs other than LZ4 and
-//! ZSTD.
+//! Not supported yet: OAuth2, SASL and Athenz authentication, the binary proxy
+//! (`proxy_through_service_url`), schemas, chunking and end-to-end encryption (such a message
+//! is reported as an error, never returned as garbage), codecs other than LZ4 and ZSTD.
 
 mod address;
+mod auth;
 mod batch;
 mod client;
+mod client_conf;
 mod compression;
 mod connection;
+mod connection_args;
 mod consumer;
 mod entry;
 mod error;
@@ -68,15 +119,25 @@ mod producer;
 mod producer_task;
 mod reader;
 mod routing;
+mod stream;
+mod tls;
 mod topic;
 mod topic_consumer;
 
 #[cfg(test)]
 mod fake_broker;
+#[cfg(test)]
+mod security_tests;
 
-pub use address::{BrokerAddress, ServiceUrl, DEFAULT_PORT};
+pub use address::{BrokerAddress, ServiceUrl, DEFAULT_PORT, DEFAULT_TLS_PORT};
+pub use auth::{
+    authentication_from_plugin, AuthData, AuthPlugin, Authentication, BasicAuthentication, ClientCertificateFiles,
+    TlsAuthentication, TokenAuthentication,
+};
 pub use client::{Client, ClientConfig, MAX_LOOKUP_REDIRECTS};
+pub use client_conf::ClientConf;
 pub use compression::{CompressionType, MAX_UNCOMPRESSED_SIZE};
+pub use connection_args::ConnectionArgs;
 pub use consumer::{
     Consumer, ConsumerBuilder, DeadLetterPolicy, InitialPosition, SubscriptionType,
     DEFAULT_NEGATIVE_ACK_REDELIVERY_DELAY, DEFAULT_RECEIVER_QUEUE_SIZE, PROPERTY_DELAY_TIME,

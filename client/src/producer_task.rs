@@ -405,7 +405,12 @@ impl ProducerTask {
             let connection = match self.client.lookup_connection(&self.topic).await {
                 Ok(connection) => connection,
                 Err(error) => {
-                    debug!(topic = %self.topic, attempt, error = %error_chain(&error), "reconnect: lookup failed");
+                    // Credentials do not heal by themselves: said at warn, on attempts 1, 2, 4, 8, ...
+                    if error.is_security_error() && attempt.is_power_of_two() {
+                        warn!(topic = %self.topic, attempt, error = %error_chain(&error), "reconnect: lookup failed; retrying");
+                    } else {
+                        debug!(topic = %self.topic, attempt, error = %error_chain(&error), "reconnect: lookup failed");
+                    }
                     continue;
                 }
             };
@@ -422,7 +427,12 @@ impl ProducerTask {
                     break;
                 }
                 Err(error) => {
-                    debug!(topic = %self.topic, attempt, error = %error_chain(&error), "reconnect: PRODUCER failed");
+                    // Credentials do not heal by themselves: said at warn, on attempts 1, 2, 4, 8, ...
+                    if error.is_security_error() && attempt.is_power_of_two() {
+                        warn!(topic = %self.topic, attempt, error = %error_chain(&error), "reconnect: PRODUCER failed; retrying");
+                    } else {
+                        debug!(topic = %self.topic, attempt, error = %error_chain(&error), "reconnect: PRODUCER failed");
+                    }
                 }
             }
         }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use magnetar_proto::command;
 use magnetar_proto::pulsar::{self as pb, command_ack::AckType, command_subscribe};
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::client::Client;
 use crate::connection::{Connection, ConsumerEvent};
@@ -319,7 +319,12 @@ impl TopicConsumer {
             let connection = match self.client.lookup_connection(&self.topic).await {
                 Ok(connection) => connection,
                 Err(error) => {
-                    debug!(topic = %self.topic, attempt, error = %error_chain(&error), "resubscribe: lookup failed");
+                    // Credentials do not heal by themselves: said at warn, on attempts 1, 2, 4, 8, ...
+                    if error.is_security_error() && attempt.is_power_of_two() {
+                        warn!(topic = %self.topic, attempt, error = %error_chain(&error), "resubscribe: lookup failed; retrying");
+                    } else {
+                        debug!(topic = %self.topic, attempt, error = %error_chain(&error), "resubscribe: lookup failed");
+                    }
                     continue;
                 }
             };
@@ -332,7 +337,12 @@ impl TopicConsumer {
                     return;
                 }
                 Err(error) => {
-                    debug!(topic = %self.topic, attempt, error = %error_chain(&error), "resubscribe: SUBSCRIBE failed");
+                    // Credentials do not heal by themselves: said at warn, on attempts 1, 2, 4, 8, ...
+                    if error.is_security_error() && attempt.is_power_of_two() {
+                        warn!(topic = %self.topic, attempt, error = %error_chain(&error), "resubscribe: SUBSCRIBE failed; retrying");
+                    } else {
+                        debug!(topic = %self.topic, attempt, error = %error_chain(&error), "resubscribe: SUBSCRIBE failed");
+                    }
                 }
             }
         }

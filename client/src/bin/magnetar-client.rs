@@ -4,7 +4,13 @@
 //! ```text
 //! magnetar-client produce my-topic -m hello -n 10
 //! magnetar-client consume my-topic -s sub -n 10 -p Earliest
+//! magnetar-client --url pulsar+ssl://broker:6651 --tls-trust-cert-path ca.pem \
+//!     --auth-plugin token --auth-params file:///run/token produce my-topic -m hello
+//! magnetar-client --client-conf conf/client.conf consume my-topic -s sub
 //! ```
+//!
+//! The service URL is `--url` (or $MAGNETAR_URL), else client.conf's `brokerServiceUrl`,
+//! else `pulsar://localhost:6650`; every security flag wins over its client.conf key.
 //!
 //! Logs go to stderr (filter with RUST_LOG); messages and the summary go to stdout.
 
@@ -14,16 +20,21 @@ use std::io::{IsTerminal, Write};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use magnetar_client::{
-    Client, InitialPosition, Message, ProducerMessage, SubscriptionType, DEFAULT_MAX_PENDING_MESSAGES,
+    Client, ClientConfig, ConnectionArgs, InitialPosition, Message, ProducerMessage, SubscriptionType,
+    DEFAULT_MAX_PENDING_MESSAGES,
 };
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
 #[command(name = "magnetar-client", version, about = "Produce and consume messages on a Magnetar (or Pulsar) cluster")]
 struct Cli {
-    /// The cluster's service URL.
-    #[arg(long, global = true, default_value = "pulsar://localhost:6650", env = "MAGNETAR_URL")]
-    url: String,
+    /// The cluster's service URL: pulsar://host:6650, or pulsar+ssl://host:6651 for TLS
+    /// [default: client.conf's brokerServiceUrl, else pulsar://localhost:6650].
+    #[arg(long, global = true, env = "MAGNETAR_URL")]
+    url: Option<String>,
+
+    #[command(flatten)]
+    connection: ConnectionArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -145,13 +156,18 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
+    let (url, config) =
+        cli.connection.resolve(cli.url.as_deref(), DEFAULT_URL).await.context("read the connection settings")?;
     match cli.command {
-        Command::Produce(args) => produce(&cli.url, args).await,
-        Command::Consume(args) => consume(&cli.url, args).await,
+        Command::Produce(args) => produce(&url, config, args).await,
+        Command::Consume(args) => consume(&url, config, args).await,
     }
 }
 
-async fn produce(url: &str, args: ProduceArgs) -> anyhow::Result<()> {
+/// Where to connect when neither --url nor client.conf says.
+const DEFAULT_URL: &str = "pulsar://localhost:6650";
+
+async fn produce(url: &str, config: ClientConfig, args: ProduceArgs) -> anyhow::Result<()> {
     let bodies: Vec<String> = args
         .messages
         .iter()
@@ -170,7 +186,7 @@ async fn produce(url: &str, args: ProduceArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     let mut pacer = Pacer::new(args.rate)?;
-    let client = Client::connect(url).await.with_context(|| format!("connect to {url}"))?;
+    let client = Client::connect_with_config(url, config).await.with_context(|| format!("connect to {url}"))?;
     let mut producer =
         client.producer(&args.topic).create().await.with_context(|| format!("create a producer on {}", args.topic))?;
 
@@ -235,9 +251,9 @@ impl Pacer {
     }
 }
 
-async fn consume(url: &str, args: ConsumeArgs) -> anyhow::Result<()> {
+async fn consume(url: &str, config: ClientConfig, args: ConsumeArgs) -> anyhow::Result<()> {
     let mut pacer = Pacer::new(args.rate)?;
-    let client = Client::connect(url).await.with_context(|| format!("connect to {url}"))?;
+    let client = Client::connect_with_config(url, config).await.with_context(|| format!("connect to {url}"))?;
     let mut consumer = client
         .consumer(&args.topic, &args.subscription)
         .subscription_type(args.subscription_type.into())
@@ -313,7 +329,7 @@ mod tests {
         assert_eq!(args.num_messages, 1);
         assert!(matches!(args.subscription_type, SubscriptionTypeArg::Exclusive));
         assert!(matches!(args.subscription_position, PositionArg::Latest));
-        assert_eq!(cli.url, "pulsar://localhost:6650");
+        assert_eq!(cli.connection, ConnectionArgs::default());
     }
 
     #[test]
@@ -334,7 +350,37 @@ mod tests {
         let Command::Produce(args) = cli.command else { panic!("produce expected") };
         assert_eq!(args.messages, ["a,b", "c"]);
         assert_eq!(args.num_produce, 3);
-        assert_eq!(cli.url, "pulsar://x:1");
+        assert_eq!(cli.url.as_deref(), Some("pulsar://x:1"));
+    }
+
+    #[test]
+    fn security_flags_are_spelled_as_in_pulsar_and_go_before_or_after_the_verb() {
+        let cli = Cli::parse_from([
+            "magnetar-client",
+            "--url",
+            "pulsar+ssl://broker:6651",
+            "--auth-plugin",
+            "org.apache.pulsar.client.impl.auth.AuthenticationToken",
+            "produce",
+            "t",
+            "-m",
+            "x",
+            "--auth-params",
+            "file:///run/token",
+            "--tls-trust-cert-path",
+            "/ca.pem",
+            "--tls-allow-insecure",
+            "--client-conf",
+            "/client.conf",
+        ]);
+        let connection = &cli.connection;
+        assert_eq!(connection.auth_plugin.as_deref(), Some("org.apache.pulsar.client.impl.auth.AuthenticationToken"));
+        assert_eq!(connection.auth_params.as_deref(), Some("file:///run/token"));
+        assert_eq!(connection.tls_trust_cert_path.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert!(connection.tls_allow_insecure);
+        assert_eq!(connection.client_conf.as_deref(), Some(std::path::Path::new("/client.conf")));
+        let cli = Cli::parse_from(["magnetar-client", "consume", "t", "-s", "s", "--trust-cert-file", "/ca.pem"]);
+        assert_eq!(cli.connection.tls_trust_cert_path.as_deref(), Some(std::path::Path::new("/ca.pem")));
     }
 
     #[test]

@@ -44,9 +44,12 @@ pub struct ConsumeArgs {
     #[arg(long, default_value_t = magnetar_client::DEFAULT_RECEIVER_QUEUE_SIZE,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     receiver_queue_size: u32,
-    /// Broker to connect to.
-    #[arg(long, default_value = "pulsar://127.0.0.1:6650")]
-    service_url: String,
+    /// Broker to connect to: pulsar://host:6650, or pulsar+ssl://host:6651 for TLS
+    /// [default: client.conf's brokerServiceUrl, else pulsar://127.0.0.1:6650].
+    #[arg(short = 'u', long)]
+    service_url: Option<String>,
+    #[command(flatten)]
+    connection: magnetar_client::ConnectionArgs,
     /// Print exactly one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -76,8 +79,13 @@ pub async fn consume_benchmark(args: ConsumeArgs) -> anyhow::Result<()> {
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         bail!("--rate must be zero or a positive number, not {}", args.rate);
     }
+    let (service_url, config) = args
+        .connection
+        .resolve(args.service_url.as_deref(), crate::DEFAULT_SERVICE_URL)
+        .await
+        .context("read the connection settings")?;
     let client =
-        Client::connect(&args.service_url).await.with_context(|| format!("connect to {}", args.service_url))?;
+        Client::connect_with_config(&service_url, config).await.with_context(|| format!("connect to {service_url}"))?;
     let mut consumers = Vec::new();
     for index in 0..args.consumers {
         let consumer = client
@@ -132,10 +140,10 @@ pub async fn consume_benchmark(args: ConsumeArgs) -> anyhow::Result<()> {
     }
     let elapsed = start.elapsed();
     total.latencies_us.sort_unstable();
-    print_figures(&args, &total, elapsed)
+    print_figures(&args, &service_url, &total, elapsed)
 }
 
-fn print_figures(args: &ConsumeArgs, run: &ConsumerRun, elapsed: Duration) -> anyhow::Result<()> {
+fn print_figures(args: &ConsumeArgs, service_url: &str, run: &ConsumerRun, elapsed: Duration) -> anyhow::Result<()> {
     use std::io::Write;
     let seconds = elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
     let msgs_per_sec = run.messages as f64 / seconds;
@@ -159,7 +167,7 @@ fn print_figures(args: &ConsumeArgs, run: &ConsumerRun, elapsed: Duration) -> an
             "subscription_type": args.subscription_type.as_str(),
             "consumers": args.consumers,
             "rate": args.rate,
-            "service_url": args.service_url,
+            "service_url": service_url,
         });
         writeln!(out, "{object}")?;
         return Ok(());
@@ -167,7 +175,7 @@ fn print_figures(args: &ConsumeArgs, run: &ConsumerRun, elapsed: Duration) -> an
     writeln!(
         out,
         "consume {} on {} ({} subscription {}, {} consumers), {seconds:.1} s",
-        args.topic, args.service_url, args.subscription_type, args.subscription, args.consumers
+        args.topic, service_url, args.subscription_type, args.subscription, args.consumers
     )?;
     writeln!(out, "  {} messages, {msgs_per_sec:.0} msgs/s, {mb_per_sec:.2} MB/s", run.messages)?;
     writeln!(

@@ -4,7 +4,15 @@
 //! magnetar-perf bookie --size 1024 --writers 64 --seconds 10 [--bookie ADDR] [--dir DIR] [--json]
 //! magnetar-perf produce --topic T --size 1024 --rate 0 --seconds 10 [--producers N]
 //!     [--batch-max-messages M] [--max-pending P] [--service-url pulsar://127.0.0.1:6650] [--json]
+//! magnetar-perf produce --topic T -u pulsar+ssl://broker:6651 --trust-cert-file ca.pem \
+//!     --auth-plugin org.apache.pulsar.client.impl.auth.AuthenticationToken --auth-params token:...
+//! magnetar-perf consume --topic T --client-conf conf/client.conf
 //! ```
+//!
+//! `produce` and `consume` take Pulsar's security flags (`--auth-plugin`, `--auth-params`,
+//! `--trust-cert-file` or `--tls-trust-cert-path`, `--tls-allow-insecure`, `--client-conf`);
+//! flags win over client.conf, whose `brokerServiceUrl` is used when `--service-url` is not
+//! given.
 //!
 //! `produce` publishes through our client library to a running broker: see `produce.rs`.
 //!
@@ -51,6 +59,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_GRPC_MESSAGE: usize = 6 * 1024 * 1024 + 64 * 1024;
 /// Size of one raw-baseline write.
 const RAW_CHUNK: usize = 1024 * 1024;
+/// Where `produce` and `consume` connect when neither --service-url nor client.conf says.
+const DEFAULT_SERVICE_URL: &str = "pulsar://127.0.0.1:6650";
 /// Secret every benchmark ledger is written with.
 const MASTER_KEY: &[u8] = b"magnetar-perf";
 

@@ -56,9 +56,12 @@ pub struct ProduceArgs {
     /// this measures the codec's cost more than its gain).
     #[arg(long, default_value = "NONE", value_parser = parse_compression)]
     compression: magnetar_client::CompressionType,
-    /// Broker to connect to.
-    #[arg(long, default_value = "pulsar://127.0.0.1:6650")]
-    service_url: String,
+    /// Broker to connect to: pulsar://host:6650, or pulsar+ssl://host:6651 for TLS
+    /// [default: client.conf's brokerServiceUrl, else pulsar://127.0.0.1:6650].
+    #[arg(short = 'u', long)]
+    service_url: Option<String>,
+    #[command(flatten)]
+    connection: magnetar_client::ConnectionArgs,
     /// Print exactly one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -125,8 +128,13 @@ pub async fn produce_benchmark(args: ProduceArgs) -> anyhow::Result<()> {
             args.max_pending
         );
     }
+    let (service_url, config) = args
+        .connection
+        .resolve(args.service_url.as_deref(), crate::DEFAULT_SERVICE_URL)
+        .await
+        .context("read the connection settings")?;
     let client =
-        Client::connect(&args.service_url).await.with_context(|| format!("connect to {}", args.service_url))?;
+        Client::connect_with_config(&service_url, config).await.with_context(|| format!("connect to {service_url}"))?;
     let mut producers = Vec::with_capacity(args.producers as usize);
     for index in 0..args.producers {
         let producer = client
@@ -174,7 +182,7 @@ pub async fn produce_benchmark(args: ProduceArgs) -> anyhow::Result<()> {
     figures.latencies_us.sort_unstable();
     client.close();
 
-    print_figures(&args, &figures)?;
+    print_figures(&args, &service_url, &figures)?;
     if figures.messages == 0 {
         bail!("no message was stored{}", figures.first_error.map(|error| format!(": {error}")).unwrap_or_default());
     }
@@ -299,7 +307,7 @@ async fn run_producer(
     run
 }
 
-fn print_figures(args: &ProduceArgs, figures: &ProduceFigures) -> anyhow::Result<()> {
+fn print_figures(args: &ProduceArgs, service_url: &str, figures: &ProduceFigures) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -321,7 +329,7 @@ fn print_figures(args: &ProduceArgs, figures: &ProduceFigures) -> anyhow::Result
             "batch_max_messages": args.batch_max_messages,
             "max_pending": args.max_pending,
             "compression": args.compression.as_str(),
-            "service_url": args.service_url,
+            "service_url": service_url,
         });
         writeln!(out, "{object}")?;
         return Ok(());
@@ -331,7 +339,7 @@ fn print_figures(args: &ProduceArgs, figures: &ProduceFigures) -> anyhow::Result
         out,
         "produce {} on {}: {} producers, {} B messages, batches of up to {}, {} pending per producer, {rate}, {:.1} s",
         args.topic,
-        args.service_url,
+        service_url,
         args.producers,
         args.size,
         args.batch_max_messages,
