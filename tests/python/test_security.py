@@ -48,7 +48,9 @@ class Pki:
         self.broker_key, self.broker_cert = self.issue("broker", "localhost", server=True)
 
     def issue(self, name: str, common_name: str, server: bool = False, ca: tuple[Path, Path] | None = None,
-              organization: str = "magnetar") -> tuple[Path, Path]:  # fmt: skip
+              organization: str = "magnetar", version1: bool = False) -> tuple[Path, Path]:  # fmt: skip
+        """A key and certificate; `version1`: an X.509 v1 certificate (no extensions), as the
+        Pulsar client's own test CA issues its client certificate."""
         ca_key, ca_cert = ca or (self.ca_key, self.ca)
         key, csr, cert = self.root / f"{name}.key.pem", self.root / f"{name}.csr", self.root / f"{name}.cert.pem"
         ext = self.root / f"{name}.ext"
@@ -60,8 +62,9 @@ class Pki:
         # PKCS#8 keys, as Pulsar's docs make them.
         run("openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key)
         run("openssl", "req", "-new", "-key", key, "-subj", f"/O={organization}/CN={common_name}", "-out", csr)
+        extensions = [] if version1 else ["-extfile", ext]
         run("openssl", "x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial",
-            "-days", "2", "-extfile", ext, "-out", cert)  # fmt: skip
+            "-days", "2", *extensions, "-out", cert)  # fmt: skip
         return key, cert
 
 
@@ -257,6 +260,14 @@ def test_tls_client_certificates_give_their_common_name(secure: SecureNode) -> N
         roundtrip(client, f"persistent://{namespace}/t")
     finally:
         client.close()
+    # An X.509 version 1 certificate (Pulsar's own test certificates are), signed by the CA.
+    key, cert = secure.pki.issue("cert-role-v1", "cert-role", version1=True)
+    assert b"Version: 1 (0x0)" in run("openssl", "x509", "-in", cert, "-noout", "-text")
+    client = secure.client(pulsar.AuthenticationTLS(str(cert), str(key)))
+    try:
+        roundtrip(client, f"persistent://{namespace}/t-v1")
+    finally:
+        client.close()
     # A certificate of another role: connected, but without permission there.
     key, cert = secure.pki.issue("other-role", "other-role")
     client = secure.client(pulsar.AuthenticationTLS(str(cert), str(key)))
@@ -269,13 +280,14 @@ def test_tls_client_certificates_give_their_common_name(secure: SecureNode) -> N
     rogue = (secure.pki.root / "rogue-ca.key.pem", secure.pki.root / "rogue-ca.cert.pem")
     run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=rogue",
         "-keyout", rogue[0], "-out", rogue[1])  # fmt: skip
-    key, cert = secure.pki.issue("rogue-client", "cert-role", ca=rogue)
-    client = secure.client(pulsar.AuthenticationTLS(str(cert), str(key)), timeout=2)
-    try:
-        with pytest.raises(REFUSED):
-            client.create_producer(f"persistent://{namespace}/t")
-    finally:
-        client.close()
+    for version1 in (False, True):
+        key, cert = secure.pki.issue(f"rogue-client-{version1}", "cert-role", ca=rogue, version1=version1)
+        client = secure.client(pulsar.AuthenticationTLS(str(cert), str(key)), timeout=2)
+        try:
+            with pytest.raises(REFUSED):
+                client.create_producer(f"persistent://{namespace}/t")
+        finally:
+            client.close()
 
 
 def test_basic_auth_from_an_htpasswd_file(secure: SecureNode) -> None:

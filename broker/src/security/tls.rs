@@ -106,8 +106,9 @@ pub fn server_config(settings: &TlsSettings) -> Result<ServerConfig, String> {
     let verifier: Arc<dyn ClientCertVerifier> = match &settings.trust_certs_file {
         None => WebPkiClientVerifier::no_client_auth(),
         Some(path) => {
+            let ca_certificates = certificates(path, "tlsTrustCertsFilePath")?;
             let mut roots = RootCertStore::empty();
-            for cert in certificates(path, "tlsTrustCertsFilePath")? {
+            for cert in ca_certificates.iter().cloned() {
                 roots.add(cert).map_err(|error| format!("tlsTrustCertsFilePath {}: {error}", path.display()))?;
             }
             let roots = Arc::new(roots);
@@ -121,7 +122,10 @@ pub fn server_config(settings: &TlsSettings) -> Result<ServerConfig, String> {
                 let builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
                 let builder =
                     if settings.require_trusted_client_cert { builder } else { builder.allow_unauthenticated() };
-                builder.build().map_err(|error| format!("tlsTrustCertsFilePath {}: {error}", path.display()))?
+                let webpki =
+                    builder.build().map_err(|error| format!("tlsTrustCertsFilePath {}: {error}", path.display()))?;
+                let algorithms = provider.signature_verification_algorithms;
+                Arc::new(WithVersion1Certificates { webpki, ca_certificates, algorithms })
             }
         }
     };
@@ -181,6 +185,129 @@ impl ClientCertVerifier for AnyClientCert {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The trusted CA's verification, and X.509 version 1 client certificates (no extensions, as
+/// Pulsar's own test CA issues them and Java accepts them) signed directly by a trusted CA:
+/// webpki takes only version 3, so a version 1 certificate is checked here instead: its
+/// issuer is a trusted CA, it is within its validity period, and the CA's key signed it.
+#[derive(Debug)]
+struct WithVersion1Certificates {
+    webpki: Arc<dyn ClientCertVerifier>,
+    ca_certificates: Vec<CertificateDer<'static>>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl WithVersion1Certificates {
+    fn verify_version1(&self, end_entity: &CertificateDer<'_>, now: UnixTime) -> bool {
+        use x509_parser::prelude::{FromDer, X509Certificate, X509Version};
+        let Ok((_, cert)) = X509Certificate::from_der(end_entity.as_ref()) else { return false };
+        if cert.version() != X509Version::V1 {
+            return false;
+        }
+        let Ok(now) = x509_parser::time::ASN1Time::from_timestamp(now.as_secs() as i64) else { return false };
+        if !cert.validity().is_valid_at(now) {
+            return false;
+        }
+        self.ca_certificates.iter().any(|ca| {
+            let Ok((_, ca)) = X509Certificate::from_der(ca.as_ref()) else { return false };
+            ca.subject().as_raw() == cert.issuer().as_raw()
+                && ca.validity().is_valid_at(now)
+                && cert.verify_signature(Some(ca.public_key())).is_ok()
+        })
+    }
+}
+
+impl WithVersion1Certificates {
+    /// The handshake signature of a version 1 certificate's key (webpki parses only version
+    /// 3 certificates, so the key is taken out here and checked with the same algorithms).
+    fn verify_version1_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Option<Result<HandshakeSignatureValid, rustls::Error>> {
+        use x509_parser::prelude::{FromDer, X509Certificate, X509Version};
+        let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
+        if parsed.version() != X509Version::V1 {
+            return None;
+        }
+        let key = &parsed.public_key().subject_public_key.data;
+        let candidates =
+            self.algorithms.mapping.iter().find(|(scheme, _)| *scheme == dss.scheme).map(|(_, algs)| *algs);
+        let verified = candidates
+            .unwrap_or_default()
+            .iter()
+            .any(|alg| alg.verify_signature(key, message, dss.signature()).is_ok());
+        Some(if verified {
+            Ok(HandshakeSignatureValid::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature))
+        })
+    }
+}
+
+impl ClientCertVerifier for WithVersion1Certificates {
+    fn offer_client_auth(&self) -> bool {
+        self.webpki.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.webpki.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.webpki.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self.webpki.verify_client_cert(end_entity, intermediates, now) {
+            Ok(verified) => Ok(verified),
+            Err(_) if self.verify_version1(end_entity, now) => Ok(ClientCertVerified::assertion()),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        match self.verify_version1_signature(message, cert, dss) {
+            Some(result) => result,
+            None => self.webpki.verify_tls12_signature(message, cert, dss),
+        }
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // TLS 1.3 takes no PKCS#1 v1.5 or SHA-1 signatures (RFC 8446, 4.4.3).
+        use SignatureScheme::*;
+        if matches!(
+            dss.scheme,
+            RSA_PKCS1_SHA1 | RSA_PKCS1_SHA256 | RSA_PKCS1_SHA384 | RSA_PKCS1_SHA512 | ECDSA_SHA1_Legacy
+        ) {
+            return Err(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme.into());
+        }
+        match self.verify_version1_signature(message, cert, dss) {
+            Some(result) => result,
+            None => self.webpki.verify_tls13_signature(message, cert, dss),
+        }
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
     }
 }
 
