@@ -97,7 +97,8 @@ async fn secure_standalone() -> anyhow::Result<Secure> {
              token_secret_key = \"file://{d}/secret.key\"\n\
              basic_auth_conf = \"{d}/htpasswd\"\n\
              authorization_enabled = true\n\
-             super_user_roles = [\"admin\"]\n"
+             super_user_roles = [\"admin\"]\n\
+             authentication_refresh_check_seconds = 1\n"
         ),
     )?;
     let standalone = Standalone::start_with_args(&["--config", config.to_str().unwrap_or_default()]).await?;
@@ -162,5 +163,93 @@ async fn the_rust_client_over_tls_with_token_and_basic_auth() -> anyhow::Result<
     assert!(log.contains("CONNECT refused") && log.contains("invalid token"), "the broker logs the refusal");
     assert!(log.contains("wrong user or password for \"rustuser\""), "{log}");
     assert!(!log.contains("rust-password"), "no password in the log");
+    Ok(())
+}
+
+/// A raw CONNECT with a token and, if `refreshes`, the flag saying the client answers
+/// AUTH_CHALLENGE.
+async fn raw_token_connect(port: u16, token: &str, refreshes: bool) -> anyhow::Result<magnetar_tests::RawConn> {
+    use futures::SinkExt;
+    use magnetar_proto::frame::{Frame, FrameCodec};
+    use magnetar_proto::pulsar::{self as pb, base_command::Type};
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut conn = tokio_util::codec::Framed::new(stream, FrameCodec::default());
+    let mut connect = magnetar_proto::command::connect("raw", Some("token".into()), Some(token.as_bytes().to_vec()));
+    if let Some(body) = connect.connect.as_mut() {
+        body.feature_flags = Some(pb::FeatureFlags { supports_auth_refresh: Some(refreshes), ..Default::default() });
+    }
+    conn.send(Frame::simple(connect)).await?;
+    let answer = magnetar_tests::raw_receive(&mut conn).await?;
+    anyhow::ensure!(answer.command_type() == Some(Type::Connected), "expected CONNECTED, got {answer:?}");
+    Ok(conn)
+}
+
+/// Waits for the next frame other than PING/PONG; None if the broker closed the connection.
+async fn next_command(conn: &mut magnetar_tests::RawConn) -> anyhow::Result<Option<magnetar_proto::frame::Frame>> {
+    use futures::StreamExt;
+    use magnetar_proto::pulsar::base_command::Type;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(8), conn.next()).await {
+            Err(_) => anyhow::bail!("nothing within 8 s"),
+            Ok(None) | Ok(Some(Err(_))) => return Ok(None),
+            Ok(Some(Ok(frame))) if matches!(frame.command_type(), Some(Type::Ping | Type::Pong)) => continue,
+            Ok(Some(Ok(frame))) => return Ok(Some(frame)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_tokens_are_challenged_refreshed_or_the_connection_closed() -> anyhow::Result<()> {
+    use futures::SinkExt;
+    use magnetar_proto::frame::Frame;
+    use magnetar_proto::pulsar::{self as pb, base_command::Type, BaseCommand};
+    let secure = secure_standalone().await?;
+    let secret = format!("file://{}", secure.secret.display());
+    let short =
+        |role: &str| magnetar_tokens(&["create", "--subject", role, "--secret-key", &secret, "--expiry-time", "2s"]);
+    let port = secure.standalone.pulsar_port;
+
+    // A client that refreshes: challenged after expiry, answers with a fresh token of the same
+    // role, and is challenged again when that one expires; the connection stays.
+    let mut conn = raw_token_connect(port, &short("app")?, true).await?;
+    for _ in 0..2 {
+        let frame = next_command(&mut conn).await?.ok_or_else(|| anyhow::anyhow!("closed instead of challenged"))?;
+        assert_eq!(frame.command_type(), Some(Type::AuthChallenge), "{frame:?}");
+        let response = BaseCommand {
+            command_type: Type::AuthResponse as i32,
+            auth_response: Some(pb::CommandAuthResponse {
+                client_version: Some("raw".into()),
+                response: Some(pb::AuthData {
+                    auth_method_name: Some("token".into()),
+                    auth_data: Some(short("app")?.into_bytes()),
+                }),
+                protocol_version: Some(magnetar_proto::PROTOCOL_VERSION),
+            }),
+            ..Default::default()
+        };
+        conn.send(Frame::simple(response)).await?;
+    }
+
+    // Fresh credentials of another role: closed.
+    let mut conn = raw_token_connect(port, &short("app")?, true).await?;
+    let frame = next_command(&mut conn).await?.ok_or_else(|| anyhow::anyhow!("closed instead of challenged"))?;
+    assert_eq!(frame.command_type(), Some(Type::AuthChallenge));
+    let other = BaseCommand {
+        command_type: Type::AuthResponse as i32,
+        auth_response: Some(pb::CommandAuthResponse {
+            response: Some(pb::AuthData {
+                auth_method_name: Some("token".into()),
+                auth_data: Some(secure.token("someone-else")?.into_bytes()),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    conn.send(Frame::simple(other)).await?;
+    assert!(next_command(&mut conn).await?.is_none(), "a changed role closes the connection");
+
+    // A client that did not say it refreshes: closed once its token expired.
+    let mut conn = raw_token_connect(port, &short("app")?, false).await?;
+    assert!(next_command(&mut conn).await?.is_none(), "closed at expiry, no challenge");
     Ok(())
 }

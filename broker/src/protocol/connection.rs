@@ -79,6 +79,9 @@ struct Connection {
     client_common_name: Option<String>,
     /// Set when an AUTH_CHALLENGE went out and no good answer came back yet.
     challenged: bool,
+    /// The client said it answers AUTH_CHALLENGE (`FeatureFlags.supports_auth_refresh`);
+    /// a client that did not is disconnected when its credentials expire, as Pulsar does.
+    refreshes_auth: bool,
     producers: HashMap<u64, ProducerEntry>,
     consumers: HashMap<u64, ConsumerEntry>,
 }
@@ -109,6 +112,7 @@ where
         identity: Identity::unauthenticated(),
         client_common_name,
         challenged: false,
+        refreshes_auth: false,
         producers: HashMap::new(),
         consumers: HashMap::new(),
     };
@@ -344,6 +348,7 @@ impl Connection {
             data: connect.auth_data.as_deref().unwrap_or_default(),
             client_common_name: self.client_common_name.as_deref(),
         };
+        self.refreshes_auth = connect.feature_flags.as_ref().and_then(|f| f.supports_auth_refresh).unwrap_or(false);
         match self.service.security.authenticator.authenticate(credentials) {
             Ok(identity) => {
                 if self.service.security.authenticator.enabled() {
@@ -371,7 +376,7 @@ impl Connection {
         if !self.identity.is_expired(std::time::SystemTime::now()) {
             return true;
         }
-        if self.challenged {
+        if self.challenged || !self.refreshes_auth {
             info!(peer = %self.peer, role = ?self.identity.role, "credentials expired and not refreshed; closing");
             Metrics::add(&self.service.metrics.authentication_failures, 1);
             return false;
