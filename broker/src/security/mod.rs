@@ -296,9 +296,14 @@ impl Authenticator {
                 Some(name) => Ok(Identity { role: Some(name.to_owned()), method: "tls", expires: None }),
                 None => Err(AuthError("Failed to authenticate: no TLS client certificate".into())),
             },
-            Some(other) => {
-                Err(AuthError(format!("Failed to authenticate: method {other:?} is not enabled on this broker")))
-            }
+            // A method no provider handles: the anonymous role if there is one, as Pulsar's
+            // ServerCnx does.
+            Some(other) => match &self.anonymous_user_role {
+                Some(role) => Ok(Identity { role: Some(role.clone()), method: "anonymous", expires: None }),
+                None => {
+                    Err(AuthError(format!("Failed to authenticate: method {other:?} is not enabled on this broker")))
+                }
+            },
         }
     }
 
@@ -372,6 +377,14 @@ mod tests {
             Authenticator::new(&SecurityConfig { anonymous_user_role: Some("anon".into()), ..config }).expect("auth");
         let identity = anonymous.authenticate(Credentials { method: None, data: &[], client_common_name: None });
         assert_eq!(identity.expect("anonymous").role.as_deref(), Some("anon"));
+        // A method no provider handles is anonymous too (Pulsar's ServerCnx); bad credentials
+        // of a known method are still refused.
+        let unknown =
+            anonymous.authenticate(Credentials { method: Some("kerberos"), data: b"x", client_common_name: None });
+        assert_eq!(unknown.expect("anonymous").role.as_deref(), Some("anon"));
+        let bad =
+            anonymous.authenticate(Credentials { method: Some("token"), data: b"x.y.z", client_common_name: None });
+        assert!(bad.is_err());
     }
 
     #[test]
