@@ -6,7 +6,9 @@
 #   2. creates or reuses a Python virtualenv at .venv with the real Apache Pulsar client;
 #   3. builds the workspace's binaries and tests (dev profile, --locked);
 #   4. runs the Rust tests with cargo-nextest;
-#   5. runs the Python tests in tests/python against a real `magnetar standalone` process.
+#   5. runs the Python tests in tests/python against a real `magnetar standalone` process,
+#      after building tests/java/security (Pulsar's own Java token code and client, which
+#      tests/python/test_java_security.py runs) with Maven when `mvn` and `java` are there.
 #
 # Everything is idempotent: on a machine that has it all, steps 1 and 2 cost a second.
 # Exits non-zero if any step fails; the Rust and Python suites both run even if one fails,
@@ -145,6 +147,15 @@ fi
 
 # --------------------------------------------------------------------------------------------
 section "5/5 python tests (real pulsar-client $PULSAR_CLIENT_VERSION against $MAGNETAR_BIN)"
+# The jar of Pulsar's Java code that test_java_security.py runs. The first build downloads
+# Pulsar 4.2.4 and its dependencies from Maven Central into ~/.m2; later ones only compile.
+# Without Maven or Java those tests skip and say so; a failed build fails them with its output.
+if command -v mvn >/dev/null 2>&1 && command -v java >/dev/null 2>&1; then
+    echo "building tests/java/security (mvn -q -B package)"
+    (cd "$REPO/tests/java/security" && mvn -q -B package) || failed+=("java test tool (tests/java/security)")
+else
+    echo "mvn or java is not installed: the Java compatibility tests will skip"
+fi
 # shellcheck disable=SC2086 # MAGNETAR_PYTEST_ARGS is a list of words on purpose
 if ! MAGNETAR_BIN="$MAGNETAR_BIN" PYTHONDONTWRITEBYTECODE=1 \
     timeout --kill-after=30s "$PYTHON_SUITE_TIMEOUT" \
