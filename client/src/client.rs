@@ -158,7 +158,7 @@ impl Client {
         config.validate()?;
         let service_url = ServiceUrl::parse(service_url)?;
         let tls = match service_url.uses_tls() {
-            true => Some(crate::tls::client_tls_config(&config).await?),
+            true => Some(crate::tls::client_tls_config(tls_options(&config)).await?),
             false => None,
         };
         if tls.is_none() && config.authentication.as_ref().is_some_and(|auth| auth.tls_client_certificate().is_some()) {
@@ -375,5 +375,27 @@ impl Client {
 
     fn pool(&self) -> MutexGuard<'_, HashMap<BrokerAddress, Connection>> {
         self.inner.connections.lock()
+    }
+}
+
+/// The TLS side of `config`: its TLS fields, and the client certificate its authentication
+/// supplies (TLS authentication) or else its certificate files name.
+fn tls_options(config: &ClientConfig) -> crate::tls::TlsOptions<'_> {
+    let client_certificate =
+        match (&config.authentication, &config.tls_certificate_file_path, &config.tls_key_file_path) {
+            (Some(authentication), ..) if authentication.tls_client_certificate().is_some() => {
+                authentication.tls_client_certificate().cloned()
+            }
+            (_, Some(certificate), Some(private_key)) => Some(crate::auth::ClientCertificateFiles {
+                certificate: certificate.clone(),
+                private_key: private_key.clone(),
+            }),
+            _ => None,
+        };
+    crate::tls::TlsOptions {
+        trust_certs_file_path: config.tls_trust_certs_file_path.as_deref(),
+        allow_insecure_connection: config.tls_allow_insecure_connection,
+        hostname_verification: config.tls_hostname_verification,
+        client_certificate,
     }
 }

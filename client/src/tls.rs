@@ -28,43 +28,41 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 use tracing::{debug, warn};
 
 use crate::auth::ClientCertificateFiles;
-use crate::client::ClientConfig;
 use crate::error::ClientError;
+
+/// What the TLS side of a client is built from (the TLS fields of `ClientConfig`, and the
+/// client certificate its authentication or its files name).
+pub(crate) struct TlsOptions<'a> {
+    pub trust_certs_file_path: Option<&'a std::path::Path>,
+    pub allow_insecure_connection: bool,
+    pub hostname_verification: bool,
+    pub client_certificate: Option<ClientCertificateFiles>,
+}
 
 /// Builds the rustls configuration for `config`. Reads the certificate files (off the async
 /// threads).
-pub(crate) async fn client_tls_config(config: &ClientConfig) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+pub(crate) async fn client_tls_config(config: TlsOptions<'_>) -> Result<Arc<rustls::ClientConfig>, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|source| tls_error("the ring provider supports no TLS version", source))?;
 
-    let builder = if config.tls_allow_insecure_connection {
+    let builder = if config.allow_insecure_connection {
         warn!("TLS server certificates are not verified (tls_allow_insecure_connection): the connection can be intercepted");
         builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyServerCertificate { provider }))
     } else {
-        let roots = Arc::new(trusted_roots(config.tls_trust_certs_file_path.as_deref()).await?);
+        let roots = Arc::new(trusted_roots(config.trust_certs_file_path).await?);
         let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider).build().map_err(|error| {
             ClientError::TlsConfig { reason: format!("cannot verify servers: {error}"), source: None }
         })?;
-        if config.tls_hostname_verification {
+        if config.hostname_verification {
             builder.with_webpki_verifier(verifier)
         } else {
             builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyServerName { inner: verifier }))
         }
     };
 
-    let client_certificate =
-        match (&config.authentication, &config.tls_certificate_file_path, &config.tls_key_file_path) {
-            (Some(authentication), ..) if authentication.tls_client_certificate().is_some() => {
-                authentication.tls_client_certificate().cloned()
-            }
-            (_, Some(certificate), Some(private_key)) => {
-                Some(ClientCertificateFiles { certificate: certificate.clone(), private_key: private_key.clone() })
-            }
-            _ => None,
-        };
-    let tls = match client_certificate {
+    let tls = match config.client_certificate {
         None => builder.with_no_client_auth(),
         Some(files) => {
             let chain = read_certificates(&files.certificate, "the client certificate file").await?;

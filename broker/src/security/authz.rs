@@ -30,8 +30,7 @@ pub enum TopicAction {
     Lookup,
 }
 
-/// The actions a permission grant may name (Pulsar's `AuthAction`).
-pub const ACTIONS: &[&str] = &["produce", "consume", "functions", "sources", "sinks", "packages"];
+pub use crate::tenancy::model::ACTIONS;
 
 #[derive(Debug, Clone, Default)]
 pub struct Authorizer {

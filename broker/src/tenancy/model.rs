@@ -110,16 +110,17 @@ pub struct AuthPolicies {
     pub subscription_auth_roles: BTreeMap<String, BTreeSet<String>>,
 }
 
+/// The actions a permission grant may name (Pulsar's `AuthAction`).
+pub const ACTIONS: &[&str] = &["produce", "consume", "functions", "sources", "sinks", "packages"];
+
 impl AuthPolicies {
     /// Every action granted is one Pulsar knows; the error names where.
     pub fn check(&self) -> Result<(), String> {
         let known = |actions: &BTreeSet<String>, at: &str| match actions
             .iter()
-            .find(|action| !crate::security::authz::ACTIONS.contains(&action.as_str()))
+            .find(|action| !ACTIONS.contains(&action.as_str()))
         {
-            Some(action) => {
-                Err(format!("{at}: unknown action {action:?} (known: {})", crate::security::authz::ACTIONS.join(", ")))
-            }
+            Some(action) => Err(format!("{at}: unknown action {action:?} (known: {})", ACTIONS.join(", "))),
             None => Ok(()),
         };
         for (role, actions) in &self.namespace_auth {
