@@ -77,6 +77,20 @@ pub fn read_key(source: &str) -> Result<Vec<u8>, TokenError> {
     }
 }
 
+/// Shortest HS256 secret key: 256 bits, as Pulsar (jjwt) requires when it makes or checks
+/// tokens.
+pub const MIN_SECRET_KEY_LEN: usize = 32;
+
+fn check_secret_length(secret: &[u8], source: &str) -> Result<(), TokenError> {
+    if secret.len() < MIN_SECRET_KEY_LEN {
+        return Err(key_error(
+            source,
+            format!("{} bytes: a secret key needs at least {MIN_SECRET_KEY_LEN} (256 bits, as Pulsar)", secret.len()),
+        ));
+    }
+    Ok(())
+}
+
 /// The kind of a key pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyPairKind {
@@ -179,6 +193,8 @@ pub struct TokenValidator {
     validation: Validation,
     /// The claim holding the role (`tokenAuthClaim`, default `sub`).
     role_claim: String,
+    /// The claim and the audience it must hold (`tokenAudienceClaim`, `tokenAudience`).
+    audience: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for TokenValidator {
@@ -200,10 +216,14 @@ impl TokenValidator {
     /// (`tokenSecretKey`).
     pub fn with_secret_key(secret_source: &str) -> Result<Self, TokenError> {
         let secret = read_key(secret_source)?;
-        if secret.is_empty() {
-            return Err(key_error(secret_source, "the secret key is empty"));
-        }
-        Ok(Self::new(DecodingKey::from_secret(&secret), vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]))
+        check_secret_length(&secret, secret_source)?;
+        // As Pulsar (jjwt): HS384 and HS512 only with a key at least as long as their hash.
+        let algorithms = [(Algorithm::HS256, 32), (Algorithm::HS384, 48), (Algorithm::HS512, 64)]
+            .into_iter()
+            .filter(|(_, bytes)| secret.len() >= *bytes)
+            .map(|(algorithm, _)| algorithm)
+            .collect();
+        Ok(Self::new(DecodingKey::from_secret(&secret), algorithms))
     }
 
     /// A validator for tokens signed with the private key of `public_source`
@@ -220,8 +240,27 @@ impl TokenValidator {
         validation.required_spec_claims = HashSet::new();
         validation.leeway = 0;
         validation.validate_exp = true;
+        validation.validate_nbf = true;
+        // The audience is checked here, in the claim Pulsar's `tokenAudienceClaim` names.
         validation.validate_aud = false;
-        TokenValidator { key, validation, role_claim: "sub".to_owned() }
+        TokenValidator { key, validation, role_claim: "sub".to_owned(), audience: None }
+    }
+
+    /// Allows this much clock difference on `exp` and `nbf` (`tokenAllowedClockSkewSeconds`).
+    pub fn clock_skew(mut self, seconds: u64) -> Self {
+        self.validation.leeway = seconds;
+        self
+    }
+
+    /// Accepts only `algorithm` (`tokenPublicAlg`); it must fit the key.
+    pub fn algorithm(mut self, name: &str) -> Result<Self, TokenError> {
+        let algorithm: Algorithm =
+            name.parse().map_err(|_| TokenError::Invalid(format!("unknown signature algorithm {name}")))?;
+        if !self.validation.algorithms.contains(&algorithm) {
+            return Err(TokenError::Invalid(format!("signature algorithm {name} does not fit the key")));
+        }
+        self.validation.algorithms = vec![algorithm];
+        Ok(self)
     }
 
     /// Takes the role from `claim` instead of `sub` (`tokenAuthClaim`).
@@ -230,10 +269,10 @@ impl TokenValidator {
         self
     }
 
-    /// Requires `audience` in the token's audience claim (`tokenAudienceClaim`, `tokenAudience`).
-    pub fn audience(mut self, audience: &str) -> Self {
-        self.validation.validate_aud = true;
-        self.validation.set_audience(&[audience]);
+    /// Requires `audience` in the token's claim `claim` (`tokenAudienceClaim`, `tokenAudience`):
+    /// the claim is that string or an array holding it.
+    pub fn audience(mut self, claim: &str, audience: &str) -> Self {
+        self.audience = Some((claim.to_owned(), audience.to_owned()));
         self
     }
 
@@ -248,6 +287,16 @@ impl TokenValidator {
         }
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|error| TokenError::Invalid(format!("invalid token: {error}")))?;
+        if let Some((claim, audience)) = &self.audience {
+            let holds = match data.claims.get(claim) {
+                Some(Value::String(value)) => value == audience,
+                Some(Value::Array(values)) => values.iter().any(|value| value.as_str() == Some(audience)),
+                _ => false,
+            };
+            if !holds {
+                return Err(TokenError::Invalid(format!("token claim {claim} does not hold this broker's audience")));
+            }
+        }
         let role = match data.claims.get(&self.role_claim) {
             Some(Value::String(role)) if !role.is_empty() => role.clone(),
             Some(_) => return Err(TokenError::Invalid(format!("token claim {} is not a role name", self.role_claim))),
@@ -279,9 +328,7 @@ impl SigningKey {
     /// The secret key at `source` (HS256).
     pub fn secret(source: &str) -> Result<Self, TokenError> {
         let secret = read_key(source)?;
-        if secret.is_empty() {
-            return Err(key_error(source, "the secret key is empty"));
-        }
+        check_secret_length(&secret, source)?;
         Ok(SigningKey::Secret(secret))
     }
 
@@ -471,8 +518,36 @@ mod tests {
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&secret))
             .expect("encode");
         let validator = TokenValidator::with_secret_key(&data_url(&secret)).expect("v").role_claim("role");
-        assert_eq!(validator.clone().audience("magnetar").validate(&token).expect("ok").role, "ops");
-        assert!(validator.audience("other").validate(&token).is_err());
+        assert_eq!(validator.clone().audience("aud", "magnetar").validate(&token).expect("ok").role, "ops");
+        assert!(validator.clone().audience("aud", "other").validate(&token).is_err());
+        assert!(validator.audience("aud2", "magnetar").validate(&token).is_err(), "the named claim is checked");
+    }
+
+    #[test]
+    fn short_keys_early_tokens_and_strong_algorithms_with_short_keys_are_refused() {
+        let short = data_url(&[7u8; 16]);
+        assert!(SigningKey::secret(&short).is_err());
+        assert!(TokenValidator::with_secret_key(&short).is_err());
+        let secret = create_secret_key();
+        let validator = TokenValidator::with_secret_key(&data_url(&secret)).expect("v");
+        let sign = |algorithm: Algorithm, claims: &Map<String, Value>| {
+            jsonwebtoken::encode(&Header::new(algorithm), claims, &EncodingKey::from_secret(&secret)).expect("encode")
+        };
+        let mut claims = Map::new();
+        claims.insert("sub".into(), "early".into());
+        let later = SystemTime::now().duration_since(UNIX_EPOCH).expect("now").as_secs() + 3600;
+        claims.insert("nbf".into(), Value::from(later));
+        assert!(validator.validate(&sign(Algorithm::HS256, &claims)).is_err(), "not before an hour from now");
+        claims.remove("nbf");
+        assert!(validator.validate(&sign(Algorithm::HS256, &claims)).is_ok());
+        assert!(validator.validate(&sign(Algorithm::HS512, &claims)).is_err(), "HS512 needs a 64-byte key");
+        let long = TokenValidator::with_secret_key(&data_url(&[9u8; 64])).expect("v");
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS512), &claims, &EncodingKey::from_secret(&[9u8; 64]))
+                .expect("encode");
+        assert!(long.validate(&token).is_ok());
+        assert!(long.clone().algorithm("HS256").expect("fits").validate(&token).is_err(), "tokenPublicAlg narrows");
+        assert!(long.algorithm("RS256").is_err(), "an algorithm of another family");
     }
 
     #[test]
@@ -490,7 +565,7 @@ mod tests {
         #[test]
         fn random_input_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600),
                                      dots in proptest::collection::vec("[A-Za-z0-9_-]{0,80}", 0..5)) {
-            let validator = TokenValidator::with_secret_key("data:;base64,c2VjcmV0c2VjcmV0c2VjcmV0").expect("v");
+            let validator = TokenValidator::with_secret_key("data:;base64,c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0").expect("v");
             let text = String::from_utf8_lossy(&bytes);
             prop_assert!(validator.validate(&text).is_err());
             let _ = show(&text);

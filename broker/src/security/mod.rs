@@ -71,8 +71,14 @@ pub struct TokenSettings {
     pub public_key: Option<String>,
     /// `tokenAuthClaim` (default `sub`).
     pub auth_claim: Option<String>,
-    /// `tokenAudience`: required in the token's `aud`.
+    /// `tokenAudience`: required in the token's audience claim.
     pub audience: Option<String>,
+    /// `tokenAudienceClaim`: the claim holding the audience (default `aud`).
+    pub audience_claim: Option<String>,
+    /// `tokenAllowedClockSkewSeconds` (default 0).
+    pub allowed_clock_skew_seconds: u64,
+    /// `tokenPublicAlg`: the one algorithm accepted (default: any of the key's family).
+    pub public_alg: Option<String>,
 }
 
 impl std::fmt::Debug for TokenSettings {
@@ -82,6 +88,9 @@ impl std::fmt::Debug for TokenSettings {
             .field("public_key", &self.public_key.as_ref().map(|_| "(set)"))
             .field("auth_claim", &self.auth_claim)
             .field("audience", &self.audience)
+            .field("audience_claim", &self.audience_claim)
+            .field("allowed_clock_skew_seconds", &self.allowed_clock_skew_seconds)
+            .field("public_alg", &self.public_alg)
             .finish()
     }
 }
@@ -227,8 +236,16 @@ impl Authenticator {
                 Some(claim) if !claim.is_empty() => validator.role_claim(claim),
                 _ => validator,
             };
+            let validator = validator.clock_skew(settings.allowed_clock_skew_seconds);
+            let validator = match settings.public_alg.as_deref().filter(|alg| !alg.is_empty()) {
+                Some(alg) => validator.algorithm(alg).map_err(|e| format!("tokenPublicAlg: {e}"))?,
+                None => validator,
+            };
             Some(match &settings.audience {
-                Some(audience) if !audience.is_empty() => validator.audience(audience),
+                Some(audience) if !audience.is_empty() => {
+                    let claim = settings.audience_claim.as_deref().filter(|c| !c.is_empty()).unwrap_or("aud");
+                    validator.audience(claim, audience)
+                }
                 _ => validator,
             })
         } else {
