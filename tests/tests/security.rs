@@ -69,6 +69,13 @@ fn write_pki(dir: &Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
     std::fs::write(dir.join("broker.pem"), cert.pem())?;
     std::fs::write(dir.join("broker.key"), key.serialize_pem())?;
+    // A client certificate whose common name is the role `cert-app`.
+    let client_key = KeyPair::generate()?;
+    let mut client_params = CertificateParams::new(Vec::<String>::new())?;
+    client_params.distinguished_name.push(DnType::CommonName, "cert-app");
+    let client_cert = client_params.signed_by(&client_key, &issuer)?;
+    std::fs::write(dir.join("client.pem"), client_cert.pem())?;
+    std::fs::write(dir.join("client.key"), client_key.serialize_pem())?;
     Ok(())
 }
 
@@ -93,7 +100,8 @@ async fn secure_standalone() -> anyhow::Result<Secure> {
              tls_certificate_file_path = \"{d}/broker.pem\"\n\
              tls_key_file_path = \"{d}/broker.key\"\n\
              authentication_enabled = true\n\
-             authentication_providers = [\"token\", \"basic\"]\n\
+             tls_trust_certs_file_path = \"{d}/ca.pem\"\n\
+             authentication_providers = [\"token\", \"basic\", \"tls\"]\n\
              token_secret_key = \"file://{d}/secret.key\"\n\
              basic_auth_conf = \"{d}/htpasswd\"\n\
              authorization_enabled = true\n\
@@ -251,5 +259,77 @@ async fn expired_tokens_are_challenged_refreshed_or_the_connection_closed() -> a
     // A client that did not say it refreshes: closed once its token expired.
     let mut conn = raw_token_connect(port, &short("app")?, false).await?;
     assert!(next_command(&mut conn).await?.is_none(), "closed at expiry, no challenge");
+    Ok(())
+}
+
+/// Magnetar's own client against the broker: TLS with a client certificate as its identity,
+/// and a token from a function that the client calls again when the broker challenges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_magnetar_client_with_a_certificate_and_a_refreshed_token() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use magnetar_client::{Client, ClientConfig, InitialPosition, TlsAuthentication, TokenAuthentication};
+    let secure = secure_standalone().await?;
+    secure.admin("PUT", "/admin/v2/tenants/public", Some(r#"{"allowedClusters":["standalone"]}"#)).await?;
+    let grants =
+        r#"{"auth_policies":{"namespace_auth":{"cert-app":["produce","consume"],"fn-app":["produce","consume"]}}}"#;
+    secure.admin("PUT", "/admin/v2/namespaces/public/own", Some(grants)).await?;
+    let url = format!("pulsar+ssl://localhost:{}", secure.tls_port);
+    let dir = secure.dir.path();
+
+    let config = ClientConfig {
+        tls_trust_certs_file_path: Some(secure.ca()),
+        authentication: Some(Arc::new(TlsAuthentication::new(dir.join("client.pem"), dir.join("client.key")))),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with_config(&url, config).await?;
+    let topic = "persistent://public/own/cert";
+    let mut consumer = client.consumer(topic, "s").initial_position(InitialPosition::Earliest).subscribe().await?;
+    let mut producer = client.producer(topic).create().await?;
+    producer.send("by certificate").await?;
+    let message = tokio::time::timeout(Duration::from_secs(10), consumer.receive()).await??;
+    assert_eq!(&message.payload[..], b"by certificate");
+    consumer.ack(&message).await?;
+    client.close();
+
+    // Tokens living 2 s, the broker checking every second: the connection is challenged and
+    // the function asked again; sending goes on throughout.
+    let secret = format!("file://{}", secure.secret.display());
+    let issued = Arc::new(AtomicUsize::new(0));
+    let counter = issued.clone();
+    let supplier = move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        magnetar_tokens(&["create", "--subject", "fn-app", "--secret-key", &secret, "--expiry-time", "2s"]).map_err(
+            |error| magnetar_client::ClientError::AuthenticationData {
+                method: "token".into(),
+                reason: error.to_string(),
+            },
+        )
+    };
+    let config = ClientConfig {
+        tls_trust_certs_file_path: Some(secure.ca()),
+        authentication: Some(Arc::new(TokenAuthentication::from_fn(supplier))),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with_config(&url, config).await?;
+    let topic = "persistent://public/own/refreshed";
+    let mut consumer = client.consumer(topic, "s").initial_position(InitialPosition::Earliest).subscribe().await?;
+    let mut producer = client.producer(topic).create().await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    let mut sent = 0;
+    while std::time::Instant::now() < deadline {
+        producer.send(format!("m{sent}")).await?;
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in 0..sent {
+        let message = tokio::time::timeout(Duration::from_secs(10), consumer.receive()).await??;
+        assert_eq!(&message.payload[..], format!("m{n}").as_bytes());
+        consumer.ack(&message).await?;
+    }
+    assert!(issued.load(Ordering::SeqCst) >= 3, "the token was asked for again on challenges");
+    assert!(!secure.standalone.log().contains("credentials expired and not refreshed"));
+    client.close();
     Ok(())
 }
