@@ -35,7 +35,7 @@ fn key_error(source_name: &str, reason: impl ToString) -> TokenError {
 }
 
 /// Where a key came from, fit for a log line: a path stays, inline data does not.
-fn redact_source(source: &str) -> String {
+pub fn redact_source(source: &str) -> String {
     if source.starts_with("data:") {
         "data:(inline key)".to_owned()
     } else if source.starts_with("file:") || std::path::Path::new(source).exists() {

@@ -54,6 +54,77 @@ pub struct BookieConfig {
     pub host_name: Option<String>,
     /// The auto-recovery worker this bookie runs (or not).
     pub autorecovery: AutoRecoveryConfig,
+    /// Which callers this bookie serves: with `enabled`, only those with a valid token.
+    pub auth: BookieAuthConfig,
+    /// PEM certificate (chain) and private key: with both, the gRPC listener speaks TLS only.
+    pub tls_certificate_path: Option<PathBuf>,
+    pub tls_key_path: Option<PathBuf>,
+    /// How this bookie's auto-recovery worker calls the other bookies.
+    pub client: BookieClientConfig,
+    /// The etcd user and TLS files (the `[metadata_store]` section).
+    pub metadata_store: magnetar_meta::EtcdOptions,
+}
+
+/// Token authentication of a bookie's callers (the `[auth]` section), with the key settings a
+/// broker's `tokenSecretKey`/`tokenPublicKey` take, so one key serves both.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BookieAuthConfig {
+    /// Refuse every call without a valid token.
+    pub enabled: bool,
+    /// The secret key (HS256) or public key (RS256, ES256) tokens are checked with:
+    /// `file:///path`, `data:;base64,...`, a path, or base64. Exactly one when enabled.
+    pub token_secret_key: Option<String>,
+    pub token_public_key: Option<String>,
+    /// The claim holding the role (default `sub`).
+    pub token_auth_claim: Option<String>,
+    /// The only signature algorithm accepted (default: every one the key fits).
+    pub token_public_alg: Option<String>,
+    pub token_allowed_clock_skew_seconds: u64,
+    /// Roles allowed to call (for example the brokers' and auto-recovery's); empty: any role
+    /// with a valid token.
+    pub allowed_roles: Vec<String>,
+}
+
+impl std::fmt::Debug for BookieAuthConfig {
+    /// Inline keys are secrets: only their kind shows.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = |key: &Option<String>| key.as_deref().map(magnetar_auth::token::redact_source);
+        f.debug_struct("BookieAuthConfig")
+            .field("enabled", &self.enabled)
+            .field("token_secret_key", &key(&self.token_secret_key))
+            .field("token_public_key", &key(&self.token_public_key))
+            .field("token_auth_claim", &self.token_auth_claim)
+            .field("token_public_alg", &self.token_public_alg)
+            .field("allowed_roles", &self.allowed_roles)
+            .finish()
+    }
+}
+
+/// How a bookie client (a bookie's auto-recovery worker, `magnetar autorecovery`; a broker
+/// from its `bookkeeper_*` settings) calls bookies: a token in Pulsar's plugin and parameter
+/// spelling, and the CA of TLS bookies.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BookieClientConfig {
+    /// `org.apache.pulsar.client.impl.auth.AuthenticationToken` (or `token`; the default
+    /// when parameters are given).
+    pub authentication_plugin: Option<String>,
+    /// `token:<jwt>` or `file:///path/to/token` (read again at each new connection).
+    pub authentication_parameters: Option<String>,
+    /// PEM CA that signed the bookies' certificates; needed to reach TLS bookies.
+    pub tls_trust_certs_file_path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for BookieClientConfig {
+    /// The parameters may hold a token: only whether they are set shows.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BookieClientConfig")
+            .field("authentication_plugin", &self.authentication_plugin)
+            .field("authentication_parameters", &self.authentication_parameters.as_ref().map(|_| "***"))
+            .field("tls_trust_certs_file_path", &self.tls_trust_certs_file_path)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -109,6 +180,11 @@ impl Default for BookieConfig {
             disk_check_interval: Duration::from_secs(10),
             host_name: None,
             autorecovery: AutoRecoveryConfig::default(),
+            auth: BookieAuthConfig::default(),
+            tls_certificate_path: None,
+            tls_key_path: None,
+            client: BookieClientConfig::default(),
+            metadata_store: magnetar_meta::EtcdOptions::default(),
         }
     }
 }

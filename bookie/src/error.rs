@@ -26,7 +26,13 @@ pub enum BookieError {
     Corrupt { what: String, reason: String },
     #[error("bookie {bookie} answered {status:?}: {message}")]
     Remote { bookie: String, status: Status, message: String },
-    #[error("cannot reach bookie {bookie}: {source}")]
+    /// A key, certificate or token that cannot be used; names the setting and file, never the
+    /// secret.
+    #[error("{what}: {reason}")]
+    Security { what: String, reason: String },
+    /// tonic's own message is only "transport error": the causes (refused, TLS, timeout) are
+    /// in its source chain, which the message spells out.
+    #[error("cannot reach bookie {bookie}: {}", magnetar_proto::error_chain(source))]
     Transport {
         bookie: String,
         #[source]

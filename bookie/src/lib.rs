@@ -10,6 +10,7 @@
 //! - [`ledger_storage`]: write cache, entry logs, RocksDB index, read cache, GC.
 //! - [`bookie`]: ties them together: ordering, fencing, checkpoints.
 //! - [`server`]: the gRPC service on top of storage, and bookie registration in metadata.
+//! - [`security`]: token checks on calls, TLS, and the credentials of bookie clients.
 //! - [`client`]: bookie connections and ledger handles (create, add, read, recover, close).
 //! - [`autorecovery`]: the elected worker that restores the write quorum of ledgers that lost
 //!   a bookie for good.
@@ -28,6 +29,7 @@ pub mod ledger_data;
 pub mod ledger_storage;
 pub mod node;
 pub mod registration;
+pub mod security;
 pub mod server;
 pub mod uring;
 

@@ -20,9 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::autorecovery::AutoRecovery;
+use crate::client::Bookies;
 use crate::cookie::{self, Cookie};
 use crate::disk::DiskMonitor;
 use crate::registration::{self, BookieRegistration};
+use crate::security::ClientSecurity;
 use crate::{BookieConfig, BookieError, BookieServer};
 
 /// How long a bookie's registration (and an auto-recovery worker's lock) outlives contact
@@ -60,6 +62,8 @@ impl BookieNode {
         listener: TcpListener,
         advertised_host: &str,
     ) -> Result<Self, BookieError> {
+        // The auto-recovery worker's credentials are read before anything starts.
+        let client_security = ClientSecurity::from_config(&config.client)?;
         let cookie = cookie::verify_or_create(meta.as_ref(), config).await?;
         let open_config = config.clone();
         let server = tokio::task::spawn_blocking(move || BookieServer::open(&open_config))
@@ -73,7 +77,9 @@ impl BookieNode {
         let serve_cancel = CancellationToken::new();
         let server = tokio::spawn(server.run(listener, serve_cancel.clone()));
         let host = config.host_name.clone().unwrap_or_else(|| registration::host_of(&address).to_owned());
-        let registration = BookieRegistration::new(config.bookie_id.clone(), address.clone()).with_host(host);
+        let registration = BookieRegistration::new(config.bookie_id.clone(), address.clone())
+            .with_host(host)
+            .with_tls(config.tls_certificate_path.is_some());
         let session = match registration::register(meta.as_ref(), &registration, REGISTRATION_TTL).await {
             Ok(session) => session,
             Err(error) => {
@@ -85,8 +91,8 @@ impl BookieNode {
         };
         let autorecovery = config.autorecovery.enabled.then(|| {
             let cancel = CancellationToken::new();
-            let worker = AutoRecovery::new(
-                meta.clone(),
+            let worker = AutoRecovery::with_bookies(
+                Bookies::secured(meta.clone(), client_security),
                 config.bookie_id.clone(),
                 config.autorecovery.clone(),
                 REGISTRATION_TTL,

@@ -22,6 +22,10 @@ pub struct BookieRegistration {
     /// lost together. Empty in records of older bookies; [`lookup`] fills it from `address`.
     #[serde(default)]
     pub host: String,
+    /// The bookie's listener speaks TLS: clients dial it with `https` and check its
+    /// certificate. False in records of older bookies.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 impl BookieRegistration {
@@ -29,7 +33,13 @@ impl BookieRegistration {
     pub fn new(bookie_id: impl Into<String>, address: impl Into<String>) -> Self {
         let address = address.into();
         let host = host_of(&address).to_owned();
-        BookieRegistration { bookie_id: bookie_id.into(), address, host }
+        BookieRegistration { bookie_id: bookie_id.into(), address, host, tls: false }
+    }
+
+    /// The same registration, speaking TLS or not.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The same registration on host `host` (an empty host keeps the address's).

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Streaming};
 use tracing::{info, warn};
 
@@ -28,6 +29,7 @@ use crate::add_request::AddRequest;
 use crate::bookie::Bookie;
 use crate::config::BookieConfig;
 use crate::error::BookieError;
+use crate::security::ServerSecurity;
 
 /// Adds one stream may have in flight before it stops reading more.
 pub const MAX_ADDS_IN_FLIGHT_PER_STREAM: usize = 4096;
@@ -41,11 +43,15 @@ pub const MAX_RANGE_BYTES: usize = 8 * 1024 * 1024;
 #[derive(Clone)]
 pub struct BookieServer {
     bookie: Arc<Bookie>,
+    /// Token checks on every call and the listener's TLS identity.
+    security: ServerSecurity,
 }
 
 impl BookieServer {
     pub fn open(config: &BookieConfig) -> Result<Self, BookieError> {
-        Ok(BookieServer { bookie: Bookie::open(config)? })
+        // Keys and certificates first: a bad one must stop the bookie before it opens storage.
+        let security = ServerSecurity::from_config(config)?;
+        Ok(BookieServer { bookie: Bookie::open(config)?, security })
     }
 
     pub fn bookie(&self) -> &Arc<Bookie> {
@@ -56,11 +62,13 @@ impl BookieServer {
     /// checkpoint) on a blocking thread.
     pub async fn run(self, listener: TcpListener, cancel: CancellationToken) -> Result<(), tonic::transport::Error> {
         let address = listener.local_addr().ok();
-        info!(?address, "bookie serving BookieService");
+        let security = self.security.clone();
+        info!(?address, tls = security.tls().is_some(), "bookie serving BookieService");
         let bookie = self.bookie.clone();
         let service = BookieServiceServer::new(self)
             .max_decoding_message_size(crate::MAX_GRPC_MESSAGE)
             .max_encoding_message_size(crate::MAX_GRPC_MESSAGE);
+        let service = InterceptedService::new(service, security.gate());
         // With our own listener, tonic's tcp_nodelay setting does not apply: set it on each
         // accepted socket, or small answers wait for delayed ACKs (~40 ms each).
         let incoming = TcpListenerStream::new(listener).map(|accepted| {
@@ -69,10 +77,12 @@ impl BookieServer {
             }
             accepted
         });
-        let served = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
-            .await;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = security.tls() {
+            builder = builder.tls_config(tls.clone())?;
+        }
+        let served =
+            builder.add_service(service).serve_with_incoming_shutdown(incoming, cancel.cancelled_owned()).await;
         // The last reference closes the bookie: a checkpoint and thread joins, off the runtime.
         let _ = tokio::task::spawn_blocking(move || drop(bookie)).await;
         served

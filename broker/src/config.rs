@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use magnetar_bookie::client::LedgerConfig;
+use magnetar_bookie::security::ClientSecurity;
 
 use crate::cluster::bundles;
 use crate::cluster::config::LoadManagerConfig;
@@ -61,6 +62,8 @@ pub struct BrokerConfig {
     pub advertised_https_port: Option<u16>,
     /// Authentication and authorization.
     pub security: SecurityConfig,
+    /// The token and CA this broker calls bookies with (`bookkeeper_client_*`).
+    pub bookie_security: ClientSecurity,
 }
 
 impl BrokerConfig {
@@ -102,6 +105,7 @@ impl Default for BrokerConfig {
             advertised_pulsar_tls_port: None,
             advertised_https_port: None,
             security: SecurityConfig::default(),
+            bookie_security: ClientSecurity::default(),
         }
     }
 }

@@ -214,17 +214,7 @@ impl ClientError {
     }
 }
 
-/// An error and its causes on one line, `outer: cause: root cause`, for logs.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use magnetar_proto::error_chain;
 
 #[cfg(test)]
 mod tests {

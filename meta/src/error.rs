@@ -15,7 +15,9 @@ pub enum MetaError {
         #[source]
         source: rocksdb::Error,
     },
-    #[error("etcd at {endpoint}: {source}")]
+    /// The message spells out the source chain: tonic's transport errors say only "transport
+    /// error" themselves, the cause (refused, TLS, authentication) is below.
+    #[error("etcd at {endpoint}: {}", magnetar_proto::error_chain(source))]
     Etcd {
         endpoint: String,
         #[source]
@@ -27,6 +29,10 @@ pub enum MetaError {
     EtcdTimeout { endpoint: String, operation: &'static str, after: std::time::Duration },
     #[error("corrupt record at {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// A metadata store setting that cannot be used (a file missing, settings that do not
+    /// go together); never holds a password.
+    #[error("metadata store {setting}: {reason}")]
+    InvalidConfig { setting: String, reason: String },
     #[error("metadata store task stopped: {what}")]
     Stopped { what: &'static str },
 }

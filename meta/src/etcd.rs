@@ -18,6 +18,10 @@
 //!   etcd watch fails, it stops and the channel closes; the reader must re-read and re-watch.
 //!
 //! Operations are not cancel-safe: a write whose future is dropped may still be applied.
+//!
+//! **Security.** [`EtcdStore::connect_with`] takes [`EtcdOptions`]: an etcd user (etcd-client
+//! authenticates on connect and again when etcd says its token is stale) and TLS (the
+//! endpoints are dialed with `https`; a client certificate for `--client-cert-auth`).
 
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
@@ -34,7 +38,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::{key, Expected, MetaError, MetadataStore, Result, SessionId, Version, Versioned, Watch, WatchEvent};
+use crate::{
+    key, EtcdOptions, Expected, MetaError, MetadataStore, Result, SessionId, Version, Versioned, Watch, WatchEvent,
+};
 
 /// How many events a watcher may fall behind before it is cut off.
 pub const WATCH_CAPACITY: usize = 1024;
@@ -75,12 +81,21 @@ impl EtcdStore {
     /// Connects to the etcd cluster at `endpoints` (`127.0.0.1:2379` or
     /// `http://127.0.0.1:2379`) and checks that it answers a read.
     pub async fn connect(endpoints: &[String]) -> Result<EtcdStore> {
+        Self::connect_with(endpoints, &EtcdOptions::default()).await
+    }
+
+    /// Connects as `options`' etcd user and over its TLS (the endpoints are then dialed with
+    /// `https`), and checks that it answers a read.
+    pub async fn connect_with(endpoints: &[String], options: &EtcdOptions) -> Result<EtcdStore> {
+        let endpoints = options.endpoints(endpoints);
         let endpoint = endpoints.join(",");
-        let options = ConnectOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_keep_alive(HTTP2_KEEP_ALIVE.0, HTTP2_KEEP_ALIVE.1)
-            .with_keep_alive_while_idle(true);
-        let client = bounded(&endpoint, "connect", Client::connect(endpoints, Some(options))).await?;
+        let connect = options.apply(
+            ConnectOptions::new()
+                .with_connect_timeout(CONNECT_TIMEOUT)
+                .with_keep_alive(HTTP2_KEEP_ALIVE.0, HTTP2_KEEP_ALIVE.1)
+                .with_keep_alive_while_idle(true),
+        )?;
+        let client = bounded(&endpoint, "connect", Client::connect(&endpoints, Some(connect))).await?;
         let mut kv = client.kv_client();
         bounded(&endpoint, "connect (first read)", kv.get("/", Some(GetOptions::new().with_count_only()))).await?;
         Ok(EtcdStore {

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 mod error;
 pub mod etcd;
+pub mod etcd_options;
 mod key;
 pub mod local;
 pub mod lock;
@@ -29,6 +30,7 @@ pub mod testing;
 
 pub use error::MetaError;
 pub use etcd::EtcdStore;
+pub use etcd_options::EtcdOptions;
 pub use local::LocalStore;
 
 pub type Result<T, E = MetaError> = std::result::Result<T, E>;

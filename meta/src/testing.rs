@@ -47,9 +47,23 @@ pub enum EtcdLaunchError {
     NotReady { after: Duration, log: String },
 }
 
+/// TLS for a test etcd: its certificate and key; with `client_cert_auth`, clients must show a
+/// certificate signed by `trusted_ca_file` (`--client-cert-auth`, `--trusted-ca-file`).
+/// `probe` is how the readiness probe connects (the CA, and a client certificate if required).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub certificate_file: PathBuf,
+    pub key_file: PathBuf,
+    pub trusted_ca_file: PathBuf,
+    pub client_cert_auth: bool,
+    pub probe: crate::EtcdOptions,
+}
+
 /// A running single-member etcd cluster on loopback, killed on drop.
 pub struct EtcdServer {
     child: Child,
+    /// How the readiness probe connects (TLS settings; default for plain etcd).
+    probe: crate::EtcdOptions,
     /// `http://127.0.0.1:<port>`.
     endpoint: String,
     /// Holds the data directory and the log; deleted on drop (after the kill).
@@ -59,10 +73,15 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts etcd on free loopback ports and waits until it answers.
     pub async fn start() -> Result<EtcdServer, EtcdLaunchError> {
+        Self::start_with(None).await
+    }
+
+    /// Starts etcd serving clients over TLS (`https://127.0.0.1:<port>`) when `tls` is given.
+    pub async fn start_with(tls: Option<EtcdTls>) -> Result<EtcdServer, EtcdLaunchError> {
         let binary = find_etcd()?;
         let mut attempt = 1;
         loop {
-            match Self::launch(&binary).await {
+            match Self::launch(&binary, tls.as_ref()).await {
                 Err(EtcdLaunchError::Exited { .. }) if attempt < LAUNCH_ATTEMPTS => attempt += 1,
                 result => return result,
             }
@@ -79,9 +98,9 @@ impl EtcdServer {
         vec![self.endpoint.clone()]
     }
 
-    /// A new store connected to this server.
+    /// A new store connected to this server (with the probe's TLS settings).
     pub async fn connect(&self) -> crate::Result<EtcdStore> {
-        EtcdStore::connect(&self.endpoints()).await
+        EtcdStore::connect_with(&self.endpoints(), &self.probe).await
     }
 
     /// etcd's log so far, for failure messages.
@@ -89,20 +108,32 @@ impl EtcdServer {
         read_log(self.directory.path())
     }
 
-    async fn launch(binary: &Path) -> Result<EtcdServer, EtcdLaunchError> {
+    async fn launch(binary: &Path, tls: Option<&EtcdTls>) -> Result<EtcdServer, EtcdLaunchError> {
         let directory = tempfile::Builder::new()
             .prefix("magnetar-etcd-")
             .tempdir()
             .map_err(|source| EtcdLaunchError::Io { what: "create etcd temp dir", source })?;
         let [client_port, peer_port] = free_ports()?;
-        let endpoint = format!("http://127.0.0.1:{client_port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let log = File::create(directory.path().join("etcd.log"))
             .map_err(|source| EtcdLaunchError::Io { what: "create etcd log", source })?;
         let log_for_stderr =
             log.try_clone().map_err(|source| EtcdLaunchError::Io { what: "duplicate etcd log handle", source })?;
 
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(tls) = tls {
+            command
+                .arg(format!("--cert-file={}", tls.certificate_file.display()))
+                .arg(format!("--key-file={}", tls.key_file.display()))
+                .arg(format!("--client-cert-auth={}", tls.client_cert_auth));
+            // etcd 3.4 asks every client for a certificate once it has a CA to check them.
+            if tls.client_cert_auth {
+                command.arg(format!("--trusted-ca-file={}", tls.trusted_ca_file.display()));
+            }
+        }
+        let child = command
             .arg("--name=test")
             .arg(format!("--data-dir={}", directory.path().join("data").display()))
             .arg(format!("--listen-client-urls={endpoint}"))
@@ -119,7 +150,8 @@ impl EtcdServer {
             .stderr(log_for_stderr)
             .spawn()
             .map_err(|source| EtcdLaunchError::Io { what: "spawn etcd", source })?;
-        let mut server = EtcdServer { child, endpoint, directory };
+        let probe = tls.map(|tls| tls.probe.clone()).unwrap_or_default();
+        let mut server = EtcdServer { child, probe, endpoint, directory };
         server.wait_until_ready().await?;
         Ok(server)
     }
@@ -146,10 +178,13 @@ impl EtcdServer {
     async fn answers(&self) -> bool {
         let probe = async {
             let options = etcd_client::ConnectOptions::new().with_connect_timeout(PROBE_TIMEOUT);
-            let client = etcd_client::Client::connect([self.endpoint.as_str()], Some(options)).await?;
-            client.kv_client().get("/", Some(etcd_client::GetOptions::new().with_count_only())).await
+            let Ok(options) = self.probe.apply(options) else { return false };
+            let Ok(client) = etcd_client::Client::connect([self.endpoint.as_str()], Some(options)).await else {
+                return false;
+            };
+            client.kv_client().get("/", Some(etcd_client::GetOptions::new().with_count_only())).await.is_ok()
         };
-        matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)))
+        matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(true))
     }
 }
 
@@ -199,4 +234,37 @@ fn free_ports() -> Result<[u16; 2], EtcdLaunchError> {
 
 fn read_log(directory: &Path) -> String {
     std::fs::read_to_string(directory.join("etcd.log")).unwrap_or_else(|error| format!("<no log: {error}>"))
+}
+
+/// Certificates for TLS tests, written as PEM files into a directory: `ca.pem` (a CA),
+/// `server.pem`/`server.key` (for 127.0.0.1 and localhost, signed by the CA),
+/// `client.pem`/`client.key` (common name `client_name`, signed by the CA) and `other-ca.pem`
+/// (a CA that signed nothing here).
+pub fn write_test_pki(dir: &Path, client_name: &str) -> Result<(), rcgen::Error> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca = |name: &str| -> Result<(String, Issuer<'static, KeyPair>), rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key)?;
+        Ok((cert.pem(), Issuer::new(params, key)))
+    };
+    let (ca_pem, issuer) = ca("magnetar-test-ca")?;
+    let (other_pem, _) = ca("another-test-ca")?;
+    let write = |name: &str, text: String| {
+        std::fs::write(dir.join(name), text).map_err(|error| rcgen::Error::PemError(format!("{name}: {error}")))
+    };
+    let leaf = |names: Vec<String>, common_name: &str, file: &str| -> Result<(), rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names)?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        let cert = params.signed_by(&key, &issuer)?;
+        write(&format!("{file}.pem"), cert.pem())?;
+        write(&format!("{file}.key"), key.serialize_pem())
+    };
+    leaf(vec!["127.0.0.1".to_owned(), "localhost".to_owned()], "localhost", "server")?;
+    leaf(Vec::new(), client_name, "client")?;
+    write("ca.pem", ca_pem)?;
+    write("other-ca.pem", other_pem)
 }

@@ -41,3 +41,20 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 5 * 1024 * 1024;
 
 /// Room for the command and metadata on top of the largest message in a frame.
 pub const FRAME_OVERHEAD: usize = 10 * 1024;
+
+/// An error and its causes on one line, `outer: cause: root cause`, skipping a cause whose
+/// text the line already ends with. For errors whose own message is only a summary (tonic's
+/// "transport error") and for logs.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

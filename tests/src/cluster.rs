@@ -221,7 +221,9 @@ impl Cluster {
         Self::start_full(bookies, brokers, replication, settings, |_| Vec::new()).await
     }
 
-    async fn start_full(
+    /// `bookies` bookies with `bookie_args(i)` appended to bookie `i`'s command line, and
+    /// `brokers` brokers with `settings` as their TOML file.
+    pub async fn start_full(
         bookies: usize,
         brokers: usize,
         replication: Replication,

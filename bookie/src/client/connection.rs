@@ -24,7 +24,8 @@ use magnetar_proto::bookie::{
     AddEntryBatch, AddEntryRequest, FenceLedgerRequest, ReadEntriesRequest, ReadEntryRequest, ReadLacRequest, Status,
 };
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tracing::warn;
 
 use rand::rngs::StdRng;
@@ -35,6 +36,7 @@ use super::rpc::{AddRequest, BookieConnector, BookieRpc, LedgerEnd};
 use crate::error::BookieError;
 use crate::ids::{EntryId, LedgerId};
 use crate::registration;
+use crate::security::{AddToken, ClientSecurity};
 use crate::MAX_GRPC_MESSAGE;
 
 /// Adds queued to one bookie before callers wait.
@@ -75,21 +77,32 @@ fn batches(queue: mpsc::Receiver<AddEntryRequest>) -> impl futures::Stream<Item 
 /// One bookie's gRPC client and its add stream.
 pub struct BookieConnection {
     bookie_id: String,
-    grpc: BookieServiceClient<Channel>,
+    grpc: BookieServiceClient<InterceptedService<Channel, AddToken>>,
     adds: mpsc::Sender<AddEntryRequest>,
     pending: Arc<Mutex<HashMap<(u64, u64), AddReply>>>,
     broken: Arc<AtomicBool>,
 }
 
 impl BookieConnection {
-    pub async fn connect(bookie_id: &str, address: &str) -> Result<Arc<Self>, BookieError> {
+    /// Dials the bookie at `address` (over TLS with `tls`) and opens its add stream; every
+    /// call carries `token`.
+    pub async fn connect(
+        bookie_id: &str,
+        address: &str,
+        tls: Option<ClientTlsConfig>,
+        token: AddToken,
+    ) -> Result<Arc<Self>, BookieError> {
         let transport = |source| BookieError::Transport { bookie: bookie_id.to_owned(), source };
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
             .map_err(transport)?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).map_err(transport)?;
+        }
         let channel = endpoint.connect().await.map_err(transport)?;
-        let mut grpc = BookieServiceClient::new(channel)
+        let mut grpc = BookieServiceClient::with_interceptor(channel, token)
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE);
         let (adds, queue) = mpsc::channel(ADD_QUEUE);
@@ -281,14 +294,20 @@ impl BookieRpc for BookieConnection {
     }
 }
 
-/// Dials registered bookies over gRPC: the address comes from the bookie's registration.
+/// Dials registered bookies over gRPC: the address, and whether the bookie speaks TLS, come
+/// from the bookie's registration; `security` gives the token and the CA.
 pub struct GrpcConnector {
     meta: Arc<dyn MetadataStore>,
+    security: ClientSecurity,
 }
 
 impl GrpcConnector {
     pub fn new(meta: Arc<dyn MetadataStore>) -> Self {
-        GrpcConnector { meta }
+        Self::with_security(meta, ClientSecurity::default())
+    }
+
+    pub fn with_security(meta: Arc<dyn MetadataStore>, security: ClientSecurity) -> Self {
+        GrpcConnector { meta, security }
     }
 }
 
@@ -298,7 +317,13 @@ impl BookieConnector for GrpcConnector {
         let registration = registration::lookup(self.meta.as_ref(), bookie_id)
             .await?
             .ok_or_else(|| BookieError::UnknownBookie { bookie: bookie_id.to_owned() })?;
-        let connection: Arc<dyn BookieRpc> = BookieConnection::connect(bookie_id, &registration.address).await?;
+        let tls = match registration.tls {
+            true => Some(self.security.tls_for(bookie_id, registration::host_of(&registration.address))?),
+            false => None,
+        };
+        let token = AddToken(self.security.authorization(bookie_id)?);
+        let connection: Arc<dyn BookieRpc> =
+            BookieConnection::connect(bookie_id, &registration.address, tls, token).await?;
         Ok(connection)
     }
 }
@@ -337,7 +362,12 @@ pub struct Bookies {
 impl Bookies {
     /// Bookies reached over gRPC at their registered addresses, default options.
     pub fn new(meta: Arc<dyn MetadataStore>) -> Self {
-        let connector = Arc::new(GrpcConnector::new(meta.clone()));
+        Self::secured(meta, ClientSecurity::default())
+    }
+
+    /// Bookies reached over gRPC with `security`'s token and CA.
+    pub fn secured(meta: Arc<dyn MetadataStore>, security: ClientSecurity) -> Self {
+        let connector = Arc::new(GrpcConnector::with_security(meta.clone(), security));
         Self::with_connector(meta, connector, ClientOptions::default())
     }
 

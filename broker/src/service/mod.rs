@@ -65,7 +65,7 @@ impl BrokerService {
         policies: Arc<PolicyCache>,
         security: Security,
     ) -> Arc<Self> {
-        let bookies = Bookies::new(meta.clone());
+        let bookies = Bookies::secured(meta.clone(), config.bookie_security.clone());
         Arc::new(BrokerService {
             config,
             meta,

@@ -16,9 +16,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use magnetar_bookie::autorecovery::AutoRecovery;
-use magnetar_bookie::client::LedgerConfig;
+use magnetar_bookie::client::{Bookies, LedgerConfig};
 use magnetar_bookie::config::AutoRecoveryConfig;
 use magnetar_bookie::node::{BookieNode, REGISTRATION_TTL};
+use magnetar_bookie::security::ClientSecurity;
 use magnetar_bookie::BookieConfig;
 use metadata_url::MetadataUrl;
 use node::{BrokerNodeConfig, Listeners};
@@ -250,9 +251,14 @@ impl AutoRecoveryArgs {
 /// `magnetar autorecovery`: only the auto-recovery worker (as `bookkeeper autorecovery`).
 #[derive(clap::Args)]
 struct AutoRecoveryWorkerArgs {
-    /// Metadata store: etcd://host:port[,host:port...] or local:/path (single host only).
-    #[arg(long, default_value = "etcd://127.0.0.1:2379", env = "MAGNETAR_METADATA_URL")]
-    metadata_url: String,
+    /// Metadata store: etcd://host:port[,host:port...] or local:/path (single host only)
+    /// [default: the config file's metadata_service_uri, else etcd://127.0.0.1:2379].
+    #[arg(long, env = "MAGNETAR_METADATA_URL")]
+    metadata_url: Option<String>,
+    /// A bookie's TOML file: its metadata_service_uri, [metadata_store] (etcd user and TLS),
+    /// [client] (the token and CA to call bookies with) and [autorecovery] sections are used.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Name written into the leader lock while this worker leads (default autorecovery-<pid>).
     #[arg(long)]
     worker_id: Option<String>,
@@ -322,7 +328,7 @@ async fn load_bookie_config(path: &Path) -> anyhow::Result<BookieConfig> {
 async fn run_bookie(args: BookieArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     let config = args.bookie_config().await?;
     let metadata_url = args.metadata_url(&config)?;
-    let meta = metadata_url.connect().await?;
+    let meta = metadata_url.connect_with(&config.metadata_store).await?;
     let listener =
         TcpListener::bind(&config.listen).await.with_context(|| format!("bind the bookie port {}", config.listen))?;
     let local: SocketAddr = listener.local_addr().context("read the bound bookie address")?;
@@ -369,16 +375,25 @@ async fn run_bookie(args: BookieArgs, cancel: CancellationToken) -> anyhow::Resu
 
 /// Runs only the auto-recovery worker until `cancel`.
 async fn run_autorecovery(args: AutoRecoveryWorkerArgs, cancel: CancellationToken) -> anyhow::Result<()> {
-    let mut config = AutoRecoveryConfig::default();
+    let file = match &args.config {
+        Some(path) => load_bookie_config(path).await?,
+        None => BookieConfig::default(),
+    };
+    let mut config = file.autorecovery.clone();
     args.autorecovery.apply(&mut config);
     if config.audit_interval.is_zero() {
         bail!("--autorecovery-audit-interval-ms must be positive");
     }
-    let metadata_url: MetadataUrl = args.metadata_url.parse()?;
-    let meta = metadata_url.connect().await?;
+    let metadata_url: MetadataUrl = match &args.metadata_url {
+        Some(url) => url.parse().context("--metadata-url (or MAGNETAR_METADATA_URL)")?,
+        None => file.metadata_service_uri.parse().context("metadata_service_uri")?,
+    };
+    let security = ClientSecurity::from_config(&file.client).context("[client] section")?;
+    let meta = metadata_url.connect_with(&file.metadata_store).await?;
     let worker_id = args.worker_id.unwrap_or_else(|| format!("autorecovery-{}", std::process::id()));
     info!(%worker_id, metadata = %metadata_url, "magnetar autorecovery is ready");
-    AutoRecovery::new(meta, worker_id, config, REGISTRATION_TTL).run(cancel).await;
+    let bookies = Bookies::secured(meta, security);
+    AutoRecovery::with_bookies(bookies, worker_id, config, REGISTRATION_TTL).run(cancel).await;
     Ok(())
 }
 
@@ -464,6 +479,8 @@ async fn main() -> anyhow::Result<()> {
                 max_message_size: settings.max_message_size()?,
                 cluster: settings.cluster_config()?,
                 metadata_url: metadata_url.parse()?,
+                metadata_store: settings.metadata_store_options(),
+                bookie_security: settings.bookie_security()?,
                 cluster_name: args
                     .cluster_name
                     .or(settings.cluster_name.clone())

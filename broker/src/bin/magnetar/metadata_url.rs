@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use magnetar_meta::{EtcdStore, LocalStore, MetaError, MetadataStore};
+use magnetar_meta::{EtcdOptions, EtcdStore, LocalStore, MetaError, MetadataStore};
 
 /// etcd's client port when a URL names none.
 pub const DEFAULT_ETCD_PORT: u16 = 2379;
@@ -122,15 +122,19 @@ impl fmt::Display for MetadataUrl {
 }
 
 impl MetadataUrl {
-    /// Connects to (etcd) or opens (local) the store.
-    pub async fn connect(&self) -> Result<Arc<dyn MetadataStore>, MetadataUrlError> {
+    /// Connects to etcd as `options`' user and over its TLS, or opens the local store (where
+    /// `options` has no use).
+    pub async fn connect_with(&self, options: &EtcdOptions) -> Result<Arc<dyn MetadataStore>, MetadataUrlError> {
         let connect_error = |source| MetadataUrlError::Connect { url: self.to_string(), source };
         match self {
             MetadataUrl::Etcd { endpoints } => {
-                let store = EtcdStore::connect(endpoints).await.map_err(connect_error)?;
+                let store = EtcdStore::connect_with(endpoints, options).await.map_err(connect_error)?;
                 Ok(Arc::new(store))
             }
             MetadataUrl::Local { path } => {
+                if *options != EtcdOptions::default() {
+                    tracing::warn!(url = %self, "metadata store user and TLS settings apply to etcd only: ignored");
+                }
                 let path = path.clone();
                 let url = self.to_string();
                 let store = tokio::task::spawn_blocking(move || {
@@ -194,7 +198,7 @@ mod tests {
     async fn local_url_opens_a_store_in_a_new_directory() {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = parse(&format!("local:{}", dir.path().join("a/meta").display()));
-        let store = url.connect().await.expect("open");
+        let store = url.connect_with(&EtcdOptions::default()).await.expect("open");
         store.put("/k", b"v".to_vec(), magnetar_meta::Expected::Any).await.expect("put");
     }
 }

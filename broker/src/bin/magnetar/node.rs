@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::metadata_url::MetadataUrl;
+use magnetar_bookie::security::ClientSecurity;
 use magnetar_broker::cluster::{broker_info::BrokerInfo, load_manager, ownership::Ownership};
 use magnetar_broker::config::{BrokerConfig, ClusterConfig};
 use magnetar_broker::managed_ledger::ManagedLedgerConfig;
@@ -29,6 +30,7 @@ use magnetar_broker::service::{spawn_inactive_topic_reaper, spawn_policy_applier
 use magnetar_broker::tenancy::model::ClusterData;
 use magnetar_broker::tenancy::{store, PolicyCache, PolicyDefaults};
 use magnetar_broker::{http, protocol, BrokerService};
+use magnetar_meta::EtcdOptions;
 
 /// Time allowed for a clean shutdown before the process gives up waiting.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -77,6 +79,10 @@ impl Listeners {
 #[derive(Debug, Clone)]
 pub struct BrokerNodeConfig {
     pub metadata_url: MetadataUrl,
+    /// The etcd user and TLS files.
+    pub metadata_store: EtcdOptions,
+    /// The token and CA for bookies.
+    pub bookie_security: ClientSecurity,
     pub cluster_name: String,
     pub listeners: Listeners,
     pub advertised_address: String,
@@ -112,7 +118,7 @@ pub fn check_ledger_config(ledger: &LedgerConfig) -> anyhow::Result<()> {
 /// cursors flushed) and stops.
 pub async fn run(config: BrokerNodeConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     check_ledger_config(&config.ledger)?;
-    let meta = config.metadata_url.connect().await?;
+    let meta = config.metadata_url.connect_with(&config.metadata_store).await?;
     let broker_config = BrokerConfig {
         cluster_name: config.cluster_name.clone(),
         advertised_address: config.advertised_address.clone(),
@@ -122,6 +128,7 @@ pub async fn run(config: BrokerNodeConfig, cancel: CancellationToken) -> anyhow:
         policies: config.policies.clone(),
         max_message_size: config.max_message_size,
         security: config.security.clone(),
+        bookie_security: config.bookie_security.clone(),
         ..BrokerConfig::default()
     };
     let broker = ServingBroker::start(&config.listeners, broker_config, meta).await?;

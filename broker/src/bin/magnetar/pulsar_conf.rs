@@ -112,6 +112,9 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("authenticationRefreshCheckSeconds", "authentication_refresh_check_seconds", Kind::Integer),
     ("authorizationEnabled", "authorization_enabled", Kind::Bool),
     ("superUserRoles", "super_user_roles", Kind::Text),
+    ("bookkeeperClientAuthenticationPlugin", "bookkeeper_client_authentication_plugin", Kind::Text),
+    ("bookkeeperClientAuthenticationParameters", "bookkeeper_client_authentication_parameters", Kind::Text),
+    ("bookkeeperTLSTrustCertsFilePath", "bookkeeper_tls_trust_certs_file_path", Kind::Text),
 ];
 
 /// Ports Pulsar switches off with an empty value, and the Magnetar setting that says so.

@@ -3,11 +3,13 @@
 //! errors name the file and the field. A Pulsar `.conf` file (Java properties, Pulsar's own
 //! key spellings) is read too ([`super::pulsar_conf`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use magnetar_bookie::client::LedgerConfig;
+use magnetar_bookie::config::BookieClientConfig;
+use magnetar_bookie::security::ClientSecurity;
 use magnetar_broker::cluster::bundles;
 use magnetar_broker::cluster::config::LoadManagerConfig;
 use magnetar_broker::config::ClusterConfig;
@@ -16,6 +18,7 @@ use magnetar_broker::managed_ledger::ManagedLedgerConfig;
 use magnetar_broker::security::{Provider, Security, SecurityConfig, TlsSettings, TokenSettings};
 use magnetar_broker::tenancy::effective::{AutoTopicType, InactiveRule, PolicyDefaults, Rate};
 use magnetar_broker::tenancy::model::{InactiveTopicDeleteMode, RetentionPolicy};
+use magnetar_meta::EtcdOptions;
 use serde::Deserialize;
 
 /// What a broker's TOML file (`magnetar broker|standalone --config broker.toml`) may set,
@@ -128,6 +131,20 @@ pub struct BrokerSettings {
     pub authentication_refresh_check_seconds: Option<u64>,
     pub authorization_enabled: Option<bool>,
     pub super_user_roles: Option<NameList>,
+    // Inside the cluster (`magnetar broker`): how this broker calls its bookies.
+    /// `org.apache.pulsar.client.impl.auth.AuthenticationToken` (or `token`).
+    pub bookkeeper_client_authentication_plugin: Option<String>,
+    /// `token:<jwt>` or `file:///path/to/token`: the token sent to bookies.
+    pub bookkeeper_client_authentication_parameters: Option<String>,
+    /// PEM CA that signed the bookies' certificates (TLS bookies).
+    pub bookkeeper_tls_trust_certs_file_path: Option<PathBuf>,
+    // How it reaches etcd: an etcd user, and TLS.
+    pub metadata_store_user: Option<String>,
+    pub metadata_store_password: Option<String>,
+    pub metadata_store_password_file: Option<PathBuf>,
+    pub metadata_store_tls_trust_certs_file_path: Option<PathBuf>,
+    pub metadata_store_tls_certificate_file_path: Option<PathBuf>,
+    pub metadata_store_tls_key_file_path: Option<PathBuf>,
 }
 
 /// A list of names: a TOML array, or one comma-separated string as Pulsar's files write it.
@@ -177,7 +194,36 @@ impl BrokerSettings {
         settings.policy_defaults().with_context(|| format!("broker config file {}", path.display()))?;
         settings.security_config().with_context(|| format!("broker config file {}", path.display()))?;
         settings.tls_settings().with_context(|| format!("broker config file {}", path.display()))?;
+        settings.bookie_security().with_context(|| format!("broker config file {}", path.display()))?;
         Ok(settings)
+    }
+
+    /// The token and CA this broker calls its bookies with; errors name the key.
+    pub fn bookie_security(&self) -> anyhow::Result<ClientSecurity> {
+        let config = BookieClientConfig {
+            authentication_plugin: self.bookkeeper_client_authentication_plugin.clone().filter(|p| !p.is_empty()),
+            authentication_parameters: self
+                .bookkeeper_client_authentication_parameters
+                .clone()
+                .filter(|params| !params.is_empty()),
+            tls_trust_certs_file_path: self
+                .bookkeeper_tls_trust_certs_file_path
+                .clone()
+                .filter(|path| !path.as_os_str().is_empty()),
+        };
+        ClientSecurity::from_config(&config).map_err(|error| anyhow::anyhow!("bookkeeper_client: {error}"))
+    }
+
+    /// The etcd user and TLS files of the metadata store.
+    pub fn metadata_store_options(&self) -> EtcdOptions {
+        EtcdOptions {
+            user: self.metadata_store_user.clone().filter(|user| !user.is_empty()),
+            password: self.metadata_store_password.clone(),
+            password_file: self.metadata_store_password_file.clone(),
+            tls_trust_certs_file_path: self.metadata_store_tls_trust_certs_file_path.clone(),
+            tls_certificate_file_path: self.metadata_store_tls_certificate_file_path.clone(),
+            tls_key_file_path: self.metadata_store_tls_key_file_path.clone(),
+        }
     }
 
     /// Authentication and authorization; errors name the key.
