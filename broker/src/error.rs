@@ -65,6 +65,12 @@ pub enum BrokerError {
     /// The topic closed for a hand-over; the publish was not stored.
     #[error("topic {topic} is closed here and moving to another broker")]
     TopicFenced { topic: String },
+    /// A schema the topic's compatibility rules refuse: 409, IncompatibleSchema.
+    #[error("{what}")]
+    IncompatibleSchema { what: String },
+    /// A schema definition that is not valid for its type: 422, IncompatibleSchema.
+    #[error("invalid schema: {what}")]
+    InvalidSchema { what: String },
     /// Credentials missing, malformed, expired or wrong: 401, AuthenticationError.
     #[error("{what}")]
     Unauthenticated { what: String },
@@ -96,6 +102,9 @@ impl BrokerError {
             BrokerError::TopicFenced { .. } => ServerError::ServiceNotReady,
             BrokerError::Unauthenticated { .. } => ServerError::AuthenticationError,
             BrokerError::Unauthorized { .. } => ServerError::AuthorizationError,
+            BrokerError::IncompatibleSchema { .. } | BrokerError::InvalidSchema { .. } => {
+                ServerError::IncompatibleSchema
+            }
         }
     }
 }

@@ -4,7 +4,8 @@
 //! ([`subscription`], [`dispatcher`]), and serves admin and metrics over HTTP ([`http`]).
 //! In a cluster, [`cluster`] decides which broker serves which namespace bundle; [`tenancy`]
 //! holds clusters, tenants, namespaces and the policies every topic is held to;
-//! [`security`] authenticates clients (TLS, tokens, basic) and authorizes what they do.
+//! [`security`] authenticates clients (TLS, tokens, basic) and authorizes what they do;
+//! [`schema`] keeps each topic's schema history and checks new schemas against it.
 //! The process wiring (`magnetar standalone|broker|bookie|autorecovery`, the settings file,
 //! metadata URLs) lives with the binary, in `src/bin/magnetar/`.
 
@@ -18,6 +19,7 @@ pub mod managed_ledger;
 pub mod metrics;
 pub mod partitions;
 pub mod protocol;
+pub mod schema;
 pub mod security;
 pub mod service;
 pub mod subscription;

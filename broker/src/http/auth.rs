@@ -143,6 +143,10 @@ pub fn required(method: &Method, path: &str) -> Required {
             Required::TopicLookup(format!("{domain}://{tenant}/{ns}/{topic}"))
         }
         ["admin", "v2", "persistent" | "non-persistent", tenant, ..] => Required::TenantAdmin((*tenant).to_owned()),
+        ["admin", "v2", "schemas", tenant, ns, topic, ..] if read => {
+            Required::TopicLookup(format!("persistent://{tenant}/{ns}/{topic}"))
+        }
+        ["admin", "v2", "schemas", tenant, ..] => Required::TenantAdmin((*tenant).to_owned()),
         _ => Required::SuperUser,
     }
 }

@@ -19,6 +19,7 @@ pub mod auth;
 mod bundles;
 mod permissions;
 mod policies;
+mod schemas;
 mod tenancy;
 mod topics;
 
@@ -64,6 +65,8 @@ impl From<BrokerError> for ApiError {
             BrokerError::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
             BrokerError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             BrokerError::Unauthorized { .. } => StatusCode::FORBIDDEN,
+            BrokerError::IncompatibleSchema { .. } => StatusCode::CONFLICT,
+            BrokerError::InvalidSchema { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, error.to_string())
@@ -80,6 +83,7 @@ pub fn router(service: Arc<BrokerService>) -> Router {
         .merge(topics::routes())
         .merge(bundles::routes())
         .merge(permissions::routes())
+        .merge(schemas::routes())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such resource".to_owned()) })
         .layer(axum::middleware::from_fn_with_state(service.clone(), auth::guard))
         .with_state(service)

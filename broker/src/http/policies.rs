@@ -370,6 +370,51 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route(&topic("backlogQuota"), axum::routing::post(set_topic_backlog_quota).delete(remove_topic_backlog_quota))
         .route(&topic("backlogQuotaMap"), get(topic_backlog_quotas))
+        .route(
+            &ns("schemaCompatibilityStrategy"),
+            namespace_policy(NamespaceField::<StrategyName> {
+                what: "a schema compatibility strategy name",
+                get: |p, _| p.schema_compatibility_strategy.clone().map(StrategyName),
+                set: |p, _, v| p.schema_compatibility_strategy = v.map(|name| name.0),
+                default: Some(|d| StrategyName(d.schema_compatibility_strategy.name().to_owned())),
+            }),
+        )
+        .route(
+            &ns("schemaAutoUpdateCompatibilityStrategy"),
+            namespace_policy(NamespaceField::<String> {
+                what: "an auto-update strategy name",
+                get: |p, _| p.schema_auto_update_compatibility_strategy.clone(),
+                set: |p, _, v| p.schema_auto_update_compatibility_strategy = v,
+                default: None,
+            }),
+        )
+        .route(
+            &ns("isAllowAutoUpdateSchema"),
+            namespace_policy(NamespaceField {
+                what: "true or false",
+                get: |p, _| p.is_allow_auto_update_schema,
+                set: |p, _, v| p.is_allow_auto_update_schema = v,
+                default: Some(|d| d.allow_auto_update_schema),
+            }),
+        )
+        .route(
+            &ns("schemaValidationEnforced"),
+            namespace_policy(NamespaceField {
+                what: "true or false",
+                get: |p, _| Some(p.schema_validation_enforced),
+                set: |p, _, v| p.schema_validation_enforced = v.unwrap_or(false),
+                default: None,
+            }),
+        )
+        .route(
+            &topic("schemaCompatibilityStrategy"),
+            topic_policy(TopicField::<StrategyName> {
+                what: "a schema compatibility strategy name",
+                query: None,
+                get: |p| p.schema_compatibility_strategy.clone().map(StrategyName),
+                set: |p, v| p.schema_compatibility_strategy = v.map(|name| name.0),
+            }),
+        )
 }
 
 /// Stores a namespace change, then applies it to this broker's topics before answering.
@@ -389,13 +434,8 @@ where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
     let NamespaceField { what, get: read, set, default } = field;
-    get(move |State(service): State<AppState>, Path((tenant, ns)): Path<(String, String)>| async move {
-        let policies = store::policies(service.meta.as_ref(), &format!("{tenant}/{ns}")).await?;
-        let value =
-            read(&policies, &service.config.cluster_name).or_else(|| default.map(|d| d(&service.config.policies)));
-        Ok::<_, ApiError>(Json(value))
-    })
-    .post(move |State(service): State<AppState>, Path((tenant, ns)): Path<(String, String)>, body: String| async move {
+    // Pulsar's admin POSTs most policies and PUTs a few (schemaCompatibilityStrategy): both.
+    let write = move |State(service): State<AppState>, Path((tenant, ns)): Path<(String, String)>, body: String| async move {
         let value: T = json_body(&body, what)?;
         let namespace = format!("{tenant}/{ns}");
         let cluster = service.config.cluster_name.clone();
@@ -406,7 +446,15 @@ where
         .await?;
         info!(%namespace, "namespace policy set");
         Ok::<_, ApiError>(answer)
+    };
+    get(move |State(service): State<AppState>, Path((tenant, ns)): Path<(String, String)>| async move {
+        let policies = store::policies(service.meta.as_ref(), &format!("{tenant}/{ns}")).await?;
+        let value =
+            read(&policies, &service.config.cluster_name).or_else(|| default.map(|d| d(&service.config.policies)));
+        Ok::<_, ApiError>(Json(value))
     })
+    .post(write)
+    .put(write)
     .delete(move |State(service): State<AppState>, Path((tenant, ns)): Path<(String, String)>| async move {
         let namespace = format!("{tenant}/{ns}");
         let cluster = service.config.cluster_name.clone();
@@ -496,31 +544,31 @@ where
     T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
     let TopicField { what, query: parameter, get: read, set } = field;
+    let write = move |State(service): State<AppState>,
+                      Path((tenant, ns, topic)): TopicPath,
+                      Query(query): Query<HashMap<String, String>>,
+                      body: String| async move {
+        let name = policy_topic(&service, &tenant, &ns, &topic).await?;
+        let text = match parameter.and_then(|parameter| query.get(parameter)) {
+            Some(value) if body.trim().is_empty() => value.clone(),
+            _ => body,
+        };
+        let value: T = json_body(&text, what)?;
+        let answer = change_topic(&service, &name, |policies| {
+            set(policies, Some(value.clone()));
+            Ok(())
+        })
+        .await?;
+        info!(topic = %name, "topic policy set");
+        Ok::<_, ApiError>(answer)
+    };
     get(move |State(service): State<AppState>, Path((tenant, ns, topic)): TopicPath| async move {
         let name = policy_topic(&service, &tenant, &ns, &topic).await?;
         let policies = store::topic_policies(service.meta.as_ref(), &name).await?;
         Ok::<_, ApiError>(Json(read(&policies)))
     })
-    .post(
-        move |State(service): State<AppState>,
-              Path((tenant, ns, topic)): TopicPath,
-              Query(query): Query<HashMap<String, String>>,
-              body: String| async move {
-            let name = policy_topic(&service, &tenant, &ns, &topic).await?;
-            let text = match parameter.and_then(|parameter| query.get(parameter)) {
-                Some(value) if body.trim().is_empty() => value.clone(),
-                _ => body,
-            };
-            let value: T = json_body(&text, what)?;
-            let answer = change_topic(&service, &name, |policies| {
-                set(policies, Some(value.clone()));
-                Ok(())
-            })
-            .await?;
-            info!(topic = %name, "topic policy set");
-            Ok::<_, ApiError>(answer)
-        },
-    )
+    .post(write)
+    .put(write)
     .delete(move |State(service): State<AppState>, Path((tenant, ns, topic)): TopicPath| async move {
         let name = policy_topic(&service, &tenant, &ns, &topic).await?;
         change_topic(&service, &name, |policies| {
@@ -567,4 +615,18 @@ async fn topic_backlog_quotas(
 ) -> Result<Json<BTreeMap<BacklogQuotaType, BacklogQuota>>, ApiError> {
     let name = policy_topic(&service, &tenant, &ns, &topic).await?;
     Ok(Json(store::topic_policies(service.meta.as_ref(), &name).await?.back_log_quota_map))
+}
+
+/// A schema compatibility strategy's name as policies keep it, checked when set (Pulsar's
+/// names, `UNDEFINED` included).
+#[derive(Clone, Serialize)]
+#[serde(transparent)]
+struct StrategyName(String);
+
+impl<'de> Deserialize<'de> for StrategyName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        let parsed = crate::schema::Strategy::parse_policy(&name).map_err(serde::de::Error::custom)?;
+        Ok(StrategyName(parsed.map_or_else(|| "UNDEFINED".to_owned(), |strategy| strategy.name().to_owned())))
+    }
 }

@@ -68,13 +68,13 @@ struct ConsumerEntry {
     subscription: Arc<Subscription>,
 }
 
-struct Connection {
-    service: Arc<BrokerService>,
-    peer: SocketAddr,
+pub(super) struct Connection {
+    pub(super) service: Arc<BrokerService>,
+    pub(super) peer: SocketAddr,
     outbound: mpsc::Sender<Outbound>,
     connected: bool,
     /// Who the client is (set by CONNECT; refreshed by AUTH_RESPONSE).
-    identity: Identity,
+    pub(super) identity: Identity,
     /// The common name of the client's TLS certificate, on a TLS connection that has one.
     client_common_name: Option<String>,
     /// Set when an AUTH_CHALLENGE went out and no good answer came back yet.
@@ -213,7 +213,7 @@ fn request_id_of(command: &BaseCommand) -> Option<u64> {
 }
 
 impl Connection {
-    async fn send(&self, command: BaseCommand) {
+    pub(super) async fn send(&self, command: BaseCommand) {
         // A closed writer means the connection is ending; the reader notices on its own.
         let _ = self.outbound.send(Outbound::command(command)).await;
     }
@@ -308,6 +308,10 @@ impl Connection {
             (Type::Seek, BaseCommand { seek: Some(request), .. }) => self.on_seek(request).await,
             (Type::GetLastMessageId, BaseCommand { get_last_message_id: Some(request), .. }) => {
                 self.on_get_last_message_id(request).await
+            }
+            (Type::GetSchema, BaseCommand { get_schema: Some(request), .. }) => self.on_get_schema(request).await,
+            (Type::GetOrCreateSchema, BaseCommand { get_or_create_schema: Some(request), .. }) => {
+                self.on_get_or_create_schema(request).await
             }
             (Type::GetTopicsOfNamespace, BaseCommand { get_topics_of_namespace: Some(request), .. }) => {
                 let security = &self.service.security;
@@ -420,7 +424,7 @@ impl Connection {
     }
 
     /// `action` on `topic` for this client's role (authorization).
-    async fn authorize(
+    pub(super) async fn authorize(
         &self,
         topic: &TopicName,
         action: TopicAction,
@@ -499,15 +503,16 @@ impl Connection {
             let name = TopicName::parse(&request.topic)?;
             self.authorize(&name, TopicAction::Produce, None).await?;
             let topic = self.service.topic(&name).await?;
+            let schema_version = self.producer_schema(&name, request.schema.as_ref()).await?;
             let name = match request.producer_name.as_deref() {
                 Some(name) if !name.is_empty() => name.to_owned(),
                 // Pulsar's generated names: <cluster>-<broker id>-<n>, unique across brokers.
                 _ => format!("{}-{}-{key}", self.service.config.cluster_name, self.service.broker_id().await?),
             };
-            Ok::<_, BrokerError>((topic, name))
+            Ok::<_, BrokerError>((topic, name, schema_version))
         }
         .await;
-        let (topic, name) = match topic_and_name {
+        let (topic, name, schema_version) = match topic_and_name {
             Ok(found) => found,
             Err(error) => {
                 info!(peer = %self.peer, topic = %request.topic, %error, "producer refused");
@@ -541,11 +546,15 @@ impl Connection {
         match admission {
             Admission::Ready => {
                 let last_sequence_id = topic.last_sequence_id(&name);
-                self.send(command::producer_success(request.request_id, &name, last_sequence_id)).await;
+                let mut answer = command::producer_success(request.request_id, &name, last_sequence_id);
+                with_schema_version(&mut answer, schema_version);
+                self.send(answer).await;
             }
             Admission::Waiting(turn) => {
                 // Pulsar answers twice: not ready now, ready once this producer is exclusive.
-                self.send(producer_success_waiting(request.request_id, &name, false, -1)).await;
+                let mut waiting = producer_success_waiting(request.request_id, &name, false, -1);
+                with_schema_version(&mut waiting, schema_version.clone());
+                self.send(waiting).await;
                 let outbound = self.outbound.clone();
                 let request_id = request.request_id;
                 let topic = topic.clone();
@@ -553,7 +562,8 @@ impl Connection {
                     if turn.await.is_ok() {
                         ready.store(true, Ordering::Release);
                         let last_sequence_id = topic.last_sequence_id(&name);
-                        let answer = producer_success_waiting(request_id, &name, true, last_sequence_id);
+                        let mut answer = producer_success_waiting(request_id, &name, true, last_sequence_id);
+                        with_schema_version(&mut answer, schema_version);
                         let _ = outbound.send(Outbound::command(answer)).await;
                     }
                 });
@@ -691,6 +701,7 @@ impl Connection {
         let named = durable.then_some(request.subscription.as_str());
         self.authorize(&name, TopicAction::Consume, named).await?;
         let topic = self.service.topic(&name).await?;
+        self.consumer_schema(&name, request.schema.as_ref()).await?;
         let initial = convert::initial_position(request.initial_position());
         let start = if durable {
             StartAt::Initial(initial)
@@ -895,6 +906,13 @@ fn durable_of(published: Result<Published, BrokerError>, sequence_id: u64) -> Re
 }
 
 /// PRODUCER_SUCCESS with an explicit `producer_ready` (WaitForExclusive answers twice).
+/// Adds the producer's schema version to PRODUCER_SUCCESS.
+fn with_schema_version(answer: &mut BaseCommand, version: Option<Vec<u8>>) {
+    if let Some(success) = answer.producer_success.as_mut() {
+        success.schema_version = version;
+    }
+}
+
 fn producer_success_waiting(request_id: u64, producer_name: &str, ready: bool, last_sequence_id: i64) -> BaseCommand {
     let mut answer = command::producer_success(request_id, producer_name, last_sequence_id);
     if let Some(success) = answer.producer_success.as_mut() {

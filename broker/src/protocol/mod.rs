@@ -1,12 +1,13 @@
 //! The Pulsar binary protocol server: an accept loop ([`server`]) and one handler per client
 //! connection ([`connection`], the command table); the frames a subscription's decisions become
 //! ([`consumer`]); each producer's receipt task ([`receipts`]); wire-to-domain conversions
-//! ([`convert`]).
+//! ([`convert`]); the schema commands (`schema.rs`).
 
 pub mod connection;
 pub mod consumer;
 pub mod convert;
 pub mod receipts;
+mod schema;
 pub mod server;
 
 use bytes::Bytes;

@@ -40,7 +40,8 @@ impl BrokerService {
     }
 
     /// Deletes a non-partitioned topic (or one partition) and its data: its ledgers, its
-    /// subscriptions' cursors, its dedup state and its own policies. Refused while producers
+    /// subscriptions' cursors, its dedup state, its own policies and (not for a partition) its
+    /// schema history, as Pulsar deletes a deleted topic's schema. Refused while producers
     /// or consumers are connected unless `force` (they are disconnected).
     pub async fn delete_topic(&self, name: &TopicName, force: bool) -> Result<(), BrokerError> {
         if self.meta.get(&info_path(&name.persistence_name())).await?.is_none() {
@@ -58,6 +59,10 @@ impl BrokerService {
         managed_ledger::delete_stored(&persistence, &self.bookies).await?;
         Deduplication::delete_snapshot(self.meta.as_ref(), &persistence).await?;
         store::delete_topic_policies(self.meta.as_ref(), name).await?;
+        // A partition shares its partitioned topic's schema, which goes with that topic.
+        if name.partition_of().is_none() {
+            self.schemas.remove_history(&crate::schema::schema_id(name)).await?;
+        }
         info!(topic = %name, "topic deleted");
         Ok(())
     }
@@ -75,6 +80,7 @@ impl BrokerService {
             }
         }
         store::delete_topic_policies(self.meta.as_ref(), name).await?;
+        self.schemas.remove_history(&crate::schema::schema_id(name)).await?;
         partitions::delete(self.meta.as_ref(), name).await
     }
 

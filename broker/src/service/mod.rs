@@ -29,6 +29,7 @@ use crate::error::BrokerError;
 use crate::managed_ledger::ManagedLedger;
 use crate::metrics::{Gauges, Metrics, TopicGauges};
 use crate::partitions;
+use crate::schema::{SchemaPolicy, SchemaRegistry};
 use crate::security::Security;
 use crate::tenancy::PolicyCache;
 use crate::topic::{PolicingIntervals, Topic};
@@ -55,9 +56,19 @@ pub struct BrokerService {
     pub policies: Arc<PolicyCache>,
     /// Who clients are and what they may do.
     pub security: Security,
+    /// Every topic's schema history.
+    pub schemas: SchemaRegistry,
 }
 
 impl BrokerService {
+    /// The schema rules of `topic`: its own policy, its namespace's, the broker's defaults.
+    pub fn schema_policy(&self, topic: &TopicName) -> SchemaPolicy {
+        let namespace = self.policies.namespace(&topic.namespace_name());
+        let base = topic.partition_of().map_or_else(|| topic.clone(), |(partitioned, _)| partitioned);
+        let own = self.policies.topic(&base);
+        SchemaPolicy::resolve(&self.config.policies, namespace.as_deref(), own.as_deref())
+    }
+
     pub fn new(
         config: BrokerConfig,
         meta: Arc<dyn MetadataStore>,
@@ -66,6 +77,7 @@ impl BrokerService {
         security: Security,
     ) -> Arc<Self> {
         let bookies = Bookies::secured(meta.clone(), config.bookie_security.clone());
+        let schemas = SchemaRegistry::new(meta.clone());
         Arc::new(BrokerService {
             config,
             meta,
@@ -78,6 +90,7 @@ impl BrokerService {
             fatal: CancellationToken::new(),
             policies,
             security,
+            schemas,
         })
     }
 

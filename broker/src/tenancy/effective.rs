@@ -68,6 +68,12 @@ pub struct PolicyDefaults {
     /// `brokerDeleteInactiveTopicsEnabled` (false here; Pulsar's default is true) with
     /// `brokerDeleteInactiveTopicsMode` and `brokerDeleteInactiveTopicsMaxInactiveDurationSeconds`.
     pub delete_inactive_topics: Option<InactiveRule>,
+    /// `schemaCompatibilityStrategy` (FULL).
+    pub schema_compatibility_strategy: crate::schema::Strategy,
+    /// `isAllowAutoUpdateSchemaEnabled` (true).
+    pub allow_auto_update_schema: bool,
+    /// `isSchemaValidationEnforced` (false).
+    pub schema_validation_enforced: bool,
 }
 
 impl Default for PolicyDefaults {
@@ -94,6 +100,9 @@ impl Default for PolicyDefaults {
             message_expiry_check_interval: Duration::from_secs(5 * 60),
             inactive_topic_check_interval: Duration::from_secs(60),
             delete_inactive_topics: None,
+            schema_compatibility_strategy: crate::schema::Strategy::Full,
+            allow_auto_update_schema: true,
+            schema_validation_enforced: false,
         }
     }
 }

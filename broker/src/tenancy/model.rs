@@ -419,6 +419,8 @@ pub struct TopicPolicies {
     pub max_message_size: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_subscriptions_per_topic: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_compatibility_strategy: Option<String>,
 }
 
 fn minus_one_i32() -> i32 {

@@ -15,6 +15,7 @@ use magnetar_broker::cluster::config::LoadManagerConfig;
 use magnetar_broker::config::ClusterConfig;
 use magnetar_broker::managed_ledger::config::ManagedLedgerSettings;
 use magnetar_broker::managed_ledger::ManagedLedgerConfig;
+use magnetar_broker::schema::Strategy;
 use magnetar_broker::security::{Provider, Security, SecurityConfig, TlsSettings, TokenSettings};
 use magnetar_broker::tenancy::effective::{AutoTopicType, InactiveRule, PolicyDefaults, Rate};
 use magnetar_broker::tenancy::model::{InactiveTopicDeleteMode, RetentionPolicy};
@@ -131,6 +132,10 @@ pub struct BrokerSettings {
     pub authentication_refresh_check_seconds: Option<u64>,
     pub authorization_enabled: Option<bool>,
     pub super_user_roles: Option<NameList>,
+    /// Schema registry defaults: `FULL`, true, false.
+    pub schema_compatibility_strategy: Option<String>,
+    pub is_allow_auto_update_schema_enabled: Option<bool>,
+    pub is_schema_validation_enforced: Option<bool>,
     // Inside the cluster (`magnetar broker`): how this broker calls its bookies.
     /// `org.apache.pulsar.client.impl.auth.AuthenticationToken` (or `token`).
     pub bookkeeper_client_authentication_plugin: Option<String>,
@@ -371,7 +376,16 @@ impl BrokerSettings {
             Some(false) => None,
             None => d.delete_inactive_topics,
         };
+        let schema_compatibility_strategy = match self.schema_compatibility_strategy.as_deref() {
+            None => d.schema_compatibility_strategy,
+            Some(name) => Strategy::parse_policy(name)
+                .map_err(|error| anyhow::anyhow!("schema_compatibility_strategy: {error}"))?
+                .unwrap_or(d.schema_compatibility_strategy),
+        };
         Ok(PolicyDefaults {
+            schema_compatibility_strategy,
+            allow_auto_update_schema: self.is_allow_auto_update_schema_enabled.unwrap_or(d.allow_auto_update_schema),
+            schema_validation_enforced: self.is_schema_validation_enforced.unwrap_or(d.schema_validation_enforced),
             allow_auto_topic_creation: self.allow_auto_topic_creation.unwrap_or(d.allow_auto_topic_creation),
             auto_topic_type,
             deduplication_enabled: self.broker_deduplication_enabled.unwrap_or(d.deduplication_enabled),
