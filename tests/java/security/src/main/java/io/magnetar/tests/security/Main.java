@@ -7,7 +7,8 @@ import java.util.Set;
 
 /**
  * Apache Pulsar's own Java code as a command line, for the Python tests that check Magnetar's
- * tokens and TLS listeners against it (tests/python/test_java_security.py).
+ * tokens and TLS listeners against it (tests/python/test_java_security.py), and its client's
+ * typed schemas against Magnetar's schema registry (tests/python/test_java_schema.py).
  *
  * <p>Exit codes: 0 when the outcome is the one asked for, 1 when it is not (a token refused, a
  * roundtrip that failed, a producer that was not denied), 2 for bad usage. What a test checks
@@ -22,7 +23,8 @@ public final class Main {
             "  create-secret-key --output OUT",
             "  create-key-pair --algorithm RS256|ES256 --private-key OUT --public-key OUT",
             "  client-roundtrip --service-url pulsar+ssl://HOST:PORT --trust-certs CA.pem --token T",
-            "                   --topic persistent://TENANT/NS/TOPIC [--count N] [--expect-denied]");
+            "                   --topic persistent://TENANT/NS/TOPIC [--count N] [--expect-denied]",
+            "  schema-checks --service-url pulsar://HOST:PORT --topic-prefix persistent://TENANT/NS/PREFIX");
 
     private Main() {}
 
@@ -97,6 +99,10 @@ public final class Main {
                 return ClientRoundtrip.run(options.required("--service-url"), options.required("--trust-certs"),
                         options.required("--token"), options.required("--topic"),
                         Integer.parseInt(options.optional("--count", "10")), options.flag("--expect-denied"));
+            }
+            case "schema-checks": {
+                Options options = new Options(command, rest, Set.of("--service-url", "--topic-prefix"), Set.of());
+                return SchemaChecks.run(options.required("--service-url"), options.required("--topic-prefix"));
             }
             default:
                 throw new Options.UsageException("unknown command " + command);
