@@ -136,3 +136,34 @@ async fn etcd_requiring_client_certificates_takes_ours() -> Result<()> {
     exercise(&store).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zz_explore_messages() -> Result<()> {
+    let etcd = EtcdServer::start().await?;
+    enable_auth(&etcd).await?;
+    let endpoints = etcd.endpoints();
+    let t = std::time::Instant::now();
+    match EtcdStore::connect(&endpoints).await {
+        Ok(store) => println!("ANON connect ok; put: {:?}", store.put("/x", b"x".to_vec(), Expected::Any).await.map_err(|e| e.to_string())),
+        Err(e) => println!("ANON: {e} / {e:?}"),
+    }
+    println!("took {:?}", t.elapsed());
+    let o = EtcdOptions { user: Some("magnetar".into()), password: Some("bad".into()), ..Default::default() };
+    match EtcdStore::connect_with(&endpoints, &o).await { Ok(_) => println!("WRONG ok"), Err(e) => println!("WRONG: {e} / {e:?}") }
+    let o = EtcdOptions { user: Some("nobody".into()), password: Some("bad".into()), ..Default::default() };
+    match EtcdStore::connect_with(&endpoints, &o).await { Ok(_) => println!("NOUSER ok"), Err(e) => println!("NOUSER: {e} / {e:?}") }
+    let dir = tempfile::tempdir()?;
+    write_test_pki(dir.path(), "magnetar")?;
+    let tls = tls_etcd(dir.path(), false).await?;
+    let t = std::time::Instant::now();
+    match EtcdStore::connect(&tls.endpoints()).await { Ok(_) => println!("PLAIN ok"), Err(e) => println!("PLAIN: {e}") }
+    println!("took {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    match EtcdStore::connect_with(&tls.endpoints(), &tls_options(dir.path(), "other-ca.pem", false)).await { Ok(_) => println!("OTHERCA ok"), Err(e) => println!("OTHERCA: {e}") }
+    println!("took {:?}", t.elapsed());
+    let cca = tls_etcd(dir.path(), true).await?;
+    let t = std::time::Instant::now();
+    match EtcdStore::connect_with(&cca.endpoints(), &tls_options(dir.path(), "ca.pem", false)).await { Ok(_) => println!("NOCERT ok"), Err(e) => println!("NOCERT: {e}") }
+    println!("took {:?}", t.elapsed());
+    Ok(())
+}
