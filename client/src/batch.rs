@@ -31,6 +31,7 @@ fn single_metadata(message: &ProducerMessage) -> pb::SingleMessageMetadata {
     pb::SingleMessageMetadata {
         properties: message.wire_properties(),
         partition_key: message.key.clone(),
+        partition_key_b64_encoded: message.key_is_base64.then_some(true),
         payload_size: i32::try_from(message.payload().len()).unwrap_or(i32::MAX),
         event_time: message.event_time,
         ..Default::default()

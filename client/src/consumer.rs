@@ -207,6 +207,7 @@ pub struct ConsumerBuilder {
     negative_ack_redelivery_delay: Duration,
     dead_letter_policy: Option<DeadLetterPolicy>,
     retry_enable: bool,
+    schema: Option<magnetar_proto::pulsar::Schema>,
 }
 
 impl ConsumerBuilder {
@@ -223,7 +224,19 @@ impl ConsumerBuilder {
             negative_ack_redelivery_delay: DEFAULT_NEGATIVE_ACK_REDELIVERY_DELAY,
             dead_letter_policy: None,
             retry_enable: false,
+            schema: None,
         }
+    }
+
+    /// Typed messages: the schema is sent in SUBSCRIBE (the broker checks it can read the
+    /// topic's) and each message is decoded with the schema version it was written with.
+    pub fn with_schema<S: crate::schema::Schema>(mut self, schema: S) -> crate::schema::TypedConsumerBuilder<S> {
+        self.schema = schema.info().to_wire();
+        crate::schema::TypedConsumerBuilder::new(self, schema)
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Subscribes to one more topic with the same subscription.
@@ -314,6 +327,7 @@ impl ConsumerBuilder {
             durable: true,
             start_message_id: None,
             start_inclusive: false,
+            schema: self.schema.clone(),
         };
         let mut consumers = Vec::new();
         for topic in &topics {

@@ -76,6 +76,8 @@ pub(crate) fn decode_entry(command: &pb::CommandMessage, payload: &Payload) -> R
             event_time: event_time(metadata.event_time),
             producer_name: metadata.producer_name.clone(),
             redelivery_count,
+            schema_version: metadata.schema_version.clone(),
+            key_is_base64: metadata.partition_key_b64_encoded.unwrap_or(false),
         };
         return Ok(DecodedEntry { messages: vec![message], permits, batch_size: None });
     };
@@ -102,6 +104,8 @@ pub(crate) fn decode_entry(command: &pb::CommandMessage, payload: &Payload) -> R
             event_time: event_time(single.metadata.event_time).or(event_time(metadata.event_time)),
             producer_name: metadata.producer_name.clone(),
             redelivery_count,
+            schema_version: metadata.schema_version.clone(),
+            key_is_base64: single.metadata.partition_key_b64_encoded.unwrap_or(false),
         });
     }
     Ok(DecodedEntry { messages, permits, batch_size: Some(count as u32) })

@@ -96,6 +96,10 @@ pub enum ClientError {
     #[error("send failed: {reason}")]
     SendFailed { reason: String },
 
+    /// A value that does not fit its schema, or a payload that does not decode with the
+    /// schema it was written with.
+    #[error("schema: {reason}")]
+    Schema { reason: String },
     #[error("cannot encode or decode a message as JSON")]
     Json {
         #[source]

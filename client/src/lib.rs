@@ -119,6 +119,7 @@ mod producer;
 mod producer_task;
 mod reader;
 mod routing;
+pub mod schema;
 mod stream;
 mod tls;
 mod topic;

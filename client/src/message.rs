@@ -113,6 +113,10 @@ pub struct Message {
     pub producer_name: String,
     /// How many times the broker delivered this message before.
     pub redelivery_count: u32,
+    /// The version of the schema its producer wrote it with (8 bytes, big-endian), if any.
+    pub schema_version: Option<Vec<u8>>,
+    /// The key is base64 of raw bytes (a KeyValue schema with SEPARATED encoding).
+    pub key_is_base64: bool,
 }
 
 impl Message {
@@ -123,7 +127,8 @@ impl Message {
     /// #     id: magnetar_client::MessageId::entry(1, 2), topic: String::new(),
     /// #     payload: bytes::Bytes::from_static(br#"{"order":42}"#), key: None,
     /// #     properties: Default::default(), publish_time: 0, event_time: None,
-    /// #     producer_name: String::new(), redelivery_count: 0,
+    /// #     producer_name: String::new(), redelivery_count: 0, schema_version: None,
+    /// #     key_is_base64: false,
     /// # };
     /// #[derive(serde::Deserialize)]
     /// struct Order { order: u32 }

@@ -71,6 +71,8 @@ impl Default for BatchingConfig {
 pub(crate) struct ProducerConfig {
     pub batching: Option<BatchingConfig>,
     pub compression: CompressionType,
+    /// The schema sent in PRODUCER (typed producers).
+    pub schema: Option<magnetar_proto::pulsar::Schema>,
 }
 
 /// Builds a [`Producer`]; from [`Client::producer`].
@@ -100,6 +102,7 @@ pub struct ProducerBuilder {
     batching: Option<BatchingConfig>,
     compression: CompressionType,
     routing_mode: RoutingMode,
+    schema: Option<magnetar_proto::pulsar::Schema>,
 }
 
 impl ProducerBuilder {
@@ -112,6 +115,7 @@ impl ProducerBuilder {
             batching: None,
             compression: CompressionType::None,
             routing_mode: RoutingMode::RoundRobin,
+            schema: None,
         }
     }
 
@@ -168,6 +172,13 @@ impl ProducerBuilder {
 
     /// Looks the topic up (and its partitions) and registers one producer per partition with
     /// the broker that owns it.
+    /// Typed messages: the schema is registered (or found) on the topic when the producer is
+    /// created, and every message carries its version. See [`crate::schema`].
+    pub fn with_schema<S: crate::schema::Schema>(mut self, schema: S) -> crate::schema::TypedProducerBuilder<S> {
+        self.schema = schema.info().to_wire();
+        crate::schema::TypedProducerBuilder::new(self, schema)
+    }
+
     pub async fn create(self) -> Result<Producer, ClientError> {
         if self.max_pending_messages == 0 {
             return Err(ClientError::InvalidConfig { setting: "max_pending_messages", reason: "must be at least 1" });
@@ -181,7 +192,8 @@ impl ProducerBuilder {
             }
         }
         let (topic, partition_names) = self.client.resolve_partitions(&self.topic).await?;
-        let config = Arc::new(ProducerConfig { batching: self.batching, compression: self.compression });
+        let config =
+            Arc::new(ProducerConfig { batching: self.batching, compression: self.compression, schema: self.schema });
         let mut partitions = Vec::with_capacity(partition_names.len());
         for (index, name) in partition_names.iter().enumerate() {
             let partition = if partition_names.len() > 1 { index as i32 } else { -1 };
@@ -221,6 +233,8 @@ pub struct ProducerMessage {
     /// Deliver no earlier than this, in milliseconds since the Unix epoch (Shared
     /// subscriptions; the broker holds the message until then).
     pub(crate) deliver_at_time: Option<i64>,
+    /// The key is base64 of raw bytes (KeyValue SEPARATED).
+    pub(crate) key_is_base64: bool,
 }
 
 impl ProducerMessage {
@@ -240,6 +254,7 @@ impl ProducerMessage {
             properties: BTreeMap::new(),
             event_time: None,
             deliver_at_time: None,
+            key_is_base64: false,
         }
     }
 
@@ -269,6 +284,14 @@ impl ProducerMessage {
     /// Asks the broker to deliver the message no earlier than `millis` since the Unix epoch.
     pub fn deliver_at(mut self, millis: i64) -> Self {
         self.deliver_at_time = Some(millis);
+        self
+    }
+
+    /// Sets a key of raw bytes, sent in base64 (KeyValue SEPARATED encoding).
+    pub(crate) fn key_bytes(mut self, key: &[u8]) -> Self {
+        use base64::Engine;
+        self.key = Some(base64::engine::general_purpose::STANDARD.encode(key));
+        self.key_is_base64 = true;
         self
     }
 

@@ -95,6 +95,8 @@ pub(crate) struct ProducerTask {
     flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
     /// The handle is gone: finish what is pending, then stop.
     draining: bool,
+    /// The version of the producer's schema, from PRODUCER_SUCCESS; stamped on every entry.
+    schema_version: Option<Vec<u8>>,
 }
 
 impl ProducerTask {
@@ -110,7 +112,7 @@ impl ProducerTask {
         let (topic, connection, producer_id, success) = client
             .retry_while_unreachable(|| async {
                 let (topic, connection) = client.topic_connection(topic).await?;
-                let (producer_id, success) = register(&connection, &topic, name.clone()).await?;
+                let (producer_id, success) = register(&connection, &topic, name.clone(), &config).await?;
                 Ok((topic, connection, producer_id, success))
             })
             .await?;
@@ -151,6 +153,7 @@ impl ProducerTask {
             epoch: 0,
             flush_waiters: Vec::new(),
             draining: false,
+            schema_version: success.schema_version,
         };
         tokio::spawn(task.run());
         Ok(handle)
@@ -275,8 +278,10 @@ impl ProducerTask {
             publish_time: now_ms(),
             properties: message.wire_properties(),
             partition_key: message.key.clone(),
+            partition_key_b64_encoded: message.key_is_base64.then_some(true),
             event_time: message.event_time,
             deliver_at_time: message.deliver_at_time,
+            schema_version: self.schema_version.clone(),
             compression: self.config.compression.to_wire(),
             uncompressed_size: Some(u32::try_from(message.payload.len()).unwrap_or(u32::MAX)),
             ..Default::default()
@@ -303,6 +308,7 @@ impl ProducerTask {
             highest_sequence_id: Some(highest_sequence_id),
             publish_time: now_ms(),
             num_messages_in_batch: Some(i32::try_from(count).unwrap_or(i32::MAX)),
+            schema_version: self.schema_version.clone(),
             compression: self.config.compression.to_wire(),
             uncompressed_size: Some(u32::try_from(body.len()).unwrap_or(u32::MAX)),
             ..Default::default()
@@ -414,8 +420,9 @@ impl ProducerTask {
                     continue;
                 }
             };
-            match register(&connection, &self.topic, Some(self.name.clone())).await {
+            match register(&connection, &self.topic, Some(self.name.clone()), &self.config).await {
                 Ok((producer_id, success)) => {
+                    self.schema_version = success.schema_version.clone();
                     let last = success.last_sequence_id.unwrap_or(-1);
                     if let Ok(next) = u64::try_from(last.saturating_add(1)) {
                         self.next_sequence_id.fetch_max(next, Ordering::Relaxed);
@@ -505,13 +512,22 @@ async fn register(
     connection: &Connection,
     topic: &TopicName,
     name: Option<String>,
+    config: &ProducerConfig,
 ) -> Result<(u64, pb::CommandProducerSuccess), ClientError> {
     let producer_id = connection.new_producer_id();
     let topic_name = topic.to_string();
     let label = name.clone().unwrap_or_else(|| format!("#{producer_id}"));
     // Routing first, so that a CLOSE_PRODUCER right after the broker's answer finds it.
     connection.add_producer(producer_id, label, topic_name.clone()).await?;
-    let answer = connection.request(|request_id| command::producer(&topic_name, producer_id, request_id, name)).await;
+    let answer = connection
+        .request(|request_id| {
+            let mut producer = command::producer(&topic_name, producer_id, request_id, name);
+            if let Some(body) = producer.producer.as_mut() {
+                body.schema = config.schema.clone();
+            }
+            producer
+        })
+        .await;
     let success = match answer.map(|answer| answer.producer_success) {
         Ok(Some(success)) => success,
         Ok(None) => {

@@ -137,6 +137,7 @@ impl ReaderBuilder {
             durable: false,
             start_message_id: Some(start_id),
             start_inclusive: self.inclusive,
+            schema: None,
         };
         let consumer = TopicConsumer::subscribe(self.client, &topic.to_string(), -1, settings).await?;
         Ok(Reader { consumer, start: self.start, inclusive: self.inclusive })

@@ -51,6 +51,8 @@ pub(crate) struct SubscribeSettings {
     pub start_message_id: Option<pb::MessageIdData>,
     /// A reader that starts at a specific id, inclusive of it.
     pub start_inclusive: bool,
+    /// The schema sent in SUBSCRIBE (typed consumers).
+    pub schema: Option<pb::Schema>,
 }
 
 /// Acknowledgement state of one batch entry whose messages are not all acknowledged.
@@ -542,6 +544,7 @@ async fn register(
         );
         if let Some(body) = subscribe.subscribe.as_mut() {
             body.consumer_name = settings.consumer_name.clone();
+            body.schema = settings.schema.clone();
             if settings.sub_type == command_subscribe::SubType::KeyShared {
                 body.key_shared_meta = Some(pb::KeySharedMeta {
                     key_shared_mode: pb::KeySharedMode::AutoSplit as i32,

@@ -23,6 +23,12 @@ pub enum MetaError {
         #[source]
         source: etcd_client::Error,
     },
+    /// etcd refused the credentials: no user while etcd has authentication on, an unknown
+    /// user or a wrong password, or a user given to an etcd with authentication off. Not
+    /// retryable: the settings must change. `etcd_says` is etcd's fixed message, which never
+    /// holds the password.
+    #[error("etcd at {endpoint}: authentication failed: {reason} ({etcd_says})")]
+    EtcdAuthentication { endpoint: String, reason: &'static str, etcd_says: String },
     /// etcd did not answer within the store's operation timeout (no leader, no reachable
     /// endpoint, or overloaded). Retryable.
     #[error("etcd at {endpoint} did not answer {operation} within {after:?}")]

@@ -86,14 +86,24 @@ impl EtcdStore {
 
     /// Connects as `options`' etcd user and over its TLS (the endpoints are then dialed with
     /// `https`), and checks that it answers a read.
+    ///
+    /// Errors: [`MetaError::InvalidConfig`] for settings that cannot be used (a file that
+    /// cannot be read names the setting and the file), [`MetaError::EtcdAuthentication`] when
+    /// etcd refuses the user, [`MetaError::Etcd`] or [`MetaError::EtcdTimeout`] otherwise
+    /// (TLS failures among them). None of them holds the password.
     pub async fn connect_with(endpoints: &[String], options: &EtcdOptions) -> Result<EtcdStore> {
+        require_tls_settings_for_https(endpoints, options)?;
         let endpoints = options.endpoints(endpoints);
         let endpoint = endpoints.join(",");
         let connect = options.apply(
             ConnectOptions::new()
                 .with_connect_timeout(CONNECT_TIMEOUT)
                 .with_keep_alive(HTTP2_KEEP_ALIVE.0, HTTP2_KEEP_ALIVE.1)
-                .with_keep_alive_while_idle(true),
+                .with_keep_alive_while_idle(true)
+                // etcd forgets a token after --auth-token-ttl (300 s) unused, and jwt tokens
+                // expire outright: without this, every call after that would fail until the
+                // store is reopened. (Only acts when a user is set.)
+                .with_auto_token_refresh(true),
         )?;
         let client = bounded(&endpoint, "connect", Client::connect(&endpoints, Some(connect))).await?;
         let mut kv = client.kv_client();
@@ -286,8 +296,57 @@ async fn bounded<T>(
 ) -> Result<T> {
     match tokio::time::timeout(OPERATION_TIMEOUT, future).await {
         Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(source)) => Err(MetaError::Etcd { endpoint: endpoint.to_owned(), source }),
+        Ok(Err(source)) => Err(etcd_error(endpoint, source)),
         Err(_) => Err(MetaError::EtcdTimeout { endpoint: endpoint.to_owned(), operation, after: OPERATION_TIMEOUT }),
+    }
+}
+
+/// An etcd error as a [`MetaError`]: refused credentials become
+/// [`MetaError::EtcdAuthentication`], which says what to fix, the rest [`MetaError::Etcd`].
+fn etcd_error(endpoint: &str, source: etcd_client::Error) -> MetaError {
+    match &source {
+        etcd_client::Error::GRpcStatus(status) => match authentication_failure(status) {
+            Some(reason) => MetaError::EtcdAuthentication {
+                endpoint: endpoint.to_owned(),
+                reason,
+                etcd_says: status.message().to_owned(),
+            },
+            None => MetaError::Etcd { endpoint: endpoint.to_owned(), source },
+        },
+        _ => MetaError::Etcd { endpoint: endpoint.to_owned(), source },
+    }
+}
+
+/// What to fix when `status` is etcd refusing the client's credentials. etcd 3.4 answers
+/// those with fixed messages (its `rpctypes`), some under the generic InvalidArgument code,
+/// so the message is matched too.
+fn authentication_failure(status: &tonic::Status) -> Option<&'static str> {
+    let message = status.message();
+    match status.code() {
+        tonic::Code::InvalidArgument if message.contains("user name is empty") => {
+            Some("etcd has authentication on and no etcd user was given (set user and password)")
+        }
+        tonic::Code::InvalidArgument if message.contains("authentication failed") => {
+            Some("unknown etcd user or wrong password")
+        }
+        tonic::Code::FailedPrecondition if message.contains("authentication is not enabled") => {
+            Some("an etcd user was given but etcd has authentication off")
+        }
+        // A token etcd no longer knows, and authenticating again failed or was not possible.
+        tonic::Code::Unauthenticated => Some("etcd refused the client's authentication token"),
+        _ => None,
+    }
+}
+
+/// Refuses `https://` endpoints without `tls_trust_certs_file_path`: they would otherwise be
+/// dialed without TLS (or with no CA to check etcd against), not what whoever wrote them meant.
+fn require_tls_settings_for_https(endpoints: &[String], options: &EtcdOptions) -> Result<()> {
+    match endpoints.iter().find(|endpoint| endpoint.starts_with("https://")) {
+        Some(endpoint) if !options.tls() => Err(MetaError::InvalidConfig {
+            setting: "tls_trust_certs_file_path".to_owned(),
+            reason: format!("endpoint {endpoint} is https but no CA to check etcd's certificate is set"),
+        }),
+        _ => Ok(()),
     }
 }
 

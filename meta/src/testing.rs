@@ -59,6 +59,15 @@ pub struct EtcdTls {
     pub probe: crate::EtcdOptions,
 }
 
+/// How to start a test etcd: plain or TLS, plus flags a test needs (e.g.
+/// `--auth-token-ttl=1`, to see a client live through its token expiring).
+#[derive(Debug, Clone, Default)]
+pub struct EtcdLaunch {
+    pub tls: Option<EtcdTls>,
+    /// Added to etcd's command line after the flags [`EtcdServer`] sets.
+    pub extra_args: Vec<String>,
+}
+
 /// A running single-member etcd cluster on loopback, killed on drop.
 pub struct EtcdServer {
     child: Child,
@@ -78,10 +87,16 @@ impl EtcdServer {
 
     /// Starts etcd serving clients over TLS (`https://127.0.0.1:<port>`) when `tls` is given.
     pub async fn start_with(tls: Option<EtcdTls>) -> Result<EtcdServer, EtcdLaunchError> {
+        Self::start_configured(EtcdLaunch { tls, ..EtcdLaunch::default() }).await
+    }
+
+    /// Starts etcd as `launch` says and waits until it answers (over TLS with the probe's
+    /// settings when `launch.tls` is given).
+    pub async fn start_configured(launch: EtcdLaunch) -> Result<EtcdServer, EtcdLaunchError> {
         let binary = find_etcd()?;
         let mut attempt = 1;
         loop {
-            match Self::launch(&binary, tls.as_ref()).await {
+            match Self::launch(&binary, &launch).await {
                 Err(EtcdLaunchError::Exited { .. }) if attempt < LAUNCH_ATTEMPTS => attempt += 1,
                 result => return result,
             }
@@ -108,7 +123,8 @@ impl EtcdServer {
         read_log(self.directory.path())
     }
 
-    async fn launch(binary: &Path, tls: Option<&EtcdTls>) -> Result<EtcdServer, EtcdLaunchError> {
+    async fn launch(binary: &Path, launch: &EtcdLaunch) -> Result<EtcdServer, EtcdLaunchError> {
+        let tls = launch.tls.as_ref();
         let directory = tempfile::Builder::new()
             .prefix("magnetar-etcd-")
             .tempdir()
@@ -145,6 +161,7 @@ impl EtcdServer {
             // lowers etcd's minimum lease ttl to 1 s, which the lease tests rely on.
             .args(["--heartbeat-interval=50", "--election-timeout=250"])
             .arg("--logger=zap")
+            .args(&launch.extra_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_for_stderr)

@@ -139,31 +139,32 @@ async fn etcd_requiring_client_certificates_takes_ours() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zz_explore_messages() -> Result<()> {
-    let etcd = EtcdServer::start().await?;
+    use magnetar_meta::testing::EtcdLaunch;
+    let etcd = EtcdServer::start_configured(EtcdLaunch {
+        extra_args: vec!["--auth-token-ttl=1".into()],
+        ..Default::default()
+    })
+    .await?;
     enable_auth(&etcd).await?;
     let endpoints = etcd.endpoints();
-    let t = std::time::Instant::now();
-    match EtcdStore::connect(&endpoints).await {
-        Ok(store) => println!("ANON connect ok; put: {:?}", store.put("/x", b"x".to_vec(), Expected::Any).await.map_err(|e| e.to_string())),
-        Err(e) => println!("ANON: {e} / {e:?}"),
+    let o = EtcdOptions { user: Some("magnetar".into()), password: Some(PASSWORD.into()), ..Default::default() };
+    let store = EtcdStore::connect_with(&endpoints, &o).await?;
+    let session = store.create_session(Duration::from_secs(2)).await?;
+    store.put_ephemeral(session, "/e", b"x".to_vec(), Expected::Any).await?;
+    let raw =
+        Client::connect(&endpoints, Some(etcd_client::ConnectOptions::new().with_user("magnetar", PASSWORD))).await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    println!("RAW get: {:?}", raw.kv_client().get("/e", None).await.map(|r| r.kvs().len()));
+    let mut w = raw.watch_client();
+    match w.watch("/e", None).await {
+        Ok(mut stream) => println!("RAW watch: {:?}", stream.message().await),
+        Err(e) => println!("RAW watch err {e:?}"),
     }
-    println!("took {:?}", t.elapsed());
-    let o = EtcdOptions { user: Some("magnetar".into()), password: Some("bad".into()), ..Default::default() };
-    match EtcdStore::connect_with(&endpoints, &o).await { Ok(_) => println!("WRONG ok"), Err(e) => println!("WRONG: {e} / {e:?}") }
-    let o = EtcdOptions { user: Some("nobody".into()), password: Some("bad".into()), ..Default::default() };
-    match EtcdStore::connect_with(&endpoints, &o).await { Ok(_) => println!("NOUSER ok"), Err(e) => println!("NOUSER: {e} / {e:?}") }
-    let dir = tempfile::tempdir()?;
-    write_test_pki(dir.path(), "magnetar")?;
-    let tls = tls_etcd(dir.path(), false).await?;
-    let t = std::time::Instant::now();
-    match EtcdStore::connect(&tls.endpoints()).await { Ok(_) => println!("PLAIN ok"), Err(e) => println!("PLAIN: {e}") }
-    println!("took {:?}", t.elapsed());
-    let t = std::time::Instant::now();
-    match EtcdStore::connect_with(&tls.endpoints(), &tls_options(dir.path(), "other-ca.pem", false)).await { Ok(_) => println!("OTHERCA ok"), Err(e) => println!("OTHERCA: {e}") }
-    println!("took {:?}", t.elapsed());
-    let cca = tls_etcd(dir.path(), true).await?;
-    let t = std::time::Instant::now();
-    match EtcdStore::connect_with(&cca.endpoints(), &tls_options(dir.path(), "ca.pem", false)).await { Ok(_) => println!("NOCERT ok"), Err(e) => println!("NOCERT: {e}") }
-    println!("took {:?}", t.elapsed());
+    println!("STORE get: {:?}", store.get("/e").await.map_err(|e| e.to_string()));
+    println!("STORE watch: {:?}", store.watch("/e").await.map_err(|e| e.to_string()).map(|_| ()));
+    println!(
+        "STORE put_ephemeral: {:?}",
+        store.put_ephemeral(session, "/e2", b"x".to_vec(), Expected::Any).await.map_err(|e| e.to_string())
+    );
     Ok(())
 }

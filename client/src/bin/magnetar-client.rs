@@ -428,6 +428,8 @@ mod tests {
             event_time: None,
             producer_name: "p".into(),
             redelivery_count: 0,
+            schema_version: None,
+            key_is_base64: false,
         };
         assert_eq!(describe(&message, false), "key:[null], properties:[a=1, b=2], content:hello");
         assert_eq!(describe(&message, true), "key:[null], properties:[a=1, b=2], content:68 65 6c 6c 6f");
