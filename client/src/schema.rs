@@ -250,6 +250,12 @@ impl<T> fmt::Debug for JsonSchema<T> {
     }
 }
 
+impl<T> Clone for JsonSchema<T> {
+    fn clone(&self) -> Self {
+        JsonSchema { definition: self.definition.clone(), _value: PhantomData }
+    }
+}
+
 impl<T> JsonSchema<T> {
     /// From an Avro record definition (checked to parse).
     pub fn new(definition: &str) -> Result<Self, ClientError> {
@@ -308,6 +314,12 @@ impl<T> fmt::Debug for AvroSchema<T> {
     }
 }
 
+impl<T> Clone for AvroSchema<T> {
+    fn clone(&self) -> Self {
+        AvroSchema { definition: self.definition.clone(), schema: self.schema.clone(), _value: PhantomData }
+    }
+}
+
 impl<T> AvroSchema<T> {
     pub fn new(definition: &str) -> Result<Self, ClientError> {
         Ok(AvroSchema { definition: definition.to_owned(), schema: parse_avro(definition)?, _value: PhantomData })
@@ -348,8 +360,17 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Schema for AvroSchema<T> 
     }
 
     fn encode(&self, value: &T) -> Result<Vec<u8>, ClientError> {
-        let value = apache_avro::to_value(value).map_err(avro_error)?;
-        let value = value.resolve(&self.schema).map_err(avro_error)?;
+        // serde's unsigned integers (serde_json's numbers among them) have no Avro form:
+        // what does not resolve directly is tried through its JSON form.
+        let value = match apache_avro::to_value(value).and_then(|avro| avro.resolve(&self.schema)) {
+            Ok(resolved) => resolved,
+            Err(direct) => {
+                let json = serde_json::to_value(value).map_err(|source| ClientError::Json { source })?;
+                apache_avro::types::Value::try_from(json)
+                    .and_then(|avro| avro.resolve(&self.schema))
+                    .map_err(|_| avro_error(direct))?
+            }
+        };
         apache_avro::writer::datum::GenericDatumWriter::builder(&self.schema)
             .build()
             .and_then(|datum| datum.write_value_to_vec(value))
@@ -677,6 +698,11 @@ impl<S: Schema> TypedProducer<S> {
         &mut self.inner
     }
 
+    /// The untyped producer, still stamping the schema's version on what it sends.
+    pub fn into_inner(self) -> Producer {
+        self.inner
+    }
+
     pub async fn close(self) -> Result<(), ClientError> {
         self.inner.close().await
     }
@@ -767,6 +793,11 @@ impl<S: Schema> TypedConsumer<S> {
     /// The untyped consumer (acks, seeks, names).
     pub fn inner_mut(&mut self) -> &mut Consumer {
         &mut self.inner
+    }
+
+    /// The untyped consumer (its subscription was checked against the schema).
+    pub fn into_inner(self) -> Consumer {
+        self.inner
     }
 }
 

@@ -121,3 +121,25 @@ async fn key_value_and_primitive_messages_round_trip() -> anyhow::Result<()> {
     assert_eq!(next(&mut consumer).await?, -42);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_produces_avro_records_and_consumes_them_with_auto_consume() -> anyhow::Result<()> {
+    let standalone = Standalone::start().await?;
+    let cli = magnetar_tests::binary("magnetar-client")?;
+    let url = standalone.service_url();
+    let dir = tempfile::tempdir()?;
+    let definition = dir.path().join("order.avsc");
+    std::fs::write(&definition, ORDER)?;
+    let schema = format!("avro:{}", definition.display());
+    let run = |args: &[&str]| std::process::Command::new(&cli).arg("--url").arg(&url).args(args).output();
+    let produce = run(&["produce", "cli-orders", "--schema", &schema, "-s", "", "-m", r#"{"id": 7, "item": "lamp"}"#])?;
+    assert!(produce.status.success(), "produce: {}", String::from_utf8_lossy(&produce.stderr));
+    let consume = run(&["consume", "cli-orders", "-s", "audit", "-p", "Earliest", "--schema", "auto"])?;
+    assert!(consume.status.success(), "consume: {}", String::from_utf8_lossy(&consume.stderr));
+    let stdout = String::from_utf8_lossy(&consume.stdout);
+    assert!(stdout.contains(r#"content:{"id":7,"item":"lamp"}"#), "{stdout}");
+    // A body that is not a record of the schema is refused before anything is sent.
+    let bad = run(&["produce", "cli-orders", "--schema", &schema, "-s", "", "-m", r#"{"id": "x"}"#])?;
+    assert!(!bad.status.success(), "a body that does not fit the schema was sent");
+    Ok(())
+}

@@ -7,6 +7,8 @@
 //! magnetar-client --url pulsar+ssl://broker:6651 --tls-trust-cert-path ca.pem \
 //!     --auth-plugin token --auth-params file:///run/token produce my-topic -m hello
 //! magnetar-client --client-conf conf/client.conf consume my-topic -s sub
+//! magnetar-client produce orders --schema avro:order.avsc -m '{"id": 1, "item": "book"}' -s ''
+//! magnetar-client consume orders -s audit --schema auto -p Earliest
 //! ```
 //!
 //! The service URL is `--url` (or $MAGNETAR_URL), else client.conf's `brokerServiceUrl`,
@@ -19,6 +21,9 @@ use std::io::{IsTerminal, Write};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use magnetar_client::schema::{
+    AutoConsumeSchema, AvroSchema, JsonSchema, Schema, SchemaInfo, StringSchema, TypedConsumer, TypedProducer,
+};
 use magnetar_client::{
     Client, ClientConfig, ConnectionArgs, InitialPosition, Message, ProducerMessage, SubscriptionType,
     DEFAULT_MAX_PENDING_MESSAGES,
@@ -76,6 +81,11 @@ struct ProduceArgs {
     /// Messages per second; 0 means as fast as possible.
     #[arg(short = 'r', long = "rate", default_value_t = 0.0)]
     rate: f64,
+
+    /// The messages' schema: bytes, string, json:FILE.avsc or avro:FILE.avsc (an Avro
+    /// record definition; each message is then a JSON object of that record).
+    #[arg(long, default_value = "bytes")]
+    schema: SchemaArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +116,82 @@ struct ConsumeArgs {
     /// Messages per second; 0 means as fast as possible.
     #[arg(short = 'r', long = "rate", default_value_t = 0.0)]
     rate: f64,
+
+    /// Subscribe with a schema (bytes, string, json:FILE.avsc, avro:FILE.avsc) or `auto`
+    /// (AUTO_CONSUME); typed messages print as JSON, decoded with their writer's schema.
+    #[arg(long, default_value = "bytes")]
+    schema: SchemaArg,
+}
+
+/// A `--schema` value.
+#[derive(Debug, Clone, PartialEq)]
+enum SchemaArg {
+    Bytes,
+    String,
+    Json(std::path::PathBuf),
+    Avro(std::path::PathBuf),
+    Auto,
+}
+
+impl std::str::FromStr for SchemaArg {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.split_once(':') {
+            None if text.eq_ignore_ascii_case("bytes") => Ok(SchemaArg::Bytes),
+            None if text.eq_ignore_ascii_case("string") => Ok(SchemaArg::String),
+            None if text.eq_ignore_ascii_case("auto") => Ok(SchemaArg::Auto),
+            Some((kind, path)) if kind.eq_ignore_ascii_case("json") && !path.is_empty() => {
+                Ok(SchemaArg::Json(path.into()))
+            }
+            Some((kind, path)) if kind.eq_ignore_ascii_case("avro") && !path.is_empty() => {
+                Ok(SchemaArg::Avro(path.into()))
+            }
+            _ => Err(format!("{text:?}: expected bytes, string, json:FILE.avsc, avro:FILE.avsc or auto")),
+        }
+    }
+}
+
+/// A loaded `--schema`.
+enum CliSchema {
+    Bytes,
+    String,
+    Json(JsonSchema<serde_json::Value>),
+    Avro(AvroSchema<serde_json::Value>),
+    Auto,
+}
+
+impl SchemaArg {
+    fn load(&self) -> anyhow::Result<CliSchema> {
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).with_context(|| format!("read the schema file {}", path.display()))
+        };
+        Ok(match self {
+            SchemaArg::Bytes => CliSchema::Bytes,
+            SchemaArg::String => CliSchema::String,
+            SchemaArg::Auto => CliSchema::Auto,
+            SchemaArg::Json(path) => {
+                CliSchema::Json(JsonSchema::new(&read(path)?).with_context(|| path.display().to_string())?)
+            }
+            SchemaArg::Avro(path) => {
+                CliSchema::Avro(AvroSchema::new(&read(path)?).with_context(|| path.display().to_string())?)
+            }
+        })
+    }
+}
+
+impl CliSchema {
+    /// The message for one command-line body.
+    fn message(&self, body: &str) -> anyhow::Result<ProducerMessage> {
+        let json = || serde_json::from_str::<serde_json::Value>(body).with_context(|| format!("{body:?} is not JSON"));
+        Ok(match self {
+            CliSchema::Bytes => ProducerMessage::new(body.as_bytes().to_vec()),
+            CliSchema::String => StringSchema.message(&body.to_owned())?,
+            CliSchema::Json(schema) => schema.message(&json()?)?,
+            CliSchema::Avro(schema) => schema.message(&json()?)?,
+            CliSchema::Auto => bail!("--schema auto is for consume"),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -187,15 +273,23 @@ async fn produce(url: &str, config: ClientConfig, args: ProduceArgs) -> anyhow::
 
     let mut pacer = Pacer::new(args.rate)?;
     let client = Client::connect_with_config(url, config).await.with_context(|| format!("connect to {url}"))?;
-    let mut producer =
-        client.producer(&args.topic).create().await.with_context(|| format!("create a producer on {}", args.topic))?;
+    let schema = args.schema.load()?;
+    let builder = client.producer(&args.topic);
+    let created = match &schema {
+        CliSchema::Bytes => builder.create().await,
+        CliSchema::String => builder.with_schema(StringSchema).create().await.map(TypedProducer::into_inner),
+        CliSchema::Json(json) => builder.with_schema(json.clone()).create().await.map(TypedProducer::into_inner),
+        CliSchema::Avro(avro) => builder.with_schema(avro.clone()).create().await.map(TypedProducer::into_inner),
+        CliSchema::Auto => bail!("--schema auto is for consume"),
+    };
+    let mut producer = created.with_context(|| format!("create a producer on {}", args.topic))?;
 
     // Pipelined: queue up to the producer's pending limit, then wait for the oldest receipt.
     let mut receipts = VecDeque::new();
     let mut produced = 0u64;
     for _ in 0..args.num_produce {
         for body in &bodies {
-            let mut message = ProducerMessage::new(body.clone().into_bytes());
+            let mut message = schema.message(body)?;
             if let Some(key) = &args.key {
                 message = message.key(key.clone());
             }
@@ -254,13 +348,21 @@ impl Pacer {
 async fn consume(url: &str, config: ClientConfig, args: ConsumeArgs) -> anyhow::Result<()> {
     let mut pacer = Pacer::new(args.rate)?;
     let client = Client::connect_with_config(url, config).await.with_context(|| format!("connect to {url}"))?;
-    let mut consumer = client
+    let builder = client
         .consumer(&args.topic, &args.subscription)
         .subscription_type(args.subscription_type.into())
-        .initial_position(args.subscription_position.into())
-        .subscribe()
-        .await
-        .with_context(|| format!("subscribe {} to {}", args.subscription, args.topic))?;
+        .initial_position(args.subscription_position.into());
+    let schema = args.schema.load()?;
+    let subscribed = match &schema {
+        CliSchema::Bytes => builder.subscribe().await,
+        CliSchema::String => builder.with_schema(StringSchema).subscribe().await.map(TypedConsumer::into_inner),
+        CliSchema::Json(json) => builder.with_schema(json.clone()).subscribe().await.map(TypedConsumer::into_inner),
+        CliSchema::Avro(avro) => builder.with_schema(avro.clone()).subscribe().await.map(TypedConsumer::into_inner),
+        CliSchema::Auto => builder.with_schema(AutoConsumeSchema).subscribe().await.map(TypedConsumer::into_inner),
+    };
+    let mut consumer = subscribed.with_context(|| format!("subscribe {} to {}", args.subscription, args.topic))?;
+    let typed = !matches!(schema, CliSchema::Bytes);
+    let mut writers = std::collections::HashMap::new();
 
     let mut consumed = 0u64;
     let stdout = std::io::stdout();
@@ -285,7 +387,8 @@ async fn consume(url: &str, config: ClientConfig, args: ConsumeArgs) -> anyhow::
         {
             let mut out = stdout.lock();
             writeln!(out, "----- got message -----")?;
-            writeln!(out, "{}", describe(&message, args.hex))?;
+            let content = if typed { Some(decoded(&client, &mut writers, &message).await) } else { None };
+            writeln!(out, "{}", describe(&message, args.hex, content.as_deref()))?;
         }
         consumer.ack(&message).await.context("acknowledge a message")?;
         consumed += 1;
@@ -300,11 +403,36 @@ async fn consume(url: &str, config: ClientConfig, args: ConsumeArgs) -> anyhow::
     Ok(())
 }
 
+/// A typed message's value as JSON, decoded with the schema it was written with (fetched once
+/// per version), or why it cannot be.
+async fn decoded(
+    client: &Client,
+    writers: &mut std::collections::HashMap<Vec<u8>, Option<SchemaInfo>>,
+    message: &Message,
+) -> String {
+    let writer = match &message.schema_version {
+        None => None,
+        Some(version) => match writers.get(version) {
+            Some(found) => found.clone(),
+            None => match client.get_schema(&message.topic, Some(version)).await {
+                Ok(found) => writers.entry(version.clone()).or_insert(found).clone(),
+                Err(error) => return format!("<schema version not found: {error}>"),
+            },
+        },
+    };
+    match AutoConsumeSchema.value_of(message, writer.as_ref()) {
+        Ok(value) => value.to_string(),
+        Err(error) => format!("<cannot decode: {error}>"),
+    }
+}
+
 /// One message as Pulsar's CLI prints it: `key:[...], properties:[...], content:...`.
-fn describe(message: &Message, hex: bool) -> String {
+fn describe(message: &Message, hex: bool, decoded: Option<&str>) -> String {
     let key = message.key.as_deref().unwrap_or("null");
     let properties: Vec<String> = message.properties.iter().map(|(key, value)| format!("{key}={value}")).collect();
-    let content = if hex {
+    let content = if let Some(decoded) = decoded {
+        decoded.to_owned()
+    } else if hex {
         message.payload.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(" ")
     } else {
         String::from_utf8_lossy(&message.payload).into_owned()
@@ -431,7 +559,7 @@ mod tests {
             schema_version: None,
             key_is_base64: false,
         };
-        assert_eq!(describe(&message, false), "key:[null], properties:[a=1, b=2], content:hello");
-        assert_eq!(describe(&message, true), "key:[null], properties:[a=1, b=2], content:68 65 6c 6c 6f");
+        assert_eq!(describe(&message, false, None), "key:[null], properties:[a=1, b=2], content:hello");
+        assert_eq!(describe(&message, true, None), "key:[null], properties:[a=1, b=2], content:68 65 6c 6c 6f");
     }
 }
