@@ -16,10 +16,12 @@
 //! broker) sends the overdue messages as soon as it can and their wait counts in their
 //! latency: no coordinated omission.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
+use magnetar_client::schema::{JsonSchema, Schema, TypedProducer};
 use magnetar_client::{Client, ClientError, Producer, ProducerMessage, SendReceipt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -65,6 +67,45 @@ pub struct ProduceArgs {
     /// Print exactly one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// `bytes` (the payload as is) or `json`: each message a record `{seq, sent_at_us, body}`
+    /// of about --size bytes, encoded by a typed producer with a JSON schema (what a typed
+    /// application pays: one serde encoding per message, the schema registered once).
+    #[arg(long, default_value = "bytes", value_parser = ["bytes", "json"])]
+    schema: String,
+}
+
+/// The record `--schema json` sends.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PerfRecord {
+    seq: i64,
+    sent_at_us: i64,
+    body: String,
+}
+
+const PERF_RECORD: &str = r#"{"type":"record","name":"PerfRecord","namespace":"magnetar.perf","fields":[
+    {"name":"seq","type":"long"},{"name":"sent_at_us","type":"long"},{"name":"body","type":"string"}]}"#;
+
+/// What each message is: the same bytes, or a record encoded per message.
+#[derive(Clone)]
+enum Payloads {
+    Raw(Bytes),
+    Json { schema: JsonSchema<PerfRecord>, body: Arc<str>, start: Instant },
+}
+
+impl Payloads {
+    fn message(&self, seq: u64) -> Result<ProducerMessage, ClientError> {
+        match self {
+            Payloads::Raw(payload) => Ok(ProducerMessage::new(payload.clone())),
+            Payloads::Json { schema, body, start } => {
+                let record = PerfRecord {
+                    seq: seq as i64,
+                    sent_at_us: start.elapsed().as_micros() as i64,
+                    body: body.to_string(),
+                };
+                schema.message(&record)
+            }
+        }
+    }
 }
 
 fn parse_compression(text: &str) -> Result<magnetar_client::CompressionType, String> {
@@ -135,20 +176,32 @@ pub async fn produce_benchmark(args: ProduceArgs) -> anyhow::Result<()> {
         .context("read the connection settings")?;
     let client =
         Client::connect_with_config(&service_url, config).await.with_context(|| format!("connect to {service_url}"))?;
+    let start = Instant::now();
+    let payloads = match args.schema.as_str() {
+        "json" => {
+            // The record's fields and JSON punctuation take about 60 bytes of --size.
+            let body: String = "x".repeat((args.size as usize).saturating_sub(60).max(1));
+            Payloads::Json { schema: JsonSchema::new(PERF_RECORD)?, body: body.into(), start }
+        }
+        _ => Payloads::Raw(Bytes::from((0..args.size).map(|i| (i % 251) as u8).collect::<Vec<u8>>())),
+    };
     let mut producers = Vec::with_capacity(args.producers as usize);
     for index in 0..args.producers {
-        let producer = client
+        let builder = client
             .producer(args.topic.clone())
             .max_pending_messages(args.max_pending as usize)
-            .compression(args.compression)
-            .create()
-            .await
-            .with_context(|| format!("create producer {index} on {}", args.topic))?;
-        producers.push(producer);
+            .compression(args.compression);
+        let created = match &payloads {
+            Payloads::Raw(_) => builder.create().await,
+            Payloads::Json { schema, .. } => {
+                builder.with_schema(schema.clone()).create().await.map(TypedProducer::into_inner)
+            }
+        };
+        producers.push(created.with_context(|| format!("create producer {index} on {}", args.topic))?);
     }
-    info!(topic = %args.topic, producers = args.producers, size = args.size, rate = args.rate, "benchmark starting");
+    info!(topic = %args.topic, producers = args.producers, size = args.size, rate = args.rate, schema = %args.schema,
+        "benchmark starting");
 
-    let payload = Bytes::from((0..args.size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
     let pacing = Pacing { rate: args.rate, producers: args.producers };
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.seconds);
@@ -160,7 +213,7 @@ pub async fn produce_benchmark(args: ProduceArgs) -> anyhow::Result<()> {
             producer,
             index as u32,
             pacing,
-            payload.clone(),
+            payloads.clone(),
             batch,
             window,
             start,
@@ -220,7 +273,7 @@ async fn run_producer(
     mut producer: Producer,
     index: u32,
     pacing: Pacing,
-    payload: Bytes,
+    payloads: Payloads,
     batch_max_messages: usize,
     max_pending: usize,
     start: Instant,
@@ -272,10 +325,16 @@ async fn run_producer(
             tokio::time::sleep_until(at).await;
             continue;
         }
-        let sent = if batch_max_messages == 1 {
-            producer.send_async(ProducerMessage::new(payload.clone())).await
-        } else {
-            producer.send_batch_async(due.iter().map(|_| ProducerMessage::new(payload.clone())).collect()).await
+        let first = next - due.len() as u64;
+        let messages: Result<Vec<ProducerMessage>, ClientError> =
+            (first..next).map(|seq| payloads.message(seq)).collect();
+        let sent = match messages {
+            Ok(mut messages) if batch_max_messages == 1 => match messages.pop() {
+                Some(message) => producer.send_async(message).await,
+                None => continue,
+            },
+            Ok(messages) => producer.send_batch_async(messages).await,
+            Err(error) => Err(error),
         };
         match sent {
             Ok(receipt) => {
@@ -324,6 +383,7 @@ fn print_figures(args: &ProduceArgs, service_url: &str, figures: &ProduceFigures
             "seconds": figures.elapsed.as_secs_f64(),
             "topic": args.topic,
             "size": args.size,
+            "schema": args.schema,
             "rate": args.rate,
             "producers": args.producers,
             "batch_max_messages": args.batch_max_messages,
