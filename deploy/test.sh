@@ -29,8 +29,9 @@ source "$REPO/deploy/system-packages.sh"
 # CPython 3.11 on x86_64 (Debian 12's python and the pyenv default), so nothing is compiled.
 PULSAR_CLIENT_VERSION=3.13.0
 PYTEST_VERSION=9.2.0
-# pulsar.schema.AvroSchema and JsonSchema need fastavro.
+# pulsar.schema.AvroSchema and JsonSchema need fastavro; ProtobufNativeSchema needs protobuf.
 FASTAVRO_VERSION=1.13.1
+PROTOBUF_VERSION=7.36.2
 VENV="$REPO/.venv"
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
@@ -70,15 +71,16 @@ echo "libclang: ok; etcd: $(command -v etcd); openssl: $(pkg-config --modversion
 # --------------------------------------------------------------------------------------------
 section "2/5 python virtualenv ($VENV)"
 
-# True when the venv has the pinned pulsar-client, pytest and fastavro.
+# True when the venv has the pinned pulsar-client, pytest, fastavro and protobuf.
 venv_ready() {
     [[ -x "$VENV/bin/python" ]] &&
-        "$VENV/bin/python" - "$PULSAR_CLIENT_VERSION" "$PYTEST_VERSION" "$FASTAVRO_VERSION" <<'PY' 2>/dev/null
+        "$VENV/bin/python" - "$PULSAR_CLIENT_VERSION" "$PYTEST_VERSION" "$FASTAVRO_VERSION" "$PROTOBUF_VERSION" \
+            <<'PY' 2>/dev/null
 import sys
 from importlib.metadata import version
-import fastavro, pulsar, pytest  # noqa: F401  (importable, native library loads)
-pinned = (version("pulsar-client"), version("pytest"), version("fastavro"))
-sys.exit(0 if pinned == tuple(sys.argv[1:4]) else 1)
+import fastavro, google.protobuf, pulsar, pytest  # noqa: F401  (importable, native library loads)
+pinned = (version("pulsar-client"), version("pytest"), version("fastavro"), version("protobuf"))
+sys.exit(0 if pinned == tuple(sys.argv[1:5]) else 1)
 PY
 }
 
@@ -108,17 +110,19 @@ create_venv() {
 }
 
 if venv_ready; then
-    echo "reusing $VENV: pulsar-client $PULSAR_CLIENT_VERSION, pytest $PYTEST_VERSION, fastavro $FASTAVRO_VERSION"
+    echo "reusing $VENV: pulsar-client $PULSAR_CLIENT_VERSION, pytest $PYTEST_VERSION, fastavro $FASTAVRO_VERSION," \
+        "protobuf $PROTOBUF_VERSION"
 else
     venv_usable || create_venv
     # --only-binary: a source build of the C++ client would take long and need many headers;
     # if no wheel fits this interpreter we want to fail here, clearly.
     PIP_NO_INPUT=1 "$VENV/bin/python" -m pip install --disable-pip-version-check -q \
         --only-binary pulsar-client \
-        "pulsar-client==$PULSAR_CLIENT_VERSION" "pytest==$PYTEST_VERSION" "fastavro==$FASTAVRO_VERSION"
+        "pulsar-client==$PULSAR_CLIENT_VERSION" "pytest==$PYTEST_VERSION" "fastavro==$FASTAVRO_VERSION" \
+        "protobuf==$PROTOBUF_VERSION"
     venv_ready || {
         echo "error: $VENV still lacks pulsar-client $PULSAR_CLIENT_VERSION / pytest $PYTEST_VERSION /" \
-            "fastavro $FASTAVRO_VERSION" >&2
+            "fastavro $FASTAVRO_VERSION / protobuf $PROTOBUF_VERSION" >&2
         exit 1
     }
     echo "installed pulsar-client $PULSAR_CLIENT_VERSION and pytest $PYTEST_VERSION into $VENV"

@@ -277,3 +277,44 @@ def test_partitions_share_one_history_and_deleting_the_topic_deletes_it(
     status, body = http(magnetar, "DELETE", f"/admin/v2/persistent/public/default/{name}/partitions")
     assert status in (200, 204), (status, body)
     assert http(magnetar, "GET", f"/admin/v2/schemas/public/default/{name}/schema")[0] == 404
+
+
+def _proto_class(message: str, fields: list[tuple[str, int, int]], file_name: str) -> type:
+    """A protobuf message class built at run time (what protoc would generate): package
+    `shop`, message `message`, fields (name, number, FieldDescriptorProto type)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    file = descriptor_pb2.FileDescriptorProto(name=file_name, package="shop", syntax="proto3")
+    proto = file.message_type.add(name=message)
+    for name, number, field_type in fields:
+        proto.field.add(name=name, number=number, type=field_type, label=1)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"shop.{message}"))
+
+
+def test_protobuf_native_round_trip_and_root_message_check(client: pulsar.Client, magnetar: MagnetarProcess) -> None:
+    from google.protobuf.descriptor_pb2 import FieldDescriptorProto as F
+    from pulsar.schema import ProtobufNativeSchema
+
+    order_v1 = _proto_class("Order", [("id", 1, F.TYPE_INT64), ("item", 2, F.TYPE_STRING)], "order.proto")
+    order_v2 = _proto_class(
+        "Order", [("id", 1, F.TYPE_INT64), ("item", 2, F.TYPE_STRING), ("quantity", 3, F.TYPE_INT32)], "order.proto"
+    )
+    invoice = _proto_class("Invoice", [("number", 1, F.TYPE_INT64)], "invoice.proto")
+    topic = topic_in(new_namespace(magnetar))
+    consumer = client.subscribe(topic, "proto", schema=ProtobufNativeSchema(order_v1))
+    producer = client.create_producer(topic, schema=ProtobufNativeSchema(order_v1))
+    producer.send(order_v1(id=7, item="lamp"))
+    got = consumer.receive(timeout_millis=10_000).value()
+    assert (got.id, got.item) == (7, "lamp")
+    versions = schema_versions(magnetar, topic)
+    assert [v["type"] for v in versions] == ["PROTOBUF_NATIVE"]
+    assert json.loads(versions[0]["data"])["rootMessageTypeName"] == "shop.Order"
+    # The same root message with a new field is a new version; another root message is not.
+    client.create_producer(topic, schema=ProtobufNativeSchema(order_v2)).close()
+    assert len(schema_versions(magnetar, topic)) == 2
+    with pytest.raises(pulsar.IncompatibleSchema):
+        client.create_producer(topic, schema=ProtobufNativeSchema(invoice))
+    producer.close()
+    consumer.close()
