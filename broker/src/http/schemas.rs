@@ -91,6 +91,19 @@ async fn schema_of(service: &AppState, tenant: &str, ns: &str, topic: &str) -> R
     Ok(schema_id(&existing_namespace_topic(service, tenant, ns, topic).await?))
 }
 
+/// The schema id, the posted schema and the topic's strategy.
+async fn posted(
+    service: &AppState,
+    tenant: &str,
+    ns: &str,
+    topic: &str,
+    body: &str,
+) -> Result<(String, SchemaData, crate::schema::Strategy), ApiError> {
+    let name = existing_namespace_topic(service, tenant, ns, topic).await?;
+    let schema = json_body::<Payload>(body, "a PostSchemaPayload object")?.into_schema()?;
+    Ok((schema_id(&name), schema, service.schema_policy(&name).strategy))
+}
+
 fn not_found() -> ApiError {
     ApiError(StatusCode::NOT_FOUND, "Schema not found".to_owned())
 }
@@ -130,10 +143,8 @@ async fn register(
     Path((tenant, ns, topic)): Path<(String, String, String)>,
     body: String,
 ) -> Result<Json<Value>, ApiError> {
-    let name = existing_namespace_topic(&service, &tenant, &ns, &topic).await?;
-    let schema = json_body::<Payload>(&body, "a PostSchemaPayload object")?.into_schema()?;
-    let strategy = service.schema_policy(&name).strategy;
-    let version = service.schemas.register(&schema_id(&name), &schema, strategy, "admin").await?;
+    let (id, schema, strategy) = posted(&service, &tenant, &ns, &topic, &body).await?;
+    let version = service.schemas.register(&id, &schema, strategy, "admin").await?;
     Ok(Json(json!({ "version": { "version": version } })))
 }
 
@@ -151,10 +162,8 @@ async fn compatibility(
     Path((tenant, ns, topic)): Path<(String, String, String)>,
     body: String,
 ) -> Result<Json<Value>, ApiError> {
-    let name = existing_namespace_topic(&service, &tenant, &ns, &topic).await?;
-    let schema = json_body::<Payload>(&body, "a PostSchemaPayload object")?.into_schema()?;
-    let strategy = service.schema_policy(&name).strategy;
-    let compatible = match service.schemas.check(&schema_id(&name), &schema, strategy).await {
+    let (id, schema, strategy) = posted(&service, &tenant, &ns, &topic, &body).await?;
+    let compatible = match service.schemas.check(&id, &schema, strategy).await {
         Ok(()) => true,
         Err(BrokerError::IncompatibleSchema { .. }) => false,
         Err(error) => return Err(error.into()),
@@ -167,8 +176,7 @@ async fn version_of(
     Path((tenant, ns, topic)): Path<(String, String, String)>,
     body: String,
 ) -> Result<Json<Value>, ApiError> {
-    let id = schema_of(&service, &tenant, &ns, &topic).await?;
-    let schema = json_body::<Payload>(&body, "a PostSchemaPayload object")?.into_schema()?;
+    let (id, schema, _) = posted(&service, &tenant, &ns, &topic, &body).await?;
     let version = service.schemas.find(&id, &schema).await?.ok_or_else(not_found)?;
     Ok(Json(json!({ "version": version })))
 }
