@@ -207,7 +207,8 @@ pub struct ConsumerBuilder {
     negative_ack_redelivery_delay: Duration,
     dead_letter_policy: Option<DeadLetterPolicy>,
     retry_enable: bool,
-    schema: Option<magnetar_proto::pulsar::Schema>,
+    /// Set by `with_schema` (schema.rs).
+    pub(crate) schema: Option<magnetar_proto::pulsar::Schema>,
 }
 
 impl ConsumerBuilder {
@@ -226,13 +227,6 @@ impl ConsumerBuilder {
             retry_enable: false,
             schema: None,
         }
-    }
-
-    /// Typed messages: the schema is sent in SUBSCRIBE (the broker checks it can read the
-    /// topic's) and each message is decoded with the schema version it was written with.
-    pub fn with_schema<S: crate::schema::Schema>(mut self, schema: S) -> crate::schema::TypedConsumerBuilder<S> {
-        self.schema = schema.info().to_wire();
-        crate::schema::TypedConsumerBuilder::new(self, schema)
     }
 
     pub(crate) fn client(&self) -> &Client {

@@ -102,7 +102,8 @@ pub struct ProducerBuilder {
     batching: Option<BatchingConfig>,
     compression: CompressionType,
     routing_mode: RoutingMode,
-    schema: Option<magnetar_proto::pulsar::Schema>,
+    /// Set by `with_schema` (schema.rs).
+    pub(crate) schema: Option<magnetar_proto::pulsar::Schema>,
 }
 
 impl ProducerBuilder {
@@ -172,13 +173,6 @@ impl ProducerBuilder {
 
     /// Looks the topic up (and its partitions) and registers one producer per partition with
     /// the broker that owns it.
-    /// Typed messages: the schema is registered (or found) on the topic when the producer is
-    /// created, and every message carries its version. See [`crate::schema`].
-    pub fn with_schema<S: crate::schema::Schema>(mut self, schema: S) -> crate::schema::TypedProducerBuilder<S> {
-        self.schema = schema.info().to_wire();
-        crate::schema::TypedProducerBuilder::new(self, schema)
-    }
-
     pub async fn create(self) -> Result<Producer, ClientError> {
         if self.max_pending_messages == 0 {
             return Err(ClientError::InvalidConfig { setting: "max_pending_messages", reason: "must be at least 1" });

@@ -651,6 +651,24 @@ impl Schema for AutoConsumeSchema {
     }
 }
 
+impl ProducerBuilder {
+    /// Typed messages: the schema is registered (or found) on the topic when the producer is
+    /// created, and every message carries its version.
+    pub fn with_schema<S: Schema>(mut self, schema: S) -> TypedProducerBuilder<S> {
+        self.schema = schema.info().to_wire();
+        TypedProducerBuilder::new(self, schema)
+    }
+}
+
+impl ConsumerBuilder {
+    /// Typed messages: the schema is sent in SUBSCRIBE (the broker checks it can read the
+    /// topic's) and each message is decoded with the schema version it was written with.
+    pub fn with_schema<S: Schema>(mut self, schema: S) -> TypedConsumerBuilder<S> {
+        self.schema = schema.info().to_wire();
+        TypedConsumerBuilder::new(self, schema)
+    }
+}
+
 /// Builds a [`TypedProducer`]; from [`ProducerBuilder::with_schema`].
 pub struct TypedProducerBuilder<S> {
     inner: ProducerBuilder,
