@@ -143,3 +143,59 @@ async fn the_cli_produces_avro_records_and_consumes_them_with_auto_consume() -> 
     assert!(!bad.status.success(), "a body that does not fit the schema was sent");
     Ok(())
 }
+
+/// A prost message and the descriptors protoc would give for it (`shop.proto`, package `shop`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Receipt {
+    #[prost(int64, tag = "1")]
+    id: i64,
+    #[prost(string, tag = "2")]
+    item: String,
+}
+
+fn receipt_descriptors(message: &str) -> Vec<u8> {
+    use prost::Message as _;
+    use prost_types::field_descriptor_proto::{Label, Type};
+    use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet};
+    let field = |name: &str, number: i32, kind: Type| FieldDescriptorProto {
+        name: Some(name.into()),
+        number: Some(number),
+        label: Some(Label::Optional as i32),
+        r#type: Some(kind as i32),
+        ..FieldDescriptorProto::default()
+    };
+    let file = FileDescriptorProto {
+        name: Some("shop.proto".into()),
+        package: Some("shop".into()),
+        syntax: Some("proto3".into()),
+        message_type: vec![DescriptorProto {
+            name: Some(message.into()),
+            field: vec![field("id", 1, Type::Int64), field("item", 2, Type::String)],
+            ..DescriptorProto::default()
+        }],
+        ..FileDescriptorProto::default()
+    };
+    FileDescriptorSet { file: vec![file] }.encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prost_messages_travel_as_protobuf_native() -> anyhow::Result<()> {
+    use magnetar_client::schema::ProtobufSchema;
+    let standalone = Standalone::start().await?;
+    let client = Client::connect(&standalone.service_url()).await?;
+    let topic = "persistent://public/default/typed-protobuf";
+    let schema = || ProtobufSchema::<Receipt>::new(receipt_descriptors("Receipt"), "shop.Receipt", "shop.proto");
+    let mut producer = client.producer(topic).with_schema(schema()).create().await?;
+    let mut consumer = subscribe(&client, topic, "proto", schema()).await?;
+    producer.send(&Receipt { id: 3, item: "pen".into() }).await?;
+    assert_eq!(next(&mut consumer).await?, Receipt { id: 3, item: "pen".into() });
+    let stored = client.get_schema(topic, None).await?.expect("registered");
+    assert_eq!(stored.schema_type, magnetar_client::schema::SchemaType::ProtobufNative);
+    let definition: serde_json::Value = serde_json::from_slice(&stored.data)?;
+    assert_eq!(definition["rootMessageTypeName"], "shop.Receipt");
+    // Another root message is not the same schema (Pulsar's PROTOBUF_NATIVE check).
+    let other = ProtobufSchema::<Receipt>::new(receipt_descriptors("Invoice"), "shop.Invoice", "shop.proto");
+    let refused = client.producer(topic).with_schema(other).create().await.err().expect("refused");
+    assert!(matches!(&refused, ClientError::Server { code: ServerError::IncompatibleSchema, .. }), "{refused:?}");
+    Ok(())
+}
