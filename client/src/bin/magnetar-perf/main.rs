@@ -42,6 +42,9 @@ use magnetar_proto::bookie::bookie_service_client::BookieServiceClient;
 use magnetar_proto::bookie::{AddEntryBatch, AddEntryRequest, Status};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -113,6 +116,10 @@ struct BookieArgs {
     /// gRPC connections the writers share (a broker keeps one per bookie).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     connections: u32,
+    /// The token a bookie with `[auth] enabled` wants, as Pulsar's token parameters
+    /// (`token:<jwt>`, `file:///path/to/token`); sent as `authorization: Bearer` on every call.
+    #[arg(long)]
+    bookie_auth_params: Option<String>,
     /// Print exactly one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -346,7 +353,35 @@ async fn connect(address: &str) -> anyhow::Result<Channel> {
     endpoint.connect().await.with_context(|| format!("connect to bookie {address}"))
 }
 
+/// Sends a bookie token on every call.
+#[derive(Clone)]
+struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type BookieClient = BookieServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// The token from `--bookie-auth-params`, read with the client's token provider.
+async fn bearer_token(params: Option<&str>) -> anyhow::Result<BearerToken> {
+    let Some(params) = params else { return Ok(BearerToken(None)) };
+    let provider = magnetar_client::authentication_from_plugin("token", params).context("--bookie-auth-params")?;
+    let token = provider.auth_data().await.context("read the bookie token")?;
+    let mut value: MetadataValue<Ascii> = format!("Bearer {}", String::from_utf8_lossy(token.as_bytes()))
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--bookie-auth-params: the token holds characters gRPC metadata cannot carry"))?;
+    value.set_sensitive(true);
+    Ok(BearerToken(Some(value)))
+}
+
 async fn write_entries(address: &str, args: &BookieArgs, duration: Duration) -> anyhow::Result<WriteRun> {
+    let token = bearer_token(args.bookie_auth_params.as_deref()).await?;
     let mut channels = Vec::new();
     for _ in 0..args.connections {
         channels.push(connect(address).await?);
@@ -359,9 +394,10 @@ async fn write_entries(address: &str, args: &BookieArgs, duration: Duration) -> 
     let deadline = start + duration;
     let mut writers = Vec::new();
     for index in 0..args.writers {
-        let client = BookieServiceClient::new(channels[index as usize % channels.len()].clone())
-            .max_encoding_message_size(MAX_GRPC_MESSAGE)
-            .max_decoding_message_size(MAX_GRPC_MESSAGE);
+        let client =
+            BookieServiceClient::with_interceptor(channels[index as usize % channels.len()].clone(), token.clone())
+                .max_encoding_message_size(MAX_GRPC_MESSAGE)
+                .max_decoding_message_size(MAX_GRPC_MESSAGE);
         let ledger_id = base_ledger_id + u64::from(index);
         writers.push(tokio::spawn(writer(client, ledger_id, payload.clone(), args.max_outstanding as usize, deadline)));
     }
@@ -416,7 +452,7 @@ const MAX_BATCH: usize = 64;
 /// Adds entries to `ledger_id` until `deadline`, keeping up to `max_outstanding` in flight,
 /// then waits for the answers still due.
 async fn writer(
-    mut client: BookieServiceClient<Channel>,
+    mut client: BookieClient,
     ledger_id: u64,
     payload: Bytes,
     max_outstanding: usize,
