@@ -126,6 +126,23 @@ impl EtcdStore {
         bounded(&self.inner.endpoint, operation, future).await
     }
 
+    /// Opens a watch on `prefix` and waits for etcd to confirm it: the stream, or the reason
+    /// etcd gave for not creating it.
+    async fn open_watch(&self, prefix: &str) -> Result<std::result::Result<WatchStream, String>> {
+        let mut watch_client = self.inner.client.watch_client();
+        let mut stream =
+            self.call("watch", watch_client.watch(prefix, Some(WatchOptions::new().with_prefix()))).await?;
+        Ok(match self.call("watch (confirmation)", stream.message()).await? {
+            Some(response) if response.created() && !response.canceled() => Ok(stream),
+            Some(response) => Err(format!("watch not created: {}", response.cancel_reason())),
+            None => Err("watch stream ended before it was created".to_owned()),
+        })
+    }
+
+    fn watch_not_created(&self, reason: String) -> MetaError {
+        MetaError::Etcd { endpoint: self.inner.endpoint.clone(), source: etcd_client::Error::WatchError(reason) }
+    }
+
     /// `put` and `put_ephemeral`: `lease` 0 means a persistent key.
     async fn put_with_lease(&self, key: &str, value: Vec<u8>, expected: Expected, lease: i64) -> Result<Version> {
         key::validate(key)?;
@@ -223,23 +240,19 @@ impl MetadataStore for EtcdStore {
     /// Returns once etcd has confirmed the watch, so every change after the call is seen.
     async fn watch(&self, prefix: &str) -> Result<Watch> {
         key::validate(prefix)?;
-        let mut watch_client = self.inner.client.watch_client();
-        let mut stream =
-            self.call("watch", watch_client.watch(prefix, Some(WatchOptions::new().with_prefix()))).await?;
-        let confirmation = self.call("watch (confirmation)", stream.message()).await?;
-        match confirmation {
-            Some(response) if response.created() && !response.canceled() => {}
-            other => {
-                let reason = match other {
-                    Some(response) => format!("watch not created: {}", response.cancel_reason()),
-                    None => "watch stream ended before it was created".to_owned(),
-                };
-                return Err(MetaError::Etcd {
-                    endpoint: self.inner.endpoint.clone(),
-                    source: etcd_client::Error::WatchError(reason),
-                });
+        let stream = match self.open_watch(prefix).await? {
+            Ok(stream) => stream,
+            // etcd cancels a new watch at once when the client's token went stale (unused
+            // for --auth-token-ttl), as an answer rather than as an Unauthenticated status,
+            // so etcd-client's automatic refresh does not see it: authenticate again and
+            // retry once.
+            Err(reason) if reason.contains("invalid auth token") => {
+                debug!(prefix = %prefix, "etcd refused a stale token for a watch; authenticating again");
+                self.call("authenticate (watch)", self.inner.client.refresh_token()).await?;
+                self.open_watch(prefix).await?.map_err(|reason| self.watch_not_created(reason))?
             }
-        }
+            Err(reason) => return Err(self.watch_not_created(reason)),
+        };
         let (sender, receiver) = mpsc::channel(WATCH_CAPACITY);
         tokio::spawn(forward_watch(stream, sender, self.inner.shutdown.child_token(), prefix.to_owned()));
         Ok(receiver)
