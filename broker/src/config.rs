@@ -46,6 +46,9 @@ pub struct BrokerConfig {
     pub ledger: LedgerConfig,
     /// Largest message a producer may send; advertised in CONNECTED.
     pub max_message_size: usize,
+    /// Metrics per topic (Pulsar's `exposeTopicLevelMetricsInPrometheus`, on by default) or
+    /// summed per namespace.
+    pub expose_topic_level_metrics: bool,
     /// Most client connections served at once; more wait in the accept queue.
     pub max_connections: usize,
     /// Ledger rollover, cursor ledgers and retention (from [`ManagedLedgerSettings`]).
@@ -98,6 +101,7 @@ impl Default for BrokerConfig {
             advertised_http_port: 8080,
             ledger: LedgerConfig::default(),
             max_message_size: magnetar_proto::DEFAULT_MAX_MESSAGE_SIZE,
+            expose_topic_level_metrics: true,
             max_connections: 10_000,
             managed_ledger: ManagedLedgerConfig::default(),
             cluster: ClusterConfig::default(),

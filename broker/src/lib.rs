@@ -22,6 +22,7 @@ pub mod protocol;
 pub mod schema;
 pub mod security;
 pub mod service;
+pub mod stats;
 pub mod subscription;
 pub mod tenancy;
 pub mod throttle;

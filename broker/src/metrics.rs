@@ -21,28 +21,101 @@ pub struct Metrics {
 /// Gauges computed from current state at scrape time.
 #[derive(Debug, Default, Clone)]
 pub struct Gauges {
-    pub topics: u64,
-    pub producers: u64,
-    pub subscriptions: u64,
-    pub consumers: u64,
-    pub backlog: u64,
-    /// Per topic, as Pulsar labels them.
+    /// Per topic, as Pulsar labels them (summed per namespace when topic-level metrics are
+    /// off).
     pub per_topic: Vec<TopicGauges>,
+    /// Label per topic (`exposeTopicLevelMetricsInPrometheus`) or per namespace only.
+    pub topic_level: bool,
 }
 
-/// One topic's backlog and storage, and each subscription's backlog.
+/// One topic's numbers at scrape time.
 #[derive(Debug, Default, Clone)]
 pub struct TopicGauges {
     pub namespace: String,
     pub topic: String,
-    pub backlog: u64,
+    /// 1 for a topic; the topics of a namespace once summed.
+    pub topics: u64,
+    pub producers: u64,
+    pub consumers: u64,
+    pub rate_in: f64,
+    pub rate_out: f64,
+    pub throughput_in: f64,
+    pub throughput_out: f64,
+    pub in_messages: u64,
+    pub in_bytes: u64,
     pub storage_size: u64,
-    pub subscriptions: Vec<(String, u64)>,
+    /// Bytes after the slowest subscription.
+    pub backlog_size: u64,
+    /// Unacknowledged entries over its subscriptions.
+    pub backlog: u64,
+    pub subscriptions: Vec<SubscriptionGauges>,
+}
+
+/// One subscription's numbers at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct SubscriptionGauges {
+    pub name: String,
+    pub backlog: u64,
+    pub consumers: u64,
+    pub unacked: u64,
+    pub rate_out: f64,
+    pub rate_redeliver: f64,
+    pub blocked: bool,
 }
 
 /// Escapes a Prometheus label value.
 fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Metric families in first-seen order, each written once with its HELP and TYPE and all its
+/// samples together, as the text format requires.
+#[derive(Default)]
+struct Families {
+    order: Vec<&'static str>,
+    families: std::collections::HashMap<&'static str, (&'static str, &'static str, String)>,
+}
+
+impl Families {
+    fn sample(&mut self, name: &'static str, kind: &'static str, help: &'static str, labels: &str, value: f64) {
+        let family = self.families.entry(name).or_insert_with(|| {
+            self.order.push(name);
+            (kind, help, String::new())
+        });
+        let _ = writeln!(family.2, "{name}{{{labels}}} {value}");
+    }
+
+    fn render(self) -> String {
+        let mut out = String::new();
+        for name in self.order {
+            let (kind, help, samples) = &self.families[name];
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{samples}");
+        }
+        out
+    }
+}
+
+/// Sums topics per namespace (their subscriptions are dropped: Pulsar shows none then).
+fn per_namespace(topics: Vec<TopicGauges>) -> Vec<TopicGauges> {
+    let mut namespaces: std::collections::BTreeMap<String, TopicGauges> = Default::default();
+    for topic in topics {
+        let sum = namespaces
+            .entry(topic.namespace.clone())
+            .or_insert_with(|| TopicGauges { namespace: topic.namespace.clone(), ..TopicGauges::default() });
+        sum.topics += topic.topics;
+        sum.producers += topic.producers;
+        sum.consumers += topic.consumers;
+        sum.rate_in += topic.rate_in;
+        sum.rate_out += topic.rate_out;
+        sum.throughput_in += topic.throughput_in;
+        sum.throughput_out += topic.throughput_out;
+        sum.in_messages += topic.in_messages;
+        sum.in_bytes += topic.in_bytes;
+        sum.storage_size += topic.storage_size;
+        sum.backlog_size += topic.backlog_size;
+        sum.backlog += topic.backlog;
+    }
+    namespaces.into_values().collect()
 }
 
 impl Metrics {
@@ -51,67 +124,122 @@ impl Metrics {
     }
 
     pub fn render(&self, cluster: &str, gauges: Gauges) -> String {
-        let mut out = String::new();
-        let labels = format!("cluster=\"{cluster}\"");
-        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{labels}}} {value}");
-        };
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        metric("pulsar_topics_count", "gauge", "Topics served by this broker", gauges.topics);
-        metric("pulsar_producers_count", "gauge", "Connected producers", gauges.producers);
-        metric("pulsar_subscriptions_count", "gauge", "Subscriptions of open topics", gauges.subscriptions);
-        metric("pulsar_consumers_count", "gauge", "Connected consumers", gauges.consumers);
-        metric("pulsar_msg_backlog", "gauge", "Unacknowledged entries over all subscriptions", gauges.backlog);
-        metric("pulsar_in_messages_total", "counter", "Messages published and made durable", get(&self.in_messages));
-        metric("pulsar_in_bytes_total", "counter", "Bytes published and made durable", get(&self.in_bytes));
-        metric("pulsar_out_messages_total", "counter", "Messages dispatched to consumers", get(&self.out_messages));
-        metric("pulsar_out_bytes_total", "counter", "Bytes dispatched to consumers", get(&self.out_bytes));
-        metric(
-            "magnetar_connections_opened_total",
-            "counter",
-            "Client connections accepted",
-            get(&self.connections_opened),
+        let mut families = Families::default();
+        let labels = format!("cluster=\"{}\"", label(cluster));
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+        let topics = &gauges.per_topic;
+        let sum = |f: fn(&TopicGauges) -> f64| topics.iter().map(f).sum::<f64>();
+        let broker: [(&'static str, &'static str, f64); 9] = [
+            ("pulsar_broker_topics_count", "Topics served by this broker", topics.len() as f64),
+            (
+                "pulsar_broker_subscriptions_count",
+                "Subscriptions of the topics served",
+                sum(|t| t.subscriptions.len() as f64),
+            ),
+            ("pulsar_broker_producers_count", "Connected producers", sum(|t| t.producers as f64)),
+            ("pulsar_broker_consumers_count", "Connected consumers", sum(|t| t.consumers as f64)),
+            ("pulsar_broker_rate_in", "Messages published per second", sum(|t| t.rate_in)),
+            ("pulsar_broker_rate_out", "Messages dispatched per second", sum(|t| t.rate_out)),
+            ("pulsar_broker_throughput_in", "Bytes published per second", sum(|t| t.throughput_in)),
+            ("pulsar_broker_throughput_out", "Bytes dispatched per second", sum(|t| t.throughput_out)),
+            ("pulsar_broker_msg_backlog", "Unacknowledged entries over all subscriptions", sum(|t| t.backlog as f64)),
+        ];
+        for (name, help, value) in broker {
+            families.sample(name, "gauge", help, &labels, value);
+        }
+        families.sample(
+            "pulsar_broker_storage_size",
+            "gauge",
+            "Bytes stored for the topics served",
+            &labels,
+            sum(|t| t.storage_size as f64),
         );
-        metric(
-            "magnetar_connections_closed_total",
-            "counter",
-            "Client connections closed",
-            get(&self.connections_closed),
-        );
-        metric(
-            "pulsar_authentication_success_total",
-            "counter",
-            "Credentials accepted (CONNECT, AUTH_RESPONSE, HTTP)",
-            get(&self.authentication_successes),
-        );
-        metric(
-            "pulsar_authentication_failures_total",
-            "counter",
-            "Credentials refused or expired (CONNECT, AUTH_RESPONSE, HTTP)",
-            get(&self.authentication_failures),
-        );
-        metric("magnetar_send_errors_total", "counter", "Publishes answered with an error", get(&self.send_errors));
-        metric("magnetar_protocol_errors_total", "counter", "Malformed or refused frames", get(&self.protocol_errors));
-        if !gauges.per_topic.is_empty() {
-            let _ = writeln!(
-                out,
-                "# HELP pulsar_storage_size Bytes stored for the topic\n# TYPE pulsar_storage_size gauge"
+        let counters: [(&'static str, &'static str, &AtomicU64); 10] = [
+            ("pulsar_in_messages_total", "Messages published and made durable", &self.in_messages),
+            ("pulsar_in_bytes_total", "Bytes published and made durable", &self.in_bytes),
+            ("pulsar_out_messages_total", "Messages dispatched to consumers", &self.out_messages),
+            ("pulsar_out_bytes_total", "Bytes dispatched to consumers", &self.out_bytes),
+            ("magnetar_connections_opened_total", "Client connections accepted", &self.connections_opened),
+            ("magnetar_connections_closed_total", "Client connections closed", &self.connections_closed),
+            (
+                "pulsar_authentication_success_total",
+                "Credentials accepted (CONNECT, AUTH_RESPONSE, HTTP)",
+                &self.authentication_successes,
+            ),
+            (
+                "pulsar_authentication_failures_total",
+                "Credentials refused or expired (CONNECT, AUTH_RESPONSE, HTTP)",
+                &self.authentication_failures,
+            ),
+            ("magnetar_send_errors_total", "Publishes answered with an error", &self.send_errors),
+            ("magnetar_protocol_errors_total", "Malformed or refused frames", &self.protocol_errors),
+        ];
+        for (name, help, counter) in counters {
+            families.sample(name, "counter", help, &labels, get(counter));
+        }
+        let open = get(&self.connections_opened) - get(&self.connections_closed);
+        families.sample("pulsar_active_connections", "gauge", "Client connections open now", &labels, open.max(0.0));
+        let (topics, topic_level) =
+            if gauges.topic_level { (gauges.per_topic, true) } else { (per_namespace(gauges.per_topic), false) };
+        for topic in &topics {
+            let mut topic_labels = format!("{labels},namespace=\"{}\"", label(&topic.namespace));
+            if topic_level {
+                let _ = write!(topic_labels, ",topic=\"{}\"", label(&topic.topic));
+            }
+            let samples: [(&'static str, &'static str, f64); 11] = [
+                ("pulsar_producers_count", "Connected producers", topic.producers as f64),
+                ("pulsar_consumers_count", "Connected consumers", topic.consumers as f64),
+                ("pulsar_subscriptions_count", "Subscriptions", topic.subscriptions.len() as f64),
+                ("pulsar_rate_in", "Messages published per second", topic.rate_in),
+                ("pulsar_rate_out", "Messages dispatched per second", topic.rate_out),
+                ("pulsar_throughput_in", "Bytes published per second", topic.throughput_in),
+                ("pulsar_throughput_out", "Bytes dispatched per second", topic.throughput_out),
+                ("pulsar_storage_size", "Bytes stored", topic.storage_size as f64),
+                ("pulsar_storage_backlog_size", "Bytes after the slowest subscription", topic.backlog_size as f64),
+                ("pulsar_msg_backlog", "Unacknowledged entries over its subscriptions", topic.backlog as f64),
+                ("pulsar_topics_count", "Topics", topic.topics as f64),
+            ];
+            for (name, help, value) in samples {
+                if name == "pulsar_subscriptions_count" && !topic_level {
+                    continue;
+                }
+                families.sample(name, "gauge", help, &topic_labels, value);
+            }
+            families.sample(
+                "pulsar_in_messages_total",
+                "counter",
+                "Messages published and made durable",
+                &topic_labels,
+                topic.in_messages as f64,
             );
-            for topic in &gauges.per_topic {
-                let topic_labels =
-                    format!("{labels},namespace=\"{}\",topic=\"{}\"", label(&topic.namespace), label(&topic.topic));
-                let _ = writeln!(out, "pulsar_msg_backlog{{{topic_labels}}} {}", topic.backlog);
-                let _ = writeln!(out, "pulsar_storage_size{{{topic_labels}}} {}", topic.storage_size);
-                for (subscription, backlog) in &topic.subscriptions {
-                    let _ = writeln!(
-                        out,
-                        "pulsar_subscription_back_log{{{topic_labels},subscription=\"{}\"}} {backlog}",
-                        label(subscription)
-                    );
+            for subscription in &topic.subscriptions {
+                let sub_labels = format!("{topic_labels},subscription=\"{}\"", label(&subscription.name));
+                let samples: [(&'static str, &'static str, f64); 6] = [
+                    ("pulsar_subscription_back_log", "Unacknowledged entries", subscription.backlog as f64),
+                    ("pulsar_subscription_consumers_count", "Connected consumers", subscription.consumers as f64),
+                    (
+                        "pulsar_subscription_unacked_messages",
+                        "Messages sent, not acknowledged",
+                        subscription.unacked as f64,
+                    ),
+                    ("pulsar_subscription_msg_rate_out", "Messages dispatched per second", subscription.rate_out),
+                    (
+                        "pulsar_subscription_msg_rate_redeliver",
+                        "Messages delivered again per second",
+                        subscription.rate_redeliver,
+                    ),
+                    (
+                        "pulsar_subscription_blocked_on_unacked_messages",
+                        "1 while the subscription holds its most unacknowledged messages",
+                        f64::from(u8::from(subscription.blocked)),
+                    ),
+                ];
+                for (name, help, value) in samples {
+                    families.sample(name, "gauge", help, &sub_labels, value);
                 }
             }
         }
-        out
+        families.render()
     }
 }
 
@@ -119,28 +247,67 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    #[test]
-    fn backlog_is_rendered_per_topic_and_subscription() {
-        let gauges = Gauges {
+    fn topic(namespace: &str, name: &str) -> TopicGauges {
+        TopicGauges {
+            namespace: namespace.to_owned(),
+            topic: format!("persistent://{namespace}/{name}"),
+            topics: 1,
+            producers: 3,
+            consumers: 2,
             backlog: 7,
-            per_topic: vec![TopicGauges {
-                namespace: "public/default".to_owned(),
-                topic: "persistent://public/default/t".to_owned(),
-                backlog: 7,
-                storage_size: 300,
-                subscriptions: vec![("a".to_owned(), 5), ("b\"".to_owned(), 2)],
-            }],
-            ..Gauges::default()
-        };
+            storage_size: 300,
+            subscriptions: vec![
+                SubscriptionGauges { name: "a".to_owned(), backlog: 5, consumers: 1, ..Default::default() },
+                SubscriptionGauges { name: "b\"".to_owned(), backlog: 2, consumers: 1, ..Default::default() },
+            ],
+            ..TopicGauges::default()
+        }
+    }
+
+    /// Every family once, with its samples together (what the text format requires).
+    fn assert_grouped(text: &str) {
+        let mut seen = std::collections::HashSet::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap().to_owned();
+                assert!(seen.insert(name.clone()), "{name} twice:\n{text}");
+                current = name;
+            } else if !line.starts_with('#') {
+                assert!(line.starts_with(&format!("{current}{{")), "{line} outside its family:\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn topics_and_subscriptions_are_rendered_with_pulsar_labels() {
+        let gauges = Gauges { per_topic: vec![topic("public/default", "t")], topic_level: true };
         let text = Metrics::default().render("c", gauges);
+        assert_grouped(&text);
         let topic = "cluster=\"c\",namespace=\"public/default\",topic=\"persistent://public/default/t\"";
-        assert!(text.contains("pulsar_msg_backlog{cluster=\"c\"} 7\n"), "{text}");
+        assert!(text.contains("pulsar_broker_msg_backlog{cluster=\"c\"} 7\n"), "{text}");
         assert!(text.contains(&format!("pulsar_msg_backlog{{{topic}}} 7\n")), "{text}");
         assert!(text.contains(&format!("pulsar_storage_size{{{topic}}} 300\n")), "{text}");
+        assert!(text.contains(&format!("pulsar_consumers_count{{{topic}}} 2\n")), "{text}");
         assert!(text.contains(&format!("pulsar_subscription_back_log{{{topic},subscription=\"a\"}} 5\n")), "{text}");
         assert!(
             text.contains(&format!("pulsar_subscription_back_log{{{topic},subscription=\"b\\\"\"}} 2\n")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn without_topic_level_metrics_namespaces_are_summed() {
+        let gauges = Gauges {
+            per_topic: vec![topic("public/default", "t"), topic("public/default", "u"), topic("a/b", "t")],
+            topic_level: false,
+        };
+        let text = Metrics::default().render("c", gauges);
+        assert_grouped(&text);
+        assert!(!text.contains("topic=\""), "{text}");
+        assert!(text.contains("pulsar_producers_count{cluster=\"c\",namespace=\"public/default\"} 6\n"), "{text}");
+        assert!(text.contains("pulsar_topics_count{cluster=\"c\",namespace=\"public/default\"} 2\n"), "{text}");
+        assert!(text.contains("pulsar_producers_count{cluster=\"c\",namespace=\"a/b\"} 3\n"), "{text}");
+        assert!(text.contains("pulsar_broker_producers_count{cluster=\"c\"} 9\n"), "{text}");
     }
 }

@@ -116,7 +116,7 @@ async fn http_answers_clusters_metrics_and_json_errors() -> anyhow::Result<()> {
     assert!(clusters.starts_with("HTTP/1.1 200"), "{clusters}");
     assert!(clusters.ends_with(r#"["standalone"]"#), "{clusters}");
     let metrics = get("/metrics").await?;
-    assert!(metrics.contains("pulsar_topics_count"), "{metrics}");
+    assert!(metrics.contains("pulsar_broker_topics_count"), "{metrics}");
     let missing = get("/admin/v2/nothing-here").await?;
     assert!(missing.starts_with("HTTP/1.1 404") && missing.contains(r#""reason""#), "{missing}");
     Ok(())

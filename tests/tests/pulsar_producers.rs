@@ -179,7 +179,10 @@ async fn lz4_compressed_batches_arrive_intact() -> anyhow::Result<()> {
     }
     // Ten messages per entry: the stored entries are the client's compressed batches.
     let (_, stats) = http(&standalone, "GET", "/admin/v2/persistent/public/default/rust-lz4/stats", None).await?;
-    assert_eq!(stats["msgInCounter"], 10, "{stats}");
+    assert_eq!(stats["msgInCounter"], 100, "messages, a batch counting each: {stats}");
+    let (_, internal) =
+        http(&standalone, "GET", "/admin/v2/persistent/public/default/rust-lz4/internalStats", None).await?;
+    assert_eq!(internal["numberOfEntries"], 10, "entries: {internal}");
 
     let mut received = Vec::new();
     while received.len() < expected.len() {

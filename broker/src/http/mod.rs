@@ -4,8 +4,12 @@
 //!
 //! - [`tenancy`]: clusters, tenants and namespaces (list, get, create, update, delete);
 //! - [`policies`]: namespace policies and each topic's own (get, set, remove);
-//! - [`topics`]: topics (create, delete, list, stats, partitions, unload);
+//! - [`topics`]: topics (create, delete, list, partitions, unload);
+//! - [`topic_stats`]: a topic's stats, partitioned stats and internal stats;
+//! - [`subscriptions`]: subscriptions (list, create, delete, skip, clear, reset, expire) and
+//!   messages (peek, examine, by id, last id);
 //! - [`bundles`]: namespace bundles (list, unload, split), brokers and load reports;
+//! - [`brokers`]: the leader, health and readiness, the bookies;
 //! - [`permissions`]: who may produce and consume where (namespace, topic, subscription);
 //! - [`auth`]: every request authenticated (401) and checked against its role (403), and the
 //!   HTTPS listener.
@@ -16,11 +20,15 @@
 //! (a cluster a tenant does not allow, a cluster still in use).
 
 pub mod auth;
+mod brokers;
 mod bundles;
+mod forward;
 mod permissions;
 mod policies;
 mod schemas;
+mod subscriptions;
 mod tenancy;
+mod topic_stats;
 mod topics;
 
 use std::sync::Arc;
@@ -81,6 +89,9 @@ pub fn router(service: Arc<BrokerService>) -> Router {
         .merge(tenancy::routes())
         .merge(policies::routes())
         .merge(topics::routes())
+        .merge(topic_stats::routes())
+        .merge(subscriptions::routes())
+        .merge(brokers::routes())
         .merge(bundles::routes())
         .merge(permissions::routes())
         .merge(schemas::routes())

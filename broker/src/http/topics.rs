@@ -1,7 +1,6 @@
 //! Topics over HTTP: list a namespace's topics, create and delete a non-partitioned topic,
-//! create, grow, read and delete a partitioned topic, a topic's stats (Pulsar's TopicStats
-//! shape), unload a topic. Calls about one topic go to the broker that owns it (307 from
-//! others).
+//! create, grow, read and delete a partitioned topic, unload a topic. Calls about one topic
+//! go to the broker that owns it (307 from others).
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -24,7 +23,6 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/admin/v2/namespaces/{tenant}/{namespace}/topics", get(topics))
         .route("/admin/v2/persistent/{tenant}/{namespace}/partitioned", get(partitioned_topics))
         .route("/admin/v2/persistent/{tenant}/{namespace}/{topic}", put(create_topic).delete(delete_topic))
-        .route("/admin/v2/persistent/{tenant}/{namespace}/{topic}/stats", get(topic_stats))
         .route(
             "/admin/v2/persistent/{tenant}/{namespace}/{topic}/partitions",
             put(create_partitioned_topic)
@@ -80,61 +78,6 @@ async fn delete_topic(
     }
     service.delete_topic(&name, query.force).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// Pulsar's TopicStats for a persistent topic, loading it here if it exists and is not loaded
-/// (307 to its owner if another broker serves it).
-async fn topic_stats(
-    State(service): State<AppState>,
-    Path((tenant, ns, topic)): Path<(String, String, String)>,
-) -> Result<Response, ApiError> {
-    let name = TopicName::parse(&format!("persistent://{tenant}/{ns}/{topic}")).map_err(BrokerError::from)?;
-    if let Some(redirect) =
-        redirect_to_owner(&service, &name, &format!("/admin/v2/persistent/{tenant}/{ns}/{topic}/stats")).await?
-    {
-        return Ok(redirect);
-    }
-    let stored = service
-        .meta
-        .get(&crate::managed_ledger::info_path(&name.persistence_name()))
-        .await
-        .map_err(BrokerError::from)?;
-    if stored.is_none() {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("topic {name} not found")));
-    }
-    let topic = service.topic(&name).await?;
-    let ledger = topic.ledger();
-    let storage = ledger.storage_stats();
-    let attached: std::collections::HashMap<String, bool> =
-        topic.subscriptions().await.iter().map(|s| (s.name().to_owned(), s.has_consumer())).collect();
-    let mut subscriptions = serde_json::Map::new();
-    let mut backlog_total = 0;
-    for (sub_name, cursor) in ledger.cursors() {
-        let backlog = cursor.backlog(ledger);
-        backlog_total += backlog;
-        let (mark_delete, individually_acked) = cursor.summary();
-        subscriptions.insert(
-            sub_name.clone(),
-            json!({
-                "msgBacklog": backlog,
-                "type": "Exclusive",
-                "isDurable": true,
-                "markDeletePosition": mark_delete.map(|p| p.to_string()),
-                "individuallyAckedCount": individually_acked,
-                "consumers": if attached.get(&sub_name).copied().unwrap_or(false) { 1 } else { 0 },
-            }),
-        );
-    }
-    Ok(Json(json!({
-        "storageSize": storage.size_bytes,
-        "backlogSize": backlog_total,
-        "msgInCounter": storage.entries,
-        "ledgerCount": storage.ledgers,
-        "publishers": [],
-        "subscriptions": subscriptions,
-        "lastConfirmedEntry": ledger.last_confirmed().map(|p| p.to_string()),
-    }))
-    .into_response())
 }
 
 /// A partition count body: a positive integer (400 otherwise).

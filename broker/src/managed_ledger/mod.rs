@@ -464,6 +464,12 @@ impl ManagedLedger {
         self.lock_state().info.ledgers.iter().map(|l| l.ledger_id).collect()
     }
 
+    /// Each ledger of the list, oldest first: its id, confirmed entries and bytes.
+    pub fn ledger_sizes(&self) -> Vec<(u64, u64, u64)> {
+        let sizes: Vec<u64> = self.lock_state().info.ledgers.iter().map(|l| l.size).collect();
+        self.ledgers().into_iter().zip(sizes).map(|((id, entries), size)| (id, entries, size)).collect()
+    }
+
     /// Ledgers, entries and bytes stored now.
     pub fn storage_stats(&self) -> StorageStats {
         let ledgers = self.ledgers();

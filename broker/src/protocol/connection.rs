@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use super::consumer::ConnectionConsumer;
 use super::convert;
-use super::receipts::{answer_receipts, PendingReceipt, ReceiptItem};
+use super::receipts::{self, answer_receipts, PendingReceipt, ReceiptItem};
 use super::{Outbound, MAX_PENDING_SENDS_PER_PRODUCER, OUTBOUND_QUEUE};
 use crate::cluster::ownership::LookupAnswer;
 use crate::dedup::Published;
@@ -37,6 +37,7 @@ use crate::managed_ledger::{AddFuture, Position};
 use crate::metrics::Metrics;
 use crate::security::{Credentials, Identity, TopicAction};
 use crate::service::BrokerService;
+use crate::stats::{now_rfc3339, ClientInfo, ConsumerStats, Meter, ProducerStats};
 use crate::subscription::start::{mark_delete_for_publish_time, start_before};
 use crate::subscription::{NewConsumer, StartAt, Subscription};
 use crate::topic::{Admission, QuotaVerdict, Topic};
@@ -82,6 +83,8 @@ pub(super) struct Connection {
     /// The client said it answers AUTH_CHALLENGE (`FeatureFlags.supports_auth_refresh`);
     /// a client that did not is disconnected when its credentials expire, as Pulsar does.
     refreshes_auth: bool,
+    /// Who the client is for stats: its address, its version from CONNECT, when it came.
+    client: ClientInfo,
     producers: HashMap<u64, ProducerEntry>,
     consumers: HashMap<u64, ConsumerEntry>,
 }
@@ -113,6 +116,7 @@ where
         client_common_name,
         challenged: false,
         refreshes_auth: false,
+        client: ClientInfo { address: peer.to_string(), client_version: String::new(), connected_since: now_rfc3339() },
         producers: HashMap::new(),
         consumers: HashMap::new(),
     };
@@ -369,6 +373,7 @@ impl Connection {
             }
         }
         self.connected = true;
+        self.client.client_version = connect.client_version.clone();
         let max = self.service.config.max_message_size as i32;
         self.send(command::connected(SERVER_VERSION, version, max)).await;
         true
@@ -519,7 +524,14 @@ impl Connection {
                 return self.send_error(request.request_id, &error).await;
             }
         };
-        let admission = match topic.admit_producer().and_then(|()| topic.add_producer(&name, key, mode)) {
+        let stats = Arc::new(ProducerStats {
+            producer_id: request.producer_id,
+            name: name.clone(),
+            access_mode: mode,
+            client: self.client.clone(),
+            published: Meter::default(),
+        });
+        let admission = match topic.admit_producer().and_then(|()| topic.add_producer(stats.clone(), key)) {
             Ok(admission) => admission,
             Err(error) => {
                 info!(peer = %self.peer, topic = %request.topic, %error, "producer refused");
@@ -527,7 +539,9 @@ impl Connection {
             }
         };
         let (receipts, queue) = mpsc::channel(MAX_PENDING_SENDS_PER_PRODUCER);
-        tokio::spawn(answer_receipts(request.producer_id, queue, self.outbound.clone(), self.service.metrics.clone()));
+        let counters =
+            receipts::Counters { broker: self.service.metrics.clone(), topic: topic.clone(), producer: stats };
+        tokio::spawn(answer_receipts(request.producer_id, queue, self.outbound.clone(), counters));
         let ready = Arc::new(AtomicBool::new(matches!(admission, Admission::Ready)));
         let closed = Arc::new(AtomicBool::new(false));
         let (close_flag, close_queue) = (closed.clone(), receipts.clone());
@@ -709,6 +723,12 @@ impl Connection {
             convert::reader_start(topic.ledger(), &request, initial).await?
         };
         let subscription = topic.subscription(&request.subscription, start, durable, sub_type).await?;
+        let stats = Arc::new(ConsumerStats {
+            consumer_id: request.consumer_id,
+            name: request.consumer_name.clone().unwrap_or_default(),
+            client: self.client.clone(),
+            ..ConsumerStats::default()
+        });
         let handle = NewConsumer {
             consumer_id: request.consumer_id,
             consumer_name: request.consumer_name.clone().unwrap_or_default(),
@@ -717,7 +737,9 @@ impl Connection {
                 consumer_id: request.consumer_id,
                 outbound: self.outbound.clone(),
                 metrics: self.service.metrics.clone(),
+                stats: stats.clone(),
             }),
+            stats,
         };
         let options = SubscribeOptions { sub_type, key_shared };
         let attached = match consumer_limits(&topic, &subscription).await {

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::Outbound;
 use crate::metrics::Metrics;
+use crate::stats::ConsumerStats;
 use crate::subscription::{ConsumerSink, OutgoingMessage};
 
 /// One consumer of one connection, as its subscription sends to it.
@@ -18,6 +19,8 @@ pub struct ConnectionConsumer {
     /// The connection's writer queue.
     pub outbound: mpsc::Sender<Outbound>,
     pub metrics: Arc<Metrics>,
+    /// This consumer's own counters (stats).
+    pub stats: Arc<ConsumerStats>,
 }
 
 #[async_trait]
@@ -26,6 +29,7 @@ impl ConsumerSink for ConnectionConsumer {
         for message in messages {
             Metrics::add(&self.metrics.out_messages, message.messages.max(0) as u64);
             Metrics::add(&self.metrics.out_bytes, message.data.len() as u64);
+            self.stats.dispatched.record(message.messages.max(0) as u64, message.data.len() as u64);
             let position = message.position;
             let mut frame =
                 command::message(self.consumer_id, position.ledger_id, position.entry_id, message.redelivery_count);

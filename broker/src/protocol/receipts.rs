@@ -17,6 +17,8 @@ use tracing::warn;
 use super::Outbound;
 use crate::managed_ledger::AddFuture;
 use crate::metrics::Metrics;
+use crate::stats::ProducerStats;
+use crate::topic::Topic;
 
 /// A publish waiting to be durable.
 pub struct PendingReceipt {
@@ -35,13 +37,21 @@ pub enum ReceiptItem {
     Close,
 }
 
+/// Where a durable publish is counted: the broker's totals, its topic's and its producer's.
+pub struct Counters {
+    pub broker: Arc<Metrics>,
+    pub topic: Arc<Topic>,
+    pub producer: Arc<ProducerStats>,
+}
+
 /// Answers one producer's publishes in order, each once durable.
 pub async fn answer_receipts(
     producer_id: u64,
     mut queue: mpsc::Receiver<ReceiptItem>,
     outbound: mpsc::Sender<Outbound>,
-    metrics: Arc<Metrics>,
+    counters: Counters,
 ) {
+    let metrics = &counters.broker;
     while let Some(item) = queue.recv().await {
         let pending = match item {
             ReceiptItem::Publish(pending) => pending,
@@ -58,6 +68,8 @@ pub async fn answer_receipts(
             Ok(position) => {
                 Metrics::add(&metrics.in_messages, pending.messages);
                 Metrics::add(&metrics.in_bytes, pending.bytes);
+                counters.topic.record_received(pending.messages, pending.bytes);
+                counters.producer.published.record(pending.messages, pending.bytes);
                 command::send_receipt(
                     producer_id,
                     pending.sequence_id,

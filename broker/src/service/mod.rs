@@ -27,7 +27,7 @@ use crate::cluster::ownership::Ownership;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::managed_ledger::ManagedLedger;
-use crate::metrics::{Gauges, Metrics, TopicGauges};
+use crate::metrics::{Gauges, Metrics, SubscriptionGauges, TopicGauges};
 use crate::partitions;
 use crate::schema::{SchemaPolicy, SchemaRegistry};
 use crate::security::Security;
@@ -167,28 +167,56 @@ impl BrokerService {
     }
 
     pub async fn gauges(&self) -> Gauges {
-        let mut gauges = Gauges::default();
+        let mut gauges = Gauges { topic_level: self.config.expose_topic_level_metrics, ..Gauges::default() };
         for topic in self.loaded_topics() {
-            gauges.topics += 1;
-            gauges.producers += topic.producer_count() as u64;
-            for subscription in topic.subscriptions().await {
-                gauges.consumers += u64::from(subscription.has_consumer());
-            }
             let ledger = topic.ledger();
+            let (received, (in_messages, in_bytes)) = (topic.received().rates(), topic.received().totals());
             let mut per_topic = TopicGauges {
                 namespace: topic.name().namespace_name(),
                 topic: topic.name().to_string(),
+                topics: 1,
+                producers: topic.producer_count() as u64,
+                rate_in: received.messages,
+                throughput_in: received.bytes,
+                in_messages,
+                in_bytes,
                 storage_size: ledger.storage_stats().size_bytes,
                 ..TopicGauges::default()
             };
-            // Every durable cursor counts, attached to a consumer or not.
-            for (name, cursor) in ledger.cursors() {
-                let backlog = cursor.backlog(ledger);
-                gauges.subscriptions += 1;
-                per_topic.backlog += backlog;
-                per_topic.subscriptions.push((name, backlog));
+            let loaded = topic.subscriptions().await;
+            let mut oldest: Option<Option<crate::managed_ledger::Position>> = None;
+            for subscription in &loaded {
+                let snapshot = subscription.snapshot();
+                let (out, redelivered) = (subscription.dispatched().rates(), subscription.redelivered().rates());
+                per_topic.consumers += snapshot.consumers.len() as u64;
+                per_topic.rate_out += out.messages;
+                per_topic.throughput_out += out.bytes;
+                if snapshot.durable {
+                    per_topic.backlog += snapshot.backlog;
+                    oldest = Some(oldest.map_or(snapshot.mark_delete, |m| m.min(snapshot.mark_delete)));
+                }
+                per_topic.subscriptions.push(SubscriptionGauges {
+                    name: subscription.name().to_owned(),
+                    backlog: snapshot.backlog,
+                    consumers: snapshot.consumers.len() as u64,
+                    unacked: u64::try_from(snapshot.unacked).unwrap_or(0),
+                    rate_out: out.messages,
+                    rate_redeliver: redelivered.messages,
+                    blocked: snapshot.blocked,
+                });
             }
-            gauges.backlog += per_topic.backlog;
+            // Durable subscriptions without a consumer since the topic loaded: their cursors.
+            for (name, cursor) in ledger.cursors() {
+                if loaded.iter().any(|s| s.name() == name) {
+                    continue;
+                }
+                let backlog = cursor.backlog(ledger);
+                let (mark_delete, _) = cursor.summary();
+                oldest = Some(oldest.map_or(mark_delete, |m| m.min(mark_delete)));
+                per_topic.backlog += backlog;
+                per_topic.subscriptions.push(SubscriptionGauges { name, backlog, ..SubscriptionGauges::default() });
+            }
+            per_topic.backlog_size = oldest.map_or(0, |m| ledger.bytes_after(m));
             gauges.per_topic.push(per_topic);
         }
         gauges

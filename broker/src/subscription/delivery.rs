@@ -214,6 +214,31 @@ impl Delivery {
         &self.consumers
     }
 
+    /// Messages sent to `consumer_id` and not acknowledged (a batch counts each).
+    pub fn unacked_of(&self, consumer_id: u64) -> i64 {
+        self.delivered.unacked(consumer_id)
+    }
+
+    /// Messages sent and not acknowledged, over all consumers.
+    pub fn unacked_total(&self) -> i64 {
+        self.delivered.total
+    }
+
+    /// Whether the subscription holds its most unacknowledged messages (sends nothing).
+    pub fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// Exclusive and Failover: the consumer that receives now.
+    pub fn active(&self) -> Option<u64> {
+        self.active
+    }
+
+    /// The last position read in log order (`None`: from the start).
+    pub fn read_after(&self) -> Option<Position> {
+        self.read_after
+    }
+
     pub fn has_consumer(&self, consumer_id: u64) -> bool {
         self.consumers.iter().any(|c| c.id == consumer_id)
     }

@@ -35,7 +35,9 @@ use tokio_util::sync::CancellationToken;
 use crate::dispatcher::{Consumer, SubscribeOptions, SubscriptionType};
 use crate::error::BrokerError;
 use crate::managed_ledger::cursor::CursorSource;
+use crate::managed_ledger::PositionView;
 use crate::managed_ledger::{CursorState, ManagedCursor, ManagedLedger, Position};
+use crate::stats::{ConsumerStats, Meter};
 use crate::tenancy::effective::Rate;
 use crate::throttle::Throttle;
 pub use delivery::UnackedLimits;
@@ -73,11 +75,53 @@ pub struct NewConsumer {
     pub consumer_name: String,
     pub priority_level: i32,
     pub sink: Arc<dyn ConsumerSink>,
+    /// What stats show of it; its sink counts what it sends there.
+    pub stats: Arc<ConsumerStats>,
 }
 
 struct Inner {
     delivery: Delivery,
     sinks: HashMap<u64, Arc<dyn ConsumerSink>>,
+    stats: HashMap<u64, Arc<ConsumerStats>>,
+}
+
+impl Inner {
+    /// Forgets a consumer that left; its sink, if it had one.
+    fn forget(&mut self, consumer_id: u64) -> Option<Arc<dyn ConsumerSink>> {
+        self.stats.remove(&consumer_id);
+        self.sinks.remove(&consumer_id)
+    }
+}
+
+/// A subscription's state for stats, taken at one moment.
+#[derive(Debug, Clone)]
+pub struct SubscriptionSnapshot {
+    pub sub_type: SubscriptionType,
+    pub durable: bool,
+    pub mark_delete: Option<Position>,
+    /// The last position read for delivery.
+    pub read_after: Option<Position>,
+    /// Runs of positions acknowledged individually beyond the mark-delete position, as
+    /// (first, last), both included.
+    pub individually_acked: Vec<(Position, Position)>,
+    /// Unacknowledged entries (Pulsar's msgBacklog).
+    pub backlog: u64,
+    /// Bytes of the backlog, estimated as Pulsar does.
+    pub backlog_bytes: u64,
+    /// Messages sent and not acknowledged.
+    pub unacked: i64,
+    pub blocked: bool,
+    pub active_consumer: Option<String>,
+    pub consumers: Vec<ConsumerSnapshot>,
+}
+
+/// One consumer's state for stats.
+#[derive(Debug, Clone)]
+pub struct ConsumerSnapshot {
+    pub stats: Arc<ConsumerStats>,
+    pub permits: i64,
+    pub unacked: i64,
+    pub blocked: bool,
 }
 
 pub struct Subscription {
@@ -93,6 +137,10 @@ pub struct Subscription {
     /// The dispatch rate policies: the topic's (shared by all its subscriptions) and this
     /// subscription's own.
     rates: Mutex<(Arc<Throttle>, Arc<Throttle>)>,
+    /// Messages and bytes given to consumers, and messages delivered again on request, since
+    /// the subscription opened here (stats).
+    dispatched: Meter,
+    redelivered: Meter,
 }
 
 impl CursorSource for Subscription {
@@ -132,11 +180,14 @@ impl Subscription {
                 inner: Mutex::new(Inner {
                     delivery: Delivery::new(topic, name, sub_type, partition_index, state),
                     sinks: HashMap::new(),
+                    stats: HashMap::new(),
                 }),
                 wake: Notify::new(),
                 cursor,
                 stop: CancellationToken::new(),
                 rates: Mutex::new((Arc::new(Throttle::new(Rate::NONE)), Arc::new(Throttle::new(Rate::NONE)))),
+                dispatched: Meter::default(),
+                redelivered: Meter::default(),
             }
         });
         Ok(subscription)
@@ -174,6 +225,68 @@ impl Subscription {
         self.inner.lock().delivery.cursor().mark_delete
     }
 
+    /// The state stats show, taken under one lock.
+    pub fn snapshot(&self) -> SubscriptionSnapshot {
+        let inner = self.inner.lock();
+        let delivery = &inner.delivery;
+        let cursor = delivery.cursor();
+        let name_of = |id: u64| inner.stats.get(&id).map(|stats| stats.name.clone());
+        let consumers = delivery
+            .consumers()
+            .iter()
+            .filter_map(|consumer| {
+                Some(ConsumerSnapshot {
+                    stats: inner.stats.get(&consumer.id)?.clone(),
+                    permits: consumer.permits,
+                    unacked: delivery.unacked_of(consumer.id),
+                    blocked: consumer.blocked,
+                })
+            })
+            .collect();
+        let active = delivery.active().and_then(name_of);
+        SubscriptionSnapshot {
+            sub_type: delivery.sub_type(),
+            durable: self.cursor.is_some(),
+            mark_delete: cursor.mark_delete,
+            read_after: delivery.read_after(),
+            individually_acked: cursor.individually_acked.ranges().collect(),
+            backlog: self.ledger.backlog(cursor),
+            backlog_bytes: self.ledger.bytes_after(cursor.mark_delete),
+            unacked: delivery.unacked_total(),
+            blocked: delivery.is_blocked(),
+            active_consumer: active,
+            consumers,
+        }
+    }
+
+    /// The `n`th unacknowledged entry after the mark-delete position (1 is the first), or
+    /// the last one if fewer are unacknowledged; `None` if none is.
+    pub fn nth_unacked(&self, n: u64) -> Option<Position> {
+        let view = self.ledger.positions();
+        let inner = self.inner.lock();
+        let cursor = inner.delivery.cursor();
+        let (mut at, mut found, mut seen) = (cursor.mark_delete, None, 0);
+        while seen < n {
+            let Some(next) = view.next_position(at) else { break };
+            at = Some(next);
+            if !cursor.is_acked(next) {
+                found = Some(next);
+                seen += 1;
+            }
+        }
+        found
+    }
+
+    /// Messages and bytes given to consumers since the subscription opened here.
+    pub fn dispatched(&self) -> &Meter {
+        &self.dispatched
+    }
+
+    /// Messages delivered again on the consumers' request since it opened here.
+    pub fn redelivered(&self) -> &Meter {
+        &self.redelivered
+    }
+
     /// Unacknowledged entries.
     pub fn backlog(&self) -> u64 {
         self.ledger.backlog(self.inner.lock().delivery.cursor())
@@ -191,6 +304,7 @@ impl Subscription {
         };
         inner.delivery.attach(spec, options)?;
         inner.sinks.insert(consumer.consumer_id, consumer.sink);
+        inner.stats.insert(consumer.consumer_id, consumer.stats);
         self.wake.notify_one();
         Ok(())
     }
@@ -217,7 +331,7 @@ impl Subscription {
         if !inner.delivery.detach(consumer_id) {
             return false;
         }
-        inner.sinks.remove(&consumer_id);
+        inner.forget(consumer_id);
         self.wake.notify_one();
         Self::announce(&inner, inner.delivery.active_changes());
         true
@@ -231,7 +345,16 @@ impl Subscription {
 
     /// REDELIVER_UNACKNOWLEDGED_MESSAGES (see [`Delivery::redeliver`]).
     pub fn redeliver(&self, consumer_id: u64, positions: &[Position]) {
-        self.inner.lock().delivery.redeliver(consumer_id, positions);
+        let mut inner = self.inner.lock();
+        let before = inner.delivery.unacked_of(consumer_id);
+        inner.delivery.redeliver(consumer_id, positions);
+        let returned = before - inner.delivery.unacked_of(consumer_id);
+        let returned = u64::try_from(returned).unwrap_or(0);
+        self.redelivered.record(returned, 0);
+        if let Some(stats) = inner.stats.get(&consumer_id) {
+            stats.redelivered.record(returned, 0);
+        }
+        drop(inner);
         self.wake.notify_one();
     }
 
@@ -303,7 +426,7 @@ impl Subscription {
     pub fn disconnect_all(&self) {
         let mut inner = self.inner.lock();
         for consumer_id in inner.delivery.detach_all() {
-            if let Some(sink) = inner.sinks.remove(&consumer_id) {
+            if let Some(sink) = inner.forget(consumer_id) {
                 sink.closed_by_broker();
             }
         }
@@ -316,7 +439,7 @@ impl Subscription {
         let mut inner = self.inner.lock();
         let closed = inner.delivery.seek(mark_delete);
         for consumer_id in &closed {
-            if let Some(sink) = inner.sinks.remove(consumer_id) {
+            if let Some(sink) = inner.forget(*consumer_id) {
                 sink.closed_by_broker();
             }
         }
@@ -360,6 +483,7 @@ impl Subscription {
         for send in sends {
             let Some(sink) = inner.sinks.get(&send.consumer_id) else { continue };
             let (position, data) = &entries[send.index];
+            self.dispatched.record(metas[send.index].1.messages.max(0) as u64, data.len() as u64);
             let message = OutgoingMessage {
                 position: *position,
                 redelivery_count: send.redelivery_count,

@@ -26,6 +26,7 @@ use crate::dedup::{Deduplication, Published};
 use crate::dispatcher::SubscriptionType;
 use crate::error::BrokerError;
 use crate::managed_ledger::ManagedLedger;
+use crate::stats::{Meter, ProducerStats};
 use crate::subscription::{task, StartAt, Subscription, UnackedLimits};
 use crate::tenancy::model::RetentionPolicy;
 use crate::tenancy::TopicLimits;
@@ -63,6 +64,8 @@ struct Producers {
     /// How to tell each producer's client that the topic closed, by producer key: the
     /// connection answers the producer's pending publishes, then sends CLOSE_PRODUCER.
     closers: HashMap<u64, Box<dyn FnOnce() + Send>>,
+    /// Each producer's stats (connected or waiting), by producer key.
+    stats: HashMap<u64, Arc<ProducerStats>>,
 }
 
 impl Producers {
@@ -89,6 +92,8 @@ pub struct Topic {
     fenced: AtomicBool,
     /// Entries stored since the topic opened (load reports).
     published: AtomicU64,
+    /// Messages and bytes made durable since the topic loaded (stats' msgInCounter).
+    received: Meter,
     /// What the topic's policies limit, resolved.
     limits: parking_lot::RwLock<Arc<TopicLimits>>,
     /// The publish rate policy, shared by every producer of the topic.
@@ -121,6 +126,7 @@ impl Topic {
             subscriptions: Default::default(),
             fenced: AtomicBool::new(false),
             published: AtomicU64::new(0),
+            received: Meter::default(),
             publish_rate: Throttle::new(limits.publish_rate),
             dispatch_rate: Arc::new(Throttle::new(limits.dispatch_rate)),
             limits: parking_lot::RwLock::new(Arc::new(limits)),
@@ -167,29 +173,39 @@ impl Topic {
     }
 
     /// Registers a producer under Pulsar's access-mode rules; a name already connected (or
-    /// waiting) is refused with ProducerBusy.
-    pub fn add_producer(
-        &self,
+    /// waiting) is refused with ProducerBusy. Its stats are the topic's publishers' from now
+    /// on (its `access_mode` is `mode`).
+    pub fn add_producer(&self, stats: Arc<ProducerStats>, producer_key: u64) -> Result<Admission, BrokerError> {
+        let max_producers = self.limits().max_producers;
+        let mut producers = self.producers.lock();
+        let admission =
+            Self::admit(&self.name, &mut producers, &stats.name, producer_key, stats.access_mode, max_producers)?;
+        producers.stats.insert(producer_key, stats);
+        Ok(admission)
+    }
+
+    fn admit(
+        topic: &TopicName,
+        producers: &mut Producers,
         producer_name: &str,
         producer_key: u64,
         mode: AccessMode,
+        max_producers: Option<u32>,
     ) -> Result<Admission, BrokerError> {
-        let max_producers = self.limits().max_producers;
-        let mut producers = self.producers.lock();
         if producers.by_name.contains_key(producer_name) || producers.waiting.iter().any(|w| w.name == producer_name) {
-            return Err(BrokerError::ProducerBusy { topic: self.name.to_string(), producer: producer_name.to_owned() });
+            return Err(BrokerError::ProducerBusy { topic: topic.to_string(), producer: producer_name.to_owned() });
         }
         if let Some(max) = max_producers {
             if producers.by_name.len() + producers.waiting.len() >= max as usize {
-                return Err(BrokerError::TooManyProducers { topic: self.name.to_string(), max });
+                return Err(BrokerError::TooManyProducers { topic: topic.to_string(), max });
             }
         }
         let exclusive_taken = producers.exclusive.is_some() || !producers.waiting.is_empty();
-        let fenced = |reason: String| BrokerError::ProducerFenced { topic: self.name.to_string(), reason };
+        let fenced = |reason: String| BrokerError::ProducerFenced { topic: topic.to_string(), reason };
         match mode {
             AccessMode::Shared if exclusive_taken => {
                 let holder = producers.exclusive.as_ref().map_or("a waiting producer", |(_, name)| name.as_str());
-                return Err(BrokerError::ProducerBusy { topic: self.name.to_string(), producer: holder.to_owned() });
+                return Err(BrokerError::ProducerBusy { topic: topic.to_string(), producer: holder.to_owned() });
             }
             AccessMode::Shared => {}
             AccessMode::Exclusive if exclusive_taken => {
@@ -225,6 +241,7 @@ impl Topic {
         }
         producers.waiting.retain(|waiting| waiting.key != producer_key);
         producers.closers.remove(&producer_key);
+        producers.stats.remove(&producer_key);
         producers.promote_waiting();
     }
 
@@ -248,6 +265,26 @@ impl Topic {
     /// next owner after CLOSE_PRODUCER).
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::SeqCst)
+    }
+
+    /// Counts a publish made durable (stats).
+    pub fn record_received(&self, messages: u64, bytes: u64) {
+        self.received.record(messages, bytes);
+    }
+
+    /// Messages and bytes made durable since the topic loaded.
+    pub fn received(&self) -> &Meter {
+        &self.received
+    }
+
+    /// The connected producers' stats, by producer name, and the number of producers waiting
+    /// for exclusive access.
+    pub fn producer_stats(&self) -> (Vec<Arc<ProducerStats>>, usize) {
+        let producers = self.producers.lock();
+        let mut connected: Vec<_> =
+            producers.by_name.values().filter_map(|key| producers.stats.get(key).cloned()).collect();
+        connected.sort_by(|a, b| a.name.cmp(&b.name));
+        (connected, producers.waiting.len())
     }
 
     pub fn published(&self) -> u64 {

@@ -91,6 +91,8 @@ pub struct BrokerNodeConfig {
     pub cluster: ClusterConfig,
     pub policies: PolicyDefaults,
     pub max_message_size: usize,
+    /// Per-topic metrics (`exposeTopicLevelMetricsInPrometheus`); per namespace otherwise.
+    pub expose_topic_level_metrics: bool,
     pub security: SecurityConfig,
 }
 
@@ -127,6 +129,7 @@ pub async fn run(config: BrokerNodeConfig, cancel: CancellationToken) -> anyhow:
         cluster: config.cluster.clone(),
         policies: config.policies.clone(),
         max_message_size: config.max_message_size,
+        expose_topic_level_metrics: config.expose_topic_level_metrics,
         security: config.security.clone(),
         bookie_security: config.bookie_security.clone(),
         ..BrokerConfig::default()

@@ -37,6 +37,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("loadBalancerNamespaceBundleMaxTopics", "load_balancer_namespace_bundle_max_topics", Kind::Integer),
     ("loadBalancerNamespaceBundleMaxMsgRate", "load_balancer_namespace_bundle_max_msg_rate", Kind::Float),
     ("maxMessageSize", "max_message_size", Kind::Integer),
+    ("exposeTopicLevelMetricsInPrometheus", "expose_topic_level_metrics_in_prometheus", Kind::Bool),
     ("allowAutoTopicCreation", "allow_auto_topic_creation", Kind::Bool),
     ("allowAutoTopicCreationType", "allow_auto_topic_creation_type", Kind::Text),
     ("defaultNumPartitions", "default_num_partitions", Kind::Integer),

@@ -62,6 +62,8 @@ pub struct BrokerSettings {
     pub load_balancer_namespace_bundle_max_msg_rate: Option<f64>,
     /// Largest message a producer may send (5 MiB).
     pub max_message_size: Option<usize>,
+    /// Metrics per topic (true, Pulsar's default) or per namespace only.
+    pub expose_topic_level_metrics_in_prometheus: Option<bool>,
     // Policy defaults, for namespaces and topics whose policies say nothing.
     pub allow_auto_topic_creation: Option<bool>,
     /// `non-partitioned` or `partitioned`.

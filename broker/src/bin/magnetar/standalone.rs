@@ -46,6 +46,8 @@ pub struct StandaloneConfig {
     /// Policy defaults for namespaces and topics.
     pub policies: PolicyDefaults,
     pub max_message_size: usize,
+    /// Per-topic metrics (`exposeTopicLevelMetricsInPrometheus`); per namespace otherwise.
+    pub expose_topic_level_metrics: bool,
     pub cluster_name: String,
     pub security: SecurityConfig,
 }
@@ -152,6 +154,7 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
         managed_ledger: config.managed_ledger,
         policies: config.policies.clone(),
         max_message_size: config.max_message_size,
+        expose_topic_level_metrics: config.expose_topic_level_metrics,
         security: config.security.clone(),
         ..BrokerConfig::default()
     };
@@ -201,6 +204,7 @@ mod tests {
             managed_ledger: ManagedLedgerConfig::default(),
             policies: PolicyDefaults::default(),
             max_message_size: magnetar_proto::DEFAULT_MAX_MESSAGE_SIZE,
+            expose_topic_level_metrics: true,
             cluster_name: "standalone".to_owned(),
         }
     }
