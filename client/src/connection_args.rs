@@ -71,6 +71,29 @@ impl ConnectionArgs {
     }
 }
 
+impl ConnectionArgs {
+    /// The settings of an admin client: `admin_url` (the CLI's flag, if given) over
+    /// client.conf's `webServiceUrl` over `default_url`, and the flags over the file.
+    pub async fn resolve_admin(&self, admin_url: Option<&str>, default_url: &str) -> Result<ClientConf, ClientError> {
+        let file = match &self.client_conf {
+            Some(path) => ClientConf::read_async(path).await?,
+            None => ClientConf::default(),
+        };
+        let flags = ClientConf {
+            web_service_url: admin_url.map(str::to_owned),
+            auth_plugin: self.auth_plugin.clone(),
+            auth_params: self.auth_params.clone(),
+            tls_trust_certs_file_path: self.tls_trust_cert_path.clone(),
+            tls_allow_insecure_connection: self.tls_allow_insecure.then_some(true),
+            tls_hostname_verification: self.tls_hostname_verification,
+            ..ClientConf::default()
+        };
+        let mut conf = file.overridden_by(flags);
+        conf.web_service_url.get_or_insert_with(|| default_url.to_owned());
+        Ok(conf)
+    }
+}
+
 impl fmt::Debug for ConnectionArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnectionArgs")

@@ -95,6 +95,10 @@ pub enum ClientError {
 
     #[error("send failed: {reason}")]
     SendFailed { reason: String },
+    /// The admin REST API refused a call (its status and its own reason), or could not be
+    /// reached (status 0).
+    #[error("{}", admin_message(*.status, .reason))]
+    Admin { status: u16, reason: String },
 
     /// A value that does not fit its schema, or a payload that does not decode with the
     /// schema it was written with.
@@ -245,5 +249,13 @@ mod tests {
             source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"),
         };
         assert_eq!(error_chain(&error), "cannot connect to pulsar://b:6650: refused");
+    }
+}
+
+fn admin_message(status: u16, reason: &str) -> String {
+    if status == 0 {
+        format!("admin API unreachable: {reason}")
+    } else {
+        format!("admin API answered {status}: {reason}")
     }
 }

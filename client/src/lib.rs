@@ -104,6 +104,7 @@
 //! is reported as an error, never returned as garbage), codecs other than LZ4 and ZSTD.
 
 mod address;
+pub mod admin;
 mod auth;
 mod batch;
 mod client;

@@ -43,9 +43,11 @@ def produce(client: pulsar.Client, topic: str, count: int, prefix: str = "m", **
 
 
 def subscriptions_of(magnetar: MagnetarProcess, topic: str) -> set[str]:
+    """The topic's durable subscriptions (stats also show open readers', as Pulsar's do)."""
     path = topic.removeprefix("persistent://")
     with urllib.request.urlopen(f"{magnetar.http_url}/admin/v2/persistent/{path}/stats", timeout=10) as reply:
-        return set(json.loads(reply.read())["subscriptions"].keys())
+        subscriptions = json.loads(reply.read())["subscriptions"]
+        return {name for name, sub in subscriptions.items() if sub["isDurable"]}
 
 
 def test_shared_consumers_share_every_message_once(client: pulsar.Client) -> None:
