@@ -51,20 +51,9 @@ impl ConnectionArgs {
         service_url: Option<&str>,
         default_url: &str,
     ) -> Result<(String, ClientConfig), ClientError> {
-        let file = match &self.client_conf {
-            Some(path) => ClientConf::read_async(path).await?,
-            None => ClientConf::default(),
-        };
-        let flags = ClientConf {
-            broker_service_url: service_url.map(str::to_owned),
-            auth_plugin: self.auth_plugin.clone(),
-            auth_params: self.auth_params.clone(),
-            tls_trust_certs_file_path: self.tls_trust_cert_path.clone(),
-            tls_allow_insecure_connection: self.tls_allow_insecure.then_some(true),
-            tls_hostname_verification: self.tls_hostname_verification,
-            ..ClientConf::default()
-        };
-        let conf = file.overridden_by(flags);
+        let conf = self
+            .merged(ClientConf { broker_service_url: service_url.map(str::to_owned), ..ClientConf::default() })
+            .await?;
         let config = conf.client_config()?;
         let url = conf.broker_service_url.unwrap_or_else(|| default_url.to_owned());
         Ok((url, config))
@@ -75,22 +64,29 @@ impl ConnectionArgs {
     /// The settings of an admin client: `admin_url` (the CLI's flag, if given) over
     /// client.conf's `webServiceUrl` over `default_url`, and the flags over the file.
     pub async fn resolve_admin(&self, admin_url: Option<&str>, default_url: &str) -> Result<ClientConf, ClientError> {
+        let mut conf = self
+            .merged(ClientConf { web_service_url: admin_url.map(str::to_owned), ..ClientConf::default() })
+            .await?;
+        conf.web_service_url.get_or_insert_with(|| default_url.to_owned());
+        Ok(conf)
+    }
+
+    /// client.conf (if given) overridden by these flags and by `urls` (the URLs the CLI's own
+    /// flags give).
+    async fn merged(&self, urls: ClientConf) -> Result<ClientConf, ClientError> {
         let file = match &self.client_conf {
             Some(path) => ClientConf::read_async(path).await?,
             None => ClientConf::default(),
         };
         let flags = ClientConf {
-            web_service_url: admin_url.map(str::to_owned),
             auth_plugin: self.auth_plugin.clone(),
             auth_params: self.auth_params.clone(),
             tls_trust_certs_file_path: self.tls_trust_cert_path.clone(),
             tls_allow_insecure_connection: self.tls_allow_insecure.then_some(true),
             tls_hostname_verification: self.tls_hostname_verification,
-            ..ClientConf::default()
+            ..urls
         };
-        let mut conf = file.overridden_by(flags);
-        conf.web_service_url.get_or_insert_with(|| default_url.to_owned());
-        Ok(conf)
+        Ok(file.overridden_by(flags))
     }
 }
 
