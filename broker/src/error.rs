@@ -65,6 +65,9 @@ pub enum BrokerError {
     /// The topic closed for a hand-over; the publish was not stored.
     #[error("topic {topic} is closed here and moving to another broker")]
     TopicFenced { topic: String },
+    /// The topic was terminated: nothing more is published to it.
+    #[error("Topic {topic} was already terminated")]
+    TopicTerminated { topic: String },
     /// A schema the topic's compatibility rules refuse: 409, IncompatibleSchema.
     #[error("{what}")]
     IncompatibleSchema { what: String },
@@ -100,6 +103,7 @@ impl BrokerError {
             BrokerError::Meta(_) | BrokerError::Corrupt { .. } => ServerError::MetadataError,
             BrokerError::ShuttingDown | BrokerError::ServiceUnitNotReady { .. } => ServerError::ServiceNotReady,
             BrokerError::TopicFenced { .. } => ServerError::ServiceNotReady,
+            BrokerError::TopicTerminated { .. } => ServerError::TopicTerminatedError,
             BrokerError::Unauthenticated { .. } => ServerError::AuthenticationError,
             BrokerError::Unauthorized { .. } => ServerError::AuthorizationError,
             BrokerError::IncompatibleSchema { .. } | BrokerError::InvalidSchema { .. } => {

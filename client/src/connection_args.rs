@@ -64,9 +64,8 @@ impl ConnectionArgs {
     /// The settings of an admin client: `admin_url` (the CLI's flag, if given) over
     /// client.conf's `webServiceUrl` over `default_url`, and the flags over the file.
     pub async fn resolve_admin(&self, admin_url: Option<&str>, default_url: &str) -> Result<ClientConf, ClientError> {
-        let mut conf = self
-            .merged(ClientConf { web_service_url: admin_url.map(str::to_owned), ..ClientConf::default() })
-            .await?;
+        let mut conf =
+            self.merged(ClientConf { web_service_url: admin_url.map(str::to_owned), ..ClientConf::default() }).await?;
         conf.web_service_url.get_or_insert_with(|| default_url.to_owned());
         Ok(conf)
     }

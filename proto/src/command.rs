@@ -319,6 +319,14 @@ pub fn close_consumer(consumer_id: u64, request_id: u64) -> BaseCommand {
     }
 }
 
+/// The consumer read everything of a terminated topic.
+pub fn reached_end_of_topic(consumer_id: u64) -> BaseCommand {
+    BaseCommand {
+        reached_end_of_topic: Some(pb::CommandReachedEndOfTopic { consumer_id }),
+        ..base(Type::ReachedEndOfTopic)
+    }
+}
+
 pub fn success(request_id: u64) -> BaseCommand {
     BaseCommand { success: Some(pb::CommandSuccess { request_id, schema: None }), ..base(Type::Success) }
 }

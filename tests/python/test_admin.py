@@ -379,3 +379,22 @@ def test_bad_requests_get_4xx_with_a_reason(magnetar: MagnetarProcess, client: p
     ok(magnetar, "DELETE", admin_path(name, "/subscription/s?force=true"))
     producer.close()
     consumer.close()
+
+
+def test_terminate_refuses_publishes_from_the_official_client(
+    magnetar: MagnetarProcess, client: pulsar.Client
+) -> None:
+    name = unique("terminate")
+    topic = f"persistent://{NAMESPACE}/{name}"
+    consumer = client.subscribe(topic, "s")
+    producer = client.create_producer(topic, batching_enabled=False)
+    last_sent = [producer.send(f"m{i}".encode()) for i in range(3)][-1]
+    answer = ok(magnetar, "POST", admin_path(name, "/terminate"))
+    assert (answer["ledgerId"], answer["entryId"]) == (last_sent.ledger_id(), last_sent.entry_id())
+    with pytest.raises(pulsar.TopicTerminated):
+        producer.send(b"too late")
+    with pytest.raises(pulsar.TopicTerminated):
+        client.create_producer(topic)
+    assert [consumer.receive(timeout_millis=10_000).data() for _ in range(3)] == [b"m0", b"m1", b"m2"]
+    assert ok(magnetar, "GET", admin_path(name, "/lastMessageId")) == answer
+    consumer.close()

@@ -134,6 +134,10 @@ mod admin_cli {
         let examined = admin.json(&["topics", "examine-message", topic, "-i", "earliest", "-m", "3"]).await?;
         assert_eq!(examined[0]["payload"], "order-2", "{examined}");
 
+        let terminated = admin.json(&["topics", "terminate", topic]).await?;
+        assert_eq!(terminated, last, "terminate answers the last message id");
+        ensure!(producer.send("after the end").await.is_err(), "a terminated topic refuses publishes");
+
         let refused = admin.fails(&["topics", "unsubscribe", topic, "-s", "missing"]).await?;
         assert!(refused.contains("404") && refused.contains("Subscription missing not found"), "{refused}");
         admin.ok(&["topics", "unsubscribe", topic, "-s", "audit"]).await?;

@@ -426,3 +426,40 @@ async fn failover_tells_consumers_who_is_active_and_partitions_pick_by_index() -
     assert_eq!(states, BTreeMap::from([(3, true), (4, false)]), "partition 1 of [a, b] is b");
     Ok(())
 }
+
+/// A terminated topic (admin `POST .../terminate`): the answer is the last message id, a new
+/// producer gets TopicTerminatedError, and a consumer reads every message, then gets
+/// REACHED_END_OF_TOPIC; terminating again answers the same id, also after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_topic_refuses_producers_and_tells_consumers_the_end() -> anyhow::Result<()> {
+    let mut standalone = Standalone::start().await?;
+    let pulsar = client(&standalone).await?;
+    let topic = "persistent://public/default/terminated";
+    produce(&pulsar, topic, 3, "t", None).await?;
+    let path = "/admin/v2/persistent/public/default/terminated/terminate";
+    let (status, last) = magnetar_tests::http(standalone.http_port, "POST", path, None).await?;
+    anyhow::ensure!(status == 200 && last["entryId"] == 2, "terminate answered {status} {last}");
+
+    let mut conn = raw_connect(&standalone).await?;
+    conn.send(Frame::simple(command::producer(topic, 1, 1, Some("late".to_owned())))).await?;
+    let refused = receive(&mut conn).await?;
+    anyhow::ensure!(error_code(&refused) == Some(ServerError::TopicTerminatedError), "producer got {refused:?}");
+
+    let answer = raw_subscribe(&mut conn, topic, "reader", PbSubType::Exclusive, 7, |_| {}).await?;
+    anyhow::ensure!(answer.command_type() == Some(Type::Success), "subscribe answered {answer:?}");
+    conn.send(Frame::simple(command::flow(7, 100))).await?;
+    for _ in 0..3 {
+        receive_kind(&mut conn, Type::Message).await?;
+    }
+    let end = receive_kind(&mut conn, Type::ReachedEndOfTopic).await?;
+    anyhow::ensure!(end.command.reached_end_of_topic.map(|e| e.consumer_id) == Some(7), "end for consumer 7");
+
+    standalone.restart().await?;
+    let (status, again) = magnetar_tests::http(standalone.http_port, "POST", path, None).await?;
+    anyhow::ensure!(status == 200 && again == last, "terminated again after a restart: {status} {again}");
+    let mut conn = raw_connect(&standalone).await?;
+    conn.send(Frame::simple(command::producer(topic, 1, 1, Some("later".to_owned())))).await?;
+    let refused = receive(&mut conn).await?;
+    anyhow::ensure!(error_code(&refused) == Some(ServerError::TopicTerminatedError), "after restart: {refused:?}");
+    Ok(())
+}

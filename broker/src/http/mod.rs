@@ -74,6 +74,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             BrokerError::Unauthorized { .. } => StatusCode::FORBIDDEN,
             BrokerError::IncompatibleSchema { .. } => StatusCode::CONFLICT,
+            BrokerError::TopicTerminated { .. } => StatusCode::CONFLICT,
             BrokerError::InvalidSchema { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -1,7 +1,7 @@
 //! Subscriptions and messages of a topic over HTTP, in pulsar-admin's paths: list, create at a
 //! position, delete; skip N, skip all (clear backlog), reset the cursor to a time or a
 //! message id, expire messages older than T (one subscription or all, and clear backlog for a
-//! whole namespace); peek the Nth message of a subscription, examine a message by position,
+//! whole namespace); terminate a topic; peek the Nth message of a subscription, examine a message by position,
 //! get a message by id, and the last message id. Messages are answered as Pulsar's admin API
 //! answers them: the payload as the body, the metadata in `X-Pulsar-*` headers.
 
@@ -44,6 +44,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route(&path("/examinemessage"), get(examine))
         .route(&path("/ledger/{ledger}/entry/{entry}"), get(message_by_id))
         .route(&path("/lastMessageId"), get(last_message_id))
+        .route(&path("/terminate"), post(terminate))
         .route("/admin/v2/namespaces/{tenant}/{namespace}/clearBacklog", post(clear_namespace_backlog))
         .route(
             "/admin/v2/namespaces/{tenant}/{namespace}/clearBacklog/{subscription}",
@@ -452,6 +453,25 @@ async fn message_by_id(
     message_response(position, data)
 }
 
+/// `POST .../terminate`: no more publishes, ever; answers the last message id, as
+/// `lastMessageId` does.
+async fn terminate(
+    State(service): State<AppState>,
+    Path((tenant, ns, topic)): TopicPath,
+) -> Result<Response, ApiError> {
+    let topic = topic_or_redirect!(service, tenant, ns, topic, "/terminate");
+    topic.terminate().await?;
+    Ok(Json(message_id_json(&topic)).into_response())
+}
+
+fn message_id_json(topic: &Topic) -> serde_json::Value {
+    let partition = topic.name().partition_of().map_or(-1, |(_, index)| i64::from(index));
+    match topic.ledger().last_confirmed() {
+        Some(last) => json!({ "ledgerId": last.ledger_id, "entryId": last.entry_id, "partitionIndex": partition }),
+        None => json!({ "ledgerId": -1, "entryId": -1, "partitionIndex": partition }),
+    }
+}
+
 /// `GET .../lastMessageId`: `{"ledgerId", "entryId", "partitionIndex"}` (`-1`s for an empty
 /// topic, as Pulsar answers).
 async fn last_message_id(
@@ -459,10 +479,5 @@ async fn last_message_id(
     Path((tenant, ns, topic)): TopicPath,
 ) -> Result<Response, ApiError> {
     let topic = topic_or_redirect!(service, tenant, ns, topic, "/lastMessageId");
-    let partition = topic.name().partition_of().map_or(-1, |(_, index)| i64::from(index));
-    let answer = match topic.ledger().last_confirmed() {
-        Some(last) => json!({ "ledgerId": last.ledger_id, "entryId": last.entry_id, "partitionIndex": partition }),
-        None => json!({ "ledgerId": -1, "entryId": -1, "partitionIndex": partition }),
-    };
-    Ok(Json(answer).into_response())
+    Ok(Json(message_id_json(&topic)).into_response())
 }

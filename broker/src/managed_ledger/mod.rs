@@ -86,6 +86,8 @@ struct State {
     current_opened: Instant,
     /// `close` was called: no more adds.
     closed: bool,
+    /// `terminate` was called: no more adds (the record says so once it is stored).
+    terminating: bool,
 }
 
 /// Sizes of a managed ledger, for stats.
@@ -132,7 +134,7 @@ impl ManagedLedger {
                 (info, found.version)
             }
             None => {
-                let info = ManagedLedgerInfo { ledgers: Vec::new(), created_at_ms: now_ms() };
+                let info = ManagedLedgerInfo { ledgers: Vec::new(), created_at_ms: now_ms(), terminated: false };
                 match meta.put(&path, info.encode_to_vec(), Expected::Absent).await {
                     Ok(version) => (info, version),
                     Err(magnetar_meta::MetaError::BadVersion { .. }) => {
@@ -204,6 +206,7 @@ impl ManagedLedger {
                 current_bytes: 0,
                 current_opened: Instant::now(),
                 closed: false,
+                terminating: false,
             }),
             rolling: tokio::sync::Mutex::new(()),
             ledger_cache: Mutex::new(HashMap::new()),
@@ -345,6 +348,9 @@ impl ManagedLedger {
             let state = self.lock_state();
             if state.closed {
                 return Err(BrokerError::ShuttingDown);
+            }
+            if state.info.terminated || state.terminating {
+                return Err(BrokerError::TopicTerminated { topic: self.name.clone() });
             }
             if !Self::due(&self.config, &state) {
                 return Ok(state.writer.clone());
@@ -745,6 +751,46 @@ impl ManagedLedger {
 
     /// Closes the cursors and the current ledger cleanly, so that the next owner need not
     /// recover them.
+    /// Whether the managed ledger was terminated (no more adds, ever).
+    pub fn is_terminated(&self) -> bool {
+        self.lock_state().info.terminated
+    }
+
+    /// Terminates the managed ledger (Pulsar's topic terminate): adds are refused from now on,
+    /// those in flight complete, the current ledger is closed and the record stored as
+    /// terminated. Answers the last position. Terminating again answers the same.
+    pub async fn terminate(&self) -> Result<Option<Position>, BrokerError> {
+        let _rolling = self.rolling.lock().await;
+        let (writer, writer_closed) = {
+            let mut state = self.lock_state();
+            if state.info.terminated {
+                drop(state);
+                return Ok(self.last_confirmed());
+            }
+            state.terminating = true;
+            (state.writer.clone(), state.writer_closed)
+        };
+        let closed = if writer_closed { None } else { Some(writer.close().await?) };
+        let (info, version) = {
+            let mut state = self.lock_state();
+            if let Some(last) = closed {
+                state.writer_closed = true;
+                if let Some(current) = state.info.ledgers.iter_mut().find(|l| l.ledger_id == writer.ledger_id().0) {
+                    current.closed = true;
+                    current.entries = (last + 1).max(0) as u64;
+                    current.closed_at_ms = now_ms();
+                }
+            }
+            state.info.terminated = true;
+            (state.info.clone(), state.version)
+        };
+        let version =
+            self.bookies.meta().put(&info_path(&self.name), info.encode_to_vec(), Expected::Version(version)).await?;
+        self.lock_state().version = version;
+        info!(managed_ledger = %self.name, last = ?self.last_confirmed(), "terminated");
+        Ok(self.last_confirmed())
+    }
+
     pub async fn close(&self) -> Result<(), BrokerError> {
         self.stop.cancel();
         for (_, cursor) in self.cursors() {

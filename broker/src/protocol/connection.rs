@@ -508,6 +508,9 @@ impl Connection {
             let name = TopicName::parse(&request.topic)?;
             self.authorize(&name, TopicAction::Produce, None).await?;
             let topic = self.service.topic(&name).await?;
+            if topic.ledger().is_terminated() {
+                return Err(BrokerError::TopicTerminated { topic: name.to_string() });
+            }
             let schema_version = self.producer_schema(&name, request.schema.as_ref()).await?;
             let name = match request.producer_name.as_deref() {
                 Some(name) if !name.is_empty() => name.to_owned(),

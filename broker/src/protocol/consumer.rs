@@ -55,6 +55,10 @@ impl ConsumerSink for ConnectionConsumer {
         let _ = self.outbound.try_send(Outbound::command(frame));
     }
 
+    fn reached_end_of_topic(&self) {
+        let _ = self.outbound.try_send(Outbound::command(command::reached_end_of_topic(self.consumer_id)));
+    }
+
     fn closed_by_broker(&self) {
         // Request id -1, as Pulsar's broker-initiated close.
         let frame = command::close_consumer(self.consumer_id, u64::MAX);

@@ -26,7 +26,7 @@ impl BrokerService {
         self.check_max_topics(&name.namespace_name(), &namespace, 1).await?;
         // Creating a topic is storing its (empty) ledger list: from then on it exists, auto
         // creation or not, and opening it here starts its first ledger.
-        let info = ManagedLedgerInfo { ledgers: Vec::new(), created_at_ms: now_ms() };
+        let info = ManagedLedgerInfo { ledgers: Vec::new(), created_at_ms: now_ms(), terminated: false };
         match self.meta.put(&info_path(&name.persistence_name()), info.encode_to_vec(), Expected::Absent).await {
             Ok(_) => {}
             Err(MetaError::BadVersion { .. }) => {

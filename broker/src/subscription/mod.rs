@@ -67,6 +67,9 @@ pub trait ConsumerSink: Send + Sync {
     fn active_changed(&self, is_active: bool);
     /// Tells the consumer's client to subscribe again (the broker closed it); never waits.
     fn closed_by_broker(&self);
+    /// Tells the consumer it read everything of a terminated topic (REACHED_END_OF_TOPIC);
+    /// never waits.
+    fn reached_end_of_topic(&self) {}
 }
 
 /// A consumer attaching: who it is and where its messages go.
@@ -83,12 +86,15 @@ struct Inner {
     delivery: Delivery,
     sinks: HashMap<u64, Arc<dyn ConsumerSink>>,
     stats: HashMap<u64, Arc<ConsumerStats>>,
+    /// Consumers told that they read a terminated topic to its end.
+    told_end: std::collections::HashSet<u64>,
 }
 
 impl Inner {
     /// Forgets a consumer that left; its sink, if it had one.
     fn forget(&mut self, consumer_id: u64) -> Option<Arc<dyn ConsumerSink>> {
         self.stats.remove(&consumer_id);
+        self.told_end.remove(&consumer_id);
         self.sinks.remove(&consumer_id)
     }
 }
@@ -181,6 +187,7 @@ impl Subscription {
                     delivery: Delivery::new(topic, name, sub_type, partition_index, state),
                     sinks: HashMap::new(),
                     stats: HashMap::new(),
+                    told_end: Default::default(),
                 }),
                 wake: Notify::new(),
                 cursor,
@@ -449,6 +456,30 @@ impl Subscription {
         }
         self.wake.notify_one();
         closed
+    }
+
+    /// On a terminated topic read to its end: tells each consumer not told yet
+    /// (REACHED_END_OF_TOPIC, as Pulsar's broker does).
+    pub(crate) fn announce_end_of_topic(&self) {
+        if !self.ledger.is_terminated() {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        if self.ledger.next_position(inner.delivery.read_after()).is_some() {
+            return;
+        }
+        let untold: Vec<u64> = inner.sinks.keys().copied().filter(|id| !inner.told_end.contains(id)).collect();
+        for consumer_id in untold {
+            if let Some(sink) = inner.sinks.get(&consumer_id) {
+                sink.reached_end_of_topic();
+            }
+            inner.told_end.insert(consumer_id);
+        }
+    }
+
+    /// Wakes the dispatch task (the topic was terminated, a policy changed, ...).
+    pub fn wake_dispatch(&self) {
+        self.wake.notify_one();
     }
 
     /// Cancelled when the subscription closes: the dispatch task stops.

@@ -35,6 +35,7 @@ pub async fn run(subscription: Arc<Subscription>) {
         confirmed.borrow_and_update();
         let (read, epoch, from_replay) = match subscription.next() {
             Next::Wait { until_ms } => {
+                subscription.announce_end_of_topic();
                 let delay =
                     until_ms.map_or(Duration::from_secs(3600), |at| Duration::from_millis(at.saturating_sub(now_ms())));
                 tokio::select! {

@@ -434,6 +434,18 @@ impl Topic {
         self.subscriptions.lock().await.values().cloned().collect()
     }
 
+    /// Terminates the topic (Pulsar's terminate): publishes are refused from now on
+    /// (TopicTerminatedError), those in flight complete, and consumers that read to the end
+    /// are told REACHED_END_OF_TOPIC. Answers the last message's position.
+    pub async fn terminate(&self) -> Result<Option<crate::managed_ledger::Position>, BrokerError> {
+        let last = self.ledger.terminate().await?;
+        for subscription in self.subscriptions().await {
+            subscription.wake_dispatch();
+        }
+        info!(topic = %self.name, ?last, "topic terminated");
+        Ok(last)
+    }
+
     /// Closes the topic for a hand-over (unload, shutdown) so that clients see no error:
     /// publishes stop being stored, consumers' acks are persisted and they are told to
     /// reconnect (CLOSE_CONSUMER), the ledger closes once every publish in flight is durable

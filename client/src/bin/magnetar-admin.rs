@@ -247,6 +247,10 @@ enum Topics {
     LastMessageId {
         topic: String,
     },
+    /// No more publishes, ever; consumers get REACHED_END_OF_TOPIC at the end.
+    Terminate {
+        topic: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -634,6 +638,10 @@ async fn topics(
         Topics::GetMessageById { topic, ledger_id, entry_id } => {
             let path = format!("{}/ledger/{ledger_id}/entry/{entry_id}", topic_path(&topic)?);
             print_messages(output, &[message_json(&admin.call(Method::GET, &path, None).await?)]);
+        }
+        Topics::Terminate { topic } => {
+            let answer = admin.call(Method::POST, &format!("{}/terminate", topic_path(&topic)?), None).await?;
+            print(output, &answer.json()?);
         }
         Topics::LastMessageId { topic } => {
             print(output, &admin.get(&format!("{}/lastMessageId", topic_path(&topic)?)).await?)
