@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::topic::AccessMode;
-
 /// The shortest time a rate is averaged over.
 pub const RATE_WINDOW: Duration = Duration::from_secs(5);
 
@@ -97,7 +95,8 @@ pub struct ClientInfo {
 pub struct ProducerStats {
     pub producer_id: u64,
     pub name: String,
-    pub access_mode: AccessMode,
+    /// Its access mode as Pulsar names it (`Shared`, `Exclusive`, `WaitForExclusive`).
+    pub access_mode: &'static str,
     pub client: ClientInfo,
     /// Messages and bytes made durable for it.
     pub published: Meter,

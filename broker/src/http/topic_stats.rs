@@ -21,7 +21,7 @@ use crate::partitions;
 use crate::service::BrokerService;
 use crate::stats::{Meter, ProducerStats};
 use crate::subscription::SubscriptionSnapshot;
-use crate::topic::{AccessMode, Topic};
+use crate::topic::Topic;
 use crate::topic_name::{partition_topic_name, TopicName};
 
 pub(super) fn routes() -> Router<AppState> {
@@ -67,14 +67,6 @@ fn sub_type_name(sub_type: SubscriptionType) -> &'static str {
     }
 }
 
-fn access_mode_name(mode: AccessMode) -> &'static str {
-    match mode {
-        AccessMode::Shared => "Shared",
-        AccessMode::Exclusive => "Exclusive",
-        AccessMode::WaitForExclusive => "WaitForExclusive",
-    }
-}
-
 /// Rates and counters of a meter, under Pulsar's names for one direction (`In` or `Out`).
 fn meter_fields(fields: &mut Map<String, Value>, meter: &Meter, direction: &str) {
     let rates = meter.rates();
@@ -88,7 +80,7 @@ fn meter_fields(fields: &mut Map<String, Value>, meter: &Meter, direction: &str)
 fn publisher_json(producer: &ProducerStats) -> Value {
     let rates = producer.published.rates();
     json!({
-        "accessMode": access_mode_name(producer.access_mode),
+        "accessMode": producer.access_mode,
         "msgRateIn": rates.messages,
         "msgThroughputIn": rates.bytes,
         "averageMsgSize": if rates.messages > 0.0 { rates.bytes / rates.messages } else { 0.0 },

@@ -530,11 +530,11 @@ impl Connection {
         let stats = Arc::new(ProducerStats {
             producer_id: request.producer_id,
             name: name.clone(),
-            access_mode: mode,
+            access_mode: mode.name(),
             client: self.client.clone(),
             published: Meter::default(),
         });
-        let admission = match topic.admit_producer().and_then(|()| topic.add_producer(stats.clone(), key)) {
+        let admission = match topic.admit_producer().and_then(|()| topic.add_producer(stats.clone(), key, mode)) {
             Ok(admission) => admission,
             Err(error) => {
                 info!(peer = %self.peer, topic = %request.topic, %error, "producer refused");

@@ -41,6 +41,17 @@ pub enum AccessMode {
     WaitForExclusive,
 }
 
+impl AccessMode {
+    /// The name Pulsar gives it (stats' `accessMode`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AccessMode::Shared => "Shared",
+            AccessMode::Exclusive => "Exclusive",
+            AccessMode::WaitForExclusive => "WaitForExclusive",
+        }
+    }
+}
+
 /// Whether a new producer may publish now or waits for its turn as the exclusive one.
 pub enum Admission {
     Ready,
@@ -174,12 +185,16 @@ impl Topic {
 
     /// Registers a producer under Pulsar's access-mode rules; a name already connected (or
     /// waiting) is refused with ProducerBusy. Its stats are the topic's publishers' from now
-    /// on (its `access_mode` is `mode`).
-    pub fn add_producer(&self, stats: Arc<ProducerStats>, producer_key: u64) -> Result<Admission, BrokerError> {
+    /// on.
+    pub fn add_producer(
+        &self,
+        stats: Arc<ProducerStats>,
+        producer_key: u64,
+        mode: AccessMode,
+    ) -> Result<Admission, BrokerError> {
         let max_producers = self.limits().max_producers;
         let mut producers = self.producers.lock();
-        let admission =
-            Self::admit(&self.name, &mut producers, &stats.name, producer_key, stats.access_mode, max_producers)?;
+        let admission = Self::admit(&self.name, &mut producers, &stats.name, producer_key, mode, max_producers)?;
         producers.stats.insert(producer_key, stats);
         Ok(admission)
     }
