@@ -178,6 +178,31 @@ async fn every_broker_answers_lookups_with_the_owner_and_bundles_spread() -> any
             http(broker.http_port, "GET", "/admin/v2/persistent/public/default/spread-0/stats", None).await?;
         ensure!(status == 200 && body["msgInCounter"] == 1, "stats via :{}: {status} {body}", broker.http_port);
     }
+    // Partitioned stats from either broker sum every partition, the other broker's included
+    // (asked of it over HTTP): 16 partitions over 4 bundles land on both brokers.
+    let (status, body) =
+        http(brokers[0].http_port, "PUT", "/admin/v2/persistent/public/default/spreadp/partitions", Some("16")).await?;
+    ensure!(status == 204, "create a partitioned topic: {status} {body}");
+    let mut partition_owners = std::collections::BTreeSet::new();
+    for index in 0..16 {
+        let partition = format!("persistent://public/default/spreadp-partition-{index}");
+        let mut producer = client.producer(partition.as_str()).create().await?;
+        producer.send("p").await?;
+        producer.close().await?;
+        partition_owners
+            .insert(http_owner(brokers[0].http_port, &format!("public/default/spreadp-partition-{index}")).await?);
+    }
+    ensure!(partition_owners.len() == 2, "partitions on both brokers: {partition_owners:?}");
+    for broker in &brokers {
+        let path = "/admin/v2/persistent/public/default/spreadp/partitioned-stats?perPartition=true";
+        let (status, body) = http(broker.http_port, "GET", path, None).await?;
+        ensure!(
+            status == 200 && body["msgInCounter"] == 16,
+            "partitioned stats via :{}: {status} {body}",
+            broker.http_port
+        );
+        ensure!(body["partitions"].as_object().map(|p| p.len()) == Some(16), "every partition: {body}");
+    }
     let (status, body) = http(brokers[1].http_port, "GET", "/admin/v2/brokers/test", None).await?;
     ensure!(status == 200 && body.as_array().map(Vec::len) == Some(2), "two live brokers: {status} {body}");
     Ok(())

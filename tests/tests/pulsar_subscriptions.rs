@@ -345,9 +345,13 @@ async fn reader_with_rollback_duration_starts_at_messages_published_within_it() 
         bodies.push(String::from_utf8(frame.payload.map(|p| p.body().to_vec()).unwrap_or_default())?);
     }
     assert_eq!(bodies, vec!["old-0", "old-1", "old-2"]);
-    // Readers store no cursor.
+    // Readers store no cursor: stats show them as non-durable, internal stats have no cursor.
     let stats: serde_json::Value = admin_stats(&standalone, "raw-reader-rollback").await?;
-    assert_eq!(stats["subscriptions"], serde_json::json!({}), "{stats}");
+    let subscriptions = stats["subscriptions"].as_object().cloned().unwrap_or_default();
+    assert!(subscriptions.values().all(|sub| sub["isDurable"] == false), "{stats}");
+    let path = "/admin/v2/persistent/public/default/raw-reader-rollback/internalStats";
+    let (_, internal) = magnetar_tests::http(standalone.http_port, "GET", path, None).await?;
+    assert_eq!(internal["cursors"], serde_json::json!({}), "{internal}");
     Ok(())
 }
 
