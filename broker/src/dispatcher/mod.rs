@@ -34,6 +34,16 @@ pub enum SubscriptionType {
 }
 
 impl SubscriptionType {
+    /// The name Pulsar gives it (stats' `type`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SubscriptionType::Exclusive => "Exclusive",
+            SubscriptionType::Shared => "Shared",
+            SubscriptionType::Failover => "Failover",
+            SubscriptionType::KeyShared => "Key_Shared",
+        }
+    }
+
     /// Types that acknowledge messages one by one: no cumulative acks.
     pub fn individual_ack_only(self) -> bool {
         matches!(self, SubscriptionType::Shared | SubscriptionType::KeyShared)

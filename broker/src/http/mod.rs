@@ -43,6 +43,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::cluster::broker_info::BrokerInfo;
 use crate::cluster::ownership::LookupAnswer;
 use crate::error::BrokerError;
 use crate::security::TlsAcceptor;
@@ -135,6 +136,18 @@ async fn existing_namespace_topic(
     Ok(name)
 }
 
+/// The broker that owns `name`'s bundle, if that is another broker.
+async fn other_owner(service: &BrokerService, name: &TopicName) -> Result<Option<BrokerInfo>, ApiError> {
+    let bundle = service.ownership.bundle_of(name).await?;
+    if service.ownership.is_active(&bundle) {
+        return Ok(None);
+    }
+    Ok(match service.ownership.read_owner(&bundle).await? {
+        Some((owner, _)) if owner.info.broker != service.ownership.me().broker => Some(owner.info),
+        _ => None,
+    })
+}
+
 /// A 307 to the same path on the broker that owns `name`'s bundle, if that is another broker
 /// (Pulsar's admin API redirects the same way).
 async fn redirect_to_owner(
@@ -142,17 +155,10 @@ async fn redirect_to_owner(
     name: &TopicName,
     path: &str,
 ) -> Result<Option<Response>, ApiError> {
-    let bundle = service.ownership.bundle_of(name).await?;
-    if service.ownership.is_active(&bundle) {
-        return Ok(None);
-    }
-    match service.ownership.read_owner(&bundle).await? {
-        Some((owner, _)) if owner.info.broker != service.ownership.me().broker => {
-            let location = format!("{}{path}", owner.info.http_url);
-            Ok(Some((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response()))
-        }
-        _ => Ok(None),
-    }
+    Ok(other_owner(service, name).await?.map(|owner| {
+        let location = format!("{}{path}", owner.http_url);
+        (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response()
+    }))
 }
 
 /// Pulsar's HTTP lookup answer: the broker that owns the topic's bundle (assigned now to

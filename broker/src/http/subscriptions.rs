@@ -181,9 +181,7 @@ async fn skip(
     State(service): State<AppState>,
     Path((tenant, ns, topic, name, count)): Path<(String, String, String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let count: u64 = count.parse().map_err(|_| {
-        ApiError(StatusCode::BAD_REQUEST, format!("number of messages to skip {count:?} is not a count"))
-    })?;
+    let count = number(&count, "number of messages to skip")?;
     let topic = topic_or_redirect!(service, tenant, ns, topic, format!("/subscription/{name}/skip/{count}"));
     let subscription = existing(&topic, &name).await?;
     acknowledge_through(&subscription, subscription.nth_unacked(count)).await;
@@ -212,9 +210,7 @@ async fn reset_to_time(
     State(service): State<AppState>,
     Path((tenant, ns, topic, name, timestamp)): Path<(String, String, String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let time: u64 = timestamp.parse().map_err(|_| {
-        ApiError(StatusCode::BAD_REQUEST, format!("timestamp {timestamp:?} is not milliseconds since the epoch"))
-    })?;
+    let time = number(&timestamp, "timestamp (ms since the epoch)")?;
     let topic = topic_or_redirect!(service, tenant, ns, topic, format!("/subscription/{name}/resetcursor/{time}"));
     let subscription = existing(&topic, &name).await?;
     let mark_delete = mark_delete_for_publish_time(topic.ledger(), time).await?;
@@ -237,8 +233,9 @@ async fn reset_to_message(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn seconds(text: &str) -> Result<u64, ApiError> {
-    text.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("expire time {text:?} is not seconds")))
+/// A number from the path; a 400 naming `what` otherwise.
+fn number(text: &str, what: &str) -> Result<u64, ApiError> {
+    text.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{what} {text:?} is not a number")))
 }
 
 /// Acknowledges every message of `subscription` published more than `seconds` ago.
@@ -253,7 +250,7 @@ async fn expire(
     State(service): State<AppState>,
     Path((tenant, ns, topic, name, secs)): Path<(String, String, String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let secs = seconds(&secs)?;
+    let secs = number(&secs, "expire time (seconds)")?;
     let topic = topic_or_redirect!(service, tenant, ns, topic, format!("/subscription/{name}/expireMessages/{secs}"));
     let subscription = existing(&topic, &name).await?;
     expire_older(&topic, &subscription, secs).await?;
@@ -264,7 +261,7 @@ async fn expire_all(
     State(service): State<AppState>,
     Path((tenant, ns, topic, secs)): Path<(String, String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let secs = seconds(&secs)?;
+    let secs = number(&secs, "expire time (seconds)")?;
     let topic = topic_or_redirect!(service, tenant, ns, topic, format!("/all_subscription/expireMessages/{secs}"));
     for (name, _) in topic.ledger().cursors() {
         let subscription = existing(&topic, &name).await?;
@@ -365,10 +362,9 @@ async fn peek(
     State(service): State<AppState>,
     Path((tenant, ns, topic, name, n)): Path<(String, String, String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let n: u64 =
-        n.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
-            ApiError(StatusCode::BAD_REQUEST, format!("message position {n:?} must be a number from 1"))
-        })?;
+    let n = Some(number(&n, "message position")?)
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "message position must be a number from 1".to_owned()))?;
     let topic = topic_or_redirect!(service, tenant, ns, topic, format!("/subscription/{name}/position/{n}"));
     let subscription = existing(&topic, &name).await?;
     let found = subscription.nth_unacked(n).filter(|_| subscription.backlog() >= n);
@@ -441,10 +437,7 @@ async fn message_by_id(
     State(service): State<AppState>,
     Path((tenant, ns, topic, ledger_id, entry_id)): Path<(String, String, String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let parse = |text: &str, what: &str| {
-        text.parse::<u64>().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{what} {text:?} is not a number")))
-    };
-    let position = Position::new(parse(&ledger_id, "ledger id")?, parse(&entry_id, "entry id")?);
+    let position = Position::new(number(&ledger_id, "ledger id")?, number(&entry_id, "entry id")?);
     let topic = topic_or_redirect!(service, tenant, ns, topic, format!("/ledger/{ledger_id}/entry/{entry_id}"));
     if !crate::managed_ledger::PositionView::contains(&topic.ledger().positions(), position) {
         return Err(not_found_message(position));

@@ -58,15 +58,6 @@ pub(super) async fn served_topic(
     Ok(Ok(service.topic(&name).await?))
 }
 
-fn sub_type_name(sub_type: SubscriptionType) -> &'static str {
-    match sub_type {
-        SubscriptionType::Exclusive => "Exclusive",
-        SubscriptionType::Shared => "Shared",
-        SubscriptionType::Failover => "Failover",
-        SubscriptionType::KeyShared => "Key_Shared",
-    }
-}
-
 /// Rates and counters of a meter, under Pulsar's names for one direction (`In` or `Out`).
 fn meter_fields(fields: &mut Map<String, Value>, meter: &Meter, direction: &str) {
     let rates = meter.rates();
@@ -79,6 +70,7 @@ fn meter_fields(fields: &mut Map<String, Value>, meter: &Meter, direction: &str)
 
 fn publisher_json(producer: &ProducerStats) -> Value {
     let rates = producer.published.rates();
+    let (messages, bytes) = producer.published.totals();
     json!({
         "accessMode": producer.access_mode,
         "msgRateIn": rates.messages,
@@ -89,8 +81,8 @@ fn publisher_json(producer: &ProducerStats) -> Value {
         "address": producer.client.address,
         "connectedSince": producer.client.connected_since,
         "clientVersion": producer.client.client_version,
-        "msgInCounter": producer.published.totals().0,
-        "bytesInCounter": producer.published.totals().1,
+        "msgInCounter": messages,
+        "bytesInCounter": bytes,
         "metadata": {},
     })
 }
@@ -139,7 +131,7 @@ fn subscription_json(snapshot: &SubscriptionSnapshot, dispatched: &Meter, redeli
     fields.insert("backlogSize".into(), json!(snapshot.backlog_bytes));
     fields.insert("unackedMessages".into(), json!(snapshot.unacked));
     fields.insert("blockedSubscriptionOnUnackedMsgs".into(), json!(snapshot.blocked));
-    fields.insert("type".into(), json!(sub_type_name(snapshot.sub_type)));
+    fields.insert("type".into(), json!(snapshot.sub_type.map_or("None", SubscriptionType::name)));
     if let Some(active) = &snapshot.active_consumer {
         fields.insert("activeConsumerName".into(), json!(active));
     }
@@ -156,49 +148,18 @@ fn subscription_json(snapshot: &SubscriptionSnapshot, dispatched: &Meter, redeli
 pub(super) async fn topic_stats_json(topic: &Topic) -> Value {
     let ledger = topic.ledger();
     let storage = ledger.storage_stats();
-    let loaded = topic.subscriptions().await;
+    let views = topic.subscription_views().await;
+    let idle = Meter::default();
     let mut subscriptions = Map::new();
     let (mut rate_out, mut throughput_out, mut messages_out, mut bytes_out) = (0.0, 0.0, 0u64, 0u64);
-    let mut oldest_mark_delete: Option<Option<Position>> = None;
-    for subscription in &loaded {
-        let snapshot = subscription.snapshot();
-        let rates = subscription.dispatched().rates();
-        let (messages, bytes) = subscription.dispatched().totals();
+    for view in &views {
+        // A subscription no consumer opened since the topic loaded has sent nothing.
+        let (dispatched, redelivered) =
+            view.open.as_ref().map_or((&idle, &idle), |open| (open.dispatched(), open.redelivered()));
+        let (rates, (messages, bytes)) = (dispatched.rates(), dispatched.totals());
         (rate_out, throughput_out, messages_out, bytes_out) =
             (rate_out + rates.messages, throughput_out + rates.bytes, messages_out + messages, bytes_out + bytes);
-        if snapshot.durable {
-            oldest_mark_delete = Some(oldest_mark_delete.map_or(snapshot.mark_delete, |m| m.min(snapshot.mark_delete)));
-        }
-        let value = subscription_json(&snapshot, subscription.dispatched(), subscription.redelivered());
-        subscriptions.insert(subscription.name().to_owned(), value);
-    }
-    // Durable subscriptions without a consumer since the topic loaded: their cursors only
-    // (no dispatcher yet, which Pulsar shows as type "None").
-    for (name, cursor) in ledger.cursors() {
-        if subscriptions.contains_key(&name) {
-            continue;
-        }
-        let (mark_delete, _) = cursor.summary();
-        let state = cursor.state().unwrap_or_else(|| crate::managed_ledger::CursorState::at(mark_delete));
-        oldest_mark_delete = Some(oldest_mark_delete.map_or(mark_delete, |m| m.min(mark_delete)));
-        subscriptions.insert(
-            name,
-            json!({
-                "msgRateOut": 0.0, "msgThroughputOut": 0.0, "msgOutCounter": 0, "bytesOutCounter": 0,
-                "msgRateRedeliver": 0.0,
-                "msgBacklog": cursor.backlog(ledger),
-                "msgBacklogNoDelayed": cursor.backlog(ledger),
-                "backlogSize": ledger.bytes_after(mark_delete),
-                "unackedMessages": 0,
-                "blockedSubscriptionOnUnackedMsgs": false,
-                "type": "None",
-                "consumers": [],
-                "isDurable": true,
-                "isReplicated": false,
-                "markDeletePosition": position_text(mark_delete),
-                "nonContiguousDeletedMessagesRanges": state.individually_acked.range_count(),
-            }),
-        );
+        subscriptions.insert(view.name.clone(), subscription_json(&view.snapshot, dispatched, redelivered));
     }
     let (publishers, waiting) = topic.producer_stats();
     let mut fields = Map::new();
@@ -213,8 +174,7 @@ pub(super) async fn topic_stats_json(topic: &Topic) -> Value {
     fields.insert("msgOutCounter".into(), json!(messages_out));
     fields.insert("bytesOutCounter".into(), json!(bytes_out));
     fields.insert("storageSize".into(), json!(storage.size_bytes));
-    // Bytes after the slowest durable subscription, as Pulsar's managed ledger estimates it.
-    fields.insert("backlogSize".into(), json!(oldest_mark_delete.map_or(0, |m| ledger.bytes_after(m))));
+    fields.insert("backlogSize".into(), json!(topic.backlog_size(&views)));
     fields.insert("publishers".into(), Value::Array(publishers.iter().map(|p| publisher_json(p)).collect()));
     fields.insert("waitingPublishers".into(), json!(waiting));
     fields.insert("subscriptions".into(), Value::Object(subscriptions));
@@ -255,30 +215,23 @@ async fn internal_stats(
         })
         .collect();
     let (current_entries, current_size) = sizes.last().map_or((0, 0), |(_, entries, size)| (*entries, *size));
-    let loaded: BTreeMap<String, SubscriptionSnapshot> =
-        topic.subscriptions().await.iter().map(|s| (s.name().to_owned(), s.snapshot())).collect();
+    let views: BTreeMap<String, SubscriptionSnapshot> =
+        topic.subscription_views().await.into_iter().map(|view| (view.name, view.snapshot)).collect();
     let mut cursors = Map::new();
     for (name, cursor) in ledger.cursors() {
-        let (mark_delete, ranges, read) = match loaded.get(&name) {
-            Some(snapshot) => (snapshot.mark_delete, snapshot.individually_acked.clone(), snapshot.read_after),
-            None => {
-                let state = cursor
-                    .state()
-                    .unwrap_or_else(|| crate::managed_ledger::CursorState::at(cursor.persisted_mark_delete()));
-                (state.mark_delete, state.individually_acked.ranges().collect(), state.mark_delete)
-            }
-        };
+        let Some(snapshot) = views.get(&name) else { continue };
+        let (mark_delete, ranges, read) = (snapshot.mark_delete, &snapshot.individually_acked, snapshot.read_after);
         let next_read = ledger.next_position(read);
         cursors.insert(
             name,
             json!({
                 "markDeletePosition": position_text(mark_delete),
                 "readPosition": position_text(next_read.or(read)),
-                "individuallyDeletedMessages": deleted_ranges(&ranges),
+                "individuallyDeletedMessages": deleted_ranges(ranges),
                 "totalNonContiguousDeletedMessagesRange": ranges.len(),
                 "persistedMarkDeletePosition": position_text(cursor.persisted_mark_delete()),
                 "cursorLedger": cursor.ledger_id().map_or(-1, |id| id as i64),
-                "messagesConsumedCounter": ledger.entries_after(None).saturating_sub(cursor.backlog(ledger)),
+                "messagesConsumedCounter": ledger.entries_after(None).saturating_sub(snapshot.backlog),
                 "numberOfEntriesSinceFirstNotAckedMessage": ledger.entries_after(mark_delete),
                 "state": "Open",
                 "properties": {},
@@ -373,14 +326,11 @@ async fn partition_stats(
     partition: &TopicName,
     authorization: Option<&HeaderValue>,
 ) -> Result<Value, ApiError> {
-    let bundle = service.ownership.bundle_of(partition).await?;
-    let owner = service.ownership.read_owner(&bundle).await?;
-    let mine = service.ownership.is_active(&bundle);
-    match owner {
-        Some((owner, _)) if !mine && owner.info.broker != service.ownership.me().broker => {
+    match super::other_owner(service, partition).await? {
+        Some(owner) => {
             let path =
                 format!("/admin/v2/persistent/{}/stats", partition.to_string().trim_start_matches("persistent://"));
-            super::forward::get_json(&owner.info.http_url, &path, authorization).await
+            super::forward::get_json(&owner.http_url, &path, authorization).await
         }
         _ if service.topic_exists(partition).await? => Ok(topic_stats_json(&*service.topic(partition).await?).await),
         _ => Ok(json!({ "msgRateIn": 0.0, "msgRateOut": 0.0, "publishers": [], "subscriptions": {} })),

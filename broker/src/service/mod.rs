@@ -183,20 +183,23 @@ impl BrokerService {
                 storage_size: ledger.storage_stats().size_bytes,
                 ..TopicGauges::default()
             };
-            let loaded = topic.subscriptions().await;
-            let mut oldest: Option<Option<crate::managed_ledger::Position>> = None;
-            for subscription in &loaded {
-                let snapshot = subscription.snapshot();
-                let (out, redelivered) = (subscription.dispatched().rates(), subscription.redelivered().rates());
+            let views = topic.subscription_views().await;
+            per_topic.backlog_size = topic.backlog_size(&views);
+            for view in views {
+                let snapshot = &view.snapshot;
+                let (out, redelivered) = view
+                    .open
+                    .as_ref()
+                    .map(|open| (open.dispatched().rates(), open.redelivered().rates()))
+                    .unwrap_or_default();
                 per_topic.consumers += snapshot.consumers.len() as u64;
                 per_topic.rate_out += out.messages;
                 per_topic.throughput_out += out.bytes;
                 if snapshot.durable {
                     per_topic.backlog += snapshot.backlog;
-                    oldest = Some(oldest.map_or(snapshot.mark_delete, |m| m.min(snapshot.mark_delete)));
                 }
                 per_topic.subscriptions.push(SubscriptionGauges {
-                    name: subscription.name().to_owned(),
+                    name: view.name,
                     backlog: snapshot.backlog,
                     consumers: snapshot.consumers.len() as u64,
                     unacked: u64::try_from(snapshot.unacked).unwrap_or(0),
@@ -205,18 +208,6 @@ impl BrokerService {
                     blocked: snapshot.blocked,
                 });
             }
-            // Durable subscriptions without a consumer since the topic loaded: their cursors.
-            for (name, cursor) in ledger.cursors() {
-                if loaded.iter().any(|s| s.name() == name) {
-                    continue;
-                }
-                let backlog = cursor.backlog(ledger);
-                let (mark_delete, _) = cursor.summary();
-                oldest = Some(oldest.map_or(mark_delete, |m| m.min(mark_delete)));
-                per_topic.backlog += backlog;
-                per_topic.subscriptions.push(SubscriptionGauges { name, backlog, ..SubscriptionGauges::default() });
-            }
-            per_topic.backlog_size = oldest.map_or(0, |m| ledger.bytes_after(m));
             gauges.per_topic.push(per_topic);
         }
         gauges

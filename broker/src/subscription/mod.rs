@@ -102,7 +102,9 @@ impl Inner {
 /// A subscription's state for stats, taken at one moment.
 #[derive(Debug, Clone)]
 pub struct SubscriptionSnapshot {
-    pub sub_type: SubscriptionType,
+    /// `None` for a durable subscription no consumer opened since the topic loaded (its
+    /// cursor only; Pulsar shows no dispatcher as type "None").
+    pub sub_type: Option<SubscriptionType>,
     pub durable: bool,
     pub mark_delete: Option<Position>,
     /// The last position read for delivery.
@@ -119,6 +121,26 @@ pub struct SubscriptionSnapshot {
     pub blocked: bool,
     pub active_consumer: Option<String>,
     pub consumers: Vec<ConsumerSnapshot>,
+}
+
+impl SubscriptionSnapshot {
+    /// A durable subscription no consumer opened since the topic loaded: its cursor's state.
+    pub fn of_cursor(cursor: &ManagedCursor, ledger: &ManagedLedger) -> Self {
+        let state = cursor.state().unwrap_or_else(|| CursorState::at(cursor.persisted_mark_delete()));
+        SubscriptionSnapshot {
+            sub_type: None,
+            durable: true,
+            mark_delete: state.mark_delete,
+            read_after: state.mark_delete,
+            individually_acked: state.individually_acked.ranges().collect(),
+            backlog: ledger.backlog(&state),
+            backlog_bytes: ledger.bytes_after(state.mark_delete),
+            unacked: 0,
+            blocked: false,
+            active_consumer: None,
+            consumers: Vec::new(),
+        }
+    }
 }
 
 /// One consumer's state for stats.
@@ -252,7 +274,7 @@ impl Subscription {
             .collect();
         let active = delivery.active().and_then(name_of);
         SubscriptionSnapshot {
-            sub_type: delivery.sub_type(),
+            sub_type: Some(delivery.sub_type()),
             durable: self.cursor.is_some(),
             mark_delete: cursor.mark_delete,
             read_after: delivery.read_after(),

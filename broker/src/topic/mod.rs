@@ -27,7 +27,7 @@ use crate::dispatcher::SubscriptionType;
 use crate::error::BrokerError;
 use crate::managed_ledger::ManagedLedger;
 use crate::stats::{Meter, ProducerStats};
-use crate::subscription::{task, StartAt, Subscription, UnackedLimits};
+use crate::subscription::{task, StartAt, Subscription, SubscriptionSnapshot, UnackedLimits};
 use crate::tenancy::model::RetentionPolicy;
 use crate::tenancy::TopicLimits;
 use crate::throttle::Throttle;
@@ -50,6 +50,15 @@ impl AccessMode {
             AccessMode::WaitForExclusive => "WaitForExclusive",
         }
     }
+}
+
+/// One subscription of a topic as stats and metrics see it.
+pub struct SubscriptionView {
+    pub name: String,
+    pub snapshot: SubscriptionSnapshot,
+    /// The open subscription (with its meters); `None` for a durable one no consumer opened
+    /// since the topic loaded.
+    pub open: Option<Arc<Subscription>>,
 }
 
 /// Whether a new producer may publish now or waits for its turn as the exclusive one.
@@ -447,6 +456,35 @@ impl Topic {
 
     pub async fn subscriptions(&self) -> Vec<Arc<Subscription>> {
         self.subscriptions.lock().await.values().cloned().collect()
+    }
+
+    /// Every subscription for stats: the open ones (readers included), then the durable
+    /// cursors no consumer opened since the topic loaded.
+    pub async fn subscription_views(&self) -> Vec<SubscriptionView> {
+        let mut views: Vec<SubscriptionView> = self
+            .subscriptions()
+            .await
+            .into_iter()
+            .map(|open| SubscriptionView { name: open.name().to_owned(), snapshot: open.snapshot(), open: Some(open) })
+            .collect();
+        for (name, cursor) in self.ledger.cursors() {
+            if !views.iter().any(|view| view.name == name) {
+                let snapshot = SubscriptionSnapshot::of_cursor(&cursor, &self.ledger);
+                views.push(SubscriptionView { name, snapshot, open: None });
+            }
+        }
+        views
+    }
+
+    /// Bytes after the slowest durable subscription of `views` (Pulsar's backlog size, as its
+    /// managed ledger estimates it); 0 without one.
+    pub fn backlog_size(&self, views: &[SubscriptionView]) -> u64 {
+        views
+            .iter()
+            .filter(|view| view.snapshot.durable)
+            .map(|view| view.snapshot.mark_delete)
+            .min()
+            .map_or(0, |oldest| self.ledger.bytes_after(oldest))
     }
 
     /// Terminates the topic (Pulsar's terminate): publishes are refused from now on

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use hyper::Method;
 use magnetar_client::admin::{AdminAnswer, AdminClient};
-use magnetar_client::{ClientError, ConnectionArgs};
+use magnetar_client::{ClientError, ConnectionArgs, MessageId, ParseMessageIdError};
 use serde_json::{json, Value};
 
 const DEFAULT_ADMIN_URL: &str = "http://localhost:8080";
@@ -176,7 +176,7 @@ enum Topics {
         subscription: String,
         /// Where it starts: latest, earliest, or a message id ledger:entry.
         #[arg(long = "messageId", short = 'm', default_value = "latest")]
-        message_id: String,
+        message_id: StartPosition,
     },
     /// Deletes a subscription.
     Unsubscribe {
@@ -209,7 +209,7 @@ enum Topics {
         #[arg(long = "time", short = 't', conflicts_with = "message_id")]
         time: Option<String>,
         #[arg(long = "messageId", short = 'm')]
-        message_id: Option<String>,
+        message_id: Option<MessageId>,
     },
     /// Acknowledges messages older than T seconds for a subscription (or all with --all).
     ExpireMessages {
@@ -296,13 +296,29 @@ fn topic_path(topic: &str) -> Result<String, ClientError> {
     Ok(format!("/admin/v2/{domain}/{rest}"))
 }
 
-/// A message id flag `ledger:entry` as the API's body.
-fn message_id_body(text: &str) -> Result<Value, ClientError> {
-    let bad = || ClientError::InvalidUrl { url: text.to_owned(), reason: "a message id is ledger:entry" };
-    let (ledger, entry) = text.split_once(':').ok_or_else(bad)?;
-    let ledger: i64 = ledger.parse().map_err(|_| bad())?;
-    let entry: i64 = entry.parse().map_err(|_| bad())?;
-    Ok(json!({ "ledgerId": ledger, "entryId": entry, "partitionIndex": -1 }))
+/// Where a new subscription starts (`--messageId`).
+#[derive(Debug, Clone)]
+enum StartPosition {
+    Latest,
+    Earliest,
+    At(MessageId),
+}
+
+impl std::str::FromStr for StartPosition {
+    type Err = ParseMessageIdError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "latest" => Ok(StartPosition::Latest),
+            "earliest" => Ok(StartPosition::Earliest),
+            id => id.parse().map(StartPosition::At),
+        }
+    }
+}
+
+/// A message id as the API's body.
+fn message_id_body(id: &MessageId) -> Value {
+    json!({ "ledgerId": id.ledger_id, "entryId": id.entry_id, "partitionIndex": id.partition })
 }
 
 /// `10m`, `2h`, `1d`, `30s` or plain seconds, as pulsar-admin's relative times.
@@ -558,10 +574,10 @@ async fn topics(
             print(output, &admin.get(&format!("{}/subscriptions", topic_path(&topic)?)).await?)
         }
         Topics::CreateSubscription { topic, subscription, message_id } => {
-            let body = match message_id.as_str() {
-                "latest" => None,
-                "earliest" => Some(json!({ "ledgerId": -1, "entryId": -1, "partitionIndex": -1 })),
-                id => Some(message_id_body(id)?),
+            let body = match message_id {
+                StartPosition::Latest => None,
+                StartPosition::Earliest => Some(json!({ "ledgerId": -1, "entryId": -1, "partitionIndex": -1 })),
+                StartPosition::At(id) => Some(message_id_body(&id)),
             };
             let path = format!("{}/subscription/{subscription}", topic_path(&topic)?);
             admin.call(Method::PUT, &path, body).await?;
@@ -597,7 +613,7 @@ async fn topics(
                     admin.call(Method::POST, &format!("{base}/{at}"), None).await?;
                 }
                 (None, Some(id)) => {
-                    admin.call(Method::POST, &base, Some(message_id_body(&id)?)).await?;
+                    admin.call(Method::POST, &base, Some(message_id_body(&id))).await?;
                 }
                 (None, None) => {
                     return Err(ClientError::InvalidUrl { url: String::new(), reason: "give --time or --messageId" })
