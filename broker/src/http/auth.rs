@@ -107,7 +107,7 @@ impl axum::serve::Listener for TlsListener {
 /// What a route needs of the caller's role.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Required {
-    /// Open to anyone (`/metrics`).
+    /// Open to anyone (`/metrics`, the console's files).
     Nothing,
     /// Any authenticated role.
     Authenticated,
@@ -125,6 +125,8 @@ pub fn required(method: &Method, path: &str) -> Required {
     let read = method == Method::GET || method == Method::HEAD;
     match parts.as_slice() {
         ["metrics"] => Required::Nothing,
+        // The console's files; what they show comes from the admin API, checked there.
+        ["console", ..] => Required::Nothing,
         ["lookup", "v2", "topic", domain, tenant, ns, topic] => {
             Required::TopicLookup(format!("{domain}://{tenant}/{ns}/{topic}"))
         }

@@ -11,6 +11,7 @@
 //! - [`bundles`]: namespace bundles (list, unload, split), brokers and load reports;
 //! - [`brokers`]: the leader, health and readiness, the bookies;
 //! - [`permissions`]: who may produce and consume where (namespace, topic, subscription);
+//! - [`console`]: the web console's files under `/console`;
 //! - [`auth`]: every request authenticated (401) and checked against its role (403), and the
 //!   HTTPS listener.
 //!
@@ -22,6 +23,7 @@
 pub mod auth;
 mod brokers;
 mod bundles;
+mod console;
 mod forward;
 mod permissions;
 mod policies;
@@ -97,6 +99,7 @@ pub fn router(service: Arc<BrokerService>) -> Router {
         .merge(bundles::routes())
         .merge(permissions::routes())
         .merge(schemas::routes())
+        .merge(console::routes())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such resource".to_owned()) })
         .layer(axum::middleware::from_fn_with_state(service.clone(), auth::guard))
         .with_state(service)
