@@ -110,6 +110,15 @@ port_of() {
     esac
 }
 
+# A bookie's HTTP port: its port + 5000 with the default ports, else 0 (any free port).
+bookie_http_port() {
+    if [[ $PORTS == "$DEFAULT_PORTS" ]]; then
+        echo $(($(port_of "$1") + 5000))
+    else
+        echo 0
+    fi
+}
+
 http_port_of() {
     case $1 in
         broker-1) echo "$BROKER_HTTP_PORT_1" ;;
@@ -395,6 +404,9 @@ bookie_config() {
 # magnetar bookie --config FILE, fields in bookie/src/config.rs).
 bookie_id = "$name"
 listen = "127.0.0.1:$(port_of "$name")"
+# /metrics and the state brokers show in bookies/all: the bookie port + 5000 (8181..8183)
+# with the default ports, any free port under MAGNETAR_CLUSTER_PORT_BASE.
+http_listen = "127.0.0.1:$(bookie_http_port "$name")"
 advertised_address = "127.0.0.1"
 metadata_service_uri = "etcd://127.0.0.1:$ETCD_PORT"
 data_dir = "$STATE_DIR/$name/data"

@@ -26,7 +26,6 @@
 //! re-replicated once its writer changed the ensemble or the ledger is closed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +38,7 @@ use crate::client::replication;
 use crate::client::{metadata, Bookies};
 use crate::config::AutoRecoveryConfig;
 use crate::error::BookieError;
+use crate::metrics::AutoRecoveryMetrics;
 use crate::AUTORECOVERY_LEADER_PATH;
 
 /// Pause after a failed session or lock call before trying again.
@@ -76,19 +76,6 @@ impl MissingBookies {
     }
 }
 
-/// Running totals of the worker, for logs and tests.
-#[derive(Debug, Default)]
-pub struct AutoRecoveryCounters {
-    /// Ledgers whose lost replicas were all restored.
-    pub ledgers: AtomicU64,
-    /// Replicas (fragment, lost bookie) restored.
-    pub fragments: AtomicU64,
-    /// Entries copied.
-    pub entries: AtomicU64,
-    /// Audit passes that found a lost bookie.
-    pub passes: AtomicU64,
-}
-
 /// The auto-recovery worker of one process.
 pub struct AutoRecovery {
     bookies: Bookies,
@@ -96,7 +83,7 @@ pub struct AutoRecovery {
     holder: String,
     config: AutoRecoveryConfig,
     session_ttl: Duration,
-    counters: Arc<AutoRecoveryCounters>,
+    counters: AutoRecoveryMetrics,
 }
 
 /// Why a leader stopped leading.
@@ -118,10 +105,17 @@ impl AutoRecovery {
 
     /// A worker over an existing pool (tests, other connectors).
     pub fn with_bookies(bookies: Bookies, holder: String, config: AutoRecoveryConfig, session_ttl: Duration) -> Self {
-        AutoRecovery { bookies, holder, config, session_ttl, counters: Arc::default() }
+        AutoRecovery { bookies, holder, config, session_ttl, counters: AutoRecoveryMetrics::default() }
     }
 
-    pub fn counters(&self) -> Arc<AutoRecoveryCounters> {
+    /// The same worker, counting into `metrics` (registered where the bookie's are).
+    pub fn with_metrics(mut self, metrics: AutoRecoveryMetrics) -> Self {
+        self.counters = metrics;
+        self
+    }
+
+    /// The worker's running totals (also in the bookie's /metrics).
+    pub fn counters(&self) -> AutoRecoveryMetrics {
         self.counters.clone()
     }
 
@@ -281,17 +275,17 @@ impl AutoRecovery {
             return Ok(AuditOutcome { unfinished: false });
         }
         info!(?lost, ledgers = todo.len(), "auto-recovery: re-replicating ledgers that name lost bookies");
-        self.counters.passes.fetch_add(1, Ordering::Relaxed);
+        self.counters.passes.inc();
         let mut unfinished = false;
         let (mut fragments, mut entries) = (0, 0);
         for ledger_id in &todo {
             match replication::replicate_ledger(&self.bookies, *ledger_id, &lost).await {
                 Ok(stats) => {
                     if stats.fragments > 0 {
-                        self.counters.ledgers.fetch_add(1, Ordering::Relaxed);
+                        self.counters.ledgers.inc();
                     }
-                    self.counters.fragments.fetch_add(stats.fragments, Ordering::Relaxed);
-                    self.counters.entries.fetch_add(stats.entries, Ordering::Relaxed);
+                    self.counters.fragments.inc_by(stats.fragments);
+                    self.counters.entries.inc_by(stats.entries);
                     fragments += stats.fragments;
                     entries += stats.entries;
                 }
@@ -305,9 +299,9 @@ impl AutoRecovery {
             ledgers = todo.len(),
             fragments,
             entries,
-            total_ledgers = self.counters.ledgers.load(Ordering::Relaxed),
-            total_fragments = self.counters.fragments.load(Ordering::Relaxed),
-            total_entries = self.counters.entries.load(Ordering::Relaxed),
+            total_ledgers = self.counters.ledgers.get(),
+            total_fragments = self.counters.fragments.get(),
+            total_entries = self.counters.entries.get(),
             unfinished,
             "auto-recovery pass done"
         );

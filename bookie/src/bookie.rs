@@ -30,6 +30,7 @@ use crate::error::BookieError;
 use crate::journal::{Journal, Record};
 use crate::ledger_data::LedgerData;
 use crate::ledger_storage::LedgerStorage;
+use crate::metrics::BookieMetrics;
 
 impl AddRequest {
     fn record(&self) -> Record {
@@ -70,6 +71,7 @@ struct Shared {
     abandoned: AtomicBool,
     /// Signalled after each checkpoint, for adders waiting on a full write cache.
     checkpointed: Notify,
+    metrics: BookieMetrics,
 }
 
 pub struct Bookie {
@@ -84,9 +86,11 @@ impl Bookie {
         config
             .validate()
             .map_err(|reason| BookieError::InvalidRequest { reason: format!("bookie config: {reason}") })?;
-        let storage = LedgerStorage::open(config)?;
+        let metrics = BookieMetrics::new(&config.bookie_id);
+        let storage = LedgerStorage::open_measured(config, metrics.storage.clone())?;
         let mark = storage.checkpoint_mark();
-        let (journal, replayed) = Journal::open(&config.journal_dir(), config.journal.clone(), mark)?;
+        let (journal, replayed) =
+            Journal::open_measured(&config.journal_dir(), config.journal.clone(), mark, metrics.journal.clone())?;
         let replayed_count = replayed.records.len();
         for (_, record) in replayed.records {
             apply(&storage, record)?;
@@ -102,6 +106,7 @@ impl Bookie {
             gc_wake: Condvar::new(),
             abandoned: AtomicBool::new(false),
             checkpointed: Notify::new(),
+            metrics,
         });
         if replayed_count > 0 {
             info!(records = replayed_count, mark, "replayed journal records after the last checkpoint");
@@ -125,6 +130,11 @@ impl Bookie {
 
     pub fn config(&self) -> &BookieConfig {
         &self.shared.config
+    }
+
+    /// This bookie's metrics (the server and the auto-recovery worker add theirs).
+    pub fn metrics(&self) -> &BookieMetrics {
+        &self.shared.metrics
     }
 
     pub fn storage(&self) -> &Arc<LedgerStorage> {

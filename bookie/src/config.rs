@@ -16,6 +16,10 @@ pub struct BookieConfig {
     /// Address the gRPC listener binds to, `host:port` (port 0: any free port). Used by
     /// `magnetar bookie`; standalone binds its bookies itself.
     pub listen: String,
+    /// Address the HTTP server binds to, `host:port`: `/metrics` (Prometheus),
+    /// `/api/v1/bookie/state`, `/api/v1/bookie/info` and `/heartbeat`, as BookKeeper's
+    /// `httpServerPort` and `prometheusStatsHttpPort` (8000). Empty: no HTTP server.
+    pub http_listen: String,
     /// Host other processes reach this bookie at (default: the listen address's host, which
     /// must then not be 0.0.0.0). BookKeeper's `advertisedAddress`.
     pub advertised_address: Option<String>,
@@ -163,6 +167,7 @@ impl Default for BookieConfig {
         BookieConfig {
             bookie_id: "bookie-0".to_owned(),
             listen: "127.0.0.1:3181".to_owned(),
+            http_listen: "127.0.0.1:8000".to_owned(),
             advertised_address: None,
             metadata_service_uri: "etcd://127.0.0.1:2379".to_owned(),
             data_dir: PathBuf::from("./data/bookie"),
@@ -201,7 +206,7 @@ impl BookieConfig {
 
     /// Checks values that would make the bookie misbehave; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 13] = [
+        let checks: [(bool, &str); 14] = [
             (
                 self.host_name.as_ref().is_some_and(|host| host.is_empty() || host.len() > 253),
                 "host_name must be 1 to 253 characters",
@@ -209,6 +214,10 @@ impl BookieConfig {
             (self.autorecovery.audit_interval.is_zero(), "autorecovery.audit_interval_ms must be positive"),
             (self.bookie_id.is_empty() || self.bookie_id.contains('/'), "bookie_id must be non-empty without '/'"),
             (!self.listen.contains(':'), "listen must be host:port"),
+            (
+                !self.http_listen.is_empty() && !self.http_listen.contains(':'),
+                "http_listen must be host:port (or empty: no HTTP server)",
+            ),
             (
                 self.advertised_address.as_deref().is_some_and(|host| host.is_empty() || host.contains('/')),
                 "advertised_address must be a host name or IP address",

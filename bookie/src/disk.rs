@@ -32,6 +32,17 @@ pub fn usage(dir: &Path) -> Result<f64, BookieError> {
     Ok(used_fraction(total, free, available))
 }
 
+/// Bytes of the disk holding `dir`: its size and what an unprivileged writer can still use
+/// (BookKeeper's `totalSpace` and `freeSpace`). Blocking.
+pub fn space(dir: &Path) -> Result<(u64, u64), BookieError> {
+    let stats = nix::sys::statvfs::statvfs(dir)
+        .map_err(|errno| BookieError::Io { path: dir.display().to_string(), source: std::io::Error::from(errno) })?;
+    #[allow(clippy::unnecessary_cast)] // fsblkcnt_t is u32 on some targets.
+    let (blocks, available, fragment) =
+        (stats.blocks() as u64, stats.blocks_available() as u64, stats.fragment_size() as u64);
+    Ok((blocks.saturating_mul(fragment), available.saturating_mul(fragment)))
+}
+
 /// `used / (used + available)`; an empty file system (no blocks) counts as full.
 fn used_fraction(total: u64, free: u64, available: u64) -> f64 {
     let used = total.saturating_sub(free);

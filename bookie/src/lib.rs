@@ -12,6 +12,7 @@
 //! - [`server`]: the gRPC service on top of storage, and bookie registration in metadata.
 //! - [`security`]: token checks on calls, TLS, and the credentials of bookie clients.
 //! - [`client`]: bookie connections and ledger handles (create, add, read, recover, close).
+//! - [`metrics`]: BookKeeper's metrics, served on the bookie's HTTP port with its state.
 //! - [`autorecovery`]: the elected worker that restores the write quorum of ledgers that lost
 //!   a bookie for good.
 
@@ -23,10 +24,12 @@ pub mod config;
 pub mod cookie;
 pub mod disk;
 pub mod error;
+pub mod http;
 pub mod ids;
 pub mod journal;
 pub mod ledger_data;
 pub mod ledger_storage;
+pub mod metrics;
 pub mod node;
 pub mod registration;
 pub mod security;

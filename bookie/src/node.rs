@@ -2,7 +2,8 @@
 //! share.
 //!
 //! Start: check the cookie (refuse wiped or swapped disks), open storage (journal replay),
-//! start the disk monitor, serve BookieService on the given listener, register the bookie in
+//! start the disk monitor and the HTTP server (metrics, state), serve BookieService on the
+//! given listener, register the bookie in
 //! metadata under a session (an ephemeral key that lapses [`REGISTRATION_TTL`] after the
 //! bookie loses contact), and start the auto-recovery worker when the config enables it.
 //! Stop, in reverse: auto-recovery, the registration (so brokers stop choosing this bookie),
@@ -23,6 +24,7 @@ use crate::autorecovery::AutoRecovery;
 use crate::client::Bookies;
 use crate::cookie::{self, Cookie};
 use crate::disk::DiskMonitor;
+use crate::http::BookieHttp;
 use crate::registration::{self, BookieRegistration};
 use crate::security::ClientSecurity;
 use crate::{BookieConfig, BookieError, BookieServer};
@@ -49,6 +51,10 @@ pub struct BookieNode {
     serve_cancel: CancellationToken,
     disk_monitor: JoinHandle<()>,
     disk_cancel: CancellationToken,
+    /// The HTTP server's routes (also rendered by standalone's broker), and where it listens.
+    http: BookieHttp,
+    http_local: Option<SocketAddr>,
+    http_cancel: CancellationToken,
     autorecovery: Option<(JoinHandle<()>, CancellationToken)>,
 }
 
@@ -72,6 +78,22 @@ impl BookieNode {
         let local = listener.local_addr().map_err(|source| BookieError::Io { path: config.listen.clone(), source })?;
         let address = crate::server::advertised(local, advertised_host);
 
+        let http = BookieHttp::new(server.bookie().clone());
+        let http_cancel = CancellationToken::new();
+        let http_local = if config.http_listen.is_empty() {
+            None
+        } else {
+            let http_error = |source| BookieError::Io { path: format!("http_listen {}", config.http_listen), source };
+            let http_listener = TcpListener::bind(&config.http_listen).await.map_err(http_error)?;
+            let http_local = http_listener.local_addr().map_err(http_error)?;
+            let serving = http.clone().serve(http_listener, http_cancel.clone());
+            tokio::spawn(async move {
+                if let Err(error) = serving.await {
+                    warn!(%error, "bookie HTTP server stopped");
+                }
+            });
+            Some(http_local)
+        };
         let disk_cancel = CancellationToken::new();
         let disk_monitor = DiskMonitor::new(config, server.bookie().read_only_flag()).spawn(disk_cancel.clone());
         let serve_cancel = CancellationToken::new();
@@ -79,16 +101,20 @@ impl BookieNode {
         let host = config.host_name.clone().unwrap_or_else(|| registration::host_of(&address).to_owned());
         let registration = BookieRegistration::new(config.bookie_id.clone(), address.clone())
             .with_host(host)
-            .with_tls(config.tls_certificate_path.is_some());
+            .with_tls(config.tls_certificate_path.is_some())
+            .with_http(http_local.map(|local| crate::server::advertised(local, advertised_host)).unwrap_or_default());
         let session = match registration::register(meta.as_ref(), &registration, REGISTRATION_TTL).await {
             Ok(session) => session,
             Err(error) => {
                 serve_cancel.cancel();
                 disk_cancel.cancel();
+                http_cancel.cancel();
                 let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
                 return Err(error);
             }
         };
+        let autorecovery_metrics = crate::metrics::AutoRecoveryMetrics::default();
+        autorecovery_metrics.register(http.registry());
         let autorecovery = config.autorecovery.enabled.then(|| {
             let cancel = CancellationToken::new();
             let worker = AutoRecovery::with_bookies(
@@ -96,7 +122,8 @@ impl BookieNode {
                 config.bookie_id.clone(),
                 config.autorecovery.clone(),
                 REGISTRATION_TTL,
-            );
+            )
+            .with_metrics(autorecovery_metrics);
             (tokio::spawn(worker.run(cancel.clone())), cancel)
         });
         Ok(BookieNode {
@@ -110,6 +137,9 @@ impl BookieNode {
             serve_cancel,
             disk_monitor,
             disk_cancel,
+            http,
+            http_local,
+            http_cancel,
             autorecovery,
         })
     }
@@ -121,6 +151,16 @@ impl BookieNode {
     /// The address the bookie's listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Where the bookie's HTTP server listens (none when `http_listen` is empty).
+    pub fn http_local_addr(&self) -> Option<SocketAddr> {
+        self.http_local
+    }
+
+    /// The bookie's HTTP routes: its metrics and state, for a process that serves them itself.
+    pub fn http(&self) -> &BookieHttp {
+        &self.http
     }
 
     /// The address the bookie is registered at.
@@ -161,6 +201,7 @@ impl BookieNode {
         }
         self.serve_cancel.cancel();
         self.disk_cancel.cancel();
+        self.http_cancel.cancel();
         let _ = (&mut self.disk_monitor).await;
         match tokio::time::timeout(SHUTDOWN_GRACE, self.served()).await {
             Ok(result) => result,

@@ -26,6 +26,10 @@ pub struct BookieRegistration {
     /// certificate. False in records of older bookies.
     #[serde(default)]
     pub tls: bool,
+    /// host:port of its HTTP server (`/metrics`, `/api/v1/bookie/state` and `info`), as
+    /// BookKeeper's service info names its `httpserver` endpoint. Empty without one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub http_address: String,
 }
 
 impl BookieRegistration {
@@ -33,7 +37,13 @@ impl BookieRegistration {
     pub fn new(bookie_id: impl Into<String>, address: impl Into<String>) -> Self {
         let address = address.into();
         let host = host_of(&address).to_owned();
-        BookieRegistration { bookie_id: bookie_id.into(), address, host, tls: false }
+        BookieRegistration { bookie_id: bookie_id.into(), address, host, tls: false, http_address: String::new() }
+    }
+
+    /// The same registration, with its HTTP server at `http_address`.
+    pub fn with_http(mut self, http_address: impl Into<String>) -> Self {
+        self.http_address = http_address.into();
+        self
     }
 
     /// The same registration, speaking TLS or not.

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use magnetar_proto::bookie::bookie_service_server::{BookieService, BookieServiceServer};
@@ -29,6 +29,7 @@ use crate::add_request::AddRequest;
 use crate::bookie::Bookie;
 use crate::config::BookieConfig;
 use crate::error::BookieError;
+use crate::metrics::millis_since;
 use crate::security::ServerSecurity;
 
 /// Adds one stream may have in flight before it stops reading more.
@@ -86,6 +87,14 @@ impl BookieServer {
         // The last reference closes the bookie: a checkpoint and thread joins, off the runtime.
         let _ = tokio::task::spawn_blocking(move || drop(bookie)).await;
         served
+    }
+
+    fn observe_read(&self, started: Instant, ok: bool) {
+        let metrics = &self.bookie.metrics().server;
+        metrics.read_entry.observe(millis_since(started));
+        if !ok {
+            metrics.read_entry_failures.inc();
+        }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -147,7 +156,16 @@ where
             let responses = responses.clone();
             tokio::spawn(async move {
                 let ids: Vec<(u64, u64)> = adds.iter().map(|a| (a.ledger_id, a.entry_id)).collect();
+                let started = Instant::now();
                 let results = server.bookie.add_batch(adds.into_iter().map(AddRequest::from).collect()).await;
+                let metrics = &server.bookie.metrics().server;
+                let millis = millis_since(started);
+                for result in &results {
+                    metrics.add_entry.observe(millis);
+                    if result.is_err() {
+                        metrics.add_entry_failures.inc();
+                    }
+                }
                 let answers = ids
                     .into_iter()
                     .zip(results)
@@ -195,6 +213,7 @@ impl BookieService for BookieServer {
         request: Request<ReadEntryRequest>,
     ) -> Result<Response<ReadEntryResponse>, tonic::Status> {
         let read = request.into_inner();
+        let started = Instant::now();
         let (ledger_id, entry_id) = (read.ledger_id, read.entry_id);
         let fenced =
             if read.fence { self.bookie.fence(read.ledger_id, &read.master_key).await.map(|_| ()) } else { Ok(()) };
@@ -209,6 +228,7 @@ impl BookieService for BookieServer {
             }
             Err(error) => Err(error),
         };
+        self.observe_read(started, result.is_ok());
         Ok(Response::new(match result {
             Ok((payload, last_add_confirmed)) => ReadEntryResponse {
                 status: Status::Ok as i32,
@@ -243,11 +263,13 @@ impl BookieService for BookieServer {
         }
         let max_entries = (read.max_entries as usize).clamp(1, MAX_RANGE_ENTRIES);
         let max_bytes = (read.max_bytes as usize).clamp(1, MAX_RANGE_BYTES);
+        let started = Instant::now();
         let result = self
             .blocking(move |bookie| {
                 bookie.read_range(read.ledger_id, read.first_entry_id, read.last_entry_id, max_entries, max_bytes)
             })
             .await;
+        self.observe_read(started, result.is_ok());
         Ok(Response::new(match result {
             Ok(entries) => ReadEntriesResponse {
                 status: Status::Ok as i32,

@@ -3,6 +3,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::stats::{BucketCounts, Buckets, ENTRY_SIZE_BUCKETS, WRITE_LATENCY_BUCKETS};
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub in_messages: AtomicU64,
@@ -16,6 +18,11 @@ pub struct Metrics {
     pub connections_closed: AtomicU64,
     pub send_errors: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Lookups (binary and HTTP) answered here, redirected, failed, and running now.
+    pub lookup_answers: AtomicU64,
+    pub lookup_redirects: AtomicU64,
+    pub lookup_failures: AtomicU64,
+    pub lookup_pending: AtomicU64,
 }
 
 /// Gauges computed from current state at scrape time.
@@ -49,6 +56,9 @@ pub struct TopicGauges {
     /// Unacknowledged entries over its subscriptions.
     pub backlog: u64,
     pub subscriptions: Vec<SubscriptionGauges>,
+    /// Add latencies (ms) and entry sizes since the topic loaded.
+    pub write_latency: BucketCounts,
+    pub entry_size: BucketCounts,
 }
 
 /// One subscription's numbers at scrape time.
@@ -95,6 +105,17 @@ impl Families {
     }
 }
 
+/// One topic's (or namespace's) counts in Pulsar's `_le_*` gauges, with `_count` and `_sum`.
+fn buckets(families: &mut Families, layout: &'static Buckets, counts: &BucketCounts, labels: &str) {
+    for (index, (_, name)) in layout.bounds.iter().enumerate() {
+        families.sample(name, "gauge", layout.help, labels, counts.counts.get(index).copied().unwrap_or(0) as f64);
+    }
+    let overflow = counts.counts.get(layout.bounds.len()).copied().unwrap_or(0);
+    families.sample(layout.overflow, "gauge", layout.help, labels, overflow as f64);
+    families.sample(layout.count, "gauge", "Entries added since the topic loaded", labels, counts.count() as f64);
+    families.sample(layout.sum, "gauge", "Sum of the values counted in the buckets", labels, counts.sum);
+}
+
 /// Sums topics per namespace (their subscriptions are dropped: Pulsar shows none then).
 fn per_namespace(topics: Vec<TopicGauges>) -> Vec<TopicGauges> {
     let mut namespaces: std::collections::BTreeMap<String, TopicGauges> = Default::default();
@@ -114,6 +135,8 @@ fn per_namespace(topics: Vec<TopicGauges>) -> Vec<TopicGauges> {
         sum.storage_size += topic.storage_size;
         sum.backlog_size += topic.backlog_size;
         sum.backlog += topic.backlog;
+        sum.write_latency.add(&topic.write_latency);
+        sum.entry_size.add(&topic.entry_size);
     }
     namespaces.into_values().collect()
 }
@@ -154,7 +177,10 @@ impl Metrics {
             &labels,
             sum(|t| t.storage_size as f64),
         );
-        let counters: [(&'static str, &'static str, &AtomicU64); 10] = [
+        let counters: [(&'static str, &'static str, &AtomicU64); 13] = [
+            ("pulsar_broker_lookup_answers_total", "Lookups answered with this broker", &self.lookup_answers),
+            ("pulsar_broker_lookup_redirects_total", "Lookups answered with a redirect", &self.lookup_redirects),
+            ("pulsar_broker_lookup_failures_total", "Lookups answered with an error", &self.lookup_failures),
             ("pulsar_in_messages_total", "Messages published and made durable", &self.in_messages),
             ("pulsar_in_bytes_total", "Bytes published and made durable", &self.in_bytes),
             ("pulsar_out_messages_total", "Messages dispatched to consumers", &self.out_messages),
@@ -177,6 +203,13 @@ impl Metrics {
         for (name, help, counter) in counters {
             families.sample(name, "counter", help, &labels, get(counter));
         }
+        families.sample(
+            "pulsar_broker_lookup_pending_requests",
+            "gauge",
+            "Lookups being answered now",
+            &labels,
+            get(&self.lookup_pending),
+        );
         let open = get(&self.connections_opened) - get(&self.connections_closed);
         families.sample("pulsar_active_connections", "gauge", "Client connections open now", &labels, open.max(0.0));
         let (topics, topic_level) =
@@ -212,6 +245,11 @@ impl Metrics {
                 &topic_labels,
                 topic.in_messages as f64,
             );
+            for (layout, counts) in
+                [(&WRITE_LATENCY_BUCKETS, &topic.write_latency), (&ENTRY_SIZE_BUCKETS, &topic.entry_size)]
+            {
+                buckets(&mut families, layout, counts, &topic_labels);
+            }
             for subscription in &topic.subscriptions {
                 let sub_labels = format!("{topic_labels},subscription=\"{}\"", label(&subscription.name));
                 let samples: [(&'static str, &'static str, f64); 6] = [
@@ -260,6 +298,7 @@ mod tests {
                 SubscriptionGauges { name: "a".to_owned(), backlog: 5, consumers: 1, ..Default::default() },
                 SubscriptionGauges { name: "b\"".to_owned(), backlog: 2, consumers: 1, ..Default::default() },
             ],
+            entry_size: BucketCounts { counts: vec![0, 0, 4, 0, 0, 0, 0, 0, 1], sum: 5000.0 },
             ..TopicGauges::default()
         }
     }
@@ -288,6 +327,10 @@ mod tests {
         assert!(text.contains("pulsar_broker_msg_backlog{cluster=\"c\"} 7\n"), "{text}");
         assert!(text.contains(&format!("pulsar_msg_backlog{{{topic}}} 7\n")), "{text}");
         assert!(text.contains(&format!("pulsar_storage_size{{{topic}}} 300\n")), "{text}");
+        assert!(text.contains(&format!("pulsar_entry_size_le_1_kb{{{topic}}} 4\n")), "{text}");
+        assert!(text.contains(&format!("pulsar_entry_size_le_overflow{{{topic}}} 1\n")), "{text}");
+        assert!(text.contains(&format!("pulsar_entry_size_count{{{topic}}} 5\n")), "{text}");
+        assert!(text.contains(&format!("pulsar_storage_write_latency_le_0_5{{{topic}}} 0\n")), "{text}");
         assert!(text.contains(&format!("pulsar_consumers_count{{{topic}}} 2\n")), "{text}");
         assert!(text.contains(&format!("pulsar_subscription_back_log{{{topic},subscription=\"a\"}} 5\n")), "{text}");
         assert!(

@@ -147,3 +147,131 @@ mod tests {
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
     }
 }
+
+/// Pulsar's add latency buckets (`pulsar_storage_write_latency_le_*`), in milliseconds.
+pub const WRITE_LATENCY_BUCKETS: Buckets = Buckets {
+    prefix: "pulsar_storage_write_latency",
+    help: "Entries added whose add took (ms) up to the bound in the name (since the topic loaded)",
+    bounds: &[
+        (0.5, "pulsar_storage_write_latency_le_0_5"),
+        (1.0, "pulsar_storage_write_latency_le_1"),
+        (5.0, "pulsar_storage_write_latency_le_5"),
+        (10.0, "pulsar_storage_write_latency_le_10"),
+        (20.0, "pulsar_storage_write_latency_le_20"),
+        (50.0, "pulsar_storage_write_latency_le_50"),
+        (100.0, "pulsar_storage_write_latency_le_100"),
+        (200.0, "pulsar_storage_write_latency_le_200"),
+        (1000.0, "pulsar_storage_write_latency_le_1000"),
+    ],
+    overflow: "pulsar_storage_write_latency_le_overflow",
+    count: "pulsar_storage_write_latency_count",
+    sum: "pulsar_storage_write_latency_sum",
+};
+
+/// Pulsar's entry size buckets (`pulsar_entry_size_le_*`), in bytes.
+pub const ENTRY_SIZE_BUCKETS: Buckets = Buckets {
+    prefix: "pulsar_entry_size",
+    help: "Entries added whose size (bytes) is up to the bound in the name (since the topic loaded)",
+    bounds: &[
+        (128.0, "pulsar_entry_size_le_128"),
+        (512.0, "pulsar_entry_size_le_512"),
+        (1024.0, "pulsar_entry_size_le_1_kb"),
+        (2048.0, "pulsar_entry_size_le_2_kb"),
+        (4096.0, "pulsar_entry_size_le_4_kb"),
+        (16384.0, "pulsar_entry_size_le_16_kb"),
+        (102400.0, "pulsar_entry_size_le_100_kb"),
+        (1048576.0, "pulsar_entry_size_le_1_mb"),
+    ],
+    overflow: "pulsar_entry_size_le_overflow",
+    count: "pulsar_entry_size_count",
+    sum: "pulsar_entry_size_sum",
+};
+
+/// A bucket layout in Pulsar's style: one gauge per bucket named by its upper bound, holding
+/// how many values fell in it (not cumulative, unlike a Prometheus histogram), plus the
+/// count and the sum.
+#[derive(Debug)]
+pub struct Buckets {
+    pub prefix: &'static str,
+    pub help: &'static str,
+    /// Upper bounds, increasing, with the metric name of each.
+    pub bounds: &'static [(f64, &'static str)],
+    pub overflow: &'static str,
+    pub count: &'static str,
+    pub sum: &'static str,
+}
+
+/// Values counted into a [`Buckets`] layout; lock-free.
+#[derive(Debug)]
+pub struct BucketCounter {
+    layout: &'static Buckets,
+    /// One per bound and one for the overflow.
+    counts: Vec<AtomicU64>,
+    /// The sum, in thousandths of the unit.
+    sum_milli: AtomicU64,
+}
+
+/// A [`BucketCounter`] read at one time (summed over topics for a namespace).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BucketCounts {
+    pub counts: Vec<u64>,
+    pub sum: f64,
+}
+
+impl BucketCounts {
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Adds `other`'s counts bucket by bucket.
+    pub fn add(&mut self, other: &BucketCounts) {
+        if self.counts.len() < other.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
+        }
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.sum += other.sum;
+    }
+}
+
+impl BucketCounter {
+    pub fn new(layout: &'static Buckets) -> Self {
+        BucketCounter {
+            layout,
+            counts: (0..=layout.bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_milli: AtomicU64::new(0),
+        }
+    }
+
+    pub fn record(&self, value: f64) {
+        let index =
+            self.layout.bounds.iter().position(|(bound, _)| value <= *bound).unwrap_or(self.layout.bounds.len());
+        self.counts[index].fetch_add(1, Ordering::Relaxed);
+        self.sum_milli.fetch_add((value.max(0.0) * 1000.0) as u64, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> BucketCounts {
+        BucketCounts {
+            counts: self.counts.iter().map(|count| count.load(Ordering::Relaxed)).collect(),
+            sum: self.sum_milli.load(Ordering::Relaxed) as f64 / 1000.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod bucket_tests {
+    use super::*;
+
+    #[test]
+    fn values_land_in_the_first_bucket_whose_bound_holds_them() {
+        let sizes = BucketCounter::new(&ENTRY_SIZE_BUCKETS);
+        for size in [1.0, 128.0, 129.0, 5000.0, 2_000_000.0] {
+            sizes.record(size);
+        }
+        let counts = sizes.snapshot();
+        assert_eq!(counts.counts, vec![2, 1, 0, 0, 0, 1, 0, 0, 1]);
+        assert_eq!(counts.count(), 5);
+        assert_eq!(counts.sum, 2_005_258.0);
+    }
+}

@@ -186,14 +186,21 @@ def test_metrics_pass_promtool(magnetar: MagnetarProcess, client: pulsar.Client)
     if promtool is None:
         pytest.skip("promtool is not installed (deploy/test.sh installs Debian's prometheus)")
     checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
-    # Exit 1 is a parse error. Exit 3 is lint: the only remark allowed is the `_count` suffix
-    # of Pulsar's own gauge names (pulsar_producers_count, ...), kept so that dashboards
-    # written for Pulsar work.
+    # Exit 1 is a parse error. Exit 3 is lint, and the only remarks allowed are about names
+    # kept as Pulsar and BookKeeper spell them, so that dashboards written for them work: the
+    # `_count` and `_sum` suffixes of Pulsar's gauges (pulsar_producers_count,
+    # pulsar_entry_size_sum), the units in pulsar_entry_size_le_1_kb and its neighbours, and
+    # BookKeeper's counters without `_total` (bookie_read_cache_hits, ...).
     remarks = [line for line in (checked.stdout + checked.stderr).splitlines() if line.strip()]
     assert checked.returncode in (0, 3), remarks
-    pulsar_names = ("pulsar_", "magnetar_")
+    bookkeeper_names = ("bookie_", "bookkeeper_", "replication_worker_", "auditor_")
     for remark in remarks:
-        assert remark.startswith(pulsar_names) and 'should not have "_count" suffix' in remark, remarks
+        pulsar_count = remark.startswith(("pulsar_", "magnetar_")) and any(
+            kind in remark for kind in ('should not have "_count" suffix', 'should not have "_sum" suffix',
+                                        "pulsar_entry_size_le_")
+        )
+        bookkeeper_counter = remark.startswith(bookkeeper_names) and 'should have "_total" suffix' in remark
+        assert pulsar_count or bookkeeper_counter, remarks
     producer.close()
     consumer.close()
 
@@ -336,6 +343,44 @@ def test_partitioned_stats_sum_the_partitions(magnetar: MagnetarProcess, client:
     producer.close()
 
 
+def test_storage_bookie_and_lookup_metrics_count_a_known_workload(
+    magnetar: MagnetarProcess, client: pulsar.Client
+) -> None:
+    topic = f"persistent://{NAMESPACE}/{unique('hist')}"
+    before = metrics(magnetar)
+    bookie_adds = lambda text: sum(  # noqa: E731
+        found.value
+        for family in text_string_to_metric_families(text)
+        for found in family.samples
+        if found.name == "bookie_journal_JOURNAL_ADD_ENTRY_count"
+    )
+    lookups = lambda text: sample(text, "pulsar_broker_lookup_answers_total") or 0  # noqa: E731
+    producer = client.create_producer(topic, batching_enabled=False)
+    for i in range(20):
+        producer.send(b"x" * (100 if i < 15 else 1500))
+    after = metrics(magnetar)
+    labels = {"namespace": NAMESPACE, "topic": topic}
+    # Every entry in Pulsar's add latency and entry size buckets, each in the right one.
+    assert sample(after, "pulsar_storage_write_latency_count", **labels) == 20
+    latency = ["0_5", "1", "5", "10", "20", "50", "100", "200", "1000", "overflow"]
+    assert sum(sample(after, f"pulsar_storage_write_latency_le_{b}", **labels) for b in latency) == 20
+    assert sample(after, "pulsar_storage_write_latency_sum", **labels) > 0
+    assert sample(after, "pulsar_entry_size_count", **labels) == 20
+    sizes = {b: sample(after, f"pulsar_entry_size_le_{b}", **labels) for b in ["128", "512", "1_kb", "2_kb"]}
+    # 15 entries of 100 bytes of payload plus metadata, 5 of 1500.
+    assert sizes["128"] + sizes["512"] == 15 and sizes["2_kb"] == 5, sizes
+    # The bookie's journal made every one durable; it is writable and sees its disk.
+    assert bookie_adds(after) - bookie_adds(before) >= 20
+    assert sample(after, "bookie_SERVER_STATUS") == 1
+    totals = [f.value for fam in text_string_to_metric_families(after) for f in fam.samples
+              if f.name == "bookie_ledger_dir_total_bytes"]
+    assert totals and all(total > 0 for total in totals)
+    assert sample(after, "bookie_journal_JOURNAL_SYNC_count") > 0
+    # The producer's lookup was answered here.
+    assert lookups(after) > lookups(before)
+    producer.close()
+
+
 def test_brokers_and_bookies(magnetar: MagnetarProcess) -> None:
     status, _, body = raw_get(magnetar, "/admin/v2/brokers/health")
     assert status == 200 and body == b"ok"
@@ -343,6 +388,9 @@ def test_brokers_and_bookies(magnetar: MagnetarProcess) -> None:
     assert status == 200 and body == b"ok"
     bookies = ok(magnetar, "GET", "/admin/v2/bookies/all")["bookies"]
     assert len(bookies) >= 1 and all(":" in bookie["address"] for bookie in bookies)
+    for bookie in bookies:
+        assert bookie["state"] == "read-write" and bookie["readOnly"] is False, bookie
+        assert bookie["totalSpace"] > bookie["freeSpace"] > 0, bookie
     brokers = ok(magnetar, "GET", "/admin/v2/brokers/standalone")
     leader = eventually(lambda: http(magnetar, "GET", "/admin/v2/brokers/leaderBroker")[1], "a leader")
     assert leader["brokerId"] in brokers

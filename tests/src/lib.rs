@@ -17,6 +17,17 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// `GET path` over plain HTTP/1.1 at `address` (`host:port`): the whole response, status
+/// line and headers included.
+pub async fn http_get(address: &str, path: &str) -> anyhow::Result<String> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let mut stream = tokio::net::TcpStream::connect(address).await.with_context(|| format!("connect to {address}"))?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
 /// Path to a workspace binary: `$MAGNETAR_BIN` for `magnetar`, else next to the test
 /// executable's `deps/` folder (where cargo and nextest put binaries of the workspace).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -211,6 +222,8 @@ impl Drop for Standalone {
 
 /// The line `magnetar bookie` prints on stderr once it serves, followed by its address.
 pub const BOOKIE_LISTENING_LINE: &str = "magnetar bookie listening on ";
+/// The line `magnetar bookie` prints before it, followed by its HTTP server's address.
+pub const BOOKIE_HTTP_LINE: &str = "magnetar bookie http on ";
 
 /// How a [`BookieProcess`] is started.
 #[derive(Debug, Clone)]
@@ -223,6 +236,8 @@ pub struct BookieOptions {
     pub journal_dir: Option<PathBuf>,
     /// `host:port` to bind; port 0 picks a free port on every start.
     pub listen: String,
+    /// `host:port` of the HTTP server (metrics, state); port 0 as `listen`.
+    pub http_listen: String,
     /// More arguments for `magnetar bookie` (e.g. `--config FILE`).
     pub extra_args: Vec<String>,
 }
@@ -236,6 +251,7 @@ impl BookieOptions {
             data_dir: dir.join(bookie_id),
             journal_dir: None,
             listen: "127.0.0.1:0".to_owned(),
+            http_listen: "127.0.0.1:0".to_owned(),
             extra_args: Vec::new(),
         }
     }
@@ -269,6 +285,16 @@ impl BookieProcess {
         self.address.context("the bookie is not serving")
     }
 
+    /// `http://host:port` of the running bookie's HTTP server (metrics, state).
+    pub fn http_url(&self) -> anyhow::Result<String> {
+        let log = self.log();
+        let address = log
+            .lines()
+            .find_map(|line| line.strip_prefix(BOOKIE_HTTP_LINE))
+            .context("the bookie printed no HTTP address")?;
+        Ok(format!("http://{}", address.trim()))
+    }
+
     /// `http://host:port`, for a gRPC channel.
     pub fn grpc_url(&self) -> anyhow::Result<String> {
         Ok(format!("http://{}", self.address()?))
@@ -299,7 +325,8 @@ impl BookieProcess {
             .args(["--metadata-url", &self.options.metadata_url])
             .arg("--data-dir")
             .arg(&self.options.data_dir)
-            .args(["--listen", &self.options.listen]);
+            .args(["--listen", &self.options.listen])
+            .args(["--http-listen", &self.options.http_listen]);
         if let Some(journal_dir) = &self.options.journal_dir {
             command.arg("--journal-dir").arg(journal_dir);
         }

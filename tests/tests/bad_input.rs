@@ -101,17 +101,8 @@ async fn bad_input_gets_errors_and_the_broker_keeps_serving() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_answers_clusters_metrics_and_json_errors() -> anyhow::Result<()> {
     let standalone = Standalone::start().await?;
-    let get = |path: &str| {
-        let url = format!("127.0.0.1:{}", standalone.http_port);
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {url}\r\nConnection: close\r\n\r\n");
-        async move {
-            let mut stream = TcpStream::connect(url).await?;
-            stream.write_all(request.as_bytes()).await?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await?;
-            anyhow::Ok(response)
-        }
-    };
+    let address = format!("127.0.0.1:{}", standalone.http_port);
+    let get = |path: &'static str| magnetar_tests::http_get(&address, path);
     let clusters = get("/admin/v2/clusters").await?;
     assert!(clusters.starts_with("HTTP/1.1 200"), "{clusters}");
     assert!(clusters.ends_with(r#"["standalone"]"#), "{clusters}");

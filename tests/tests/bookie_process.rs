@@ -249,3 +249,67 @@ async fn bookie_with_unknown_metadata_url_scheme_exits() -> anyhow::Result<()> {
     ensure!(stderr.contains("unknown scheme"), "no clear error:\n{stderr}");
     Ok(())
 }
+
+/// The value of the first sample of `name` in Prometheus text (labels ignored).
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let rest = if rest.starts_with('{') { &rest[rest.find('}')? + 1..] } else { rest };
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookie_http_serves_metrics_state_and_info_in_bookkeeper_shapes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let meta = format!("local:{}", dir.path().join("meta").display());
+    let bookie = BookieProcess::start(BookieOptions::new("bookie-http", &meta, dir.path())).await?;
+    let http = bookie.http_url()?;
+    let address = http.trim_start_matches("http://").to_owned();
+
+    // 50 adds, each answered once durable.
+    let mut client = connect(&bookie).await?;
+    let adds = futures::stream::iter((0..50u64).map(|entry_id| AddEntryRequest {
+        ledger_id: 7,
+        entry_id,
+        master_key: Bytes::from_static(MASTER_KEY),
+        last_add_confirmed: -1,
+        payload: payload(7, entry_id),
+        recovery: false,
+    }));
+    let mut answers = client.add_entries(adds).await?.into_inner();
+    let mut acked = 0;
+    while let Some(answer) = answers.message().await? {
+        ensure!(answer.status == Status::Ok as i32, "add answered {}", answer.message);
+        acked += 1;
+    }
+    ensure!(acked == 50, "{acked} adds answered");
+    let read =
+        client.read_entry(ReadEntryRequest { ledger_id: 7, entry_id: 3, ..Default::default() }).await?.into_inner();
+    ensure!(read.status == Status::Ok as i32, "read answered {}", read.message);
+
+    let metrics = magnetar_tests::http_get(&address, "/metrics").await?;
+    ensure!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let value = |name: &str| sample(&metrics, name).with_context(|| format!("no {name} in\n{metrics}"));
+    ensure!(value("bookie_journal_JOURNAL_ADD_ENTRY_count")? >= 50.0, "journal adds");
+    ensure!(value("bookkeeper_server_ADD_ENTRY_REQUEST_count")? == 50.0, "add requests");
+    ensure!(value("bookkeeper_server_READ_ENTRY_REQUEST_count")? == 1.0, "read requests");
+    ensure!(value("bookie_journal_JOURNAL_SYNC_count")? >= 1.0, "syncs");
+    ensure!(value("bookie_journal_JOURNAL_FORCE_WRITE_BATCH_ENTRIES_sum")? >= 50.0, "batched records");
+    ensure!(value("bookie_SERVER_STATUS")? == 1.0, "writable");
+    ensure!(value("bookie_ledger_dir_total_bytes")? > 0.0, "disk size");
+    ensure!(value("bookie_journal_JOURNAL_QUEUE_SIZE")? == 0.0, "nothing queued");
+    // The auto-recovery worker runs in the bookie by default: its counters are there.
+    ensure!(value("replication_worker_NUM_ENTRIES_WRITTEN")? == 0.0, "nothing re-replicated");
+
+    let state = magnetar_tests::http_get(&address, "/api/v1/bookie/state").await?;
+    let body: serde_json::Value = serde_json::from_str(state.split("\r\n\r\n").nth(1).unwrap_or_default())?;
+    ensure!(body["running"] == true && body["readOnly"] == false, "{state}");
+    let info = magnetar_tests::http_get(&address, "/api/v1/bookie/info").await?;
+    let body: serde_json::Value = serde_json::from_str(info.split("\r\n\r\n").nth(1).unwrap_or_default())?;
+    let (free, total) = (body["freeSpace"].as_u64().unwrap_or(0), body["totalSpace"].as_u64().unwrap_or(0));
+    ensure!(total > free && free > 0, "{info}");
+    let missing = magnetar_tests::http_get(&address, "/nothing").await?;
+    ensure!(missing.starts_with("HTTP/1.1 404") && missing.contains("reason"), "{missing}");
+    Ok(())
+}

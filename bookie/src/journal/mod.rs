@@ -58,6 +58,7 @@ pub use replay::Replayed;
 
 use crate::config::JournalConfig;
 use crate::error::BookieError;
+use crate::metrics::{millis_since, JournalMetrics};
 use crate::uring::Ring;
 use record::HEADER_LEN;
 
@@ -107,6 +108,7 @@ type Reply = oneshot::Sender<Result<(), BookieError>>;
 struct Request {
     records: Vec<(u64, Record)>,
     reply: Reply,
+    submitted: Instant,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -128,6 +130,7 @@ pub struct Journal {
     read_only: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     dir: PathBuf,
+    metrics: JournalMetrics,
 }
 
 struct Writer {
@@ -151,6 +154,7 @@ struct Writer {
     next: Option<(u64, JoinHandle<Result<File, BookieError>>)>,
     /// Free files (checkpointed, kept for reuse), at most `config.reuse_files`.
     free: Vec<PathBuf>,
+    metrics: JournalMetrics,
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> BookieError {
@@ -161,6 +165,16 @@ impl Journal {
     /// Replays the journal in `dir` after checkpoint `mark`, then starts the journal thread on a
     /// new file. Returns the handle and what replay found.
     pub fn open(dir: &Path, config: JournalConfig, mark: u64) -> Result<(Journal, Replayed), BookieError> {
+        Self::open_measured(dir, config, mark, JournalMetrics::default())
+    }
+
+    /// As [`Journal::open`], counting into `metrics`.
+    pub fn open_measured(
+        dir: &Path,
+        config: JournalConfig,
+        mark: u64,
+        metrics: JournalMetrics,
+    ) -> Result<(Journal, Replayed), BookieError> {
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let mut free = free_files(dir, config.reuse_files)?;
         let mut replayed = replay::replay(dir, mark)?;
@@ -188,6 +202,7 @@ impl Journal {
             direct: false,
             next: None,
             free,
+            metrics: metrics.clone(),
         };
         let buffered = writer.file.try_clone().map_err(|e| io_error(dir, e))?;
         writer.start_file(buffered, file_header(next_id).to_vec());
@@ -207,6 +222,7 @@ impl Journal {
                 read_only,
                 thread: Some(thread),
                 dir: dir.to_owned(),
+                metrics,
             },
             replayed,
         ))
@@ -244,10 +260,12 @@ impl Journal {
         reservation: Option<Reservation>,
     ) -> oneshot::Receiver<Result<(), BookieError>> {
         let (reply, answer) = oneshot::channel();
-        let request = Request { records, reply, _permit: reservation.map(|r| r.0) };
+        let request = Request { records, reply, submitted: Instant::now(), _permit: reservation.map(|r| r.0) };
         match &self.sender {
             Some(sender) => {
+                self.metrics.queue_size.inc();
                 if let Err(mpsc::SendError(request)) = sender.send(request) {
+                    self.metrics.queue_size.dec();
                     let _ = request.reply.send(Err(BookieError::Stopped { what: "journal" }));
                 }
             }
@@ -417,6 +435,7 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            self.metrics.queue_size.dec();
             let mut bytes = first.encoded_len();
             batch.push(first);
             let deadline = Instant::now() + self.config.max_batch_wait;
@@ -434,6 +453,7 @@ impl Writer {
                     Err(mpsc::TryRecvError::Disconnected) => None,
                 };
                 let Some(request) = next else { break };
+                self.metrics.queue_size.dec();
                 bytes += request.encoded_len();
                 batch.push(request);
             }
@@ -443,6 +463,7 @@ impl Writer {
                     Ok(()) => Ok(()),
                     Err(reason) => Err(BookieError::ReadOnly { reason: reason.clone() }),
                 };
+                self.metrics.add_entry.observe(millis_since(request.submitted));
                 let _ = request.reply.send(answer);
             }
         }
@@ -493,6 +514,7 @@ impl Writer {
         self.buffer.resize(skip + (end + HEADER_LEN).next_multiple_of(BLOCK), 0);
         let block_start = self.offset - self.tail.len() as u64;
         let path = self.dir.join(file_name(self.file_id));
+        let started = Instant::now();
         let mut written = self.ring.write_at(&self.file, &self.buffer[skip..], block_start, true);
         if self.direct && written.as_ref().is_err_and(|error| error.raw_os_error() == Some(libc::EINVAL)) {
             // Opened but refused: go through the page cache from now on.
@@ -509,6 +531,10 @@ impl Writer {
         if let Err(error) = written {
             return Err(self.fail(&format!("write to {}: {error}", path.display())));
         }
+        self.metrics.sync.observe(millis_since(started));
+        self.metrics.batch_entries.observe(batch.iter().map(|request| request.records.len()).sum::<usize>() as f64);
+        self.metrics.batch_bytes.observe(records as f64);
+        self.metrics.written_bytes.inc_by(records as u64);
         self.offset = block_start + end as u64;
         let last_block = skip + end / BLOCK * BLOCK;
         self.tail.clear();

@@ -70,6 +70,7 @@ use self::write_cache::{FlushingHalf, WriteCache};
 use crate::config::BookieConfig;
 use crate::error::BookieError;
 use crate::ledger_data::LedgerData;
+use crate::metrics::StorageMetrics;
 use crate::uring::Ring;
 
 /// Entry logs, under the data directory.
@@ -124,12 +125,18 @@ pub struct LedgerStorage {
     mark: AtomicU64,
     /// One GC at a time.
     gc_running: Mutex<()>,
+    metrics: StorageMetrics,
 }
 
 impl LedgerStorage {
     /// Opens (creating) entry logs under `<config.data_dir>/entry-logs/` and the RocksDB index
     /// under `<config.data_dir>/index/`.
     pub fn open(config: &BookieConfig) -> Result<Arc<Self>, BookieError> {
+        Self::open_measured(config, StorageMetrics::default())
+    }
+
+    /// As [`LedgerStorage::open`], counting into `metrics`.
+    pub fn open_measured(config: &BookieConfig, metrics: StorageMetrics) -> Result<Arc<Self>, BookieError> {
         let log_dir = config.data_dir.join(ENTRY_LOG_DIR);
         std::fs::create_dir_all(&log_dir).map_err(|e| io_error(&log_dir, e))?;
         let index = Index::open(&config.data_dir.join(INDEX_DIR))?;
@@ -161,6 +168,7 @@ impl LedgerStorage {
             usage: Mutex::new(usage),
             mark: AtomicU64::new(mark),
             gc_running: Mutex::new(()),
+            metrics,
         }))
     }
 
@@ -179,8 +187,10 @@ impl LedgerStorage {
             return Ok(Some(data));
         }
         if let Some(data) = self.read_cache.get(ledger_id, entry_id) {
+            self.metrics.read_cache_hits.inc();
             return Ok(Some(data));
         }
+        self.metrics.read_cache_misses.inc();
         let mut run = self.read_from_logs(ledger_id, entry_id)?;
         Ok((!run.is_empty()).then(|| run.swap_remove(0).1))
     }
@@ -194,6 +204,7 @@ impl LedgerStorage {
             let run = self.read_ahead_run(ledger_id, entry_id, first)?;
             if let Some(data) = self.logs.read_run(ledger_id, &run)? {
                 let entries: Vec<(u64, Bytes)> = run.iter().map(|(id, _)| *id).zip(data).collect();
+                self.metrics.read_entries_from_logs.inc_by(entries.len() as u64);
                 self.read_cache.insert_if_unchanged(generation, ledger_id, &entries);
                 return Ok(entries);
             }
@@ -257,8 +268,12 @@ impl LedgerStorage {
                 None => match ahead.front() {
                     Some((id, data)) if *id == entry_id => data.clone(),
                     _ => match self.read_cache.get(ledger_id, entry_id) {
-                        Some(data) => data,
+                        Some(data) => {
+                            self.metrics.read_cache_hits.inc();
+                            data
+                        }
                         None => {
+                            self.metrics.read_cache_misses.inc();
                             ahead = self.read_from_logs(ledger_id, entry_id)?.into();
                             match ahead.front() {
                                 Some((_, data)) => data.clone(),
@@ -359,8 +374,15 @@ impl LedgerStorage {
     pub fn flush(&self) -> Result<u64, BookieError> {
         let mut writer = self.appender.lock();
         let Some(pending) = self.start_flush() else { return Ok(self.checkpoint_mark()) };
+        let started = std::time::Instant::now();
+        let bytes = pending.half.entries.bytes();
         match Self::append_half(&mut writer, &pending.half, &pending.skip) {
-            Ok(appended) => self.commit_flush(pending, appended),
+            Ok(appended) => {
+                let mark = self.commit_flush(pending, appended)?;
+                self.metrics.flush.observe(crate::metrics::millis_since(started));
+                self.metrics.flush_bytes.inc_by(bytes as u64);
+                Ok(mark)
+            }
             Err(error) => {
                 self.abort_flush(pending);
                 Err(error)
@@ -452,6 +474,11 @@ impl LedgerStorage {
     /// The last mark made durable by flush (0 on a new bookie).
     pub fn checkpoint_mark(&self) -> u64 {
         self.mark.load(Ordering::Acquire)
+    }
+
+    /// Bytes in the write cache's halves and in the read cache.
+    pub fn cache_bytes(&self) -> (u64, u64) {
+        (self.cache.lock().bytes() as u64, self.read_cache.weighted_bytes())
     }
 
     /// Bytes in the active half (the bookie checkpoints when it passes write_cache_bytes).

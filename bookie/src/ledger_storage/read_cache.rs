@@ -40,6 +40,11 @@ impl ReadCache {
         self.entries.get(&(ledger_id, entry_id))
     }
 
+    /// Bytes held, as the weigher counts them (moka's count may lag a little).
+    pub fn weighted_bytes(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+
     /// Note this before looking up the index for entries to insert later.
     pub fn generation(&self) -> u64 {
         *self.deletions.read()

@@ -112,6 +112,11 @@ impl WriteCache {
         self.active.bytes()
     }
 
+    /// Bytes in both halves.
+    pub fn bytes(&self) -> usize {
+        self.active.bytes() + self.flushing.as_ref().map_or(0, |half| half.entries.bytes())
+    }
+
     /// Makes the active half the flushing half, covered by `mark`. False, changing nothing, while
     /// a flushing half is still there.
     pub fn swap(&mut self, mark: u64) -> bool {

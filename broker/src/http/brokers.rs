@@ -1,6 +1,6 @@
 //! The cluster's brokers and bookies over HTTP, in pulsar-admin's paths: the load manager's
 //! leader, this broker's health check and readiness, and the bookies registered with their
-//! addresses.
+//! addresses, state and disk space.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -56,14 +56,49 @@ async fn ready(State(service): State<AppState>) -> Result<Response, ApiError> {
     Ok("ok".into_response())
 }
 
-/// `{"bookies": [{"bookieId", "address", "tls"}]}`: the bookies registered now.
+/// How long `bookies/all` waits for a bookie's HTTP server.
+const BOOKIE_STATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `{"bookies": [...]}`: the bookies registered now, each with `bookieId`, `address`, `tls`
+/// and, read from its HTTP server, `state` (`read-write`, `read-only`, or `unreachable`
+/// with `error`), `readOnly`, `freeSpace` and `totalSpace` in bytes. A bookie without an
+/// HTTP server shows `state: "unknown"`.
 async fn bookies(State(service): State<AppState>) -> Result<Response, ApiError> {
     let bookies = magnetar_bookie::registration::available(service.meta.as_ref())
         .await
         .map_err(|error| ApiError(StatusCode::SERVICE_UNAVAILABLE, error.to_string()))?;
-    let list: Vec<_> = bookies
-        .iter()
-        .map(|bookie| json!({ "bookieId": bookie.bookie_id, "address": bookie.address, "tls": bookie.tls }))
-        .collect();
+    let list = futures::future::join_all(bookies.iter().map(|bookie| async move {
+        let mut entry = json!({ "bookieId": bookie.bookie_id, "address": bookie.address, "tls": bookie.tls });
+        if bookie.http_address.is_empty() {
+            entry["state"] = json!("unknown");
+            return entry;
+        }
+        let base = format!("http://{}", bookie.http_address);
+        let asked = tokio::time::timeout(BOOKIE_STATE_TIMEOUT, async {
+            let state = super::forward::get_json(&base, "/api/v1/bookie/state", None).await?;
+            let info = super::forward::get_json(&base, "/api/v1/bookie/info", None).await?;
+            Ok::<_, ApiError>((state, info))
+        })
+        .await;
+        match asked {
+            Ok(Ok((state, info))) => {
+                let read_only = state["readOnly"].as_bool().unwrap_or(false);
+                entry["state"] = json!(if read_only { "read-only" } else { "read-write" });
+                entry["readOnly"] = json!(read_only);
+                entry["freeSpace"] = info["freeSpace"].clone();
+                entry["totalSpace"] = info["totalSpace"].clone();
+            }
+            Ok(Err(ApiError(_, reason))) => {
+                entry["state"] = json!("unreachable");
+                entry["error"] = json!(reason);
+            }
+            Err(_) => {
+                entry["state"] = json!("unreachable");
+                entry["error"] = json!(format!("{base}: no answer in {BOOKIE_STATE_TIMEOUT:?}"));
+            }
+        }
+        entry
+    }))
+    .await;
     Ok(Json(json!({ "bookies": list })).into_response())
 }

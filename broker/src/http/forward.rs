@@ -1,6 +1,7 @@
 //! Asking another broker's admin API, as Pulsar's brokers do for what a peer serves (the
-//! partitions of a partitioned topic spread over brokers). The caller's credentials go along:
-//! the peer checks them as it would the caller's own request.
+//! partitions of a partitioned topic spread over brokers), and a bookie's HTTP server for
+//! its state. The caller's credentials go along: the peer checks them as it would the
+//! caller's own request.
 
 use std::time::Duration;
 
@@ -18,10 +19,10 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest answer taken from a peer.
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
-/// `GET {base}{path}` on a peer broker's HTTP port, as JSON. A peer that cannot be reached
+/// `GET {base}{path}` on a peer's HTTP port, as JSON. A peer that cannot be reached
 /// or answers an error is a 503 naming it (its own reason included).
 pub async fn get_json(base: &str, path: &str, authorization: Option<&HeaderValue>) -> Result<Value, ApiError> {
-    let unavailable = |why: String| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("broker {base}: {why}"));
+    let unavailable = |why: String| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{base}: {why}"));
     if !base.starts_with("http://") {
         return Err(unavailable("only a peer's plain HTTP port is asked (it serves HTTPS only)".to_owned()));
     }

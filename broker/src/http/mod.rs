@@ -107,7 +107,12 @@ pub fn router(service: Arc<BrokerService>) -> Router {
 
 async fn metrics(State(service): State<AppState>) -> impl IntoResponse {
     let gauges = service.gauges().await;
-    let body = service.metrics.render(&service.config.cluster_name, gauges);
+    let mut body = service.metrics.render(&service.config.cluster_name, gauges);
+    let bookies = service.local_bookies.read().clone();
+    if !bookies.is_empty() {
+        let families = futures::future::join_all(bookies.iter().map(|bookie| bookie.families())).await;
+        body.push_str(&magnetar_bookie::metrics::encode(families));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
@@ -172,8 +177,7 @@ async fn lookup(
     Query(query): Query<LookupQuery>,
 ) -> Result<Response, ApiError> {
     let name = TopicName::parse(&format!("persistent://{tenant}/{ns}/{topic}")).map_err(BrokerError::from)?;
-    service.check_topic(&name).await?;
-    let answer = service.ownership.lookup(&name, query.authoritative).await?;
+    let answer = service.lookup(&name, query.authoritative).await?;
     if let LookupAnswer::Redirect(target) = &answer {
         if service.ownership.read_owner(&service.ownership.bundle_of(&name).await?).await?.is_none() {
             // Chosen, not yet owned: the chosen broker takes it when asked authoritatively

@@ -60,6 +60,7 @@ pub use cursor_state::{CursorState, LedgerPositions, PositionView};
 pub use position::Position;
 
 use crate::error::BrokerError;
+use crate::stats::{BucketCounter, BucketCounts, ENTRY_SIZE_BUCKETS, WRITE_LATENCY_BUCKETS};
 
 /// Metadata key of a managed ledger's ledger list.
 pub fn info_path(name: &str) -> String {
@@ -116,6 +117,9 @@ pub struct ManagedLedger {
     stop: CancellationToken,
     /// The namespace's or topic's retention policy, over the configured default.
     retention: Mutex<Option<Retention>>,
+    /// Adds: milliseconds from add to durable, and entry sizes (Pulsar's `_le_*` metrics).
+    write_latency: BucketCounter,
+    entry_sizes: BucketCounter,
 }
 
 impl ManagedLedger {
@@ -214,6 +218,8 @@ impl ManagedLedger {
             cursors: Mutex::new(cursors),
             stop: CancellationToken::new(),
             retention: Mutex::new(None),
+            write_latency: BucketCounter::new(&WRITE_LATENCY_BUCKETS),
+            entry_sizes: BucketCounter::new(&ENTRY_SIZE_BUCKETS),
         });
         Self::spawn_checks(&managed_ledger);
         Ok(managed_ledger)
@@ -287,6 +293,7 @@ impl ManagedLedger {
     /// is the order of entries); the returned future answers once it is durable.
     pub async fn add_entry(self: &Arc<Self>, data: Bytes) -> Result<AddFuture, BrokerError> {
         let size = data.len() as u64;
+        let started = std::time::Instant::now();
         loop {
             let writer = self.writable().await?;
             let answer = match writer.add(data.clone()).await {
@@ -306,10 +313,17 @@ impl ManagedLedger {
             let this = self.clone();
             return Ok(Box::pin(async move {
                 let entry_id = answer.await.map_err(|_| BrokerError::ShuttingDown)??;
+                this.write_latency.record(started.elapsed().as_secs_f64() * 1000.0);
+                this.entry_sizes.record(size as f64);
                 this.account(ledger_id, entry_id, size);
                 Ok(Position::new(ledger_id, entry_id))
             }));
         }
+    }
+
+    /// Add latencies (ms) and entry sizes since the ledger was opened.
+    pub fn add_stats(&self) -> (BucketCounts, BucketCounts) {
+        (self.write_latency.snapshot(), self.entry_sizes.snapshot())
     }
 
     fn account(&self, ledger_id: u64, entry_id: u64, size: u64) {

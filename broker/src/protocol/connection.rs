@@ -446,8 +446,7 @@ impl Connection {
         let answer = async {
             let name = TopicName::parse(&lookup.topic)?;
             self.authorize(&name, TopicAction::Lookup, None).await?;
-            self.service.check_topic(&name).await?;
-            self.service.ownership.lookup(&name, authoritative).await
+            self.service.lookup(&name, authoritative).await
         }
         .await;
         match answer {

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::cluster::bundles::{self, Bundle};
 use crate::cluster::control::BundleControl;
 use crate::cluster::load_report;
-use crate::cluster::ownership::Ownership;
+use crate::cluster::ownership::{LookupAnswer, Ownership};
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::managed_ledger::ManagedLedger;
@@ -58,6 +58,8 @@ pub struct BrokerService {
     pub security: Security,
     /// Every topic's schema history.
     pub schemas: SchemaRegistry,
+    /// Bookies running in this process (standalone): their metrics join `/metrics`.
+    pub local_bookies: parking_lot::RwLock<Vec<magnetar_bookie::http::BookieHttp>>,
 }
 
 impl BrokerService {
@@ -91,6 +93,7 @@ impl BrokerService {
             policies,
             security,
             schemas,
+            local_bookies: Default::default(),
         })
     }
 
@@ -166,6 +169,26 @@ impl BrokerService {
         Ok(*id)
     }
 
+    /// Answers a lookup (binary or HTTP) for an existing namespace's topic: this broker, or
+    /// a redirect to the owner. Counted in the `pulsar_broker_lookup_*` metrics.
+    pub async fn lookup(&self, name: &TopicName, authoritative: bool) -> Result<LookupAnswer, BrokerError> {
+        let metrics = &self.metrics;
+        Metrics::add(&metrics.lookup_pending, 1);
+        let answer = async {
+            self.check_topic(name).await?;
+            self.ownership.lookup(name, authoritative).await
+        }
+        .await;
+        metrics.lookup_pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let counter = match &answer {
+            Ok(LookupAnswer::Connect(_)) => &metrics.lookup_answers,
+            Ok(LookupAnswer::Redirect(_)) => &metrics.lookup_redirects,
+            Err(_) => &metrics.lookup_failures,
+        };
+        Metrics::add(counter, 1);
+        answer
+    }
+
     pub async fn gauges(&self) -> Gauges {
         let mut gauges = Gauges { topic_level: self.config.expose_topic_level_metrics, ..Gauges::default() };
         for topic in self.loaded_topics() {
@@ -183,6 +206,7 @@ impl BrokerService {
                 storage_size: ledger.storage_stats().size_bytes,
                 ..TopicGauges::default()
             };
+            (per_topic.write_latency, per_topic.entry_size) = ledger.add_stats();
             let views = topic.subscription_views().await;
             per_topic.backlog_size = topic.backlog_size(&views);
             for view in views {

@@ -203,6 +203,10 @@ struct BookieArgs {
     /// 127.0.0.1:3181].
     #[arg(long)]
     listen: Option<String>,
+    /// Address the HTTP server (/metrics, /api/v1/bookie/state|info, /heartbeat) binds to;
+    /// "" for none [file: http_listen; default: 127.0.0.1:8000].
+    #[arg(long)]
+    http_listen: Option<String>,
     /// Host other processes reach this bookie at [file: advertised_address; default: the
     /// listen address's host].
     #[arg(long)]
@@ -285,6 +289,9 @@ impl BookieArgs {
         if let Some(listen) = &self.listen {
             config.listen = listen.clone();
         }
+        if let Some(http_listen) = &self.http_listen {
+            config.http_listen = http_listen.clone();
+        }
         if let Some(advertised_address) = &self.advertised_address {
             config.advertised_address = Some(advertised_address.clone());
         }
@@ -354,9 +361,13 @@ async fn run_bookie(args: BookieArgs, cancel: CancellationToken) -> anyhow::Resu
         metadata = %metadata_url,
         data_dir = %config.data_dir.display(),
         journal_dir = %config.journal_dir().display(),
+        http = ?bookie.http_local_addr(),
         "magnetar bookie is ready"
     );
-    // The one line tools and tests parse to find a bookie started on port 0.
+    // The lines tools and tests parse to find a bookie started on port 0 (the HTTP one first).
+    if let Some(http) = bookie.http_local_addr() {
+        eprintln!("magnetar bookie http on {http}");
+    }
     eprintln!("magnetar bookie listening on {local}");
     let failed = tokio::select! {
         _ = cancel.cancelled() => None,

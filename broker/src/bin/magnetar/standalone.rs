@@ -106,6 +106,8 @@ async fn start_bookie(
     let bookie_id = StandaloneConfig::bookie_id(index);
     let mut bookie_config = BookieConfig::new(bookie_id.clone(), config.bookie_dir(index));
     bookie_config.autorecovery.enabled = false;
+    // Its metrics are on the broker's /metrics; this port answers the broker's state queries.
+    bookie_config.http_listen = "127.0.0.1:0".to_owned();
     let listener = bind("127.0.0.1", config.bookie_port(index), &format!("bookie {bookie_id}")).await?;
     let bookie = BookieNode::start(&bookie_config, meta.clone(), listener, "127.0.0.1")
         .await
@@ -159,6 +161,7 @@ pub async fn run(config: StandaloneConfig, cancel: CancellationToken) -> anyhow:
         ..BrokerConfig::default()
     };
     let broker = ServingBroker::start(&config.listeners, broker_config, meta.clone()).await?;
+    *broker.service.local_bookies.write() = bookies.iter().map(|bookie| bookie.http().clone()).collect();
     let me = broker.service.ownership.me();
     info!(
         data_dir = %config.data_dir.display(),
