@@ -9,12 +9,14 @@ and promtool read it.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 from typing import Any, Callable
 
 import pulsar
@@ -448,3 +450,41 @@ def test_terminate_refuses_publishes_from_the_official_client(
         client.create_producer(topic)
     assert ok(magnetar, "GET", admin_path(name, "/lastMessageId")) == answer
     consumer.close()
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "magnetar.json"
+METRIC_NAME = re.compile(r"\b(?:pulsar|bookie|bookkeeper|replication_worker|auditor|magnetar)_[A-Za-z0-9_]*")
+
+
+def test_grafana_dashboard_asks_for_metrics_that_exist(
+    magnetar: MagnetarProcess, client: pulsar.Client, tmp_path: Path
+) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    variables = [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    assert len(exprs) > 30 and len(variables) == 3
+    # A workload that makes every family appear: a topic with a producer and a subscription.
+    topic = f"persistent://{NAMESPACE}/{unique('grafana')}"
+    producer = client.create_producer(topic)
+    consumer = client.subscribe(topic, "dash")
+    producer.send(b"x")
+    consumer.acknowledge(consumer.receive(timeout_millis=10_000))
+    # Sample names, and family names: the parser reports a counter's samples with `_total`
+    # added where the text (BookKeeper's counters) has none, as Prometheus stores them.
+    families = list(text_string_to_metric_families(metrics(magnetar)))
+    exposed = {s.name for family in families for s in family.samples} | {family.name for family in families}
+    asked = {name for text in exprs + variables for name in METRIC_NAME.findall(text)}
+    assert asked - exposed == set(), "the dashboard asks for metrics /metrics does not have"
+    producer.close()
+    consumer.close()
+    # Every query parses as PromQL: promtool checks them as recording rules (JSON is YAML).
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (deploy/test.sh installs Debian's prometheus)")
+    concrete = [re.sub(r"\$(cluster|namespace|bookie)", ".*", expr) for expr in exprs]
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"magnetar:dashboard_query_{i}", "expr": expr} for i, expr in enumerate(concrete)
+    ]}]}
+    (tmp_path / "rules.yml").write_text(json.dumps(rules))
+    checked = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
