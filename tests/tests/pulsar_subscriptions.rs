@@ -440,9 +440,15 @@ async fn a_terminated_topic_refuses_producers_and_tells_consumers_the_end() -> a
     let pulsar = client(&standalone).await?;
     let topic = "persistent://public/default/terminated";
     produce(&pulsar, topic, 3, "t", None).await?;
+    // A producer attached while the topic is terminated is told to go (CLOSE_PRODUCER).
+    let mut attached = raw_connect(&standalone).await?;
+    attached.send(Frame::simple(command::producer(topic, 9, 2, Some("attached".to_owned())))).await?;
+    receive_kind(&mut attached, Type::ProducerSuccess).await?;
     let path = "/admin/v2/persistent/public/default/terminated/terminate";
     let (status, last) = magnetar_tests::http(standalone.http_port, "POST", path, None).await?;
     anyhow::ensure!(status == 200 && last["entryId"] == 2, "terminate answered {status} {last}");
+    let closed = receive_kind(&mut attached, Type::CloseProducer).await?;
+    anyhow::ensure!(closed.command.close_producer.map(|c| c.producer_id) == Some(9), "closed producer 9");
 
     let mut conn = raw_connect(&standalone).await?;
     conn.send(Frame::simple(command::producer(topic, 1, 1, Some("late".to_owned())))).await?;

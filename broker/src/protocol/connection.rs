@@ -740,6 +740,7 @@ impl Connection {
                 outbound: self.outbound.clone(),
                 metrics: self.service.metrics.clone(),
                 stats: stats.clone(),
+                end_of_topic: super::consumer::understands_end_of_topic(&self.client.client_version),
             }),
             stats,
         };

@@ -21,6 +21,18 @@ pub struct ConnectionConsumer {
     pub metrics: Arc<Metrics>,
     /// This consumer's own counters (stats).
     pub stats: Arc<ConsumerStats>,
+    /// Whether its client handles REACHED_END_OF_TOPIC (see [`understands_end_of_topic`]).
+    pub end_of_topic: bool,
+}
+
+/// Whether a client that connected as `client_version` handles REACHED_END_OF_TOPIC. The
+/// C++ client (and the Python and Node clients built on it, which connect as
+/// `Pulsar-CPP-v...`) treats that command as an invalid message and drops the whole
+/// connection, so that its consumers get their unacknowledged messages again; it learns the
+/// end of a terminated topic from GET_LAST_MESSAGE_ID instead. Java, Go and Rust clients
+/// handle it.
+pub fn understands_end_of_topic(client_version: &str) -> bool {
+    !client_version.starts_with("Pulsar-CPP")
 }
 
 #[async_trait]
@@ -56,6 +68,9 @@ impl ConsumerSink for ConnectionConsumer {
     }
 
     fn reached_end_of_topic(&self) {
+        if !self.end_of_topic {
+            return;
+        }
         let _ = self.outbound.try_send(Outbound::command(command::reached_end_of_topic(self.consumer_id)));
     }
 

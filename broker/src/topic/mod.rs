@@ -495,6 +495,13 @@ impl Topic {
         for subscription in self.subscriptions().await {
             subscription.wake_dispatch();
         }
+        // As Pulsar: producers are told to reconnect (CLOSE_PRODUCER after their pending
+        // receipts); their new PRODUCER gets TopicTerminatedError, which clients report as
+        // terminated instead of failing the connection on a SEND_ERROR.
+        let closers: Vec<_> = self.producers.lock().closers.drain().map(|(_, closer)| closer).collect();
+        for closer in closers {
+            closer();
+        }
         info!(topic = %self.name, ?last, "topic terminated");
         Ok(last)
     }
