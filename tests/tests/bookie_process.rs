@@ -313,3 +313,27 @@ async fn bookie_http_serves_metrics_state_and_info_in_bookkeeper_shapes() -> any
     ensure!(missing.starts_with("HTTP/1.1 404") && missing.contains("reason"), "{missing}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_shows_as_read_only_in_state_and_metrics() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let meta = format!("local:{}", dir.path().join("meta").display());
+    // Any usage is over a threshold of 0: the disk counts as full at the first check.
+    let config = dir.path().join("bookie.toml");
+    std::fs::write(&config, "disk_usage_threshold = 0.0\ndisk_usage_lwm = 0.0\ndisk_check_interval_ms = 100\n")?;
+    let mut options = BookieOptions::new("bookie-full", &meta, dir.path());
+    options.extra_args = vec!["--config".to_owned(), config.display().to_string()];
+    let bookie = BookieProcess::start(options).await?;
+    let address = bookie.http_url()?.trim_start_matches("http://").to_owned();
+    let read_only = || {
+        let address = address.clone();
+        async move {
+            let state = magnetar_tests::http_get(&address, "/api/v1/bookie/state").await.unwrap_or_default();
+            state.contains(r#""readOnly":true"#)
+        }
+    };
+    eventually(Duration::from_secs(10), "the bookie reports read-only", read_only).await?;
+    let metrics = magnetar_tests::http_get(&address, "/metrics").await?;
+    ensure!(sample(&metrics, "bookie_SERVER_STATUS") == Some(0.0), "{metrics}");
+    Ok(())
+}

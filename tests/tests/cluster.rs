@@ -205,6 +205,14 @@ async fn every_broker_answers_lookups_with_the_owner_and_bundles_spread() -> any
     }
     let (status, body) = http(brokers[1].http_port, "GET", "/admin/v2/brokers/test", None).await?;
     ensure!(status == 200 && body.as_array().map(Vec::len) == Some(2), "two live brokers: {status} {body}");
+    // Each bookie process with its state and disk, asked over its own HTTP port.
+    let (status, body) = http(brokers[0].http_port, "GET", "/admin/v2/bookies/all", None).await?;
+    let bookies = body["bookies"].as_array().cloned().unwrap_or_default();
+    ensure!(status == 200 && bookies.len() == 2, "two bookies: {status} {body}");
+    for bookie in bookies {
+        ensure!(bookie["state"] == "read-write" && bookie["readOnly"] == false, "{bookie}");
+        ensure!(bookie["totalSpace"].as_u64() > bookie["freeSpace"].as_u64(), "{bookie}");
+    }
     Ok(())
 }
 
