@@ -34,6 +34,8 @@ FASTAVRO_VERSION=1.13.1
 PROTOBUF_VERSION=7.36.2
 # The metrics tests parse /metrics with Prometheus' own Python parser.
 PROMETHEUS_CLIENT_VERSION=0.26.0
+# The web console test drives a real headless chromium through selenium.
+SELENIUM_VERSION=4.50.0
 VENV="$REPO/.venv"
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
@@ -67,6 +69,9 @@ if ! pkg-config --exists openssl 2>/dev/null && ! have_debian_package libssl-dev
 fi
 # The metrics tests run `promtool check metrics` (Debian's prometheus package ships it).
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# The web console test runs headless chromium through chromedriver.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [[ ${#missing[@]} -gt 0 ]]; then
     ensure_debian_packages "${missing[@]}"
 fi
@@ -79,13 +84,13 @@ section "2/5 python virtualenv ($VENV)"
 venv_ready() {
     [[ -x "$VENV/bin/python" ]] &&
         "$VENV/bin/python" - "$PULSAR_CLIENT_VERSION" "$PYTEST_VERSION" "$FASTAVRO_VERSION" "$PROTOBUF_VERSION" \
-            "$PROMETHEUS_CLIENT_VERSION" <<'PY' 2>/dev/null
+            "$PROMETHEUS_CLIENT_VERSION" "$SELENIUM_VERSION" <<'PY' 2>/dev/null
 import sys
 from importlib.metadata import version
-import fastavro, google.protobuf, prometheus_client, pulsar, pytest  # noqa: F401  (importable)
+import fastavro, google.protobuf, prometheus_client, pulsar, pytest, selenium  # noqa: F401  (importable)
 pinned = (version("pulsar-client"), version("pytest"), version("fastavro"), version("protobuf"),
-          version("prometheus-client"))
-sys.exit(0 if pinned == tuple(sys.argv[1:6]) else 1)
+          version("prometheus-client"), version("selenium"))
+sys.exit(0 if pinned == tuple(sys.argv[1:7]) else 1)
 PY
 }
 
@@ -124,7 +129,8 @@ else
     PIP_NO_INPUT=1 "$VENV/bin/python" -m pip install --disable-pip-version-check -q \
         --only-binary pulsar-client \
         "pulsar-client==$PULSAR_CLIENT_VERSION" "pytest==$PYTEST_VERSION" "fastavro==$FASTAVRO_VERSION" \
-        "protobuf==$PROTOBUF_VERSION" "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
+        "protobuf==$PROTOBUF_VERSION" "prometheus-client==$PROMETHEUS_CLIENT_VERSION" \
+        "selenium==$SELENIUM_VERSION"
     venv_ready || {
         echo "error: $VENV still lacks pulsar-client $PULSAR_CLIENT_VERSION / pytest $PYTEST_VERSION /" \
             "fastavro $FASTAVRO_VERSION / protobuf $PROTOBUF_VERSION" >&2

@@ -59,6 +59,7 @@ impl Setup {
 
     async fn bookie(&self, mut config: BookieConfig) -> anyhow::Result<BookieNode> {
         config.autorecovery.enabled = false;
+        config.http_listen = "127.0.0.1:0".to_owned();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         Ok(BookieNode::start(&config, self.meta.clone(), listener, "127.0.0.1").await?)
     }
