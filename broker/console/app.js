@@ -144,7 +144,9 @@ class ApiError extends Error {
  * up the sign-in form.
  */
 async function api(path, { method = 'GET', body, raw = false } = {}) {
-  const headers = { Accept: 'application/json' };
+  // The broker asked follows its own redirects to the owner of a topic for the console (a
+  // browser drops the token on a redirect to another broker, which sends no CORS headers).
+  const headers = { Accept: 'application/json', 'X-Magnetar-Console': '1' };
   if (state.token) headers.Authorization = `Bearer ${state.token}`;
   let payload;
   if (body !== undefined) {

@@ -151,7 +151,8 @@ impl Metrics {
         let labels = format!("cluster=\"{}\"", label(cluster));
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
         let topics = &gauges.per_topic;
-        let sum = |f: fn(&TopicGauges) -> f64| topics.iter().map(f).sum::<f64>();
+        // `+ 0.0`: an empty float sum is -0.0, which would print as `-0`.
+        let sum = |f: fn(&TopicGauges) -> f64| topics.iter().map(f).sum::<f64>() + 0.0;
         let broker: [(&'static str, &'static str, f64); 9] = [
             ("pulsar_broker_topics_count", "Topics served by this broker", topics.len() as f64),
             (
@@ -352,5 +353,12 @@ mod tests {
         assert!(text.contains("pulsar_topics_count{cluster=\"c\",namespace=\"public/default\"} 2\n"), "{text}");
         assert!(text.contains("pulsar_producers_count{cluster=\"c\",namespace=\"a/b\"} 3\n"), "{text}");
         assert!(text.contains("pulsar_broker_producers_count{cluster=\"c\"} 9\n"), "{text}");
+    }
+
+    #[test]
+    fn an_idle_broker_shows_zeros_not_negative_zeros() {
+        let text = Metrics::default().render("c", Gauges::default());
+        assert!(text.contains("pulsar_broker_rate_in{cluster=\"c\"} 0\n"), "{text}");
+        assert!(!text.contains("-0"), "{text}");
     }
 }

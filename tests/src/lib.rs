@@ -20,7 +20,13 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// `GET path` over plain HTTP/1.1 at `address` (`host:port`): the whole response, status
 /// line and headers included.
 pub async fn http_get(address: &str, path: &str) -> anyhow::Result<String> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    http_get_with(address, path, &[]).await
+}
+
+/// [`http_get`] with more request headers.
+pub async fn http_get_with(address: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<String> {
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n{extra}Connection: close\r\n\r\n");
     let mut stream = tokio::net::TcpStream::connect(address).await.with_context(|| format!("connect to {address}"))?;
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();

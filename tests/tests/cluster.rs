@@ -178,6 +178,15 @@ async fn every_broker_answers_lookups_with_the_owner_and_bundles_spread() -> any
             http(broker.http_port, "GET", "/admin/v2/persistent/public/default/spread-0/stats", None).await?;
         ensure!(status == 200 && body["msgInCounter"] == 1, "stats via :{}: {status} {body}", broker.http_port);
     }
+    // The non-owner answers 307; for the web console it asks the owner itself.
+    let owner = http_owner(brokers[0].http_port, "public/default/spread-0").await?;
+    let other = brokers.iter().find(|broker| !owner.ends_with(&format!(":{}", broker.http_port))).context("other")?;
+    let address = format!("127.0.0.1:{}", other.http_port);
+    let path = "/admin/v2/persistent/public/default/spread-0/stats";
+    let redirected = magnetar_tests::http_get(&address, path).await?;
+    ensure!(redirected.starts_with("HTTP/1.1 307"), "{redirected}");
+    let followed = magnetar_tests::http_get_with(&address, path, &[("X-Magnetar-Console", "1")]).await?;
+    ensure!(followed.starts_with("HTTP/1.1 200") && followed.contains(r#""msgInCounter":1"#), "{followed}");
     // Partitioned stats from either broker sum every partition, the other broker's included
     // (asked of it over HTTP): 16 partitions over 4 bundles land on both brokers.
     let (status, body) =

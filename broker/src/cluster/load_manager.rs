@@ -177,7 +177,7 @@ async fn report_loop<B: BundleControl>(service: Arc<B>, config: LoadManagerConfi
         let report = LoadReport {
             info: ownership.me().clone(),
             topics: bundles.iter().map(|b| b.topics).sum(),
-            msg_rate_in: bundles.iter().map(|b| b.msg_rate_in).sum(),
+            msg_rate_in: bundles.iter().map(|b| b.msg_rate_in).sum::<f64>() + 0.0, // an empty float sum is -0.0
             bundles,
             cpu_percent,
             timestamp_ms: now_ms(),

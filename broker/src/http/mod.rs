@@ -102,6 +102,8 @@ pub fn router(service: Arc<BrokerService>) -> Router {
         .merge(console::routes())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such resource".to_owned()) })
         .layer(axum::middleware::from_fn_with_state(service.clone(), auth::guard))
+        // Outside the guard: the guard of the broker it forwards to checks the forwarded call.
+        .layer(axum::middleware::from_fn(forward::follow_for_console))
         .with_state(service)
 }
 
