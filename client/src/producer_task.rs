@@ -23,6 +23,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use magnetar_proto::clock::now_ms;
 use magnetar_proto::pulsar as pb;
+use magnetar_proto::pulsar::ServerError;
 use magnetar_proto::{command, Frame, Payload};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -97,6 +98,9 @@ pub(crate) struct ProducerTask {
     draining: bool,
     /// The version of the producer's schema, from PRODUCER_SUCCESS; stamped on every entry.
     schema_version: Option<Vec<u8>>,
+    /// Set once the broker refused to take the producer back because its topic was
+    /// terminated: every send fails with this reason from then on, as Pulsar's clients do.
+    terminated: Option<String>,
 }
 
 impl ProducerTask {
@@ -154,6 +158,7 @@ impl ProducerTask {
             flush_waiters: Vec::new(),
             draining: false,
             schema_version: success.schema_version,
+            terminated: None,
         };
         tokio::spawn(task.run());
         Ok(handle)
@@ -191,6 +196,21 @@ impl ProducerTask {
     }
 
     async fn handle(&mut self, command: TaskCommand) {
+        if let Some(reason) = &self.terminated {
+            let refused = || ClientError::Server { code: ServerError::TopicTerminatedError, message: reason.clone() };
+            match command {
+                TaskCommand::Send { reply, .. } | TaskCommand::SendBatch { reply, .. } => {
+                    let _ = reply.send(Err(refused()));
+                }
+                TaskCommand::Flush { reply } => {
+                    let _ = reply.send(());
+                }
+                TaskCommand::Close { reply } => {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            return;
+        }
         match command {
             TaskCommand::Send { message, sequence_id, permit, reply } => {
                 let Some(batching) = self.config.batching.filter(|_| message.deliver_at_time.is_none()) else {
@@ -433,6 +453,11 @@ impl ProducerTask {
                     self.producer_id = producer_id;
                     break;
                 }
+                Err(error) if error.server_code() == Some(ServerError::TopicTerminatedError) => {
+                    info!(topic = %self.topic, producer = %self.name, "the topic was terminated: sends fail from now on");
+                    self.terminate(&error);
+                    return;
+                }
                 Err(error) => {
                     // Credentials do not heal by themselves: said at warn, on attempts 1, 2, 4, 8, ...
                     if error.is_security_error() && attempt.is_power_of_two() {
@@ -460,6 +485,23 @@ impl ProducerTask {
                 break;
             }
         }
+    }
+
+    /// The topic was terminated: what is pending or batched fails with `error`, and so will
+    /// every later send.
+    fn terminate(&mut self, error: &ClientError) {
+        self.terminated = Some(error.to_string());
+        self.batch_deadline = None;
+        self.batch_bytes = 0;
+        for queued in self.batch.drain(..) {
+            let _ = queued.reply.send(Err(copy_error(error)));
+        }
+        for entry in self.pending.drain(..) {
+            for (_, reply) in entry.replies {
+                let _ = reply.send(Err(copy_error(error)));
+            }
+        }
+        self.answer_flush_waiters();
     }
 
     /// Fails entries older than the send timeout: their callers have had a timeout already.

@@ -492,3 +492,39 @@ def test_grafana_dashboard_asks_for_metrics_that_exist(
     (tmp_path / "rules.yml").write_text(json.dumps(rules))
     checked = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_subscription_verbs_on_a_partitioned_topic_apply_to_every_partition(
+    magnetar: MagnetarProcess, client: pulsar.Client
+) -> None:
+    name = unique("psubs")
+    topic = f"persistent://{NAMESPACE}/{name}"
+    assert http(magnetar, "PUT", admin_path(name, "/partitions"), 3)[0] == 204
+    consumer = client.subscribe(topic, "s", consumer_type=pulsar.ConsumerType.Shared)
+    producer = client.create_producer(topic, batching_enabled=False,
+                                      message_routing_mode=pulsar.PartitionsRoutingMode.RoundRobinDistribution)
+    for i in range(9):
+        producer.send(f"m{i}".encode())
+    consumer.close()
+
+    def backlogs(sub: str) -> list[int]:
+        stats = ok(magnetar, "GET", admin_path(name, "/partitioned-stats"))
+        return [part["subscriptions"][sub]["msgBacklog"] for part in stats["partitions"].values()]
+
+    assert ok(magnetar, "GET", admin_path(name, "/subscriptions")) == ["s"]
+    assert sum(backlogs("s")) == 9 and all(b > 0 for b in backlogs("s"))
+    assert http(magnetar, "POST", admin_path(name, "/subscription/s/skip_all"))[0] == 204
+    assert backlogs("s") == [0, 0, 0]
+    minute_ago = int(time.time() * 1000) - 60_000
+    assert http(magnetar, "POST", admin_path(name, f"/subscription/s/resetcursor/{minute_ago}"))[0] == 204
+    assert sum(backlogs("s")) == 9
+    assert http(magnetar, "PUT", admin_path(name, "/subscription/new"))[0] == 204
+    assert sorted(ok(magnetar, "GET", admin_path(name, "/subscriptions"))) == ["new", "s"]
+    assert backlogs("new") == [0, 0, 0]
+    assert http(magnetar, "POST", admin_path(name, "/all_subscription/expireMessages/0"))[0] == 204
+    assert backlogs("s") == [0, 0, 0]
+    assert http(magnetar, "DELETE", admin_path(name, "/subscription/new"))[0] == 204
+    assert ok(magnetar, "GET", admin_path(name, "/subscriptions")) == ["s"]
+    status, body = http(magnetar, "POST", admin_path(name, "/subscription/nope/skip_all"))
+    assert status == 404 and "partition 0" in body["reason"], body
+    producer.close()

@@ -11,6 +11,7 @@
 //! - [`bundles`]: namespace bundles (list, unload, split), brokers and load reports;
 //! - [`brokers`]: the leader, health and readiness, the bookies;
 //! - [`permissions`]: who may produce and consume where (namespace, topic, subscription);
+//! - [`partitioned`]: subscription verbs on a partitioned topic, applied to each partition;
 //! - [`console`]: the web console's files under `/console`;
 //! - [`auth`]: every request authenticated (401) and checked against its role (403), and the
 //!   HTTPS listener.
@@ -25,6 +26,7 @@ mod brokers;
 mod bundles;
 mod console;
 mod forward;
+mod partitioned;
 mod permissions;
 mod policies;
 mod schemas;
@@ -101,6 +103,7 @@ pub fn router(service: Arc<BrokerService>) -> Router {
         .merge(schemas::routes())
         .merge(console::routes())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such resource".to_owned()) })
+        .layer(axum::middleware::from_fn_with_state(service.clone(), partitioned::fan_out))
         .layer(axum::middleware::from_fn_with_state(service.clone(), auth::guard))
         // Outside the guard: the guard of the broker it forwards to checks the forwarded call.
         .layer(axum::middleware::from_fn(forward::follow_for_console))
