@@ -120,6 +120,34 @@ def test_partitioned_topic_round_robin_reaches_every_partition(
     consumer.close()
 
 
+def test_received_message_ids_carry_their_partition_with_a_custom_router(
+    magnetar: MagnetarProcess, client: pulsar.Client
+) -> None:
+    local = unique_name("py-router")
+    topic = f"persistent://public/default/{local}"
+    assert http(magnetar, "PUT", f"/admin/v2/persistent/public/default/{local}/partitions", "3")[0] == 204
+    consumer = client.subscribe(topic, "sub", initial_position=pulsar.InitialPosition.Earliest)
+    # The key names the partition: "p2" goes to partition 2.
+    producer = client.create_producer(
+        topic, batching_enabled=False, message_router=lambda message, count: int(message.partition_key()[1:])
+    )
+    sent = {}
+    for i in range(9):
+        key = f"p{i % 3}"
+        sent[f"m{i}"] = producer.send(f"m{i}".encode(), partition_key=key).partition()
+    assert sorted(set(sent.values())) == [0, 1, 2]
+    for _ in range(9):
+        message = consumer.receive(timeout_millis=RECEIVE_TIMEOUT_MS)
+        body = message.data().decode()
+        # MESSAGE carries the partition in its id, as Pulsar's broker writes it.
+        assert message.message_id().partition() == sent[body] == int(message.partition_key()[1:]), body
+        assert message.topic_name() == f"{topic}-partition-{sent[body]}"
+        consumer.acknowledge(message)
+    expect_no_message(consumer)
+    producer.close()
+    consumer.close()
+
+
 @pytest.mark.parametrize(
     "compression", [pulsar.CompressionType.LZ4, pulsar.CompressionType.ZSTD], ids=["lz4", "zstd"]
 )

@@ -741,6 +741,7 @@ impl Connection {
                 metrics: self.service.metrics.clone(),
                 stats: stats.clone(),
                 end_of_topic: super::consumer::understands_end_of_topic(&self.client.client_version),
+                partition: name.partition_of().and_then(|(_, index)| i32::try_from(index).ok()),
             }),
             stats,
         };

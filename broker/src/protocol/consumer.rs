@@ -23,6 +23,10 @@ pub struct ConnectionConsumer {
     pub stats: Arc<ConsumerStats>,
     /// Whether its client handles REACHED_END_OF_TOPIC (see [`understands_end_of_topic`]).
     pub end_of_topic: bool,
+    /// The partition index of its topic (a partition of a partitioned topic), written into
+    /// every message id as Pulsar's broker does, so clients see which partition a message
+    /// came from.
+    pub partition: Option<i32>,
 }
 
 /// Whether a client that connected as `client_version` handles REACHED_END_OF_TOPIC. The
@@ -47,6 +51,7 @@ impl ConsumerSink for ConnectionConsumer {
                 command::message(self.consumer_id, position.ledger_id, position.entry_id, message.redelivery_count);
             if let Some(body) = frame.message.as_mut() {
                 body.ack_set = message.ack_set;
+                body.message_id.partition = self.partition;
             }
             if self.outbound.send(Outbound { command: frame, payload: Some(message.data) }).await.is_err() {
                 return false;
