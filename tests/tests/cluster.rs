@@ -180,7 +180,8 @@ async fn every_broker_answers_lookups_with_the_owner_and_bundles_spread() -> any
     }
     // The non-owner answers 307; for the web console it asks the owner itself.
     let owner = http_owner(brokers[0].http_port, "public/default/spread-0").await?;
-    let other = brokers.iter().find(|broker| !owner.ends_with(&format!(":{}", broker.http_port))).context("other")?;
+    let owner_index = cluster.broker_index(&owner).context("the owner is one of the brokers")?;
+    let other = brokers[1 - owner_index];
     let address = format!("127.0.0.1:{}", other.http_port);
     let path = "/admin/v2/persistent/public/default/spread-0/stats";
     let redirected = magnetar_tests::http_get(&address, path).await?;
