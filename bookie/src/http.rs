@@ -33,19 +33,27 @@ impl BookieHttp {
         BookieHttp { bookie, dirs }
     }
 
-    /// The bookie's state now: read-only, each directory's disk, cache sizes. Runs statvfs
-    /// on a blocking thread (a dying disk can hang it).
-    pub async fn state(&self) -> BookieState {
+    /// Each readable directory's disk: (path, device id, total bytes, free bytes). Runs
+    /// statvfs on a blocking thread (a dying disk can hang it).
+    async fn disks(&self) -> Vec<(String, u64, u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
         let dirs = self.dirs.clone();
-        let disks = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             dirs.iter()
                 .filter_map(|dir| {
-                    crate::disk::space(dir).ok().map(|(total, free)| (dir.display().to_string(), total, free))
+                    let device = std::fs::metadata(dir).ok()?.dev();
+                    let (total, free) = crate::disk::space(dir).ok()?;
+                    Some((dir.display().to_string(), device, total, free))
                 })
                 .collect()
         })
         .await
-        .unwrap_or_default();
+        .unwrap_or_default()
+    }
+
+    /// The bookie's state now: read-only, each directory's disk, cache sizes.
+    pub async fn state(&self) -> BookieState {
+        let disks = self.disks().await.into_iter().map(|(dir, _, total, free)| (dir, total, free)).collect();
         let (write_cache_bytes, read_cache_bytes) = self.bookie.storage().cache_bytes();
         BookieState { read_only: self.bookie.is_read_only(), disks, read_cache_bytes, write_cache_bytes }
     }
@@ -100,21 +108,13 @@ async fn state(State(http): State<BookieHttp>) -> impl IntoResponse {
 /// BookKeeper's `/api/v1/bookie/info`: free and total bytes of the disks holding the
 /// bookie's directories (a disk holding two of them counts once).
 async fn info(State(http): State<BookieHttp>) -> impl IntoResponse {
-    let dirs = http.dirs.clone();
-    let (free, total) = tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::MetadataExt;
-        let mut devices = std::collections::HashSet::new();
-        let (mut free, mut total) = (0u64, 0u64);
-        for dir in &dirs {
-            let Ok(device) = std::fs::metadata(dir).map(|metadata| metadata.dev()) else { continue };
-            if let (true, Ok((disk_total, disk_free))) = (devices.insert(device), crate::disk::space(dir)) {
-                total += disk_total;
-                free += disk_free;
-            }
+    let mut devices = std::collections::HashSet::new();
+    let (mut free, mut total) = (0u64, 0u64);
+    for (_, device, disk_total, disk_free) in http.disks().await {
+        if devices.insert(device) {
+            total += disk_total;
+            free += disk_free;
         }
-        (free, total)
-    })
-    .await
-    .unwrap_or_default();
+    }
     Json(json!({ "freeSpace": free, "totalSpace": total }))
 }

@@ -172,14 +172,23 @@ impl BrokerService {
     /// Answers a lookup (binary or HTTP) for an existing namespace's topic: this broker, or
     /// a redirect to the owner. Counted in the `pulsar_broker_lookup_*` metrics.
     pub async fn lookup(&self, name: &TopicName, authoritative: bool) -> Result<LookupAnswer, BrokerError> {
+        /// Counts a lookup as pending until dropped, also when its caller goes away mid-way
+        /// (an HTTP handler is dropped with its connection).
+        struct Pending<'a>(&'a std::sync::atomic::AtomicU64);
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         let metrics = &self.metrics;
         Metrics::add(&metrics.lookup_pending, 1);
+        let pending = Pending(&metrics.lookup_pending);
         let answer = async {
             self.check_topic(name).await?;
             self.ownership.lookup(name, authoritative).await
         }
         .await;
-        metrics.lookup_pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        drop(pending);
         let counter = match &answer {
             Ok(LookupAnswer::Connect(_)) => &metrics.lookup_answers,
             Ok(LookupAnswer::Redirect(_)) => &metrics.lookup_redirects,

@@ -498,10 +498,7 @@ impl Topic {
         // As Pulsar: producers are told to reconnect (CLOSE_PRODUCER after their pending
         // receipts); their new PRODUCER gets TopicTerminatedError, which clients report as
         // terminated instead of failing the connection on a SEND_ERROR.
-        let closers: Vec<_> = self.producers.lock().closers.drain().map(|(_, closer)| closer).collect();
-        for closer in closers {
-            closer();
-        }
+        self.tell_producers_to_go();
         info!(topic = %self.name, ?last, "topic terminated");
         Ok(last)
     }
@@ -526,10 +523,13 @@ impl Topic {
         if let Err(error) = self.ledger.close().await {
             warn!(topic = %self.name, %error, "closing the managed ledger failed; the next owner recovers it");
         }
-        let closers: Vec<_> = {
-            let mut producers = self.producers.lock();
-            producers.closers.drain().map(|(_, closer)| closer).collect()
-        };
+        self.tell_producers_to_go();
+    }
+
+    /// Runs every producer's closer once (CLOSE_PRODUCER after its pending receipts), outside
+    /// the producers' lock.
+    fn tell_producers_to_go(&self) {
+        let closers: Vec<_> = self.producers.lock().closers.drain().map(|(_, closer)| closer).collect();
         for closer in closers {
             closer();
         }
