@@ -247,7 +247,7 @@ async fn serve(stream: impl AsyncRead + AsyncWrite + Unpin, shared: Shared) {
                     if !accepted {
                         return refuse_credentials(&mut framed).await;
                     }
-                    replies.push(Frame::simple(command::connected("fake-broker", 19, 5 * 1024 * 1024)));
+                    replies.push(Frame::simple(command::connected("fake-broker", 19, 5 * 1024 * 1024, None)));
                     if shared.options.mute_after_connect {
                         muted = true;
                     } else {

@@ -24,6 +24,16 @@ pub fn request_id(command: &BaseCommand) -> Option<u64> {
         Type::GetSchema => command.get_schema.as_ref().map(|c| c.request_id),
         Type::GetOrCreateSchema => command.get_or_create_schema.as_ref().map(|c| c.request_id),
         Type::ConsumerStats => command.consumer_stats.as_ref().map(|c| c.request_id),
+        Type::NewTxn => command.new_txn.as_ref().map(|c| c.request_id),
+        Type::AddPartitionToTxn => command.add_partition_to_txn.as_ref().map(|c| c.request_id),
+        Type::AddSubscriptionToTxn => command.add_subscription_to_txn.as_ref().map(|c| c.request_id),
+        Type::EndTxn => command.end_txn.as_ref().map(|c| c.request_id),
+        Type::EndTxnOnPartition => command.end_txn_on_partition.as_ref().map(|c| c.request_id),
+        Type::EndTxnOnSubscription => command.end_txn_on_subscription.as_ref().map(|c| c.request_id),
+        Type::TcClientConnectRequest => command.tc_client_connect_request.as_ref().map(|c| c.request_id),
+        Type::WatchTopicList => command.watch_topic_list.as_ref().map(|c| c.request_id),
+        Type::WatchTopicListClose => command.watch_topic_list_close.as_ref().map(|c| c.request_id),
+        Type::ScalableTopicSubscribe => command.scalable_topic_subscribe.as_ref().map(|c| c.request_id),
         Type::Success => command.success.as_ref().map(|c| c.request_id),
         Type::Error => command.error.as_ref().map(|c| c.request_id),
         Type::ProducerSuccess => command.producer_success.as_ref().map(|c| c.request_id),
@@ -34,6 +44,9 @@ pub fn request_id(command: &BaseCommand) -> Option<u64> {
         Type::GetSchemaResponse => command.get_schema_response.as_ref().map(|c| c.request_id),
         Type::GetOrCreateSchemaResponse => command.get_or_create_schema_response.as_ref().map(|c| c.request_id),
         Type::ConsumerStatsResponse => command.consumer_stats_response.as_ref().map(|c| c.request_id),
+        Type::WatchTopicListSuccess => command.watch_topic_list_success.as_ref().map(|c| c.request_id),
+        Type::NewTxnResponse => command.new_txn_response.as_ref().map(|c| c.request_id),
+        Type::TcClientConnectResponse => command.tc_client_connect_response.as_ref().map(|c| c.request_id),
         Type::AckResponse => command.ack_response.as_ref().and_then(|c| c.request_id),
         _ => None,
     }
@@ -56,12 +69,20 @@ pub fn connect(client_version: &str, auth_method_name: Option<String>, auth_data
     }
 }
 
-pub fn connected(server_version: &str, protocol_version: i32, max_message_size: i32) -> BaseCommand {
+/// CONNECTED, with the feature flags of what the broker supports (Pulsar sets them so that a
+/// client knows, for example, whether it may watch a namespace's topic list).
+pub fn connected(
+    server_version: &str,
+    protocol_version: i32,
+    max_message_size: i32,
+    feature_flags: Option<pb::FeatureFlags>,
+) -> BaseCommand {
     BaseCommand {
         connected: Some(pb::CommandConnected {
             server_version: server_version.to_owned(),
             protocol_version: Some(protocol_version),
             max_message_size: Some(max_message_size),
+            feature_flags,
         }),
         ..base(Type::Connected)
     }
@@ -307,14 +328,14 @@ pub fn ack(consumer_id: u64, ack_type: pb::command_ack::AckType, message_ids: Ve
 
 pub fn close_producer(producer_id: u64, request_id: u64) -> BaseCommand {
     BaseCommand {
-        close_producer: Some(pb::CommandCloseProducer { producer_id, request_id }),
+        close_producer: Some(pb::CommandCloseProducer { producer_id, request_id, ..Default::default() }),
         ..base(Type::CloseProducer)
     }
 }
 
 pub fn close_consumer(consumer_id: u64, request_id: u64) -> BaseCommand {
     BaseCommand {
-        close_consumer: Some(pb::CommandCloseConsumer { consumer_id, request_id }),
+        close_consumer: Some(pb::CommandCloseConsumer { consumer_id, request_id, ..Default::default() }),
         ..base(Type::CloseConsumer)
     }
 }

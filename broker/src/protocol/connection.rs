@@ -211,6 +211,20 @@ fn with_tls_url(answer: &mut BaseCommand, url_tls: Option<&str>) {
     }
 }
 
+/// What this broker supports, told to every client in CONNECTED as Pulsar's broker does:
+/// credentials refresh, entry metadata, partial producers (ExclusiveWithFencing, waiting
+/// producers) and topic-list watchers (WATCH_TOPIC_LIST for pattern consumers).
+fn feature_flags() -> pb::FeatureFlags {
+    pb::FeatureFlags {
+        supports_auth_refresh: Some(true),
+        supports_broker_entry_metadata: Some(true),
+        supports_partial_producer: Some(true),
+        supports_topic_watchers: Some(true),
+        supports_get_partitioned_metadata_without_auto_creation: Some(true),
+        ..Default::default()
+    }
+}
+
 /// The request id a command carries, for error answers.
 fn request_id_of(command: &BaseCommand) -> Option<u64> {
     command::request_id(command)
@@ -375,7 +389,7 @@ impl Connection {
         self.connected = true;
         self.client.client_version = connect.client_version.clone();
         let max = self.service.config.max_message_size as i32;
-        self.send(command::connected(SERVER_VERSION, version, max)).await;
+        self.send(command::connected(SERVER_VERSION, version, max, Some(feature_flags()))).await;
         true
     }
 
