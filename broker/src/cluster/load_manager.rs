@@ -346,6 +346,7 @@ mod tests {
                 http_url: format!("http://{broker}"),
                 native_url_tls: None,
                 http_url_tls: None,
+                ..Default::default()
             },
             bundles: bundles
                 .iter()

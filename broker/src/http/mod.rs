@@ -180,6 +180,7 @@ async fn lookup(
     State(service): State<AppState>,
     Path((tenant, ns, topic)): Path<(String, String, String)>,
     Query(query): Query<LookupQuery>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let name = TopicName::parse(&format!("persistent://{tenant}/{ns}/{topic}")).map_err(BrokerError::from)?;
     let answer = service.lookup(&name, query.authoritative).await?;
@@ -193,12 +194,17 @@ async fn lookup(
         }
     }
     let broker = answer.broker();
+    // The listener a client names (`?listenerName=` or the `X-Pulsar-ListenerName` header).
+    let header = headers.get("X-Pulsar-ListenerName").and_then(|value| value.to_str().ok());
+    let listener = query.listener_name.as_deref().or(header);
+    let (url, url_tls) =
+        broker.urls_for_listener(listener).map_err(|message| ApiError(StatusCode::SERVICE_UNAVAILABLE, message))?;
     Ok(Json(json!({
-        "brokerUrl": broker.native_url,
-        "brokerUrlTls": broker.native_url_tls.as_deref().unwrap_or_default(),
+        "brokerUrl": url,
+        "brokerUrlTls": url_tls.as_deref().unwrap_or_default(),
         "httpUrl": broker.http_url,
         "httpUrlTls": broker.http_url_tls.as_deref().unwrap_or_default(),
-        "nativeUrl": broker.native_url,
+        "nativeUrl": url,
     }))
     .into_response())
 }
@@ -207,6 +213,8 @@ async fn lookup(
 #[serde(default)]
 struct LookupQuery {
     authoritative: bool,
+    #[serde(rename = "listenerName")]
+    listener_name: Option<String>,
 }
 
 /// `?force=true` on deletes.

@@ -31,7 +31,7 @@ use super::receipts::{self, answer_receipts, PendingReceipt, ReceiptItem};
 use super::{Outbound, MAX_PENDING_SENDS_PER_PRODUCER, OUTBOUND_QUEUE};
 use crate::cluster::ownership::LookupAnswer;
 use crate::dedup::Published;
-use crate::dispatcher::SubscribeOptions;
+use crate::dispatcher::{SubscribeOptions, SubscriptionType};
 use crate::error::BrokerError;
 use crate::managed_ledger::{AddFuture, Position};
 use crate::metrics::Metrics;
@@ -67,6 +67,8 @@ struct ProducerEntry {
 struct ConsumerEntry {
     topic: Arc<Topic>,
     subscription: Arc<Subscription>,
+    /// Its counters, as its subscription holds them (CONSUMER_STATS finds it by them).
+    stats: Arc<ConsumerStats>,
 }
 
 pub(super) struct Connection {
@@ -327,6 +329,9 @@ impl Connection {
             (Type::GetLastMessageId, BaseCommand { get_last_message_id: Some(request), .. }) => {
                 self.on_get_last_message_id(request).await
             }
+            (Type::ConsumerStats, BaseCommand { consumer_stats: Some(request), .. }) => {
+                self.on_consumer_stats(request).await
+            }
             (Type::GetSchema, BaseCommand { get_schema: Some(request), .. }) => self.on_get_schema(request).await,
             (Type::GetOrCreateSchema, BaseCommand { get_or_create_schema: Some(request), .. }) => {
                 self.on_get_or_create_schema(request).await
@@ -463,17 +468,27 @@ impl Connection {
             self.service.lookup(&name, authoritative).await
         }
         .await;
+        let answer = answer.map(|answer| {
+            // The URLs of the listener the client names (Pulsar's advertised listeners).
+            let urls = answer.broker().urls_for_listener(lookup.advertised_listener_name.as_deref());
+            (answer, urls)
+        });
         match answer {
-            Ok(LookupAnswer::Connect(broker)) => {
-                let mut answer = command::lookup_connect(lookup.request_id, &broker.native_url);
-                with_tls_url(&mut answer, broker.native_url_tls.as_deref());
+            Ok((LookupAnswer::Connect(_), Ok((url, url_tls)))) => {
+                let mut answer = command::lookup_connect(lookup.request_id, &url);
+                with_tls_url(&mut answer, url_tls.as_deref());
                 self.send(answer).await
             }
-            Ok(LookupAnswer::Redirect(broker)) => {
-                debug!(topic = %lookup.topic, to = %broker.native_url, "lookup redirected");
-                let mut answer = command::lookup_redirect(lookup.request_id, &broker.native_url, true);
-                with_tls_url(&mut answer, broker.native_url_tls.as_deref());
+            Ok((LookupAnswer::Redirect(_), Ok((url, url_tls)))) => {
+                debug!(topic = %lookup.topic, to = %url, "lookup redirected");
+                let mut answer = command::lookup_redirect(lookup.request_id, &url, true);
+                with_tls_url(&mut answer, url_tls.as_deref());
                 self.send(answer).await
+            }
+            // Pulsar answers an unknown listener name with ServiceNotReady.
+            Ok((_, Err(unknown_listener))) => {
+                self.send(command::lookup_failed(lookup.request_id, ServerError::ServiceNotReady, &unknown_listener))
+                    .await
             }
             Err(error) => {
                 self.send(command::lookup_failed(lookup.request_id, error.server_error(), &error.to_string())).await
@@ -485,7 +500,7 @@ impl Connection {
         let partitions = async {
             let name = TopicName::parse(&request.topic)?;
             self.authorize(&name, TopicAction::Lookup, None).await?;
-            self.service.partitioned_metadata(&name).await
+            self.service.partitioned_metadata(&name, request.metadata_auto_creation_enabled.unwrap_or(true)).await
         }
         .await;
         match partitions {
@@ -757,7 +772,7 @@ impl Connection {
                 end_of_topic: super::consumer::understands_end_of_topic(&self.client.client_version),
                 partition: name.partition_of().and_then(|(_, index)| i32::try_from(index).ok()),
             }),
-            stats,
+            stats: stats.clone(),
         };
         let options = SubscribeOptions { sub_type, key_shared };
         let attached = match consumer_limits(&topic, &subscription).await {
@@ -770,7 +785,7 @@ impl Connection {
             }
             return Err(error);
         }
-        self.consumers.insert(request.consumer_id, ConsumerEntry { topic, subscription: subscription.clone() });
+        self.consumers.insert(request.consumer_id, ConsumerEntry { topic, subscription: subscription.clone(), stats });
         Ok(subscription)
     }
 
@@ -846,6 +861,44 @@ impl Connection {
             }
             Err(error) => self.send_error(request.request_id, &error).await,
         }
+    }
+
+    /// CONSUMER_STATS: one consumer's figures as topic stats show them (Pulsar's
+    /// `consumer.getStats()` in the Java client).
+    async fn on_consumer_stats(&self, request: pb::CommandConsumerStats) {
+        let Some(entry) = self.consumers.get(&request.consumer_id) else {
+            let error =
+                BrokerError::NotAllowed { what: format!("no consumer {} on this connection", request.consumer_id) };
+            return self.send_error(request.request_id, &error).await;
+        };
+        let snapshot = entry.subscription.snapshot();
+        let Some(consumer) = snapshot.consumers.iter().find(|c| Arc::ptr_eq(&c.stats, &entry.stats)) else {
+            let error = BrokerError::NotAllowed { what: format!("consumer {} is closing", request.consumer_id) };
+            return self.send_error(request.request_id, &error).await;
+        };
+        let dispatched = consumer.stats.dispatched.rates();
+        let answer = pb::CommandConsumerStatsResponse {
+            request_id: request.request_id,
+            msg_rate_out: Some(dispatched.messages),
+            msg_throughput_out: Some(dispatched.bytes),
+            msg_rate_redeliver: Some(consumer.stats.redelivered.rates().messages),
+            consumer_name: Some(consumer.stats.name.clone()),
+            available_permits: Some(consumer.permits.max(0) as u64),
+            unacked_messages: Some(consumer.unacked.max(0) as u64),
+            blocked_consumer_on_unacked_msgs: Some(consumer.blocked),
+            address: Some(consumer.stats.client.address.clone()),
+            connected_since: Some(consumer.stats.client.connected_since.clone()),
+            consumer_type: Some(snapshot.sub_type.map_or("None", SubscriptionType::name).to_owned()),
+            msg_rate_expired: Some(0.0),
+            msg_backlog: Some(snapshot.backlog),
+            ..Default::default()
+        };
+        self.send(BaseCommand {
+            command_type: Type::ConsumerStatsResponse as i32,
+            consumer_stats_response: Some(answer),
+            ..Default::default()
+        })
+        .await;
     }
 
     async fn on_get_last_message_id(&self, request: pb::CommandGetLastMessageId) {

@@ -49,9 +49,7 @@ pub fn access_mode(wire: Option<i32>) -> Result<AccessMode, BrokerError> {
         Ok(pb::ProducerAccessMode::Shared) => Ok(AccessMode::Shared),
         Ok(pb::ProducerAccessMode::Exclusive) => Ok(AccessMode::Exclusive),
         Ok(pb::ProducerAccessMode::WaitForExclusive) => Ok(AccessMode::WaitForExclusive),
-        Ok(pb::ProducerAccessMode::ExclusiveWithFencing) => {
-            Err(BrokerError::NotSupported { what: "access mode ExclusiveWithFencing".to_owned() })
-        }
+        Ok(pb::ProducerAccessMode::ExclusiveWithFencing) => Ok(AccessMode::ExclusiveWithFencing),
         Err(_) => Err(BrokerError::NotAllowed { what: format!("unknown producer access mode {wire:?}") }),
     }
 }

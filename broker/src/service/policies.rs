@@ -89,13 +89,19 @@ impl BrokerService {
     /// A topic's partition count for PARTITIONED_METADATA (0: not partitioned). An unknown
     /// topic in a namespace that creates partitioned topics automatically is created here with
     /// the default count, as Pulsar does.
-    pub async fn partitioned_metadata(&self, name: &TopicName) -> Result<u32, BrokerError> {
+    ///
+    /// With `auto_create` false (a client that asked for metadata without auto-creation,
+    /// Pulsar's PIP-344), a topic that does not exist is TopicNotFound and nothing is created.
+    pub async fn partitioned_metadata(&self, name: &TopicName, auto_create: bool) -> Result<u32, BrokerError> {
         let namespace = self.check_topic(name).await?;
         if let Some(count) = partitions::get(self.meta.as_ref(), name).await? {
             return Ok(count);
         }
         if name.partition_of().is_some() || self.topic_exists(name).await? {
             return Ok(0);
+        }
+        if !auto_create {
+            return Err(BrokerError::TopicNotFound { topic: name.to_string() });
         }
         match effective::auto_topic_creation(&self.config.policies, Some(&namespace)) {
             Some(AutoTopicType::Partitioned(count)) => {

@@ -39,6 +39,9 @@ pub enum AccessMode {
     Shared,
     Exclusive,
     WaitForExclusive,
+    /// Exclusive, fencing out every producer already there (they get CLOSE_PRODUCER and, on
+    /// their return, ProducerFenced or ProducerBusy).
+    ExclusiveWithFencing,
 }
 
 impl AccessMode {
@@ -48,6 +51,7 @@ impl AccessMode {
             AccessMode::Shared => "Shared",
             AccessMode::Exclusive => "Exclusive",
             AccessMode::WaitForExclusive => "WaitForExclusive",
+            AccessMode::ExclusiveWithFencing => "ExclusiveWithFencing",
         }
     }
 }
@@ -89,6 +93,22 @@ struct Producers {
 }
 
 impl Producers {
+    /// Removes every producer, connected or waiting, and returns how to tell each one's
+    /// client: the topic now belongs to an ExclusiveWithFencing producer.
+    fn fence_out(&mut self) -> Vec<Box<dyn FnOnce() + Send>> {
+        let keys: Vec<u64> =
+            self.by_name.values().copied().chain(self.waiting.iter().map(|waiting| waiting.key)).collect();
+        self.by_name.clear();
+        self.waiting.clear();
+        self.exclusive = None;
+        keys.into_iter()
+            .filter_map(|key| {
+                self.stats.remove(&key);
+                self.closers.remove(&key)
+            })
+            .collect()
+    }
+
     /// Hands the topic to the first waiting producer once no one else publishes.
     fn promote_waiting(&mut self) {
         while self.exclusive.is_none() && self.by_name.is_empty() {
@@ -203,9 +223,19 @@ impl Topic {
     ) -> Result<Admission, BrokerError> {
         let max_producers = self.limits().max_producers;
         let mut producers = self.producers.lock();
-        let admission = Self::admit(&self.name, &mut producers, &stats.name, producer_key, mode, max_producers)?;
-        producers.stats.insert(producer_key, stats);
-        Ok(admission)
+        let fenced_out = if mode == AccessMode::ExclusiveWithFencing { producers.fence_out() } else { Vec::new() };
+        let admission = Self::admit(&self.name, &mut producers, &stats.name, producer_key, mode, max_producers);
+        if admission.is_ok() {
+            producers.stats.insert(producer_key, stats);
+        }
+        drop(producers);
+        if !fenced_out.is_empty() {
+            info!(topic = %self.name, producers = fenced_out.len(), "fenced out by an ExclusiveWithFencing producer");
+        }
+        for closer in fenced_out {
+            closer();
+        }
+        admission
     }
 
     fn admit(
@@ -249,7 +279,9 @@ impl Topic {
                 });
                 return Ok(Admission::Waiting(turn));
             }
-            AccessMode::WaitForExclusive => producers.exclusive = Some((producer_key, producer_name.to_owned())),
+            AccessMode::WaitForExclusive | AccessMode::ExclusiveWithFencing => {
+                producers.exclusive = Some((producer_key, producer_name.to_owned()))
+            }
         }
         producers.by_name.insert(producer_name.to_owned(), producer_key);
         Ok(Admission::Ready)

@@ -118,6 +118,8 @@ impl ServeArgs {
             pulsar_tls_port: self.pulsar_tls_port.or(settings.broker_service_port_tls),
             https_port: self.https_port.or(settings.web_service_port_tls),
             tls: settings.tls_settings()?,
+            advertised: settings.advertised_listeners()?,
+            internal_listener_name: settings.internal_listener_name(),
         };
         listeners.check()?;
         Ok(Serve {

@@ -22,7 +22,8 @@ use tracing::{info, warn};
 
 use crate::metadata_url::MetadataUrl;
 use magnetar_bookie::security::ClientSecurity;
-use magnetar_broker::cluster::{broker_info::BrokerInfo, load_manager, ownership::Ownership};
+use magnetar_broker::cluster::broker_info::{AdvertisedListeners, BrokerInfo};
+use magnetar_broker::cluster::{load_manager, ownership::Ownership};
 use magnetar_broker::config::{BrokerConfig, ClusterConfig};
 use magnetar_broker::managed_ledger::ManagedLedgerConfig;
 use magnetar_broker::security::{Security, SecurityConfig, TlsAcceptor, TlsSettings};
@@ -45,6 +46,11 @@ pub struct Listeners {
     pub https_port: Option<u16>,
     /// The certificate and options of the TLS ports.
     pub tls: Option<TlsSettings>,
+    /// Pulsar's `advertisedListeners`: other names clients may look topics up under.
+    pub advertised: AdvertisedListeners,
+    /// The listener whose URLs a lookup without a listener name answers (Pulsar's
+    /// `internalListenerName`; the settings make it the first listener written when unset).
+    pub internal_listener_name: Option<String>,
 }
 
 impl Listeners {
@@ -58,6 +64,8 @@ impl Listeners {
             pulsar_tls_port: None,
             https_port: None,
             tls: None,
+            advertised: AdvertisedListeners::new(),
+            internal_listener_name: None,
         }
     }
 
@@ -71,6 +79,11 @@ impl Listeners {
         }
         if (self.pulsar_tls_port.is_some() || self.https_port.is_some()) && self.tls.is_none() {
             bail!("the TLS ports need tls_certificate_file_path and tls_key_file_path");
+        }
+        if let Some(name) = &self.internal_listener_name {
+            if !self.advertised.contains_key(name) {
+                bail!("internal_listener_name = {name:?} is not one of advertised_listeners");
+            }
         }
         Ok(())
     }
@@ -212,13 +225,25 @@ impl ServingBroker {
             None => config.web_service_url_tls().unwrap_or_else(|| config.web_service_url()),
         };
         let http_port = port_of(&http_listener).or(port_of(&https_listener)).unwrap_or_default();
-        let me = BrokerInfo {
+        let mut me = BrokerInfo {
             broker: format!("{}:{http_port}", config.advertised_address),
             native_url,
             http_url,
             native_url_tls: config.broker_service_url_tls(),
             http_url_tls: config.web_service_url_tls(),
+            advertised_listeners: listeners.advertised.clone(),
         };
+        // With advertised listeners, a lookup that names none answers the internal one's
+        // URLs, as Pulsar's does.
+        let internal = listeners.internal_listener_name.as_deref();
+        if let Some(urls) = internal.and_then(|name| listeners.advertised.get(name)) {
+            if let Some(url) = urls.broker_service_url.clone().or(urls.broker_service_url_tls.clone()) {
+                me.native_url = url;
+            }
+            if urls.broker_service_url_tls.is_some() {
+                me.native_url_tls = urls.broker_service_url_tls.clone();
+            }
+        }
         // The cluster (with this broker's URLs, as Pulsar's cluster initialization takes
         // them), tenant `public` and namespace `public/default`, if missing.
         let cluster = ClusterData {

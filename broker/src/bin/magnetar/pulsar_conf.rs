@@ -27,6 +27,8 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("brokerServicePort", "broker_service_port", Kind::Integer),
     ("webServicePort", "web_service_port", Kind::Integer),
     ("advertisedAddress", "advertised_address", Kind::Text),
+    ("advertisedListeners", "advertised_listeners", Kind::Text),
+    ("internalListenerName", "internal_listener_name", Kind::Text),
     ("managedLedgerDefaultEnsembleSize", "managed_ledger_default_ensemble_size", Kind::Integer),
     ("managedLedgerDefaultWriteQuorum", "managed_ledger_default_write_quorum", Kind::Integer),
     ("managedLedgerDefaultAckQuorum", "managed_ledger_default_ack_quorum", Kind::Integer),

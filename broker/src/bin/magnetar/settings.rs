@@ -10,6 +10,7 @@ use anyhow::Context;
 use magnetar_bookie::client::LedgerConfig;
 use magnetar_bookie::config::BookieClientConfig;
 use magnetar_bookie::security::ClientSecurity;
+use magnetar_broker::cluster::broker_info::{parse_advertised_listeners, AdvertisedListeners};
 use magnetar_broker::cluster::bundles;
 use magnetar_broker::cluster::config::LoadManagerConfig;
 use magnetar_broker::config::ClusterConfig;
@@ -39,6 +40,11 @@ pub struct BrokerSettings {
     /// HTTP admin, lookup and metrics port (8080).
     pub web_service_port: Option<u16>,
     pub advertised_address: Option<String>,
+    /// Pulsar's `advertisedListeners`: `internal:pulsar://10.0.0.1:6650,external:pulsar://...`;
+    /// clients that name a listener (`listenerName`) are answered with its URLs.
+    pub advertised_listeners: Option<String>,
+    /// The listener lookups without a listener name answer (default: the first one).
+    pub internal_listener_name: Option<String>,
     pub managed_ledger_default_ensemble_size: Option<u32>,
     pub managed_ledger_default_write_quorum: Option<u32>,
     pub managed_ledger_default_ack_quorum: Option<u32>,
@@ -441,6 +447,21 @@ impl BrokerSettings {
     }
 
     /// The largest message size; errors name the key.
+    /// `advertised_listeners`, checked.
+    pub fn advertised_listeners(&self) -> anyhow::Result<AdvertisedListeners> {
+        let text = self.advertised_listeners.as_deref().unwrap_or_default();
+        parse_advertised_listeners(text).map_err(|error| anyhow::anyhow!("advertised_listeners: {error}"))
+    }
+
+    /// `internal_listener_name`, or the first advertised listener written.
+    pub fn internal_listener_name(&self) -> Option<String> {
+        let first = || {
+            let text = self.advertised_listeners.as_deref()?;
+            text.split(',').find_map(|item| item.split_once(':').map(|(name, _)| name.trim().to_owned()))
+        };
+        self.internal_listener_name.clone().filter(|name| !name.is_empty()).or_else(first)
+    }
+
     pub fn max_message_size(&self) -> anyhow::Result<usize> {
         match self.max_message_size {
             None => Ok(magnetar_proto::DEFAULT_MAX_MESSAGE_SIZE),
