@@ -41,6 +41,7 @@ use crate::stats::{now_rfc3339, ClientInfo, ConsumerStats, Meter, ProducerStats}
 use crate::subscription::start::{mark_delete_for_publish_time, start_before};
 use crate::subscription::{NewConsumer, StartAt, Subscription};
 use crate::topic::{Admission, QuotaVerdict, Topic};
+use crate::topic_list;
 use crate::topic_name::TopicName;
 
 const SERVER_VERSION: &str = concat!("Magnetar ", env!("CARGO_PKG_VERSION"));
@@ -48,6 +49,9 @@ const SERVER_VERSION: &str = concat!("Magnetar ", env!("CARGO_PKG_VERSION"));
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Distinguishes producers across connections when they unregister.
+/// Topic list watchers one connection may hold (each is a metadata watch).
+const MAX_WATCHERS_PER_CONNECTION: usize = 256;
+
 static NEXT_PRODUCER_KEY: AtomicU64 = AtomicU64::new(1);
 
 struct ProducerEntry {
@@ -89,6 +93,8 @@ pub(super) struct Connection {
     client: ClientInfo,
     producers: HashMap<u64, ProducerEntry>,
     consumers: HashMap<u64, ConsumerEntry>,
+    /// Topic list watchers (WATCH_TOPIC_LIST) by watcher id; cancelled when closed.
+    watchers: HashMap<u64, CancellationToken>,
 }
 
 /// What the listener knows of a connection before its first frame.
@@ -121,6 +127,7 @@ where
         client: ClientInfo { address: peer.to_string(), client_version: String::new(), connected_since: now_rfc3339() },
         producers: HashMap::new(),
         consumers: HashMap::new(),
+        watchers: HashMap::new(),
     };
     // Credentials that expire are checked this often (Pulsar's authenticationRefreshCheckSeconds).
     let mut refresh = tokio::time::interval(service.security.refresh_check);
@@ -342,14 +349,23 @@ impl Connection {
                     .authorizer
                     .check_namespace_read(&self.service.policies, &self.identity, &request.namespace)
                     .await;
-                let topics = match allowed {
-                    Ok(()) => self.service.topics_of_namespace(&request.namespace).await,
+                let answer = match allowed {
+                    Ok(()) => topic_list::topics_of_namespace_answer(&self.service, &request).await,
                     Err(error) => Err(error),
                 };
-                match topics {
-                    Ok(topics) => self.send(command::topics_of_namespace_response(request.request_id, topics)).await,
+                match answer {
+                    Ok(answer) => self.send(answer).await,
                     Err(error) => self.send_error(request.request_id, &error).await,
                 }
+            }
+            (Type::WatchTopicList, BaseCommand { watch_topic_list: Some(request), .. }) => {
+                self.on_watch_topic_list(request).await
+            }
+            (Type::WatchTopicListClose, BaseCommand { watch_topic_list_close: Some(request), .. }) => {
+                if let Some(cancel) = self.watchers.remove(&request.watcher_id) {
+                    cancel.cancel();
+                }
+                self.send(command::success(request.request_id)).await;
             }
             (command_type, command) => {
                 Metrics::add(&self.service.metrics.protocol_errors, 1);
@@ -955,7 +971,41 @@ impl Connection {
         Some(consumer.subscription)
     }
 
+    /// WATCH_TOPIC_LIST: the namespace's matching topics now, then each change.
+    async fn on_watch_topic_list(&mut self, request: pb::CommandWatchTopicList) {
+        let (request_id, watcher_id) = (request.request_id, request.watcher_id);
+        let allowed = self
+            .service
+            .security
+            .authorizer
+            .check_namespace_read(&self.service.policies, &self.identity, &request.namespace)
+            .await;
+        if let Err(error) = allowed {
+            return self.send_error(request_id, &error).await;
+        }
+        if self.watchers.contains_key(&watcher_id) {
+            let error = BrokerError::NotAllowed { what: format!("watcher id {watcher_id} is already in use") };
+            return self.send_error(request_id, &error).await;
+        }
+        if self.watchers.len() >= MAX_WATCHERS_PER_CONNECTION {
+            let error = BrokerError::NotAllowed {
+                what: format!("a connection may have at most {MAX_WATCHERS_PER_CONNECTION} topic list watchers"),
+            };
+            return self.send_error(request_id, &error).await;
+        }
+        let cancel = CancellationToken::new();
+        match topic_list::start_watcher(self.service.clone(), request, self.outbound.clone(), cancel.clone()).await {
+            Ok(()) => {
+                self.watchers.insert(watcher_id, cancel);
+            }
+            Err(error) => self.send_error(request_id, &error).await,
+        }
+    }
+
     fn cleanup(&mut self) {
+        for (_, cancel) in self.watchers.drain() {
+            cancel.cancel();
+        }
         let producers: Vec<u64> = self.producers.keys().copied().collect();
         for producer_id in producers {
             self.remove_producer(producer_id);

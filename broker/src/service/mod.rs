@@ -33,6 +33,7 @@ use crate::schema::{SchemaPolicy, SchemaRegistry};
 use crate::security::Security;
 use crate::tenancy::PolicyCache;
 use crate::topic::{PolicingIntervals, Topic};
+use crate::topic_list;
 use crate::topic_name::{partition_topic_name, TopicName};
 
 /// Counter the broker ids of generated producer names come from.
@@ -143,6 +144,20 @@ impl BrokerService {
 
     /// Persistent topics of a namespace that exist in metadata, and every partition of its
     /// partitioned topics (created or not yet), as Pulsar lists them; sorted.
+    pub async fn list_topics(&self, namespace: &str, mode: topic_list::Mode) -> Result<Vec<String>, BrokerError> {
+        let mut topics = if mode.persistent() { self.topics_of_namespace(namespace).await? } else { Vec::new() };
+        if mode.non_persistent() {
+            topics.extend(self.non_persistent_topics_of(namespace).await?);
+        }
+        Ok(topics)
+    }
+
+    /// The namespace's non-persistent topics this broker serves.
+    pub async fn non_persistent_topics_of(&self, _namespace: &str) -> Result<Vec<String>, BrokerError> {
+        Ok(Vec::new())
+    }
+
+    /// The namespace's persistent topics, partitions of partitioned topics included.
     pub async fn topics_of_namespace(&self, namespace: &str) -> Result<Vec<String>, BrokerError> {
         let path = format!("/magnetar/managed-ledgers/{namespace}/persistent");
         let mut topics: std::collections::BTreeSet<String> = self
