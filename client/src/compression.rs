@@ -4,7 +4,10 @@
 //! looks inside; consumers decompress before splitting a batch.
 //!
 //! LZ4 is the raw LZ4 block format (no frame header), as Pulsar's `CompressionCodecLZ4`
-//! writes it; ZSTD is a standard zstd frame. Decompression trusts no size it reads: the
+//! writes it; ZSTD is a standard zstd frame; ZLIB is deflate with the zlib header and
+//! trailer (Java's `Deflater` at its default level, `CompressionCodecZLib`); SNAPPY is the raw
+//! snappy block format, not the framed one (`CompressionCodecSnappy`, Xerial's
+//! `Snappy.compress`). Decompression trusts no size it reads: the
 //! declared `uncompressed_size` is checked against [`MAX_UNCOMPRESSED_SIZE`] before anything
 //! is allocated, and the result must have exactly that length.
 
@@ -31,6 +34,8 @@ pub enum CompressionType {
     None,
     Lz4,
     Zstd,
+    Zlib,
+    Snappy,
 }
 
 impl CompressionType {
@@ -39,6 +44,8 @@ impl CompressionType {
             CompressionType::None => "NONE",
             CompressionType::Lz4 => "LZ4",
             CompressionType::Zstd => "ZSTD",
+            CompressionType::Zlib => "ZLIB",
+            CompressionType::Snappy => "SNAPPY",
         }
     }
 
@@ -48,6 +55,8 @@ impl CompressionType {
             CompressionType::None => None,
             CompressionType::Lz4 => Some(pb::CompressionType::Lz4 as i32),
             CompressionType::Zstd => Some(pb::CompressionType::Zstd as i32),
+            CompressionType::Zlib => Some(pb::CompressionType::Zlib as i32),
+            CompressionType::Snappy => Some(pb::CompressionType::Snappy as i32),
         }
     }
 
@@ -65,6 +74,16 @@ impl CompressionType {
                 out.truncate(size);
                 Ok(Bytes::from(out))
             }
+            CompressionType::Zlib => {
+                use std::io::Write;
+                let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+                let written = encoder.write_all(body).and_then(|()| encoder.finish());
+                written.map(Bytes::from).map_err(|source| ClientError::Compression { codec: "ZLIB", source })
+            }
+            CompressionType::Snappy => snap::raw::Encoder::new()
+                .compress_vec(body)
+                .map(Bytes::from)
+                .map_err(|error| ClientError::Compression { codec: "SNAPPY", source: std::io::Error::other(error) }),
         }
     }
 }
@@ -83,7 +102,12 @@ impl FromStr for CompressionType {
             "none" => Ok(CompressionType::None),
             "lz4" => Ok(CompressionType::Lz4),
             "zstd" => Ok(CompressionType::Zstd),
-            _ => Err(ClientError::InvalidConfig { setting: "compression", reason: "expected NONE, LZ4 or ZSTD" }),
+            "zlib" => Ok(CompressionType::Zlib),
+            "snappy" => Ok(CompressionType::Snappy),
+            _ => Err(ClientError::InvalidConfig {
+                setting: "compression",
+                reason: "expected NONE, LZ4, ZSTD, ZLIB or SNAPPY",
+            }),
         }
     }
 }
@@ -112,6 +136,25 @@ pub(crate) fn decompress(metadata: &pb::MessageMetadata, body: Bytes) -> Result<
             out.truncate(written);
             out
         }
+        Ok(pb::CompressionType::Zlib) => {
+            use std::io::Read;
+            // One byte more than declared is read, so a body that inflates beyond its
+            // declared size is caught below without inflating all of it.
+            let mut out = Vec::with_capacity(size);
+            flate2::read::ZlibDecoder::new(&body[..])
+                .take(size as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|error| format!("ZLIB: {error}"))?;
+            out
+        }
+        Ok(pb::CompressionType::Snappy) => {
+            // The block format starts with the uncompressed length: checked before allocating.
+            let declared = snap::raw::decompress_len(&body).map_err(|error| format!("SNAPPY: {error}"))?;
+            if declared != size {
+                return Err(format!("SNAPPY block holds {declared} bytes, the metadata says {size}"));
+            }
+            snap::raw::Decoder::new().decompress_vec(&body).map_err(|error| format!("SNAPPY: {error}"))?
+        }
         Ok(other) => return Err(format!("{} is not supported by this client", other.as_str_name())),
         Err(_) => return Err(format!("unknown codec {codec}")),
     };
@@ -130,9 +173,9 @@ mod tests {
     }
 
     #[test]
-    fn lz4_and_zstd_round_trip_and_shrink_repetitive_bodies() {
+    fn every_codec_round_trips_and_shrinks_repetitive_bodies() {
         let body: Vec<u8> = b"magnetar ".iter().copied().cycle().take(10_000).collect();
-        for codec in [CompressionType::Lz4, CompressionType::Zstd] {
+        for codec in [CompressionType::Lz4, CompressionType::Zstd, CompressionType::Zlib, CompressionType::Snappy] {
             let compressed = codec.compress(&body).expect("compress");
             assert!(compressed.len() < body.len() / 10, "{codec} gave {} bytes", compressed.len());
             let restored = decompress(&metadata(codec, body.len()), compressed).expect("decompress");
@@ -166,6 +209,34 @@ mod tests {
     fn codec_names_parse() {
         assert_eq!("lz4".parse::<CompressionType>().ok(), Some(CompressionType::Lz4));
         assert_eq!("ZSTD".parse::<CompressionType>().ok(), Some(CompressionType::Zstd));
-        assert!("snappy".parse::<CompressionType>().is_err());
+        assert_eq!("zlib".parse::<CompressionType>().ok(), Some(CompressionType::Zlib));
+        assert_eq!("SNAPPY".parse::<CompressionType>().ok(), Some(CompressionType::Snappy));
+        assert!("gzip".parse::<CompressionType>().is_err());
+    }
+
+    #[test]
+    fn zlib_has_the_zlib_header_and_snappy_is_the_raw_block_format() {
+        let body = b"hello hello hello hello";
+        let zlib = CompressionType::Zlib.compress(body).expect("zlib");
+        // CMF 0x78 (deflate, 32 KiB window) and a header checksum divisible by 31.
+        assert_eq!(zlib[0], 0x78);
+        assert_eq!((u16::from(zlib[0]) << 8 | u16::from(zlib[1])) % 31, 0);
+        let snappy = CompressionType::Snappy.compress(body).expect("snappy");
+        // The raw format starts with the length as a varint; the framed one with 0xff "sNaPpY".
+        assert_eq!(snappy[0] as usize, body.len());
+        let restored = decompress(&metadata(CompressionType::Snappy, body.len()), snappy).expect("snappy");
+        assert_eq!(&restored[..], body);
+    }
+
+    #[test]
+    fn zlib_and_snappy_bodies_that_lie_about_their_size_are_errors() {
+        let body = vec![b'x'; 5000];
+        for codec in [CompressionType::Zlib, CompressionType::Snappy] {
+            let compressed = codec.compress(&body).expect("compress");
+            assert!(decompress(&metadata(codec, 100), compressed.clone()).is_err(), "{codec}: too small");
+            assert!(decompress(&metadata(codec, 6000), compressed).is_err(), "{codec}: too large");
+            let garbage = Bytes::from_static(b"\x05\xff\xff\xff\xff\xff");
+            assert!(decompress(&metadata(codec, 5), garbage).is_err(), "{codec}: garbage");
+        }
     }
 }

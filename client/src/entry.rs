@@ -306,7 +306,7 @@ mod tests {
     fn compressed_batch_is_decompressed_then_split() {
         use crate::compression::CompressionType;
         let body = encode_batch(&[single("first", Some("k"), &[]), single("second", None, &[])]);
-        for codec in [CompressionType::Lz4, CompressionType::Zstd] {
+        for codec in [CompressionType::Lz4, CompressionType::Zstd, CompressionType::Zlib, CompressionType::Snappy] {
             let mut metadata = entry_metadata(Some(2));
             metadata.compression = codec.to_wire();
             metadata.uncompressed_size = Some(body.len() as u32);
@@ -320,14 +320,14 @@ mod tests {
     #[test]
     fn unsupported_codec_is_an_error_naming_the_codec_and_message() {
         let mut metadata = entry_metadata(None);
-        metadata.compression = Some(pb::CompressionType::Snappy as i32);
+        metadata.compression = Some(42);
         metadata.uncompressed_size = Some(10);
         let payload = Payload::new(metadata, b"\x01\x02garbage");
         let error = decode_entry(&command(3, 4, vec![]), &payload).expect_err("compressed");
         assert!(error.is_message_error());
         assert_eq!(
             error.to_string(),
-            "message 3:4:-1:-1 is compressed with SNAPPY and cannot be decompressed: SNAPPY is not supported by this client"
+            "message 3:4:-1:-1 is compressed with an unknown codec and cannot be decompressed: unknown codec 42"
         );
     }
 

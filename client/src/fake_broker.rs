@@ -1263,7 +1263,12 @@ mod tests {
 
     #[tokio::test]
     async fn compressed_batches_round_trip_through_a_consumer() {
-        for codec in [crate::CompressionType::Lz4, crate::CompressionType::Zstd] {
+        for codec in [
+            crate::CompressionType::Lz4,
+            crate::CompressionType::Zstd,
+            crate::CompressionType::Zlib,
+            crate::CompressionType::Snappy,
+        ] {
             let (broker, client) = start().await;
             let mut producer = client
                 .producer("compressed")

@@ -54,7 +54,7 @@ pub struct ProduceArgs {
     #[arg(long, default_value_t = magnetar_client::DEFAULT_MAX_PENDING_MESSAGES as u32,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_pending: u32,
-    /// Compression of every entry: NONE, LZ4 or ZSTD (the payloads are random bytes, so
+    /// Compression of every entry: NONE, LZ4, ZSTD, ZLIB or SNAPPY (the payloads are random bytes, so
     /// this measures the codec's cost more than its gain).
     #[arg(long, default_value = "NONE", value_parser = parse_compression)]
     compression: magnetar_client::CompressionType,
