@@ -17,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod managed_ledger;
 pub mod metrics;
+pub mod non_persistent;
 pub mod partitions;
 pub mod protocol;
 pub mod schema;

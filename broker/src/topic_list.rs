@@ -159,12 +159,12 @@ pub async fn start_watcher(
     let hash = topics_hash(&topics);
     let success = BaseCommand {
         command_type: Type::WatchTopicListSuccess as i32,
-        watch_topic_list_success: Some(pb::CommandWatchTopicListSuccess {
+        watch_topic_list_success: Some(Box::new(pb::CommandWatchTopicListSuccess {
             request_id: request.request_id,
             watcher_id: request.watcher_id,
             topic: topics.clone(),
             topics_hash: hash,
-        }),
+        })),
         ..Default::default()
     };
     if outbound.send(Outbound::command(success)).await.is_err() {
@@ -196,12 +196,12 @@ pub async fn start_watcher(
             let all: Vec<&String> = now.iter().collect();
             let update = BaseCommand {
                 command_type: Type::WatchTopicUpdate as i32,
-                watch_topic_update: Some(pb::CommandWatchTopicUpdate {
+                watch_topic_update: Some(Box::new(pb::CommandWatchTopicUpdate {
                     watcher_id,
                     new_topics,
                     deleted_topics,
                     topics_hash: topics_hash(&all),
-                }),
+                })),
                 ..Default::default()
             };
             known = now;

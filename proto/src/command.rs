@@ -439,3 +439,16 @@ mod tests {
         assert_eq!(request_id(&body_missing), None);
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// Every frame is decoded into a BaseCommand and commands move through channels by
+    /// value: the envelope must stay small (the commands added later are boxed).
+    #[test]
+    fn the_envelope_stays_small() {
+        let size = std::mem::size_of::<BaseCommand>();
+        assert!(size <= 8 * 1024, "BaseCommand is {size} bytes");
+    }
+}

@@ -26,6 +26,7 @@ mod brokers;
 mod bundles;
 mod console;
 mod forward;
+mod non_persistent;
 mod partitioned;
 mod permissions;
 mod policies;
@@ -95,6 +96,7 @@ pub fn router(service: Arc<BrokerService>) -> Router {
         .merge(tenancy::routes())
         .merge(policies::routes())
         .merge(topics::routes())
+        .merge(non_persistent::routes())
         .merge(topic_stats::routes())
         .merge(subscriptions::routes())
         .merge(brokers::routes())

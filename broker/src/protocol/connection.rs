@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use super::consumer::ConnectionConsumer;
 use super::convert;
+use super::non_persistent::{NpConsumerEntry, NpProducerEntry, Routed};
 use super::receipts::{self, answer_receipts, PendingReceipt, ReceiptItem};
 use super::{Outbound, MAX_PENDING_SENDS_PER_PRODUCER, OUTBOUND_QUEUE};
 use crate::cluster::ownership::LookupAnswer;
@@ -95,6 +96,9 @@ pub(super) struct Connection {
     consumers: HashMap<u64, ConsumerEntry>,
     /// Topic list watchers (WATCH_TOPIC_LIST) by watcher id; cancelled when closed.
     watchers: HashMap<u64, CancellationToken>,
+    /// Producers and consumers on non-persistent topics ([`super::non_persistent`]).
+    pub(super) np_producers: HashMap<u64, NpProducerEntry>,
+    pub(super) np_consumers: HashMap<u64, NpConsumerEntry>,
 }
 
 /// What the listener knows of a connection before its first frame.
@@ -128,6 +132,8 @@ where
         producers: HashMap::new(),
         consumers: HashMap::new(),
         watchers: HashMap::new(),
+        np_producers: HashMap::new(),
+        np_consumers: HashMap::new(),
     };
     // Credentials that expire are checked this often (Pulsar's authenticationRefreshCheckSeconds).
     let mut refresh = tokio::time::interval(service.security.refresh_check);
@@ -245,7 +251,25 @@ impl Connection {
         let _ = self.outbound.send(Outbound::command(command)).await;
     }
 
-    async fn send_error(&self, request_id: u64, error: &BrokerError) {
+    /// The connection's writer queue.
+    pub(super) fn outbound(&self) -> mpsc::Sender<Outbound> {
+        self.outbound.clone()
+    }
+
+    /// Who the client is, for stats.
+    pub(super) fn client_info(&self) -> ClientInfo {
+        self.client.clone()
+    }
+
+    pub(super) fn has_producer_id(&self, producer_id: u64) -> bool {
+        self.producers.contains_key(&producer_id)
+    }
+
+    pub(super) fn has_consumer_id(&self, consumer_id: u64) -> bool {
+        self.consumers.contains_key(&consumer_id)
+    }
+
+    pub(super) async fn send_error(&self, request_id: u64, error: &BrokerError) {
         self.send(command::error(request_id, error.server_error(), &error.to_string())).await;
     }
 
@@ -295,6 +319,11 @@ impl Connection {
             .await;
             return false;
         }
+        // Boxed: its future is large, and inlined it would grow every command's stack frame.
+        let (command, payload) = match Box::pin(self.route_non_persistent(command_type, command, payload)).await {
+            Routed::Handled => return true,
+            Routed::NotMine(command, payload) => (command, payload),
+        };
         match (command_type, command) {
             (Type::Connect, BaseCommand { connect: Some(connect), .. }) => return self.on_connect(connect).await,
             (Type::AuthResponse, BaseCommand { auth_response: Some(response), .. }) => {
@@ -359,7 +388,7 @@ impl Connection {
                 }
             }
             (Type::WatchTopicList, BaseCommand { watch_topic_list: Some(request), .. }) => {
-                self.on_watch_topic_list(request).await
+                self.on_watch_topic_list(*request).await
             }
             (Type::WatchTopicListClose, BaseCommand { watch_topic_list_close: Some(request), .. }) => {
                 if let Some(cancel) = self.watchers.remove(&request.watcher_id) {
@@ -1006,6 +1035,7 @@ impl Connection {
         for (_, cancel) in self.watchers.drain() {
             cancel.cancel();
         }
+        self.cleanup_non_persistent();
         let producers: Vec<u64> = self.producers.keys().copied().collect();
         for producer_id in producers {
             self.remove_producer(producer_id);

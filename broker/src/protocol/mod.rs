@@ -6,6 +6,7 @@
 pub mod connection;
 pub mod consumer;
 pub mod convert;
+mod non_persistent;
 pub mod receipts;
 mod schema;
 pub mod server;

@@ -28,9 +28,11 @@ use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::managed_ledger::ManagedLedger;
 use crate::metrics::{Gauges, Metrics, SubscriptionGauges, TopicGauges};
+use crate::non_persistent::NonPersistentTopic;
 use crate::partitions;
 use crate::schema::{SchemaPolicy, SchemaRegistry};
 use crate::security::Security;
+use crate::tenancy;
 use crate::tenancy::PolicyCache;
 use crate::topic::{PolicingIntervals, Topic};
 use crate::topic_list;
@@ -45,6 +47,8 @@ pub struct BrokerService {
     pub bookies: Bookies,
     pub metrics: Arc<Metrics>,
     topics: Mutex<HashMap<TopicName, Arc<OnceCell<Arc<Topic>>>>>,
+    /// Non-persistent topics served here, while they have producers or consumers.
+    non_persistent: Mutex<HashMap<TopicName, Arc<NonPersistentTopic>>>,
     /// See [`BrokerService::broker_id`].
     broker_id: OnceCell<u64>,
     /// Fired when the broker starts shutting down.
@@ -87,6 +91,7 @@ impl BrokerService {
             bookies,
             metrics: Arc::default(),
             topics: Mutex::new(HashMap::new()),
+            non_persistent: Mutex::new(HashMap::new()),
             broker_id: OnceCell::new(),
             shutdown: CancellationToken::new(),
             ownership,
@@ -103,6 +108,9 @@ impl BrokerService {
     pub async fn topic(&self, name: &TopicName) -> Result<Arc<Topic>, BrokerError> {
         if self.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
+        }
+        if !name.persistent {
+            return Err(BrokerError::NotSupported { what: format!("{name} is non-persistent: it has no stored log") });
         }
         let cell = self.topics.lock().entry(name.clone()).or_default().clone();
         let topic = cell
@@ -138,6 +146,44 @@ impl BrokerService {
         Ok(topic.clone())
     }
 
+    /// The non-persistent topic `name`, served here if this broker owns its bundle; made on
+    /// first use where the namespace creates topics automatically.
+    pub async fn non_persistent_topic(&self, name: &TopicName) -> Result<Arc<NonPersistentTopic>, BrokerError> {
+        if self.shutdown.is_cancelled() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        let namespace = self.check_topic(name).await?;
+        let bundle = self.ownership.ensure_owned(name).await?;
+        let mut topics = self.non_persistent.lock();
+        if let Some(topic) = topics.get(name).filter(|topic| !topic.is_closed()) {
+            return Ok(topic.clone());
+        }
+        if tenancy::effective::auto_topic_creation(&self.config.policies, Some(&namespace)).is_none() {
+            return Err(BrokerError::TopicNotFound { topic: name.to_string() });
+        }
+        if !self.ownership.is_active(&bundle) {
+            return Err(BrokerError::ServiceUnitNotReady {
+                what: format!("namespace bundle {bundle} is being unloaded from this broker"),
+            });
+        }
+        let topic = NonPersistentTopic::new(name.clone());
+        topics.insert(name.clone(), topic.clone());
+        info!(topic = %name, %bundle, "non-persistent topic loaded");
+        Ok(topic)
+    }
+
+    /// Drops a non-persistent topic nobody uses any more.
+    pub fn release_non_persistent(&self, name: &TopicName) {
+        let mut topics = self.non_persistent.lock();
+        if topics.get(name).is_some_and(|topic| topic.is_idle()) {
+            topics.remove(name);
+        }
+    }
+
+    pub fn loaded_non_persistent_topics(&self) -> Vec<Arc<NonPersistentTopic>> {
+        self.non_persistent.lock().values().cloned().collect()
+    }
+
     pub fn loaded_topics(&self) -> Vec<Arc<Topic>> {
         self.topics.lock().values().filter_map(|cell| cell.get().cloned()).collect()
     }
@@ -152,9 +198,17 @@ impl BrokerService {
         Ok(topics)
     }
 
-    /// The namespace's non-persistent topics this broker serves.
-    pub async fn non_persistent_topics_of(&self, _namespace: &str) -> Result<Vec<String>, BrokerError> {
-        Ok(Vec::new())
+    /// The namespace's non-persistent topics this broker serves, sorted.
+    pub async fn non_persistent_topics_of(&self, namespace: &str) -> Result<Vec<String>, BrokerError> {
+        let mut names: Vec<String> = self
+            .non_persistent
+            .lock()
+            .keys()
+            .filter(|name| name.namespace_name() == namespace)
+            .map(ToString::to_string)
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     /// The namespace's persistent topics, partitions of partitioned topics included.
@@ -264,6 +318,15 @@ impl BrokerService {
     /// Closes the loaded topics `filter` picks (waiting for ones still opening), telling their
     /// clients to reconnect; they are opened afresh on next use.
     pub async fn close_topics(&self, filter: impl Fn(&TopicName) -> bool) {
+        let non_persistent: Vec<Arc<NonPersistentTopic>> = {
+            let mut topics = self.non_persistent.lock();
+            let names: Vec<TopicName> = topics.keys().filter(|name| filter(name)).cloned().collect();
+            names.into_iter().filter_map(|name| topics.remove(&name)).collect()
+        };
+        for topic in non_persistent {
+            topic.close();
+            info!(topic = %topic.name(), "non-persistent topic unloaded");
+        }
         let cells: Vec<(TopicName, Arc<OnceCell<Arc<Topic>>>)> = {
             let mut topics = self.topics.lock();
             let names: Vec<TopicName> = topics.keys().filter(|name| filter(name)).cloned().collect();

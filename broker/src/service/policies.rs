@@ -19,12 +19,9 @@ use crate::tenancy::TopicLimits;
 use crate::topic_name::TopicName;
 
 impl BrokerService {
-    /// Checks that a topic may be served here: persistent, its tenant exists and allows this
-    /// cluster, its namespace exists. Answers the namespace's policies.
+    /// Checks that a topic may be served here: its tenant exists and allows this cluster,
+    /// its namespace exists. Answers the namespace's policies.
     pub async fn check_topic(&self, name: &TopicName) -> Result<Arc<Policies>, BrokerError> {
-        if !name.persistent {
-            return Err(BrokerError::NotSupported { what: "non-persistent topics".to_owned() });
-        }
         let namespace = name.namespace_name();
         let tenant = match self.policies.existing_tenant(&name.tenant).await {
             Ok(tenant) => tenant,
@@ -94,6 +91,10 @@ impl BrokerService {
     /// Pulsar's PIP-344), a topic that does not exist is TopicNotFound and nothing is created.
     pub async fn partitioned_metadata(&self, name: &TopicName, auto_create: bool) -> Result<u32, BrokerError> {
         let namespace = self.check_topic(name).await?;
+        if !name.persistent {
+            // Partitioned non-persistent topics are not supported: every one is a topic.
+            return Ok(0);
+        }
         if let Some(count) = partitions::get(self.meta.as_ref(), name).await? {
             return Ok(count);
         }
