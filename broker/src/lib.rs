@@ -10,6 +10,7 @@
 //! metadata URLs) lives with the binary, in `src/bin/magnetar/`.
 
 pub mod cluster;
+pub mod compaction;
 pub mod config;
 pub mod dedup;
 pub mod dispatcher;

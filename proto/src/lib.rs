@@ -1,12 +1,14 @@
 //! Magnetar's wire contracts.
 //!
 //! - [`pulsar`]: the Pulsar binary protocol messages (our own .proto, wire-compatible) and
-//!   [`frame`], the codec for the frames that carry them, shared by broker and client.
+//!   [`frame`], the codec for the frames that carry them, shared by broker and client;
+//!   [`batch`], what is inside an entry's body (codecs, batches).
 //! - [`bookie`]: BookieService, the gRPC contract between the ledger client and a bookie.
 //! - [`records`]: what Magnetar keeps in its metadata store.
 //!
 //! Generated code lives in OUT_DIR; this crate adds only the codec and small helpers.
 
+pub mod batch;
 pub mod clock;
 pub mod command;
 pub mod frame;

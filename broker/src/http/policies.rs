@@ -261,6 +261,24 @@ pub(super) fn routes() -> Router<AppState> {
             }),
         )
         .route(
+            &ns("compactionThreshold"),
+            namespace_policy(NamespaceField {
+                what: int,
+                get: |p, _| p.compaction_threshold,
+                set: |p, _, v| p.compaction_threshold = v,
+                default: None,
+            }),
+        )
+        .route(
+            &topic("compactionThreshold"),
+            topic_policy(TopicField {
+                what: int,
+                query: None,
+                get: |p| p.compaction_threshold,
+                set: |p, v| p.compaction_threshold = v,
+            }),
+        )
+        .route(
             &topic("maxProducers"),
             topic_policy(TopicField {
                 what: int,

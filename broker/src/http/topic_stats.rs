@@ -29,6 +29,10 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/admin/v2/persistent/{tenant}/{namespace}/{topic}/stats", get(topic_stats))
         .route("/admin/v2/persistent/{tenant}/{namespace}/{topic}/internalStats", get(internal_stats))
         .route("/admin/v2/persistent/{tenant}/{namespace}/{topic}/partitioned-stats", get(partitioned_stats))
+        .route(
+            "/admin/v2/persistent/{tenant}/{namespace}/{topic}/compaction",
+            get(compaction_status).put(trigger_compaction),
+        )
 }
 
 /// The persistent topic of an admin path, loaded here: 307 to its owner if another broker
@@ -192,6 +196,32 @@ async fn topic_stats(
 ) -> Result<Response, ApiError> {
     match served_topic(&service, &tenant, &ns, &topic, "/stats").await? {
         Ok(topic) => Ok(Json(topic_stats_json(&topic).await).into_response()),
+        Err(redirect) => Ok(redirect),
+    }
+}
+
+/// `PUT .../compaction`: starts compacting the topic (204); 409 while a compaction runs.
+async fn trigger_compaction(
+    State(service): State<AppState>,
+    Path((tenant, ns, topic)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    match served_topic(&service, &tenant, &ns, &topic, "/compaction").await? {
+        Ok(topic) => {
+            topic.trigger_compaction()?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Err(redirect) => Ok(redirect),
+    }
+}
+
+/// `GET .../compaction`: the status of the last compaction since the topic loaded
+/// (`NOT_RUN`, `RUNNING`, `SUCCESS`, `ERROR` with `lastError`).
+async fn compaction_status(
+    State(service): State<AppState>,
+    Path((tenant, ns, topic)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    match served_topic(&service, &tenant, &ns, &topic, "/compaction").await? {
+        Ok(topic) => Ok(Json(topic.compaction().status()).into_response()),
         Err(redirect) => Ok(redirect),
     }
 }

@@ -271,6 +271,16 @@ impl ManagedLedger {
         &self.name
     }
 
+    /// The bookies this managed ledger writes to (compaction writes its ledger there too).
+    pub fn bookies(&self) -> &Bookies {
+        &self.bookies
+    }
+
+    /// Replication of this managed ledger's ledgers.
+    pub fn ledger_config(&self) -> LedgerConfig {
+        self.ledger_config
+    }
+
     pub fn config(&self) -> &ManagedLedgerConfig {
         &self.config
     }

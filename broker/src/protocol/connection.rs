@@ -798,7 +798,16 @@ impl Connection {
         } else {
             convert::reader_start(topic.ledger(), &request, initial).await?
         };
+        let read_compacted = request.read_compacted.unwrap_or(false);
+        if read_compacted && !sub_type.single_active() {
+            return Err(BrokerError::NotAllowed {
+                what: "Read compacted can only be used with exclusive or failover persistent subscriptions".into(),
+            });
+        }
         let subscription = topic.subscription(&request.subscription, start, durable, sub_type).await?;
+        if read_compacted {
+            subscription.read_compacted(topic.compaction().clone());
+        }
         let stats = Arc::new(ConsumerStats {
             consumer_id: request.consumer_id,
             name: request.consumer_name.clone().unwrap_or_default(),
@@ -953,11 +962,25 @@ impl Connection {
         };
         // An empty topic answers -1:-1, as Pulsar does; a batch entry names its last message.
         let ledger = consumer.topic.ledger();
-        let last = ledger.last_confirmed();
+        let mut last = ledger.last_confirmed();
+        let mut read_last = None;
+        if let Some(view) = consumer.subscription.compacted_view() {
+            // Compacted up to its end: the last message a compacted read gets is the compacted
+            // view's last (the topic's own last may have been compacted away), as Pulsar does.
+            if last.is_some_and(|last| last <= view.horizon()) {
+                let entries = view.read_last(ledger.bookies()).await.ok().flatten();
+                last = entries.as_ref().map(|(position, _)| *position);
+                read_last = Some(entries);
+            }
+        }
         let mut last_id =
             last.map_or(command::message_id(u64::MAX, u64::MAX), |p| command::message_id(p.ledger_id, p.entry_id));
         if let Some(position) = last {
-            if let Ok(entries) = ledger.read_entries(position, 1).await {
+            let entries = match read_last {
+                Some(found) => Ok(found.into_iter().collect()),
+                None => ledger.read_entries(position, 1).await,
+            };
+            if let Ok(entries) = entries {
                 if let Some(payload) = entries.into_iter().next().and_then(|(_, data)| Payload::parse(data).ok()) {
                     if payload.metadata().num_messages_in_batch.is_some() {
                         last_id.batch_index = Some(payload.num_messages() as i32 - 1);

@@ -57,6 +57,7 @@ impl BrokerService {
         self.close_topics(|loaded| loaded == name).await;
         let persistence = name.persistence_name();
         managed_ledger::delete_stored(&persistence, &self.bookies).await?;
+        crate::compaction::Compaction::delete(&self.bookies, &persistence).await?;
         Deduplication::delete_snapshot(self.meta.as_ref(), &persistence).await?;
         store::delete_topic_policies(self.meta.as_ref(), name).await?;
         // A partition shares its partitioned topic's schema, which goes with that topic.

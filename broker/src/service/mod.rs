@@ -129,8 +129,10 @@ impl BrokerService {
                 let intervals = PolicingIntervals {
                     backlog_quota: self.config.policies.backlog_quota_check_interval,
                     message_expiry: self.config.policies.message_expiry_check_interval,
+                    compaction: self.config.policies.compaction_check_interval,
                 };
                 let topic = Topic::new(name.clone(), ledger, limits.clone(), intervals);
+                topic.compaction().load(&self.bookies, &name.persistence_name()).await?;
                 topic.apply_limits(limits, &self.meta).await?;
                 if !self.ownership.is_active(&bundle) {
                     // The bundle started moving while the topic opened: hand it over closed.

@@ -44,8 +44,9 @@ pub enum Next {
     Wait { until_ms: Option<u64> },
     /// Read these positions (messages to send again).
     Replay { positions: Vec<Position>, epoch: u64 },
-    /// Read new entries from `from`.
-    Read { from: Position, max: u32, epoch: u64 },
+    /// Read new entries from `from`, the first after `after` (a compacted view reads its
+    /// own entries after `after`).
+    Read { from: Position, after: Option<Position>, max: u32, epoch: u64 },
 }
 
 /// One entry to send.
@@ -237,6 +238,14 @@ impl Delivery {
     /// The last position read in log order (`None`: from the start).
     pub fn read_after(&self) -> Option<Position> {
         self.read_after
+    }
+
+    /// A compacted view read everything up to `horizon`: reading goes on after it, unless a
+    /// rewind (a new epoch) happened meanwhile.
+    pub fn skip_to(&mut self, horizon: Position, epoch: u64) {
+        if epoch == self.epoch && self.read_after.is_none_or(|after| after < horizon) {
+            self.read_after = Some(horizon);
+        }
     }
 
     pub fn has_consumer(&self, consumer_id: u64) -> bool {
@@ -528,7 +537,7 @@ impl Delivery {
             return Next::Wait { until_ms };
         }
         match view.next_position(self.read_after) {
-            Some(from) => Next::Read { from, max: max as u32, epoch: self.epoch },
+            Some(from) => Next::Read { from, after: self.read_after, max: max as u32, epoch: self.epoch },
             None => Next::Wait { until_ms },
         }
     }

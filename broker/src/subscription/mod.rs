@@ -32,6 +32,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::compaction::{CompactedLedger, Compaction};
 use crate::dispatcher::{Consumer, SubscribeOptions, SubscriptionType};
 use crate::error::BrokerError;
 use crate::managed_ledger::cursor::CursorSource;
@@ -169,6 +170,9 @@ pub struct Subscription {
     /// the subscription opened here (stats).
     dispatched: Meter,
     redelivered: Meter,
+    /// Set once a consumer reads compacted (`read_compacted`): the topic's compaction, whose
+    /// compacted ledger is read before the log.
+    compaction: Mutex<Option<Arc<Compaction>>>,
 }
 
 impl CursorSource for Subscription {
@@ -217,6 +221,7 @@ impl Subscription {
                 rates: Mutex::new((Arc::new(Throttle::new(Rate::NONE)), Arc::new(Throttle::new(Rate::NONE)))),
                 dispatched: Meter::default(),
                 redelivered: Meter::default(),
+                compaction: Mutex::new(None),
             }
         });
         Ok(subscription)
@@ -228,6 +233,27 @@ impl Subscription {
 
     pub fn ledger(&self) -> &Arc<ManagedLedger> {
         &self.ledger
+    }
+
+    /// Reads the topic's compacted view first from now on (`read_compacted`).
+    pub fn read_compacted(&self, compaction: Arc<Compaction>) {
+        *self.compaction.lock() = Some(compaction);
+        self.wake.notify_one();
+    }
+
+    pub fn reads_compacted(&self) -> bool {
+        self.compaction.lock().is_some()
+    }
+
+    /// The compacted ledger this subscription reads first, if it reads compacted and the
+    /// topic was compacted.
+    pub fn compacted_view(&self) -> Option<Arc<CompactedLedger>> {
+        self.compaction.lock().as_ref().and_then(|compaction| compaction.current())
+    }
+
+    /// Reading moves past the compacted view's horizon (see [`Delivery::skip_to`]).
+    pub fn skip_to(&self, horizon: Position, epoch: u64) {
+        self.inner.lock().delivery.skip_to(horizon, epoch);
     }
 
     pub fn is_durable(&self) -> bool {

@@ -59,7 +59,7 @@ pub async fn run(subscription: Arc<Subscription>) {
                 };
                 (read, epoch, true)
             }
-            Next::Read { from, max, epoch } => {
+            Next::Read { from, after, max, epoch } => {
                 drop(notified);
                 let max = match budget(&subscription, &cancel).await {
                     Budget::Stop => break,
@@ -67,7 +67,7 @@ pub async fn run(subscription: Arc<Subscription>) {
                     Budget::Messages(allowed) => max.min(allowed.clamp(1, u64::from(u32::MAX)) as u32),
                 };
                 let read = tokio::select! {
-                    read = subscription.ledger().read_entries(from, max) => read.map_err(|e| (from, e)),
+                    read = read_next(&subscription, from, after, max, epoch) => read.map_err(|e| (from, e)),
                     () = cancel.cancelled() => break,
                 };
                 (read, epoch, false)
@@ -123,7 +123,30 @@ async fn budget(subscription: &Subscription, cancel: &tokio_util::sync::Cancella
     }
 }
 
+/// Reads new entries: from the compacted view while a `read_compacted` subscription is
+/// before its horizon (moving past the horizon once the view is read), else from the log.
+async fn read_next(
+    subscription: &Subscription,
+    from: Position,
+    after: Option<Position>,
+    max: u32,
+    epoch: u64,
+) -> Result<Vec<(Position, Bytes)>, BrokerError> {
+    if let Some(compacted) = subscription.compacted_view() {
+        let horizon = compacted.horizon();
+        if after.is_none_or(|after| after < horizon) {
+            let entries = compacted.read_after(subscription.ledger().bookies(), after, max).await?;
+            if entries.is_empty() {
+                subscription.skip_to(horizon, epoch);
+            }
+            return Ok(entries);
+        }
+    }
+    subscription.ledger().read_entries(from, max).await
+}
+
 /// Reads the given positions (messages to send again), a run of consecutive ones at a time.
+/// A `read_compacted` subscription reads those up to its horizon from the compacted view.
 async fn read_positions(
     subscription: &Subscription,
     positions: &[Position],
@@ -138,7 +161,12 @@ async fn read_positions(
         {
             run += 1;
         }
-        let read = subscription.ledger().read_entries(start, run as u32).await.map_err(|e| (start, e))?;
+        let compacted = subscription.compacted_view().filter(|view| start <= view.horizon());
+        let read = match compacted {
+            Some(view) => view.read_exact(subscription.ledger().bookies(), &positions[index..index + run]).await,
+            None => subscription.ledger().read_entries(start, run as u32).await,
+        }
+        .map_err(|e| (start, e))?;
         if read.is_empty() {
             // Trimmed or never confirmed: nothing to send.
             index += run;

@@ -300,7 +300,7 @@ impl Harness {
                 let entries = positions.iter().map(|p| (*p, self.entries[p].0)).collect();
                 Some(PendingRead { entries, epoch, from_replay: true })
             }
-            Next::Read { from, max, epoch } => {
+            Next::Read { from, max, epoch, .. } => {
                 let mut entries = Vec::new();
                 let mut at = Some(from);
                 while let Some(position) = at.filter(|_| entries.len() < max as usize) {

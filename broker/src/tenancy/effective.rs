@@ -65,6 +65,10 @@ pub struct PolicyDefaults {
     /// `brokerDeleteInactiveTopicsFrequencySeconds` (60): how often inactive topics are looked
     /// for.
     pub inactive_topic_check_interval: Duration,
+    /// `brokerServiceCompactionThresholdInBytes` (0: no automatic compaction).
+    pub compaction_threshold_bytes: u64,
+    /// `brokerServiceCompactionMonitorIntervalInSeconds`.
+    pub compaction_check_interval: Duration,
     /// `brokerDeleteInactiveTopicsEnabled` (false here; Pulsar's default is true) with
     /// `brokerDeleteInactiveTopicsMode` and `brokerDeleteInactiveTopicsMaxInactiveDurationSeconds`.
     pub delete_inactive_topics: Option<InactiveRule>,
@@ -99,6 +103,8 @@ impl Default for PolicyDefaults {
             backlog_quota_check_interval: Duration::from_secs(60),
             message_expiry_check_interval: Duration::from_secs(5 * 60),
             inactive_topic_check_interval: Duration::from_secs(60),
+            compaction_threshold_bytes: 0,
+            compaction_check_interval: Duration::from_secs(60),
             delete_inactive_topics: None,
             schema_compatibility_strategy: crate::schema::Strategy::Full,
             allow_auto_update_schema: true,
@@ -181,6 +187,8 @@ pub struct TopicLimits {
     pub inactive: Option<InactiveRule>,
     /// The topic's own message size limit, below the broker's `maxMessageSize`.
     pub max_message_size: Option<usize>,
+    /// Bytes not yet compacted beyond which the topic is compacted (0: never).
+    pub compaction_threshold: u64,
 }
 
 impl Default for TopicLimits {
@@ -313,6 +321,10 @@ impl TopicLimits {
             subscription_expiration: (expiration > 0).then(|| Duration::from_secs(expiration * 60)),
             inactive,
             max_message_size,
+            compaction_threshold: topic
+                .and_then(|t| t.compaction_threshold)
+                .or(namespace.and_then(|n| n.compaction_threshold))
+                .map_or(defaults.compaction_threshold_bytes, |bytes| u64::try_from(bytes).unwrap_or(0)),
         }
     }
 }

@@ -338,6 +338,9 @@ pub struct Policies {
     pub subscription_auth_mode: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_producers_per_topic: Option<i32>,
+    /// Bytes not yet compacted beyond which the topic is compacted (0: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction_threshold: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_consumers_per_topic: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -348,8 +351,6 @@ pub struct Policies {
     pub max_unacked_messages_per_subscription: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_subscriptions_per_topic: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compaction_threshold: Option<i64>,
     #[serde(default = "minus_one_i64")]
     pub offload_threshold: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -419,6 +420,8 @@ pub struct TopicPolicies {
     pub max_message_size: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_subscriptions_per_topic: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction_threshold: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_compatibility_strategy: Option<String>,
 }
@@ -587,6 +590,7 @@ impl Policies {
         ] {
             non_negative(field, value.map(i64::from))?;
         }
+        non_negative("compaction_threshold", self.compaction_threshold)?;
         Ok(())
     }
 }
@@ -621,6 +625,7 @@ impl TopicPolicies {
         ] {
             non_negative(field, value.map(i64::from))?;
         }
+        non_negative("compactionThreshold", self.compaction_threshold)?;
         Ok(())
     }
 

@@ -22,6 +22,7 @@ mod policing;
 
 pub use policing::{PolicingIntervals, QuotaVerdict};
 
+use crate::compaction::{Compaction, CompactionOutcome};
 use crate::dedup::{Deduplication, Published};
 use crate::dispatcher::SubscriptionType;
 use crate::error::BrokerError;
@@ -147,6 +148,8 @@ pub struct Topic {
     last_active_ms: AtomicU64,
     /// Since when each durable subscription has had no consumer: subscription expiration.
     idle_since_ms: Mutex<HashMap<String, u64>>,
+    /// Its compacted view and compaction runs.
+    compaction: Arc<Compaction>,
 }
 
 impl Topic {
@@ -173,6 +176,7 @@ impl Topic {
             age_exceeded: Mutex::new(None),
             last_active_ms: AtomicU64::new(magnetar_proto::clock::now_ms()),
             idle_since_ms: Mutex::new(HashMap::new()),
+            compaction: Arc::default(),
         });
         policing::spawn(&topic, intervals);
         topic
@@ -210,6 +214,31 @@ impl Topic {
 
     pub fn ledger(&self) -> &Arc<ManagedLedger> {
         &self.ledger
+    }
+
+    /// The topic's compaction: its compacted view (read by `read_compacted` subscriptions).
+    pub fn compaction(&self) -> &Arc<Compaction> {
+        &self.compaction
+    }
+
+    /// Compacts the topic now (admin trigger or the compaction threshold).
+    pub async fn compact(&self) -> Result<CompactionOutcome, BrokerError> {
+        let ledger = &self.ledger;
+        self.compaction.run(ledger, ledger.bookies(), ledger.ledger_config()).await
+    }
+
+    /// Starts a compaction in the background; Conflict if one is running.
+    pub fn trigger_compaction(self: &Arc<Self>) -> Result<(), BrokerError> {
+        if self.compaction.is_running() {
+            return Err(BrokerError::Conflict { what: format!("compaction of {} is already running", self.name) });
+        }
+        let topic = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = topic.compact().await {
+                warn!(topic = %topic.name, %error, "compaction failed");
+            }
+        });
+        Ok(())
     }
 
     /// Registers a producer under Pulsar's access-mode rules; a name already connected (or

@@ -42,13 +42,36 @@ pub enum QuotaVerdict {
 pub struct PolicingIntervals {
     pub backlog_quota: Duration,
     pub message_expiry: Duration,
+    /// The compaction threshold check.
+    pub compaction: Duration,
 }
 
 impl Topic {
     /// The mark-delete positions of every durable subscription, by name (the live state of
     /// loaded ones).
     fn cursor_marks(&self) -> Vec<(String, Option<Position>)> {
-        self.ledger().cursors().into_iter().map(|(name, cursor)| (name, cursor.summary().0)).collect()
+        // The compaction cursor is not a subscription's: quotas and TTL leave it alone.
+        self.ledger()
+            .cursors()
+            .into_iter()
+            .filter(|(name, _)| name != crate::compaction::COMPACTION_CURSOR)
+            .map(|(name, cursor)| (name, cursor.summary().0))
+            .collect()
+    }
+
+    /// Starts a compaction when the bytes after the last compaction's horizon pass the
+    /// topic's compaction threshold (Pulsar's `compaction-threshold`).
+    fn check_compaction_threshold(self: &Arc<Self>) {
+        let threshold = self.limits().compaction_threshold;
+        if threshold == 0 {
+            return;
+        }
+        let horizon = self.compaction().current().map(|view| view.horizon());
+        let uncompacted = self.ledger().bytes_after(horizon);
+        if uncompacted > threshold && !self.compaction().is_running() {
+            info!(topic = %self.name(), uncompacted, threshold, "compaction threshold passed; compacting");
+            let _ = self.trigger_compaction();
+        }
     }
 
     /// Bytes of backlog of the slowest durable subscription (0 without one).
@@ -240,14 +263,17 @@ impl Topic {
 /// Runs the topic's timed checks until it closes or is dropped.
 pub fn spawn(topic: &Arc<Topic>, intervals: PolicingIntervals) {
     let weak: Weak<Topic> = Arc::downgrade(topic);
-    let tick = intervals.backlog_quota.min(intervals.message_expiry).max(Duration::from_millis(100));
+    let tick =
+        intervals.backlog_quota.min(intervals.message_expiry).min(intervals.compaction).max(Duration::from_millis(100));
     tokio::spawn(async move {
         let mut since_quota = Duration::ZERO;
         let mut since_expiry = Duration::ZERO;
+        let mut since_compaction = Duration::ZERO;
         loop {
             tokio::time::sleep(tick).await;
             since_quota += tick;
             since_expiry += tick;
+            since_compaction += tick;
             let Some(topic) = weak.upgrade() else { return };
             if topic.is_fenced() {
                 return;
@@ -262,6 +288,10 @@ pub fn spawn(topic: &Arc<Topic>, intervals: PolicingIntervals) {
                 if let Err(error) = topic.check_backlog_quota().await {
                     warn!(topic = %topic.name(), %error, "backlog quota check failed");
                 }
+            }
+            if since_compaction >= intervals.compaction {
+                since_compaction = Duration::ZERO;
+                topic.check_compaction_threshold();
             }
             if since_expiry >= intervals.message_expiry {
                 since_expiry = Duration::ZERO;

@@ -28,6 +28,12 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("webServicePort", "web_service_port", Kind::Integer),
     ("advertisedAddress", "advertised_address", Kind::Text),
     ("advertisedListeners", "advertised_listeners", Kind::Text),
+    ("brokerServiceCompactionThresholdInBytes", "broker_service_compaction_threshold_in_bytes", Kind::Integer),
+    (
+        "brokerServiceCompactionMonitorIntervalInSeconds",
+        "broker_service_compaction_monitor_interval_in_seconds",
+        Kind::Integer,
+    ),
     ("internalListenerName", "internal_listener_name", Kind::Text),
     ("managedLedgerDefaultEnsembleSize", "managed_ledger_default_ensemble_size", Kind::Integer),
     ("managedLedgerDefaultWriteQuorum", "managed_ledger_default_write_quorum", Kind::Integer),

@@ -88,6 +88,10 @@ pub struct BrokerSettings {
     /// Magnetar's finer form of `message_expiry_check_interval_in_minutes` (tests, small
     /// TTLs); wins over it when both are set.
     pub message_expiry_check_interval_in_seconds: Option<u64>,
+    /// Bytes not yet compacted beyond which a topic is compacted (0, the default: never).
+    pub broker_service_compaction_threshold_in_bytes: Option<u64>,
+    /// How often topics check that threshold [default: 60].
+    pub broker_service_compaction_monitor_interval_in_seconds: Option<u64>,
     pub max_producers_per_topic: Option<u32>,
     pub max_consumers_per_topic: Option<u32>,
     pub max_consumers_per_subscription: Option<u32>,
@@ -436,6 +440,15 @@ impl BrokerSettings {
                 Duration::from_secs,
             )?,
             message_expiry_check_interval,
+            compaction_threshold_bytes: self
+                .broker_service_compaction_threshold_in_bytes
+                .unwrap_or(d.compaction_threshold_bytes),
+            compaction_check_interval: positive(
+                self.broker_service_compaction_monitor_interval_in_seconds,
+                "broker_service_compaction_monitor_interval_in_seconds",
+                d.compaction_check_interval,
+                Duration::from_secs,
+            )?,
             inactive_topic_check_interval: positive(
                 self.broker_delete_inactive_topics_frequency_seconds,
                 "broker_delete_inactive_topics_frequency_seconds",
