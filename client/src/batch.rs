@@ -34,6 +34,7 @@ fn single_metadata(message: &ProducerMessage) -> pb::SingleMessageMetadata {
         partition_key_b64_encoded: message.key_is_base64.then_some(true),
         payload_size: i32::try_from(message.payload().len()).unwrap_or(i32::MAX),
         event_time: message.event_time,
+        null_value: message.null_value.then_some(true),
         ..Default::default()
     }
 }

@@ -342,7 +342,7 @@ impl Client {
     }
 
     /// A connection to one of the service URL's hosts, trying them in order.
-    async fn service_connection(&self) -> Result<Connection, ClientError> {
+    pub(crate) async fn service_connection(&self) -> Result<Connection, ClientError> {
         let mut last_error = None;
         for host in self.inner.service_url.hosts() {
             match self.connection(host).await {

@@ -7,7 +7,12 @@
 //!
 //! - writes what callers queue, giving each request a slot keyed by its request id whose
 //!   oneshot receives the broker's answer (an ERROR answer becomes [`ClientError::Server`]);
-//! - routes SEND_RECEIPT / SEND_ERROR to the pending send keyed by (producer id, sequence id);
+//! - routes SEND_RECEIPT / SEND_ERROR to the pending send keyed by (producer id, sequence id)
+//!   (the chunks of a chunked message share a sequence id: their receipts are answered in
+//!   send order);
+//! - keeps a producer's PRODUCER request open without a timeout once the broker answered
+//!   `producer_ready = false` (WaitForExclusive: a second PRODUCER_SUCCESS follows);
+//! - routes WATCH_TOPIC_UPDATE to the topic list watcher by watcher id;
 //! - routes MESSAGE frames to the consumer by consumer id through that consumer's bounded
 //!   channel (capacity: its receiver queue size, which is also the most permits it grants, so
 //!   a broker that keeps to flow control can never fill it; a broker that overruns it has the
@@ -28,7 +33,7 @@
 //! [`ClientError::Disconnected`] carrying the reason, and every consumer's channel is closed.
 
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,6 +116,9 @@ struct Shared {
     next_request_id: AtomicU64,
     next_producer_id: AtomicU64,
     next_consumer_id: AtomicU64,
+    next_watcher_id: AtomicU64,
+    /// CONNECTED's feature flag: the broker answers WATCH_TOPIC_LIST.
+    supports_topic_watchers: bool,
     /// The broker's limit from CONNECTED (Pulsar's default when it gives none).
     max_message_size: usize,
     operation_timeout: Duration,
@@ -155,6 +163,8 @@ enum Outgoing {
         request_id: u64,
         command: Box<BaseCommand>,
         reply: oneshot::Sender<Result<BaseCommand, ClientError>>,
+        /// For PRODUCER: told when the broker queued the producer (`producer_ready = false`).
+        queued: Option<oneshot::Sender<()>>,
     },
     Send {
         producer_id: u64,
@@ -186,6 +196,14 @@ enum Outgoing {
     RemoveConsumer {
         consumer_id: u64,
     },
+    /// Routes a topic list watcher's WATCH_TOPIC_UPDATEs to `updates`.
+    AddWatcher {
+        watcher_id: u64,
+        updates: mpsc::Sender<pb::CommandWatchTopicUpdate>,
+    },
+    RemoveWatcher {
+        watcher_id: u64,
+    },
 }
 
 impl Connection {
@@ -205,8 +223,11 @@ impl Connection {
             .filter(|&size| size > 0)
             .unwrap_or(magnetar_proto::DEFAULT_MAX_MESSAGE_SIZE)
             .min(MAX_ACCEPTED_MESSAGE_SIZE);
+        let supports_topic_watchers =
+            connected.feature_flags.as_ref().and_then(|flags| flags.supports_topic_watchers).unwrap_or(false);
         info!(
             %broker,
+            supports_topic_watchers,
             server_version = %connected.server_version,
             protocol_version = connected.protocol_version.unwrap_or(0),
             max_message_size,
@@ -234,6 +255,8 @@ impl Connection {
             producers: HashMap::new(),
             closing_producers: HashMap::new(),
             consumers: HashMap::new(),
+            queued_producers: HashMap::new(),
+            watchers: HashMap::new(),
             close_reason: close_reason.clone(),
         };
         tokio::spawn(task.run());
@@ -244,6 +267,8 @@ impl Connection {
                 next_request_id: AtomicU64::new(0),
                 next_producer_id: AtomicU64::new(0),
                 next_consumer_id: AtomicU64::new(0),
+                next_watcher_id: AtomicU64::new(0),
+                supports_topic_watchers,
                 max_message_size,
                 operation_timeout: config.operation_timeout,
                 close_reason,
@@ -280,6 +305,67 @@ impl Connection {
         self.shared.next_consumer_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    pub(crate) fn new_watcher_id(&self) -> u64 {
+        self.shared.next_watcher_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether the broker said in CONNECTED that it answers WATCH_TOPIC_LIST.
+    pub(crate) fn supports_topic_watchers(&self) -> bool {
+        self.shared.supports_topic_watchers
+    }
+
+    /// Routes WATCH_TOPIC_UPDATEs of `watcher_id` to `updates` (bounded; a watcher that does
+    /// not keep up is dropped, its channel closed).
+    pub(crate) async fn add_watcher(
+        &self,
+        watcher_id: u64,
+        updates: mpsc::Sender<pb::CommandWatchTopicUpdate>,
+    ) -> Result<(), ClientError> {
+        self.enqueue(Outgoing::AddWatcher { watcher_id, updates }).await
+    }
+
+    pub(crate) async fn remove_watcher(&self, watcher_id: u64) {
+        let _ = self.enqueue(Outgoing::RemoveWatcher { watcher_id }).await;
+    }
+
+    /// PRODUCER: like [`Connection::request`], except that once the broker answered
+    /// `producer_ready = false` (the producer waits for exclusive access) the answer is
+    /// awaited without a timeout, as Pulsar's clients do.
+    pub(crate) async fn request_producer(
+        &self,
+        build: impl FnOnce(u64) -> BaseCommand,
+    ) -> Result<BaseCommand, ClientError> {
+        let request_id = self.new_request_id();
+        let command = build(request_id);
+        let operation = command_name(command.command_type);
+        let (reply, mut answer) = oneshot::channel();
+        let (queued, mut queued_signal) = oneshot::channel();
+        self.enqueue(Outgoing::Request { request_id, command: Box::new(command), reply, queued: Some(queued) }).await?;
+        let first = tokio::time::timeout(self.shared.operation_timeout, async {
+            tokio::select! {
+                biased;
+                answer = &mut answer => Some(answer),
+                Ok(()) = &mut queued_signal => None,
+            }
+        })
+        .await;
+        let answer = match first {
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    broker: self.shared.broker.to_string(),
+                    operation,
+                    after: self.shared.operation_timeout,
+                })
+            }
+            Ok(Some(answer)) => answer,
+            Ok(None) => {
+                debug!(broker = %self.shared.broker, request_id, "producer queued by the broker; waiting for exclusive access");
+                answer.await
+            }
+        };
+        answer.map_err(|_| self.disconnected())?
+    }
+
     /// The error for an operation that found the connection gone.
     pub(crate) fn disconnected(&self) -> ClientError {
         let reason =
@@ -294,7 +380,7 @@ impl Connection {
         let command = build(request_id);
         let operation = command_name(command.command_type);
         let (reply, answer) = oneshot::channel();
-        self.enqueue(Outgoing::Request { request_id, command: Box::new(command), reply }).await?;
+        self.enqueue(Outgoing::Request { request_id, command: Box::new(command), reply, queued: None }).await?;
         match tokio::time::timeout(self.shared.operation_timeout, answer).await {
             Err(_) => Err(ClientError::Timeout {
                 broker: self.shared.broker.to_string(),
@@ -508,7 +594,8 @@ struct ProducerSlot {
     topic: String,
     /// Set when the broker closed the producer: later sends fail with it.
     closed: Option<String>,
-    receipts: HashMap<u64, PendingReceipt>,
+    /// By sequence id; several for the chunks of one message, answered in send order.
+    receipts: HashMap<u64, VecDeque<PendingReceipt>>,
 }
 
 impl ProducerSlot {
@@ -545,6 +632,10 @@ struct ConnectionTask {
     /// CLOSE_PRODUCER requests of dropped producers: request id to producer id.
     closing_producers: HashMap<u64, u64>,
     consumers: HashMap<u64, mpsc::Sender<ConsumerEvent>>,
+    /// PRODUCER requests to tell when the broker queues them (WaitForExclusive).
+    queued_producers: HashMap<u64, oneshot::Sender<()>>,
+    /// Topic list watchers by watcher id.
+    watchers: HashMap<u64, mpsc::Sender<pb::CommandWatchTopicUpdate>>,
     close_reason: Arc<Mutex<Option<String>>>,
 }
 
@@ -634,10 +725,13 @@ impl ConnectionTask {
 
     fn handle_outgoing(&mut self, outgoing: Outgoing) {
         match outgoing {
-            Outgoing::Request { request_id, command, reply } => {
+            Outgoing::Request { request_id, command, reply, queued } => {
                 match encode(&mut self.codec, Frame::simple(*command), &mut self.out, &self.broker) {
                     Ok(()) => {
                         self.pending.insert(request_id, reply);
+                        if let Some(queued) = queued {
+                            self.queued_producers.insert(request_id, queued);
+                        }
                     }
                     Err(error) => {
                         let _ = reply.send(Err(error));
@@ -660,7 +754,7 @@ impl ConnectionTask {
                 }
                 match encode(&mut self.codec, *frame, &mut self.out, &self.broker) {
                     Ok(()) => {
-                        slot.receipts.insert(sequence_id, receipt);
+                        slot.receipts.entry(sequence_id).or_default().push_back(receipt);
                     }
                     Err(error) => {
                         let _ = receipt.reply.send(Err(error));
@@ -702,6 +796,12 @@ impl ConnectionTask {
             Outgoing::RemoveConsumer { consumer_id } => {
                 self.consumers.remove(&consumer_id);
             }
+            Outgoing::AddWatcher { watcher_id, updates } => {
+                self.watchers.insert(watcher_id, updates);
+            }
+            Outgoing::RemoveWatcher { watcher_id } => {
+                self.watchers.remove(&watcher_id);
+            }
         }
     }
 
@@ -738,6 +838,9 @@ impl ConnectionTask {
                 if success.producer_ready == Some(false) {
                     // The broker answers again when the producer gets its exclusive access.
                     info!(broker = %self.broker, producer = %success.producer_name, "producer waits for exclusive access");
+                    if let Some(queued) = self.queued_producers.remove(&success.request_id) {
+                        let _ = queued.send(());
+                    }
                     return;
                 }
                 let request_id = command::request_id(&command);
@@ -770,6 +873,22 @@ impl ConnectionTask {
             Type::ConsumerStatsResponse => {
                 let request_id = command::request_id(&command);
                 self.complete(request_id, command);
+            }
+            Type::WatchTopicListSuccess => {
+                let request_id = command::request_id(&command);
+                self.complete(request_id, command);
+            }
+            Type::WatchTopicUpdate => {
+                let Some(update) = command.watch_topic_update else { return self.malformed(kind) };
+                let watcher_id = update.watcher_id;
+                let Some(updates) = self.watchers.get(&watcher_id) else {
+                    return debug!(broker = %self.broker, watcher_id, "topic list update for no watcher");
+                };
+                if updates.try_send(*update).is_err() {
+                    // Full or gone: the watcher's owner polls and sees its channel closed.
+                    warn!(broker = %self.broker, watcher_id, "topic list watcher does not keep up; dropping it");
+                    self.watchers.remove(&watcher_id);
+                }
             }
             Type::AckResponse => {
                 // Only acks that carry a request id are answered; this client sends none.
@@ -807,7 +926,7 @@ impl ConnectionTask {
                 if let Some(slot) = self.producers.get_mut(&close.producer_id) {
                     let reason = "the broker closed the producer".to_owned();
                     info!(broker = %self.broker, producer = %slot.label, topic = %slot.topic, "{reason}");
-                    for (_, receipt) in slot.receipts.drain() {
+                    for receipt in slot.receipts.drain().flat_map(|(_, receipts)| receipts) {
                         let error = ClientError::ProducerClosed {
                             producer: slot.label.clone(),
                             topic: slot.topic.clone(),
@@ -881,7 +1000,7 @@ impl ConnectionTask {
     /// Removes a producer's routing; sends still waiting for receipts fail with `reason`.
     fn remove_producer(&mut self, producer_id: u64, reason: &str) {
         if let Some(mut slot) = self.producers.remove(&producer_id) {
-            for (_, receipt) in std::mem::take(&mut slot.receipts) {
+            for receipt in std::mem::take(&mut slot.receipts).into_values().flatten() {
                 let _ = receipt.reply.send(Err(slot.closed_error(reason)));
             }
         }
@@ -896,6 +1015,7 @@ impl ConnectionTask {
         if let Some(producer_id) = self.closing_producers.remove(&request_id) {
             return self.remove_producer(producer_id, "the producer was dropped");
         }
+        self.queued_producers.remove(&request_id);
         let Some(reply) = self.pending.remove(&request_id) else {
             return debug!(broker = %self.broker, request_id, command = %command_name(kind), "answer to no pending request");
         };
@@ -907,7 +1027,14 @@ impl ConnectionTask {
     }
 
     fn complete_send(&mut self, producer_id: u64, sequence_id: u64, result: ReceiptResult) {
-        let receipt = self.producers.get_mut(&producer_id).and_then(|slot| slot.receipts.remove(&sequence_id));
+        let receipt = self.producers.get_mut(&producer_id).and_then(|slot| {
+            let receipts = slot.receipts.get_mut(&sequence_id)?;
+            let receipt = receipts.pop_front();
+            if receipts.is_empty() {
+                slot.receipts.remove(&sequence_id);
+            }
+            receipt
+        });
         match receipt {
             Some(receipt) => {
                 let _ = receipt.reply.send(result);
@@ -955,10 +1082,15 @@ impl ConnectionTask {
     /// Drops slots whose caller gave up (timed out or dropped the future).
     fn forget_abandoned(&mut self) {
         self.pending.retain(|_, reply| !reply.is_closed());
+        self.queued_producers.retain(|_, queued| !queued.is_closed());
         for slot in self.producers.values_mut() {
-            slot.receipts.retain(|_, receipt| !receipt.reply.is_closed());
+            for receipts in slot.receipts.values_mut() {
+                receipts.retain(|receipt| !receipt.reply.is_closed());
+            }
+            slot.receipts.retain(|_, receipts| !receipts.is_empty());
         }
         self.consumers.retain(|_, events| !events.is_closed());
+        self.watchers.retain(|_, updates| !updates.is_closed());
     }
 
     fn fail_everything(&mut self, reason: &str) {
@@ -966,8 +1098,10 @@ impl ConnectionTask {
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(disconnected()));
         }
+        self.watchers.clear();
+        self.queued_producers.clear();
         for (_, slot) in self.producers.drain() {
-            for (_, receipt) in slot.receipts {
+            for receipt in slot.receipts.into_values().flatten() {
                 let _ = receipt.reply.send(Err(disconnected()));
             }
         }

@@ -12,6 +12,16 @@
 //!   (`<topic>-<subscription>-RETRY`, which the consumer also subscribes to) for delivery
 //!   after a delay, and acknowledges the original.
 //!
+//! Also as Pulsar's consumers: acks grouped by time and count (topic_consumer.rs), flushed by
+//! the timer task every group time; [`Consumer::batch_receive`] with a
+//! [`BatchReceivePolicy`]; a [`RedeliveryBackoff`] that stretches the negative-ack delay with
+//! the redelivery count (the nack queue is then kept sorted by deadline);
+//! [`ConsumerInterceptor`]s; and pattern subscriptions (pattern.rs), whose discovery task
+//! sends topics to add or drop through a bounded channel that `receive` drains, so the
+//! consumer's topic list only ever changes inside its own calls. Topics keep their slot (index)
+//! for the consumer's lifetime: a dropped topic's slot is emptied, never reused, so the
+//! timers' slots stay valid.
+//!
 //! Timers run in a background task, one per consumer (spawned by
 //! [`ConsumerBuilder::subscribe`], stopped by [`Consumer::close`] or drop), as in Pulsar's
 //! Java client (NegativeAcksTracker, UnAckedMessageTracker): a nacked message is redelivered
@@ -40,12 +50,15 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::chunks::ChunkSettings;
 use crate::client::Client;
 use crate::error::{error_chain, ClientError};
 use crate::message::{Message, MessageId};
+use crate::pattern::{Discovery, TopicChange, TopicsPattern};
 use crate::producer::{Producer, ProducerMessage};
+use crate::redelivery_backoff::RedeliveryBackoff;
 use crate::topic::TopicName;
-use crate::topic_consumer::{AckHandle, SubscribeSettings, TopicConsumer};
+use crate::topic_consumer::{AckGrouping, AckHandle, SubscribeSettings, TopicConsumer};
 use magnetar_proto::clock::now_ms;
 
 /// Pulsar's default receiver queue size.
@@ -150,6 +163,55 @@ impl FromStr for InitialPosition {
 /// Pulsar's default delay before a negatively acknowledged message is redelivered.
 pub const DEFAULT_NEGATIVE_ACK_REDELIVERY_DELAY: Duration = Duration::from_secs(60);
 
+/// Pulsar's `acknowledgementsGroupTime` and `maxAcknowledgmentGroupSize` defaults.
+pub const DEFAULT_ACKNOWLEDGEMENT_GROUP_TIME: Duration = Duration::from_millis(100);
+pub const DEFAULT_MAX_ACKNOWLEDGEMENT_GROUP_SIZE: usize = 1000;
+
+/// When [`Consumer::batch_receive`] returns, as Pulsar's `BatchReceivePolicy`: once it has
+/// `max_num_messages` messages or `max_num_bytes` bytes of payload, or `timeout` after it was
+/// called with what it has (maybe nothing). `None` means no limit of that kind; the default is
+/// Pulsar's: no message limit (the receiver queue bounds it), 10 MiB, 100 ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchReceivePolicy {
+    pub max_num_messages: Option<usize>,
+    pub max_num_bytes: Option<usize>,
+    pub timeout: Duration,
+}
+
+impl Default for BatchReceivePolicy {
+    fn default() -> Self {
+        BatchReceivePolicy {
+            max_num_messages: None,
+            max_num_bytes: Some(10 * 1024 * 1024),
+            timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Sees what a consumer hands out and what the application does with it, as Pulsar's
+/// `ConsumerInterceptor`. `before_consume` runs in `receive` and may change the message the
+/// application gets; the others are told of acks, negative acks and ack-timeout redeliveries
+/// (the last two when the redelivery is asked for). All must be quick.
+pub trait ConsumerInterceptor: Send + Sync {
+    fn before_consume(&self, message: Message) -> Message {
+        message
+    }
+
+    fn on_acknowledge(&self, _id: &MessageId, _result: Result<(), &ClientError>) {}
+
+    fn on_acknowledge_cumulative(&self, _id: &MessageId, _result: Result<(), &ClientError>) {}
+
+    fn on_negative_acks_send(&self, _ids: &[MessageId]) {}
+
+    fn on_ack_timeout_send(&self, _ids: &[MessageId]) {}
+}
+
+impl fmt::Debug for dyn ConsumerInterceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConsumerInterceptor")
+    }
+}
+
 /// The property names Pulsar's clients put on retried and dead-lettered messages.
 pub const PROPERTY_RECONSUME_TIMES: &str = "RECONSUMETIMES";
 pub const PROPERTY_DELAY_TIME: &str = "DELAY_TIME";
@@ -207,6 +269,13 @@ pub struct ConsumerBuilder {
     negative_ack_redelivery_delay: Duration,
     dead_letter_policy: Option<DeadLetterPolicy>,
     retry_enable: bool,
+    chunks: ChunkSettings,
+    ack_grouping: AckGrouping,
+    batch_receive_policy: BatchReceivePolicy,
+    negative_ack_backoff: Option<Arc<dyn RedeliveryBackoff>>,
+    interceptors: Vec<Arc<dyn ConsumerInterceptor>>,
+    pattern: Option<String>,
+    pattern_auto_discovery_period: Duration,
     /// Set by `with_schema` (schema.rs).
     pub(crate) schema: Option<magnetar_proto::pulsar::Schema>,
 }
@@ -225,8 +294,89 @@ impl ConsumerBuilder {
             negative_ack_redelivery_delay: DEFAULT_NEGATIVE_ACK_REDELIVERY_DELAY,
             dead_letter_policy: None,
             retry_enable: false,
+            chunks: ChunkSettings::default(),
+            ack_grouping: AckGrouping {
+                group_time: DEFAULT_ACKNOWLEDGEMENT_GROUP_TIME,
+                max_group_size: DEFAULT_MAX_ACKNOWLEDGEMENT_GROUP_SIZE,
+            },
+            batch_receive_policy: BatchReceivePolicy::default(),
+            negative_ack_backoff: None,
+            interceptors: Vec::new(),
+            pattern: None,
+            pattern_auto_discovery_period: crate::pattern::DEFAULT_PATTERN_AUTO_DISCOVERY_PERIOD,
             schema: None,
         }
+    }
+
+    /// Collects acks for this long and sends them together (Pulsar's
+    /// `acknowledgmentGroupTime`, default 100 ms); zero sends every ack at once.
+    pub fn acknowledgement_group_time(mut self, time: Duration) -> Self {
+        self.ack_grouping.group_time = time;
+        self
+    }
+
+    /// Sends the collected acks once this many are waiting (Pulsar's
+    /// `maxAcknowledgmentGroupSize`, default 1000).
+    pub fn max_acknowledgement_group_size(mut self, size: usize) -> Self {
+        self.ack_grouping.max_group_size = size;
+        self
+    }
+
+    /// When [`Consumer::batch_receive`] returns.
+    pub fn batch_receive_policy(mut self, policy: BatchReceivePolicy) -> Self {
+        self.batch_receive_policy = policy;
+        self
+    }
+
+    /// Stretches the negative-ack redelivery delay by the message's redelivery count (Pulsar's
+    /// `negativeAckRedeliveryBackoff`), in place of `negative_ack_redelivery_delay`.
+    pub fn negative_ack_redelivery_backoff(mut self, backoff: impl RedeliveryBackoff + 'static) -> Self {
+        self.negative_ack_backoff = Some(Arc::new(backoff));
+        self
+    }
+
+    /// Adds an interceptor; several run in the order they were added.
+    pub fn interceptor(mut self, interceptor: impl ConsumerInterceptor + 'static) -> Self {
+        self.interceptors.push(Arc::new(interceptor));
+        self
+    }
+
+    /// Subscribes to every topic of a namespace whose name matches `pattern` (a regex over
+    /// the whole name, e.g. `persistent://public/default/orders-.*`; without `://` it means
+    /// `persistent://`), in place of the topics named, and follows topics created and deleted
+    /// later (Pulsar's `topicsPattern`).
+    pub fn topics_pattern(mut self, pattern: impl Into<String>) -> Self {
+        self.pattern = Some(pattern.into());
+        self
+    }
+
+    /// How often a pattern consumer asks for the namespace's topics (Pulsar's
+    /// `patternAutoDiscoveryPeriod`, default 60 s; at least 100 ms). A broker with topic list
+    /// watchers also tells it at once.
+    pub fn pattern_auto_discovery_period(mut self, period: Duration) -> Self {
+        self.pattern_auto_discovery_period = period;
+        self
+    }
+
+    /// How many chunked messages may be collected at once (Pulsar's
+    /// `maxPendingChunkedMessage`, default 10); when full, the oldest is dropped.
+    pub fn max_pending_chunked_messages(mut self, max: usize) -> Self {
+        self.chunks.max_pending_chunked_messages = max;
+        self
+    }
+
+    /// Drop (and acknowledge) a chunked message whose chunks did not all arrive within this
+    /// time (Pulsar's `expireTimeOfIncompleteChunkedMessage`, default 60 s).
+    pub fn expire_time_of_incomplete_chunked_message(mut self, expire: Duration) -> Self {
+        self.chunks.expire_time_of_incomplete_chunked_message = expire;
+        self
+    }
+
+    /// Acknowledge, rather than leave for redelivery, the oldest chunked message dropped when
+    /// too many are pending (Pulsar's `autoAckOldestChunkedMessageOnQueueFull`, default off).
+    pub fn auto_ack_oldest_chunked_message_on_queue_full(mut self, enabled: bool) -> Self {
+        self.chunks.auto_ack_oldest_chunked_message_on_queue_full = enabled;
+        self
     }
 
     pub(crate) fn client(&self) -> &Client {
@@ -298,7 +448,31 @@ impl ConsumerBuilder {
         if self.ack_timeout.is_some_and(|timeout| timeout.is_zero()) {
             return Err(ClientError::InvalidConfig { setting: "ack_timeout", reason: "must be more than zero" });
         }
-        let base_topic = TopicName::parse(&self.topics[0])?.to_string();
+        if self.batch_receive_policy.timeout.is_zero()
+            && self.batch_receive_policy.max_num_messages.is_none()
+            && self.batch_receive_policy.max_num_bytes.is_none()
+        {
+            return Err(ClientError::InvalidConfig {
+                setting: "batch_receive_policy",
+                reason: "needs a message limit, a byte limit or a timeout",
+            });
+        }
+        if self.pattern.is_some()
+            && self.pattern_auto_discovery_period < crate::pattern::MIN_PATTERN_AUTO_DISCOVERY_PERIOD
+        {
+            return Err(ClientError::InvalidConfig {
+                setting: "pattern_auto_discovery_period",
+                reason: "must be at least 100 ms",
+            });
+        }
+        let pattern = self.pattern.as_deref().map(TopicsPattern::parse).transpose()?;
+        let (base_name, base_topic) = match &pattern {
+            Some(pattern) => (pattern.display_name(), pattern.display_name().to_string()),
+            None => {
+                let name = TopicName::parse(&self.topics[0])?;
+                (name.clone(), name.to_string())
+            }
+        };
         let policy = self.dead_letter_policy.clone();
         let dead_letter_topic = policy
             .as_ref()
@@ -308,7 +482,7 @@ impl ConsumerBuilder {
             .as_ref()
             .and_then(|policy| policy.retry_letter_topic.clone())
             .unwrap_or_else(|| format!("{base_topic}-{}-RETRY", self.subscription));
-        let mut topics = self.topics.clone();
+        let mut topics = if pattern.is_some() { Vec::new() } else { self.topics.clone() };
         if self.retry_enable {
             topics.push(retry_topic.clone());
         }
@@ -322,6 +496,9 @@ impl ConsumerBuilder {
             start_message_id: None,
             start_inclusive: false,
             schema: self.schema.clone(),
+            read_compacted: false,
+            chunks: self.chunks,
+            ack_grouping: self.ack_grouping,
         };
         let mut consumers = Vec::new();
         for topic in &topics {
@@ -333,12 +510,28 @@ impl ConsumerBuilder {
                     .push(TopicConsumer::subscribe(self.client.clone(), partition, index, settings.clone()).await?);
             }
         }
+        let discovery = match pattern {
+            None => None,
+            Some(pattern) => {
+                let (discovery, found) = Discovery::start(
+                    self.client.clone(),
+                    pattern,
+                    settings.clone(),
+                    self.pattern_auto_discovery_period,
+                )
+                .await?;
+                consumers.extend(found);
+                Some(discovery)
+            }
+        };
         debug!(topics = ?topics, subscription = %self.subscription, consumers = consumers.len(), "consumer subscribed");
         let shared = Arc::new(Shared {
             client: self.client.clone(),
             timers: Mutex::new(Timers::default()),
             wake: Notify::new(),
-            handles: consumers.iter().map(TopicConsumer::ack_handle).collect(),
+            handles: Mutex::new(consumers.iter().map(|consumer| Some(consumer.ack_handle())).collect()),
+            ack_group_time: (!self.ack_grouping.group_time.is_zero()).then_some(self.ack_grouping.group_time),
+            interceptors: self.interceptors.clone(),
             dead_letter: policy.map(|policy| DeadLetter {
                 max_redeliver_count: policy.max_redeliver_count,
                 topic: dead_letter_topic,
@@ -346,14 +539,26 @@ impl ConsumerBuilder {
             }),
         });
         let timer_task = tokio::spawn(run_timers(shared.clone()));
+        let mut batch_receive_policy = self.batch_receive_policy;
+        // As Pulsar: a batch never asks for more than the receiver queue holds.
+        let queue = self.receiver_queue_size as usize;
+        if batch_receive_policy.max_num_messages.is_none_or(|max| max > queue || max == 0) {
+            batch_receive_policy.max_num_messages = Some(queue);
+        }
         Ok(Consumer {
             client: self.client,
+            topic: base_name,
             subscription: self.subscription,
             subscription_type: self.subscription_type,
-            consumers,
+            consumers: consumers.into_iter().map(Some).collect(),
             next_consumer: 0,
             ack_timeout: self.ack_timeout,
             nack_delay: self.negative_ack_redelivery_delay,
+            nack_backoff: self.negative_ack_backoff,
+            batch_receive_policy,
+            held_back: None,
+            interceptors: self.interceptors,
+            discovery,
             shared,
             timer_task,
             retry: self.retry_enable.then_some(Retry { topic: retry_topic, producer: None }),
@@ -412,14 +617,22 @@ impl Timers {
         }
     }
 
-    /// Takes every message whose ack timeout or nack delay is over.
-    fn take_due(&mut self, now: Instant) -> Vec<Slot> {
-        let mut due = Vec::new();
+    /// Queues a nacked message; the queue stays in deadline order (with a backoff, later
+    /// nacks may be due earlier).
+    fn nack(&mut self, deadline: Instant, slot: Slot) {
+        let at = self.nacked.partition_point(|(queued, _)| *queued <= deadline);
+        self.nacked.insert(at, (deadline, slot));
+    }
+
+    /// Takes every message whose nack delay (first) or ack timeout (second) is over.
+    fn take_due(&mut self, now: Instant) -> (Vec<Slot>, Vec<Slot>) {
+        let mut nacked = Vec::new();
         while self.nacked.front().is_some_and(|(deadline, _)| *deadline <= now) {
             if let Some((_, slot)) = self.nacked.pop_front() {
-                due.push(slot);
+                nacked.push(slot);
             }
         }
+        let mut due = Vec::new();
         while self.unacked.front().is_some_and(|(deadline, _)| *deadline <= now) {
             if let Some((deadline, slot)) = self.unacked.pop_front() {
                 if self.unacked_live.get(&slot) == Some(&deadline) {
@@ -429,7 +642,7 @@ impl Timers {
                 }
             }
         }
-        due
+        (nacked, due)
     }
 }
 
@@ -440,8 +653,11 @@ struct Shared {
     timers: Mutex<Timers>,
     /// Wakes the timer task when a queue gets its first entry (an earlier deadline).
     wake: Notify,
-    /// One per topic consumer, in the same order.
-    handles: Vec<AckHandle>,
+    /// One per topic consumer slot, in the same order; `None` for a dropped topic.
+    handles: Mutex<Vec<Option<AckHandle>>>,
+    /// Grouped acks are flushed this often.
+    ack_group_time: Option<Duration>,
+    interceptors: Vec<Arc<dyn ConsumerInterceptor>>,
     dead_letter: Option<DeadLetter>,
 }
 
@@ -450,8 +666,35 @@ impl Shared {
         self.timers.lock()
     }
 
+    fn handle(&self, index: usize) -> Option<AckHandle> {
+        self.handles.lock().get(index).cloned().flatten()
+    }
+
+    /// Sends every topic consumer's grouped acks.
+    async fn flush_acks(&self) {
+        let handles: Vec<AckHandle> = self.handles.lock().iter().flatten().cloned().collect();
+        for handle in handles {
+            if let Err(error) = handle.flush().await {
+                debug!(error = %error_chain(&error), "cannot flush grouped acks; kept for the next flush");
+            }
+        }
+    }
+
     async fn redeliver_due(&self) {
-        let due = self.timers().take_due(Instant::now());
+        let (nacked, timed_out) = self.timers().take_due(Instant::now());
+        if !self.interceptors.is_empty() {
+            let ids = |slots: &[Slot]| slots.iter().map(|slot| slot.1).collect::<Vec<_>>();
+            for interceptor in &self.interceptors {
+                if !nacked.is_empty() {
+                    interceptor.on_negative_acks_send(&ids(&nacked));
+                }
+                if !timed_out.is_empty() {
+                    interceptor.on_ack_timeout_send(&ids(&timed_out));
+                }
+            }
+        }
+        let mut due = nacked;
+        due.extend(timed_out);
         if !due.is_empty() {
             self.redeliver(due).await;
         }
@@ -467,7 +710,8 @@ impl Shared {
             match dead {
                 Some(message) => match self.send_to_dead_letter(&message).await {
                     Ok(()) => {
-                        if let Err(error) = self.handles[slot.0].ack(slot.1).await {
+                        let Some(handle) = self.handle(slot.0) else { continue };
+                        if let Err(error) = handle.ack(slot.1).await {
                             debug!(id = %slot.1, error = %error_chain(&error), "dead letter: cannot acknowledge the original");
                         }
                     }
@@ -480,7 +724,8 @@ impl Shared {
             }
         }
         for (index, ids) in by_consumer {
-            if let Err(error) = self.handles[index].redeliver(&ids).await {
+            let Some(handle) = self.handle(index) else { continue };
+            if let Err(error) = handle.redeliver(&ids).await {
                 debug!(error = %error_chain(&error), "cannot ask for a redelivery; the broker redelivers after the reconnect");
             }
         }
@@ -503,16 +748,34 @@ impl Shared {
 /// The timer task: sleeps until the earliest deadline (or until woken by a new one), then
 /// redelivers what is due. Aborted when the consumer is closed or dropped.
 async fn run_timers(shared: Arc<Shared>) {
+    let mut ack_flush = shared.ack_group_time.map(|period| {
+        let mut interval = tokio::time::interval_at(Instant::now() + period, period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
     loop {
         let deadline = shared.timers().next_deadline();
-        match deadline {
-            Some(deadline) => {
-                tokio::select! {
-                    () = tokio::time::sleep_until(deadline) => {}
-                    () = shared.wake.notified() => {}
-                }
+        let sleep = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
             }
-            None => shared.wake.notified().await,
+        };
+        let flush_tick = async {
+            match ack_flush.as_mut() {
+                Some(interval) => {
+                    interval.tick().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = sleep => {}
+            () = shared.wake.notified() => {}
+            () = flush_tick => {
+                shared.flush_acks().await;
+                continue;
+            }
         }
         shared.redeliver_due().await;
     }
@@ -530,14 +793,25 @@ struct Retry {
 #[derive(Debug)]
 pub struct Consumer {
     client: Client,
+    /// The first topic subscribed to (for a pattern consumer, the pattern's namespace and
+    /// local part).
+    topic: TopicName,
     subscription: String,
     subscription_type: SubscriptionType,
-    /// One per topic or partition.
-    consumers: Vec<TopicConsumer>,
+    /// One per topic or partition; `None` once a pattern consumer dropped its topic.
+    consumers: Vec<Option<TopicConsumer>>,
     /// Where the next `receive` starts looking, so no topic starves the others.
     next_consumer: usize,
     ack_timeout: Option<Duration>,
     nack_delay: Duration,
+    nack_backoff: Option<Arc<dyn RedeliveryBackoff>>,
+    batch_receive_policy: BatchReceivePolicy,
+    /// A message `batch_receive` took but that did not fit its batch: the next one starts
+    /// with it.
+    held_back: Option<Message>,
+    interceptors: Vec<Arc<dyn ConsumerInterceptor>>,
+    /// A pattern consumer's topic discovery.
+    discovery: Option<Discovery>,
     /// The timer queues and what the timer task needs.
     shared: Arc<Shared>,
     timer_task: JoinHandle<()>,
@@ -548,12 +822,12 @@ pub struct Consumer {
 impl Consumer {
     /// The first topic subscribed to.
     pub fn topic(&self) -> &TopicName {
-        self.consumers[0].topic()
+        &self.topic
     }
 
     /// Every topic (or partition) this consumer receives from.
     pub fn topics(&self) -> Vec<String> {
-        self.consumers.iter().map(|consumer| consumer.topic_name().to_owned()).collect()
+        self.consumers.iter().flatten().map(|consumer| consumer.topic_name().to_owned()).collect()
     }
 
     pub fn subscription(&self) -> &str {
@@ -575,21 +849,52 @@ impl Consumer {
         if self.closed {
             return Err(self.closed_error("close() was called"));
         }
-        let count = self.consumers.len();
-        let start = self.next_consumer % count;
-        let (index, result) = {
-            let (before, after) = self.consumers.split_at_mut(start);
-            let in_turn = after
-                .iter_mut()
-                .enumerate()
-                .map(|(index, consumer)| (index + start, consumer))
-                .chain(before.iter_mut().enumerate());
-            let receives = in_turn.map(|(index, consumer)| async move { (index, consumer.receive().await) }.boxed());
-            let ((index, result), _, _) = select_all(receives).await;
-            (index, result)
+        if let Some(message) = self.held_back.take() {
+            return Ok(message);
+        }
+        let (index, result) = loop {
+            let count = self.consumers.len();
+            let start = if count == 0 { 0 } else { self.next_consumer % count };
+            let received = {
+                let (before, after) = self.consumers.split_at_mut(start);
+                let in_turn = after
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(index, consumer)| (index + start, consumer))
+                    .chain(before.iter_mut().enumerate());
+                let receives: Vec<_> = in_turn
+                    .filter_map(|(index, consumer)| consumer.as_mut().map(|consumer| (index, consumer)))
+                    .map(|(index, consumer)| async move { (index, consumer.receive().await) }.boxed())
+                    .collect();
+                let any_message = async {
+                    if receives.is_empty() {
+                        std::future::pending().await
+                    } else {
+                        select_all(receives).await.0
+                    }
+                };
+                let change = async {
+                    match self.discovery.as_mut() {
+                        Some(discovery) => discovery.next_change().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    change = change => Err(change),
+                    received = any_message => Ok(received),
+                }
+            };
+            match received {
+                Ok(received) => break received,
+                Err(change) => self.apply_change(change).await,
+            }
         };
         self.next_consumer = index + 1;
-        let message = result?;
+        let mut message = result?;
+        for interceptor in &self.interceptors {
+            message = interceptor.before_consume(message);
+        }
         let slot = (index, message.id);
         let mut wake = false;
         {
@@ -612,6 +917,43 @@ impl Consumer {
         Ok(message)
     }
 
+    /// Receives several messages at once, as the [`BatchReceivePolicy`] says: returns once it
+    /// has the policy's number of messages or bytes, or its timeout after the call with what
+    /// arrived by then (possibly nothing). A message that would take the batch over its byte
+    /// limit starts the next batch instead (the first message of a batch always fits).
+    ///
+    /// Cancel-safe in the sense of [`Consumer::receive`], except that messages already taken
+    /// by a cancelled call are lost to it (they are redelivered after the ack timeout or a
+    /// reconnect).
+    pub async fn batch_receive(&mut self) -> Result<Vec<Message>, ClientError> {
+        let policy = self.batch_receive_policy;
+        let deadline = Instant::now() + policy.timeout;
+        let mut batch: Vec<Message> = Vec::new();
+        let mut bytes = 0usize;
+        loop {
+            if policy.max_num_messages.is_some_and(|max| batch.len() >= max)
+                || policy.max_num_bytes.is_some_and(|max| bytes >= max)
+            {
+                return Ok(batch);
+            }
+            let message = match tokio::time::timeout_at(deadline, self.receive()).await {
+                Err(_) => return Ok(batch),
+                Ok(Err(error)) if error.is_message_error() && !batch.is_empty() => {
+                    warn!(error = %error_chain(&error), "batch receive: skipping a message that cannot be decoded");
+                    continue;
+                }
+                Ok(result) => result?,
+            };
+            let size = message.payload.len();
+            if !batch.is_empty() && policy.max_num_bytes.is_some_and(|max| bytes + size > max) {
+                self.held_back = Some(message);
+                return Ok(batch);
+            }
+            bytes += size;
+            batch.push(message);
+        }
+    }
+
     /// Receives the next message and decodes its payload as JSON.
     pub async fn receive_json<T: serde::de::DeserializeOwned>(&mut self) -> Result<(Message, T), ClientError> {
         let message = self.receive().await?;
@@ -620,18 +962,34 @@ impl Consumer {
     }
 
     /// Acknowledges one message. For a message of a batch, the broker is told once every
-    /// message of the batch was acknowledged.
+    /// message of the batch was acknowledged; with ack grouping, within the group time.
     pub async fn ack(&mut self, message: &Message) -> Result<(), ClientError> {
+        let result = self.ack_one(message).await;
+        for interceptor in &self.interceptors {
+            interceptor.on_acknowledge(&message.id, result.as_ref().copied());
+        }
+        result
+    }
+
+    async fn ack_one(&mut self, message: &Message) -> Result<(), ClientError> {
         let index = self.consumer_index(message)?;
         let slot = (index, message.id);
         self.shared.timers().forget(|acked| *acked == slot);
-        self.consumers[index].ack(message.id).await
+        self.topic_consumer(index)?.ack(message.id).await
     }
 
     /// Acknowledges this message and every message before it on its topic (partition).
     /// Only for Exclusive and Failover subscriptions. For a batched message this covers its
     /// whole entry.
     pub async fn ack_cumulative(&mut self, message: &Message) -> Result<(), ClientError> {
+        let result = self.ack_cumulative_one(message).await;
+        for interceptor in &self.interceptors {
+            interceptor.on_acknowledge_cumulative(&message.id, result.as_ref().copied());
+        }
+        result
+    }
+
+    async fn ack_cumulative_one(&mut self, message: &Message) -> Result<(), ClientError> {
         if !self.subscription_type.is_ordered() {
             return Err(ClientError::NotAllowed {
                 operation: "cumulative acknowledgement",
@@ -643,30 +1001,32 @@ impl Consumer {
         let covered =
             |slot: &Slot| slot.0 == index && (slot.1.ledger_id, slot.1.entry_id) <= (up_to.ledger_id, up_to.entry_id);
         self.shared.timers().forget(covered);
-        self.consumers[index].ack_cumulative(message.id).await
+        self.topic_consumer(index)?.ack_cumulative(message.id).await
     }
 
     /// Negative acknowledgement: the message is redelivered after
-    /// `negative_ack_redelivery_delay` (or goes to the dead-letter topic, if it has been
-    /// delivered `max_redeliver_count` times).
+    /// `negative_ack_redelivery_delay`, or after the backoff's delay for its redelivery count
+    /// (or goes to the dead-letter topic, if it has been delivered `max_redeliver_count` times).
     pub async fn negative_acknowledge(&mut self, message: &Message) -> Result<(), ClientError> {
         let index = self.consumer_index(message)?;
         let slot = (index, message.id);
-        let wake = {
+        let delay = match &self.nack_backoff {
+            Some(backoff) => backoff.next(message.redelivery_count),
+            None => self.nack_delay,
+        };
+        {
             let mut timers = self.shared.timers();
             timers.unacked_live.remove(&slot);
-            let wake = timers.nacked.is_empty();
-            timers.nacked.push_back((Instant::now() + self.nack_delay, slot));
-            wake
-        };
-        if wake {
-            self.shared.wake.notify_one();
+            timers.nack(Instant::now() + delay, slot);
         }
+        // The deadline may be earlier than the one the timer task sleeps until.
+        self.shared.wake.notify_one();
         Ok(())
     }
 
     /// Asks the broker to redeliver every message received and not acknowledged yet.
     pub async fn redeliver_unacknowledged_messages(&mut self) -> Result<(), ClientError> {
+        self.shared.flush_acks().await;
         let slots: Vec<Slot> = {
             let mut timers = self.shared.timers();
             timers.unacked.clear();
@@ -687,14 +1047,14 @@ impl Consumer {
             )?
         };
         self.forget_all();
-        self.consumers[index].seek(Some(id), None).await
+        self.topic_consumer(index)?.seek(Some(id), None).await
     }
 
     /// Moves the subscription, on every topic, to the first message published at or after
     /// `publish_time` (milliseconds since the Unix epoch).
     pub async fn seek_by_time(&mut self, publish_time: u64) -> Result<(), ClientError> {
         self.forget_all();
-        for consumer in &mut self.consumers {
+        for consumer in self.consumers.iter_mut().flatten() {
             consumer.seek(None, Some(publish_time)).await?;
         }
         Ok(())
@@ -739,8 +1099,12 @@ impl Consumer {
     pub async fn close(mut self) -> Result<(), ClientError> {
         self.closed = true;
         self.timer_task.abort();
+        if let Some(discovery) = self.discovery.take() {
+            discovery.stop();
+        }
+        self.shared.flush_acks().await;
         let mut result = Ok(());
-        for consumer in &mut self.consumers {
+        for consumer in self.consumers.iter_mut().flatten() {
             if let Err(error) = consumer.close().await {
                 result = Err(error);
             }
@@ -757,12 +1121,52 @@ impl Consumer {
     }
 
     fn consumer_index(&self, message: &Message) -> Result<usize, ClientError> {
-        if self.consumers.len() == 1 {
+        if self.consumers.len() == 1 && self.discovery.is_none() {
             return Ok(0);
         }
-        self.consumers.iter().position(|consumer| consumer.topic_name() == message.topic).ok_or(
-            ClientError::InvalidConfig { setting: "message", reason: "the message is not from this consumer's topics" },
-        )
+        self.consumers
+            .iter()
+            .position(|consumer| consumer.as_ref().is_some_and(|consumer| consumer.topic_name() == message.topic))
+            .ok_or(ClientError::InvalidConfig {
+                setting: "message",
+                reason: "the message is not from this consumer's topics",
+            })
+    }
+
+    /// The topic consumer in slot `index`.
+    fn topic_consumer(&mut self, index: usize) -> Result<&mut TopicConsumer, ClientError> {
+        self.consumers.get_mut(index).and_then(Option::as_mut).ok_or(ClientError::InvalidConfig {
+            setting: "message",
+            reason: "the message's topic is no longer subscribed",
+        })
+    }
+
+    /// Adds a topic the pattern discovery subscribed to, or closes one that was deleted.
+    async fn apply_change(&mut self, change: TopicChange) {
+        match change {
+            TopicChange::Added(consumer) => {
+                debug!(topic = %consumer.topic_name(), subscription = %self.subscription, "pattern consumer: topic added");
+                self.shared.handles.lock().push(Some(consumer.ack_handle()));
+                self.consumers.push(Some(*consumer));
+            }
+            TopicChange::Removed(topic) => {
+                let Some(index) =
+                    self.consumers.iter().position(|slot| slot.as_ref().is_some_and(|c| c.topic_name() == topic))
+                else {
+                    return;
+                };
+                debug!(%topic, subscription = %self.subscription, "pattern consumer: topic gone");
+                if let Some(handle) = self.shared.handles.lock().get_mut(index) {
+                    *handle = None;
+                }
+                self.shared.timers().forget(|slot| slot.0 == index);
+                if let Some(mut consumer) = self.consumers[index].take() {
+                    if let Err(error) = consumer.close().await {
+                        debug!(%topic, error = %error_chain(&error), "closing the consumer of a deleted topic");
+                    }
+                }
+            }
+        }
     }
 
     fn forget_all(&mut self) {
@@ -781,6 +1185,9 @@ impl Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         self.timer_task.abort();
+        if let Some(discovery) = self.discovery.take() {
+            discovery.stop();
+        }
     }
 }
 

@@ -6,9 +6,11 @@
 //! against what the body could possibly hold, so a hostile or corrupt entry gives an error,
 //! never a panic or a huge allocation.
 //!
-//! A compressed body (LZ4, ZSTD) is decompressed first (compression.rs), then split. Features
-//! this client cannot decode yet (other codecs, encryption, chunking) are refused with an
-//! error naming the message, rather than handing the application garbage.
+//! A compressed body (LZ4, ZSTD, ZLIB, SNAPPY) is decompressed first (compression.rs), then
+//! split. A chunk of a chunked message is handed back as it is (still compressed): chunks.rs
+//! puts the chunks together, and [`assembled_message`] decodes the whole. Features this client
+//! cannot decode yet (encryption) are refused with an error naming the message, rather than
+//! handing the application garbage.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +19,7 @@ use magnetar_proto::pulsar as pb;
 use magnetar_proto::Payload;
 use prost::Message as _;
 
+use crate::chunks::{Assembled, Chunk};
 use crate::error::ClientError;
 use crate::message::{Message, MessageId};
 
@@ -33,6 +36,8 @@ pub(crate) struct DecodedEntry {
     pub permits: u32,
     /// For a batch, the number of messages in it (individual acks wait for all of them).
     pub batch_size: Option<u32>,
+    /// One chunk of a chunked message (no `messages` then): for the consumer's assembler.
+    pub chunk: Option<Chunk>,
 }
 
 /// One message cut out of a batch body.
@@ -51,35 +56,18 @@ pub(crate) fn decode_entry(command: &pb::CommandMessage, payload: &Payload) -> R
     if !metadata.encryption_keys.is_empty() {
         return Err(ClientError::UnsupportedMessage { id: entry_id, feature: "end-to-end encryption" });
     }
+    let redelivery_count = command.redelivery_count.unwrap_or(0);
     if metadata.num_chunks_from_msg.is_some_and(|chunks| chunks > 1) {
-        return Err(ClientError::UnsupportedMessage { id: entry_id, feature: "chunking" });
+        let chunk = Chunk::from_entry(entry_id, metadata.clone(), payload.body(), redelivery_count)?;
+        return Ok(DecodedEntry { messages: Vec::new(), permits, batch_size: None, chunk: Some(chunk) });
     }
 
-    let body = crate::compression::decompress(metadata, payload.body()).map_err(|reason| {
-        let compression = metadata
-            .compression
-            .and_then(|codec| pb::CompressionType::try_from(codec).ok())
-            .map_or_else(|| "an unknown codec".to_owned(), |codec| codec.as_str_name().to_owned());
-        ClientError::UnsupportedCompression { id: entry_id, compression, reason }
-    })?;
-    let redelivery_count = command.redelivery_count.unwrap_or(0);
+    let body = decompress(entry_id, metadata, payload.body())?;
     let event_time = |time: Option<u64>| time.filter(|&t| t > 0);
 
     let Some(count) = metadata.num_messages_in_batch else {
-        let message = Message {
-            id: entry_id,
-            topic: String::new(),
-            payload: body,
-            key: metadata.partition_key.clone(),
-            properties: properties(&metadata.properties),
-            publish_time: metadata.publish_time,
-            event_time: event_time(metadata.event_time),
-            producer_name: metadata.producer_name.clone(),
-            redelivery_count,
-            schema_version: metadata.schema_version.clone(),
-            key_is_base64: metadata.partition_key_b64_encoded.unwrap_or(false),
-        };
-        return Ok(DecodedEntry { messages: vec![message], permits, batch_size: None });
+        let message = single_message(entry_id, metadata, body, redelivery_count);
+        return Ok(DecodedEntry { messages: vec![message], permits, batch_size: None, chunk: None });
     };
 
     let count = usize::try_from(count)
@@ -106,9 +94,52 @@ pub(crate) fn decode_entry(command: &pb::CommandMessage, payload: &Payload) -> R
             redelivery_count,
             schema_version: metadata.schema_version.clone(),
             key_is_base64: single.metadata.partition_key_b64_encoded.unwrap_or(false),
+            null_value: single.metadata.null_value.unwrap_or(false),
+            chunk_ids: Vec::new(),
         });
     }
-    Ok(DecodedEntry { messages, permits, batch_size: Some(count as u32) })
+    Ok(DecodedEntry { messages, permits, batch_size: Some(count as u32), chunk: None })
+}
+
+/// The message a complete chunked message makes: the chunks' bodies put together are its
+/// (compressed) body, the last chunk's metadata describes it, and its id is the last chunk's.
+pub(crate) fn assembled_message(assembled: Assembled) -> Result<Message, ClientError> {
+    let Assembled { metadata, body, ids, redelivery_count } = assembled;
+    let last = ids.last().copied().unwrap_or(MessageId::entry(u64::MAX, u64::MAX));
+    let body = decompress(last, &metadata, body)?;
+    let mut message = single_message(last, &metadata, body, redelivery_count);
+    message.chunk_ids = ids;
+    Ok(message)
+}
+
+/// The one message of an entry that is not a batch.
+fn single_message(id: MessageId, metadata: &pb::MessageMetadata, body: Bytes, redelivery_count: u32) -> Message {
+    Message {
+        id,
+        topic: String::new(),
+        payload: body,
+        key: metadata.partition_key.clone(),
+        properties: properties(&metadata.properties),
+        publish_time: metadata.publish_time,
+        event_time: metadata.event_time.filter(|&t| t > 0),
+        producer_name: metadata.producer_name.clone(),
+        redelivery_count,
+        schema_version: metadata.schema_version.clone(),
+        key_is_base64: metadata.partition_key_b64_encoded.unwrap_or(false),
+        null_value: metadata.null_value.unwrap_or(false),
+        chunk_ids: Vec::new(),
+    }
+}
+
+/// Decompresses an entry's (or a chunked message's) body as its metadata says.
+fn decompress(id: MessageId, metadata: &pb::MessageMetadata, body: Bytes) -> Result<Bytes, ClientError> {
+    crate::compression::decompress(metadata, body).map_err(|reason| {
+        let compression = metadata
+            .compression
+            .and_then(|codec| pb::CompressionType::try_from(codec).ok())
+            .map_or_else(|| "an unknown codec".to_owned(), |codec| codec.as_str_name().to_owned());
+        ClientError::UnsupportedCompression { id, compression, reason }
+    })
 }
 
 /// Cuts a batch body into its `count` messages.

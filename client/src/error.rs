@@ -84,6 +84,10 @@ pub enum ClientError {
         source: FrameError,
     },
 
+    /// A custom message router chose a partition the topic does not have.
+    #[error("the message router chose partition {partition}, but the topic has {partitions}")]
+    InvalidPartition { partition: u32, partitions: u32 },
+
     #[error("message of {size} bytes exceeds the broker's limit of {max} bytes")]
     MessageTooLarge { size: usize, max: usize },
 

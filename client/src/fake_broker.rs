@@ -12,6 +12,12 @@
 //! refuse credentials in CONNECT and AUTH_RESPONSE as Pulsar's broker does (ERROR
 //! AuthenticationError with request id -1, then close), and send AUTH_CHALLENGE on every open
 //! connection ([`FakeBroker::challenge`]).
+//!
+//! For the newer client features (feature_tests.rs): a smaller maximum message size
+//! (chunking), WaitForExclusive producers answered `producer_ready = false` first and ready
+//! later, the namespace's topic list (GET_TOPICS_OF_NAMESPACE) and, when announced in
+//! CONNECTED, topic list watchers (WATCH_TOPIC_LIST, then WATCH_TOPIC_UPDATE on
+//! [`FakeBroker::topics_changed`]); without the flag, WATCH_TOPIC_LIST gets ERROR.
 
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
@@ -56,6 +62,14 @@ pub(crate) struct State {
     pub tls_failures: Vec<String>,
     /// While set, connections wait a millisecond after each frame they read.
     pub slow_reads: bool,
+    /// Every PRODUCER, in arrival order.
+    pub producer_commands: Vec<pb::CommandProducer>,
+    /// What GET_TOPICS_OF_NAMESPACE and WATCH_TOPIC_LIST answer (full names).
+    pub namespace_topics: Vec<String>,
+    /// Every GET_TOPICS_OF_NAMESPACE, in arrival order.
+    pub topic_list_requests: Vec<pb::CommandGetTopicsOfNamespace>,
+    /// Every WATCH_TOPIC_LIST, in arrival order.
+    pub watch_requests: Vec<pb::CommandWatchTopicList>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -70,6 +84,12 @@ pub(crate) struct Options {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Which credentials (method, data) CONNECT and AUTH_RESPONSE must carry; `None` takes any.
     pub accept_auth: Option<fn(&str, &[u8]) -> bool>,
+    /// The maximum message size CONNECTED announces (default 5 MB).
+    pub max_message_size: Option<i32>,
+    /// Announce `supports_topic_watchers` and answer WATCH_TOPIC_LIST.
+    pub topic_watchers: bool,
+    /// How long a WaitForExclusive producer waits between its two PRODUCER_SUCCESS answers.
+    pub exclusive_wait: Duration,
 }
 
 pub(crate) struct FakeBroker {
@@ -81,6 +101,8 @@ pub(crate) struct FakeBroker {
     kill: watch::Sender<u64>,
     /// Bumped to make every open connection send AUTH_CHALLENGE.
     challenge: watch::Sender<u64>,
+    /// Topic list changes (new, deleted) for the watchers of every connection.
+    topics: watch::Sender<(Vec<String>, Vec<String>)>,
     accept_loop: tokio::task::JoinHandle<()>,
 }
 
@@ -102,6 +124,7 @@ impl FakeBroker {
         let (appended, _) = watch::channel(0);
         let (kill, _) = watch::channel(0);
         let (challenge, _) = watch::channel(0);
+        let (topics, _) = watch::channel((Vec::new(), Vec::new()));
         let acceptor = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let shared = Shared {
             url: url.clone(),
@@ -110,6 +133,7 @@ impl FakeBroker {
             appended: appended.clone(),
             kill: kill.clone(),
             challenge: challenge.clone(),
+            topics: topics.clone(),
         };
         let accept_loop = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -132,7 +156,18 @@ impl FakeBroker {
                 });
             }
         });
-        FakeBroker { url, state, appended, kill, challenge, accept_loop }
+        FakeBroker { url, state, appended, kill, challenge, topics, accept_loop }
+    }
+
+    /// Adds and removes topics of the namespace's list and tells every watcher.
+    pub fn topics_changed(&self, new: &[&str], deleted: &[&str]) {
+        {
+            let mut state = self.state();
+            state.namespace_topics.retain(|topic| !deleted.contains(&topic.as_str()));
+            state.namespace_topics.extend(new.iter().map(|topic| (*topic).to_owned()));
+        }
+        let owned = |names: &[&str]| names.iter().map(|name| (*name).to_owned()).collect();
+        self.topics.send_replace((owned(new), owned(deleted)));
     }
 
     /// Sends AUTH_CHALLENGE on every open connection, as a broker whose client's credentials
@@ -174,6 +209,7 @@ struct Shared {
     appended: watch::Sender<u64>,
     kill: watch::Sender<u64>,
     challenge: watch::Sender<u64>,
+    topics: watch::Sender<(Vec<String>, Vec<String>)>,
 }
 
 impl Shared {
@@ -203,6 +239,10 @@ async fn serve(stream: impl AsyncRead + AsyncWrite + Unpin, shared: Shared) {
     let mut appended = shared.appended.subscribe();
     let mut kill = shared.kill.subscribe();
     let mut challenge = shared.challenge.subscribe();
+    let mut topic_changes = shared.topics.subscribe();
+    // Watchers of this connection; frames to send later (WaitForExclusive's second answer).
+    let mut watchers: Vec<u64> = Vec::new();
+    let mut delayed: Vec<(tokio::time::Instant, Frame)> = Vec::new();
     let mut producers: HashMap<u64, String> = HashMap::new();
     let mut subscriptions: HashMap<u64, Subscription> = HashMap::new();
     let mut muted = false;
@@ -231,6 +271,37 @@ async fn serve(stream: impl AsyncRead + AsyncWrite + Unpin, shared: Shared) {
                 }
                 None
             }
+            _ = topic_changes.changed() => {
+                let (new_topics, deleted_topics) = topic_changes.borrow_and_update().clone();
+                for &watcher_id in &watchers {
+                    let update = pb::BaseCommand {
+                        command_type: Type::WatchTopicUpdate as i32,
+                        watch_topic_update: Some(Box::new(pb::CommandWatchTopicUpdate {
+                            watcher_id,
+                            new_topics: new_topics.clone(),
+                            deleted_topics: deleted_topics.clone(),
+                            topics_hash: String::new(),
+                        })),
+                        ..Default::default()
+                    };
+                    if framed.send(Frame::simple(update)).await.is_err() {
+                        return;
+                    }
+                }
+                None
+            }
+            () = tokio::time::sleep_until(delayed.iter().map(|(at, _)| *at).min().unwrap_or_else(tokio::time::Instant::now)),
+                if !delayed.is_empty() => {
+                let now = tokio::time::Instant::now();
+                let (due, later): (Vec<_>, Vec<_>) = delayed.drain(..).partition(|(at, _)| *at <= now);
+                delayed = later;
+                for (_, frame) in due {
+                    if framed.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+                None
+            }
         };
         let mut replies = Vec::new();
         if let Some(frame) = frame {
@@ -247,7 +318,12 @@ async fn serve(stream: impl AsyncRead + AsyncWrite + Unpin, shared: Shared) {
                     if !accepted {
                         return refuse_credentials(&mut framed).await;
                     }
-                    replies.push(Frame::simple(command::connected("fake-broker", 19, 5 * 1024 * 1024, None)));
+                    let flags = shared
+                        .options
+                        .topic_watchers
+                        .then(|| pb::FeatureFlags { supports_topic_watchers: Some(true), ..Default::default() });
+                    let max_message_size = shared.options.max_message_size.unwrap_or(5 * 1024 * 1024);
+                    replies.push(Frame::simple(command::connected("fake-broker", 19, max_message_size, flags)));
                     if shared.options.mute_after_connect {
                         muted = true;
                     } else {
@@ -294,6 +370,8 @@ async fn serve(stream: impl AsyncRead + AsyncWrite + Unpin, shared: Shared) {
                 }
                 Type::Producer => {
                     let producer = command.producer.expect("producer");
+                    shared.lock().producer_commands.push(producer.clone());
+                    let waits = producer.producer_access_mode == Some(pb::ProducerAccessMode::WaitForExclusive as i32);
                     if producer.producer_name.as_deref() == Some("busy") {
                         replies.push(Frame::simple(command::error(
                             producer.request_id,
@@ -305,7 +383,18 @@ async fn serve(stream: impl AsyncRead + AsyncWrite + Unpin, shared: Shared) {
                             producer.producer_name.clone().unwrap_or_else(|| format!("fake-{}", producer.producer_id));
                         let last = shared.options.last_sequence_ids.get(&name).copied().unwrap_or(-1);
                         producers.insert(producer.producer_id, producer.topic);
-                        replies.push(Frame::simple(command::producer_success(producer.request_id, &name, last)));
+                        let ready = command::producer_success(producer.request_id, &name, last);
+                        if waits {
+                            let mut queued = ready.clone();
+                            if let Some(success) = queued.producer_success.as_mut() {
+                                success.producer_ready = Some(false);
+                            }
+                            replies.push(Frame::simple(queued));
+                            let at = tokio::time::Instant::now() + shared.options.exclusive_wait;
+                            delayed.push((at, Frame::simple(ready)));
+                        } else {
+                            replies.push(Frame::simple(ready));
+                        }
                     }
                 }
                 Type::Send => {
@@ -406,6 +495,46 @@ async fn serve(stream: impl AsyncRead + AsyncWrite + Unpin, shared: Shared) {
                         shared.lock().seeks.insert(key, id.entry_id as usize);
                     }
                     replies.push(Frame::simple(command::success(seek.request_id)));
+                }
+                Type::GetTopicsOfNamespace => {
+                    let request = command.get_topics_of_namespace.expect("get topics of namespace");
+                    let topics = {
+                        let mut state = shared.lock();
+                        state.topic_list_requests.push(request.clone());
+                        state.namespace_topics.clone()
+                    };
+                    replies.push(Frame::simple(command::topics_of_namespace_response(request.request_id, topics)));
+                }
+                Type::WatchTopicList => {
+                    let request = command.watch_topic_list.expect("watch topic list");
+                    let topics = {
+                        let mut state = shared.lock();
+                        state.watch_requests.push((*request).clone());
+                        state.namespace_topics.clone()
+                    };
+                    if shared.options.topic_watchers {
+                        watchers.push(request.watcher_id);
+                        let success = pb::BaseCommand {
+                            command_type: Type::WatchTopicListSuccess as i32,
+                            watch_topic_list_success: Some(Box::new(pb::CommandWatchTopicListSuccess {
+                                request_id: request.request_id,
+                                watcher_id: request.watcher_id,
+                                topic: topics,
+                                topics_hash: String::new(),
+                            })),
+                            ..Default::default()
+                        };
+                        replies.push(Frame::simple(success));
+                    } else {
+                        let error =
+                            command::error(request.request_id, ServerError::NotAllowedError, "no watchers here");
+                        replies.push(Frame::simple(error));
+                    }
+                }
+                Type::WatchTopicListClose => {
+                    let close = command.watch_topic_list_close.expect("watch topic list close");
+                    watchers.retain(|&id| id != close.watcher_id);
+                    replies.push(Frame::simple(command::success(close.request_id)));
                 }
                 Type::CloseProducer => {
                     let close = command.close_producer.expect("close producer");
@@ -598,6 +727,7 @@ mod tests {
         let mut consumer = client
             .consumer("my-topic", "sub")
             .initial_position(InitialPosition::Earliest)
+            .acknowledgement_group_time(Duration::ZERO)
             .subscribe()
             .await
             .expect("subscribe");

@@ -107,6 +107,7 @@ mod address;
 pub mod admin;
 mod auth;
 mod batch;
+mod chunks;
 mod client;
 mod client_conf;
 mod compression;
@@ -116,9 +117,11 @@ mod consumer;
 mod entry;
 mod error;
 mod message;
+mod pattern;
 mod producer;
 mod producer_task;
 mod reader;
+mod redelivery_backoff;
 mod routing;
 pub mod schema;
 mod stream;
@@ -129,6 +132,8 @@ mod topic_consumer;
 #[cfg(test)]
 mod fake_broker;
 #[cfg(test)]
+mod feature_tests;
+#[cfg(test)]
 mod security_tests;
 
 pub use address::{BrokerAddress, ServiceUrl, DEFAULT_PORT, DEFAULT_TLS_PORT};
@@ -136,23 +141,28 @@ pub use auth::{
     authentication_from_plugin, AuthData, AuthPlugin, Authentication, BasicAuthentication, ClientCertificateFiles,
     TlsAuthentication, TokenAuthentication,
 };
+pub use chunks::{DEFAULT_EXPIRE_TIME_OF_INCOMPLETE_CHUNKED_MESSAGE, DEFAULT_MAX_PENDING_CHUNKED_MESSAGES};
 pub use client::{Client, ClientConfig, MAX_LOOKUP_REDIRECTS};
 pub use client_conf::ClientConf;
 pub use compression::{CompressionType, MAX_UNCOMPRESSED_SIZE};
 pub use connection_args::ConnectionArgs;
 pub use consumer::{
-    Consumer, ConsumerBuilder, DeadLetterPolicy, InitialPosition, SubscriptionType,
+    BatchReceivePolicy, Consumer, ConsumerBuilder, ConsumerInterceptor, DeadLetterPolicy, InitialPosition,
+    SubscriptionType, DEFAULT_ACKNOWLEDGEMENT_GROUP_TIME, DEFAULT_MAX_ACKNOWLEDGEMENT_GROUP_SIZE,
     DEFAULT_NEGATIVE_ACK_REDELIVERY_DELAY, DEFAULT_RECEIVER_QUEUE_SIZE, PROPERTY_DELAY_TIME,
     PROPERTY_ORIGIN_MESSAGE_ID, PROPERTY_REAL_TOPIC, PROPERTY_RECONSUME_TIMES,
 };
 pub use error::ClientError;
 pub use message::{Message, MessageId, ParseMessageIdError};
+pub use pattern::DEFAULT_PATTERN_AUTO_DISCOVERY_PERIOD;
 pub use producer::{
-    BatchingConfig, Producer, ProducerBuilder, ProducerMessage, SendReceipt, DEFAULT_BATCHING_MAX_BYTES,
-    DEFAULT_BATCHING_MAX_MESSAGES, DEFAULT_BATCHING_MAX_PUBLISH_DELAY, DEFAULT_MAX_PENDING_MESSAGES,
+    BatchingConfig, Producer, ProducerAccessMode, ProducerBuilder, ProducerInterceptor, ProducerMessage, SendReceipt,
+    SentMessageId, DEFAULT_BATCHING_MAX_BYTES, DEFAULT_BATCHING_MAX_MESSAGES, DEFAULT_BATCHING_MAX_PUBLISH_DELAY,
+    DEFAULT_MAX_PENDING_MESSAGES,
 };
 pub use reader::{Reader, ReaderBuilder, StartMessageId};
-pub use routing::{murmur3_32, partition_for_key, pulsar_key_hash, RoutingMode};
+pub use redelivery_backoff::{MultiplierRedeliveryBackoff, RedeliveryBackoff};
+pub use routing::{murmur3_32, partition_for_key, pulsar_key_hash, MessageRouter, RoutingMode};
 pub use topic::TopicName;
 
 /// The client version sent to brokers in CONNECT: `magnetar-client/<version>`.

@@ -117,6 +117,13 @@ pub struct Message {
     pub schema_version: Option<Vec<u8>>,
     /// The key is base64 of raw bytes (a KeyValue schema with SEPARATED encoding).
     pub key_is_base64: bool,
+    /// The producer sent no value (a tombstone for compaction and table views): the metadata's
+    /// `null_value`. The payload is then empty.
+    pub null_value: bool,
+    /// For a message the producer split into chunks: the id of every chunk's entry, first to
+    /// last (`id` is the last one's, as Pulsar's `ChunkMessageIdImpl`). Empty otherwise.
+    /// Acknowledging the message acknowledges all of them.
+    pub chunk_ids: Vec<MessageId>,
 }
 
 impl Message {
@@ -128,7 +135,7 @@ impl Message {
     /// #     payload: bytes::Bytes::from_static(br#"{"order":42}"#), key: None,
     /// #     properties: Default::default(), publish_time: 0, event_time: None,
     /// #     producer_name: String::new(), redelivery_count: 0, schema_version: None,
-    /// #     key_is_base64: false,
+    /// #     key_is_base64: false, null_value: false, chunk_ids: Vec::new(),
     /// # };
     /// #[derive(serde::Deserialize)]
     /// struct Order { order: u32 }
@@ -138,6 +145,18 @@ impl Message {
     /// ```
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::ClientError> {
         serde_json::from_slice(&self.payload).map_err(|source| crate::ClientError::Json { source })
+    }
+
+    /// True when the producer sent this message without a value (Pulsar's `hasNullValue`): a
+    /// tombstone that removes its key from a compacted topic or a table view.
+    pub fn is_null_value(&self) -> bool {
+        self.null_value
+    }
+
+    /// For a chunked message, the id of its first chunk (Pulsar's
+    /// `ChunkMessageIdImpl.getFirstChunkMessageId`).
+    pub fn first_chunk_id(&self) -> Option<MessageId> {
+        self.chunk_ids.first().copied()
     }
 }
 

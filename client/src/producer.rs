@@ -20,6 +20,13 @@
 //! registers again under the same producer name and resends every message still waiting for
 //! its receipt with its original sequence id, so broker-side deduplication drops what was
 //! already stored.
+//!
+//! Also as Pulsar's producers: chunking of messages larger than the broker's limit
+//! (chunks.rs), access modes (Shared, Exclusive, WaitForExclusive, ExclusiveWithFencing), a
+//! user's [`MessageRouter`](crate::MessageRouter) in place of the routing modes, and
+//! [`ProducerInterceptor`]s that see (and may change) every message before it is sent and
+//! learn every send's outcome. An interceptor's outcome call runs in a small task per message
+//! that forwards the receipt, so it is called whether or not the [`SendReceipt`] is awaited.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -38,8 +45,9 @@ use crate::compression::CompressionType;
 use crate::error::ClientError;
 use crate::message::MessageId;
 use crate::producer_task::{ProducerTask, TaskCommand};
-use crate::routing::{Router, RoutingMode};
+use crate::routing::{MessageRouter, Router, RoutingMode};
 use crate::topic::TopicName;
+use magnetar_proto::pulsar::ProducerAccessMode as WireAccessMode;
 
 /// Pulsar's default for messages waiting for their receipts.
 pub const DEFAULT_MAX_PENDING_MESSAGES: usize = 1000;
@@ -66,6 +74,58 @@ impl Default for BatchingConfig {
     }
 }
 
+/// Who may produce to a topic besides this producer (Pulsar's `ProducerAccessMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ProducerAccessMode {
+    /// Any number of producers (the default).
+    #[default]
+    Shared,
+    /// Only this producer; creating it fails if another producer is connected.
+    Exclusive,
+    /// Only this producer; creating it waits until the producers connected have gone.
+    WaitForExclusive,
+    /// Only this producer; the producers connected are fenced out (their sends fail).
+    ExclusiveWithFencing,
+}
+
+impl ProducerAccessMode {
+    pub(crate) fn to_wire(self) -> WireAccessMode {
+        match self {
+            ProducerAccessMode::Shared => WireAccessMode::Shared,
+            ProducerAccessMode::Exclusive => WireAccessMode::Exclusive,
+            ProducerAccessMode::WaitForExclusive => WireAccessMode::WaitForExclusive,
+            ProducerAccessMode::ExclusiveWithFencing => WireAccessMode::ExclusiveWithFencing,
+        }
+    }
+}
+
+/// Sees every message a producer sends, as Pulsar's `ProducerInterceptor`.
+///
+/// `before_send` runs in `send_async`, before routing; what it returns is what is sent.
+/// `on_send_acknowledgement` runs once the broker stored the message (or the send failed),
+/// with the message as sent. Both must be quick: they run on the client's tasks.
+pub trait ProducerInterceptor: Send + Sync {
+    fn before_send(&self, _topic: &TopicName, message: ProducerMessage) -> ProducerMessage {
+        message
+    }
+
+    fn on_send_acknowledgement(
+        &self,
+        _topic: &TopicName,
+        _message: &ProducerMessage,
+        _result: Result<&MessageId, &ClientError>,
+    ) {
+    }
+}
+
+/// What a send resolves to in full: the message's id and, for a chunked message, its first
+/// chunk's id (Pulsar's `ChunkMessageIdImpl`: `id` is the last chunk's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentMessageId {
+    pub id: MessageId,
+    pub first_chunk_id: Option<MessageId>,
+}
+
 /// What every partition's task needs to know.
 #[derive(Debug, Clone)]
 pub(crate) struct ProducerConfig {
@@ -73,6 +133,11 @@ pub(crate) struct ProducerConfig {
     pub compression: CompressionType,
     /// The schema sent in PRODUCER (typed producers).
     pub schema: Option<magnetar_proto::pulsar::Schema>,
+    /// Split messages larger than the chunk size into chunks.
+    pub chunking: bool,
+    /// The most a chunk (metadata included) may hold; `None`: the broker's maximum.
+    pub chunk_max_message_size: Option<usize>,
+    pub access_mode: ProducerAccessMode,
 }
 
 /// Builds a [`Producer`]; from [`Client::producer`].
@@ -102,8 +167,25 @@ pub struct ProducerBuilder {
     batching: Option<BatchingConfig>,
     compression: CompressionType,
     routing_mode: RoutingMode,
+    message_router: Option<Arc<dyn MessageRouter>>,
+    chunking: bool,
+    chunk_max_message_size: Option<usize>,
+    access_mode: ProducerAccessMode,
+    interceptors: Vec<Arc<dyn ProducerInterceptor>>,
     /// Set by `with_schema` (schema.rs).
     pub(crate) schema: Option<magnetar_proto::pulsar::Schema>,
+}
+
+impl std::fmt::Debug for dyn MessageRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MessageRouter")
+    }
+}
+
+impl std::fmt::Debug for dyn ProducerInterceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProducerInterceptor")
+    }
 }
 
 impl ProducerBuilder {
@@ -116,8 +198,46 @@ impl ProducerBuilder {
             batching: None,
             compression: CompressionType::None,
             routing_mode: RoutingMode::RoundRobin,
+            message_router: None,
+            chunking: false,
+            chunk_max_message_size: None,
+            access_mode: ProducerAccessMode::Shared,
+            interceptors: Vec::new(),
             schema: None,
         }
+    }
+
+    /// Splits a message larger than the broker's maximum message size into chunks, which
+    /// consumers put together again (Pulsar's `enableChunking`). Needs batching off.
+    pub fn chunking(mut self, enabled: bool) -> Self {
+        self.chunking = enabled;
+        self
+    }
+
+    /// With chunking, the most one chunk may hold (Pulsar's `chunkMaxMessageSize`); default
+    /// and upper bound: the broker's maximum message size.
+    pub fn chunk_max_message_size(mut self, size: usize) -> Self {
+        self.chunk_max_message_size = Some(size);
+        self
+    }
+
+    /// Who else may produce to the topic (default Shared).
+    pub fn access_mode(mut self, mode: ProducerAccessMode) -> Self {
+        self.access_mode = mode;
+        self
+    }
+
+    /// Picks every message's partition with `router` (keys included), in place of the
+    /// routing mode (Pulsar's `CustomPartition` mode with a `MessageRouter`).
+    pub fn message_router(mut self, router: impl MessageRouter + 'static) -> Self {
+        self.message_router = Some(Arc::new(router));
+        self
+    }
+
+    /// Adds an interceptor; several run in the order they were added.
+    pub fn interceptor(mut self, interceptor: impl ProducerInterceptor + 'static) -> Self {
+        self.interceptors.push(Arc::new(interceptor));
+        self
     }
 
     /// The producer's name; the broker picks a unique one when none is given. At most one
@@ -185,9 +305,24 @@ impl ProducerBuilder {
                 });
             }
         }
+        if self.chunking && self.batching.is_some() {
+            return Err(ClientError::InvalidConfig {
+                setting: "chunking",
+                reason: "chunking needs batching off, as in Pulsar",
+            });
+        }
+        if self.chunk_max_message_size == Some(0) {
+            return Err(ClientError::InvalidConfig { setting: "chunk_max_message_size", reason: "must be at least 1" });
+        }
         let (topic, partition_names) = self.client.resolve_partitions(&self.topic).await?;
-        let config =
-            Arc::new(ProducerConfig { batching: self.batching, compression: self.compression, schema: self.schema });
+        let config = Arc::new(ProducerConfig {
+            batching: self.batching,
+            compression: self.compression,
+            schema: self.schema,
+            chunking: self.chunking,
+            chunk_max_message_size: self.chunk_max_message_size,
+            access_mode: self.access_mode,
+        });
         let mut partitions = Vec::with_capacity(partition_names.len());
         for (index, name) in partition_names.iter().enumerate() {
             let partition = if partition_names.len() > 1 { index as i32 } else { -1 };
@@ -208,7 +343,16 @@ impl ProducerBuilder {
             Router::new(self.routing_mode, partitions.len() as u32, start, batch)
         });
         debug!(%topic, partitions = partitions.len(), "producer created");
-        Ok(Producer { topic, partitions, router, max_pending_messages: self.max_pending_messages, closed: false })
+        Ok(Producer {
+            topic,
+            partitions,
+            router,
+            message_router: self.message_router,
+            interceptors: self.interceptors,
+            chunking: self.chunking,
+            max_pending_messages: self.max_pending_messages,
+            closed: false,
+        })
     }
 }
 
@@ -229,6 +373,8 @@ pub struct ProducerMessage {
     pub(crate) deliver_at_time: Option<i64>,
     /// The key is base64 of raw bytes (KeyValue SEPARATED).
     pub(crate) key_is_base64: bool,
+    /// A tombstone: no value (the metadata's `null_value`).
+    pub(crate) null_value: bool,
 }
 
 impl ProducerMessage {
@@ -249,7 +395,35 @@ impl ProducerMessage {
             event_time: None,
             deliver_at_time: None,
             key_is_base64: false,
+            null_value: false,
         }
+    }
+
+    /// A message without a value for `key` (metadata `null_value = true`, empty payload):
+    /// compaction and table views remove the key.
+    pub fn tombstone(key: impl Into<String>) -> Self {
+        ProducerMessage { null_value: true, ..ProducerMessage::new(Bytes::new()).key(key) }
+    }
+
+    /// True for a message without a value ([`ProducerMessage::tombstone`]).
+    pub fn is_null_value(&self) -> bool {
+        self.null_value
+    }
+
+    /// The partition key, if any.
+    pub fn get_key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// The properties set so far.
+    pub fn properties(&self) -> &BTreeMap<String, String> {
+        &self.properties
+    }
+
+    /// Replaces the payload (for interceptors).
+    pub fn with_payload(mut self, payload: impl Into<Bytes>) -> Self {
+        self.payload = payload.into();
+        self
     }
 
     /// A message whose payload is `value` as JSON.
@@ -318,6 +492,11 @@ pub struct Producer {
     partitions: Vec<PartitionHandle>,
     /// `None` for a topic that is not partitioned.
     router: Option<Router>,
+    /// The user's router; takes precedence over `router`.
+    message_router: Option<Arc<dyn MessageRouter>>,
+    interceptors: Vec<Arc<dyn ProducerInterceptor>>,
+    /// Messages over the maximum size are split into chunks rather than refused.
+    chunking: bool,
     max_pending_messages: usize,
     closed: bool,
 }
@@ -366,16 +545,21 @@ impl Producer {
         if self.closed {
             return Err(self.closed_error("close() was called"));
         }
-        let index = self.route(message.key.as_deref());
+        let mut message = message;
+        for interceptor in &self.interceptors {
+            message = interceptor.before_send(&self.topic, message);
+        }
+        let index = self.route(&message)?;
         let partition = &self.partitions[index];
         let size = message.payload.len();
-        if size > partition.max_message_size {
+        if size > partition.max_message_size && !self.chunking {
             return Err(ClientError::MessageTooLarge { size, max: partition.max_message_size });
         }
         let permit =
             partition.in_flight.clone().acquire_owned().await.map_err(|_| self.closed_error("its task ended"))?;
         let sequence_id = partition.next_sequence_id.load(Ordering::Relaxed);
         let (reply, receipt) = oneshot::channel();
+        let reply = self.intercepted(reply, &message);
         partition
             .commands
             .send(TaskCommand::Send { message, sequence_id, permit, reply })
@@ -404,7 +588,7 @@ impl Producer {
                 reason: "a batch may hold at most max_pending_messages messages",
             });
         }
-        let index = self.route(messages[0].key.as_deref());
+        let index = self.route(&messages[0])?;
         let partition = &self.partitions[index];
         let size: usize = messages.iter().map(|m| m.payload.len()).sum();
         if size > partition.max_message_size {
@@ -459,11 +643,45 @@ impl Producer {
         result
     }
 
-    fn route(&mut self, key: Option<&str>) -> usize {
-        match &mut self.router {
-            None => 0,
-            Some(router) => router.route(key.map(str::as_bytes), Instant::now()) as usize,
+    /// The partition (index) for `message`.
+    fn route(&mut self, message: &ProducerMessage) -> Result<usize, ClientError> {
+        let partitions = self.partitions.len() as u32;
+        if let (Some(router), true) = (&self.message_router, partitions > 1) {
+            let partition = router.choose_partition(message, partitions);
+            if partition >= partitions {
+                return Err(ClientError::InvalidPartition { partition, partitions });
+            }
+            return Ok(partition as usize);
         }
+        Ok(match &mut self.router {
+            None => 0,
+            Some(router) => router.route(message.key.as_deref().map(str::as_bytes), Instant::now()) as usize,
+        })
+    }
+
+    /// With interceptors, a reply that tells them the outcome before passing it on.
+    fn intercepted(
+        &self,
+        reply: oneshot::Sender<SendResult>,
+        message: &ProducerMessage,
+    ) -> oneshot::Sender<SendResult> {
+        if self.interceptors.is_empty() {
+            return reply;
+        }
+        let (inner, outcome) = oneshot::channel::<SendResult>();
+        let interceptors = self.interceptors.clone();
+        let topic = self.topic.clone();
+        let message = message.clone();
+        tokio::spawn(async move {
+            let result = outcome.await.unwrap_or_else(|_| {
+                Err(ClientError::SendFailed { reason: "the producer's task ended before the receipt arrived".into() })
+            });
+            for interceptor in &interceptors {
+                interceptor.on_send_acknowledgement(&topic, &message, result.as_ref().map(|sent| &sent.id));
+            }
+            let _ = reply.send(result);
+        });
+        inner
     }
 
     fn closed_error(&self, reason: &str) -> ClientError {
@@ -475,7 +693,10 @@ impl Producer {
     }
 }
 
-type ReceiptReceiver = oneshot::Receiver<Result<MessageId, ClientError>>;
+/// What a producer task answers a send with.
+pub(crate) type SendResult = Result<SentMessageId, ClientError>;
+
+type ReceiptReceiver = oneshot::Receiver<SendResult>;
 
 /// The broker's answer to one send: resolves to the stored message's id, or to the error
 /// that kept it from being stored (including no answer within the operation timeout).
@@ -488,7 +709,7 @@ pub struct SendReceipt {
 }
 
 impl SendReceipt {
-    fn new(receipt: oneshot::Receiver<Result<MessageId, ClientError>>, partition: &PartitionHandle) -> Self {
+    fn new(receipt: ReceiptReceiver, partition: &PartitionHandle) -> Self {
         SendReceipt {
             receipt: Box::pin(tokio::time::timeout(partition.send_timeout, receipt)),
             topic: partition.topic.to_string(),
@@ -498,11 +719,18 @@ impl SendReceipt {
     }
 }
 
-impl Future for SendReceipt {
-    type Output = Result<MessageId, ClientError>;
+impl SendReceipt {
+    /// Waits for the outcome with the first chunk's id of a chunked message.
+    pub async fn sent_id(self) -> Result<SentMessageId, ClientError> {
+        std::future::poll_fn({
+            let mut this = self;
+            move |cx| this.poll_sent(cx)
+        })
+        .await
+    }
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
+    fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<SendResult> {
+        let this = self;
         let outcome = match this.receipt.as_mut().poll(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(outcome) => outcome,
@@ -520,5 +748,13 @@ impl Future for SendReceipt {
             }),
             Ok(Ok(result)) => result,
         })
+    }
+}
+
+impl Future for SendReceipt {
+    type Output = Result<MessageId, ClientError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().poll_sent(cx).map(|result| result.map(|sent| sent.id))
     }
 }

@@ -12,6 +12,12 @@
 //! from their [`SendReceipt`](crate::SendReceipt) already.
 //!
 //! Receipts from before a reconnect are told apart by an epoch and ignored.
+//!
+//! A chunked message is one pending entry with several frames (chunks.rs), one receipt each:
+//! it is answered once every chunk's receipt arrived, with the last chunk's id. Its chunks
+//! are resent together. The topic epoch from PRODUCER_SUCCESS goes into every later PRODUCER
+//! (exclusive access modes); a broker that answers a reconnect with ProducerFenced ends the
+//! producer: its sends fail from then on, as Pulsar's.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +31,7 @@ use magnetar_proto::clock::now_ms;
 use magnetar_proto::pulsar as pb;
 use magnetar_proto::pulsar::ServerError;
 use magnetar_proto::{command, Frame, Payload};
+use prost::Message as _;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -33,13 +40,13 @@ use crate::client::Client;
 use crate::connection::{Connection, ReceiptResult};
 use crate::error::{error_chain, ClientError};
 use crate::message::MessageId;
-use crate::producer::{PartitionHandle, ProducerConfig, ProducerMessage};
+use crate::producer::{PartitionHandle, ProducerConfig, ProducerMessage, SendResult, SentMessageId};
 use crate::topic::TopicName;
 
 /// Commands queued from the handle to the task; capacity of the channel.
 const COMMAND_QUEUE_SIZE: usize = 256;
 
-type Reply = oneshot::Sender<Result<MessageId, ClientError>>;
+type Reply = oneshot::Sender<SendResult>;
 
 #[derive(Debug)]
 pub(crate) enum TaskCommand {
@@ -57,10 +64,14 @@ struct Queued {
     permit: OwnedSemaphorePermit,
 }
 
-/// One entry sent (or to be resent) and waiting for its receipt.
+/// One entry sent (or to be resent) and waiting for its receipt; a chunked message's
+/// chunks are one such entry.
 struct InFlight {
     sequence_id: u64,
-    frame: Frame,
+    /// One frame, or one per chunk.
+    frames: Vec<Frame>,
+    /// The chunks' ids received so far (chunked messages only).
+    chunk_ids: Vec<MessageId>,
     /// Who learns the id: one reply per message of an implicit batch (with its index), or
     /// one for the whole entry.
     replies: Vec<(Option<i32>, Reply)>,
@@ -99,8 +110,11 @@ pub(crate) struct ProducerTask {
     /// The version of the producer's schema, from PRODUCER_SUCCESS; stamped on every entry.
     schema_version: Option<Vec<u8>>,
     /// Set once the broker refused to take the producer back because its topic was
-    /// terminated: every send fails with this reason from then on, as Pulsar's clients do.
-    terminated: Option<String>,
+    /// terminated or another producer fenced it out: every send fails with this error from
+    /// then on, as Pulsar's clients do.
+    terminated: Option<(ServerError, String)>,
+    /// The topic epoch from PRODUCER_SUCCESS, sent in every later PRODUCER.
+    topic_epoch: Option<u64>,
 }
 
 impl ProducerTask {
@@ -116,7 +130,7 @@ impl ProducerTask {
         let (topic, connection, producer_id, success) = client
             .retry_while_unreachable(|| async {
                 let (topic, connection) = client.topic_connection(topic).await?;
-                let (producer_id, success) = register(&connection, &topic, name.clone(), &config).await?;
+                let (producer_id, success) = register(&connection, &topic, name.clone(), &config, None).await?;
                 Ok((topic, connection, producer_id, success))
             })
             .await?;
@@ -159,6 +173,7 @@ impl ProducerTask {
             draining: false,
             schema_version: success.schema_version,
             terminated: None,
+            topic_epoch: success.topic_epoch,
         };
         tokio::spawn(task.run());
         Ok(handle)
@@ -196,8 +211,8 @@ impl ProducerTask {
     }
 
     async fn handle(&mut self, command: TaskCommand) {
-        if let Some(reason) = &self.terminated {
-            let refused = || ClientError::Server { code: ServerError::TopicTerminatedError, message: reason.clone() };
+        if let Some((code, reason)) = &self.terminated {
+            let refused = || ClientError::Server { code: *code, message: reason.clone() };
             match command {
                 TaskCommand::Send { reply, .. } | TaskCommand::SendBatch { reply, .. } => {
                     let _ = reply.send(Err(refused()));
@@ -217,7 +232,7 @@ impl ProducerTask {
                     // Delayed messages go alone, as in Pulsar: the broker delays whole entries.
                     self.flush_batch().await;
                     match self.single_entry(sequence_id, &message) {
-                        Ok(frame) => self.dispatch(sequence_id, frame, vec![(None, reply)], vec![permit]).await,
+                        Ok(frames) => self.dispatch(sequence_id, frames, vec![(None, reply)], vec![permit]).await,
                         Err(error) => {
                             let _ = reply.send(Err(error));
                         }
@@ -240,7 +255,7 @@ impl ProducerTask {
             TaskCommand::SendBatch { messages, sequence_id, permit, reply } => {
                 self.flush_batch().await;
                 match self.batch_entry(sequence_id, &messages) {
-                    Ok(frame) => self.dispatch(sequence_id, frame, vec![(None, reply)], vec![permit]).await,
+                    Ok(frame) => self.dispatch(sequence_id, vec![frame], vec![(None, reply)], vec![permit]).await,
                     Err(error) => {
                         let _ = reply.send(Err(error));
                     }
@@ -280,7 +295,7 @@ impl ProducerTask {
             permits.push(item.permit);
         }
         match self.batch_entry(sequence_id, &messages) {
-            Ok(frame) => self.dispatch(sequence_id, frame, replies, permits).await,
+            Ok(frame) => self.dispatch(sequence_id, vec![frame], replies, permits).await,
             Err(error) => {
                 for (_, reply) in replies {
                     let _ = reply.send(Err(copy_error(&error)));
@@ -289,8 +304,8 @@ impl ProducerTask {
         }
     }
 
-    /// The SEND frame of one message on its own.
-    fn single_entry(&self, sequence_id: u64, message: &ProducerMessage) -> Result<Frame, ClientError> {
+    /// The SEND frame of one message on its own, or with chunking, one per chunk.
+    fn single_entry(&self, sequence_id: u64, message: &ProducerMessage) -> Result<Vec<Frame>, ClientError> {
         let body = self.config.compression.compress(&message.payload)?;
         let metadata = pb::MessageMetadata {
             producer_name: self.name.clone(),
@@ -304,12 +319,46 @@ impl ProducerTask {
             schema_version: self.schema_version.clone(),
             compression: self.config.compression.to_wire(),
             uncompressed_size: Some(u32::try_from(message.payload.len()).unwrap_or(u32::MAX)),
+            null_value: message.null_value.then_some(true),
             ..Default::default()
         };
-        Ok(Frame {
-            command: command::send(self.producer_id, sequence_id, 1),
-            payload: Some(Payload::new(metadata, &body)),
-        })
+        let max = self.connection.max_message_size();
+        let chunk_limit = self.config.chunk_max_message_size.map_or(max, |own| own.min(max));
+        // As Pulsar, the metadata's room is kept free in every chunk; here with the chunk
+        // fields at their longest, so a chunk never exceeds the limit.
+        let uuid = format!("{}-{sequence_id}", self.name);
+        let widest = i32::MAX as usize;
+        let chunk_size = chunk_limit
+            .saturating_sub(crate::chunks::chunk_metadata(&metadata, &uuid, widest, widest, widest).encoded_len());
+        if !self.config.chunking || body.len() <= chunk_size.max(1) {
+            if body.len() > max {
+                return Err(ClientError::MessageTooLarge { size: body.len(), max });
+            }
+            return Ok(vec![Frame {
+                command: command::send(self.producer_id, sequence_id, 1),
+                payload: Some(Payload::new(metadata, &body)),
+            }]);
+        }
+        if chunk_size == 0 {
+            return Err(ClientError::InvalidConfig {
+                setting: "chunk_max_message_size",
+                reason: "leaves no room for a payload after the message metadata",
+            });
+        }
+        let pieces = crate::chunks::split(&body, chunk_size);
+        let count = pieces.len();
+        Ok(pieces
+            .into_iter()
+            .enumerate()
+            .map(|(chunk_id, piece)| {
+                let chunk = crate::chunks::chunk_metadata(&metadata, &uuid, chunk_id, count, body.len());
+                let mut command = command::send(self.producer_id, sequence_id, 1);
+                if let Some(send) = command.send.as_mut() {
+                    send.is_chunk = Some(true);
+                }
+                Frame { command, payload: Some(Payload::new(chunk, &piece)) }
+            })
+            .collect())
     }
 
     /// The SEND frame of `messages` as one batch entry with sequence ids from `sequence_id`.
@@ -344,16 +393,24 @@ impl ProducerTask {
     async fn dispatch(
         &mut self,
         sequence_id: u64,
-        frame: Frame,
+        frames: Vec<Frame>,
         replies: Vec<(Option<i32>, Reply)>,
         permits: Vec<OwnedSemaphorePermit>,
     ) {
-        self.pending.push_back(InFlight { sequence_id, frame, replies, _permits: permits, first_sent: Instant::now() });
-        let frame = self.pending.back().map(|entry| entry.frame.clone());
-        if let Some(frame) = frame {
+        self.pending.push_back(InFlight {
+            sequence_id,
+            frames,
+            chunk_ids: Vec::new(),
+            replies,
+            _permits: permits,
+            first_sent: Instant::now(),
+        });
+        let frames = self.pending.back().map(|entry| entry.frames.clone()).unwrap_or_default();
+        for frame in frames {
             if let Err(error) = self.send_frame(sequence_id, frame).await {
                 debug!(topic = %self.topic, error = %error_chain(&error), "send failed; reconnecting");
                 self.reconnect().await;
+                return;
             }
         }
     }
@@ -371,13 +428,20 @@ impl ProducerTask {
                 let Some(position) = self.pending.iter().position(|entry| entry.sequence_id == sequence_id) else {
                     return debug!(topic = %self.topic, sequence_id, "receipt for no pending entry");
                 };
-                // Receipts come in order: anything before it was answered too (or is stale).
-                let Some(entry) = self.pending.remove(position) else { return };
                 let mut id = MessageId::from(&id);
                 id.partition = self.partition;
+                if let Some(entry) = self.pending.get_mut(position).filter(|entry| entry.frames.len() > 1) {
+                    entry.chunk_ids.push(id);
+                    if entry.chunk_ids.len() < entry.frames.len() {
+                        return;
+                    }
+                }
+                // Receipts come in order: anything before it was answered too (or is stale).
+                let Some(entry) = self.pending.remove(position) else { return };
+                let first_chunk_id = entry.chunk_ids.first().copied();
                 for (batch_index, reply) in entry.replies {
                     let id = MessageId { batch_index: batch_index.unwrap_or(-1), ..id };
-                    let _ = reply.send(Ok(id));
+                    let _ = reply.send(Ok(SentMessageId { id, first_chunk_id }));
                 }
             }
             Ok(Err(error)) if needs_reconnect(&error) => {
@@ -440,9 +504,10 @@ impl ProducerTask {
                     continue;
                 }
             };
-            match register(&connection, &self.topic, Some(self.name.clone()), &self.config).await {
+            match register(&connection, &self.topic, Some(self.name.clone()), &self.config, self.topic_epoch).await {
                 Ok((producer_id, success)) => {
                     self.schema_version = success.schema_version.clone();
+                    self.topic_epoch = success.topic_epoch.or(self.topic_epoch);
                     let last = success.last_sequence_id.unwrap_or(-1);
                     if let Ok(next) = u64::try_from(last.saturating_add(1)) {
                         self.next_sequence_id.fetch_max(next, Ordering::Relaxed);
@@ -455,7 +520,12 @@ impl ProducerTask {
                 }
                 Err(error) if error.server_code() == Some(ServerError::TopicTerminatedError) => {
                     info!(topic = %self.topic, producer = %self.name, "the topic was terminated: sends fail from now on");
-                    self.terminate(&error);
+                    self.terminate(ServerError::TopicTerminatedError, &error);
+                    return;
+                }
+                Err(error) if error.server_code() == Some(ServerError::ProducerFenced) => {
+                    info!(topic = %self.topic, producer = %self.name, "another producer fenced this one out: sends fail from now on");
+                    self.terminate(ServerError::ProducerFenced, &error);
                     return;
                 }
                 Err(error) => {
@@ -471,11 +541,15 @@ impl ProducerTask {
         let frames: Vec<(u64, Frame)> = self
             .pending
             .iter_mut()
-            .map(|entry| {
-                if let Some(send) = entry.frame.command.send.as_mut() {
-                    send.producer_id = self.producer_id;
+            .flat_map(|entry| {
+                entry.chunk_ids.clear();
+                for frame in &mut entry.frames {
+                    if let Some(send) = frame.command.send.as_mut() {
+                        send.producer_id = self.producer_id;
+                    }
                 }
-                (entry.sequence_id, entry.frame.clone())
+                let sequence_id = entry.sequence_id;
+                entry.frames.iter().map(move |frame| (sequence_id, frame.clone())).collect::<Vec<_>>()
             })
             .collect();
         for (sequence_id, frame) in frames {
@@ -487,10 +561,10 @@ impl ProducerTask {
         }
     }
 
-    /// The topic was terminated: what is pending or batched fails with `error`, and so will
-    /// every later send.
-    fn terminate(&mut self, error: &ClientError) {
-        self.terminated = Some(error.to_string());
+    /// The topic was terminated (or the producer fenced): what is pending or batched fails
+    /// with `error`, and so will every later send.
+    fn terminate(&mut self, code: ServerError, error: &ClientError) {
+        self.terminated = Some((code, error.to_string()));
         self.batch_deadline = None;
         self.batch_bytes = 0;
         for queued in self.batch.drain(..) {
@@ -555,6 +629,7 @@ async fn register(
     topic: &TopicName,
     name: Option<String>,
     config: &ProducerConfig,
+    topic_epoch: Option<u64>,
 ) -> Result<(u64, pb::CommandProducerSuccess), ClientError> {
     let producer_id = connection.new_producer_id();
     let topic_name = topic.to_string();
@@ -562,10 +637,14 @@ async fn register(
     // Routing first, so that a CLOSE_PRODUCER right after the broker's answer finds it.
     connection.add_producer(producer_id, label, topic_name.clone()).await?;
     let answer = connection
-        .request(|request_id| {
+        .request_producer(|request_id| {
             let mut producer = command::producer(&topic_name, producer_id, request_id, name);
             if let Some(body) = producer.producer.as_mut() {
                 body.schema = config.schema.clone();
+                if config.access_mode != crate::ProducerAccessMode::Shared {
+                    body.producer_access_mode = Some(config.access_mode.to_wire() as i32);
+                }
+                body.topic_epoch = topic_epoch;
             }
             producer
         })
@@ -599,6 +678,9 @@ fn copy_error(error: &ClientError) -> ClientError {
     match error {
         ClientError::Server { code, message } => ClientError::Server { code: *code, message: message.clone() },
         ClientError::MessageTooLarge { size, max } => ClientError::MessageTooLarge { size: *size, max: *max },
+        ClientError::Timeout { broker, operation, after } => {
+            ClientError::Timeout { broker: broker.clone(), operation: operation.clone(), after: *after }
+        }
         other => ClientError::SendFailed { reason: error_chain(other) },
     }
 }

@@ -138,6 +138,9 @@ impl ReaderBuilder {
             start_message_id: Some(start_id),
             start_inclusive: self.inclusive,
             schema: None,
+            read_compacted: false,
+            chunks: Default::default(),
+            ack_grouping: crate::topic_consumer::AckGrouping::IMMEDIATE,
         };
         let consumer = TopicConsumer::subscribe(self.client, &topic.to_string(), -1, settings).await?;
         Ok(Reader { consumer, start: self.start, inclusive: self.inclusive })

@@ -21,6 +21,28 @@ pub enum RoutingMode {
     Single,
 }
 
+/// Picks a message's partition, for producers that route by their own rule (Pulsar's
+/// `MessageRouter` in `CustomPartition` mode). Called for every message, keyed or not; the
+/// answer must be below `partitions`, else the send fails with
+/// [`ClientError::InvalidPartition`](crate::ClientError::InvalidPartition).
+///
+/// ```
+/// use magnetar_client::{MessageRouter, ProducerMessage};
+/// /// Orders of a region go to "their" partition.
+/// struct ByRegion;
+/// impl MessageRouter for ByRegion {
+///     fn choose_partition(&self, message: &ProducerMessage, partitions: u32) -> u32 {
+///         match message.properties().get("region").map(String::as_str) {
+///             Some("eu") => 0,
+///             _ => partitions - 1,
+///         }
+///     }
+/// }
+/// ```
+pub trait MessageRouter: Send + Sync {
+    fn choose_partition(&self, message: &crate::ProducerMessage, partitions: u32) -> u32;
+}
+
 /// The partition a key maps to.
 pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
     // The hash is non-negative, so Java's signSafeMod is the plain remainder.

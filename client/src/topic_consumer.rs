@@ -15,6 +15,13 @@
 //! and so covers the whole entry, including any messages after the acknowledged one in the
 //! same batch.
 //!
+//! Grouped acks (Pulsar's `acknowledgementsGroupTime`, `maxAcknowledgmentGroupSize`): with a
+//! group time set, individual acks are collected in the [`AckHandle`] and a cumulative ack
+//! keeps only the furthest; they go out in one ACK when `max_group_size` acks are collected,
+//! when the owner's timer calls [`AckHandle::flush`] every group time, and before a close,
+//! seek or redelivery. Collected acks of a lost connection are sent on the next one (ids
+//! name positions of the subscription, not of a consumer id).
+//!
 //! Reconnect: when the connection ends (or the broker closes the consumer, as when a topic
 //! moves), the next `receive` subscribes again with backoff under the same subscription and
 //! consumer name, with fresh permits. Messages queued but not handed out are dropped: the
@@ -30,6 +37,7 @@ use magnetar_proto::pulsar::{self as pb, command_ack::AckType, command_subscribe
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::chunks::{ChunkAssembler, ChunkSettings};
 use crate::client::Client;
 use crate::connection::{Connection, ConsumerEvent};
 use crate::entry::{decode_entry, DecodedEntry};
@@ -53,6 +61,12 @@ pub(crate) struct SubscribeSettings {
     pub start_inclusive: bool,
     /// The schema sent in SUBSCRIBE (typed consumers).
     pub schema: Option<pb::Schema>,
+    /// Read the compacted view of the topic (table views, compacted readers).
+    pub read_compacted: bool,
+    /// How chunked messages are collected.
+    pub chunks: ChunkSettings,
+    /// How acks are grouped; [`AckGrouping::IMMEDIATE`] for readers.
+    pub ack_grouping: AckGrouping,
 }
 
 /// Acknowledgement state of one batch entry whose messages are not all acknowledged.
@@ -103,6 +117,29 @@ struct Route {
     consumer_id: u64,
     /// Batch entries with messages not yet acknowledged, by (ledger, entry).
     batches: HashMap<(u64, u64), BatchAcks>,
+    /// Chunked messages handed out and not acknowledged: the last chunk's (ledger, entry) to
+    /// every chunk's id, so that acking or redelivering the message covers all its chunks.
+    chunked: HashMap<(u64, u64), Vec<MessageId>>,
+    /// Grouped acks not sent yet; `grouping` off sends each at once.
+    grouping: AckGrouping,
+    grouped: Vec<pb::MessageIdData>,
+    grouped_cumulative: Option<MessageId>,
+}
+
+/// How acks are grouped (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AckGrouping {
+    /// Zero: every ack goes out at once.
+    pub group_time: std::time::Duration,
+    pub max_group_size: usize,
+}
+
+impl AckGrouping {
+    pub(crate) const IMMEDIATE: AckGrouping = AckGrouping { group_time: std::time::Duration::ZERO, max_group_size: 1 };
+
+    fn enabled(self) -> bool {
+        !self.group_time.is_zero() && self.max_group_size > 1
+    }
 }
 
 /// Acknowledges and redelivers on a topic consumer's current connection and consumer id,
@@ -120,7 +157,7 @@ impl AckHandle {
     /// Acknowledges one message. For a message of a batch, the broker is told once every
     /// message of the batch was acknowledged. An error means the connection is lost.
     pub(crate) async fn ack(&self, id: MessageId) -> Result<(), ClientError> {
-        let (connection, consumer_id, wire_id) = {
+        let (connection, consumer_id, wire_ids) = {
             let mut route = self.route();
             if id.is_batched() {
                 let entry = (id.ledger_id, id.entry_id);
@@ -137,29 +174,125 @@ impl AckHandle {
                     return Ok(());
                 }
             }
-            (route.connection.clone(), route.consumer_id, id.entry_id_only())
+            let wire_ids = match route.chunked.get(&(id.ledger_id, id.entry_id)) {
+                Some(chunks) => chunks.iter().map(|chunk| chunk.to_wire()).collect(),
+                None => vec![id.entry_id_only().to_wire()],
+            };
+            (route.connection.clone(), route.consumer_id, wire_ids)
         };
-        // The last one of a batch: tell the broker first, so a cancelled call can be repeated.
-        connection.send_command(command::ack(consumer_id, AckType::Individual, vec![wire_id.to_wire()])).await?;
-        if id.is_batched() {
-            self.route().batches.remove(&(id.ledger_id, id.entry_id));
+        let grouped = {
+            let mut route = self.route();
+            if route.grouping.enabled() {
+                route.grouped.extend(wire_ids.iter().cloned());
+                if id.is_batched() {
+                    route.batches.remove(&(id.ledger_id, id.entry_id));
+                }
+                route.chunked.remove(&(id.ledger_id, id.entry_id));
+                Some(route.grouped.len() >= route.grouping.max_group_size)
+            } else {
+                None
+            }
+        };
+        match grouped {
+            Some(true) => return self.flush().await,
+            Some(false) => return Ok(()),
+            None => {}
         }
+        // The last one of a batch: tell the broker first, so a cancelled call can be repeated.
+        connection.send_command(command::ack(consumer_id, AckType::Individual, wire_ids)).await?;
+        let mut route = self.route();
+        if id.is_batched() {
+            route.batches.remove(&(id.ledger_id, id.entry_id));
+        }
+        route.chunked.remove(&(id.ledger_id, id.entry_id));
         Ok(())
+    }
+
+    /// Acknowledges the entry of `id` and everything before it (grouped: the furthest is
+    /// kept until the next flush).
+    pub(crate) async fn ack_cumulative(&self, id: MessageId) -> Result<(), ClientError> {
+        let entry = id.entry_id_only();
+        let position = (entry.ledger_id, entry.entry_id);
+        let (connection, consumer_id) = {
+            let mut route = self.route();
+            route.batches.retain(|&batch_entry, _| batch_entry > position);
+            route.chunked.retain(|&last_chunk, _| last_chunk > position);
+            if route.grouping.enabled() {
+                if route.grouped_cumulative.is_none_or(|kept| kept < entry) {
+                    route.grouped_cumulative = Some(entry);
+                }
+                return Ok(());
+            }
+            (route.connection.clone(), route.consumer_id)
+        };
+        connection.send_command(command::ack(consumer_id, AckType::Cumulative, vec![entry.to_wire()])).await
+    }
+
+    /// Sends the grouped acks now. An error means the connection is lost (the acks are kept
+    /// for the next flush).
+    pub(crate) async fn flush(&self) -> Result<(), ClientError> {
+        let (connection, consumer_id, individual, cumulative) = {
+            let mut route = self.route();
+            if route.grouped.is_empty() && route.grouped_cumulative.is_none() {
+                return Ok(());
+            }
+            let individual = std::mem::take(&mut route.grouped);
+            let cumulative = route.grouped_cumulative.take();
+            (route.connection.clone(), route.consumer_id, individual, cumulative)
+        };
+        let mut result = Ok(());
+        if let Some(cumulative) = cumulative {
+            let ack = command::ack(consumer_id, AckType::Cumulative, vec![cumulative.to_wire()]);
+            if let Err(error) = connection.send_command(ack).await {
+                let mut route = self.route();
+                route.grouped_cumulative = route.grouped_cumulative.max(Some(cumulative));
+                result = Err(error);
+            }
+        }
+        if !individual.is_empty() {
+            let ack = command::ack(consumer_id, AckType::Individual, individual.clone());
+            if let Err(error) = connection.send_command(ack).await {
+                self.route().grouped.extend(individual);
+                result = Err(error);
+            }
+        }
+        result
+    }
+
+    /// Acknowledges chunks the assembler gave up on or did not need.
+    pub(crate) async fn ack_entries(&self, ids: &[MessageId]) -> Result<(), ClientError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (connection, consumer_id) = {
+            let route = self.route();
+            (route.connection.clone(), route.consumer_id)
+        };
+        let wire = ids.iter().map(|id| id.entry_id_only().to_wire()).collect();
+        connection.send_command(command::ack(consumer_id, AckType::Individual, wire)).await
     }
 
     /// Asks the broker to deliver these messages again (whole entries). An error means the
     /// connection is lost.
     pub(crate) async fn redeliver(&self, ids: &[MessageId]) -> Result<(), ClientError> {
-        let mut entries: Vec<MessageId> = ids.iter().map(MessageId::entry_id_only).collect();
-        entries.sort();
-        entries.dedup();
-        let (connection, consumer_id) = {
+        // Acks first, so the broker does not redeliver what was acknowledged meanwhile.
+        self.flush().await?;
+        let (connection, consumer_id, entries) = {
             let mut route = self.route();
+            let mut entries = Vec::with_capacity(ids.len());
+            for id in ids {
+                match route.chunked.remove(&(id.ledger_id, id.entry_id)) {
+                    Some(chunks) => entries.extend(chunks),
+                    None => entries.push(id.entry_id_only()),
+                }
+            }
+            entries.sort();
+            entries.dedup();
             for entry in &entries {
                 // Redelivered messages of a batch come back with a fresh ack state.
                 route.batches.remove(&(entry.ledger_id, entry.entry_id));
             }
-            (route.connection.clone(), route.consumer_id)
+            (route.connection.clone(), route.consumer_id, entries)
         };
         let wire = entries.into_iter().map(MessageId::to_wire).collect();
         connection.send_command(command::redeliver_unacknowledged_messages(consumer_id, wire)).await
@@ -182,6 +315,10 @@ pub(crate) struct TopicConsumer {
     events: mpsc::Receiver<ConsumerEvent>,
     /// Messages of an entry already split, waiting for `receive`.
     ready: VecDeque<Message>,
+    /// Chunks of chunked messages being put together.
+    assembler: ChunkAssembler,
+    /// Chunks to acknowledge that the application never sees (expired, duplicates).
+    chunk_acks: Vec<MessageId>,
     /// Shared with the [`AckHandle`]s: kept in step with `connection` and `consumer_id`.
     route: AckHandle,
     /// Permits used since the last FLOW.
@@ -212,6 +349,7 @@ impl TopicConsumer {
             })
             .await?;
         debug!(%topic, subscription = %settings.subscription, consumer_id, "subscribed");
+        let settings_grouping = settings.ack_grouping;
         Ok(TopicConsumer {
             client,
             connection: connection.clone(),
@@ -219,12 +357,22 @@ impl TopicConsumer {
             topic,
             partition,
             refill_threshold: (settings.receiver_queue_size / 2).max(1),
+            assembler: ChunkAssembler::new(settings.chunks),
             settings,
             consumer_id,
             events,
             ready: VecDeque::new(),
+            chunk_acks: Vec::new(),
             route: AckHandle {
-                route: Arc::new(Mutex::new(Route { connection, consumer_id, batches: HashMap::new() })),
+                route: Arc::new(Mutex::new(Route {
+                    connection,
+                    consumer_id,
+                    batches: HashMap::new(),
+                    chunked: HashMap::new(),
+                    grouping: settings_grouping,
+                    grouped: Vec::new(),
+                    grouped_cumulative: None,
+                })),
             },
             unsent_permits: 0,
             last_received: None,
@@ -276,16 +424,34 @@ impl TopicConsumer {
                 }
                 self.unsent_permits = 0;
             }
+            if !self.chunk_acks.is_empty() {
+                let ids = std::mem::take(&mut self.chunk_acks);
+                if let Err(error) = self.route.ack_entries(&ids).await {
+                    self.note_send_result(Err(error));
+                    continue;
+                }
+            }
             if let Some(message) = self.ready.pop_front() {
                 self.unsent_permits += 1;
                 self.last_received = Some(message.id);
                 return Ok(message);
             }
-            match self.events.recv().await {
+            let event = match self.assembler.next_expiry() {
+                None => self.events.recv().await,
+                Some(expiry) => match tokio::time::timeout_at(expiry, self.events.recv()).await {
+                    Ok(event) => event,
+                    Err(_) => {
+                        let step = self.assembler.expire(tokio::time::Instant::now());
+                        self.chunk_acks.extend(step.ack);
+                        continue;
+                    }
+                },
+            };
+            match event {
                 None => self.lost = Some(self.end_reason()),
                 Some(ConsumerEvent::Closed { reason }) => self.lost = Some(reason),
                 Some(ConsumerEvent::Message { command, payload }) => match decode_entry(&command, &payload) {
-                    Ok(decoded) => self.accept(decoded),
+                    Ok(decoded) => self.accept(decoded)?,
                     Err(error) => {
                         self.unsent_permits += payload.num_messages();
                         return Err(error);
@@ -306,6 +472,8 @@ impl TopicConsumer {
         info!(topic = %self.topic, subscription = %self.settings.subscription, %reason, "consumer lost its broker; subscribing again");
         self.connection.remove_consumer(self.consumer_id).await;
         self.ready.clear();
+        self.assembler.clear();
+        self.chunk_acks.clear();
         self.route.route().batches.clear();
         self.unsent_permits = 0;
         if !self.settings.durable {
@@ -364,11 +532,18 @@ impl TopicConsumer {
 
     /// Acknowledges the entry of `id` and everything before it.
     pub(crate) async fn ack_cumulative(&mut self, id: MessageId) -> Result<(), ClientError> {
-        let entry = id.entry_id_only();
-        self.send_ack(AckType::Cumulative, entry).await?;
-        let position = (entry.ledger_id, entry.entry_id);
-        self.route.route().batches.retain(|&batch_entry, _| batch_entry > position);
+        if self.lost.is_some() {
+            debug!(topic = %self.topic, "connection lost: the ack is dropped, the broker redelivers");
+            return Ok(());
+        }
+        let result = self.route.ack_cumulative(id).await;
+        self.note_send_result(result);
         Ok(())
+    }
+
+    /// The partition index written into message ids, or -1.
+    pub(crate) fn partition(&self) -> i32 {
+        self.partition
     }
 
     /// The id of the last message stored in the topic (GET_LAST_MESSAGE_ID).
@@ -396,11 +571,17 @@ impl TopicConsumer {
     /// the consumer starts over with a fresh consumer id: whatever was in flight belongs to
     /// the old position and is dropped with the old id's channel.
     pub(crate) async fn seek(&mut self, id: Option<MessageId>, publish_time: Option<u64>) -> Result<(), ClientError> {
+        // Acks of messages before the seek go out first, as Pulsar's clients flush them.
+        if let Err(error) = self.route.flush().await {
+            debug!(topic = %self.topic, error = %error_chain(&error), "cannot flush acks before a seek");
+        }
         let consumer_id = self.consumer_id;
         let wire = id.map(MessageId::to_wire);
         self.connection.request(|request_id| command::seek(consumer_id, request_id, wire, publish_time)).await?;
         self.connection.abandon_consumer(consumer_id);
         self.ready.clear();
+        self.assembler.clear();
+        self.chunk_acks.clear();
         self.route.route().batches.clear();
         self.unsent_permits = 0;
         self.last_received = None;
@@ -432,14 +613,44 @@ impl TopicConsumer {
             return Ok(());
         }
         self.closed = Some("close() was called".into());
+        if let Err(error) = self.route.flush().await {
+            debug!(topic = %self.topic, error = %error_chain(&error), "cannot flush acks before closing");
+        }
         let consumer_id = self.consumer_id;
         let result = self.connection.request(|request_id| command::close_consumer(consumer_id, request_id)).await;
         self.connection.remove_consumer(consumer_id).await;
         result.map(|_| ())
     }
 
-    fn accept(&mut self, decoded: DecodedEntry) {
-        let DecodedEntry { mut messages, permits, batch_size } = decoded;
+    /// Queues the messages of a decoded entry; a chunk goes to the assembler, and the message
+    /// is queued once complete. An error concerns this entry's message only.
+    fn accept(&mut self, decoded: DecodedEntry) -> Result<(), ClientError> {
+        let DecodedEntry { mut messages, permits, batch_size, chunk } = decoded;
+        if let Some(chunk) = chunk {
+            // The entry's permit is used now; the whole message, once complete, takes none.
+            self.unsent_permits = self.unsent_permits.saturating_add(permits);
+            let step = self.assembler.add(chunk, tokio::time::Instant::now());
+            let step = match step {
+                Ok(step) => step,
+                Err(error) => return Err(error),
+            };
+            self.chunk_acks.extend(step.ack);
+            if !step.dropped.is_empty() {
+                debug!(topic = %self.topic, dropped = step.dropped.len(), "chunks dropped unacknowledged; the broker redelivers them");
+            }
+            let Some(assembled) = step.complete else { return Ok(()) };
+            let mut message = crate::entry::assembled_message(assembled)?;
+            message.id.partition = self.partition;
+            for id in &mut message.chunk_ids {
+                id.partition = self.partition;
+            }
+            message.topic.clone_from(&self.topic_name);
+            self.route.route().chunked.insert((message.id.ledger_id, message.id.entry_id), message.chunk_ids.clone());
+            // Popping it from `ready` counts a permit again: take it back here.
+            self.unsent_permits = self.unsent_permits.saturating_sub(1);
+            self.ready.push_back(message);
+            return Ok(());
+        }
         let delivered = u32::try_from(messages.len()).unwrap_or(u32::MAX);
         // Messages charged for but not delivered use their permits now.
         self.unsent_permits = self.unsent_permits.saturating_add(permits.saturating_sub(delivered));
@@ -471,22 +682,6 @@ impl TopicConsumer {
             self.route.route().batches.insert((first.id.ledger_id, first.id.entry_id), BatchAcks::new(size, &indexes));
         }
         self.ready.extend(messages);
-    }
-
-    async fn send_ack(&mut self, ack_type: AckType, id: MessageId) -> Result<(), ClientError> {
-        self.send(command::ack(self.consumer_id, ack_type, vec![id.to_wire()])).await
-    }
-
-    /// Sends a command without an answer (ACK, REDELIVER). On a lost connection it is not an
-    /// error: the loss is noted for the next `receive`, which subscribes again, and the broker
-    /// then redelivers everything unacknowledged (at-least-once, as Pulsar's clients).
-    async fn send(&mut self, command: pb::BaseCommand) -> Result<(), ClientError> {
-        if self.lost.is_some() {
-            debug!(topic = %self.topic, "connection lost: the command is dropped, the broker redelivers");
-            return Ok(());
-        }
-        let result = self.connection.send_command(command).await;
-        self.note_send_result(result);
         Ok(())
     }
 
@@ -555,6 +750,9 @@ async fn register(
             if !settings.durable {
                 body.durable = Some(false);
                 body.start_message_id = settings.start_message_id.clone();
+            }
+            if settings.read_compacted {
+                body.read_compacted = Some(true);
             }
         }
         subscribe

@@ -558,6 +558,8 @@ mod tests {
             redelivery_count: 0,
             schema_version: None,
             key_is_base64: false,
+            null_value: false,
+            chunk_ids: Vec::new(),
         };
         assert_eq!(describe(&message, false, None), "key:[null], properties:[a=1, b=2], content:hello");
         assert_eq!(describe(&message, true, None), "key:[null], properties:[a=1, b=2], content:68 65 6c 6c 6f");
