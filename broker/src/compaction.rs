@@ -39,6 +39,10 @@ use crate::managed_ledger::{ManagedLedger, Position};
 /// The cursor that holds the topic's entries until they are compacted (Pulsar's name).
 pub const COMPACTION_CURSOR: &str = "__compaction";
 
+/// Crash tests: with this variable set, the process aborts in phase two, after the new
+/// ledger is noted as pending and has entries, as a crash would (nothing is cleaned up).
+pub const CRASH_IN_PHASE_TWO_ENV: &str = "MAGNETAR_TEST_CRASH_IN_COMPACTION";
+
 /// Entries read from a ledger at a time.
 const READ_BATCH: u32 = 500;
 
@@ -330,6 +334,13 @@ impl Compaction {
                     if let Some(kept) = retain(position, &data, &latest) {
                         acks.push(writer.add(encode_entry(position, &kept)).await?);
                         index.push(position);
+                    }
+                    if index.len() == 2 && std::env::var_os(CRASH_IN_PHASE_TWO_ENV).is_some() {
+                        for ack in acks.drain(..) {
+                            let _ = ack.await;
+                        }
+                        warn!(topic = %name, "{CRASH_IN_PHASE_TWO_ENV} is set: aborting in phase two");
+                        std::process::abort();
                     }
                 }
             }

@@ -81,6 +81,8 @@ class MagnetarProcess:
     def __init__(self, binary: Path, workdir: Path, name: str, extra_args: list[str] | None = None) -> None:
         self.binary = binary
         self.extra_args = list(extra_args or [])
+        # Extra environment for the next start (crash points of the crash tests).
+        self.env: dict[str, str] = {}
         self.workdir = workdir
         self.name = name
         self.data_dir = workdir / "data"
@@ -116,6 +118,7 @@ class MagnetarProcess:
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
         env.setdefault("RUST_BACKTRACE", "1")
+        env.update(self.env)
         with open(log_path, "wb") as log:
             log.write(f"$ {' '.join(self.command())}\n".encode())
             log.flush()
