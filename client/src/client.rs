@@ -207,6 +207,11 @@ impl Client {
         ReaderBuilder::new(self.clone(), topic.into())
     }
 
+    /// Starts building a table view of `topic`: the latest value of every key, kept current.
+    pub fn table_view(&self, topic: impl Into<String>) -> crate::table_view::TableViewBuilder {
+        crate::table_view::TableViewBuilder::new(self.clone(), topic.into())
+    }
+
     /// The broker that serves `topic`, following redirects.
     pub async fn lookup(&self, topic: &TopicName) -> Result<BrokerAddress, ClientError> {
         Ok(self.lookup_connection(topic).await?.broker().clone())

@@ -590,3 +590,123 @@ async fn pattern_consumer_without_watchers_never_sends_watch_topic_list_and_poll
     assert!(broker.state().watch_requests.is_empty(), "no watcher without the CONNECTED flag");
     assert!(broker.state().topic_list_requests.len() >= 2);
 }
+
+// ---- readers over partitions ----
+
+fn partition(name: &str, index: u32) -> String {
+    format!("persistent://public/default/{name}-partition-{index}")
+}
+
+#[tokio::test]
+async fn reader_of_a_partitioned_topic_reads_every_partition_and_seeks_one() {
+    let (broker, client) = start(Options::default()).await;
+    let mut expected = std::collections::BTreeSet::new();
+    for index in 0..4u32 {
+        for n in 0..=index {
+            let body = format!("p{index}-{n}");
+            produce(&broker, &partition("partitioned-r", index), &[&body]);
+            expected.insert(body);
+        }
+    }
+    let refused = client
+        .reader("partitioned-r")
+        .start_message_id(crate::StartMessageId::Id(MessageId::entry(1, 0)))
+        .create()
+        .await;
+    assert!(matches!(refused, Err(ClientError::InvalidConfig { setting: "start_message_id", .. })));
+    let mut reader = client
+        .reader("partitioned-r")
+        .start_message_id(crate::StartMessageId::Earliest)
+        .create()
+        .await
+        .expect("reader");
+    assert_eq!(reader.partitions(), 4);
+    let mut read = std::collections::BTreeSet::new();
+    let mut third_of_partition_2 = None;
+    while within(reader.has_message_available()).await.expect("available") {
+        let message = within(reader.receive()).await.expect("receive");
+        let body = String::from_utf8(message.payload.to_vec()).expect("utf-8");
+        assert!(body.starts_with(&format!("p{}-", message.id.partition)), "{body} has id {}", message.id);
+        if body == "p2-1" {
+            third_of_partition_2 = Some(message.id);
+        }
+        read.insert(body);
+    }
+    assert_eq!(read, expected);
+    // Seek moves partition 2 only: its messages from there come again, and nothing else.
+    let id = third_of_partition_2.expect("p2-1 read");
+    within(reader.seek(id)).await.expect("seek");
+    assert!(within(reader.has_message_available()).await.expect("available"));
+    let again: Vec<String> = [within(reader.receive()).await, within(reader.receive()).await]
+        .into_iter()
+        .map(|message| String::from_utf8(message.expect("receive").payload.to_vec()).expect("utf-8"))
+        .collect();
+    assert_eq!(again, ["p2-1", "p2-2"]);
+    assert!(!within(reader.has_message_available()).await.expect("available"));
+}
+
+// ---- table views ----
+
+fn keyed(key: Option<&str>, value: &[u8], null_value: bool) -> Payload {
+    let metadata = pb::MessageMetadata {
+        producer_name: "injected".into(),
+        publish_time: 1,
+        partition_key: key.map(str::to_owned),
+        null_value: null_value.then_some(true),
+        ..Default::default()
+    };
+    Payload::new(metadata, value)
+}
+
+#[tokio::test]
+async fn table_view_keeps_the_latest_value_per_key_and_drops_tombstoned_keys() {
+    let (broker, client) = start(Options::default()).await;
+    broker.append(TOPIC, keyed(Some("k1"), b"a", false));
+    broker.append(TOPIC, keyed(Some("k2"), b"b", false));
+    broker.append(TOPIC, keyed(Some("k1"), b"c", false));
+    broker.append(TOPIC, keyed(Some("k2"), b"", true));
+    broker.append(TOPIC, keyed(Some("k3"), b"x", false));
+    broker.append(TOPIC, keyed(Some("k3"), b"", false));
+    broker.append(TOPIC, keyed(None, b"keyless", false));
+    let view = within(client.table_view("my-topic").create()).await.expect("table view");
+    // Loaded before create returns.
+    assert_eq!(view.get("k1"), Some(Bytes::from_static(b"c")));
+    assert_eq!(view.get("k2"), None, "tombstone with null_value");
+    assert_eq!(view.get("k3"), None, "tombstone as an empty payload");
+    assert_eq!(view.keys(), ["k1"]);
+    assert_eq!(view.len(), 1);
+    let subscribe = broker.state().subscribes.last().cloned().expect("a subscribe");
+    assert_eq!(subscribe.read_compacted, Some(true));
+    assert_eq!(subscribe.durable, Some(false));
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    view.for_each_and_listen(move |key, value| log.lock().push((key.to_owned(), value.cloned())));
+    broker.append(TOPIC, keyed(Some("k4"), b"d", false));
+    broker.append(TOPIC, keyed(Some("k1"), b"", true));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while view.get("k4").is_none() || view.contains_key("k1") {
+        assert!(tokio::time::Instant::now() < deadline, "updates not applied: {view:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        *seen.lock(),
+        [
+            ("k1".to_owned(), Some(Bytes::from_static(b"c"))),
+            ("k4".to_owned(), Some(Bytes::from_static(b"d"))),
+            ("k1".to_owned(), None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn table_view_reads_every_partition() {
+    let (broker, client) = start(Options::default()).await;
+    for index in 0..4u32 {
+        broker.append(&partition("partitioned-t", index), keyed(Some(&format!("key-{index}")), b"v", false));
+    }
+    let view = within(client.table_view("partitioned-t").create()).await.expect("table view");
+    let mut keys = view.keys();
+    keys.sort();
+    assert_eq!(keys, ["key-0", "key-1", "key-2", "key-3"]);
+}

@@ -125,6 +125,7 @@ mod redelivery_backoff;
 mod routing;
 pub mod schema;
 mod stream;
+mod table_view;
 mod tls;
 mod topic;
 mod topic_consumer;
@@ -163,6 +164,7 @@ pub use producer::{
 pub use reader::{Reader, ReaderBuilder, StartMessageId};
 pub use redelivery_backoff::{MultiplierRedeliveryBackoff, RedeliveryBackoff};
 pub use routing::{murmur3_32, partition_for_key, pulsar_key_hash, MessageRouter, RoutingMode};
+pub use table_view::{TableView, TableViewBuilder, DEFAULT_AUTO_UPDATE_PARTITIONS_INTERVAL};
 pub use topic::TopicName;
 
 /// The client version sent to brokers in CONNECT: `magnetar-client/<version>`.

@@ -6,7 +6,15 @@
 //! (i64::MAX, i64::MAX); a specific id is exclusive unless [`ReaderBuilder::start_inclusive`].
 //! For an inclusive or batch start the id goes out with a batch index, which makes the broker
 //! start at that entry; the messages before the start in that entry are skipped here.
+//!
+//! A partitioned topic's name reads every partition (as Pulsar's `MultiTopicsReaderImpl`):
+//! one per-topic consumer per partition, received from in turn; such a reader starts at the
+//! earliest or the latest message (a specific id names one partition: seek to it instead),
+//! `has_message_available` asks every partition, and `seek` moves the partition the id
+//! belongs to.
 
+use futures::future::select_all;
+use futures::FutureExt;
 use magnetar_proto::pulsar as pb;
 
 use crate::client::Client;
@@ -113,16 +121,18 @@ impl ReaderBuilder {
         self
     }
 
-    /// Subscribes (non-durable) at the start position. Readers of partitioned topics read
-    /// one partition each: name it (`<topic>-partition-<i>`).
+    /// Subscribes (non-durable) at the start position, on every partition of a partitioned
+    /// topic.
     pub async fn create(self) -> Result<Reader, ClientError> {
         if self.receiver_queue_size == 0 {
             return Err(ClientError::InvalidConfig { setting: "receiver_queue_size", reason: "must be at least 1" });
         }
         let (topic, partitions) = self.client.resolve_partitions(&self.topic).await?;
-        if partitions.len() > 1 {
-            return Err(ClientError::Unsupported {
-                what: format!("a reader over all {} partitions of {topic}: read each partition", partitions.len()),
+        let partitioned = self.client.partitions(&topic).await? > 0;
+        if partitioned && matches!(self.start, StartMessageId::Id(_)) {
+            return Err(ClientError::InvalidConfig {
+                setting: "start_message_id",
+                reason: "a reader over several partitions starts at Earliest or Latest; seek moves one partition",
             });
         }
         let (start_id, initial_position) = self.start.to_wire(self.inclusive);
@@ -142,49 +152,112 @@ impl ReaderBuilder {
             chunks: Default::default(),
             ack_grouping: crate::topic_consumer::AckGrouping::IMMEDIATE,
         };
-        let consumer = TopicConsumer::subscribe(self.client, &topic.to_string(), -1, settings).await?;
-        Ok(Reader { consumer, start: self.start, inclusive: self.inclusive })
+        let mut readers = Vec::with_capacity(partitions.len());
+        for (index, name) in partitions.iter().enumerate() {
+            let partition = if partitioned { index as i32 } else { -1 };
+            let consumer = TopicConsumer::subscribe(self.client.clone(), name, partition, settings.clone()).await?;
+            readers.push(PartitionReader { consumer, start: self.start, inclusive: self.inclusive });
+        }
+        Ok(Reader { topic, readers, next: 0 })
     }
 }
 
-/// Reads one topic from a start position. Dropping it ends the non-durable subscription.
+/// One partition's (or the topic's) consumer and where it started.
 #[derive(Debug)]
-pub struct Reader {
+struct PartitionReader {
     consumer: TopicConsumer,
     start: StartMessageId,
     inclusive: bool,
 }
 
-impl Reader {
-    pub fn topic(&self) -> &TopicName {
-        self.consumer.topic()
-    }
-
-    /// Waits for the next message. Cancel-safe.
-    pub async fn receive(&mut self) -> Result<Message, ClientError> {
-        self.consumer.receive().await
-    }
-
-    /// Whether a message after the last one read (or after the start) is stored: asks the
-    /// broker for the topic's last message id (GET_LAST_MESSAGE_ID).
-    pub async fn has_message_available(&mut self) -> Result<bool, ClientError> {
+impl PartitionReader {
+    async fn has_message_available(&mut self) -> Result<bool, ClientError> {
         if self.consumer.has_queued() {
             return Ok(true);
         }
         let last = self.consumer.last_message_id().await?;
         Ok(is_available(last, self.consumer.last_received, self.start, self.inclusive))
     }
+}
 
-    /// Moves the reader to `id` (inclusive): the next message is that one.
+/// Reads a topic (every partition of a partitioned one) from a start position. Dropping it
+/// ends the non-durable subscriptions.
+#[derive(Debug)]
+pub struct Reader {
+    topic: TopicName,
+    /// One per partition, by partition index; one for a topic that is not partitioned.
+    readers: Vec<PartitionReader>,
+    /// Where the next `receive` starts looking, so no partition starves the others.
+    next: usize,
+}
+
+impl Reader {
+    pub fn topic(&self) -> &TopicName {
+        &self.topic
+    }
+
+    /// How many partitions the reader reads (1 for a topic that is not partitioned).
+    pub fn partitions(&self) -> usize {
+        self.readers.len()
+    }
+
+    /// Waits for the next message, from whichever partition has one. Cancel-safe.
+    pub async fn receive(&mut self) -> Result<Message, ClientError> {
+        if self.readers.len() == 1 {
+            return self.readers[0].consumer.receive().await;
+        }
+        let start = self.next % self.readers.len();
+        let (before, after) = self.readers.split_at_mut(start);
+        let receives = after
+            .iter_mut()
+            .enumerate()
+            .map(|(index, reader)| (index + start, reader))
+            .chain(before.iter_mut().enumerate())
+            .map(|(index, reader)| async move { (index, reader.consumer.receive().await) }.boxed());
+        let ((index, result), _, _) = select_all(receives).await;
+        self.next = index + 1;
+        result
+    }
+
+    /// Whether a message after the last one read (or after the start) is stored on any
+    /// partition: asks the broker for each one's last message id (GET_LAST_MESSAGE_ID).
+    pub async fn has_message_available(&mut self) -> Result<bool, ClientError> {
+        for reader in &mut self.readers {
+            if reader.has_message_available().await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Moves the reader to `id` (inclusive): the next message of its partition is that one.
+    /// On a partitioned topic the id's partition moves, the others stay where they are.
     pub async fn seek(&mut self, id: MessageId) -> Result<(), ClientError> {
-        self.consumer.seek(Some(id), None).await?;
-        self.start = StartMessageId::Id(id);
-        self.inclusive = true;
+        let index = if self.readers.len() == 1 {
+            0
+        } else {
+            usize::try_from(id.partition).ok().filter(|&index| index < self.readers.len()).ok_or(
+                ClientError::InvalidConfig {
+                    setting: "seek",
+                    reason: "on a partitioned topic, seek to an id with its partition index",
+                },
+            )?
+        };
+        let reader = &mut self.readers[index];
+        reader.consumer.seek(Some(id), None).await?;
+        reader.start = StartMessageId::Id(id);
+        reader.inclusive = true;
         Ok(())
     }
 
     pub async fn close(mut self) -> Result<(), ClientError> {
-        self.consumer.close().await
+        let mut result = Ok(());
+        for reader in &mut self.readers {
+            if let Err(error) = reader.consumer.close().await {
+                result = Err(error);
+            }
+        }
+        result
     }
 }
 

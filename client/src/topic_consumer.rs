@@ -381,10 +381,6 @@ impl TopicConsumer {
         })
     }
 
-    pub(crate) fn topic(&self) -> &TopicName {
-        &self.topic
-    }
-
     pub(crate) fn topic_name(&self) -> &str {
         &self.topic_name
     }
@@ -539,11 +535,6 @@ impl TopicConsumer {
         let result = self.route.ack_cumulative(id).await;
         self.note_send_result(result);
         Ok(())
-    }
-
-    /// The partition index written into message ids, or -1.
-    pub(crate) fn partition(&self) -> i32 {
-        self.partition
     }
 
     /// The id of the last message stored in the topic (GET_LAST_MESSAGE_ID).

@@ -152,11 +152,13 @@ consumer = client.subscribe("{ours}", "py", initial_position=pulsar.InitialPosit
 message = consumer.receive(timeout_millis=20000)
 assert message.data().decode() == {body:?}, message.data()[:100]
 consumer.acknowledge(message)
-producer = client.create_producer("{theirs}", compression_type=pulsar.CompressionType.{codec}, batching_enabled=False)
+producer = client.create_producer("{theirs}", compression_type=pulsar.CompressionType.{python_codec}, batching_enabled=False)
 producer.send(("from python with {codec} " * 50).encode())
 client.close()
 "#,
             url = standalone.service_url(),
+            // The Python client spells them ZLib and SNAPPY.
+            python_codec = if codec == CompressionType::Zlib { "ZLib" } else { "SNAPPY" },
         );
         let output = tokio::process::Command::new(&python).args(["-c", &script]).output().await?;
         anyhow::ensure!(output.status.success(), "{codec}: python failed: {}", String::from_utf8_lossy(&output.stderr));
@@ -312,5 +314,260 @@ async fn producer_interceptors_see_every_message() -> anyhow::Result<()> {
         let message = receive(&mut consumer).await?;
         assert_eq!(message.properties.get("intercepted").map(String::as_str), Some("yes"));
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_acks_persist_and_nothing_is_redelivered_after_a_restart_of_the_consumer() -> anyhow::Result<()> {
+    let standalone = Standalone::start().await?;
+    let client = client(&standalone).await?;
+    let topic = "persistent://public/default/grouped-acks";
+    let mut producer = client.producer(topic).create().await?;
+    let mut consumer = client
+        .consumer(topic, "sub")
+        .subscription_type(magnetar_client::SubscriptionType::Shared)
+        .initial_position(InitialPosition::Earliest)
+        .acknowledgement_group_time(Duration::from_millis(100))
+        .max_acknowledgement_group_size(1000)
+        .subscribe()
+        .await?;
+    for n in 0..250 {
+        producer.send(format!("m{n}")).await?;
+    }
+    for _ in 0..250 {
+        let message = receive(&mut consumer).await?;
+        consumer.ack(&message).await?;
+    }
+    // Wait past the group time, then drop the consumer without closing it: the acks went
+    // out on the timer, not on close.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(consumer);
+    let mut again =
+        client.consumer(topic, "sub").subscription_type(magnetar_client::SubscriptionType::Shared).subscribe().await?;
+    let redelivered = tokio::time::timeout(Duration::from_secs(2), again.receive()).await;
+    assert!(redelivered.is_err(), "an acknowledged message came back: {redelivered:?}");
+    producer.send("after").await?;
+    assert_eq!(receive(&mut again).await?.payload, Bytes::from_static(b"after"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_receive_returns_full_batches_then_what_is_left() -> anyhow::Result<()> {
+    let standalone = Standalone::start().await?;
+    let client = client(&standalone).await?;
+    let topic = "persistent://public/default/batch-receive";
+    let mut producer = client.producer(topic).create().await?;
+    for n in 0..25 {
+        producer.send(format!("m{n}")).await?;
+    }
+    let mut consumer = client
+        .consumer(topic, "sub")
+        .initial_position(InitialPosition::Earliest)
+        .batch_receive_policy(magnetar_client::BatchReceivePolicy {
+            max_num_messages: Some(10),
+            max_num_bytes: None,
+            timeout: Duration::from_secs(2),
+        })
+        .subscribe()
+        .await?;
+    let mut sizes = Vec::new();
+    let mut bodies = Vec::new();
+    while bodies.len() < 25 {
+        let batch = consumer.batch_receive().await?;
+        sizes.push(batch.len());
+        for message in batch {
+            bodies.push(String::from_utf8(message.payload.to_vec())?);
+            consumer.ack(&message).await?;
+        }
+    }
+    assert!(sizes.iter().all(|&size| size <= 10), "{sizes:?}");
+    let expected: Vec<String> = (0..25).map(|n| format!("m{n}")).collect();
+    assert_eq!(bodies, expected);
+    assert!(consumer.batch_receive().await?.is_empty(), "the timeout gives an empty batch");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_ack_backoff_delays_grow_with_the_redelivery_count() -> anyhow::Result<()> {
+    let standalone = Standalone::start().await?;
+    let client = client(&standalone).await?;
+    let topic = "persistent://public/default/nack-backoff";
+    let backoff = magnetar_client::MultiplierRedeliveryBackoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut consumer = client
+        .consumer(topic, "sub")
+        .subscription_type(magnetar_client::SubscriptionType::Shared)
+        .negative_ack_redelivery_backoff(backoff)
+        .subscribe()
+        .await?;
+    client.producer(topic).create().await?.send("flaky").await?;
+    let mut message = receive(&mut consumer).await?;
+    for count in 0..3u32 {
+        assert_eq!(message.redelivery_count, count);
+        let nacked_at = std::time::Instant::now();
+        consumer.negative_acknowledge(&message).await?;
+        message = receive(&mut consumer).await?;
+        let waited = nacked_at.elapsed();
+        let expected = magnetar_client::RedeliveryBackoff::next(&backoff, count);
+        assert!(waited >= expected, "redelivery {count} came after {waited:?}, the backoff is {expected:?}");
+    }
+    consumer.ack(&message).await?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct ConsumerSeen {
+    consumed: Mutex<Vec<MessageId>>,
+    acked: Mutex<Vec<MessageId>>,
+}
+
+struct Counting(Arc<ConsumerSeen>);
+
+impl magnetar_client::ConsumerInterceptor for Counting {
+    fn before_consume(&self, message: Message) -> Message {
+        self.0.consumed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(message.id);
+        message
+    }
+
+    fn on_acknowledge(&self, id: &MessageId, _result: Result<(), &ClientError>) {
+        self.0.acked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(*id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_interceptors_see_every_message_and_ack() -> anyhow::Result<()> {
+    let standalone = Standalone::start().await?;
+    let client = client(&standalone).await?;
+    let topic = "persistent://public/default/intercepted-consumer";
+    let seen = Arc::new(ConsumerSeen::default());
+    let mut consumer = client
+        .consumer(topic, "sub")
+        .initial_position(InitialPosition::Earliest)
+        .interceptor(Counting(seen.clone()))
+        .subscribe()
+        .await?;
+    let mut producer = client.producer(topic).batching_max_messages(5).create().await?;
+    let mut receipts = Vec::new();
+    for n in 0..20 {
+        receipts.push(producer.send_async(ProducerMessage::new(format!("m{n}"))).await?);
+    }
+    let mut ids = Vec::new();
+    for receipt in receipts {
+        ids.push(receipt.await?);
+    }
+    for _ in 0..20 {
+        let message = receive(&mut consumer).await?;
+        consumer.ack(&message).await?;
+    }
+    assert_eq!(*seen.consumed.lock().unwrap_or_else(std::sync::PoisonError::into_inner), ids);
+    assert_eq!(*seen.acked.lock().unwrap_or_else(std::sync::PoisonError::into_inner), ids);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pattern_consumer_picks_up_a_topic_created_after_it_subscribed() -> anyhow::Result<()> {
+    let standalone = Standalone::start().await?;
+    let client = client(&standalone).await?;
+    client.producer("persistent://public/default/orders-eu").create().await?.send("eu 1").await?;
+    client.producer("persistent://public/default/payments").create().await?.send("not an order").await?;
+    create_partitioned(&standalone, "orders-parted", 2).await?;
+    let mut consumer = client
+        .consumer("", "sub")
+        .topics_pattern("persistent://public/default/orders-.*")
+        .initial_position(InitialPosition::Earliest)
+        .pattern_auto_discovery_period(Duration::from_millis(200))
+        .subscribe()
+        .await?;
+    let mut topics = consumer.topics();
+    topics.sort();
+    assert_eq!(
+        topics,
+        [
+            "persistent://public/default/orders-eu",
+            "persistent://public/default/orders-parted-partition-0",
+            "persistent://public/default/orders-parted-partition-1",
+        ]
+    );
+    assert_eq!(receive(&mut consumer).await?.payload, Bytes::from_static(b"eu 1"));
+
+    // A topic created after the subscription (by its first producer).
+    let mut late = client.producer("persistent://public/default/orders-us").create().await?;
+    late.send("us 1").await?;
+    let message = receive(&mut consumer).await?;
+    assert_eq!(message.payload, Bytes::from_static(b"us 1"));
+    assert_eq!(message.topic, "persistent://public/default/orders-us");
+    consumer.ack(&message).await?;
+    let mut parted = client.producer("orders-parted").create().await?;
+    parted.send_with(ProducerMessage::new("parted").key("k")).await?;
+    assert_eq!(receive(&mut consumer).await?.payload, Bytes::from_static(b"parted"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_of_a_partitioned_topic_reads_every_partition() -> anyhow::Result<()> {
+    let standalone = Standalone::start().await?;
+    create_partitioned(&standalone, "read-all", 3).await?;
+    let client = client(&standalone).await?;
+    let mut producer = client.producer("read-all").create().await?;
+    let mut sent = BTreeSet::new();
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        ids.push(producer.send_with(ProducerMessage::new(format!("m{n}")).key(format!("key-{n}"))).await?);
+        sent.insert(format!("m{n}"));
+    }
+    assert!(ids.iter().map(|id| id.partition).collect::<BTreeSet<_>>().len() > 1, "keys spread over partitions");
+    let mut reader =
+        client.reader("read-all").start_message_id(magnetar_client::StartMessageId::Earliest).create().await?;
+    assert_eq!(reader.partitions(), 3);
+    let mut read = BTreeSet::new();
+    while reader.has_message_available().await? {
+        let message = tokio::time::timeout(Duration::from_secs(30), reader.receive()).await??;
+        read.insert(String::from_utf8(message.payload.to_vec())?);
+    }
+    assert_eq!(read, sent);
+
+    // Seek one partition back to one of its messages: from there it is read again.
+    let target = ids[10];
+    reader.seek(target).await?;
+    assert!(reader.has_message_available().await?);
+    let again = tokio::time::timeout(Duration::from_secs(30), reader.receive()).await??;
+    assert_eq!(again.id, target);
+    assert_eq!(again.payload, Bytes::from_static(b"m10"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_view_sees_the_latest_values_and_tombstones() -> anyhow::Result<()> {
+    let standalone = Standalone::start().await?;
+    create_partitioned(&standalone, "table", 2).await?;
+    let client = client(&standalone).await?;
+    let mut producer = client.producer("table").create().await?;
+    for (key, value) in [("a", "1"), ("b", "1"), ("a", "2"), ("c", "1")] {
+        producer.send_with(ProducerMessage::new(value).key(key)).await?;
+    }
+    producer.send_with(ProducerMessage::tombstone("b")).await?;
+    let view = client.table_view("table").create().await?;
+    let mut keys = view.keys();
+    keys.sort();
+    assert_eq!(keys, ["a", "c"]);
+    assert_eq!(view.get("a"), Some(Bytes::from_static(b"2")));
+    assert_eq!(view.get("b"), None);
+
+    let updates = Arc::new(Mutex::new(Vec::new()));
+    let log = updates.clone();
+    view.listen(move |key, value| {
+        log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((key.to_owned(), value.cloned()))
+    });
+    producer.send_with(ProducerMessage::new("3").key("a")).await?;
+    producer.send_with(ProducerMessage::tombstone("c")).await?;
+    producer.send_with(ProducerMessage::new("1").key("d")).await?;
+    eventually(Duration::from_secs(30), "the view to follow new messages", || {
+        let ready =
+            view.get("a") == Some(Bytes::from_static(b"3")) && !view.contains_key("c") && view.contains_key("d");
+        async move { ready }
+    })
+    .await?;
+    let seen = updates.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    assert!(seen.contains(&("c".to_owned(), None)), "{seen:?}");
+    assert!(seen.contains(&("a".to_owned(), Some(Bytes::from_static(b"3")))), "{seen:?}");
     Ok(())
 }
