@@ -88,20 +88,25 @@
 //!   redirects to the owning broker, and partitioned topics' partition counts.
 //! - connection.rs: one task per connection (TCP or TLS) owns the socket; requests, sends and
 //!   consumers are routed to and from it through bounded channels.
-//! - [`Producer`] (producer.rs) routes messages to partitions (routing.rs) and hands them to
-//!   one task per partition (producer_task.rs) that batches, compresses (compression.rs),
-//!   sends, and reconnects and resends after a lost broker.
+//! - [`Producer`] (producer.rs) routes messages to partitions (routing.rs, or the user's
+//!   [`MessageRouter`]) and hands them to one task per partition (producer_task.rs) that
+//!   batches, compresses (compression.rs: LZ4, ZSTD, ZLIB, SNAPPY), splits large messages into
+//!   chunks (chunks.rs), sends, and reconnects and resends after a lost broker; access modes
+//!   and [`ProducerInterceptor`]s.
 //! - [`Consumer`] (consumer.rs) holds one per-topic consumer (topic_consumer.rs: permits,
-//!   batch acks, resubscribe) per topic or partition, and adds nacks, ack timeouts, dead
-//!   letters and the retry topic; [`Reader`] (reader.rs) is a non-durable one.
+//!   batch acks, grouped acks, chunk reassembly, resubscribe) per topic or partition, and adds
+//!   nacks (with a [`RedeliveryBackoff`]), ack timeouts, dead letters, the retry topic, batch
+//!   receive and [`ConsumerInterceptor`]s; pattern.rs follows a pattern consumer's topics;
+//!   [`Reader`] (reader.rs) is a non-durable one over a topic or all its partitions, and
+//!   [`TableView`] (table_view.rs) a map of every key's latest value.
 //! - entry.rs decompresses delivered entries and splits batches into [`Message`]s.
 //! - Security: stream.rs (plain or TLS byte streams), tls.rs (the rustls configuration),
 //!   auth/ (the [`Authentication`] providers and Pulsar's plugin spelling), client_conf.rs
 //!   (Pulsar's client.conf) and connection_args.rs (the CLIs' flags).
 //!
 //! Not supported yet: OAuth2, SASL and Athenz authentication, the binary proxy
-//! (`proxy_through_service_url`), schemas, chunking and end-to-end encryption (such a message
-//! is reported as an error, never returned as garbage), codecs other than LZ4 and ZSTD.
+//! (`proxy_through_service_url`), end-to-end encryption (such a message is reported as an
+//! error, never returned as garbage), transactions.
 
 mod address;
 pub mod admin;
