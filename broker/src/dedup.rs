@@ -71,7 +71,8 @@ struct State {
 
 struct Tracked {
     producer: String,
-    highest_sequence_id: i64,
+    /// None for a chunk before the last of its message: it moves no sequence id.
+    highest_sequence_id: Option<i64>,
     durable: AddFuture,
     answer: oneshot::Sender<Result<Position, BrokerError>>,
 }
@@ -86,6 +87,16 @@ pub struct Deduplication {
 
 /// The sequence id range an entry carries: a batch's highest id is in its metadata or follows
 /// from the first id and the batch size.
+/// Whether an entry is a chunk of a larger message other than its last one. All chunks of a
+/// message share its sequence id; as Pulsar's broker does, only the last chunk counts for
+/// deduplication, so that a message whose last chunk never got stored is taken again whole.
+fn is_partial_chunk(metadata: &magnetar_proto::pulsar::MessageMetadata) -> bool {
+    match (metadata.chunk_id, metadata.num_chunks_from_msg) {
+        (Some(chunk), Some(chunks)) => chunks > 1 && chunk < chunks - 1,
+        _ => false,
+    }
+}
+
 fn highest_sequence_id_of(payload: &Payload) -> (String, i64) {
     let metadata = payload.metadata();
     let batch_end = metadata.sequence_id.saturating_add(u64::from(payload.num_messages()).saturating_sub(1));
@@ -122,6 +133,7 @@ impl Deduplication {
                 after = Some(*last);
                 for (position, data) in entries {
                     match Payload::parse(data) {
+                        Ok(payload) if is_partial_chunk(payload.metadata()) => {}
                         Ok(payload) => {
                             let (producer, highest) = highest_sequence_id_of(&payload);
                             let entry = state.persisted.entry(producer).or_insert(highest);
@@ -165,6 +177,7 @@ impl Deduplication {
     ) -> Result<Published, BrokerError> {
         let sequence_id = i64::try_from(sequence_id).unwrap_or(i64::MAX);
         let highest = i64::try_from(highest_sequence_id).unwrap_or(i64::MAX).max(sequence_id);
+        let partial_chunk = Payload::parse(data.clone()).is_ok_and(|payload| is_partial_chunk(payload.metadata()));
         let tracker = self.order.lock().await;
         {
             let mut state = self.state.lock();
@@ -178,7 +191,9 @@ impl Deduplication {
                     });
                 }
             }
-            state.pushed.insert(producer.to_owned(), highest);
+            if !partial_chunk {
+                state.pushed.insert(producer.to_owned(), highest);
+            }
         }
         let durable = match self.ledger.add_entry(data).await {
             Ok(durable) => durable,
@@ -188,7 +203,12 @@ impl Deduplication {
             }
         };
         let (answer, answered) = oneshot::channel();
-        let tracked = Tracked { producer: producer.to_owned(), highest_sequence_id: highest, durable, answer };
+        let tracked = Tracked {
+            producer: producer.to_owned(),
+            highest_sequence_id: (!partial_chunk).then_some(highest),
+            durable,
+            answer,
+        };
         if tracker.send(tracked).await.is_err() {
             return Err(BrokerError::ShuttingDown);
         }
@@ -236,8 +256,10 @@ async fn track(dedup: std::sync::Weak<Deduplication>, state: Arc<Mutex<State>>, 
             let mut state = state.lock();
             match &result {
                 Ok(position) => {
-                    let entry = state.persisted.entry(tracked.producer.clone()).or_insert(tracked.highest_sequence_id);
-                    *entry = (*entry).max(tracked.highest_sequence_id);
+                    if let Some(highest) = tracked.highest_sequence_id {
+                        let entry = state.persisted.entry(tracked.producer.clone()).or_insert(highest);
+                        *entry = (*entry).max(highest);
+                    }
                     state.applied = Some(*position);
                     state.applied_since_snapshot += 1;
                 }

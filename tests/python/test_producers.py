@@ -206,6 +206,28 @@ def test_chunked_message_bigger_than_max_size_is_reassembled(client: pulsar.Clie
     consumer.close()
 
 
+def test_chunked_messages_pass_deduplication_whole(own_magnetar: MagnetarProcess) -> None:
+    # Every chunk of a message carries its sequence id: only the last chunk counts for
+    # deduplication, so the whole message is stored once, and a resend is dropped whole.
+    assert http(own_magnetar, "POST", "/admin/v2/namespaces/public/default/deduplication", "true")[0] == 204
+    topic = f"persistent://public/default/{unique_name('py-chunk-dedup')}"
+    client = make_client(own_magnetar)
+    consumer = client.subscribe(topic, "sub", initial_position=pulsar.InitialPosition.Earliest)
+    producer = client.create_producer(
+        topic, producer_name="chunky", chunking_enabled=True, batching_enabled=False
+    )
+    big = uuid.uuid4().bytes * (7 * 1024 * 1024 // 16)
+    producer.send(big, sequence_id=1)
+    producer.send(big, sequence_id=1)
+    producer.send(b"next", sequence_id=2)
+    message = consumer.receive(timeout_millis=30_000)
+    assert message.data() == big
+    consumer.acknowledge(message)
+    assert consumer.receive(timeout_millis=RECEIVE_TIMEOUT_MS).data() == b"next"
+    expect_no_message(consumer)
+    client.close()
+
+
 def test_unchunked_message_over_max_size_is_refused(client: pulsar.Client) -> None:
     topic = f"persistent://public/default/{unique_name('py-too-big')}"
     producer = client.create_producer(topic, batching_enabled=False)
