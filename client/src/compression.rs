@@ -22,7 +22,7 @@ use crate::error::ClientError;
 /// The largest uncompressed body this client accepts: the most a broker lets a client send
 /// uncompressed is 5 MB by default; this leaves ample room without letting a small hostile
 /// frame claim gigabytes.
-pub const MAX_UNCOMPRESSED_SIZE: usize = 128 * 1024 * 1024;
+pub use magnetar_proto::batch::MAX_UNCOMPRESSED_SIZE;
 
 /// zstd's level in Pulsar's codec (`CompressionCodecZstd.ZSTD_COMPRESSION_LEVEL`).
 const ZSTD_LEVEL: i32 = 3;
@@ -112,57 +112,9 @@ impl FromStr for CompressionType {
     }
 }
 
-/// Why a compressed body could not be restored; the consumer reports it for that message.
-pub(crate) type DecompressError = String;
-
 /// Restores the body of an entry whose metadata says it is compressed; returns `body`
-/// unchanged when it is not.
-pub(crate) fn decompress(metadata: &pb::MessageMetadata, body: Bytes) -> Result<Bytes, DecompressError> {
-    let Some(codec) = metadata.compression.filter(|&c| c != pb::CompressionType::None as i32) else {
-        return Ok(body);
-    };
-    let size = metadata.uncompressed_size.ok_or("compressed without an uncompressed_size")? as usize;
-    if size > MAX_UNCOMPRESSED_SIZE {
-        return Err(format!("uncompressed_size {size} is over the limit of {MAX_UNCOMPRESSED_SIZE}"));
-    }
-    let restored = match pb::CompressionType::try_from(codec) {
-        Ok(pb::CompressionType::Lz4) => {
-            lz4_flex::block::decompress(&body, size).map_err(|error| format!("LZ4: {error}"))?
-        }
-        Ok(pb::CompressionType::Zstd) => {
-            let mut out = vec![0u8; size];
-            let written = zstd_safe::decompress(&mut out[..], &body)
-                .map_err(|code| format!("ZSTD: {}", zstd_safe::get_error_name(code)))?;
-            out.truncate(written);
-            out
-        }
-        Ok(pb::CompressionType::Zlib) => {
-            use std::io::Read;
-            // One byte more than declared is read, so a body that inflates beyond its
-            // declared size is caught below without inflating all of it.
-            let mut out = Vec::with_capacity(size);
-            flate2::read::ZlibDecoder::new(&body[..])
-                .take(size as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|error| format!("ZLIB: {error}"))?;
-            out
-        }
-        Ok(pb::CompressionType::Snappy) => {
-            // The block format starts with the uncompressed length: checked before allocating.
-            let declared = snap::raw::decompress_len(&body).map_err(|error| format!("SNAPPY: {error}"))?;
-            if declared != size {
-                return Err(format!("SNAPPY block holds {declared} bytes, the metadata says {size}"));
-            }
-            snap::raw::Decoder::new().decompress_vec(&body).map_err(|error| format!("SNAPPY: {error}"))?
-        }
-        Ok(other) => return Err(format!("{} is not supported by this client", other.as_str_name())),
-        Err(_) => return Err(format!("unknown codec {codec}")),
-    };
-    if restored.len() != size {
-        return Err(format!("decompressed to {} bytes, the metadata says {size}", restored.len()));
-    }
-    Ok(Bytes::from(restored))
-}
+/// unchanged when it is not (the broker's compactor reads bodies the same way).
+pub(crate) use magnetar_proto::batch::decompress;
 
 #[cfg(test)]
 mod tests {

@@ -269,6 +269,7 @@ pub struct ConsumerBuilder {
     negative_ack_redelivery_delay: Duration,
     dead_letter_policy: Option<DeadLetterPolicy>,
     retry_enable: bool,
+    read_compacted: bool,
     chunks: ChunkSettings,
     ack_grouping: AckGrouping,
     batch_receive_policy: BatchReceivePolicy,
@@ -294,6 +295,7 @@ impl ConsumerBuilder {
             negative_ack_redelivery_delay: DEFAULT_NEGATIVE_ACK_REDELIVERY_DELAY,
             dead_letter_policy: None,
             retry_enable: false,
+            read_compacted: false,
             chunks: ChunkSettings::default(),
             ack_grouping: AckGrouping {
                 group_time: DEFAULT_ACKNOWLEDGEMENT_GROUP_TIME,
@@ -431,6 +433,13 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Reads the topic's compacted view first (Exclusive and Failover subscriptions only, as
+    /// Pulsar's `readCompacted`; the broker refuses it for the others).
+    pub fn read_compacted(mut self, read_compacted: bool) -> Self {
+        self.read_compacted = read_compacted;
+        self
+    }
+
     /// Enables [`Consumer::reconsume_later`]: the consumer also subscribes to the retry topic.
     pub fn enable_retry(mut self, enabled: bool) -> Self {
         self.retry_enable = enabled;
@@ -496,7 +505,7 @@ impl ConsumerBuilder {
             start_message_id: None,
             start_inclusive: false,
             schema: self.schema.clone(),
-            read_compacted: false,
+            read_compacted: self.read_compacted,
             chunks: self.chunks,
             ack_grouping: self.ack_grouping,
         };

@@ -14,17 +14,13 @@
 
 use std::collections::BTreeMap;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use magnetar_proto::pulsar as pb;
 use magnetar_proto::Payload;
-use prost::Message as _;
 
 use crate::chunks::{Assembled, Chunk};
 use crate::error::ClientError;
 use crate::message::{Message, MessageId};
-
-/// The smallest a message inside a batch can be: its size field.
-const MIN_BATCHED_MESSAGE_SIZE: usize = 4;
 
 /// The messages of one entry, and what the consumer needs to account for it.
 #[derive(Debug)]
@@ -41,11 +37,8 @@ pub(crate) struct DecodedEntry {
 }
 
 /// One message cut out of a batch body.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct BatchedMessage {
-    pub metadata: pb::SingleMessageMetadata,
-    pub payload: Bytes,
-}
+#[cfg(test)]
+pub(crate) use magnetar_proto::batch::BatchedMessage;
 
 /// Decodes the entry that came with `command`.
 pub(crate) fn decode_entry(command: &pb::CommandMessage, payload: &Payload) -> Result<DecodedEntry, ClientError> {
@@ -142,54 +135,10 @@ fn decompress(id: MessageId, metadata: &pb::MessageMetadata, body: Bytes) -> Res
     })
 }
 
-/// Cuts a batch body into its `count` messages.
-pub(crate) fn split_batch(mut body: Bytes, count: usize) -> Result<Vec<BatchedMessage>, String> {
-    if count > body.len() / MIN_BATCHED_MESSAGE_SIZE {
-        return Err(format!("batch claims {count} messages but its body has only {} bytes", body.len()));
-    }
-    let mut messages = Vec::with_capacity(count);
-    for index in 0..count {
-        if body.remaining() < 4 {
-            return Err(format!("batch body ends before message {index} of {count}"));
-        }
-        let metadata_size = body.get_u32() as usize;
-        if metadata_size > body.remaining() {
-            return Err(format!(
-                "metadata of message {index} claims {metadata_size} bytes, {} remain",
-                body.remaining()
-            ));
-        }
-        let metadata = pb::SingleMessageMetadata::decode(body.split_to(metadata_size))
-            .map_err(|error| format!("metadata of message {index}: {error}"))?;
-        let payload_size = usize::try_from(metadata.payload_size)
-            .map_err(|_| format!("message {index} claims a payload of {} bytes", metadata.payload_size))?;
-        if payload_size > body.remaining() {
-            return Err(format!("payload of message {index} claims {payload_size} bytes, {} remain", body.remaining()));
-        }
-        let payload = body.split_to(payload_size);
-        messages.push(BatchedMessage { metadata, payload });
-    }
-    if body.has_remaining() {
-        // Pulsar clients ignore trailing bytes too; they do no harm, but say so.
-        tracing::debug!(trailing = body.remaining(), "batch body has bytes after its last message");
-    }
-    Ok(messages)
-}
-
-/// Encodes messages as a batch body, as a batching producer writes it.
+/// Cuts a batch body into its `count` messages; writes one (tests, the fake broker).
+pub(crate) use magnetar_proto::batch::split_batch;
 #[cfg(test)]
-pub(crate) fn encode_batch(messages: &[BatchedMessage]) -> Bytes {
-    use bytes::BufMut;
-    let mut body = bytes::BytesMut::new();
-    for message in messages {
-        let metadata =
-            pb::SingleMessageMetadata { payload_size: message.payload.len() as i32, ..message.metadata.clone() };
-        body.put_u32(metadata.encoded_len() as u32);
-        metadata.encode_raw(&mut body);
-        body.put_slice(&message.payload);
-    }
-    body.freeze()
-}
+pub(crate) use magnetar_proto::batch::encode_batch;
 
 /// The broker's `ack_set` on a redelivered batch has a bit set for each message still to be
 /// delivered; an empty set means all of them.
@@ -211,6 +160,7 @@ fn malformed(id: MessageId, reason: String) -> ClientError {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message as _;
     use super::*;
 
     fn single(payload: &str, key: Option<&str>, properties: &[(&str, &str)]) -> BatchedMessage {

@@ -85,6 +85,7 @@ pub struct ReaderBuilder {
     inclusive: bool,
     receiver_queue_size: u32,
     reader_name: Option<String>,
+    read_compacted: bool,
 }
 
 impl ReaderBuilder {
@@ -96,7 +97,15 @@ impl ReaderBuilder {
             inclusive: false,
             receiver_queue_size: DEFAULT_RECEIVER_QUEUE_SIZE,
             reader_name: None,
+            read_compacted: false,
         }
+    }
+
+    /// Read the topic's compacted view first (each key's latest value up to the last
+    /// compaction), then the messages after it, as Pulsar's `readCompacted`.
+    pub fn read_compacted(mut self, read_compacted: bool) -> Self {
+        self.read_compacted = read_compacted;
+        self
     }
 
     pub fn start_message_id(mut self, start: StartMessageId) -> Self {
@@ -148,7 +157,7 @@ impl ReaderBuilder {
             start_message_id: Some(start_id),
             start_inclusive: self.inclusive,
             schema: None,
-            read_compacted: false,
+            read_compacted: self.read_compacted,
             chunks: Default::default(),
             ack_grouping: crate::topic_consumer::AckGrouping::IMMEDIATE,
         };

@@ -49,6 +49,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+mod compact;
 mod consume;
 mod produce;
 
@@ -83,6 +84,9 @@ enum PerfCommand {
     /// Consume from a broker through the Rust client and measure throughput and end-to-end
     /// latency.
     Consume(consume::ConsumeArgs),
+    /// Fill a topic with keyed messages, compact it, and measure compaction against a plain
+    /// read of the same topic.
+    Compact(compact::CompactArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -140,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
                 PerfCommand::Bookie(args) => bookie_benchmark(args).await,
                 PerfCommand::Produce(args) => produce::produce_benchmark(args).await,
                 PerfCommand::Consume(args) => consume::consume_benchmark(args).await,
+                PerfCommand::Compact(args) => compact::compact_benchmark(args).await,
             }
         } => result,
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),
