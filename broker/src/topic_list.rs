@@ -108,6 +108,16 @@ fn strip_scheme(name: &str) -> &str {
     name.strip_prefix("persistent://").or_else(|| name.strip_prefix("non-persistent://")).unwrap_or(name)
 }
 
+/// The namespace's topics of `mode`: persistent ones from the metadata store, non-persistent
+/// ones this broker serves.
+pub async fn list_topics(service: &BrokerService, namespace: &str, mode: Mode) -> Result<Vec<String>, BrokerError> {
+    let mut topics = if mode.persistent() { service.topics_of_namespace(namespace).await? } else { Vec::new() };
+    if mode.non_persistent() {
+        topics.extend(service.non_persistent_topics_of(namespace).await?);
+    }
+    Ok(topics)
+}
+
 /// Answers GET_TOPICS_OF_NAMESPACE: the namespace's topics of `mode`, filtered by the
 /// pattern when the broker can, with the hash; no topics and `changed` false when the
 /// client's hash is the same.
@@ -116,7 +126,7 @@ pub async fn topics_of_namespace_answer(
     request: &pb::CommandGetTopicsOfNamespace,
 ) -> Result<BaseCommand, BrokerError> {
     let mode = Mode::from_wire(request.mode);
-    let mut topics = service.list_topics(&request.namespace, mode).await?;
+    let mut topics = list_topics(service, &request.namespace, mode).await?;
     let pattern = request.topics_pattern.as_deref().and_then(TopicPattern::compile);
     if let Some(pattern) = &pattern {
         topics = pattern.filter(topics);

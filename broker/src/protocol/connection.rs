@@ -27,7 +27,6 @@ use tracing::{debug, info, warn};
 
 use super::consumer::ConnectionConsumer;
 use super::convert;
-use super::non_persistent::{NpConsumerEntry, NpProducerEntry, Routed};
 use super::receipts::{self, answer_receipts, PendingReceipt, ReceiptItem};
 use super::{Outbound, MAX_PENDING_SENDS_PER_PRODUCER, OUTBOUND_QUEUE};
 use crate::cluster::ownership::LookupAnswer;
@@ -36,6 +35,7 @@ use crate::dispatcher::{SubscribeOptions, SubscriptionType};
 use crate::error::BrokerError;
 use crate::managed_ledger::{AddFuture, Position};
 use crate::metrics::Metrics;
+use crate::non_persistent::NonPersistentTopic;
 use crate::security::{Credentials, Identity, TopicAction};
 use crate::service::BrokerService;
 use crate::stats::{now_rfc3339, ClientInfo, ConsumerStats, Meter, ProducerStats};
@@ -74,6 +74,24 @@ struct ConsumerEntry {
     subscription: Arc<Subscription>,
     /// Its counters, as its subscription holds them (CONSUMER_STATS finds it by them).
     stats: Arc<ConsumerStats>,
+}
+
+/// A producer on a non-persistent topic ([`super::non_persistent`]).
+pub(super) struct NpProducerEntry {
+    pub(super) topic: Arc<NonPersistentTopic>,
+    pub(super) key: u64,
+    pub(super) stats: Arc<ProducerStats>,
+    /// Set when the topic closed (unload) or another producer fenced it out.
+    pub(super) closed: Arc<AtomicBool>,
+}
+
+/// A consumer on a non-persistent topic.
+pub(super) struct NpConsumerEntry {
+    pub(super) topic: Arc<NonPersistentTopic>,
+    pub(super) subscription: String,
+    pub(super) key: u64,
+    pub(super) stats: Arc<ConsumerStats>,
+    pub(super) sub_type: &'static str,
 }
 
 pub(super) struct Connection {
@@ -320,9 +338,8 @@ impl Connection {
             return false;
         }
         // Boxed: its future is large, and inlined it would grow every command's stack frame.
-        let (command, payload) = match Box::pin(self.route_non_persistent(command_type, command, payload)).await {
-            Routed::Handled => return true,
-            Routed::NotMine(command, payload) => (command, payload),
+        let Some((command, payload)) = Box::pin(self.route_non_persistent(command_type, command, payload)).await else {
+            return true;
         };
         match (command_type, command) {
             (Type::Connect, BaseCommand { connect: Some(connect), .. }) => return self.on_connect(connect).await,
@@ -930,29 +947,15 @@ impl Connection {
             let error = BrokerError::NotAllowed { what: format!("consumer {} is closing", request.consumer_id) };
             return self.send_error(request.request_id, &error).await;
         };
-        let dispatched = consumer.stats.dispatched.rates();
-        let answer = pb::CommandConsumerStatsResponse {
-            request_id: request.request_id,
-            msg_rate_out: Some(dispatched.messages),
-            msg_throughput_out: Some(dispatched.bytes),
-            msg_rate_redeliver: Some(consumer.stats.redelivered.rates().messages),
-            consumer_name: Some(consumer.stats.name.clone()),
+        let own = pb::CommandConsumerStatsResponse {
             available_permits: Some(consumer.permits.max(0) as u64),
             unacked_messages: Some(consumer.unacked.max(0) as u64),
             blocked_consumer_on_unacked_msgs: Some(consumer.blocked),
-            address: Some(consumer.stats.client.address.clone()),
-            connected_since: Some(consumer.stats.client.connected_since.clone()),
-            consumer_type: Some(snapshot.sub_type.map_or("None", SubscriptionType::name).to_owned()),
-            msg_rate_expired: Some(0.0),
             msg_backlog: Some(snapshot.backlog),
             ..Default::default()
         };
-        self.send(BaseCommand {
-            command_type: Type::ConsumerStatsResponse as i32,
-            consumer_stats_response: Some(answer),
-            ..Default::default()
-        })
-        .await;
+        let sub_type = snapshot.sub_type.map_or("None", SubscriptionType::name);
+        self.send(super::consumer::stats_response(request.request_id, &consumer.stats, sub_type, own)).await;
     }
 
     async fn on_get_last_message_id(&self, request: pb::CommandGetLastMessageId) {

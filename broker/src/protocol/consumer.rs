@@ -29,6 +29,33 @@ pub struct ConnectionConsumer {
     pub partition: Option<i32>,
 }
 
+/// CONSUMER_STATS_RESPONSE: what a consumer's own counters say (rates, name, address, type),
+/// over `own`, what its subscription knows of it (permits, unacknowledged, backlog).
+pub fn stats_response(
+    request_id: u64,
+    stats: &ConsumerStats,
+    consumer_type: &str,
+    own: magnetar_proto::pulsar::CommandConsumerStatsResponse,
+) -> BaseCommand {
+    let dispatched = stats.dispatched.rates();
+    BaseCommand {
+        command_type: Type::ConsumerStatsResponse as i32,
+        consumer_stats_response: Some(magnetar_proto::pulsar::CommandConsumerStatsResponse {
+            request_id,
+            msg_rate_out: Some(dispatched.messages),
+            msg_throughput_out: Some(dispatched.bytes),
+            msg_rate_redeliver: Some(stats.redelivered.rates().messages),
+            consumer_name: Some(stats.name.clone()),
+            address: Some(stats.client.address.clone()),
+            connected_since: Some(stats.client.connected_since.clone()),
+            consumer_type: Some(consumer_type.to_owned()),
+            msg_rate_expired: Some(0.0),
+            ..own
+        }),
+        ..Default::default()
+    }
+}
+
 /// Whether a client that connected as `client_version` handles REACHED_END_OF_TOPIC. The
 /// C++ client (and the Python and Node clients built on it, which connect as
 /// `Pulsar-CPP-v...`) treats that command as an invalid message and drops the whole

@@ -12,12 +12,12 @@ use magnetar_proto::frame::Payload;
 use magnetar_proto::pulsar::{self as pb, base_command::Type, BaseCommand, ServerError};
 use tracing::info;
 
-use super::connection::Connection;
+use super::connection::{Connection, NpConsumerEntry, NpProducerEntry};
 use super::consumer::ConnectionConsumer;
 use super::{convert, Outbound};
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
-use crate::non_persistent::{NonPersistentTopic, NpConsumer};
+use crate::non_persistent::NpConsumer;
 use crate::security::TopicAction;
 use crate::stats::{ConsumerStats, Meter, ProducerStats};
 use crate::topic_name::TopicName;
@@ -28,41 +28,18 @@ static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 /// Pulsar receipts a non-persistent publish with ledger and entry -1.
 const RECEIPT_ID: u64 = u64::MAX;
 
-pub(super) struct NpProducerEntry {
-    topic: Arc<NonPersistentTopic>,
-    key: u64,
-    stats: Arc<ProducerStats>,
-    /// Set when the topic closed (unload) or another producer fenced it out.
-    closed: Arc<AtomicBool>,
-}
-
-pub(super) struct NpConsumerEntry {
-    topic: Arc<NonPersistentTopic>,
-    subscription: String,
-    key: u64,
-    stats: Arc<ConsumerStats>,
-    sub_type: &'static str,
-}
-
-/// Whether a command names a non-persistent topic or one of this connection's
-/// non-persistent producers or consumers.
-pub(super) enum Routed {
-    Handled,
-    NotMine(BaseCommand, Option<Payload>),
-}
-
 fn is_non_persistent(topic: &str) -> bool {
     topic.starts_with("non-persistent://")
 }
 
 impl Connection {
-    /// Handles `command` if it belongs to a non-persistent topic.
+    /// Handles `command` if it belongs to a non-persistent topic (None); else gives it back.
     pub(super) async fn route_non_persistent(
         &mut self,
         command_type: Type,
         command: BaseCommand,
         payload: Option<Payload>,
-    ) -> Routed {
+    ) -> Option<(BaseCommand, Option<Payload>)> {
         match (command_type, &command) {
             (Type::Producer, BaseCommand { producer: Some(request), .. }) if is_non_persistent(&request.topic) => {
                 let request = request.clone();
@@ -143,9 +120,9 @@ impl Connection {
                 let request = request.clone();
                 self.on_np_consumer_stats(request).await;
             }
-            _ => return Routed::NotMine(command, payload),
+            _ => return Some((command, payload)),
         }
-        Routed::Handled
+        None
     }
 
     async fn on_np_producer(&mut self, request: pb::CommandProducer) {
@@ -298,25 +275,8 @@ impl Connection {
 
     async fn on_np_consumer_stats(&self, request: pb::CommandConsumerStats) {
         let Some(consumer) = self.np_consumers.get(&request.consumer_id) else { return };
-        let rates = consumer.stats.dispatched.rates();
-        let answer = pb::CommandConsumerStatsResponse {
-            request_id: request.request_id,
-            msg_rate_out: Some(rates.messages),
-            msg_throughput_out: Some(rates.bytes),
-            msg_rate_redeliver: Some(0.0),
-            consumer_name: Some(consumer.stats.name.clone()),
-            address: Some(consumer.stats.client.address.clone()),
-            connected_since: Some(consumer.stats.client.connected_since.clone()),
-            consumer_type: Some(consumer.sub_type.to_owned()),
-            msg_backlog: Some(0),
-            ..Default::default()
-        };
-        self.send(BaseCommand {
-            command_type: Type::ConsumerStatsResponse as i32,
-            consumer_stats_response: Some(answer),
-            ..Default::default()
-        })
-        .await;
+        let own = pb::CommandConsumerStatsResponse { msg_backlog: Some(0), ..Default::default() };
+        self.send(super::consumer::stats_response(request.request_id, &consumer.stats, consumer.sub_type, own)).await;
     }
 
     pub(super) fn remove_np_producer(&mut self, producer_id: u64) {

@@ -35,7 +35,6 @@ use crate::security::Security;
 use crate::tenancy;
 use crate::tenancy::PolicyCache;
 use crate::topic::{PolicingIntervals, Topic};
-use crate::topic_list;
 use crate::topic_name::{partition_topic_name, TopicName};
 
 /// Counter the broker ids of generated producer names come from.
@@ -190,16 +189,6 @@ impl BrokerService {
         self.topics.lock().values().filter_map(|cell| cell.get().cloned()).collect()
     }
 
-    /// Persistent topics of a namespace that exist in metadata, and every partition of its
-    /// partitioned topics (created or not yet), as Pulsar lists them; sorted.
-    pub async fn list_topics(&self, namespace: &str, mode: topic_list::Mode) -> Result<Vec<String>, BrokerError> {
-        let mut topics = if mode.persistent() { self.topics_of_namespace(namespace).await? } else { Vec::new() };
-        if mode.non_persistent() {
-            topics.extend(self.non_persistent_topics_of(namespace).await?);
-        }
-        Ok(topics)
-    }
-
     /// The namespace's non-persistent topics this broker serves, sorted.
     pub async fn non_persistent_topics_of(&self, namespace: &str) -> Result<Vec<String>, BrokerError> {
         let mut names: Vec<String> = self
@@ -213,7 +202,8 @@ impl BrokerService {
         Ok(names)
     }
 
-    /// The namespace's persistent topics, partitions of partitioned topics included.
+    /// Persistent topics of a namespace that exist in metadata, and every partition of its
+    /// partitioned topics (created or not yet), as Pulsar lists them; sorted.
     pub async fn topics_of_namespace(&self, namespace: &str) -> Result<Vec<String>, BrokerError> {
         let path = format!("/magnetar/managed-ledgers/{namespace}/persistent");
         let mut topics: std::collections::BTreeSet<String> = self
