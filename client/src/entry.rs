@@ -135,10 +135,10 @@ fn decompress(id: MessageId, metadata: &pb::MessageMetadata, body: Bytes) -> Res
     })
 }
 
-/// Cuts a batch body into its `count` messages; writes one (tests, the fake broker).
-pub(crate) use magnetar_proto::batch::split_batch;
 #[cfg(test)]
 pub(crate) use magnetar_proto::batch::encode_batch;
+/// Cuts a batch body into its `count` messages; writes one (tests, the fake broker).
+pub(crate) use magnetar_proto::batch::split_batch;
 
 /// The broker's `ack_set` on a redelivered batch has a bit set for each message still to be
 /// delivered; an empty set means all of them.
@@ -160,8 +160,8 @@ fn malformed(id: MessageId, reason: String) -> ClientError {
 
 #[cfg(test)]
 mod tests {
-    use prost::Message as _;
     use super::*;
+    use prost::Message as _;
 
     fn single(payload: &str, key: Option<&str>, properties: &[(&str, &str)]) -> BatchedMessage {
         BatchedMessage {

@@ -93,12 +93,8 @@ pub async fn compact_benchmark(args: CompactArgs) -> anyhow::Result<()> {
     }
 
     // Compaction.
-    let path = format!(
-        "/admin/v2/persistent/{}/{}/{}/compaction",
-        topic.tenant(),
-        topic.namespace(),
-        topic.local_name()
-    );
+    let path =
+        format!("/admin/v2/persistent/{}/{}/{}/compaction", topic.tenant(), topic.namespace(), topic.local_name());
     let started = Instant::now();
     let answer = admin.request(hyper::Method::PUT, &path, None).await?;
     if answer.status != 204 {
