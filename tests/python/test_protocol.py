@@ -138,6 +138,31 @@ def test_regex_consumer_reads_every_matching_topic(client: pulsar.Client) -> Non
     consumer.close()
 
 
+def test_regex_consumer_over_a_namespace_with_a_non_persistent_topic(client: pulsar.Client) -> None:
+    # Pulsar refused nothing here; Magnetar used to refuse the non-persistent topic, and so the
+    # whole pattern consumer. With AllTopics it reads both kinds.
+    prefix = unique_name("rx-np")
+    persistent = client.create_producer(f"persistent://public/default/{prefix}-p")
+    live = client.create_producer(f"non-persistent://public/default/{prefix}-np")
+    for mode, expected in [
+        (pulsar.RegexSubscriptionMode.PersistentOnly, {b"stored"}),
+        (pulsar.RegexSubscriptionMode.AllTopics, {b"stored", b"live"}),
+    ]:
+        consumer = client.subscribe(
+            re.compile(f"public/default/{prefix}-.*"),
+            f"regex-{mode.name}",
+            regex_subscription_mode=mode,
+            initial_position=pulsar.InitialPosition.Earliest,
+        )
+        persistent.send(b"stored")
+        live.send(b"live")
+        got = {message.data() for message in drain(consumer, quiet_ms=2000)}
+        assert got == expected, (mode, got)
+        consumer.close()
+    persistent.close()
+    live.close()
+
+
 def test_exclusive_with_fencing_takes_the_topic_from_an_exclusive_producer(client: pulsar.Client) -> None:
     topic = f"persistent://public/default/{unique_name('fencing')}"
     first = client.create_producer(topic, producer_name="first", access_mode=pulsar.ProducerAccessMode.Exclusive)
