@@ -134,6 +134,15 @@ mod admin_cli {
         let examined = admin.json(&["topics", "examine-message", topic, "-i", "earliest", "-m", "3"]).await?;
         assert_eq!(examined[0]["payload"], "order-2", "{examined}");
 
+        // The messages carry keys k0..k4 (one each): compaction keeps all five.
+        assert_eq!(admin.json(&["topics", "compaction-status", topic]).await?["status"], "NOT_RUN");
+        let requested = admin.ok(&["topics", "compact", topic]).await?;
+        assert!(requested.contains("compaction requested"), "{requested}");
+        magnetar_tests::eventually(std::time::Duration::from_secs(20), "compaction finishes", || async {
+            admin.json(&["topics", "compaction-status", topic]).await.is_ok_and(|status| status["status"] == "SUCCESS")
+        })
+        .await?;
+
         let terminated = admin.json(&["topics", "terminate", topic]).await?;
         assert_eq!(terminated, last, "terminate answers the last message id");
         ensure!(producer.send("after the end").await.is_err(), "a terminated topic refuses publishes");

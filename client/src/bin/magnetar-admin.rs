@@ -251,6 +251,14 @@ enum Topics {
     Terminate {
         topic: String,
     },
+    /// Starts compacting the topic (each key's latest value, read with read_compacted).
+    Compact {
+        topic: String,
+    },
+    /// The status of the topic's last compaction (NOT_RUN, RUNNING, SUCCESS, ERROR).
+    CompactionStatus {
+        topic: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -661,6 +669,13 @@ async fn topics(
         }
         Topics::LastMessageId { topic } => {
             print(output, &admin.get(&format!("{}/lastMessageId", topic_path(&topic)?)).await?)
+        }
+        Topics::Compact { topic } => {
+            admin.call(Method::PUT, &format!("{}/compaction", topic_path(&topic)?), None).await?;
+            println!("Topic compaction requested for {topic}");
+        }
+        Topics::CompactionStatus { topic } => {
+            print(output, &admin.get(&format!("{}/compaction", topic_path(&topic)?)).await?)
         }
     }
     Ok(())
