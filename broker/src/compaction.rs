@@ -207,6 +207,7 @@ fn decode_entry(ledger_id: u64, entry_id: u64, data: &Bytes) -> Result<(Position
 pub struct Compaction {
     current: parking_lot::RwLock<Option<Arc<CompactedLedger>>>,
     status: Mutex<CompactionStatus>,
+    last: Mutex<CompactionStats>,
     /// Held while a compaction runs: a second one is refused.
     running: tokio::sync::Mutex<()>,
 }
@@ -224,6 +225,18 @@ impl Default for CompactionStatus {
     fn default() -> Self {
         CompactionStatus { status: "NOT_RUN", last_error: String::new() }
     }
+}
+
+/// Pulsar's CompactionStats in topic stats (`compaction`), since the topic loaded here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompactionStats {
+    /// Messages the last successful compaction left out.
+    pub last_compaction_removed_event_count: u64,
+    /// When compactions last succeeded and failed (ms since the epoch; 0: never).
+    pub last_compaction_succeed_timestamp: u64,
+    pub last_compaction_failed_timestamp: u64,
+    pub last_compaction_duration_time_in_mills: u64,
 }
 
 /// What one compaction did.
@@ -254,6 +267,10 @@ impl Compaction {
         self.status.lock().clone()
     }
 
+    pub fn stats(&self) -> CompactionStats {
+        *self.last.lock()
+    }
+
     pub fn is_running(&self) -> bool {
         self.running.try_lock().is_err()
     }
@@ -270,7 +287,20 @@ impl Compaction {
             return Err(BrokerError::Conflict { what: "a compaction of this topic is already running".to_owned() });
         };
         *self.status.lock() = CompactionStatus { status: "RUNNING", last_error: String::new() };
+        let started = std::time::Instant::now();
         let result = self.compact(managed_ledger, bookies, config).await;
+        let now = magnetar_proto::clock::now_ms();
+        {
+            let mut last = self.last.lock();
+            last.last_compaction_duration_time_in_mills = started.elapsed().as_millis() as u64;
+            match &result {
+                Ok(outcome) => {
+                    last.last_compaction_succeed_timestamp = now;
+                    last.last_compaction_removed_event_count = outcome.messages_read.saturating_sub(outcome.keys);
+                }
+                Err(_) => last.last_compaction_failed_timestamp = now,
+            }
+        }
         *self.status.lock() = match &result {
             Ok(_) => CompactionStatus { status: "SUCCESS", last_error: String::new() },
             Err(error) => CompactionStatus { status: "ERROR", last_error: error.to_string() },

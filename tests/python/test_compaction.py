@@ -85,6 +85,9 @@ def test_compaction_keeps_the_latest_value_of_each_key(
     # The compaction cursor shows as a subscription, as in Pulsar.
     status, stats = http(magnetar, "GET", f"/admin/v2/persistent/public/default/{local}/stats")
     assert "__compaction" in stats["subscriptions"], stats["subscriptions"].keys()
+    # Pulsar's compaction stats: the last run's time and how many messages it left out.
+    assert stats["compaction"]["lastCompactionSucceedTimestamp"] > 0, stats["compaction"]
+    assert stats["compaction"]["lastCompactionRemovedEventCount"] == 5, stats["compaction"]
 
 
 def test_null_value_messages_are_stored_and_delivered(client: pulsar.Client) -> None:

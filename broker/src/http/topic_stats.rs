@@ -187,6 +187,7 @@ pub(super) async fn topic_stats_json(topic: &Topic) -> Value {
         .insert("deduplicationStatus".into(), json!(if topic.limits().deduplication { "Enabled" } else { "Disabled" }));
     fields.insert("lastConfirmedEntry".into(), json!(position_text(ledger.last_confirmed())));
     fields.insert("ledgerCount".into(), json!(storage.ledgers));
+    fields.insert("compaction".into(), json!(topic.compaction().stats()));
     Value::Object(fields)
 }
 
