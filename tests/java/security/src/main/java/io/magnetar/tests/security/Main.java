@@ -7,8 +7,11 @@ import java.util.Set;
 
 /**
  * Apache Pulsar's own Java code as a command line, for the Python tests that check Magnetar's
- * tokens and TLS listeners against it (tests/python/test_java_security.py), and its client's
- * typed schemas against Magnetar's schema registry (tests/python/test_java_schema.py).
+ * tokens and TLS listeners against it (tests/python/test_java_security.py), its client's
+ * typed schemas against Magnetar's schema registry (tests/python/test_java_schema.py), and its
+ * client against the rest of the protocol: pattern consumers, compaction and TableView, fencing,
+ * CONSUMER_STATS, non-persistent topics and advertised listeners
+ * (tests/python/test_java_protocol.py).
  *
  * <p>Exit codes: 0 when the outcome is the one asked for, 1 when it is not (a token refused, a
  * roundtrip that failed, a producer that was not denied), 2 for bad usage. What a test checks
@@ -24,7 +27,10 @@ public final class Main {
             "  create-key-pair --algorithm RS256|ES256 --private-key OUT --public-key OUT",
             "  client-roundtrip --service-url pulsar+ssl://HOST:PORT --trust-certs CA.pem --token T",
             "                   --topic persistent://TENANT/NS/TOPIC [--count N] [--expect-denied]",
-            "  schema-checks --service-url pulsar://HOST:PORT --topic-prefix persistent://TENANT/NS/PREFIX");
+            "  schema-checks --service-url pulsar://HOST:PORT --topic-prefix persistent://TENANT/NS/PREFIX",
+            "  protocol-checks --service-url pulsar://HOST:PORT --admin-url http://HOST:PORT",
+            "                  --topic-prefix persistent://TENANT/NS/PREFIX",
+            "  listener-check --service-url pulsar://HOST:PORT --listener NAME --topic T [--expect-fail]");
 
     private Main() {}
 
@@ -103,6 +109,18 @@ public final class Main {
             case "schema-checks": {
                 Options options = new Options(command, rest, Set.of("--service-url", "--topic-prefix"), Set.of());
                 return SchemaChecks.run(options.required("--service-url"), options.required("--topic-prefix"));
+            }
+            case "protocol-checks": {
+                Options options = new Options(command, rest,
+                        Set.of("--service-url", "--admin-url", "--topic-prefix"), Set.of());
+                return ProtocolChecks.run(options.required("--service-url"), options.required("--admin-url"),
+                        options.required("--topic-prefix"));
+            }
+            case "listener-check": {
+                Options options = new Options(command, rest,
+                        Set.of("--service-url", "--listener", "--topic"), Set.of("--expect-fail"));
+                return ProtocolChecks.listenerCheck(options.required("--service-url"), options.required("--listener"),
+                        options.required("--topic"), options.flag("--expect-fail"));
             }
             default:
                 throw new Options.UsageException("unknown command " + command);
