@@ -3,7 +3,7 @@
 //! written to bookies, acknowledgements are not kept, a message a subscription cannot take
 //! now (no consumer, or the chosen one has no permits) is dropped and counted. Each
 //! subscription type picks its consumer with the same [`Dispatcher`] as persistent topics.
-//! Every message is delivered with message id 0:0 and receipted with -1:-1, as Pulsar does.
+//! Every message is delivered and receipted with message id 0:0, as Pulsar does.
 //!
 //! A topic lives in memory on the broker owning its bundle while it has producers or
 //! consumers; it is dropped when the last one leaves and closed (clients told to reconnect)

@@ -2,7 +2,7 @@
 //! ([`crate::non_persistent`]): PRODUCER and SUBSCRIBE on a `non-persistent://` name, and
 //! SEND, FLOW, ACK, CLOSE_*, UNSUBSCRIBE and the rest for the ids they registered. A SEND is
 //! receipted as soon as the subscriptions' consumers were given it (at most once), with
-//! Pulsar's -1:-1 message id; acknowledgements are answered and forgotten.
+//! Pulsar's 0:0 message id; acknowledgements are answered and forgotten.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,8 +25,9 @@ use crate::topic_name::TopicName;
 /// Keys of non-persistent producers and consumers, unique in the broker.
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 
-/// Pulsar receipts a non-persistent publish with ledger and entry -1.
-const RECEIPT_ID: u64 = u64::MAX;
+/// Pulsar receipts a non-persistent publish with ledger and entry 0 (-1:-1 would tell the
+/// Java client that the broker could not say whether it was a duplicate).
+const RECEIPT_ID: u64 = 0;
 
 fn is_non_persistent(topic: &str) -> bool {
     topic.starts_with("non-persistent://")
