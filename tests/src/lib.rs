@@ -519,3 +519,18 @@ pub async fn raw_receive(conn: &mut RawConn) -> anyhow::Result<magnetar_proto::f
         .map_err(|_| anyhow::anyhow!("no answer within 10 s"))?
         .ok_or_else(|| anyhow::anyhow!("connection closed"))??)
 }
+
+/// A client of our library that retries quickly (the tests wait for the broker, not for
+/// backoff), with this operation timeout (the client's default is 30 s).
+pub async fn fast_retry_client(
+    service_url: &str,
+    operation_timeout: Duration,
+) -> anyhow::Result<magnetar_client::Client> {
+    let config = magnetar_client::ClientConfig {
+        operation_timeout,
+        initial_backoff_interval: Duration::from_millis(50),
+        max_backoff_interval: Duration::from_millis(500),
+        ..Default::default()
+    };
+    Ok(magnetar_client::Client::connect_with_config(service_url, config).await?)
+}

@@ -5,17 +5,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use magnetar_client::{Client, ClientConfig, CompressionType, InitialPosition, Message, ProducerMessage, SendReceipt};
+use magnetar_client::{Client, CompressionType, InitialPosition, Message, ProducerMessage, SendReceipt};
 use magnetar_tests::{http, Standalone};
 
 /// A client that retries quickly, so the tests wait for the broker, not for backoff.
 async fn client(standalone: &Standalone) -> anyhow::Result<Client> {
-    let config = ClientConfig {
-        initial_backoff_interval: Duration::from_millis(50),
-        max_backoff_interval: Duration::from_millis(500),
-        ..Default::default()
-    };
-    Ok(Client::connect_with_config(&standalone.service_url(), config).await?)
+    magnetar_tests::fast_retry_client(&standalone.service_url(), Duration::from_secs(30)).await
 }
 
 async fn receive(consumer: &mut magnetar_client::Consumer) -> anyhow::Result<Message> {

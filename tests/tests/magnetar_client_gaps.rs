@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use magnetar_client::{
-    Client, ClientConfig, ClientError, CompressionType, InitialPosition, Message, MessageId, MessageRouter,
-    ProducerAccessMode, ProducerInterceptor, ProducerMessage, TopicName,
+    Client, ClientError, CompressionType, InitialPosition, Message, MessageId, MessageRouter, ProducerAccessMode,
+    ProducerInterceptor, ProducerMessage, TopicName,
 };
 use magnetar_tests::{eventually, http, Standalone};
 
@@ -21,13 +21,7 @@ async fn client(standalone: &Standalone) -> anyhow::Result<Client> {
 }
 
 async fn client_with_timeout(standalone: &Standalone, operation_timeout: Duration) -> anyhow::Result<Client> {
-    let config = ClientConfig {
-        operation_timeout,
-        initial_backoff_interval: Duration::from_millis(50),
-        max_backoff_interval: Duration::from_millis(500),
-        ..Default::default()
-    };
-    Ok(Client::connect_with_config(&standalone.service_url(), config).await?)
+    magnetar_tests::fast_retry_client(&standalone.service_url(), operation_timeout).await
 }
 
 async fn receive(consumer: &mut magnetar_client::Consumer) -> anyhow::Result<Message> {

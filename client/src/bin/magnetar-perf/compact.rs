@@ -50,13 +50,7 @@ pub struct CompactArgs {
 }
 
 pub async fn compact_benchmark(args: CompactArgs) -> anyhow::Result<()> {
-    let (service_url, config) = args
-        .connection
-        .resolve(args.service_url.as_deref(), crate::DEFAULT_SERVICE_URL)
-        .await
-        .context("read the connection settings")?;
-    let client =
-        Client::connect_with_config(&service_url, config).await.with_context(|| format!("connect to {service_url}"))?;
+    let (client, service_url) = crate::connect_client(&args.connection, args.service_url.as_deref()).await?;
     let topic = magnetar_client::TopicName::parse(&args.topic).context("--topic")?;
     let admin = AdminClient::new(&ClientConf { web_service_url: Some(args.admin_url.clone()), ..Default::default() })
         .await
@@ -113,6 +107,7 @@ pub async fn compact_benchmark(args: CompactArgs) -> anyhow::Result<()> {
     client.close();
 
     let figures = serde_json::json!({
+        "service_url": service_url,
         "topic": topic.to_string(),
         "messages": args.messages,
         "keys": args.keys,

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use magnetar_client::{Client, InitialPosition, SubscriptionType};
+use magnetar_client::{InitialPosition, SubscriptionType};
 use tokio::time::Instant;
 
 use crate::quantile_ms;
@@ -79,13 +79,7 @@ pub async fn consume_benchmark(args: ConsumeArgs) -> anyhow::Result<()> {
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         bail!("--rate must be zero or a positive number, not {}", args.rate);
     }
-    let (service_url, config) = args
-        .connection
-        .resolve(args.service_url.as_deref(), crate::DEFAULT_SERVICE_URL)
-        .await
-        .context("read the connection settings")?;
-    let client =
-        Client::connect_with_config(&service_url, config).await.with_context(|| format!("connect to {service_url}"))?;
+    let (client, service_url) = crate::connect_client(&args.connection, args.service_url.as_deref()).await?;
     let mut consumers = Vec::new();
     for index in 0..args.consumers {
         let consumer = client

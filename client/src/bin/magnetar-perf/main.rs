@@ -63,6 +63,20 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_GRPC_MESSAGE: usize = 6 * 1024 * 1024 + 64 * 1024;
 /// Size of one raw-baseline write.
 const RAW_CHUNK: usize = 1024 * 1024;
+/// Connects the client of `produce`, `consume` and `compact`: --service-url, else
+/// client.conf's brokerServiceUrl, else [`DEFAULT_SERVICE_URL`], with the security flags.
+pub(crate) async fn connect_client(
+    connection: &magnetar_client::ConnectionArgs,
+    service_url: Option<&str>,
+) -> anyhow::Result<(magnetar_client::Client, String)> {
+    let (service_url, config) =
+        connection.resolve(service_url, DEFAULT_SERVICE_URL).await.context("read the connection settings")?;
+    let client = magnetar_client::Client::connect_with_config(&service_url, config)
+        .await
+        .with_context(|| format!("connect to {service_url}"))?;
+    Ok((client, service_url))
+}
+
 /// Where `produce` and `consume` connect when neither --service-url nor client.conf says.
 const DEFAULT_SERVICE_URL: &str = "pulsar://127.0.0.1:6650";
 /// Secret every benchmark ledger is written with.

@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use magnetar_client::schema::{JsonSchema, Schema, TypedProducer};
-use magnetar_client::{Client, ClientError, Producer, ProducerMessage, SendReceipt};
+use magnetar_client::{ClientError, Producer, ProducerMessage, SendReceipt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::info;
@@ -169,13 +169,7 @@ pub async fn produce_benchmark(args: ProduceArgs) -> anyhow::Result<()> {
             args.max_pending
         );
     }
-    let (service_url, config) = args
-        .connection
-        .resolve(args.service_url.as_deref(), crate::DEFAULT_SERVICE_URL)
-        .await
-        .context("read the connection settings")?;
-    let client =
-        Client::connect_with_config(&service_url, config).await.with_context(|| format!("connect to {service_url}"))?;
+    let (client, service_url) = crate::connect_client(&args.connection, args.service_url.as_deref()).await?;
     let start = Instant::now();
     let payloads = match args.schema.as_str() {
         "json" => {
