@@ -29,7 +29,6 @@ pub mod subscription;
 pub mod tenancy;
 pub mod throttle;
 pub mod topic;
-pub mod topic_list;
 pub mod topic_name;
 
 pub use error::BrokerError;

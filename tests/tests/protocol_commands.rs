@@ -136,7 +136,7 @@ async fn consumer_stats_and_topic_list_watchers_answer() -> anyhow::Result<()> {
     // The hash is Pulsar's over the whole matching list.
     assert_eq!(
         update.topics_hash,
-        magnetar_broker::topic_list::topics_hash(&[topic, "persistent://public/default/watched-b"])
+        magnetar_broker::protocol::topic_list::topics_hash(&[topic, "persistent://public/default/watched-b"])
     );
     conn.send(request(Type::WatchTopicListClose, |b| {
         b.watch_topic_list_close = Some(Box::new(pb::CommandWatchTopicListClose { request_id: 4, watcher_id: 7 }));

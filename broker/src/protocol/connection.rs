@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use super::consumer::ConnectionConsumer;
 use super::convert;
 use super::receipts::{self, answer_receipts, PendingReceipt, ReceiptItem};
+use super::topic_list;
 use super::{Outbound, MAX_PENDING_SENDS_PER_PRODUCER, OUTBOUND_QUEUE};
 use crate::cluster::ownership::LookupAnswer;
 use crate::dedup::Published;
@@ -42,7 +43,6 @@ use crate::stats::{now_rfc3339, ClientInfo, ConsumerStats, Meter, ProducerStats}
 use crate::subscription::start::{mark_delete_for_publish_time, start_before};
 use crate::subscription::{NewConsumer, StartAt, Subscription};
 use crate::topic::{Admission, QuotaVerdict, Topic};
-use crate::topic_list;
 use crate::topic_name::TopicName;
 
 const SERVER_VERSION: &str = concat!("Magnetar ", env!("CARGO_PKG_VERSION"));

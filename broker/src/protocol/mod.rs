@@ -1,7 +1,8 @@
 //! The Pulsar binary protocol server: an accept loop ([`server`]) and one handler per client
 //! connection ([`connection`], the command table); the frames a subscription's decisions become
 //! ([`consumer`]); each producer's receipt task ([`receipts`]); wire-to-domain conversions
-//! ([`convert`]); the schema commands (`schema.rs`).
+//! ([`convert`]); the schema commands (`schema.rs`); the commands of non-persistent topics
+//! (`non_persistent.rs`); namespace topic lists and their watchers ([`topic_list`]).
 
 pub mod connection;
 pub mod consumer;
@@ -10,6 +11,7 @@ mod non_persistent;
 pub mod receipts;
 mod schema;
 pub mod server;
+pub mod topic_list;
 
 use bytes::Bytes;
 use magnetar_proto::pulsar::BaseCommand;

@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::Outbound;
 use crate::error::BrokerError;
 use crate::partitions::PARTITIONED_TOPICS_PATH;
-use crate::protocol::Outbound;
 use crate::service::BrokerService;
 use crate::topic_name::TopicName;
 
