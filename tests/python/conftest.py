@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pulsar
 import pytest
@@ -35,10 +35,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 
 @contextlib.contextmanager
-def _running(name: str) -> Iterator[MagnetarProcess]:
+def _running(name: str, settings: Callable[[MagnetarProcess], str] | None = None) -> Iterator[MagnetarProcess]:
+    """A started standalone; with `settings`, the broker settings file it gets (`--config`),
+    written from the process (its ports) before it starts."""
     binary = magnetar_bin()
     with tempfile.TemporaryDirectory(prefix=f"magnetar-{name}-") as workdir:
-        process = MagnetarProcess(binary, Path(workdir), name)
+        config = Path(workdir) / "broker.toml"
+        process = MagnetarProcess(binary, Path(workdir), name, ["--config", str(config)] if settings else None)
+        if settings:
+            config.write_text(settings(process))
         try:
             process.start()
             yield process
@@ -68,6 +73,36 @@ def magnetar(request: pytest.FixtureRequest, _shared_magnetar: MagnetarProcess) 
 def own_magnetar(request: pytest.FixtureRequest) -> Iterator[MagnetarProcess]:
     """A broker of the test's own, with its own data dir, for tests that kill it."""
     with _running(request.node.name.replace("/", "_")[:40]) as process:
+        _track(request, process)
+        yield process
+
+
+@pytest.fixture
+def listeners_magnetar(request: pytest.FixtureRequest) -> Iterator[MagnetarProcess]:
+    """A standalone with two advertised listeners: `internal` (127.0.0.1) and `external`
+    (localhost), both on the one Pulsar port."""
+
+    def settings(process: MagnetarProcess) -> str:
+        port = process.pulsar_port
+        return (
+            f'advertised_listeners = "internal:pulsar://127.0.0.1:{port},external:pulsar://localhost:{port}"\n'
+            'internal_listener_name = "internal"\n'
+        )
+
+    with _running("listeners", settings) as process:
+        _track(request, process)
+        yield process
+
+
+@pytest.fixture
+def compacting_magnetar(request: pytest.FixtureRequest) -> Iterator[MagnetarProcess]:
+    """A standalone that compacts every topic past 1 KiB of uncompacted data, checking
+    every second."""
+    settings = (
+        "broker_service_compaction_threshold_in_bytes = 1024\n"
+        "broker_service_compaction_monitor_interval_in_seconds = 1\n"
+    )
+    with _running("compacting", lambda _: settings) as process:
         _track(request, process)
         yield process
 

@@ -5,14 +5,12 @@ TableView, the compaction-threshold policy, and a compacted view that survives a
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 import pulsar
 import pytest
 
-from magnetar_process import MagnetarProcess, magnetar_bin, make_client
+from magnetar_process import MagnetarProcess, make_client
 from test_producers import http, unique_name
 
 RECEIVE_TIMEOUT_MS = 10_000
@@ -147,24 +145,6 @@ def test_table_view_sees_every_keys_latest_value_and_later_updates(
     assert table.get("k0") is None and "k0" not in snapshot()
     table.close()
     producer.close()
-
-
-@pytest.fixture
-def compacting_magnetar():
-    """A standalone that compacts every topic past 1 KiB of uncompacted data, checking
-    every second."""
-    with tempfile.TemporaryDirectory(prefix="magnetar-compacting-") as workdir:
-        config = Path(workdir) / "broker.toml"
-        config.write_text(
-            "broker_service_compaction_threshold_in_bytes = 1024\n"
-            "broker_service_compaction_monitor_interval_in_seconds = 1\n"
-        )
-        process = MagnetarProcess(magnetar_bin(), Path(workdir), "compacting", ["--config", str(config)])
-        try:
-            process.start()
-            yield process
-        finally:
-            process.stop()
 
 
 def test_threshold_compacts_automatically_and_the_view_survives_restarts(compacting_magnetar) -> None:

@@ -16,15 +16,10 @@ built by deploy/test.sh; `protocol-checks` and `listener-check` in ProtocolCheck
 
 from __future__ import annotations
 
-import tempfile
 import uuid
-from pathlib import Path
-from typing import Iterator
 
-import pytest
 
-from conftest import _track
-from magnetar_process import MagnetarProcess, magnetar_bin
+from magnetar_process import MagnetarProcess
 from test_java_security import PulsarJava, must, pulsar_java  # noqa: F401  (the jar fixture)
 from test_producers import http
 
@@ -42,26 +37,6 @@ def test_the_java_client_speaks_the_rest_of_the_protocol(magnetar: MagnetarProce
     table = prefix.removeprefix("persistent://") + "-table"
     status, body = http(magnetar, "GET", f"/admin/v2/persistent/{table}/compaction")
     assert status == 200 and body["status"] == "SUCCESS", body
-
-
-@pytest.fixture
-def listeners_magnetar(request: pytest.FixtureRequest) -> Iterator[MagnetarProcess]:
-    """A standalone with two advertised listeners: `internal` (127.0.0.1) and `external`
-    (localhost), both on the one Pulsar port."""
-    with tempfile.TemporaryDirectory(prefix="magnetar-java-listeners-") as workdir:
-        config = Path(workdir) / "broker.toml"
-        process = MagnetarProcess(magnetar_bin(), Path(workdir), "java-listeners", ["--config", str(config)])
-        port = process.pulsar_port
-        config.write_text(
-            f'advertised_listeners = "internal:pulsar://127.0.0.1:{port},external:pulsar://localhost:{port}"\n'
-            'internal_listener_name = "internal"\n'
-        )
-        _track(request, process)
-        try:
-            process.start()
-            yield process
-        finally:
-            process.stop()
 
 
 def test_the_java_client_looks_up_through_named_listeners(

@@ -7,14 +7,12 @@ created after they subscribed, and the partition index in message ids.
 from __future__ import annotations
 
 import re
-import tempfile
 import time
-from pathlib import Path
 
 import pulsar
 import pytest
 
-from magnetar_process import MagnetarProcess, magnetar_bin, make_client
+from magnetar_process import MagnetarProcess
 from test_producers import http, unique_name
 
 RECEIVE_TIMEOUT_MS = 10_000
@@ -184,25 +182,6 @@ def test_exclusive_with_fencing_takes_the_topic_from_an_exclusive_producer(clien
     assert got == [b"from first", b"from fencer"]
     reader.close()
     fencing.close()
-
-
-@pytest.fixture
-def listeners_magnetar() -> MagnetarProcess:
-    """A standalone with two advertised listeners: `internal` (127.0.0.1) and `external`
-    (localhost), both on the one Pulsar port."""
-    with tempfile.TemporaryDirectory(prefix="magnetar-listeners-") as workdir:
-        config = Path(workdir) / "broker.toml"
-        process = MagnetarProcess(magnetar_bin(), Path(workdir), "listeners", ["--config", str(config)])
-        port = process.pulsar_port
-        config.write_text(
-            f'advertised_listeners = "internal:pulsar://127.0.0.1:{port},external:pulsar://localhost:{port}"\n'
-            'internal_listener_name = "internal"\n'
-        )
-        try:
-            process.start()
-            yield process
-        finally:
-            process.stop()
 
 
 def test_advertised_listeners_answer_the_named_listener_and_refuse_unknown_ones(
