@@ -90,7 +90,7 @@ pub struct Deduplication {
 /// Whether an entry is a chunk of a larger message other than its last one. All chunks of a
 /// message share its sequence id; as Pulsar's broker does, only the last chunk counts for
 /// deduplication, so that a message whose last chunk never got stored is taken again whole.
-fn is_partial_chunk(metadata: &magnetar_proto::pulsar::MessageMetadata) -> bool {
+pub fn is_partial_chunk(metadata: &magnetar_proto::pulsar::MessageMetadata) -> bool {
     match (metadata.chunk_id, metadata.num_chunks_from_msg) {
         (Some(chunk), Some(chunks)) => chunks > 1 && chunk < chunks - 1,
         _ => false,
@@ -167,17 +167,18 @@ impl Deduplication {
         self.state.lock().pushed.get(producer).copied().unwrap_or(-1)
     }
 
-    /// Checks a SEND against the producer's ids and stores it unless it is a duplicate.
+    /// Checks a SEND against the producer's ids and stores it unless it is a duplicate; a
+    /// `partial_chunk` ([`is_partial_chunk`]) is checked but moves no id.
     pub async fn publish(
         &self,
         producer: &str,
         sequence_id: u64,
         highest_sequence_id: u64,
+        partial_chunk: bool,
         data: Bytes,
     ) -> Result<Published, BrokerError> {
         let sequence_id = i64::try_from(sequence_id).unwrap_or(i64::MAX);
         let highest = i64::try_from(highest_sequence_id).unwrap_or(i64::MAX).max(sequence_id);
-        let partial_chunk = Payload::parse(data.clone()).is_ok_and(|payload| is_partial_chunk(payload.metadata()));
         let tracker = self.order.lock().await;
         {
             let mut state = self.state.lock();

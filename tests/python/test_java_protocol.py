@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import uuid
 
-
 from magnetar_process import MagnetarProcess
 from test_java_security import PulsarJava, must, pulsar_java  # noqa: F401  (the jar fixture)
 from test_producers import http

@@ -729,6 +729,7 @@ impl Connection {
             return self.send(refuse(error.server_error(), &error.to_string())).await;
         }
         let messages = u64::from(payload.num_messages());
+        let partial_chunk = crate::dedup::is_partial_chunk(payload.metadata());
         // The entry is the payload exactly as the client wrote it: batches, chunks, compressed
         // and encrypted bodies pass through untouched.
         let data: Bytes = payload.into_bytes();
@@ -740,14 +741,15 @@ impl Connection {
             let (topic, name, held) = (producer.topic.clone(), producer.name.clone(), producer.held.clone());
             Box::pin(async move {
                 let published = match topic.wait_out_hold().await {
-                    Ok(()) => topic.publish(&name, sequence_id, highest_sequence_id, data).await,
+                    Ok(()) => topic.publish(&name, sequence_id, highest_sequence_id, partial_chunk, data).await,
                     Err(error) => Err(error),
                 };
                 held.fetch_sub(1, Ordering::AcqRel);
                 durable_of(published, sequence_id)?.await
             })
         } else {
-            let published = producer.topic.publish(&producer.name, sequence_id, highest_sequence_id, data).await;
+            let published =
+                producer.topic.publish(&producer.name, sequence_id, highest_sequence_id, partial_chunk, data).await;
             match durable_of(published, sequence_id) {
                 Ok(durable) => durable,
                 Err(BrokerError::TopicFenced { .. }) => {

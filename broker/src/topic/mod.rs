@@ -415,12 +415,14 @@ impl Topic {
     }
 
     /// Appends a message entry (unless deduplication finds it a duplicate); a stored entry's
-    /// future answers once it is durable.
+    /// future answers once it is durable. `partial_chunk`: a chunk before the last of its
+    /// message, which deduplication checks but does not count.
     pub async fn publish(
         &self,
         producer: &str,
         sequence_id: u64,
         highest_sequence_id: u64,
+        partial_chunk: bool,
         data: Bytes,
     ) -> Result<Published, BrokerError> {
         if self.is_fenced() {
@@ -428,7 +430,7 @@ impl Topic {
         }
         self.published.fetch_add(1, Ordering::Relaxed);
         match self.deduplication() {
-            Some(dedup) => dedup.publish(producer, sequence_id, highest_sequence_id, data).await,
+            Some(dedup) => dedup.publish(producer, sequence_id, highest_sequence_id, partial_chunk, data).await,
             None => Ok(Published::Stored(self.ledger.add_entry(data).await?)),
         }
     }
