@@ -12,9 +12,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub mod cluster;
 
-/// A free loopback port (bound and released; good enough for tests).
+/// A free loopback port (bound and released), never one this process handed out before:
+/// tests of one binary run in parallel, and two standalones of theirs must not be given the
+/// same port between its release and their bind.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port not handed out before in 100 tries")
 }
 
 /// `GET path` over plain HTTP/1.1 at `address` (`host:port`): the whole response, status
