@@ -10,9 +10,15 @@
 //! Two kinds of background task exist, each stopped by a `CancellationToken` that is a child
 //! of the store's, which is cancelled when the last clone of the store is dropped:
 //!
-//! - one keep-alive task per session, refreshing its lease every ttl/3 (and reopening the
+//! - one keep-alive task per session, refreshing its lease every ttl/4 (and reopening the
 //!   keep-alive stream after an error) until the session is closed or the store dropped;
-//!   after that the lease expires on the server within its ttl and its keys vanish;
+//!   after that the lease expires on the server within its ttl and its keys vanish. When no
+//!   refresh sent in the last ttl/2 ([`LOCAL_EXPIRY_FRACTION`]) succeeded, the session counts
+//!   as lost here ([`MetadataStore::session_lost`] resolves, `put_ephemeral` fails with
+//!   `SessionExpired`) and is no longer refreshed: the server cannot expire the lease before
+//!   a whole ttl after the last successful refresh was sent, so the process learns of the
+//!   loss at least ttl/2 before anyone else can take its keys, even when it cannot reach
+//!   etcd at all (a partition) and so would never hear etcd say the lease is gone;
 //! - one forwarding task per watch, moving etcd watch events into a bounded channel of
 //!   [`WATCH_CAPACITY`]. It never waits for a slow reader: when the channel is full, or the
 //!   etcd watch fails, it stops and the channel closes; the reader must re-read and re-watch.
@@ -53,6 +59,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(5));
 /// Pause before reopening a failed lease keep-alive stream.
 const KEEP_ALIVE_RETRY: Duration = Duration::from_millis(200);
+/// A session whose lease has not been refreshed successfully for this fraction of its ttl
+/// (measured from when the last successful refresh was sent) counts as lost locally.
+pub const LOCAL_EXPIRY_FRACTION: f64 = 0.5;
+/// How often the lease is refreshed, as a fraction of its ttl: twice within the local expiry.
+const REFRESH_FRACTION: f64 = 0.25;
+
+/// One open session: `stop` ends its keep-alive task; `lost` fires when the session counts
+/// as lost (the lease is gone, or was not refreshed in time).
+struct Session {
+    stop: CancellationToken,
+    lost: CancellationToken,
+}
 
 /// A metadata store in an etcd cluster. Cheap to clone: clones share the connection, sessions
 /// and background tasks, which stop when the last clone is dropped.
@@ -65,8 +83,8 @@ struct Inner {
     client: Client,
     /// The endpoints, comma-separated, for error messages.
     endpoint: String,
-    /// Open sessions (lease id) and the token that stops each one's keep-alive task.
-    sessions: Mutex<HashMap<i64, CancellationToken>>,
+    /// Open sessions by lease id.
+    sessions: Mutex<HashMap<i64, Session>>,
     /// Parent of every background task's token; cancelled on drop.
     shutdown: CancellationToken,
 }
@@ -263,12 +281,15 @@ impl MetadataStore for EtcdStore {
     async fn create_session(&self, ttl: Duration) -> Result<SessionId> {
         let ttl_seconds = i64::try_from(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).unwrap_or(i64::MAX).max(1);
         let mut lease = self.inner.client.lease_client();
+        // Taken before the grant is sent: etcd counts the ttl from when it grants, later.
+        let granted_at = tokio::time::Instant::now();
         let granted = self.call("grant lease", lease.grant(ttl_seconds, None)).await?;
         let id = granted.id();
         let granted_ttl = Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(1).max(1));
         let cancel = self.inner.shutdown.child_token();
-        self.inner.sessions.lock().insert(id, cancel.clone());
-        tokio::spawn(keep_alive(lease, id, granted_ttl, cancel));
+        let lost = CancellationToken::new();
+        self.inner.sessions.lock().insert(id, Session { stop: cancel.clone(), lost: lost.clone() });
+        tokio::spawn(keep_alive(lease, id, granted_ttl, granted_at, cancel, lost));
         Ok(SessionId(id))
     }
 
@@ -279,7 +300,7 @@ impl MetadataStore for EtcdStore {
         value: Vec<u8>,
         expected: Expected,
     ) -> Result<Version> {
-        if session.0 == 0 {
+        if session.0 == 0 || self.lost_token(session).is_some_and(|lost| lost.is_cancelled()) {
             return Err(MetaError::SessionExpired { session: session.0 });
         }
         self.put_with_lease(key, value, expected, session.0).await
@@ -290,7 +311,8 @@ impl MetadataStore for EtcdStore {
     async fn close_session(&self, session: SessionId) -> Result<()> {
         let keeper = self.inner.sessions.lock().remove(&session.0);
         if let Some(keeper) = keeper {
-            keeper.cancel();
+            keeper.stop.cancel();
+            keeper.lost.cancel();
         }
         let mut lease = self.inner.client.lease_client();
         match self.call("revoke lease", lease.revoke(session.0)).await {
@@ -298,6 +320,22 @@ impl MetadataStore for EtcdStore {
             Err(error) if is_not_found(&error) => Ok(()),
             Err(error) => Err(error),
         }
+    }
+
+    async fn session_lost(&self, session: SessionId) {
+        match self.lost_token(session) {
+            Some(lost) => lost.cancelled().await,
+            // Closed, or never opened by this store: not ours to keep, so it is lost.
+            None => {}
+        }
+    }
+}
+
+impl EtcdStore {
+    /// The token that fires when `session` counts as lost; None for a session this store does
+    /// not keep (closed, or never opened here).
+    fn lost_token(&self, session: SessionId) -> Option<CancellationToken> {
+        self.inner.sessions.lock().get(&session.0).map(|open| open.lost.clone())
     }
 }
 
@@ -445,68 +483,91 @@ async fn forward_watch(
     }
 }
 
-/// Refreshes lease `id` every `ttl / 3` until `cancel` fires or etcd says the lease is gone.
-/// A failed stream is reopened; if it stays down for a whole ttl the lease expires on the
-/// server and the next use of the session fails with `SessionExpired`.
-async fn keep_alive(mut lease: LeaseClient, id: i64, ttl: Duration, cancel: CancellationToken) {
-    let period = ttl / 3;
-    loop {
-        // Opening the stream also refreshes the lease once.
-        let opened = tokio::select! {
-            _ = cancel.cancelled() => return,
-            opened = tokio::time::timeout(period, lease.keep_alive(id)) => opened,
-        };
-        let (mut keeper, mut responses) = match opened {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(etcd_client::Error::LeaseKeepAliveError(reason))) => {
-                warn!(lease = id, %reason, "session lease is gone; stopping its keep-alive");
-                return;
-            }
-            Ok(Err(error)) => {
-                warn!(lease = id, %error, "cannot open lease keep-alive stream; retrying");
-                if sleep_or_cancel(KEEP_ALIVE_RETRY, &cancel).await {
-                    return;
-                }
-                continue;
-            }
-            Err(_) => {
-                warn!(lease = id, "opening lease keep-alive stream timed out; retrying");
-                continue;
-            }
-        };
+/// Refreshes lease `id` every `ttl / 4` until `cancel` fires or the session is lost: etcd
+/// says the lease is gone, or no refresh sent in the last `ttl / 2` succeeded (the local
+/// deadline; see the module docs). Either way `lost` fires and the lease is left to expire.
+/// A failed stream is reopened while the deadline allows.
+async fn keep_alive(
+    mut lease: LeaseClient,
+    id: i64,
+    ttl: Duration,
+    granted_at: tokio::time::Instant,
+    cancel: CancellationToken,
+    lost: CancellationToken,
+) {
+    let period = ttl.mul_f64(REFRESH_FRACTION);
+    let local_expiry = ttl.mul_f64(LOCAL_EXPIRY_FRACTION);
+    // When the last successful refresh was sent: the server keeps the lease until at least
+    // a whole ttl after it.
+    let refreshed_at = Mutex::new(granted_at);
+    let deadline = || *refreshed_at.lock() + local_expiry;
+    let outcome = async {
         loop {
-            if sleep_or_cancel(period, &cancel).await {
-                return;
-            }
-            let refreshed = tokio::time::timeout(period, async {
-                keeper.keep_alive().await?;
-                responses.message().await
-            });
-            let refreshed = tokio::select! {
-                _ = cancel.cancelled() => return,
-                refreshed = refreshed => refreshed,
-            };
-            match refreshed {
-                Ok(Ok(Some(response))) if response.ttl() > 0 => {}
-                Ok(Ok(Some(_))) => {
-                    warn!(lease = id, "session lease expired; stopping its keep-alive");
+            // Opening the stream also refreshes the lease once.
+            let sent = tokio::time::Instant::now();
+            let opened = tokio::time::timeout(period, lease.keep_alive(id)).await;
+            let (mut keeper, mut responses) = match opened {
+                // etcd-client opened the stream with a refresh and read its answer (ttl > 0).
+                Ok(Ok(pair)) => {
+                    *refreshed_at.lock() = sent;
+                    pair
+                }
+                Ok(Err(etcd_client::Error::LeaseKeepAliveError(reason))) => {
+                    warn!(lease = id, %reason, "session lease is gone; stopping its keep-alive");
                     return;
                 }
-                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
-                    warn!(lease = id, "lease keep-alive stream failed; reopening it");
+                Ok(Err(error)) => {
+                    warn!(lease = id, %error, "cannot open lease keep-alive stream; retrying");
+                    tokio::time::sleep(KEEP_ALIVE_RETRY).await;
+                    continue;
+                }
+                Err(_) => {
+                    warn!(lease = id, "opening lease keep-alive stream timed out; retrying");
+                    continue;
+                }
+            };
+            loop {
+                tokio::time::sleep(period).await;
+                let sent = tokio::time::Instant::now();
+                let refreshed = tokio::time::timeout(period, async {
+                    keeper.keep_alive().await?;
+                    responses.message().await
+                })
+                .await;
+                match refreshed {
+                    Ok(Ok(Some(response))) if response.ttl() > 0 => *refreshed_at.lock() = sent,
+                    Ok(Ok(Some(_))) => {
+                        warn!(lease = id, "session lease expired; stopping its keep-alive");
+                        return;
+                    }
+                    Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                        warn!(lease = id, "lease keep-alive stream failed; reopening it");
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    tokio::pin!(outcome);
+    // The deadline moves with every successful refresh: re-read when the timer fires.
+    loop {
+        let until = deadline();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            () = &mut outcome => break,
+            _ = tokio::time::sleep_until(until) => {
+                if deadline() <= tokio::time::Instant::now() {
+                    warn!(
+                        lease = id,
+                        ttl_ms = ttl.as_millis() as u64,
+                        "session lease not refreshed for {local_expiry:?}: counting the session as lost before etcd may expire it"
+                    );
                     break;
                 }
             }
         }
     }
-}
-
-/// Sleeps for `duration`; true if `cancel` fired first.
-async fn sleep_or_cancel(duration: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => true,
-        _ = tokio::time::sleep(duration) => false,
-    }
+    lost.cancel();
 }
 
 #[cfg(test)]

@@ -100,4 +100,13 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Ends a session now, removing its ephemeral keys.
     async fn close_session(&self, session: SessionId) -> Result<()>;
+
+    /// Resolves once this process must count `session` as lost: the store said it ended, or
+    /// (etcd) the lease has not been refreshed for long enough that it may expire on the
+    /// server soon, while the process cannot tell. It resolves before the server may let the
+    /// session's keys go, so an owner can stop acting on them before anyone else takes them
+    /// over. Never resolves for a session that lives as long as the process (the default).
+    async fn session_lost(&self, _session: SessionId) {
+        std::future::pending::<()>().await
+    }
 }

@@ -117,10 +117,27 @@ pub fn decide(
 /// Runs the load manager of one broker until `cancel`: reports, the leader election and,
 /// while leader, shedding; and the commands addressed to this broker.
 pub fn spawn<B: BundleControl>(service: Arc<B>, config: LoadManagerConfig, cancel: CancellationToken) {
+    tokio::spawn(session_watch(service.clone(), cancel.clone()));
     tokio::spawn(report_loop(service.clone(), config.clone(), cancel.clone()));
     tokio::spawn(command_loop(service.clone(), cancel.clone()));
     if config.enabled {
         tokio::spawn(leader_loop(service, config, cancel));
+    }
+}
+
+/// Stops the broker when its metadata session counts as lost, which the store tells before
+/// etcd may expire the lease, even when etcd cannot be reached (the ownership gives its
+/// bundles up at the same moment). A session closed by a graceful shutdown is not news.
+async fn session_watch<B: BundleControl>(service: Arc<B>, cancel: CancellationToken) {
+    let ownership = service.ownership().clone();
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = ownership.meta().session_lost(ownership.session()) => {
+            if !ownership.is_draining() {
+                warn!("the broker's metadata session is lost: it owns nothing any more; shutting down");
+                service.session_expired();
+            }
+        }
     }
 }
 

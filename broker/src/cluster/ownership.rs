@@ -99,6 +99,9 @@ pub struct Ownership {
     owned: Mutex<HashMap<Bundle, Owned>>,
     /// Set when the broker shuts down: lookups then send every unowned bundle elsewhere.
     draining: AtomicBool,
+    /// Set when the metadata session counts as lost (`MetadataStore::session_lost`): nothing
+    /// is owned or acquired any more.
+    session_lost: AtomicBool,
     lost: Mutex<Option<mpsc::UnboundedSender<Bundle>>>,
     /// Assignments this broker made since the last load reports were read, so that a burst
     /// of lookups does not send every bundle to the same broker.
@@ -131,12 +134,14 @@ impl Ownership {
             default_bundles,
             owned: Mutex::default(),
             draining: AtomicBool::new(false),
+            session_lost: AtomicBool::new(false),
             lost: Mutex::new(Some(lost_tx)),
             recent_assignments: Mutex::default(),
             probed_alive: Mutex::default(),
         });
         let watch = ownership.meta.watch(&format!("{OWNERSHIP_PATH}/")).await?;
         tokio::spawn(watch_owned(Arc::downgrade(&ownership), watch));
+        tokio::spawn(watch_session(Arc::downgrade(&ownership), ownership.meta.clone(), session));
         Ok((ownership, lost_rx))
     }
 
@@ -182,7 +187,30 @@ impl Ownership {
 
     /// Whether this broker owns `bundle` and is not unloading it.
     pub fn is_active(&self, bundle: &Bundle) -> bool {
-        self.lock().get(bundle).is_some_and(|owned| !owned.unloading)
+        !self.is_session_lost() && self.lock().get(bundle).is_some_and(|owned| !owned.unloading)
+    }
+
+    /// Whether the metadata session counts as lost: the broker owns nothing any more.
+    pub fn is_session_lost(&self) -> bool {
+        self.session_lost.load(Ordering::SeqCst)
+    }
+
+    /// The session is lost (or closed): every bundle is given up at once, without touching
+    /// the store, and reported lost so that its topics close. The store resolves
+    /// `session_lost` at least half a session ttl before its keys may expire on the server,
+    /// so the topics stop being served before another broker can take the bundles.
+    fn on_session_lost(&self) {
+        self.session_lost.store(true, Ordering::SeqCst);
+        let bundles: Vec<Bundle> = self.lock().drain().map(|(bundle, _)| bundle).collect();
+        if !self.is_draining() {
+            warn!(
+                bundles = bundles.len(),
+                "the metadata session is lost: giving up every bundle and closing its topics"
+            );
+        }
+        for bundle in bundles {
+            self.report_lost(bundle);
+        }
     }
 
     pub async fn read_owner(&self, bundle: &Bundle) -> Result<Option<(OwnerData, Version)>, BrokerError> {
@@ -211,6 +239,14 @@ impl Ownership {
             Err(error) => return Err(error.into()),
         };
         self.lock().insert(bundle.clone(), Owned { version, unloading: false });
+        if self.is_session_lost() {
+            // Acquired just as the session was lost: on_session_lost may have run before the
+            // insert, so give it up here.
+            if self.lock().remove(bundle).is_some() {
+                self.report_lost(bundle.clone());
+            }
+            return Err(MetaError::SessionExpired { session: self.session.0 }.into());
+        }
         // A split may have replaced the bundle between reading the layout and acquiring it.
         let layout = self.layout(&bundle.namespace).await?;
         if !layout.contains(bundle) {
@@ -471,6 +507,14 @@ async fn refuses_connections(url: &str) -> bool {
 
 fn not_here(bundle: &Bundle, why: &str) -> BrokerError {
     BrokerError::ServiceUnitNotReady { what: format!("namespace bundle {bundle} is not served by this broker: {why}") }
+}
+
+/// Gives every bundle up when the metadata session counts as lost.
+async fn watch_session(ownership: std::sync::Weak<Ownership>, meta: Arc<dyn MetadataStore>, session: SessionId) {
+    meta.session_lost(session).await;
+    if let Some(ownership) = ownership.upgrade() {
+        ownership.on_session_lost();
+    }
 }
 
 /// Follows ownership keys for as long as the ownership lives.
