@@ -5,7 +5,9 @@
 //! start the disk monitor and the HTTP server (metrics, state), serve BookieService on the
 //! given listener, register the bookie in
 //! metadata under a session (an ephemeral key that lapses [`REGISTRATION_TTL`] after the
-//! bookie loses contact), and start the auto-recovery worker when the config enables it.
+//! bookie loses contact; when the session is lost, after a pause or a partition longer than
+//! that, the bookie registers again under a new one), and start the auto-recovery worker
+//! when the config enables it.
 //! Stop, in reverse: auto-recovery, the registration (so brokers stop choosing this bookie),
 //! serving (the server drains and closes the bookie), the disk monitor. Each wait is bounded
 //! by [`SHUTDOWN_GRACE`].
@@ -44,7 +46,10 @@ pub struct BookieNode {
     address: String,
     cookie: Cookie,
     meta: Arc<dyn MetadataStore>,
-    session: SessionId,
+    /// The registration's current session (replaced when a lost one is registered again).
+    session: Arc<std::sync::Mutex<SessionId>>,
+    /// Stops registering again.
+    registration_cancel: CancellationToken,
     /// `None` once it ended and its result was taken.
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     /// Stops serving (the server closes the bookie once drained).
@@ -113,6 +118,9 @@ impl BookieNode {
                 return Err(error);
             }
         };
+        let session = Arc::new(std::sync::Mutex::new(session));
+        let registration_cancel = CancellationToken::new();
+        tokio::spawn(keep_registered(meta.clone(), registration, session.clone(), registration_cancel.clone()));
         let autorecovery_metrics = crate::metrics::AutoRecoveryMetrics::default();
         autorecovery_metrics.register(http.registry());
         let autorecovery = config.autorecovery.enabled.then(|| {
@@ -133,6 +141,7 @@ impl BookieNode {
             cookie,
             meta,
             session,
+            registration_cancel,
             server: Some(server),
             serve_cancel,
             disk_monitor,
@@ -196,7 +205,9 @@ impl BookieNode {
             cancel.cancel();
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
         }
-        if let Err(error) = self.meta.close_session(self.session).await {
+        self.registration_cancel.cancel();
+        let session = *self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(error) = self.meta.close_session(session).await {
             warn!(bookie_id = %self.bookie_id, %error, "closing the bookie's metadata session (its registration expires with the session)");
         }
         self.serve_cancel.cancel();
@@ -208,6 +219,45 @@ impl BookieNode {
             Err(_) => {
                 warn!(bookie_id = %self.bookie_id, "bookie did not drain within {SHUTDOWN_GRACE:?}");
                 Ok(())
+            }
+        }
+    }
+}
+
+/// Registers the bookie again whenever its session is lost (a pause or a partition longer
+/// than [`REGISTRATION_TTL`]: the registration lapsed, and brokers could no longer find the
+/// bookie, even for the ledgers it holds), until `cancel` fires.
+async fn keep_registered(
+    meta: Arc<dyn MetadataStore>,
+    registration: BookieRegistration,
+    session: Arc<std::sync::Mutex<SessionId>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let current = *session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = meta.session_lost(current) => {}
+        }
+        warn!(bookie_id = %registration.bookie_id, "the bookie's metadata session is lost; registering again");
+        loop {
+            let registered = tokio::select! {
+                _ = cancel.cancelled() => return,
+                registered = registration::register(meta.as_ref(), &registration, REGISTRATION_TTL) => registered,
+            };
+            match registered {
+                Ok(new) => {
+                    *session.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = new;
+                    tracing::info!(bookie_id = %registration.bookie_id, "bookie registered again");
+                    break;
+                }
+                Err(error) => {
+                    warn!(bookie_id = %registration.bookie_id, %error, "registering the bookie again failed; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
             }
         }
     }

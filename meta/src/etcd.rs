@@ -56,7 +56,8 @@ pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time limit for opening a TCP connection to an etcd endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 ping interval and timeout, so a dead connection is noticed while idle.
-const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(5));
+/// (A lost etcd member is noticed within about 6 s, and its requests go to the others.)
+const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(3));
 /// Pause before reopening a failed lease keep-alive stream.
 const KEEP_ALIVE_RETRY: Duration = Duration::from_millis(200);
 /// A session whose lease has not been refreshed successfully for this fraction of its ttl
@@ -83,6 +84,10 @@ struct Inner {
     client: Client,
     /// The endpoints, comma-separated, for error messages.
     endpoint: String,
+    /// Each endpoint, and how to connect to one: the session keep-alives talk to one member
+    /// at a time and move to the next when it does not answer.
+    endpoints: Vec<String>,
+    connect: ConnectOptions,
     /// Open sessions by lease id.
     sessions: Mutex<HashMap<i64, Session>>,
     /// Parent of every background task's token; cancelled on drop.
@@ -123,13 +128,15 @@ impl EtcdStore {
                 // store is reopened. (Only acts when a user is set.)
                 .with_auto_token_refresh(true),
         )?;
-        let client = bounded(&endpoint, "connect", Client::connect(&endpoints, Some(connect))).await?;
+        let client = bounded(&endpoint, "connect", Client::connect(&endpoints, Some(connect.clone()))).await?;
         let mut kv = client.kv_client();
         bounded(&endpoint, "connect (first read)", kv.get("/", Some(GetOptions::new().with_count_only()))).await?;
         Ok(EtcdStore {
             inner: Arc::new(Inner {
                 client,
                 endpoint,
+                endpoints,
+                connect,
                 sessions: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
             }),
@@ -289,7 +296,8 @@ impl MetadataStore for EtcdStore {
         let cancel = self.inner.shutdown.child_token();
         let lost = CancellationToken::new();
         self.inner.sessions.lock().insert(id, Session { stop: cancel.clone(), lost: lost.clone() });
-        tokio::spawn(keep_alive(lease, id, granted_ttl, granted_at, cancel, lost));
+        let members = Members::new(self.inner.endpoints.clone(), self.inner.connect.clone(), lease);
+        tokio::spawn(keep_alive(members, id, granted_ttl, granted_at, cancel, lost));
         Ok(SessionId(id))
     }
 
@@ -483,12 +491,60 @@ async fn forward_watch(
     }
 }
 
+/// The lease clients a keep-alive uses: first the store's own (balanced over every
+/// endpoint), then, after a failure, one client per endpoint in turn, so that a member that
+/// stopped answering (isolated, paused) is left at once instead of after the HTTP/2
+/// keep-alive notices.
+struct Members {
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    /// Index 0 is the shared client; 1..=n the endpoints, connected when first used.
+    clients: Vec<Option<LeaseClient>>,
+    current: usize,
+}
+
+impl Members {
+    fn new(endpoints: Vec<String>, options: ConnectOptions, shared: LeaseClient) -> Members {
+        let mut clients = vec![Some(shared)];
+        clients.resize(endpoints.len() + 1, None);
+        Members { endpoints, options, clients, current: 0 }
+    }
+
+    /// The client to use now.
+    async fn client(&mut self) -> Result<LeaseClient, etcd_client::Error> {
+        if let Some(client) = &self.clients[self.current] {
+            return Ok(client.clone());
+        }
+        let endpoint = &self.endpoints[self.current - 1];
+        let client = Client::connect([endpoint], Some(self.options.clone())).await?.lease_client();
+        self.clients[self.current] = Some(client.clone());
+        Ok(client)
+    }
+
+    /// The current client failed: move to the next endpoint (the shared client stays).
+    fn next(&mut self) {
+        if self.current > 0 {
+            self.clients[self.current] = None;
+        }
+        self.current = if self.endpoints.is_empty() { 0 } else { self.current % self.endpoints.len() + 1 };
+    }
+
+    /// A name for logs.
+    fn describe(&self) -> &str {
+        if self.current == 0 {
+            "any member"
+        } else {
+            &self.endpoints[self.current - 1]
+        }
+    }
+}
+
 /// Refreshes lease `id` every `ttl / 4` until `cancel` fires or the session is lost: etcd
 /// says the lease is gone, or no refresh sent in the last `ttl / 2` succeeded (the local
 /// deadline; see the module docs). Either way `lost` fires and the lease is left to expire.
-/// A failed stream is reopened while the deadline allows.
+/// Each attempt may take `ttl / 8`; a failed one moves to the next etcd member at once.
 async fn keep_alive(
-    mut lease: LeaseClient,
+    mut members: Members,
     id: i64,
     ttl: Duration,
     granted_at: tokio::time::Instant,
@@ -496,20 +552,30 @@ async fn keep_alive(
     lost: CancellationToken,
 ) {
     let period = ttl.mul_f64(REFRESH_FRACTION);
+    let attempt = ttl.mul_f64(REFRESH_FRACTION / 2.0).max(Duration::from_millis(250));
     let local_expiry = ttl.mul_f64(LOCAL_EXPIRY_FRACTION);
     // When the last successful refresh was sent: the server keeps the lease until at least
     // a whole ttl after it.
     let refreshed_at = Mutex::new(granted_at);
     let deadline = || *refreshed_at.lock() + local_expiry;
     let outcome = async {
+        let mut failures = 0usize;
         loop {
+            if failures > 0 && failures % (members.endpoints.len() + 1) == 0 {
+                tokio::time::sleep(KEEP_ALIVE_RETRY).await;
+            }
             // Opening the stream also refreshes the lease once.
             let sent = tokio::time::Instant::now();
-            let opened = tokio::time::timeout(period, lease.keep_alive(id)).await;
+            let opened = tokio::time::timeout(attempt, async {
+                let mut lease = members.client().await?;
+                lease.keep_alive(id).await
+            })
+            .await;
             let (mut keeper, mut responses) = match opened {
                 // etcd-client opened the stream with a refresh and read its answer (ttl > 0).
                 Ok(Ok(pair)) => {
                     *refreshed_at.lock() = sent;
+                    failures = 0;
                     pair
                 }
                 Ok(Err(etcd_client::Error::LeaseKeepAliveError(reason))) => {
@@ -517,19 +583,26 @@ async fn keep_alive(
                     return;
                 }
                 Ok(Err(error)) => {
-                    warn!(lease = id, %error, "cannot open lease keep-alive stream; retrying");
-                    tokio::time::sleep(KEEP_ALIVE_RETRY).await;
+                    warn!(lease = id, %error, member = members.describe(), "cannot open lease keep-alive stream; trying the next member");
+                    members.next();
+                    failures += 1;
                     continue;
                 }
                 Err(_) => {
-                    warn!(lease = id, "opening lease keep-alive stream timed out; retrying");
+                    warn!(
+                        lease = id,
+                        member = members.describe(),
+                        "opening lease keep-alive stream timed out; trying the next member"
+                    );
+                    members.next();
+                    failures += 1;
                     continue;
                 }
             };
             loop {
                 tokio::time::sleep(period).await;
                 let sent = tokio::time::Instant::now();
-                let refreshed = tokio::time::timeout(period, async {
+                let refreshed = tokio::time::timeout(attempt, async {
                     keeper.keep_alive().await?;
                     responses.message().await
                 })
@@ -541,7 +614,13 @@ async fn keep_alive(
                         return;
                     }
                     Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
-                        warn!(lease = id, "lease keep-alive stream failed; reopening it");
+                        warn!(
+                            lease = id,
+                            member = members.describe(),
+                            "lease keep-alive failed; trying the next member"
+                        );
+                        members.next();
+                        failures += 1;
                         break;
                     }
                 }

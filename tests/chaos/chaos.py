@@ -65,7 +65,7 @@ HERE = Path(__file__).resolve().parent
 CLUSTER = "chaos"
 FAULT_KINDS = ("kill", "pause", "broker_etcd", "bookie_broker", "disk_full", "etcd_member")
 ORDERED_TYPES = ("Exclusive", "Failover", "Key_Shared")
-BROKER_SESSION_MS = 6000
+BROKER_SESSION_MS = 10000
 BOOKIE_SESSION_S = 10  # bookie/src/node.rs REGISTRATION_TTL
 STARTUP_TIMEOUT = 90.0
 RECOVERY_TIMEOUT = 120.0
@@ -183,6 +183,7 @@ class Node:
     exits: list[dict] = field(default_factory=list)
     paused: bool = False
     mount: Path | None = None
+    start_offset: int = 0
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -191,6 +192,7 @@ class Node:
         assert not self.running(), f"{self.name} already runs"
         self.starts += 1
         self.log_path = self.dir / f"{self.name}.log"
+        self.start_offset = self.log_size()
         with open(self.log_path, "ab") as out:
             out.write(f"==== start {self.starts} at {time.time():.3f}: {' '.join(self.command)}\n".encode())
             out.flush()
@@ -318,6 +320,9 @@ class Cluster:
                 "--initial-cluster", peers, "--initial-cluster-state", "new",
                 "--initial-cluster-token", f"{CLUSTER}-{self.net.tag}",
                 "--heartbeat-interval", "100", "--election-timeout", "1000",
+                # A member back from a partition asks before it calls an election, so it does
+                # not depose a healthy leader.
+                "--pre-vote=true",
             ]  # fmt: skip
         for node in self.bookies:
             image, data = node.dir / "disk.img", node.dir / "data"
@@ -368,11 +373,26 @@ class Cluster:
             return "magnetar bookie listening on" in node.log_since(offset)
         return http_status(f"{self.http(node)}/admin/v2/clusters") == 200
 
-    def start(self, node: Node, wait: bool = True) -> None:
-        offset = node.log_size()
-        node.start()
-        if wait:
-            self.wait_ready(node, offset)
+    def start(self, node: Node, attempts: int = 5) -> list[str]:
+        """Starts a node and waits until it serves; one that exits while starting (etcd
+        electing a leader, say) is started again, up to `attempts` times. Returns why the
+        failed attempts failed."""
+        failures = []
+        while True:
+            offset = node.log_size()
+            node.start()
+            try:
+                self.wait_ready(node, offset)
+                return failures
+            except RuntimeError as error:
+                reason = next((line for line in strip_ansi(str(error)).splitlines() if line.startswith("Error:")),
+                              str(error).splitlines()[0])
+                failures.append(f"{node.name} start failed: {reason[:300]}")
+                if len(failures) >= attempts:
+                    raise
+                if node.running():
+                    node.kill()
+                time.sleep(2.0)
 
     def wait_ready(self, node: Node, offset: int) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -587,6 +607,9 @@ class Fault:
     recovered: float | None = None
     exited: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # broker_etcd: when the cut broker gave its bundles up, and when another took one (logs).
+    session_lost_at: float | None = None
+    taken_over_at: float | None = None
 
     def record(self) -> dict:
         return {
@@ -594,6 +617,7 @@ class Fault:
             "healed": self.healed, "hold_s": round(self.hold, 2),
             "recovery_s": None if self.recovered is None else round(self.recovered - self.healed, 3),
             "exited": self.exited, "notes": self.notes,
+            "session_lost_at": self.session_lost_at, "taken_over_at": self.taken_over_at,
         }  # fmt: skip
 
 
@@ -664,11 +688,17 @@ class Chaos:
         node.exits.append({"t": time.time(), "code": code, "fault": fault.index if fault else None, "log": tail})
         if fault is not None:
             fault.exited.append(what)
-        expected = node.kind == "broker" and any("session is lost" in line or "session expired" in line for line in tail)
+        # A broker stops when it lost its metadata session (as Pulsar's do): expected after
+        # a fault that kept it from etcd for longer than the session.
+        since_start = strip_ansi(node.log_since(node.start_offset))
+        expected = node.kind == "broker" and "shutting down after losing the metadata session" in since_start
         if not expected:
             self.findings.append(f"unexpected exit: {what}" + (f" (fault {fault.index} {fault.kind})" if fault else ""))
         log(f"restarting {what[:200]}")
-        self.cluster.start(node)
+        for failure in self.cluster.start(node):
+            log(f"  {failure}")
+            if fault is not None:
+                fault.notes.append(failure)
 
     def choose(self) -> tuple[str, str]:
         kind = self.rng.choice(self.args.kinds)
@@ -676,12 +706,24 @@ class Chaos:
         if kind in ("kill", "pause"):
             target = self.rng.choice(sorted(nodes))
         elif kind == "broker_etcd":
-            target = self.rng.choice([b.name for b in self.cluster.brokers])
+            # A broker that owns a topic of the workload, so that its bundles are taken over.
+            owners = sorted({self.owner_of(topic) for topic in TOPICS.values()} - {None})
+            target = self.rng.choice(owners or [b.name for b in self.cluster.brokers])
         elif kind in ("bookie_broker", "disk_full"):
             target = self.rng.choice([b.name for b in self.cluster.bookies])
         else:
             target = self.rng.choice([e.name for e in self.cluster.etcds])
         return kind, target
+
+    def owner_of(self, topic: str) -> str | None:
+        path = topic.replace("persistent://", "/lookup/v2/topic/persistent/")
+        for broker in self.cluster.brokers:
+            status, answer = http_json("GET", self.cluster.http(broker) + path, timeout=5)
+            if status == 200 and isinstance(answer, dict):
+                for node in self.cluster.brokers:
+                    if f"//{node.address}:" in str(answer.get("brokerUrl", "")):
+                        return node.name
+        return None
 
     def inject(self, fault: Fault) -> None:
         node = self.cluster.nodes[fault.target]
@@ -692,7 +734,9 @@ class Chaos:
             fault.hold = rng.uniform(0.5, 3.0)
             time.sleep(fault.hold)
             fault.healed = time.time()
-            self.cluster.start(node)
+            for failure in self.cluster.start(node):
+                log(f"  {failure}")
+                fault.notes.append(failure)
         elif fault.kind == "pause":
             session = BROKER_SESSION_MS / 1000 if node.kind == "broker" else BOOKIE_SESSION_S if node.kind == "bookie" else 5
             fault.hold = session + rng.uniform(1.0, 4.0)
@@ -761,6 +805,7 @@ class Chaos:
                     at = log_time(line)
                     if at is not None and (taken_at is None or at < taken_at):
                         taken_at = at
+        fault.session_lost_at, fault.taken_over_at = lost_at, taken_at
         fault.notes.append(f"session lost locally at {lost_at}, first takeover at {taken_at}")
         if taken_at is not None and (lost_at is None or lost_at > taken_at):
             self.findings.append(f"fault {fault.index}: {node.name} cut off from etcd still served after another "
@@ -1120,6 +1165,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)  # also when started in the background (SIG_IGN)
     report = None
     try:
         chaos.setup()
