@@ -6,8 +6,9 @@
 //! writes it; ZSTD is a standard zstd frame; ZLIB is deflate with the zlib header and trailer
 //! (`CompressionCodecZLib`); SNAPPY is the raw snappy block format, not the framed one
 //! (`CompressionCodecSnappy`). Decompression trusts no size it reads: the declared
-//! `uncompressed_size` is checked against [`MAX_UNCOMPRESSED_SIZE`] before anything is
-//! allocated, and the result must have exactly that length. A batch's message count is
+//! `uncompressed_size` is checked against [`MAX_UNCOMPRESSED_SIZE`] and against what the
+//! compressed body could restore at the codec's best ratio before anything is allocated (and a
+//! zstd frame's own content size against it), and the result must have exactly that length. A batch's message count is
 //! bounded by its body's length before anything is allocated for it.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -39,18 +40,38 @@ pub fn decompress(metadata: &pb::MessageMetadata, body: Bytes) -> Result<Bytes, 
     if size > MAX_UNCOMPRESSED_SIZE {
         return Err(format!("uncompressed_size {size} is over the limit of {MAX_UNCOMPRESSED_SIZE}"));
     }
-    let restored = match pb::CompressionType::try_from(codec) {
-        Ok(pb::CompressionType::Lz4) => {
+    let codec = pb::CompressionType::try_from(codec).map_err(|_| format!("unknown codec {codec}"))?;
+    // Every codec restores at most so many bytes per byte of input: a size beyond that is a
+    // lie, refused before the output is allocated.
+    if let Some(ratio) = max_ratio(codec) {
+        if size > body.len().saturating_mul(ratio) {
+            return Err(format!(
+                "uncompressed_size {size} is more than {} bytes of {} can hold",
+                body.len(),
+                codec.as_str_name()
+            ));
+        }
+    }
+    let restored = match codec {
+        pb::CompressionType::Lz4 => {
             lz4_flex::block::decompress(&body, size).map_err(|error| format!("LZ4: {error}"))?
         }
-        Ok(pb::CompressionType::Zstd) => {
+        pb::CompressionType::Zstd => {
+            // A frame that states its content size must state the metadata's.
+            match zstd_safe::get_frame_content_size(&body) {
+                Ok(Some(declared)) if declared != size as u64 => {
+                    return Err(format!("ZSTD frame holds {declared} bytes, the metadata says {size}"))
+                }
+                Ok(_) => {}
+                Err(_) => return Err("ZSTD: not a zstd frame".to_owned()),
+            }
             let mut out = vec![0u8; size];
             let written = zstd_safe::decompress(&mut out[..], &body)
                 .map_err(|code| format!("ZSTD: {}", zstd_safe::get_error_name(code)))?;
             out.truncate(written);
             out
         }
-        Ok(pb::CompressionType::Zlib) => {
+        pb::CompressionType::Zlib => {
             use std::io::Read;
             // One byte more than declared is read, so a body that inflates beyond its
             // declared size is caught below without inflating all of it.
@@ -61,7 +82,7 @@ pub fn decompress(metadata: &pb::MessageMetadata, body: Bytes) -> Result<Bytes, 
                 .map_err(|error| format!("ZLIB: {error}"))?;
             out
         }
-        Ok(pb::CompressionType::Snappy) => {
+        pb::CompressionType::Snappy => {
             // The block format starts with the uncompressed length: checked before allocating.
             let declared = snap::raw::decompress_len(&body).map_err(|error| format!("SNAPPY: {error}"))?;
             if declared != size {
@@ -69,13 +90,27 @@ pub fn decompress(metadata: &pb::MessageMetadata, body: Bytes) -> Result<Bytes, 
             }
             snap::raw::Decoder::new().decompress_vec(&body).map_err(|error| format!("SNAPPY: {error}"))?
         }
-        Ok(other) => return Err(format!("{} is not a known codec", other.as_str_name())),
-        Err(_) => return Err(format!("unknown codec {codec}")),
+        // Filtered out above; a body that is not compressed is what it is.
+        pb::CompressionType::None => return Ok(body),
     };
     if restored.len() != size {
         return Err(format!("decompressed to {} bytes, the metadata says {size}", restored.len()));
     }
     Ok(Bytes::from(restored))
+}
+
+/// The most bytes `codec` restores from one byte of input, where the format bounds it: an LZ4
+/// sequence of n >= 3 bytes copies at most 255 * n bytes; a snappy copy element of 2 to 5
+/// bytes at most 64; deflate reaches 1032:1 at best (258 bytes in two bits); a zstd block of
+/// 4 bytes (header and one RLE byte) at most 128 KiB.
+fn max_ratio(codec: pb::CompressionType) -> Option<usize> {
+    match codec {
+        pb::CompressionType::None => None,
+        pb::CompressionType::Lz4 => Some(255),
+        pb::CompressionType::Snappy => Some(32),
+        pb::CompressionType::Zlib => Some(1032),
+        pb::CompressionType::Zstd => Some(32 * 1024),
+    }
 }
 
 /// Cuts an (uncompressed) batch body into its `count` messages.

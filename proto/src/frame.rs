@@ -5,7 +5,8 @@
 //! [payload]`, the checksum covering everything after itself. All sizes are big-endian u32.
 //!
 //! The codec never trusts a length before checking it: a total size over the limit is refused
-//! before anything is buffered, and inner sizes must fit inside the frame. Errors say whether
+//! before anything is buffered, inner sizes must fit inside the frame, and a frame still
+//! arriving gets at most [`READ_AHEAD`] bytes reserved ahead of what came. Errors say whether
 //! the stream is still in step ([`FrameError::is_fatal`]): after a bad checksum or an unknown
 //! command the frame was consumed whole and the next one can be read; after an oversized or
 //! truncated frame the connection must be closed.
@@ -22,6 +23,10 @@ use crate::pulsar::{base_command, BaseCommand, MessageMetadata};
 
 /// The magic number in front of a checksummed payload.
 pub const MAGIC_CRC32C: u16 = 0x0e01;
+
+/// Most bytes the decoder reserves ahead of what it has buffered for a frame still arriving;
+/// the buffer grows further as the frame's bytes actually come in.
+pub const READ_AHEAD: usize = 64 * 1024;
 
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -205,7 +210,9 @@ impl Decoder for FrameCodec {
             return Err(FrameError::TooSmall { size: total });
         }
         if src.len() < 4 + total {
-            src.reserve(4 + total - src.len());
+            // Room for the rest, but never more than READ_AHEAD at once: a peer's four bytes
+            // must not make the codec reserve a whole maximal frame before any of it arrives.
+            src.reserve((4 + total - src.len()).min(READ_AHEAD));
             return Ok(None);
         }
         // The whole frame is here: consume it, so that any error below leaves the stream in step.
