@@ -644,6 +644,11 @@ class Chaos:
             status, _ = http_json("PUT", f"{broker}/admin/v2/namespaces/public/chaos-{label}")
             if status not in (204, 409):
                 raise RuntimeError(f"creating namespace public/chaos-{label}: HTTP {status}")
+            # Keep every acknowledged ledger: the checker reads the whole topic back.
+            status, _ = http_json("POST", f"{broker}/admin/v2/namespaces/public/chaos-{label}/retention",
+                                  {"retentionTimeInMinutes": -1, "retentionSizeInMB": -1})
+            if status != 204:
+                raise RuntimeError(f"setting infinite retention on public/chaos-{label}: HTTP {status}")
         status, _ = http_json("POST", f"{broker}/admin/v2/namespaces/public/chaos-dedup/deduplication", True)
         if status != 204:
             raise RuntimeError(f"enabling deduplication on public/chaos-dedup: HTTP {status}")
