@@ -34,6 +34,8 @@ pub mod node;
 pub mod registration;
 pub mod security;
 pub mod server;
+#[cfg(any(test, feature = "testing"))]
+pub mod sim;
 pub mod uring;
 
 pub use config::BookieConfig;

@@ -17,7 +17,7 @@
 //! id, highest sequence id, batch size) applied, so the rebuilt state covers every durable entry.
 
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -67,6 +67,10 @@ struct State {
     /// The last entry the persisted ids account for.
     applied: Option<Position>,
     applied_since_snapshot: u64,
+    /// Producers with a publish that failed to persist: their later publishes are refused
+    /// until they register again ([`Deduplication::register_producer`]), so that none lands
+    /// before the failed one is sent again (its sequence id would then look persisted).
+    failed: HashSet<String>,
 }
 
 struct Tracked {
@@ -162,9 +166,13 @@ impl Deduplication {
         Ok(dedup)
     }
 
-    /// The highest sequence id accepted from `producer`, -1 if none (PRODUCER_SUCCESS).
-    pub fn last_sequence_id(&self, producer: &str) -> i64 {
-        self.state.lock().pushed.get(producer).copied().unwrap_or(-1)
+    /// A producer (re)registers: the highest sequence id accepted from it, -1 if none
+    /// (PRODUCER_SUCCESS). A failure of its earlier publishes is forgotten: it sends again
+    /// from there.
+    pub fn register_producer(&self, producer: &str) -> i64 {
+        let mut state = self.state.lock();
+        state.failed.remove(producer);
+        state.pushed.get(producer).copied().unwrap_or(-1)
     }
 
     /// Checks a SEND against the producer's ids and stores it unless it is a duplicate; a
@@ -182,6 +190,9 @@ impl Deduplication {
         let tracker = self.order.lock().await;
         {
             let mut state = self.state.lock();
+            if state.failed.contains(producer) {
+                return Err(BrokerError::TopicFenced { topic: self.ledger.name().to_owned() });
+            }
             if let Some(&pushed) = state.pushed.get(producer) {
                 if sequence_id <= pushed {
                     let persisted = state.persisted.get(producer).copied().unwrap_or(-1);
@@ -214,7 +225,7 @@ impl Deduplication {
             return Err(BrokerError::ShuttingDown);
         }
         drop(tracker);
-        Ok(Published::Stored(Box::pin(async move { answered.await.unwrap_or(Err(BrokerError::ShuttingDown)) })))
+        Ok(Published::Stored(AddFuture::new(async move { answered.await.unwrap_or(Err(BrokerError::ShuttingDown)) })))
     }
 
     /// After a failed add: what was pushed but not persisted may be sent again.
@@ -251,8 +262,10 @@ impl Deduplication {
 /// Awaits adds in ledger order, moves the persisted ids, forwards each result to its receipt
 /// and snapshots every [`SNAPSHOT_INTERVAL`] entries.
 async fn track(dedup: std::sync::Weak<Deduplication>, state: Arc<Mutex<State>>, mut queue: mpsc::Receiver<Tracked>) {
-    while let Some(tracked) = queue.recv().await {
-        let result = tracked.durable.await;
+    while let Some(mut tracked) = queue.recv().await {
+        // The add stays unanswered for the managed ledger until `tracked` drops, after the
+        // failure is noted below.
+        let result = (&mut tracked.durable).await;
         let snapshot_due = {
             let mut state = state.lock();
             match &result {
@@ -265,6 +278,7 @@ async fn track(dedup: std::sync::Weak<Deduplication>, state: Arc<Mutex<State>>, 
                     state.applied_since_snapshot += 1;
                 }
                 Err(_) => {
+                    state.failed.insert(tracked.producer.clone());
                     let persisted = state.persisted.get(&tracked.producer).copied();
                     match persisted {
                         Some(persisted) => state.pushed.insert(tracked.producer.clone(), persisted),
@@ -274,7 +288,9 @@ async fn track(dedup: std::sync::Weak<Deduplication>, state: Arc<Mutex<State>>, 
             }
             state.applied_since_snapshot >= SNAPSHOT_INTERVAL
         };
-        let _ = tracked.answer.send(result);
+        let Tracked { answer, durable, .. } = tracked;
+        let _ = answer.send(result);
+        drop(durable);
         if snapshot_due {
             let Some(dedup) = dedup.upgrade() else { return };
             if let Err(error) = dedup.snapshot().await {

@@ -381,15 +381,22 @@ impl ManagedCursor {
         self.dirty.send_modify(|generation| *generation += 1);
     }
 
-    /// Waits until the latest change is durable (or `FLUSH_TIMEOUT` passes).
-    pub async fn flush(&self) {
+    /// Waits until the latest change is durable (or `FLUSH_TIMEOUT` passes); true if it is.
+    pub async fn flush(&self) -> bool {
         let target = *self.dirty.borrow();
         if target == 0 {
-            return;
+            return true;
         }
         let mut written = self.written.clone();
-        if tokio::time::timeout(FLUSH_TIMEOUT, written.wait_for(|done| *done >= target)).await.is_err() {
-            warn!(cursor = %self.path, "cursor flush timed out; the latest acks stay queued");
+        let waited = tokio::time::timeout(FLUSH_TIMEOUT, written.wait_for(|done| *done >= target)).await;
+        match waited.map(|reached| reached.is_ok()) {
+            Ok(true) => true,
+            // The persister stopped (the cursor closed or its broker is going away).
+            Ok(false) => false,
+            Err(_) => {
+                warn!(cursor = %self.path, "cursor flush timed out; the latest acks stay queued");
+                false
+            }
         }
     }
 

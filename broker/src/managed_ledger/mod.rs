@@ -40,6 +40,7 @@ use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -72,8 +73,29 @@ pub const MAX_READ_ENTRIES: u32 = 100;
 /// Most bytes one read returns (at least one entry is always returned).
 pub const MAX_READ_BYTES: u64 = 4 * 1024 * 1024;
 
-/// The answer to one add: its position once durable.
-pub type AddFuture = Pin<Box<dyn Future<Output = Result<Position, BrokerError>> + Send>>;
+/// The answer to one add: its position once durable. An add of the managed ledger counts as
+/// unanswered (see [`ManagedLedger::add_entry`]) until this future is dropped, not merely
+/// until it completes: whoever takes the answer first acts on it (a failed publish closes its
+/// producer), then drops the future.
+pub struct AddFuture {
+    answer: Pin<Box<dyn Future<Output = Result<Position, BrokerError>> + Send>>,
+    _unanswered: Option<Unanswered>,
+}
+
+impl AddFuture {
+    /// An answer from elsewhere (a duplicate's, a deduplication tracker's).
+    pub fn new(answer: impl Future<Output = Result<Position, BrokerError>> + Send + 'static) -> Self {
+        AddFuture { answer: Box::pin(answer), _unanswered: None }
+    }
+}
+
+impl Future for AddFuture {
+    type Output = Result<Position, BrokerError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        self.answer.as_mut().poll(cx)
+    }
+}
 
 struct State {
     info: ManagedLedgerInfo,
@@ -120,6 +142,26 @@ pub struct ManagedLedger {
     /// Adds: milliseconds from add to durable, and entry sizes (Pulsar's `_le_*` metrics).
     write_latency: BucketCounter,
     entry_sizes: BucketCounter,
+    /// Adds placed whose answer was not taken yet (see [`ManagedLedger::add_entry`]).
+    unanswered: Arc<AtomicU64>,
+    /// Ledgers given up after a write failure, so far.
+    write_failures: AtomicU64,
+}
+
+/// Counts an add as unanswered until its answer is taken (or the answer is dropped).
+struct Unanswered(Arc<AtomicU64>);
+
+impl Unanswered {
+    fn new(count: &Arc<AtomicU64>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Unanswered(count.clone())
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl ManagedLedger {
@@ -220,6 +262,8 @@ impl ManagedLedger {
             retention: Mutex::new(None),
             write_latency: BucketCounter::new(&WRITE_LATENCY_BUCKETS),
             entry_sizes: BucketCounter::new(&ENTRY_SIZE_BUCKETS),
+            unanswered: Arc::new(AtomicU64::new(0)),
+            write_failures: AtomicU64::new(0),
         });
         Self::spawn_checks(&managed_ledger);
         Ok(managed_ledger)
@@ -301,11 +345,27 @@ impl ManagedLedger {
 
     /// Appends an entry. Returns once the entry has its place in the log (the order of calls
     /// is the order of entries); the returned future answers once it is durable.
+    ///
+    /// After a write failure, every add already placed on the failed ledger fails. Until all
+    /// their answers were taken and acted on ([`AddFuture`]), new adds are refused too (as
+    /// Pulsar fences a topic for publishing until its pending writes are done): an add
+    /// accepted meanwhile would land after a failed one that its producer is about to send
+    /// again, reordering the producer's messages, and deduplication would then take the
+    /// resent one for a duplicate. Found by the broker simulation (tests/simulation.rs, seed
+    /// 25) and by the chaos harness (reordering on a topic without deduplication).
     pub async fn add_entry(self: &Arc<Self>, data: Bytes) -> Result<AddFuture, BrokerError> {
         let size = data.len() as u64;
         let started = std::time::Instant::now();
         loop {
+            let failures = self.write_failures.load(Ordering::SeqCst);
             let writer = self.writable().await?;
+            if self.write_failures.load(Ordering::SeqCst) != failures {
+                // A ledger failed while this add waited for the rollover: adds placed before
+                // it failed, and their producers have not heard yet.
+                let reason = "an earlier add failed while this one waited".to_owned();
+                return Err(BookieError::WriterFailed { ledger_id: writer.ledger_id().0, reason }.into());
+            }
+            let unanswered = Unanswered::new(&self.unanswered);
             let answer = match writer.add(data.clone()).await {
                 Ok(answer) => answer,
                 // A rollover closed this ledger after we picked it: go to the new one.
@@ -321,13 +381,14 @@ impl ManagedLedger {
             }
             let ledger_id = writer.ledger_id().0;
             let this = self.clone();
-            return Ok(Box::pin(async move {
+            let answer = Box::pin(async move {
                 let entry_id = answer.await.map_err(|_| BrokerError::ShuttingDown)??;
                 this.write_latency.record(started.elapsed().as_secs_f64() * 1000.0);
                 this.entry_sizes.record(size as f64);
                 this.account(ledger_id, entry_id, size);
                 Ok(Position::new(ledger_id, entry_id))
-            }));
+            });
+            return Ok(AddFuture { answer, _unanswered: Some(unanswered) });
         }
     }
 
@@ -405,6 +466,7 @@ impl ManagedLedger {
             if !Self::due(&self.config, &state) {
                 return Ok((state.writer.clone(), false));
             }
+            self.refuse_while_failing(&state.writer)?;
             (state.writer.clone(), state.writer_closed)
         };
         if !already_closed {
@@ -413,14 +475,12 @@ impl ManagedLedger {
                     Ok(last) => last,
                     Err(error) => {
                         warn!(managed_ledger = %self.name, ledger_id = old.ledger_id().0, %error, "closing the ledger failed, recovering it");
-                        EntryId::last_to_wire(
-                            ledger::recover_ledger(&self.bookies, old.ledger_id()).await?.last_entry(),
-                        )
+                        self.recovered_end(&old).await?
                     }
                 },
                 Some(reason) => {
                     warn!(managed_ledger = %self.name, ledger_id = old.ledger_id().0, %reason, "ledger write failed, rolling over");
-                    EntryId::last_to_wire(ledger::recover_ledger(&self.bookies, old.ledger_id()).await?.last_entry())
+                    self.recovered_end(&old).await?
                 }
             };
             {
@@ -432,11 +492,12 @@ impl ManagedLedger {
                     closed.closed_at_ms = now_ms();
                 }
             }
-            // Recovery may have confirmed entries the failed writer never reported.
             if last_entry_id >= 0 {
                 raise(&self.last_confirmed, Position::new(old.ledger_id().0, last_entry_id as u64));
             }
             self.ledger_cache.lock().remove(&old.ledger_id().0);
+            // The writer may have failed while it was closing, failing adds placed on it.
+            self.refuse_while_failing(&old)?;
         }
         let new_writer = Self::new_writer(&self.bookies, self.ledger_config, self.last_confirmed.clone()).await?;
         let (info, version) = {
@@ -471,6 +532,31 @@ impl ManagedLedger {
                 Err(error.into())
             }
         }
+    }
+
+    /// See [`ManagedLedger::add_entry`]: no new ledger while adds placed on a failed one are
+    /// unanswered.
+    fn refuse_while_failing(&self, writer: &LedgerWriter) -> Result<(), BrokerError> {
+        match writer.failure().filter(|_| self.unanswered.load(Ordering::SeqCst) > 0) {
+            Some(reason) => {
+                let reason = format!("{reason} (earlier adds are failing)");
+                Err(BookieError::WriterFailed { ledger_id: writer.ledger_id().0, reason }.into())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Where this managed ledger's part of a ledger ends whose writer failed or could not
+    /// close: recovery closes the ledger on the bookies (so nobody can add to it), and the
+    /// writer's last confirmed entry ends it here. Recovery may find later entries on the
+    /// bookies; their adds failed here, so their producers send them again (deduplication
+    /// lets them: nothing was persisted), and they stay outside the managed ledger, or a
+    /// message would be stored twice. Every entry acknowledged to a producer is at or before
+    /// the last confirmed one, which is final: the writer is stopped or closed.
+    async fn recovered_end(&self, writer: &LedgerWriter) -> Result<i64, BrokerError> {
+        self.write_failures.fetch_add(1, Ordering::SeqCst);
+        let recovered = ledger::recover_ledger(&self.bookies, writer.ledger_id()).await?;
+        Ok(EntryId::last_to_wire(recovered.last_entry()).min(writer.last_add_confirmed()))
     }
 
     /// Ledgers and their entry counts, for position arithmetic; the open ledger counts its

@@ -634,9 +634,9 @@ impl Connection {
         let (receipts, queue) = mpsc::channel(MAX_PENDING_SENDS_PER_PRODUCER);
         let counters =
             receipts::Counters { broker: self.service.metrics.clone(), topic: topic.clone(), producer: stats };
-        tokio::spawn(answer_receipts(request.producer_id, queue, self.outbound.clone(), counters));
-        let ready = Arc::new(AtomicBool::new(matches!(admission, Admission::Ready)));
         let closed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(answer_receipts(request.producer_id, queue, self.outbound.clone(), counters, closed.clone()));
+        let ready = Arc::new(AtomicBool::new(matches!(admission, Admission::Ready)));
         let (close_flag, close_queue) = (closed.clone(), receipts.clone());
         self.producers.insert(
             request.producer_id,
@@ -652,7 +652,7 @@ impl Connection {
         );
         match admission {
             Admission::Ready => {
-                let last_sequence_id = topic.last_sequence_id(&name);
+                let last_sequence_id = topic.register_producer(&name);
                 let mut answer = command::producer_success(request.request_id, &name, last_sequence_id);
                 with_schema_version(&mut answer, schema_version);
                 self.send(answer).await;
@@ -668,7 +668,7 @@ impl Connection {
                 tokio::spawn(async move {
                     if turn.await.is_ok() {
                         ready.store(true, Ordering::Release);
-                        let last_sequence_id = topic.last_sequence_id(&name);
+                        let last_sequence_id = topic.register_producer(&name);
                         let mut answer = producer_success_waiting(request_id, &name, true, last_sequence_id);
                         with_schema_version(&mut answer, schema_version);
                         let _ = outbound.send(Outbound::command(answer)).await;
@@ -697,7 +697,8 @@ impl Connection {
             return self.send(refuse(ServerError::NotAllowedError, "no such producer on this connection")).await;
         };
         if producer.closed.load(Ordering::Acquire) {
-            // The topic moved: the client resends this after CLOSE_PRODUCER.
+            // The topic moved, or an earlier send failed to persist: the client resends this
+            // after CLOSE_PRODUCER.
             return;
         }
         if !producer.ready.load(Ordering::Acquire) {
@@ -739,7 +740,7 @@ impl Connection {
         let durable: AddFuture = if matches!(verdict, QuotaVerdict::Hold) || producer.held.load(Ordering::Acquire) > 0 {
             producer.held.fetch_add(1, Ordering::AcqRel);
             let (topic, name, held) = (producer.topic.clone(), producer.name.clone(), producer.held.clone());
-            Box::pin(async move {
+            AddFuture::new(async move {
                 let published = match topic.wait_out_hold().await {
                     Ok(()) => topic.publish(&name, sequence_id, highest_sequence_id, partial_chunk, data).await,
                     Err(error) => Err(error),
@@ -1098,10 +1099,10 @@ async fn consumer_limits(topic: &Topic, subscription: &Subscription) -> Result<(
 fn durable_of(published: Result<Published, BrokerError>, sequence_id: u64) -> Result<AddFuture, BrokerError> {
     Ok(match published? {
         Published::Stored(durable) => durable,
-        Published::Duplicate => Box::pin(async { Ok(Position::new(u64::MAX, u64::MAX)) }),
+        Published::Duplicate => AddFuture::new(async { Ok(Position::new(u64::MAX, u64::MAX)) }),
         Published::InFlightDuplicate => {
             let error = BrokerError::DuplicateInFlight { sequence_id };
-            Box::pin(async move { Err(error) })
+            AddFuture::new(async move { Err(error) })
         }
     })
 }

@@ -8,6 +8,7 @@
 //! ([`MAX_PENDING_SENDS_PER_PRODUCER`](super::MAX_PENDING_SENDS_PER_PRODUCER)): when full the
 //! connection stops reading (backpressure on the socket).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use magnetar_proto::command;
@@ -15,6 +16,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::Outbound;
+use crate::error::BrokerError;
 use crate::managed_ledger::AddFuture;
 use crate::metrics::Metrics;
 use crate::stats::ProducerStats;
@@ -45,15 +47,20 @@ pub struct Counters {
 }
 
 /// Answers one producer's publishes in order, each once durable.
+/// `closed` is the producer's flag: set here when a send fails to persist.
 pub async fn answer_receipts(
     producer_id: u64,
     mut queue: mpsc::Receiver<ReceiptItem>,
     outbound: mpsc::Sender<Outbound>,
     counters: Counters,
+    closed: Arc<AtomicBool>,
 ) {
     let metrics = &counters.broker;
+    // A send failed to persist and the producer was closed: nothing more is answered.
+    let mut failed = false;
     while let Some(item) = queue.recv().await {
         let pending = match item {
+            _ if failed => continue,
             ReceiptItem::Publish(pending) => pending,
             ReceiptItem::Close => {
                 // Request id -1, as Pulsar's broker-initiated close.
@@ -64,7 +71,8 @@ pub async fn answer_receipts(
                 continue;
             }
         };
-        let answer = match pending.durable.await {
+        let mut pending = pending;
+        let answer = match (&mut pending.durable).await {
             Ok(position) => {
                 Metrics::add(&metrics.in_messages, pending.messages);
                 Metrics::add(&metrics.in_bytes, pending.bytes);
@@ -77,6 +85,18 @@ pub async fn answer_receipts(
                     position.ledger_id,
                     position.entry_id,
                 )
+            }
+            Err(error @ BrokerError::Storage(_)) => {
+                // Every later send of this producer was refused or failed too (the managed
+                // ledger refuses adds while failed ones are unanswered, and this answer is
+                // unanswered until `pending` drops below): closing the producer makes the
+                // client send them all again, in order, as after a topic move.
+                warn!(producer_id, sequence_id = pending.sequence_id, %error, "publish not durable; closing the producer so its client resends");
+                Metrics::add(&metrics.send_errors, 1);
+                closed.store(true, Ordering::Release);
+                failed = true;
+                drop(pending);
+                command::close_producer(producer_id, u64::MAX)
             }
             Err(error) => {
                 warn!(producer_id, sequence_id = pending.sequence_id, %error, "publish not durable");

@@ -578,10 +578,12 @@ impl Subscription {
         batches.into_iter().map(|(_, sink, messages)| (sink, messages)).collect()
     }
 
-    /// Waits until every acknowledgement received so far is persisted.
-    pub async fn flush(&self) {
-        if let Some(cursor) = &self.cursor {
-            cursor.flush().await;
+    /// Waits until every acknowledgement received so far is persisted; true if they are
+    /// (always for a non-durable subscription, which has nothing to persist).
+    pub async fn flush(&self) -> bool {
+        match &self.cursor {
+            Some(cursor) => cursor.flush().await,
+            None => true,
         }
     }
 

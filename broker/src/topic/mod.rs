@@ -408,10 +408,10 @@ impl Topic {
         Ok(())
     }
 
-    /// The highest sequence id stored for `producer` (-1 if none or dedup is off), which
-    /// PRODUCER_SUCCESS carries so a reconnecting client resumes after it.
-    pub fn last_sequence_id(&self, producer: &str) -> i64 {
-        self.deduplication().map_or(-1, |dedup| dedup.last_sequence_id(producer))
+    /// A producer registers: the highest sequence id stored for it (-1 if none or dedup is
+    /// off), which PRODUCER_SUCCESS carries so a reconnecting client resumes after it.
+    pub fn register_producer(&self, producer: &str) -> i64 {
+        self.deduplication().map_or(-1, |dedup| dedup.register_producer(producer))
     }
 
     /// Appends a message entry (unless deduplication finds it a duplicate); a stored entry's
