@@ -193,7 +193,9 @@ impl SimRpc {
     async fn journal(&self, record: Record) -> Result<(), BookieError> {
         let (sync_at, incarnation) = {
             let mut world = self.world.lock();
-            let sync = world.delay(4);
+            // A bookie that answers before its sync is one whose syncs are slow (under load).
+            let slowest = if world.answer_before_sync { 300 } else { 4 };
+            let sync = world.delay(slowest);
             let bookie = world.bookies.get_mut(&self.bookie_id).ok_or_else(|| lost_error(&self.bookie_id, "bookie"))?;
             let mut sync_at = Instant::now() + sync;
             if let Some(last) = bookie.last_sync {

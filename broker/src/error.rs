@@ -56,6 +56,10 @@ pub enum BrokerError {
     Meta(#[from] magnetar_meta::MetaError),
     #[error("corrupt stored record {what}: {reason}")]
     Corrupt { what: String, reason: String },
+    /// A metadata write failed without an answer and reading it back failed too: whether it
+    /// was applied is unknown.
+    #[error("write of {what} may or may not have been applied: {reason}")]
+    SnapshotUnknown { what: String, reason: String },
     #[error("broker is shutting down")]
     ShuttingDown,
     /// The topic's bundle is not served here (another broker owns it, or it is moving):
@@ -100,7 +104,9 @@ impl BrokerError {
             BrokerError::AlreadyExists { .. } | BrokerError::InvalidArgument { .. } => ServerError::NotAllowedError,
             BrokerError::NotSupported { .. } | BrokerError::NotAllowed { .. } => ServerError::NotAllowedError,
             BrokerError::Storage(_) | BrokerError::DuplicateInFlight { .. } => ServerError::PersistenceError,
-            BrokerError::Meta(_) | BrokerError::Corrupt { .. } => ServerError::MetadataError,
+            BrokerError::Meta(_) | BrokerError::Corrupt { .. } | BrokerError::SnapshotUnknown { .. } => {
+                ServerError::MetadataError
+            }
             BrokerError::ShuttingDown | BrokerError::ServiceUnitNotReady { .. } => ServerError::ServiceNotReady,
             BrokerError::TopicFenced { .. } => ServerError::ServiceNotReady,
             BrokerError::TopicTerminated { .. } => ServerError::TopicTerminatedError,

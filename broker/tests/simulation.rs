@@ -27,7 +27,13 @@
 //! quorum, the consumer counts an acknowledgement as persisted before the cursor wrote it.
 //! Each must make some seed fail.
 //!
-//! `MAGNETAR_SIM_SEEDS=N` runs N seeds (default 1000), `MAGNETAR_SIM_SEED=S` replays one.
+//! `MAGNETAR_SIM_SEEDS=N` runs N seeds (default 1000), `MAGNETAR_SIM_SEED=S` replays one;
+//! `MAGNETAR_SIM_TRACE=1` prints each publish, receipt, delivery, fault and the broker's logs.
+//!
+//! Seeds that found bugs, kept as regressions (they run among the 1,000): 25 (an add placed
+//! after a failed one: reordering, and deduplication losing the resend), 362 (a zombie
+//! broker's cursor persisting after the new owner read it), 161 (a cursor snapshot write that
+//! timed out but was applied, and the ledger it named deleted).
 
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -371,7 +377,11 @@ async fn producer(sim: Arc<Sim>, total: u64) {
             match published {
                 Ok(Published::Stored(durable)) => {
                     if sim.mutation == Mutation::ReceiptBeforeQuorum {
+                        // The client has its receipt: it never sends this again.
                         sim.checker.lock().on_receipt(PRODUCER, sequence_id, None);
+                        pending.push((sequence_id, None));
+                        tokio::spawn(durable);
+                        continue;
                     }
                     pending.push((sequence_id, Some(durable)));
                 }
@@ -453,6 +463,13 @@ async fn consumer(sim: Arc<Sim>, mut messages: mpsc::UnboundedReceiver<(u32, Out
                 continue;
             }
         };
+        if std::env::var_os("MAGNETAR_SIM_TRACE").is_some() {
+            eprintln!(
+                "[{:?}] delivered {producer}/{sequence_id} at {} by {generation}",
+                tokio::time::Instant::now(),
+                message.position
+            );
+        }
         sim.checker.lock().on_delivery(message.position, producer, sequence_id, generation);
         if rng.random_bool(0.1) {
             continue; // not acknowledged (yet): delivered again after the next move
@@ -469,6 +486,12 @@ async fn consumer(sim: Arc<Sim>, mut messages: mpsc::UnboundedReceiver<(u32, Out
                     Mutation::AckBeforePersist => true,
                     _ => broker.cursor.flush().await,
                 };
+                if std::env::var_os("MAGNETAR_SIM_TRACE").is_some() {
+                    eprintln!(
+                        "[{:?}] ack of {position} (cumulative {cumulative}) persisted: {persisted}",
+                        tokio::time::Instant::now()
+                    );
+                }
                 if persisted {
                     let mut checker = sim.checker.lock();
                     if cumulative {
@@ -572,7 +595,11 @@ async fn scenario(seed: u64, mutation: Mutation) -> Result<Outcome, String> {
                 continue;
             }
         }
-        match faults.random_range(0..10u32) {
+        let fault = faults.random_range(0..10u32);
+        if std::env::var_os("MAGNETAR_SIM_TRACE").is_some() {
+            eprintln!("[{:?}] fault {fault}", tokio::time::Instant::now());
+        }
+        match fault {
             0..=2 => {
                 let victim = format!("bookie-{}", faults.random_range(0..BOOKIES));
                 crash(&world, &victim);
@@ -645,12 +672,11 @@ async fn scenario(seed: u64, mutation: Mutation) -> Result<Outcome, String> {
                 .filter(|(_, producer, sequence_id, _)| Some((producer.clone(), *sequence_id)) == first)
                 .map(|(position, ..)| position)
                 .collect();
-            eprintln!(
-                "log: {:?}",
-                log.iter()
-                    .map(|(p, n, s, g)| format!("{}:{} {n}/{s}@{g}", p.ledger_id, p.entry_id))
-                    .collect::<Vec<_>>()
-            );
+            if std::env::var_os("MAGNETAR_SIM_TRACE").is_some() {
+                let entries: Vec<String> =
+                    log.iter().map(|(p, n, s, g)| format!("{}:{} {n}/{s}@{g}", p.ledger_id, p.entry_id)).collect();
+                eprintln!("log: {entries:?}");
+            }
             return Err(format!(
                 "{missing} acknowledged messages never delivered, first {first:?} (receipt {receipt:?}, stored at \
                  {stored:?}); the \
@@ -669,8 +695,11 @@ async fn scenario(seed: u64, mutation: Mutation) -> Result<Outcome, String> {
     // The log, read back through the last broker.
     let broker = sim.current().ok_or("no broker at the end")?;
     let log = read_log(&broker.ledger).await?;
+    // Without retention, consumed ledgers are trimmed (even while the log is read).
     let trimmed = sim.ml_config.retention == Retention::NONE;
-    check_log(&sim.checker.lock(), &log, trimmed)?;
+    let consumed = if trimmed { Some(broker.cursor.persisted_mark_delete()) } else { None };
+    check_log(&sim.checker.lock(), &log, consumed)
+        .map_err(|error| format!("{error}; ledgers now {:?}", broker.ledger.ledger_sizes()))?;
     let checker = sim.checker.lock();
     let trace = world.lock().trace();
     Ok(Outcome {
@@ -699,11 +728,16 @@ async fn read_log(ledger: &ManagedLedger) -> Result<Vec<(Position, String, u64, 
     Ok(log)
 }
 
-/// The log against what was acknowledged. With `trimmed`, ledgers the subscription consumed
-/// may be gone: an acknowledged message missing from the log must then have been delivered
-/// and sit before the log's first entry.
-fn check_log(checker: &Checker, log: &[(Position, String, u64, u32)], trimmed: bool) -> Result<(), String> {
-    let first = log.first().map(|(position, ..)| *position);
+/// The log against what was acknowledged. With `consumed` (no retention: the subscription's
+/// persisted mark-delete position at the end), ledgers the subscription consumed may be gone:
+/// an acknowledged message missing from the log must then have been delivered and sit at or
+/// before that position.
+fn check_log(
+    checker: &Checker,
+    log: &[(Position, String, u64, u32)],
+    consumed: Option<Option<Position>>,
+) -> Result<(), String> {
+    let trimmed = consumed.is_some();
     let mut stored: BTreeMap<(String, u64), Position> = BTreeMap::new();
     let mut last_generation = 0u32;
     for (position, producer, sequence_id, generation) in log {
@@ -725,9 +759,13 @@ fn check_log(checker: &Checker, log: &[(Position, String, u64, u32)], trimmed: b
             (None, receipt)
                 if trimmed
                     && checker.delivered.contains(&(producer.clone(), *sequence_id))
-                    && receipt.is_none_or(|at| first.is_none_or(|first| at < first)) => {}
+                    && receipt.is_none_or(|at| consumed.flatten().is_some_and(|through| at <= through)) => {}
             (None, _) => {
-                return Err(format!("{producer}/{sequence_id} was acknowledged ({receipt:?}) but is not in the log"))
+                let delivered = checker.delivered.contains(&(producer.clone(), *sequence_id));
+                return Err(format!(
+                    "{producer}/{sequence_id} was acknowledged ({receipt:?}) but is not in the log (trimmed: \
+                     {trimmed}, delivered: {delivered}, consumed through {consumed:?})"
+                ));
             }
             (Some(at), Some(receipt)) if at != receipt => {
                 return Err(format!("{producer}/{sequence_id} acknowledged at {receipt} but stored at {at}"))
@@ -804,7 +842,10 @@ fn a_seed_replays_identically() {
 #[test]
 fn mutations_are_caught() {
     for mutation in [Mutation::AnswerBeforeSync, Mutation::ReceiptBeforeQuorum, Mutation::AckBeforePersist] {
-        let caught = (0..400u64).find_map(|seed| check_seed(seed, mutation).err().map(|violation| (seed, violation)));
+        // A seed that only got stuck does not count: an invariant must say what went wrong.
+        let caught = (0..400u64).find_map(|seed| {
+            check_seed(seed, mutation).err().filter(|violation| !violation.contains("stuck")).map(|v| (seed, v))
+        });
         match caught {
             Some((seed, violation)) => eprintln!("{mutation:?} caught by seed {seed}: {violation}"),
             None => panic!("{mutation:?} went unnoticed over 400 seeds"),

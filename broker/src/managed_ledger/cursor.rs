@@ -29,6 +29,7 @@ use std::sync::{Arc, Weak};
 use magnetar_bookie::client::{self as ledger, Bookies, LedgerConfig, LedgerWriter};
 use magnetar_bookie::{BookieError, LedgerId};
 use magnetar_meta::{Expected, Version};
+use magnetar_proto::clock::now_ms;
 use magnetar_proto::records::CursorInfo;
 use parking_lot::Mutex;
 use prost::Message;
@@ -84,6 +85,17 @@ async fn recover_state(bookies: &Bookies, path: &str) -> Result<Option<Recovered
     let Some(found) = bookies.meta().get(path).await? else { return Ok(None) };
     let snapshot = decode(path, &found.value)?;
     let fallback = restore(path, &snapshot)?;
+    // Claims the cursor before reading its state: a previous owner that is still running (it
+    // lost its session and has not stopped yet) fails its next snapshot write from now on, so
+    // it cannot switch to a ledger of its own and persist acks this owner never sees. Its
+    // appends to the current ledger end with the fence below. Found by the broker
+    // simulation (seed 362: a zombie's ack persisted after the new owner read the cursor).
+    // The claim's bytes differ from what the previous owner wrote (a newer time), so that
+    // owner cannot take the claim for its own write that timed out (see `write_snapshot`).
+    let mut claim = snapshot.clone();
+    claim.updated_at_ms = now_ms().max(snapshot.updated_at_ms + 1);
+    let claimed = bookies.meta().put(path, claim.encode_to_vec(), Expected::Version(found.version)).await?;
+    let found = magnetar_meta::Versioned { value: found.value, version: claimed };
     if snapshot.cursor_ledger_id == 0 {
         return Ok(Some(Recovered { state: fallback, snapshot_version: found.version, ledger_id: None }));
     }
@@ -471,7 +483,13 @@ impl CursorLedger {
             return Err(error.into());
         }
         if let Err(error) = self.write_snapshot(record, writer.ledger_id().0).await {
-            self.discard(writer.ledger_id().0).await;
+            if matches!(error, BrokerError::SnapshotUnknown { .. }) {
+                // The snapshot may name it: kept, and deleted with the ledgers the next
+                // switch replaces.
+                self.ledgers.lock().insert(writer.ledger_id().0);
+            } else {
+                self.discard(writer.ledger_id().0).await;
+            }
             return Err(error);
         }
         let replaced: Vec<u64> = {
@@ -504,6 +522,12 @@ impl CursorLedger {
     }
 
     /// Rewrites the snapshot (CAS): the ledger holding the state, and its mark-delete position.
+    ///
+    /// A write that failed without an answer (a timeout) may have been applied: the snapshot
+    /// is read back, and if it holds exactly what was written, the write counts as done.
+    /// Otherwise the new ledger would be discarded while the snapshot names it, and the next
+    /// owner would fall back to the snapshot's mark-delete position, losing the acks beyond
+    /// it (found by the broker simulation, seed 161).
     async fn write_snapshot(&mut self, record: &CursorInfo, ledger_id: u64) -> Result<(), BrokerError> {
         let snapshot = CursorInfo {
             mark_delete: record.mark_delete,
@@ -512,12 +536,24 @@ impl CursorLedger {
             cursor_ledger_id: ledger_id,
             batch_acks: Vec::new(),
         };
-        self.snapshot_version = self
-            .bookies
-            .meta()
-            .put(&self.path, snapshot.encode_to_vec(), Expected::Version(self.snapshot_version))
-            .await?;
-        Ok(())
+        let bytes = snapshot.encode_to_vec();
+        let meta = self.bookies.meta();
+        match meta.put(&self.path, bytes.clone(), Expected::Version(self.snapshot_version)).await {
+            Ok(version) => {
+                self.snapshot_version = version;
+                Ok(())
+            }
+            Err(error @ magnetar_meta::MetaError::BadVersion { .. }) => Err(error.into()),
+            Err(error) => match meta.get(&self.path).await {
+                Ok(Some(found)) if found.value == bytes => {
+                    self.snapshot_version = found.version;
+                    Ok(())
+                }
+                Ok(_) => Err(error.into()),
+                // Unknown: the caller keeps the ledger, which the snapshot may name.
+                Err(_) => Err(BrokerError::SnapshotUnknown { what: self.path.clone(), reason: error.to_string() }),
+            },
+        }
     }
 
     /// Closes the current ledger so that the next owner need not recover it, and brings the
