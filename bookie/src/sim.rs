@@ -223,6 +223,9 @@ impl SimRpc {
     }
 
     async fn fence_now(&self, ledger_id: u64, key: &Bytes) -> Result<(), BookieError> {
+        if std::env::var_os("MAGNETAR_SIM_TRACE").is_some() {
+            eprintln!("[{:?}] {} fence {ledger_id}", Instant::now(), self.bookie_id);
+        }
         let already = self.with_bookie(|bookie| {
             let ledger = bookie.ledger(ledger_id, key)?;
             let fenced = ledger.fenced;
@@ -270,6 +273,17 @@ impl BookieRpc for SimRpc {
                 }
                 Ok(())
             });
+            if std::env::var_os("MAGNETAR_SIM_TRACE").is_some() {
+                let ok = admitted.as_ref().map(|_| ()).map_err(|e| e.to_string());
+                eprintln!(
+                    "[{:?}] {} add {}:{} recovery={} -> {ok:?}",
+                    Instant::now(),
+                    rpc.bookie_id,
+                    add.ledger_id,
+                    add.entry_id,
+                    add.recovery
+                );
+            }
             let result = match admitted {
                 Ok(()) => {
                     let record = Record::Add {

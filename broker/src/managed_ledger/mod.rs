@@ -68,6 +68,10 @@ pub fn info_path(name: &str) -> String {
     format!("/magnetar/managed-ledgers/{name}")
 }
 
+/// How long an empty ledger left open by a previous owner is kept (closed and fenced) after
+/// recovery before it is deleted (see [`ManagedLedger::open`]).
+pub const EMPTY_LEDGER_DELETE_DELAY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Most entries one read returns.
 pub const MAX_READ_ENTRIES: u32 = 100;
 /// Most bytes one read returns (at least one entry is always returned).
@@ -211,10 +215,21 @@ impl ManagedLedger {
             closed_at_ms: 0,
         });
         version = meta.put(&path, info.encode_to_vec(), Expected::Version(version)).await?;
-        for ledger_id in empty {
-            if let Err(error) = ledger::admin::delete_ledger(&bookies, LedgerId(ledger_id)).await {
-                warn!(managed_ledger = name, ledger_id, %error, "cannot delete an empty ledger dropped from the list");
-            }
+        if !empty.is_empty() {
+            // Not deleted at once: a previous owner that lost its session but still runs may
+            // still be adding to one of them, and a deleted ledger forgets its fence on the
+            // bookies, so those adds would be acknowledged into a ledger no list names (found
+            // by the broker simulation, seed 1999). A previous owner stops serving within its
+            // session timeout; this waits much longer.
+            let (bookies, name) = (bookies.clone(), name.to_owned());
+            tokio::spawn(async move {
+                tokio::time::sleep(EMPTY_LEDGER_DELETE_DELAY).await;
+                for ledger_id in empty {
+                    if let Err(error) = ledger::admin::delete_ledger(&bookies, LedgerId(ledger_id)).await {
+                        warn!(managed_ledger = %name, ledger_id, %error, "cannot delete an empty ledger dropped from the list");
+                    }
+                }
+            });
         }
         // Every stored cursor, so that trimming never removes what one of them still needs.
         let mut cursors = BTreeMap::new();
