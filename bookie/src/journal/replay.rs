@@ -7,7 +7,10 @@
 //! damage in an older file means the disk lost acknowledged data, and the bookie refuses to
 //! start rather than serve holes. Sequence numbers increase from record to record across
 //! files; a record whose number does not is an old record of a reused file, seen where a torn
-//! write lost the new blocks and their end marker, and is treated as such damage.
+//! write lost the new blocks and their end marker, and is treated as such damage. Above the
+//! checkpoint mark they increase by one: every number above it was journaled in order and
+//! nothing above it was removed, so a record whose number skips means records before it were
+//! lost (an older file cut short or zeroed), the same damage again.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -108,6 +111,11 @@ fn replay_file(
                         Ok(()) => match record::decode_body(&body, crc) {
                             Decoded::Record { sequence, .. } if sequence <= *previous => {
                                 Some("sequence number does not increase (an old record of a reused file)")
+                            }
+                            Decoded::Record { sequence, .. }
+                                if sequence > mark && sequence != (*previous).max(mark) + 1 =>
+                            {
+                                Some("sequence number skips (the records before it are missing)")
                             }
                             Decoded::Record { sequence, record, len } => {
                                 *previous = sequence;

@@ -2,6 +2,8 @@
 //! storage node of a cluster), `broker` (one broker of a cluster) and `autorecovery` (only the
 //! auto-recovery worker that every bookie also runs by default).
 
+#[cfg(test)]
+mod fuzz_settings;
 mod metadata_url;
 mod node;
 mod pulsar_conf;

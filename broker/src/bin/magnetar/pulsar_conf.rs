@@ -11,8 +11,8 @@ use anyhow::bail;
 use toml::{Table, Value};
 
 /// How a value is read.
-#[derive(Clone, Copy)]
-enum Kind {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Kind {
     Text,
     Integer,
     Float,
@@ -20,7 +20,7 @@ enum Kind {
 }
 
 /// Pulsar key, Magnetar setting (`section.key` for the `[managed_ledger]` section), type.
-const KEYS: &[(&str, &str, Kind)] = &[
+pub(crate) const KEYS: &[(&str, &str, Kind)] = &[
     ("metadataStoreUrl", "metadata_store_url", Kind::Text),
     ("clusterName", "cluster_name", Kind::Text),
     ("bindAddress", "bind_address", Kind::Text),

@@ -192,27 +192,34 @@ impl BrokerSettings {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("read broker config file {}", path.display()))?;
         let pulsar = matches!(path.extension().and_then(|e| e.to_str()), Some("conf" | "properties"));
-        let settings: BrokerSettings = if pulsar {
-            let (table, ignored) = super::pulsar_conf::to_settings(&text)
-                .with_context(|| format!("broker config file {}", path.display()))?;
-            if !ignored.is_empty() {
-                tracing::warn!(
-                    file = %path.display(),
-                    keys = %ignored.join(", "),
-                    "Pulsar settings Magnetar does not implement are ignored"
-                );
-            }
-            table.try_into().with_context(|| format!("broker config file {}", path.display()))?
-        } else {
-            toml::from_str(&text).with_context(|| format!("broker config file {}", path.display()))?
-        };
-        settings.managed_ledger_config().with_context(|| format!("broker config file {}", path.display()))?;
-        settings.cluster_config().with_context(|| format!("broker config file {}", path.display()))?;
-        settings.policy_defaults().with_context(|| format!("broker config file {}", path.display()))?;
-        settings.security_config().with_context(|| format!("broker config file {}", path.display()))?;
-        settings.tls_settings().with_context(|| format!("broker config file {}", path.display()))?;
-        settings.bookie_security().with_context(|| format!("broker config file {}", path.display()))?;
+        let (settings, ignored) =
+            Self::parse(&text, pulsar).with_context(|| format!("broker config file {}", path.display()))?;
+        if !ignored.is_empty() {
+            tracing::warn!(
+                file = %path.display(),
+                keys = %ignored.join(", "),
+                "Pulsar settings Magnetar does not implement are ignored"
+            );
+        }
         Ok(settings)
+    }
+
+    /// Parses and checks a settings text, TOML or (`pulsar`) a Pulsar properties file; with the
+    /// keys of a Pulsar file Magnetar does not implement. Errors name the field.
+    pub fn parse(text: &str, pulsar: bool) -> anyhow::Result<(BrokerSettings, Vec<String>)> {
+        let (settings, ignored): (BrokerSettings, Vec<String>) = if pulsar {
+            let (table, ignored) = super::pulsar_conf::to_settings(text)?;
+            (table.try_into()?, ignored)
+        } else {
+            (toml::from_str(text)?, Vec::new())
+        };
+        settings.managed_ledger_config()?;
+        settings.cluster_config()?;
+        settings.policy_defaults()?;
+        settings.security_config()?;
+        settings.tls_settings()?;
+        settings.bookie_security()?;
+        Ok((settings, ignored))
     }
 
     /// The token and CA this broker calls its bookies with; errors name the key.
@@ -228,7 +235,19 @@ impl BrokerSettings {
                 .clone()
                 .filter(|path| !path.as_os_str().is_empty()),
         };
-        ClientSecurity::from_config(&config).map_err(|error| anyhow::anyhow!("bookkeeper_client: {error}"))
+        ClientSecurity::from_config(&config).map_err(|error| match error {
+            // The bookie's `[client]` names, as this file spells them.
+            magnetar_bookie::BookieError::Security { what, reason } => {
+                let renamed = [
+                    ("authentication_", "bookkeeper_client_authentication_"),
+                    ("tls_trust_certs_file_path", "bookkeeper_tls_trust_certs_file_path"),
+                ]
+                .iter()
+                .find_map(|(bookie, broker)| what.strip_prefix(bookie).map(|rest| format!("{broker}{rest}")));
+                anyhow::anyhow!("{}: {reason}", renamed.unwrap_or(what))
+            }
+            other => anyhow::anyhow!("bookkeeper client settings: {other}"),
+        })
     }
 
     /// The etcd user and TLS files of the metadata store.
@@ -358,12 +377,18 @@ impl BrokerSettings {
                 d.message_expiry_check_interval,
                 Duration::from_secs,
             )?,
-            None => positive(
-                self.message_expiry_check_interval_in_minutes,
-                "message_expiry_check_interval_in_minutes",
-                d.message_expiry_check_interval,
-                |minutes| Duration::from_secs(minutes * 60),
-            )?,
+            None => match self.message_expiry_check_interval_in_minutes {
+                // Minutes in seconds must fit a u64 (found by fuzz_settings: the product overflowed).
+                Some(minutes) if minutes.checked_mul(60).is_none() => {
+                    anyhow::bail!("message_expiry_check_interval_in_minutes = {minutes}: too large")
+                }
+                minutes => positive(
+                    minutes,
+                    "message_expiry_check_interval_in_minutes",
+                    d.message_expiry_check_interval,
+                    |minutes| Duration::from_secs(minutes * 60),
+                )?,
+            },
         };
         let rate = |messages: Option<u64>, bytes: Option<u64>, default: Rate| Rate {
             messages: messages.map_or(default.messages, |m| (m > 0).then_some(m)),
