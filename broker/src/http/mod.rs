@@ -109,7 +109,37 @@ pub fn router(service: Arc<BrokerService>) -> Router {
         .layer(axum::middleware::from_fn_with_state(service.clone(), auth::guard))
         // Outside the guard: the guard of the broker it forwards to checks the forwarded call.
         .layer(axum::middleware::from_fn(forward::follow_for_console))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(service)
+}
+
+/// Every error answers as the admin API's own do, `{"reason": ...}`: axum's refusals (a body
+/// that is not UTF-8 or over the limit, a path parameter that does not parse, a method a route
+/// does not take) come as plain text or empty, and a client reading `reason` would find none.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if status.as_u16() < 400 || json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let reason = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text };
+    let mut answer = ApiError(status, reason).into_response();
+    // What else the refusal said (`Allow` of a 405, `WWW-Authenticate`) stays.
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    answer
 }
 
 async fn metrics(State(service): State<AppState>) -> impl IntoResponse {
