@@ -325,7 +325,10 @@ fn case() -> impl Strategy<Value = Case> {
             2 => prop::collection::vec(mutation(), 1..5).prop_map(BodyChange::Bytes),
             3 => (prop::collection::vec(any::<prop::sample::Index>(), 0..3), json_value(), prop::option::of("[a-zA-Z]{1,12}"))
                 .prop_map(|(path, value, key)| BodyChange::Swap(path, value, key)),
-            1 => (1usize..100_000).prop_map(BodyChange::Nested),
+            // Deep enough for any JSON parser's recursion limit, small enough that a route which
+            // ignores the body has read it all: past the socket buffer, closing with unread
+            // bytes resets the connection before the client reads the answer (TCP, not a bug).
+            1 => (1usize..3000).prop_map(BodyChange::Nested),
             1 => prop::collection::vec(any::<u8>(), 0..64).prop_map(BodyChange::Random),
         ],
     )

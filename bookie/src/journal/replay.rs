@@ -10,7 +10,8 @@
 //! write lost the new blocks and their end marker, and is treated as such damage. Above the
 //! checkpoint mark they increase by one: every number above it was journaled in order and
 //! nothing above it was removed, so a record whose number skips means records before it were
-//! lost (an older file cut short or zeroed), the same damage again.
+//! lost (an older file cut short or zeroed): refused wherever it shows, the last file too (a
+//! skip is no torn tail, and cutting the file there would throw away good records).
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -115,7 +116,16 @@ fn replay_file(
                             Decoded::Record { sequence, .. }
                                 if sequence > mark && sequence != (*previous).max(mark) + 1 =>
                             {
-                                Some("sequence number skips (the records before it are missing)")
+                                // Never a torn tail, even in the last file: what is missing
+                                // came before this record, and cutting here would lose more.
+                                return Err(corrupt(
+                                    offset,
+                                    &format!(
+                                        "sequence number skips from {} to {sequence}: the records between are missing \
+                                         (an older journal file lost data)",
+                                        (*previous).max(mark)
+                                    ),
+                                ));
                             }
                             Decoded::Record { sequence, record, len } => {
                                 *previous = sequence;
