@@ -30,9 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use magnetar_client::{
-    Client, ClientConfig, InitialPosition, Message, MessageId, ProducerMessage, SubscriptionType,
-};
+use magnetar_client::{Client, ClientConfig, InitialPosition, Message, MessageId, ProducerMessage, SubscriptionType};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -93,7 +91,8 @@ async fn main() -> anyhow::Result<()> {
         connection_timeout: Duration::from_secs(5),
         ..ClientConfig::default()
     };
-    let client = Client::connect_with_config(&spec.url, config).await.with_context(|| format!("connect to {}", spec.url))?;
+    let client =
+        Client::connect_with_config(&spec.url, config).await.with_context(|| format!("connect to {}", spec.url))?;
 
     let stop_producing = CancellationToken::new();
     let stop_all = CancellationToken::new();
@@ -120,7 +119,9 @@ async fn main() -> anyhow::Result<()> {
                     Ok(()) => return,
                     Err(error) => {
                         events.write(json!({"ev": "role_error", "role": what, "error": format!("{error:#}")}));
-                        if stop_all.is_cancelled() || (matches!(role, Role::Produce { .. }) && stop_producing.is_cancelled()) {
+                        if stop_all.is_cancelled()
+                            || (matches!(role, Role::Produce { .. }) && stop_producing.is_cancelled())
+                        {
                             return;
                         }
                         tokio::time::sleep(Duration::from_secs(1)).await;
