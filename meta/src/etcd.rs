@@ -10,8 +10,8 @@
 //! Two kinds of background task exist, each stopped by a `CancellationToken` that is a child
 //! of the store's, which is cancelled when the last clone of the store is dropped:
 //!
-//! - one keep-alive task per session, refreshing its lease every ttl/4 (and reopening the
-//!   keep-alive stream after an error) until the session is closed or the store dropped;
+//! - one keep-alive task per session, refreshing its lease every ttl/4 through every etcd
+//!   member at once (each member's stream reopened after an error) until the session is closed or the store dropped;
 //!   after that the lease expires on the server within its ttl and its keys vanish. When no
 //!   refresh sent in the last ttl/2 ([`LOCAL_EXPIRY_FRACTION`]) succeeded, the session counts
 //!   as lost here ([`MetadataStore::session_lost`] resolves, `put_ephemeral` fails with
@@ -58,7 +58,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 ping interval and timeout, so a dead connection is noticed while idle.
 /// (A lost etcd member is noticed within about 6 s, and its requests go to the others.)
 const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(3));
-/// Pause before reopening a failed lease keep-alive stream.
+/// First pause before reopening a failed lease keep-alive stream (doubling up to ttl/4).
 const KEEP_ALIVE_RETRY: Duration = Duration::from_millis(200);
 /// A session whose lease has not been refreshed successfully for this fraction of its ttl
 /// (measured from when the last successful refresh was sent) counts as lost locally.
@@ -84,8 +84,8 @@ struct Inner {
     client: Client,
     /// The endpoints, comma-separated, for error messages.
     endpoint: String,
-    /// Each endpoint, and how to connect to one: the session keep-alives talk to one member
-    /// at a time and move to the next when it does not answer.
+    /// Each endpoint, and how to connect to one: each session's keep-alive refreshes through
+    /// every member at once.
     endpoints: Vec<String>,
     connect: ConnectOptions,
     /// Open sessions by lease id.
@@ -296,7 +296,7 @@ impl MetadataStore for EtcdStore {
         let cancel = self.inner.shutdown.child_token();
         let lost = CancellationToken::new();
         self.inner.sessions.lock().insert(id, Session { stop: cancel.clone(), lost: lost.clone() });
-        let members = Members::new(self.inner.endpoints.clone(), self.inner.connect.clone(), lease);
+        let members = Member::all(&self.inner.endpoints, &self.inner.connect, lease);
         tokio::spawn(keep_alive(members, id, granted_ttl, granted_at, cancel, lost));
         Ok(SessionId(id))
     }
@@ -491,155 +491,48 @@ async fn forward_watch(
     }
 }
 
-/// The lease clients a keep-alive uses: first the store's own (balanced over every
-/// endpoint), then, after a failure, one client per endpoint in turn, so that a member that
-/// stopped answering (isolated, paused) is left at once instead of after the HTTP/2
-/// keep-alive notices.
-struct Members {
-    endpoints: Vec<String>,
-    options: ConnectOptions,
-    /// Index 0 is the shared client; 1..=n the endpoints, connected when first used.
-    clients: Vec<Option<LeaseClient>>,
-    current: usize,
-}
+/// Why one member's refresher stopped: only etcd saying the lease is gone stops it.
+struct LeaseGone;
 
-impl Members {
-    fn new(endpoints: Vec<String>, options: ConnectOptions, shared: LeaseClient) -> Members {
-        let mut clients = vec![Some(shared)];
-        clients.resize(endpoints.len() + 1, None);
-        Members { endpoints, options, clients, current: 0 }
-    }
-
-    /// The client to use now.
-    async fn client(&mut self) -> Result<LeaseClient, etcd_client::Error> {
-        if let Some(client) = &self.clients[self.current] {
-            return Ok(client.clone());
-        }
-        let endpoint = &self.endpoints[self.current - 1];
-        let client = Client::connect([endpoint], Some(self.options.clone())).await?.lease_client();
-        self.clients[self.current] = Some(client.clone());
-        Ok(client)
-    }
-
-    /// The current client failed: move to the next endpoint (the shared client stays).
-    fn next(&mut self) {
-        if self.current > 0 {
-            self.clients[self.current] = None;
-        }
-        self.current = if self.endpoints.is_empty() { 0 } else { self.current % self.endpoints.len() + 1 };
-    }
-
-    /// A name for logs.
-    fn describe(&self) -> &str {
-        if self.current == 0 {
-            "any member"
-        } else {
-            &self.endpoints[self.current - 1]
-        }
-    }
-}
-
-/// Refreshes lease `id` every `ttl / 4` until `cancel` fires or the session is lost: etcd
-/// says the lease is gone, or no refresh sent in the last `ttl / 2` succeeded (the local
-/// deadline; see the module docs). Either way `lost` fires and the lease is left to expire.
-/// Each attempt may take `ttl / 8`; a failed one moves to the next etcd member at once.
+/// Refreshes lease `id` every `ttl / 4` through every etcd member at once until `cancel`
+/// fires or the session is lost: etcd says the lease is gone, or no refresh sent in the last
+/// `ttl / 2` succeeded (the local deadline; see the module docs). Either way `lost` fires and
+/// the lease is left to expire.
+///
+/// Each member has its own client and keep-alive stream, so a member that stops answering
+/// (isolated, paused, or a follower still forwarding to a leader it lost) costs nothing
+/// while any other member answers: the session lives while a majority can refresh it,
+/// whichever member that majority is reached through. (Trying members one after another
+/// could spend the whole local deadline on a member that hangs and then on one that was
+/// cut off; the chaos harness saw brokers stop that way when the etcd leader was isolated.)
+/// With one endpoint, the store's own client is used.
 async fn keep_alive(
-    mut members: Members,
+    members: Vec<Member>,
     id: i64,
     ttl: Duration,
     granted_at: tokio::time::Instant,
     cancel: CancellationToken,
     lost: CancellationToken,
 ) {
-    let period = ttl.mul_f64(REFRESH_FRACTION);
-    let attempt = ttl.mul_f64(REFRESH_FRACTION / 2.0).max(Duration::from_millis(250));
     let local_expiry = ttl.mul_f64(LOCAL_EXPIRY_FRACTION);
-    // When the last successful refresh was sent: the server keeps the lease until at least
-    // a whole ttl after it.
+    // When the last successful refresh was sent, through any member: the server keeps the
+    // lease until at least a whole ttl after it.
     let refreshed_at = Mutex::new(granted_at);
     let deadline = || *refreshed_at.lock() + local_expiry;
-    let outcome = async {
-        let mut failures = 0usize;
-        loop {
-            if failures > 0 && failures % (members.endpoints.len() + 1) == 0 {
-                tokio::time::sleep(KEEP_ALIVE_RETRY).await;
-            }
-            // Opening the stream also refreshes the lease once.
-            let sent = tokio::time::Instant::now();
-            let opened = tokio::time::timeout(attempt, async {
-                let mut lease = members.client().await?;
-                lease.keep_alive(id).await
-            })
-            .await;
-            let (mut keeper, mut responses) = match opened {
-                // etcd-client opened the stream with a refresh and read its answer (ttl > 0).
-                Ok(Ok(pair)) => {
-                    *refreshed_at.lock() = sent;
-                    failures = 0;
-                    pair
-                }
-                Ok(Err(etcd_client::Error::LeaseKeepAliveError(reason))) => {
-                    warn!(lease = id, %reason, "session lease is gone; stopping its keep-alive");
-                    return;
-                }
-                Ok(Err(error)) => {
-                    warn!(lease = id, %error, member = members.describe(), "cannot open lease keep-alive stream; trying the next member");
-                    members.next();
-                    failures += 1;
-                    continue;
-                }
-                Err(_) => {
-                    warn!(
-                        lease = id,
-                        member = members.describe(),
-                        "opening lease keep-alive stream timed out; trying the next member"
-                    );
-                    members.next();
-                    failures += 1;
-                    continue;
-                }
-            };
-            loop {
-                tokio::time::sleep(period).await;
-                let sent = tokio::time::Instant::now();
-                let refreshed = tokio::time::timeout(attempt, async {
-                    keeper.keep_alive().await?;
-                    responses.message().await
-                })
-                .await;
-                match refreshed {
-                    Ok(Ok(Some(response))) if response.ttl() > 0 => *refreshed_at.lock() = sent,
-                    Ok(Ok(Some(_))) => {
-                        warn!(lease = id, "session lease expired; stopping its keep-alive");
-                        return;
-                    }
-                    Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
-                        warn!(
-                            lease = id,
-                            member = members.describe(),
-                            "lease keep-alive failed; trying the next member"
-                        );
-                        members.next();
-                        failures += 1;
-                        break;
-                    }
-                }
-            }
-        }
-    };
-    tokio::pin!(outcome);
+    let refreshers = members.into_iter().map(|member| Box::pin(refresh_through(member, id, ttl, &refreshed_at)));
+    let mut gone = futures::future::select_all(refreshers);
     // The deadline moves with every successful refresh: re-read when the timer fires.
     loop {
         let until = deadline();
         tokio::select! {
             _ = cancel.cancelled() => return,
-            () = &mut outcome => break,
+            _ = &mut gone => break,
             _ = tokio::time::sleep_until(until) => {
                 if deadline() <= tokio::time::Instant::now() {
                     warn!(
                         lease = id,
                         ttl_ms = ttl.as_millis() as u64,
-                        "session lease not refreshed for {local_expiry:?}: counting the session as lost before etcd may expire it"
+                        "session lease not refreshed through any etcd member for {local_expiry:?}: counting the session as lost before etcd may expire it"
                     );
                     break;
                 }
@@ -647,6 +540,124 @@ async fn keep_alive(
         }
     }
     lost.cancel();
+}
+
+/// Where one refresher sends its keep-alives.
+enum Member {
+    /// The store's own client (balanced over its endpoints).
+    Shared(LeaseClient),
+    /// One endpoint, through a client of its own, connected again after each failure (a
+    /// connection to a member that stopped answering may hang rather than fail).
+    Endpoint { endpoint: String, options: ConnectOptions },
+}
+
+impl Member {
+    /// One member per endpoint, or the store's own client when there is one endpoint.
+    fn all(endpoints: &[String], options: &ConnectOptions, shared: LeaseClient) -> Vec<Member> {
+        if endpoints.len() <= 1 {
+            return vec![Member::Shared(shared)];
+        }
+        let member = |endpoint: &String| Member::Endpoint { endpoint: endpoint.clone(), options: options.clone() };
+        endpoints.iter().map(member).collect()
+    }
+
+    async fn client(&self) -> Result<LeaseClient, etcd_client::Error> {
+        match self {
+            Member::Shared(client) => Ok(client.clone()),
+            Member::Endpoint { endpoint, options } => {
+                Ok(Client::connect([endpoint], Some(options.clone())).await?.lease_client())
+            }
+        }
+    }
+
+    fn describe(&self) -> &str {
+        match self {
+            Member::Shared(_) => "any member",
+            Member::Endpoint { endpoint, .. } => endpoint,
+        }
+    }
+}
+
+/// Keeps lease `id` alive through `member`: opens a keep-alive stream (which refreshes once)
+/// and refreshes every `ttl / 4`, each attempt bounded by `ttl / 8`; after a failure, opens
+/// the stream again after a pause that doubles up to `ttl / 4`. Every refresh that succeeds
+/// moves `refreshed_at` to when it was sent (if later). Returns only when etcd says the lease
+/// is gone. The first failure after a success is a warning, the rest are debug lines, so a
+/// member that is down for long does not flood the log.
+async fn refresh_through(
+    member: Member,
+    id: i64,
+    ttl: Duration,
+    refreshed_at: &Mutex<tokio::time::Instant>,
+) -> LeaseGone {
+    let period = ttl.mul_f64(REFRESH_FRACTION);
+    let attempt = ttl.mul_f64(REFRESH_FRACTION / 2.0).max(Duration::from_millis(250));
+    let refreshed = |sent: tokio::time::Instant| {
+        let mut last = refreshed_at.lock();
+        *last = (*last).max(sent);
+    };
+    let mut pause = KEEP_ALIVE_RETRY;
+    let mut failing = false;
+    let failed = |failing: &mut bool, reason: &str| {
+        if *failing {
+            debug!(lease = id, member = member.describe(), "{reason}");
+        } else {
+            warn!(lease = id, member = member.describe(), "{reason}; any other member keeps the session meanwhile");
+            *failing = true;
+        }
+    };
+    loop {
+        let sent = tokio::time::Instant::now();
+        let opened = tokio::time::timeout(attempt, async { member.client().await?.keep_alive(id).await }).await;
+        let (mut keeper, mut responses) = match opened {
+            // etcd-client opened the stream with a refresh and read its answer (ttl > 0).
+            Ok(Ok(pair)) => {
+                refreshed(sent);
+                pair
+            }
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(reason))) => {
+                warn!(lease = id, %reason, member = member.describe(), "session lease is gone; stopping its keep-alive");
+                return LeaseGone;
+            }
+            Ok(Err(error)) => {
+                failed(&mut failing, &format!("cannot open lease keep-alive stream: {error}"));
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(period);
+                continue;
+            }
+            Err(_) => {
+                failed(&mut failing, "opening lease keep-alive stream timed out");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(period);
+                continue;
+            }
+        };
+        if failing {
+            debug!(lease = id, member = member.describe(), "lease keep-alive through this member works again");
+        }
+        failing = false;
+        pause = KEEP_ALIVE_RETRY;
+        loop {
+            tokio::time::sleep(period).await;
+            let sent = tokio::time::Instant::now();
+            let answer = tokio::time::timeout(attempt, async {
+                keeper.keep_alive().await?;
+                responses.message().await
+            })
+            .await;
+            match answer {
+                Ok(Ok(Some(response))) if response.ttl() > 0 => refreshed(sent),
+                Ok(Ok(Some(_))) => {
+                    warn!(lease = id, member = member.describe(), "session lease expired; stopping its keep-alive");
+                    return LeaseGone;
+                }
+                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                    failed(&mut failing, "lease keep-alive failed; opening the stream again");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

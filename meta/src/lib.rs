@@ -28,7 +28,7 @@ pub mod sequence;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use error::MetaError;
+pub use error::{retry_transient, MetaError, STARTUP_PATIENCE};
 pub use etcd::EtcdStore;
 pub use etcd_options::EtcdOptions;
 pub use local::LocalStore;

@@ -451,6 +451,112 @@ async fn etcd_connect_accepts_endpoint_without_scheme() -> Result<()> {
     Ok(())
 }
 
+/// A session lives while any etcd member answers its keep-alives, whichever one: with three
+/// endpoints (three proxies in front of one etcd), making two of them stop answering (their
+/// connections stay open and hang, new ones too, as an isolated or paused member's do)
+/// keeps the session, however long and whichever two; making all three stop answering
+/// loses it within about half its ttl. (Trying the members one after another lost it: each
+/// hanging member cost an attempt's timeout, and two of them and the balanced client's
+/// attempt used up the local deadline; the chaos harness's brokers stopped that way.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_session_lives_while_any_member_answers() -> Result<()> {
+    let server = EtcdServer::start().await?;
+    let target: std::net::SocketAddr = server.endpoint().trim_start_matches("http://").parse()?;
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        proxies.push(HangingProxy::start(target).await?);
+    }
+    let endpoints: Vec<String> = proxies.iter().map(HangingProxy::endpoint).collect();
+    let store = magnetar_meta::EtcdStore::connect(&endpoints).await?;
+    // Long enough that an attempt's timeout (ttl / 8) is not the 250 ms floor.
+    let ttl = Duration::from_secs(6);
+    let session = store.create_session(ttl).await?;
+    let lost = |store: &magnetar_meta::EtcdStore| {
+        let store = store.clone();
+        async move { tokio::time::timeout(ttl, store.session_lost(session)).await.is_ok() }
+    };
+
+    for answering in [2, 0, 1] {
+        for (index, proxy) in proxies.iter().enumerate() {
+            proxy.hang(index != answering);
+        }
+        ensure!(!lost(&store).await, "the session was lost while member {answering} answered");
+    }
+    ensure!(server.connect().await?.get("/").await.is_ok(), "etcd itself answers");
+
+    proxies[1].hang(true);
+    let started = Instant::now();
+    ensure!(lost(&store).await, "the session outlived every member hanging for {ttl:?}");
+    ensure!(started.elapsed() <= ttl, "the session counted as lost only after {:?}", started.elapsed());
+    let refused = store.put_ephemeral(session, "/after", b"x".to_vec(), Expected::Any).await;
+    ensure!(matches!(refused, Err(MetaError::SessionExpired { .. })), "a lost session still wrote: {refused:?}");
+    Ok(())
+}
+
+/// A TCP proxy that can stop forwarding: while it hangs, bytes are held (connections stay
+/// open, new ones are accepted), as with an etcd member that was isolated or paused.
+struct HangingProxy {
+    address: std::net::SocketAddr,
+    hanging: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HangingProxy {
+    async fn start(target: std::net::SocketAddr) -> Result<HangingProxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let (hanging, watching) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let watching = watching.clone();
+                tokio::spawn(async move {
+                    let Ok(upstream) = tokio::net::TcpStream::connect(target).await else { return };
+                    let (client_read, client_write) = client.into_split();
+                    let (upstream_read, upstream_write) = upstream.into_split();
+                    tokio::join!(
+                        forward(client_read, upstream_write, watching.clone()),
+                        forward(upstream_read, client_write, watching)
+                    );
+                });
+            }
+        });
+        Ok(HangingProxy { address, hanging, task })
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    fn hang(&self, hang: bool) {
+        self.hanging.send_replace(hang);
+    }
+}
+
+impl Drop for HangingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk while the proxy hangs.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut hanging: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if hanging.wait_for(|hang| !hang).await.is_err() || to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 

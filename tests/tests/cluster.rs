@@ -394,3 +394,41 @@ async fn a_new_broker_receives_bundles_and_a_hot_bundle_splits() -> anyhow::Resu
     }
     Ok(())
 }
+
+/// A broker started while etcd cannot be reached yet (its endpoint refuses connections for
+/// the first seconds, as a member that is still starting or electing a leader does) waits
+/// for it and then serves, instead of exiting with the first error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_started_before_etcd_answers_waits_for_it() -> anyhow::Result<()> {
+    let etcd = magnetar_meta::testing::EtcdServer::start().await?;
+    let target = etcd.endpoint().trim_start_matches("http://").to_owned();
+    let late_port = magnetar_tests::free_port()?;
+    let dir = tempfile::tempdir()?;
+    // Nothing listens on the port for 3 s; then it forwards to etcd.
+    let opening = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", late_port)).await?;
+        loop {
+            let (mut client, _) = listener.accept().await?;
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+        #[allow(unreachable_code)]
+        anyhow::Ok(())
+    });
+    let url = format!("etcd://127.0.0.1:{late_port}");
+    let started = std::time::Instant::now();
+    let broker = magnetar_tests::cluster::BrokerProcess::start(&url, REPLICATION, dir.path().join("broker")).await;
+    opening.abort();
+    let broker = broker.context("the broker started")?;
+    ensure!(started.elapsed() >= Duration::from_secs(3), "the broker served before etcd could be reached");
+    let log = broker.log();
+    ensure!(log.contains("connecting to etcd failed; trying again"), "no retry in the broker's log:\n{log}");
+    let clusters = http(broker.http_port, "GET", "/admin/v2/clusters", None).await?;
+    ensure!(clusters.0 == 200, "the broker answers its admin API: {clusters:?}");
+    Ok(())
+}

@@ -139,7 +139,16 @@ impl Ownership {
             recent_assignments: Mutex::default(),
             probed_alive: Mutex::default(),
         });
-        let watch = ownership.meta.watch(&format!("{OWNERSHIP_PATH}/")).await?;
+        let watch = match ownership.meta.watch(&format!("{OWNERSHIP_PATH}/")).await {
+            Ok(watch) => watch,
+            Err(error) => {
+                // Not kept alive for nothing (the caller may try again with a new session).
+                if let Err(closing) = ownership.meta.close_session(session).await {
+                    debug!(%closing, "closing the session of an ownership that did not start");
+                }
+                return Err(error.into());
+            }
+        };
         tokio::spawn(watch_owned(Arc::downgrade(&ownership), watch));
         tokio::spawn(watch_session(Arc::downgrade(&ownership), ownership.meta.clone(), session));
         Ok((ownership, lost_rx))

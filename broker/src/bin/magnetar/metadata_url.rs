@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use magnetar_meta::{EtcdOptions, EtcdStore, LocalStore, MetaError, MetadataStore};
+use magnetar_meta::{retry_transient, EtcdOptions, EtcdStore, LocalStore, MetaError, MetadataStore, STARTUP_PATIENCE};
 
 /// etcd's client port when a URL names none.
 pub const DEFAULT_ETCD_PORT: u16 = 2379;
@@ -128,7 +128,11 @@ impl MetadataUrl {
         let connect_error = |source| MetadataUrlError::Connect { url: self.to_string(), source };
         match self {
             MetadataUrl::Etcd { endpoints } => {
-                let store = EtcdStore::connect_with(endpoints, options).await.map_err(connect_error)?;
+                // etcd electing a leader, or a member still starting, is waited out.
+                let connect = || EtcdStore::connect_with(endpoints, options);
+                let store = retry_transient("connecting to etcd", STARTUP_PATIENCE, MetaError::is_transient, connect)
+                    .await
+                    .map_err(connect_error)?;
                 Ok(Arc::new(store))
             }
             MetadataUrl::Local { path } => {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use magnetar_bookie::client::LedgerConfig;
-use magnetar_meta::MetadataStore;
+use magnetar_meta::{retry_transient, MetadataStore, STARTUP_PATIENCE};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +30,7 @@ use magnetar_broker::security::{Security, SecurityConfig, TlsAcceptor, TlsSettin
 use magnetar_broker::service::{spawn_inactive_topic_reaper, spawn_policy_applier};
 use magnetar_broker::tenancy::model::ClusterData;
 use magnetar_broker::tenancy::{store, PolicyCache, PolicyDefaults};
-use magnetar_broker::{http, protocol, BrokerService};
+use magnetar_broker::{http, protocol, BrokerError, BrokerService};
 use magnetar_meta::EtcdOptions;
 
 /// Time allowed for a clean shutdown before the process gives up waiting.
@@ -253,26 +253,44 @@ impl ServingBroker {
             broker_service_url_tls: me.native_url_tls.clone(),
             ..ClusterData::default()
         };
+        // Each metadata step is tried again while etcd is unreachable or electing a leader
+        // (right after a member was lost, say), for up to STARTUP_PATIENCE: that is no reason
+        // to exit.
+        let transient = |error: &BrokerError| matches!(error, BrokerError::Meta(meta) if meta.is_transient());
         if config.security.authentication_enabled {
             // With authentication on, Pulsar's standalone leaves `public` to an administrator
             // (its own admin calls are refused), and the documented secure set-ups create it
             // with the roles they want: a `public` made here would answer their PUT with 409.
-            store::initialize_cluster(meta.as_ref(), &config.cluster_name, &cluster)
-                .await
-                .context("create the cluster")?;
+            retry_transient("creating the cluster", STARTUP_PATIENCE, transient, || {
+                store::initialize_cluster(meta.as_ref(), &config.cluster_name, &cluster)
+            })
+            .await
+            .context("create the cluster")?;
             info!("authentication is on: tenant public and public/default are left to an administrator");
         } else {
-            store::initialize_defaults(meta.as_ref(), &config.cluster_name, &cluster)
-                .await
-                .context("create the cluster, the public tenant and public/default")?;
+            retry_transient("creating the cluster and public/default", STARTUP_PATIENCE, transient, || {
+                store::initialize_defaults(meta.as_ref(), &config.cluster_name, &cluster)
+            })
+            .await
+            .context("create the cluster, the public tenant and public/default")?;
         }
         let (ownership, mut lost) =
-            Ownership::start(meta.clone(), me, config.cluster.session_timeout, config.cluster.default_bundles)
-                .await
-                .context("open the broker's metadata session")?;
+            retry_transient("opening the broker's metadata session", STARTUP_PATIENCE, transient, || {
+                Ownership::start(
+                    meta.clone(),
+                    me.clone(),
+                    config.cluster.session_timeout,
+                    config.cluster.default_bundles,
+                )
+            })
+            .await
+            .context("open the broker's metadata session")?;
         let cancel = CancellationToken::new();
-        let policies =
-            PolicyCache::start(meta.clone(), cancel.clone()).await.context("read tenants and namespace policies")?;
+        let policies = retry_transient("reading tenants and namespace policies", STARTUP_PATIENCE, transient, || {
+            PolicyCache::start(meta.clone(), cancel.clone())
+        })
+        .await
+        .context("read tenants and namespace policies")?;
         let load_manager = config.cluster.load_manager.clone();
         let service = BrokerService::new(config, meta, ownership, policies, security);
         spawn_policy_applier(service.clone(), cancel.clone());
