@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use magnetar_meta::{MetadataStore, SessionId};
+use magnetar_meta::{retry_transient, MetadataStore, SessionId, STARTUP_PATIENCE};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -75,7 +75,13 @@ impl BookieNode {
     ) -> Result<Self, BookieError> {
         // The auto-recovery worker's credentials are read before anything starts.
         let client_security = ClientSecurity::from_config(&config.client)?;
-        let cookie = cookie::verify_or_create(meta.as_ref(), config).await?;
+        // Each metadata step is tried again while etcd is unreachable or electing a leader,
+        // for up to STARTUP_PATIENCE: that is no reason to exit.
+        let transient = |error: &BookieError| matches!(error, BookieError::Meta(meta) if meta.is_transient());
+        let cookie = retry_transient("checking the bookie's cookie", STARTUP_PATIENCE, transient, || {
+            cookie::verify_or_create(meta.as_ref(), config)
+        })
+        .await?;
         let open_config = config.clone();
         let server = tokio::task::spawn_blocking(move || BookieServer::open(&open_config))
             .await
@@ -108,7 +114,10 @@ impl BookieNode {
             .with_host(host)
             .with_tls(config.tls_certificate_path.is_some())
             .with_http(http_local.map(|local| crate::server::advertised(local, advertised_host)).unwrap_or_default());
-        let session = match registration::register(meta.as_ref(), &registration, REGISTRATION_TTL).await {
+        let registered = retry_transient("registering the bookie", STARTUP_PATIENCE, transient, || {
+            registration::register(meta.as_ref(), &registration, REGISTRATION_TTL)
+        });
+        let session = match registered.await {
             Ok(session) => session,
             Err(error) => {
                 serve_cancel.cancel();

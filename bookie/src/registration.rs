@@ -84,10 +84,18 @@ pub async fn register(
     registration: &BookieRegistration,
     ttl: Duration,
 ) -> Result<SessionId, BookieError> {
-    let session = store.create_session(ttl).await?;
     let value =
         serde_json::to_vec(registration).map_err(|error| BookieError::InvalidRequest { reason: error.to_string() })?;
-    store.put_ephemeral(session, &registration_path(&registration.bookie_id), value, Expected::Any).await?;
+    let session = store.create_session(ttl).await?;
+    if let Err(error) =
+        store.put_ephemeral(session, &registration_path(&registration.bookie_id), value, Expected::Any).await
+    {
+        // Not kept alive for nothing: the caller registers again under a new session.
+        if let Err(closing) = store.close_session(session).await {
+            tracing::debug!(%closing, "closing the session of a registration that failed");
+        }
+        return Err(error.into());
+    }
     Ok(session)
 }
 
