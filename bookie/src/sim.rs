@@ -35,6 +35,40 @@ use tokio::time::Instant;
 use crate::client::{AddRequest, BookieConnector, BookieRpc, LedgerEnd};
 use crate::{BookieError, EntryId, LedgerId};
 
+/// How much simulated time a scenario may take before it counts as stuck.
+pub const STUCK_AFTER: Duration = Duration::from_secs(3600);
+
+/// Runs one seed's `scenario` on a current-thread runtime with paused time (simulated time
+/// jumps ahead whenever every task waits); a scenario still running after [`STUCK_AFTER`] of
+/// simulated time fails as stuck.
+pub fn run_paused<T>(scenario: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .map_err(|error| format!("build runtime: {error}"))?;
+    runtime.block_on(async move {
+        match tokio::time::timeout(STUCK_AFTER, scenario).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("the scenario did not finish within {STUCK_AFTER:?} of simulated time (stuck)")),
+        }
+    })
+}
+
+/// Registers the simulated bookies `bookie-0`.. `bookie-{bookies - 1}` (at `sim:<index>`, on
+/// hosts of their own) in `meta`, as running bookies register.
+pub async fn register_bookies(meta: &dyn MetadataStore, bookies: usize) -> Result<(), String> {
+    for index in 0..bookies {
+        let registration =
+            crate::registration::BookieRegistration::new(format!("bookie-{index}"), format!("sim:{index}"))
+                .with_host(format!("sim-host-{index}"));
+        crate::registration::register(meta, &registration, Duration::from_secs(10))
+            .await
+            .map_err(|error| format!("register bookie: {error}"))?;
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The simulated world: bookies, network, randomness.
 

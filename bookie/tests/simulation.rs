@@ -21,8 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use magnetar_bookie::client::metadata::{self, LedgerConfig};
 use magnetar_bookie::client::{self, Bookies, ClientOptions, LedgerWriter};
-use magnetar_bookie::registration::{self, BookieRegistration};
-use magnetar_bookie::sim::{crash, restart, MemStore, Shared, SimConnector, World};
+use magnetar_bookie::sim::{self, crash, restart, MemStore, Shared, SimConnector, World};
 use magnetar_bookie::{EntryId, LedgerId};
 use magnetar_meta::MetadataStore;
 use rand::rngs::StdRng;
@@ -121,17 +120,7 @@ struct Outcome {
 }
 
 fn run_seed(seed: u64) -> Result<Outcome, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .map_err(|error| format!("build runtime: {error}"))?;
-    runtime.block_on(async move {
-        match tokio::time::timeout(Duration::from_secs(3600), scenario(seed)).await {
-            Ok(result) => result,
-            Err(_) => Err("the scenario did not finish within an hour of simulated time (stuck)".to_owned()),
-        }
-    })
+    sim::run_paused(scenario(seed))
 }
 
 async fn scenario(seed: u64) -> Result<Outcome, String> {
@@ -140,14 +129,7 @@ async fn scenario(seed: u64) -> Result<Outcome, String> {
     world.lock().loss = [0.0, 0.01, 0.03, 0.08][rng.random_range(0..4)];
     let meta = MemStore::new(world.clone());
     let meta_store: Arc<dyn MetadataStore> = meta.clone();
-    for index in 0..BOOKIES {
-        let bookie_id = format!("bookie-{index}");
-        let registration =
-            BookieRegistration::new(bookie_id, format!("sim:{index}")).with_host(format!("sim-host-{index}"));
-        registration::register(meta_store.as_ref(), &registration, Duration::from_secs(10))
-            .await
-            .map_err(|error| format!("register bookie: {error}"))?;
-    }
+    sim::register_bookies(meta_store.as_ref(), BOOKIES).await?;
     let (ensemble_size, write_quorum, ack_quorum) = CONFIGS[rng.random_range(0..CONFIGS.len())];
     let config = LedgerConfig { ensemble_size, write_quorum, ack_quorum };
     let client = |seed: u64| {

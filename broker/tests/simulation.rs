@@ -45,8 +45,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use magnetar_bookie::client::{Bookies, ClientOptions, LedgerConfig};
-use magnetar_bookie::registration::{self, BookieRegistration};
-use magnetar_bookie::sim::{crash, restart, MemStore, Shared, SimConnector, World};
+use magnetar_bookie::sim::{self, crash, restart, MemStore, Shared, SimConnector, World};
 use magnetar_broker::dedup::{Deduplication, Published};
 use magnetar_broker::dispatcher::{SubscribeOptions, SubscriptionType};
 use magnetar_broker::managed_ledger::{ManagedCursor, ManagedLedger, ManagedLedgerConfig, Position, Retention};
@@ -518,17 +517,7 @@ struct Outcome {
 }
 
 fn run_seed(seed: u64, mutation: Mutation) -> Result<Outcome, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .map_err(|error| format!("build runtime: {error}"))?;
-    runtime.block_on(async move {
-        match tokio::time::timeout(Duration::from_secs(3600), scenario(seed, mutation)).await {
-            Ok(result) => result,
-            Err(_) => Err("the scenario did not finish within an hour of simulated time (stuck)".to_owned()),
-        }
-    })
+    sim::run_paused(scenario(seed, mutation))
 }
 
 async fn scenario(seed: u64, mutation: Mutation) -> Result<Outcome, String> {
@@ -540,13 +529,7 @@ async fn scenario(seed: u64, mutation: Mutation) -> Result<Outcome, String> {
     world.lock().answer_before_sync = mutation == Mutation::AnswerBeforeSync;
     let meta = MemStore::new(world.clone());
     let store: Arc<dyn MetadataStore> = meta.clone();
-    for index in 0..BOOKIES {
-        let registration = BookieRegistration::new(format!("bookie-{index}"), format!("sim:{index}"))
-            .with_host(format!("sim-host-{index}"));
-        registration::register(store.as_ref(), &registration, Duration::from_secs(10))
-            .await
-            .map_err(|error| format!("register bookie: {error}"))?;
-    }
+    sim::register_bookies(store.as_ref(), BOOKIES).await?;
     let (ensemble_size, write_quorum, ack_quorum) = CONFIGS[rng.random_range(0..CONFIGS.len())];
     let ml_config = ManagedLedgerConfig {
         max_entries_per_ledger: rng.random_range(3..40),

@@ -432,3 +432,49 @@ async fn a_broker_started_before_etcd_answers_waits_for_it() -> anyhow::Result<(
     ensure!(clusters.0 == 200, "the broker answers its admin API: {clusters:?}");
     Ok(())
 }
+
+/// A named producer whose publish could not be made durable (a bookie of a two-bookie
+/// ensemble died, and no other bookie can replace it) is closed by the broker; once the
+/// bookie is back, its client registers it again and the send goes through. The closed
+/// producer must be gone from the topic by then, or the name is "already connected" for as
+/// long as the connection lives (the chaos harness's seed 100 found that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_closed_after_a_storage_failure_registers_again_and_publishes() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(2, REPLICATION).await?;
+    let topic = "persistent://public/default/storage-failure";
+    let client = Client::connect(&cluster.service_url()).await?;
+    // Subscribed first: without a subscription (or retention) the broker keeps nothing.
+    let mut consumer = client
+        .consumer(topic, "check")
+        .subscription_type(SubscriptionType::Exclusive)
+        .initial_position(InitialPosition::Earliest)
+        .subscribe()
+        .await?;
+    let mut producer = client.producer(topic).name("steady").create().await?;
+    for index in 0..20 {
+        producer.send(payload(index)).await.with_context(|| format!("send {index} before the fault"))?;
+    }
+    cluster.bookies[1].kill9()?;
+    let receipt = producer.send_async(ProducerMessage::new(payload(20))).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.bookies[1].restart().await?;
+    tokio::time::timeout(Duration::from_secs(60), receipt)
+        .await
+        .context("the send during the fault was not acknowledged within 60 s of the bookie's return")?
+        .map_err(|error| anyhow::anyhow!("the send during the fault: {error:?}"))?;
+    let log = cluster.broker.log();
+    ensure!(log.contains("closing the producer so its client resends"), "the fault never reached the producer:\n{log}");
+    ensure!(!log.contains("is already connected"), "the closed producer kept its name:\n{log}");
+    for index in 21..30 {
+        producer.send(payload(index)).await.with_context(|| format!("send {index} after the fault"))?;
+    }
+    let mut received = Vec::new();
+    while received.last() != Some(&29) {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.receive())
+            .await
+            .with_context(|| format!("nothing arrived after {received:?}"))??;
+        received.push(index_of(&message.payload)?);
+    }
+    check_delivery(&received, 30).with_context(|| format!("received {received:?}"))?;
+    Ok(())
+}

@@ -632,8 +632,12 @@ impl Connection {
             }
         };
         let (receipts, queue) = mpsc::channel(MAX_PENDING_SENDS_PER_PRODUCER);
-        let counters =
-            receipts::Counters { broker: self.service.metrics.clone(), topic: topic.clone(), producer: stats };
+        let counters = receipts::Counters {
+            broker: self.service.metrics.clone(),
+            topic: topic.clone(),
+            producer: stats,
+            producer_key: key,
+        };
         let closed = Arc::new(AtomicBool::new(false));
         tokio::spawn(answer_receipts(request.producer_id, queue, self.outbound.clone(), counters, closed.clone()));
         let ready = Arc::new(AtomicBool::new(matches!(admission, Admission::Ready)));
@@ -755,6 +759,20 @@ impl Connection {
                 Ok(durable) => durable,
                 Err(BrokerError::TopicFenced { .. }) => {
                     debug!(topic = %producer.topic.name(), "publish to a closing topic dropped; the client resends it");
+                    return;
+                }
+                Err(error @ BrokerError::Storage(_)) => {
+                    // As when a publish fails to persist (receipts.rs): a SEND_ERROR here
+                    // would let this producer's next send be stored before this one is sent
+                    // again (out of order; with deduplication, this one would then be taken
+                    // for a duplicate and lost). Closed now, before its next send is read,
+                    // and gone from the topic, the producer is told to go after the receipts
+                    // before this one, and its client resends everything from here in order.
+                    warn!(topic = %producer.topic.name(), sequence_id, %error, "publish not handed to storage; closing the producer so its client resends");
+                    Metrics::add(&self.service.metrics.send_errors, 1);
+                    producer.closed.store(true, Ordering::Release);
+                    producer.topic.remove_producer(&producer.name, producer.key);
+                    let _ = producer.receipts.send(ReceiptItem::Close).await;
                     return;
                 }
                 Err(error) => {

@@ -34,16 +34,19 @@ pub struct PendingReceipt {
 /// What a producer's receipt task answers, in order.
 pub enum ReceiptItem {
     Publish(PendingReceipt),
-    /// The topic closed (moving to another broker): after the receipts before it, send
-    /// CLOSE_PRODUCER so the client reconnects through a lookup and resends the rest.
+    /// The topic closed (moving to another broker), or a publish could not be handed to
+    /// storage: after the receipts before it, send CLOSE_PRODUCER so the client reconnects
+    /// (through a lookup) and resends the rest. Nothing after it is answered.
     Close,
 }
 
-/// Where a durable publish is counted: the broker's totals, its topic's and its producer's.
+/// Where a durable publish is counted: the broker's totals, its topic's and its producer's;
+/// `producer_key` is the producer's registration on the topic.
 pub struct Counters {
     pub broker: Arc<Metrics>,
     pub topic: Arc<Topic>,
     pub producer: Arc<ProducerStats>,
+    pub producer_key: u64,
 }
 
 /// Answers one producer's publishes in order, each once durable.
@@ -68,6 +71,8 @@ pub async fn answer_receipts(
                 if outbound.send(Outbound::command(close)).await.is_err() {
                     return;
                 }
+                // Closed once: whatever follows is sent again after the client registers.
+                failed = true;
                 continue;
             }
         };
@@ -96,6 +101,10 @@ pub async fn answer_receipts(
                 closed.store(true, Ordering::Release);
                 failed = true;
                 drop(pending);
+                // Gone from the topic before the client hears of it, as Pulsar's broker-side
+                // close: the client registers the producer again (under any producer id, on
+                // any connection), and its name must be free by then.
+                counters.topic.remove_producer(&counters.producer.name, counters.producer_key);
                 command::close_producer(producer_id, u64::MAX)
             }
             Err(error) => {
