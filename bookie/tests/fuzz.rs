@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use fuzz_support::alloc::largest_allocation;
-use fuzz_support::{apply, config, interesting_u32, mutated, mutation, Mutation};
+use fuzz_support::{apply, config, interesting_u32, mutated, mutation, toml_text, Mutation};
 use magnetar_bookie::config::JournalConfig;
 use magnetar_bookie::journal::{self, replay, Journal, Record};
 use magnetar_bookie::server::{MAX_RANGE_BYTES, MAX_RANGE_ENTRIES};
@@ -633,26 +633,6 @@ fn wrong_value_of(kind: Kind) -> BoxedStrategy<String> {
         Kind::Bool => prop_oneof![text, number, table].boxed(),
         Kind::TextList => prop_oneof![text, number, boolean].boxed(),
     }
-}
-
-/// A settings file of `(key, value)` lines, sections as TOML wants them.
-fn toml_text(entries: &[(&str, String)]) -> String {
-    let mut sections: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (key, value) in entries {
-        let (section, name) = key.split_once('.').unwrap_or(("", key));
-        sections.entry(section).or_default().push(format!("{name} = {value}"));
-    }
-    let mut text = String::new();
-    for (section, lines) in sections {
-        if !section.is_empty() {
-            text.push_str(&format!("[{section}]\n"));
-        }
-        for line in lines {
-            text.push_str(&line);
-            text.push('\n');
-        }
-    }
-    text
 }
 
 fn settings_entries() -> impl Strategy<Value = Vec<(&'static str, String)>> {

@@ -212,3 +212,24 @@ pub mod alloc {
         (result, LARGEST.get())
     }
 }
+
+/// A settings file of `(key, value)` lines, a key `section.name` under its `[section]`, as
+/// TOML wants them (the bookie and broker settings fuzzers write their files with it).
+pub fn toml_text(entries: &[(&str, String)]) -> String {
+    let mut sections = std::collections::BTreeMap::<&str, Vec<String>>::new();
+    for (key, value) in entries {
+        let (section, name) = key.split_once('.').unwrap_or(("", key));
+        sections.entry(section).or_default().push(format!("{name} = {value}"));
+    }
+    let mut text = String::new();
+    for (section, lines) in sections {
+        if !section.is_empty() {
+            text.push_str(&format!("[{section}]\n"));
+        }
+        for line in lines {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    text
+}

@@ -8,9 +8,7 @@
 #[path = "../../../../proto/tests/fuzz_support/mod.rs"]
 mod fuzz_support;
 
-use std::collections::BTreeMap;
-
-use fuzz_support::{config, interesting_u32, mutated};
+use fuzz_support::{config, interesting_u32, mutated, toml_text};
 use proptest::prelude::*;
 
 use crate::pulsar_conf::{Kind, KEYS};
@@ -67,25 +65,6 @@ fn conf_value(kind: Kind) -> BoxedStrategy<String> {
         Kind::Bool => prop_oneof![Just("true".to_owned()), Just("false".to_owned())].boxed(),
     };
     prop_oneof![3 => right, 1 => anything].boxed()
-}
-
-fn toml_text(entries: &[(&str, String)]) -> String {
-    let mut sections: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (key, value) in entries {
-        let (section, name) = key.split_once('.').unwrap_or(("", key));
-        sections.entry(section).or_default().push(format!("{name} = {value}"));
-    }
-    let mut text = String::new();
-    for (section, lines) in sections {
-        if !section.is_empty() {
-            text.push_str(&format!("[{section}]\n"));
-        }
-        for line in lines {
-            text.push_str(&line);
-            text.push('\n');
-        }
-    }
-    text
 }
 
 /// Settings with values of the right kind for a random subset of the keys.
