@@ -452,3 +452,45 @@ def test_second_exclusive_consumer_and_other_type_get_consumer_busy(client: puls
     produce(client, topic, 1)
     assert owner.receive(timeout_millis=RECEIVE_TIMEOUT_MS).data() == b"m-0"
     owner.close()
+
+
+def test_consumers_of_separate_clients_share_a_subscription(magnetar: MagnetarProcess) -> None:
+    """Instances of an application each run their own client, and each client numbers its
+    consumers from 0: the broker must tell consumers apart by connection, not by that id.
+    Two clients subscribing to one Shared subscription at the same moment both attach."""
+    import threading
+
+    topic = unique_topic("py-instances")
+    clients = [pulsar.Client(magnetar.service_url) for _ in range(2)]
+    consumers: list = [None, None]
+    errors: list = []
+
+    def subscribe(index: int) -> None:
+        try:
+            consumers[index] = clients[index].subscribe(
+                topic, "instances", consumer_type=pulsar.ConsumerType.Shared, consumer_name=f"instance-{index}"
+            )
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(f"instance-{index}: {error}")
+
+    try:
+        threads = [threading.Thread(target=subscribe, args=(index,)) for index in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, f"a consumer was refused: {errors}"
+        produce(clients[0], topic, 40)
+        received = []
+        for consumer in consumers:
+            while True:
+                try:
+                    message = consumer.receive(timeout_millis=QUIET_RECEIVE_TIMEOUT_MS)
+                except pulsar.Timeout:
+                    break
+                received.append(message.data().decode())
+                consumer.acknowledge(message)
+        assert sorted(received) == sorted(f"m-{i}" for i in range(40)), "each message exactly once"
+    finally:
+        for client in clients:
+            client.close()

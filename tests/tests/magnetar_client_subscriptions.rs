@@ -224,3 +224,67 @@ async fn keys_route_to_their_partition_and_a_reader_starts_at_an_id() -> anyhow:
     }
     Ok(())
 }
+
+/// Consumers of one subscription from different clients (as several instances of an
+/// application are): each client numbers its consumers from the same start, so their
+/// consumer ids collide, and the broker must tell them apart by connection. Three clients on
+/// one Shared subscription all attach and split the messages; two on one Failover
+/// subscription both attach and one of them gets everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_from_different_clients_share_a_subscription() -> anyhow::Result<()> {
+    let standalone = Standalone::start().await?;
+    let topic = "persistent://public/default/client-instances";
+    let mut clients = Vec::new();
+    let mut shared = Vec::new();
+    for name in ["one", "two", "three"] {
+        let client = Client::connect(&standalone.service_url()).await?;
+        let consumer = client
+            .consumer(topic, "instances")
+            .subscription_type(SubscriptionType::Shared)
+            .consumer_name(name)
+            .subscribe()
+            .await
+            .with_context(|| format!("Shared consumer {name} from its own client"))?;
+        shared.push(consumer);
+        clients.push(client);
+    }
+    let mut failover = Vec::new();
+    for (client, name) in clients.iter().zip(["first", "second"]) {
+        let consumer = client
+            .consumer(topic, "standby")
+            .subscription_type(SubscriptionType::Failover)
+            .consumer_name(name)
+            .subscribe()
+            .await
+            .with_context(|| format!("Failover consumer {name} from its own client"))?;
+        failover.push(consumer);
+    }
+    let mut producer = clients[0].producer(topic).create().await?;
+    for index in 0..30u32 {
+        producer.send(format!("m{index}")).await?;
+    }
+    let mut received = BTreeSet::new();
+    let mut per_consumer = Vec::new();
+    for consumer in &mut shared {
+        let mut count = 0;
+        while let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), consumer.receive()).await {
+            ensure!(received.insert(message.payload.clone()), "a message reached two Shared consumers");
+            consumer.ack(&message).await?;
+            count += 1;
+        }
+        per_consumer.push(count);
+    }
+    ensure!(received.len() == 30, "the Shared consumers got {} of 30 ({per_consumer:?})", received.len());
+    let mut failover_counts = Vec::new();
+    for consumer in &mut failover {
+        let mut count = 0;
+        while let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(2), consumer.receive()).await {
+            consumer.ack(&message).await?;
+            count += 1;
+        }
+        failover_counts.push(count);
+    }
+    failover_counts.sort();
+    ensure!(failover_counts == [0, 30], "one Failover consumer gets everything: {failover_counts:?}");
+    Ok(())
+}

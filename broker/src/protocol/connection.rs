@@ -54,6 +54,9 @@ const READ_CHUNK: usize = 64 * 1024;
 const MAX_WATCHERS_PER_CONNECTION: usize = 256;
 
 static NEXT_PRODUCER_KEY: AtomicU64 = AtomicU64::new(1);
+/// Consumer ids are the client's, unique on its connection only (every client numbers its
+/// consumers from 0): a subscription knows its consumers by a key unique in the broker.
+static NEXT_CONSUMER_KEY: AtomicU64 = AtomicU64::new(1);
 
 struct ProducerEntry {
     topic: Arc<Topic>,
@@ -70,6 +73,8 @@ struct ProducerEntry {
 }
 
 struct ConsumerEntry {
+    /// How its subscription knows it ([`NEXT_CONSUMER_KEY`]).
+    key: u64,
     topic: Arc<Topic>,
     subscription: Arc<Subscription>,
     /// Its counters, as its subscription holds them (CONSUMER_STATS finds it by them).
@@ -361,13 +366,13 @@ impl Connection {
             (Type::Subscribe, BaseCommand { subscribe: Some(subscribe), .. }) => self.on_subscribe(subscribe).await,
             (Type::Flow, BaseCommand { flow: Some(flow), .. }) => {
                 if let Some(consumer) = self.consumers.get(&flow.consumer_id) {
-                    consumer.subscription.add_permits(flow.consumer_id, flow.message_permits);
+                    consumer.subscription.add_permits(consumer.key, flow.message_permits);
                 }
             }
             (Type::Ack, BaseCommand { ack: Some(ack), .. }) => self.on_ack(ack).await,
             (Type::RedeliverUnacknowledgedMessages, BaseCommand { redeliver_unacknowledged_messages: Some(r), .. }) => {
                 if let Some(consumer) = self.consumers.get(&r.consumer_id) {
-                    consumer.subscription.redeliver(r.consumer_id, &convert::positions(&r.message_ids));
+                    consumer.subscription.redeliver(consumer.key, &convert::positions(&r.message_ids));
                 }
             }
             (Type::CloseConsumer, BaseCommand { close_consumer: Some(close), .. }) => {
@@ -809,7 +814,7 @@ impl Connection {
 
     async fn subscribe(&mut self, request: pb::CommandSubscribe) -> Result<Arc<Subscription>, BrokerError> {
         if let Some(existing) = self.consumers.get(&request.consumer_id) {
-            if existing.subscription.has_consumer_id(request.consumer_id) {
+            if existing.subscription.has_consumer_id(existing.key) {
                 // A client repeating a subscribe it already made: answered as done, as Pulsar.
                 return Ok(existing.subscription.clone());
             }
@@ -852,8 +857,9 @@ impl Connection {
             client: self.client.clone(),
             ..ConsumerStats::default()
         });
+        let key = NEXT_CONSUMER_KEY.fetch_add(1, Ordering::Relaxed);
         let handle = NewConsumer {
-            consumer_id: request.consumer_id,
+            consumer_id: key,
             consumer_name: request.consumer_name.clone().unwrap_or_default(),
             priority_level: request.priority_level.unwrap_or(0),
             sink: Arc::new(ConnectionConsumer {
@@ -877,7 +883,8 @@ impl Connection {
             }
             return Err(error);
         }
-        self.consumers.insert(request.consumer_id, ConsumerEntry { topic, subscription: subscription.clone(), stats });
+        self.consumers
+            .insert(request.consumer_id, ConsumerEntry { key, topic, subscription: subscription.clone(), stats });
         Ok(subscription)
     }
 
@@ -929,11 +936,7 @@ impl Connection {
                 info!(peer = %self.peer, subscription = subscription.name(), ?mark_delete, "seek");
                 // Every consumer is closed and subscribes again, as with Pulsar.
                 let closed = subscription.reset(mark_delete);
-                for consumer_id in closed {
-                    if self.consumers.get(&consumer_id).is_some_and(|c| Arc::ptr_eq(&c.subscription, &subscription)) {
-                        self.consumers.remove(&consumer_id);
-                    }
-                }
+                self.consumers.retain(|_, c| !(closed.contains(&c.key) && Arc::ptr_eq(&c.subscription, &subscription)));
                 subscription.flush().await;
                 self.send(command::success(request.request_id)).await
             }
@@ -946,7 +949,7 @@ impl Connection {
             let error = BrokerError::NotAllowed { what: format!("no consumer {}", request.consumer_id) };
             return self.send_error(request.request_id, &error).await;
         };
-        match consumer.topic.unsubscribe(consumer.subscription.name(), request.consumer_id).await {
+        match consumer.topic.unsubscribe(consumer.subscription.name(), consumer.key).await {
             Ok(()) => {
                 self.consumers.remove(&request.consumer_id);
                 self.send(command::success(request.request_id)).await
@@ -1037,7 +1040,7 @@ impl Connection {
     /// Detaches the consumer; returns its subscription if it existed.
     fn remove_consumer(&mut self, consumer_id: u64) -> Option<Arc<Subscription>> {
         let consumer = self.consumers.remove(&consumer_id)?;
-        consumer.subscription.detach(consumer_id);
+        consumer.subscription.detach(consumer.key);
         if !consumer.subscription.is_durable() {
             // A reader's subscription goes with its consumer.
             let topic = consumer.topic.clone();

@@ -75,6 +75,8 @@ pub trait ConsumerSink: Send + Sync {
 
 /// A consumer attaching: who it is and where its messages go.
 pub struct NewConsumer {
+    /// Unique among the broker's consumers (not the client's consumer id, which is unique on
+    /// its connection only); every call about this consumer names it by this.
     pub consumer_id: u64,
     pub consumer_name: String,
     pub priority_level: i32,
