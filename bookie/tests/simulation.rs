@@ -137,6 +137,7 @@ async fn scenario(seed: u64) -> Result<Outcome, String> {
         let options = ClientOptions {
             add_timeout: Duration::from_millis(300),
             read_timeout: Duration::from_millis(300),
+            speculative_read_timeout: Duration::from_millis(100),
             seed: Some(seed),
         };
         Bookies::with_connector(meta_store.clone(), connector, options)

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::managed_ledger::EntryCacheStats;
 use crate::stats::{BucketCounts, Buckets, ENTRY_SIZE_BUCKETS, WRITE_LATENCY_BUCKETS};
 
 #[derive(Debug, Default)]
@@ -33,6 +34,8 @@ pub struct Gauges {
     pub per_topic: Vec<TopicGauges>,
     /// Label per topic (`exposeTopicLevelMetricsInPrometheus`) or per namespace only.
     pub topic_level: bool,
+    /// The broker's entry cache.
+    pub entry_cache: EntryCacheStats,
 }
 
 /// One topic's numbers at scrape time.
@@ -211,6 +214,21 @@ impl Metrics {
             &labels,
             get(&self.lookup_pending),
         );
+        // The entry cache, with Pulsar's `pulsar_ml_cache_*` names (Pulsar exports rates; these
+        // are the counters behind them).
+        let cache = &gauges.entry_cache;
+        let cache_samples: [(&'static str, &'static str, &'static str, u64); 7] = [
+            ("pulsar_ml_cache_used_size", "gauge", "Bytes of entries in the entry cache", cache.size_bytes),
+            ("pulsar_ml_cache_entries", "gauge", "Entries in the entry cache", cache.entries),
+            ("pulsar_ml_count", "gauge", "Managed ledgers open on this broker", cache.caches),
+            ("pulsar_ml_cache_hits_total", "counter", "Entries read from the entry cache", cache.hits),
+            ("pulsar_ml_cache_hits_throughput_total", "counter", "Bytes read from the entry cache", cache.hit_bytes),
+            ("pulsar_ml_cache_misses_total", "counter", "Reads the entry cache could not answer", cache.misses),
+            ("pulsar_ml_cache_evictions_total", "counter", "Entries evicted from the entry cache", cache.evicted),
+        ];
+        for (name, kind, help, value) in cache_samples {
+            families.sample(name, kind, help, &labels, value as f64);
+        }
         let open = get(&self.connections_opened) - get(&self.connections_closed);
         families.sample("pulsar_active_connections", "gauge", "Client connections open now", &labels, open.max(0.0));
         let (topics, topic_level) =
@@ -321,7 +339,7 @@ mod tests {
 
     #[test]
     fn topics_and_subscriptions_are_rendered_with_pulsar_labels() {
-        let gauges = Gauges { per_topic: vec![topic("public/default", "t")], topic_level: true };
+        let gauges = Gauges { per_topic: vec![topic("public/default", "t")], topic_level: true, ..Gauges::default() };
         let text = Metrics::default().render("c", gauges);
         assert_grouped(&text);
         let topic = "cluster=\"c\",namespace=\"public/default\",topic=\"persistent://public/default/t\"";
@@ -345,10 +363,22 @@ mod tests {
         let gauges = Gauges {
             per_topic: vec![topic("public/default", "t"), topic("public/default", "u"), topic("a/b", "t")],
             topic_level: false,
+            entry_cache: EntryCacheStats {
+                size_bytes: 2048,
+                entries: 2,
+                hits: 5,
+                hit_bytes: 5120,
+                misses: 1,
+                evicted: 3,
+                caches: 3,
+            },
         };
         let text = Metrics::default().render("c", gauges);
         assert_grouped(&text);
         assert!(!text.contains("topic=\""), "{text}");
+        assert!(text.contains("pulsar_ml_cache_used_size{cluster=\"c\"} 2048\n"), "{text}");
+        assert!(text.contains("pulsar_ml_cache_hits_total{cluster=\"c\"} 5\n"), "{text}");
+        assert!(text.contains("pulsar_ml_cache_misses_total{cluster=\"c\"} 1\n"), "{text}");
         assert!(text.contains("pulsar_producers_count{cluster=\"c\",namespace=\"public/default\"} 6\n"), "{text}");
         assert!(text.contains("pulsar_topics_count{cluster=\"c\",namespace=\"public/default\"} 2\n"), "{text}");
         assert!(text.contains("pulsar_producers_count{cluster=\"c\",namespace=\"a/b\"} 3\n"), "{text}");

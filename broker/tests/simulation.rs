@@ -48,7 +48,9 @@ use magnetar_bookie::client::{Bookies, ClientOptions, LedgerConfig};
 use magnetar_bookie::sim::{self, crash, restart, MemStore, Shared, SimConnector, World};
 use magnetar_broker::dedup::{Deduplication, Published};
 use magnetar_broker::dispatcher::{SubscribeOptions, SubscriptionType};
-use magnetar_broker::managed_ledger::{ManagedCursor, ManagedLedger, ManagedLedgerConfig, Position, Retention};
+use magnetar_broker::managed_ledger::{
+    EntryCacheConfig, EntryCacheManager, ManagedCursor, ManagedLedger, ManagedLedgerConfig, Position, Retention,
+};
 use magnetar_broker::stats::ConsumerStats;
 use magnetar_broker::subscription::{
     task, ConsumerSink, InitialPosition, NewConsumer, OutgoingMessage, StartAt, Subscription,
@@ -233,6 +235,7 @@ impl Sim {
         let options = ClientOptions {
             add_timeout: Duration::from_millis(300),
             read_timeout: Duration::from_millis(300),
+            speculative_read_timeout: Duration::from_millis(100),
             seed: Some(self.client_seeds.lock().random()),
         };
         Bookies::with_connector(self.store.clone(), connector, options)
@@ -251,9 +254,15 @@ impl Sim {
                 .put_ephemeral(session, OWNER_KEY, generation.to_string().into_bytes(), Expected::Absent)
                 .await
                 .map_err(|error| format!("ownership: {error}"))?;
-            let ledger = ManagedLedger::open(MANAGED_LEDGER, self.bookies(), self.ledger_config, self.ml_config)
-                .await
-                .map_err(|error| format!("managed ledger: {error}"))?;
+            let ledger = ManagedLedger::open(
+                MANAGED_LEDGER,
+                self.bookies(),
+                self.ledger_config,
+                self.ml_config,
+                &EntryCacheManager::new(self.ml_config.cache),
+            )
+            .await
+            .map_err(|error| format!("managed ledger: {error}"))?;
             let dedup = Deduplication::open(ledger.clone(), self.store.clone())
                 .await
                 .map_err(|error| format!("deduplication: {error}"))?;
@@ -537,6 +546,12 @@ async fn scenario(seed: u64, mutation: Mutation) -> Result<Outcome, String> {
         cursor_max_entries_per_ledger: rng.random_range(2..20),
         retention: if rng.random_bool(0.5) { Retention::NONE } else { Retention::INFINITE },
         check_interval: Duration::from_millis(rng.random_range(50..500)),
+        // No cache, one small enough to be always under pressure, or a roomy one.
+        cache: EntryCacheConfig {
+            size_bytes: [0, 256, 1 << 20][rng.random_range(0..3)],
+            eviction_watermark: 0.5,
+            eviction_time: Duration::from_secs(1),
+        },
         ..ManagedLedgerConfig::default()
     };
     let sub_type = [

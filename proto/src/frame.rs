@@ -266,19 +266,30 @@ pub fn encode_parts(
     max_frame_size: usize,
     dst: &mut BytesMut,
 ) -> Result<(), FrameError> {
+    encode_head(command, payload.map_or(0, <[u8]>::len), max_frame_size, dst)?;
+    if let Some(payload) = payload {
+        dst.put_slice(payload);
+    }
+    Ok(())
+}
+
+/// Writes the start of a frame (sizes and command) whose `payload_len` payload bytes the
+/// caller sends right after it (a vectored write of a stored entry, uncopied).
+pub fn encode_head(
+    command: &BaseCommand,
+    payload_len: usize,
+    max_frame_size: usize,
+    dst: &mut BytesMut,
+) -> Result<(), FrameError> {
     let command_len = command.encoded_len();
-    let payload_len = payload.map_or(0, <[u8]>::len);
     let total = 4 + command_len + payload_len;
     if total > max_frame_size {
         return Err(FrameError::TooLarge { size: total, max: max_frame_size });
     }
-    dst.reserve(4 + total);
+    dst.reserve(4 + total - payload_len);
     dst.put_u32(total as u32);
     dst.put_u32(command_len as u32);
     command.encode_raw(dst);
-    if let Some(payload) = payload {
-        dst.put_slice(payload);
-    }
     Ok(())
 }
 

@@ -328,6 +328,9 @@ impl BookieConnector for GrpcConnector {
     }
 }
 
+/// Default of [`ClientOptions::speculative_read_timeout`].
+pub const DEFAULT_SPECULATIVE_READ_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Time limits and the seed of the protocol's choices, for every ledger handled through one
 /// [`Bookies`].
 #[derive(Debug, Clone, Copy)]
@@ -336,6 +339,9 @@ pub struct ClientOptions {
     pub add_timeout: Duration,
     /// Limit of one read, fence or LAC call.
     pub read_timeout: Duration,
+    /// A read one bookie has not answered this long is also asked of the next copy, and the
+    /// first answer wins (BookKeeper's speculative reads); zero: only after a failure.
+    pub speculative_read_timeout: Duration,
     /// Seeds the choice of bookies and master keys (a simulation replays it); `None` seeds
     /// from the operating system.
     pub seed: Option<u64>,
@@ -343,7 +349,12 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { add_timeout: Duration::from_secs(30), read_timeout: Duration::from_secs(30), seed: None }
+        ClientOptions {
+            add_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(30),
+            speculative_read_timeout: DEFAULT_SPECULATIVE_READ_TIMEOUT,
+            seed: None,
+        }
     }
 }
 

@@ -29,7 +29,7 @@ pub mod writer;
 
 pub use connection::{BookieConnection, Bookies, ClientOptions, GrpcConnector};
 pub use metadata::LedgerConfig;
-pub use reader::{read_entries, read_last_add_confirmed, wait_last_add_confirmed};
+pub use reader::{read_entries, read_entries_spread, read_last_add_confirmed, wait_last_add_confirmed};
 pub use recovery::recover_ledger;
 pub use rpc::{AddRequest, BookieConnector, BookieRpc, LedgerEnd};
 pub use writer::{ConfirmHook, LedgerWriter};

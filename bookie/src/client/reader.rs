@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 
-use super::connection::Bookies;
+use super::connection::{Bookies, ClientOptions};
 use super::metadata::{write_set, Ledger};
 use crate::error::BookieError;
 use crate::ids::{EntryId, LedgerId};
@@ -44,7 +44,9 @@ pub async fn read_entries(
     // Checked when read: E bookies in the fragment, E >= Qw >= 1.
     let write_quorum = ledger.write_quorum();
     if write_quorum == ensemble.len() {
-        return read_range(bookies, ledger_id, ensemble, first, last, max_entries, max_bytes).await;
+        // Start at the bookie `first` is written to first, so reads spread over the ensemble.
+        let preferred = (first.0 % ensemble.len() as u64) as usize;
+        return read_range(bookies, ledger_id, ensemble, preferred, (first, last), max_entries, max_bytes).await;
     }
     // Striped: no bookie holds every entry; read them one by one, concurrently, keeping the
     // consecutive run from `first`.
@@ -76,80 +78,159 @@ pub async fn read_entries(
     Ok(out)
 }
 
-/// One entry from the first of `bookie_ids` that returns it (each within the read timeout);
-/// the last error if none does.
+/// One entry from the first of `bookie_ids` that returns it (each within the read timeout,
+/// the next asked at once after a failure or speculatively after a slow answer); the last
+/// error if none does.
 pub(super) async fn read_entry(
     bookies: &Bookies,
     ledger_id: LedgerId,
     entry_id: EntryId,
     bookie_ids: &[&String],
 ) -> Result<Bytes, BookieError> {
-    let timeout = bookies.options().read_timeout;
-    let mut last_error = None;
-    for bookie_id in bookie_ids {
-        let attempt = async {
-            let bookie = bookies.get(bookie_id).await?;
-            bookie.read_entry(ledger_id, entry_id, None).await
-        };
-        let result = tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| {
-            Err(BookieError::Timeout { bookie: (*bookie_id).clone(), what: format!("read of entry {entry_id}") })
-        });
-        match result {
-            Ok((payload, _)) => return Ok(payload),
-            Err(error) => {
-                tracing::debug!(bookie = %bookie_id, %ledger_id, %entry_id, %error, "read failed, trying next bookie");
-                last_error = Some(error);
-            }
-        }
-    }
-    Err(last_error.unwrap_or(BookieError::NoSuchEntry { ledger_id: ledger_id.0, entry_id: entry_id.0 }))
+    let what = format!("read of entry {entry_id}");
+    first_answer(bookies.options(), bookie_ids.len(), &what, |index| async move {
+        let bookie_id = bookie_ids[index];
+        let bookie = bookies.get(bookie_id).await?;
+        bookie.read_entry(ledger_id, entry_id, None).await.map(|(payload, _)| payload)
+    })
+    .await
+    .map_err(|error| error.unwrap_or(BookieError::NoSuchEntry { ledger_id: ledger_id.0, entry_id: entry_id.0 }))
 }
 
-/// A range from one bookie of a fragment where every bookie holds every entry, trying each in
-/// turn; keeps the consecutive run starting at `first`.
+/// A range from one bookie of a fragment where every bookie holds every entry, asking the one
+/// at `preferred` (modulo the ensemble) first and the others in turn; keeps the consecutive run
+/// starting at `first`.
 async fn read_range(
     bookies: &Bookies,
     ledger_id: LedgerId,
     ensemble: &[String],
+    preferred: usize,
+    range: (EntryId, EntryId),
+    max_entries: u32,
+    max_bytes: u64,
+) -> Result<Vec<(EntryId, Bytes)>, BookieError> {
+    let (first, last) = range;
+    let what = format!("read of entries {first}..={last}");
+    first_answer(bookies.options(), ensemble.len(), &what, |offset| async move {
+        let bookie_id = &ensemble[(preferred + offset) % ensemble.len()];
+        let bookie = bookies.get(bookie_id).await?;
+        let entries = bookie.read_range(ledger_id, first, last, max_entries, max_bytes).await?;
+        // A bookie may miss entries it never acknowledged: keep the run from `first`.
+        let run: Vec<(EntryId, Bytes)> = entries
+            .into_iter()
+            .zip(first.through(last))
+            .take_while(|((entry_id, _), expected)| entry_id == expected)
+            .map(|(entry, _)| entry)
+            .collect();
+        if run.is_empty() {
+            return Err(BookieError::NoSuchEntry { ledger_id: ledger_id.0, entry_id: first.0 });
+        }
+        Ok(run)
+    })
+    .await
+    .map_err(|error| error.unwrap_or(BookieError::NoSuchEntry { ledger_id: ledger_id.0, entry_id: first.0 }))
+}
+
+/// Asks candidates `0..count` in turn with `attempt` (each bounded by the read timeout): the
+/// next one at once when one fails, and also, speculatively, when the ones asked have not
+/// answered within [`ClientOptions::speculative_read_timeout`](super::ClientOptions). The
+/// first success wins (the slower attempts are dropped); the last error if every one failed.
+async fn first_answer<T, F, Fut>(
+    options: &ClientOptions,
+    count: usize,
+    what: &str,
+    attempt: F,
+) -> Result<T, Option<BookieError>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, BookieError>>,
+{
+    let (timeout, speculative) = (options.read_timeout, options.speculative_read_timeout);
+    let mut running = FuturesUnordered::new();
+    let mut next = 0;
+    let mut last_error = None;
+    let launch = |index: usize| {
+        let attempt = attempt(index);
+        async move {
+            tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| {
+                Err(BookieError::Timeout { bookie: format!("copy {index}"), what: what.to_owned() })
+            })
+        }
+    };
+    while next < count || !running.is_empty() {
+        if running.is_empty() {
+            running.push(launch(next));
+            next += 1;
+        }
+        let hedge = next < count && !speculative.is_zero();
+        let answered = tokio::select! {
+            Some(result) = running.next() => Some(result),
+            () = tokio::time::sleep(speculative), if hedge => None,
+        };
+        let Some(result) = answered else {
+            tracing::debug!(what, copy = next, "read slow; asking the next copy as well");
+            running.push(launch(next));
+            next += 1;
+            continue;
+        };
+        match result {
+            Ok(value) => return Ok(value),
+            Err(error) => {
+                tracing::debug!(what, %error, "read failed, trying the next copy");
+                last_error = Some(error);
+            }
+        }
+    }
+    Err(last_error)
+}
+
+/// As [`read_entries`], for a larger range: where every bookie of the fragment holds every
+/// entry, the range is cut into runs of at most `max_entries` read from different copies at
+/// once (a catch-up read is spread over the ensemble instead of queueing on one bookie). Each
+/// run is bounded by `max_bytes`; the consecutive entries from `first` are returned.
+pub async fn read_entries_spread(
+    bookies: &Bookies,
+    ledger: &Ledger,
     first: EntryId,
     last: EntryId,
     max_entries: u32,
     max_bytes: u64,
 ) -> Result<Vec<(EntryId, Bytes)>, BookieError> {
-    let timeout = bookies.options().read_timeout;
-    let mut last_error = None;
-    // Start at the bookie `first` is written to first, so reads spread over the ensemble.
-    let start = (first.0 % ensemble.len() as u64) as usize;
-    for offset in 0..ensemble.len() {
-        let bookie_id = &ensemble[(start + offset) % ensemble.len()];
-        let attempt = async {
-            let bookie = bookies.get(bookie_id).await?;
-            bookie.read_range(ledger_id, first, last, max_entries, max_bytes).await
-        };
-        let result = tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| {
-            Err(BookieError::Timeout { bookie: bookie_id.clone(), what: format!("read of entries {first}..={last}") })
-        });
+    if last < first {
+        return Err(BookieError::NoSuchEntry { ledger_id: ledger.id().0, entry_id: first.0 });
+    }
+    let index = ledger.fragment_index(first);
+    let ensemble = &ledger.fragments()[index].bookies;
+    let last = last.min(ledger.fragment_end(index).unwrap_or(EntryId(u64::MAX)));
+    let run = u64::from(max_entries.max(1));
+    if ledger.write_quorum() != ensemble.len() || last.0 - first.0 < run {
+        return read_entries(bookies, ledger, first, last, max_entries, max_bytes).await;
+    }
+    let runs = (first.0..=last.0).step_by(run as usize).enumerate().map(|(i, start)| {
+        let end = EntryId(last.0.min(start + run - 1));
+        read_range(bookies, ledger.id(), ensemble, i, (EntryId(start), end), max_entries, max_bytes)
+    });
+    let mut out: Vec<(EntryId, Bytes)> = Vec::new();
+    for result in futures::future::join_all(runs).await {
         match result {
             Ok(entries) => {
-                // A bookie may miss entries it never acknowledged: keep the run from `first`.
-                let run: Vec<(EntryId, Bytes)> = entries
-                    .into_iter()
-                    .zip(first.through(last))
-                    .take_while(|((entry_id, _), expected)| entry_id == expected)
-                    .map(|(entry, _)| entry)
-                    .collect();
-                if !run.is_empty() {
-                    return Ok(run);
+                // Keep only what continues the run from `first` (a run cut short by
+                // `max_bytes` ends it).
+                let continues = match (out.last(), entries.first()) {
+                    (None, _) => true,
+                    (Some((before, _)), Some((next, _))) => next.0 == before.0 + 1,
+                    (Some(_), None) => false,
+                };
+                if !continues {
+                    break;
                 }
-                last_error = Some(BookieError::NoSuchEntry { ledger_id: ledger_id.0, entry_id: first.0 });
+                out.extend(entries);
             }
-            Err(error) => {
-                tracing::debug!(bookie = %bookie_id, %ledger_id, %first, %error, "read failed, trying next bookie");
-                last_error = Some(error);
-            }
+            Err(error) if out.is_empty() => return Err(error),
+            Err(_) => break,
         }
     }
-    Err(last_error.unwrap_or(BookieError::NoSuchEntry { ledger_id: ledger_id.0, entry_id: first.0 }))
+    Ok(out)
 }
 
 /// The highest last-add-confirmed any bookie of the last fragment reports (-1: none). Every
@@ -213,5 +294,68 @@ async fn poll_last_add_confirmed(
         (Some(lac), _) => Ok(lac),
         (None, Some(error)) => Err(error),
         (None, None) => Ok(floor),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(speculative_ms: u64) -> ClientOptions {
+        ClientOptions {
+            read_timeout: Duration::from_secs(30),
+            speculative_read_timeout: Duration::from_millis(speculative_ms),
+            ..ClientOptions::default()
+        }
+    }
+
+    /// Copy 0 hangs, copy 1 answers at once when asked.
+    async fn hanging_first(index: usize) -> Result<usize, BookieError> {
+        if index == 0 {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+        }
+        Ok(index)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_copy_is_hedged_by_the_next_after_the_speculative_timeout() {
+        let started = tokio::time::Instant::now();
+        let answer = first_answer(&options(500), 3, "test read", hanging_first).await;
+        assert_eq!(answer.ok(), Some(1), "the second copy answered");
+        assert_eq!(started.elapsed(), Duration::from_millis(500), "asked once the first was slow");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_speculation_a_slow_copy_is_waited_for() {
+        let started = tokio::time::Instant::now();
+        let answer = first_answer(&options(0), 3, "test read", hanging_first).await;
+        assert_eq!(answer.ok(), Some(0));
+        assert_eq!(started.elapsed(), Duration::from_secs(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_copy_moves_on_at_once_and_the_last_error_is_kept() {
+        let started = tokio::time::Instant::now();
+        let answer = first_answer(&options(500), 3, "test read", |index| async move {
+            match index {
+                2 => Ok(index),
+                _ => Err(BookieError::NoSuchEntry { ledger_id: 1, entry_id: index as u64 }),
+            }
+        })
+        .await;
+        assert_eq!(answer.ok(), Some(2));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        let failed: Result<usize, _> = first_answer(&options(500), 2, "test read", |index| async move {
+            Err(BookieError::NoSuchEntry { ledger_id: 1, entry_id: index as u64 })
+        })
+        .await;
+        assert!(matches!(failed, Err(Some(BookieError::NoSuchEntry { entry_id: 1, .. }))), "{failed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_past_the_read_timeout_counts_as_failed() {
+        let options = ClientOptions { read_timeout: Duration::from_secs(1), ..options(0) };
+        let answer = first_answer(&options, 2, "test read", hanging_first).await;
+        assert_eq!(answer.ok(), Some(1), "the first timed out, the second answered");
     }
 }

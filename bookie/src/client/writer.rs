@@ -196,6 +196,14 @@ impl LedgerWriter {
     /// acknowledged by an ack quorum, or the error that stopped the writer. Entry ids follow
     /// the order of calls.
     pub async fn add(&self, payload: Bytes) -> Result<oneshot::Receiver<Result<u64, BookieError>>, BookieError> {
+        Ok(self.place(payload).await?.1)
+    }
+
+    /// As [`LedgerWriter::add`], also returning the entry id the entry was given.
+    pub async fn place(
+        &self,
+        payload: Bytes,
+    ) -> Result<(u64, oneshot::Receiver<Result<u64, BookieError>>), BookieError> {
         let mut next_entry_id = self.next_entry_id.lock().await;
         if *self.closed.lock() {
             return Err(BookieError::LedgerClosed { ledger_id: self.ledger_id.0 });
@@ -210,7 +218,7 @@ impl LedgerWriter {
             .await
             .map_err(|_| BookieError::Stopped { what: "ledger writer task" })?;
         *next_entry_id += 1;
-        Ok(answer)
+        Ok((entry_id, answer))
     }
 
     /// Waits for every add sent so far, then closes the ledger in metadata at the last

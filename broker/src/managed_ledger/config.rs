@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::entry_cache::EntryCacheConfig;
+
 /// The managed ledger section of the broker's settings, as written in a config file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ManagedLedgerSettings {
     /// Entries after which the current ledger is closed and a new one started.
@@ -32,6 +34,13 @@ pub struct ManagedLedgerSettings {
     pub default_retention_size_in_mb: i64,
     /// How often each managed ledger checks rollover by age and trims (seconds).
     pub retention_check_interval_in_seconds: u64,
+    /// Most MiB of entries the broker keeps in memory for readers at the tail (the entry
+    /// cache); 0 disables it.
+    pub managed_ledger_cache_size_mb: u64,
+    /// When the cache is full, entries are evicted down to this fraction of its size.
+    pub managed_ledger_cache_eviction_watermark: f64,
+    /// Cached entries older than this (milliseconds) are evicted.
+    pub managed_ledger_cache_eviction_time_threshold_millis: u64,
 }
 
 impl Default for ManagedLedgerSettings {
@@ -45,6 +54,9 @@ impl Default for ManagedLedgerSettings {
             default_retention_time_in_minutes: 0,
             default_retention_size_in_mb: 0,
             retention_check_interval_in_seconds: 120,
+            managed_ledger_cache_size_mb: DEFAULT_CACHE_SIZE_MB,
+            managed_ledger_cache_eviction_watermark: 0.9,
+            managed_ledger_cache_eviction_time_threshold_millis: 1000,
         }
     }
 }
@@ -63,8 +75,12 @@ impl Retention {
     pub const INFINITE: Retention = Retention { time: None, size_bytes: None };
 }
 
+/// Default of `managed_ledger_cache_size_mb` (Pulsar's default is a fifth of the broker's
+/// direct memory).
+pub const DEFAULT_CACHE_SIZE_MB: u64 = 512;
+
 /// Checked managed ledger settings, in the units the code uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ManagedLedgerConfig {
     pub max_entries_per_ledger: u64,
     pub max_size_per_ledger_bytes: u64,
@@ -73,6 +89,7 @@ pub struct ManagedLedgerConfig {
     pub cursor_max_entries_per_ledger: u64,
     pub retention: Retention,
     pub check_interval: Duration,
+    pub cache: EntryCacheConfig,
 }
 
 impl Default for ManagedLedgerConfig {
@@ -86,6 +103,7 @@ impl Default for ManagedLedgerConfig {
             cursor_max_entries_per_ledger: 50_000,
             retention: Retention::NONE,
             check_interval: Duration::from_secs(120),
+            cache: EntryCacheConfig::default(),
         })
     }
 }
@@ -144,6 +162,14 @@ impl ManagedLedgerConfig {
         if s.retention_check_interval_in_seconds == 0 {
             return Err(invalid("retention_check_interval_in_seconds", 0, "must be at least 1"));
         }
+        let cache_size = s
+            .managed_ledger_cache_size_mb
+            .checked_mul(MIB)
+            .ok_or_else(|| invalid("managed_ledger_cache_size_mb", s.managed_ledger_cache_size_mb, "too large"))?;
+        let watermark = s.managed_ledger_cache_eviction_watermark;
+        if !(watermark > 0.0 && watermark <= 1.0) {
+            return Err(invalid("managed_ledger_cache_eviction_watermark", watermark, "must be above 0 and at most 1"));
+        }
         let time = retention_limit("default_retention_time_in_minutes", s.default_retention_time_in_minutes, 60)?;
         let size = retention_limit("default_retention_size_in_mb", s.default_retention_size_in_mb, MIB)?;
         Ok(ManagedLedgerConfig {
@@ -160,6 +186,11 @@ impl ManagedLedgerConfig {
             cursor_max_entries_per_ledger: s.managed_ledger_cursor_max_entries_per_ledger,
             retention: Retention { time: time.map(Duration::from_secs), size_bytes: size },
             check_interval: Duration::from_secs(s.retention_check_interval_in_seconds),
+            cache: EntryCacheConfig {
+                size_bytes: cache_size,
+                eviction_watermark: watermark,
+                eviction_time: Duration::from_millis(s.managed_ledger_cache_eviction_time_threshold_millis),
+            },
         })
     }
 }

@@ -32,6 +32,7 @@ pub mod ack_ranges;
 pub mod config;
 pub mod cursor;
 pub mod cursor_state;
+pub mod entry_cache;
 pub mod position;
 #[cfg(test)]
 mod tests;
@@ -58,6 +59,7 @@ use tracing::{info, warn};
 pub use config::{ManagedLedgerConfig, Retention};
 pub use cursor::ManagedCursor;
 pub use cursor_state::{CursorState, LedgerPositions, PositionView};
+pub use entry_cache::{CacheReader, EntryCache, EntryCacheConfig, EntryCacheManager, EntryCacheStats};
 pub use position::Position;
 
 use crate::error::BrokerError;
@@ -72,10 +74,15 @@ pub fn info_path(name: &str) -> String {
 /// recovery before it is deleted (see [`ManagedLedger::open`]).
 pub const EMPTY_LEDGER_DELETE_DELAY: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Most entries one read returns.
-pub const MAX_READ_ENTRIES: u32 = 100;
+/// Most entries one read returns (a bookie answers at most 1,000 per range read).
+pub const MAX_READ_ENTRIES: u32 = 1000;
+/// Entries of one range read of a read-ahead.
+pub const READ_AHEAD_RUN: u32 = 100;
 /// Most bytes one read returns (at least one entry is always returned).
 pub const MAX_READ_BYTES: u64 = 4 * 1024 * 1024;
+/// Entries one read-ahead loads into the entry cache, in ranges of [`READ_AHEAD_RUN`] read
+/// from the ledger's copies at once.
+pub const READ_AHEAD_ENTRIES: u32 = 4 * READ_AHEAD_RUN;
 
 /// The answer to one add: its position once durable. An add of the managed ledger counts as
 /// unanswered (see [`ManagedLedger::add_entry`]) until this future is dropped, not merely
@@ -135,6 +142,8 @@ pub struct ManagedLedger {
     rolling: tokio::sync::Mutex<()>,
     /// Metadata of ledgers, for reads.
     ledger_cache: Mutex<HashMap<u64, Arc<ledger::metadata::Ledger>>>,
+    /// Entries just written or read, for readers at the tail (see [`entry_cache`]).
+    entries: Arc<EntryCache>,
     /// The last confirmed position; `None` while the log is empty.
     last_confirmed: watch::Sender<Option<Position>>,
     /// Every durable cursor of this managed ledger, by name.
@@ -174,6 +183,7 @@ impl ManagedLedger {
         bookies: Bookies,
         ledger_config: LedgerConfig,
         config: ManagedLedgerConfig,
+        cache: &Arc<EntryCacheManager>,
     ) -> Result<Arc<Self>, BrokerError> {
         let meta = bookies.meta().clone();
         let path = info_path(name);
@@ -188,7 +198,7 @@ impl ManagedLedger {
                 match meta.put(&path, info.encode_to_vec(), Expected::Absent).await {
                     Ok(version) => (info, version),
                     Err(magnetar_meta::MetaError::BadVersion { .. }) => {
-                        return Box::pin(ManagedLedger::open(name, bookies, ledger_config, config)).await
+                        return Box::pin(ManagedLedger::open(name, bookies, ledger_config, config, cache)).await
                     }
                     Err(error) => return Err(error.into()),
                 }
@@ -271,6 +281,7 @@ impl ManagedLedger {
             }),
             rolling: tokio::sync::Mutex::new(()),
             ledger_cache: Mutex::new(HashMap::new()),
+            entries: cache.cache(),
             last_confirmed: sender,
             cursors: Mutex::new(cursors),
             stop: CancellationToken::new(),
@@ -381,8 +392,12 @@ impl ManagedLedger {
                 return Err(BookieError::WriterFailed { ledger_id: writer.ledger_id().0, reason }.into());
             }
             let unanswered = Unanswered::new(&self.unanswered);
-            let answer = match writer.add(data.clone()).await {
-                Ok(answer) => answer,
+            let answer = match writer.place(data.clone()).await {
+                Ok((entry_id, answer)) => {
+                    // Cached before it can be confirmed, so a reader at the tail finds it.
+                    self.entries.insert(Position::new(writer.ledger_id().0, entry_id), &data);
+                    answer
+                }
                 // A rollover closed this ledger after we picked it: go to the new one.
                 Err(BookieError::LedgerClosed { .. }) => continue,
                 Err(error) => return Err(error.into()),
@@ -510,6 +525,7 @@ impl ManagedLedger {
             if last_entry_id >= 0 {
                 raise(&self.last_confirmed, Position::new(old.ledger_id().0, last_entry_id as u64));
             }
+            self.entries.evict_ledger_after(old.ledger_id().0, u64::try_from(last_entry_id).ok());
             self.ledger_cache.lock().remove(&old.ledger_id().0);
             // The writer may have failed while it was closing, failing adds placed on it.
             self.refuse_while_failing(&old)?;
@@ -814,6 +830,9 @@ impl ManagedLedger {
                 cache.remove(ledger_id);
             }
         }
+        if let Some(last_removed) = removed.iter().max() {
+            self.entries.evict_before(Position::new(last_removed + 1, 0));
+        }
         for ledger_id in &removed {
             if let Err(error) = ledger::admin::delete_ledger(&self.bookies, LedgerId(*ledger_id)).await {
                 warn!(managed_ledger = %self.name, ledger_id, %error, "trimmed ledger left on the bookies");
@@ -844,22 +863,38 @@ impl ManagedLedger {
         Ok(metadata)
     }
 
+    /// A reader of this managed ledger's entry cache (a subscription's dispatcher): while
+    /// it says where it reads, entries written are cached for it.
+    pub fn cache_reader(&self) -> CacheReader {
+        self.entries.reader()
+    }
+
     /// Reads confirmed entries starting at `from`, all within `from`'s ledger, at most
-    /// `max_entries` of them.
+    /// `max_entries` of them: from the entry cache when it holds `from`, else from the
+    /// bookies (waiting for a read-ahead that is loading `from`). A read from the bookies
+    /// caches what it read and starts a read-ahead of what follows, spread over the ledger's
+    /// copies, so a reader catching up finds its next batch in memory.
     pub async fn read_entries(&self, from: Position, max_entries: u32) -> Result<Vec<(Position, Bytes)>, BrokerError> {
-        let Some(last) = self.last_confirmed() else { return Ok(Vec::new()) };
-        if from > last {
-            return Ok(Vec::new());
+        let Some(end) = self.readable_end(from) else { return Ok(Vec::new()) };
+        let max_entries = max_entries.clamp(1, MAX_READ_ENTRIES);
+        let cached = self.entries.get_run(from, end, max_entries, MAX_READ_BYTES);
+        if let Some((last, _)) = cached.last() {
+            // Catching up through read-ahead entries: load the next ones before they are asked.
+            if last.entry_id < end && !self.entries.contains(Position::new(last.ledger_id, last.entry_id + 1)) {
+                let metadata = self.ledger_metadata(from.ledger_id).await?;
+                self.read_ahead(&metadata, last.entry_id + 1, end);
+            }
+            return Ok(cached);
         }
-        let Some(ledger_end) =
-            self.ledgers().into_iter().find(|(id, _)| *id == from.ledger_id).map(|(_, entries)| entries.checked_sub(1))
-        else {
-            return Ok(Vec::new());
-        };
-        let Some(ledger_end) = ledger_end else { return Ok(Vec::new()) };
-        let end = if from.ledger_id == last.ledger_id { last.entry_id.min(ledger_end) } else { ledger_end };
-        if from.entry_id > end {
-            return Ok(Vec::new());
+        if let Some(loading) = self.entries.loading(from) {
+            let loaded = loading.notified();
+            if self.entries.loading(from).is_some() {
+                loaded.await;
+            }
+            let cached = self.entries.get_run(from, end, max_entries, MAX_READ_BYTES);
+            if !cached.is_empty() {
+                return Ok(cached);
+            }
         }
         let metadata = self.ledger_metadata(from.ledger_id).await?;
         let entries = ledger::read_entries(
@@ -867,11 +902,62 @@ impl ManagedLedger {
             &metadata,
             EntryId(from.entry_id),
             EntryId(end),
-            max_entries.clamp(1, MAX_READ_ENTRIES),
+            max_entries,
             MAX_READ_BYTES,
         )
         .await?;
-        Ok(entries.into_iter().map(|(entry_id, data)| (Position::new(from.ledger_id, entry_id.0), data)).collect())
+        let entries: Vec<(Position, Bytes)> =
+            entries.into_iter().map(|(entry_id, data)| (Position::new(from.ledger_id, entry_id.0), data)).collect();
+        self.entries.insert_all(entries.iter().map(|(position, data)| (*position, data)));
+        if let Some((last, _)) = entries.last() {
+            self.read_ahead(&metadata, last.entry_id + 1, end);
+        }
+        Ok(entries)
+    }
+
+    /// The last entry readable in `from`'s ledger, if `from` is readable.
+    fn readable_end(&self, from: Position) -> Option<u64> {
+        let last = self.last_confirmed()?;
+        if from > last {
+            return None;
+        }
+        let entries = self.ledgers().into_iter().find(|(id, _)| *id == from.ledger_id).map(|(_, entries)| entries)?;
+        let ledger_end = entries.checked_sub(1)?;
+        let end = if from.ledger_id == last.ledger_id { last.entry_id.min(ledger_end) } else { ledger_end };
+        (from.entry_id <= end).then_some(end)
+    }
+
+    /// Loads `first..` (up to [`READ_AHEAD_ENTRIES`], at most `end`) into the entry cache in
+    /// the background, in one range per copy of the ledger read at once, unless a read-ahead
+    /// is already loading or nobody reads.
+    fn read_ahead(&self, metadata: &Arc<ledger::metadata::Ledger>, first: u64, end: u64) {
+        if first > end || self.entries.contains(Position::new(metadata.id().0, first)) {
+            return;
+        }
+        let ledger_id = metadata.id().0;
+        let last = end.min(first + u64::from(READ_AHEAD_ENTRIES) - 1);
+        if self.entries.start_loading(Position::new(ledger_id, first), Position::new(ledger_id, last)).is_none() {
+            return;
+        }
+        let (bookies, metadata, cache) = (self.bookies.clone(), metadata.clone(), self.entries.clone());
+        tokio::spawn(async move {
+            let read = ledger::read_entries_spread(
+                &bookies,
+                &metadata,
+                EntryId(first),
+                EntryId(last),
+                READ_AHEAD_RUN,
+                MAX_READ_BYTES,
+            )
+            .await;
+            match read {
+                Ok(entries) => {
+                    cache.insert_all(entries.iter().map(|(id, data)| (Position::new(ledger_id, id.0), data)))
+                }
+                Err(error) => tracing::debug!(ledger_id, first, %error, "read-ahead failed; readers read themselves"),
+            }
+            cache.done_loading();
+        });
     }
 
     /// Closes the cursors and the current ledger cleanly, so that the next owner need not
@@ -918,6 +1004,7 @@ impl ManagedLedger {
 
     pub async fn close(&self) -> Result<(), BrokerError> {
         self.stop.cancel();
+        self.entries.close();
         for (_, cursor) in self.cursors() {
             cursor.close().await;
         }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::{ManagedLedgerConfig, Retention};
 use super::cursor::cursor_path;
 use super::cursor_state::CursorState;
-use super::{info_path, ManagedLedger, Position};
+use super::{info_path, EntryCacheConfig, EntryCacheManager, ManagedLedger, Position, READ_AHEAD_ENTRIES};
 
 struct Cluster {
     _dir: tempfile::TempDir,
@@ -60,7 +60,18 @@ impl Cluster {
     }
 
     async fn open(&self, name: &str, config: ManagedLedgerConfig) -> Arc<ManagedLedger> {
-        ManagedLedger::open(name, self.client(), self.ledger_config(), config).await.expect("open managed ledger")
+        self.open_cached(name, config, &EntryCacheManager::new(config.cache)).await
+    }
+
+    async fn open_cached(
+        &self,
+        name: &str,
+        config: ManagedLedgerConfig,
+        cache: &Arc<EntryCacheManager>,
+    ) -> Arc<ManagedLedger> {
+        ManagedLedger::open(name, self.client(), self.ledger_config(), config, cache)
+            .await
+            .expect("open managed ledger")
     }
 
     /// Whether any bookie still holds an entry of the ledger, or its metadata still exists.
@@ -92,6 +103,7 @@ fn config() -> ManagedLedgerConfig {
         cursor_max_entries_per_ledger: 1000,
         retention: Retention::INFINITE,
         check_interval: Duration::from_secs(3600),
+        cache: EntryCacheConfig::default(),
     }
 }
 
@@ -429,4 +441,78 @@ async fn a_policy_retention_overrides_the_default_and_backlog_bytes_follow_the_c
     // The policy removed: the broker's default (keep nothing) applies again.
     ledger.set_retention(None);
     assert!(!ledger.trim().await.expect("trim").is_empty());
+}
+
+#[tokio::test]
+async fn a_reader_at_the_tail_reads_writes_from_the_entry_cache_without_a_copy() {
+    let cluster = Cluster::start(2).await;
+    let cache = EntryCacheManager::new(EntryCacheConfig::default());
+    let ledger = cluster.open_cached("t/ns/persistent/tail-cache", config(), &cache).await;
+    let first = add(&ledger, "before anyone reads").await;
+    assert_eq!(cache.stats().entries, 0, "nobody reads: nothing cached");
+
+    let reader = ledger.cache_reader();
+    reader.at(Position::new(first.ledger_id, first.entry_id + 1));
+    let mut written = Vec::new();
+    for i in 0..50 {
+        let data = Bytes::from(format!("message {i}"));
+        let durable = ledger.add_entry(data.clone()).await.expect("add");
+        written.push((durable.await.expect("durable"), data));
+    }
+    assert_eq!(cache.stats().entries, 50);
+    let read = ledger.read_entries(written[0].0, 100).await.expect("read");
+    assert_eq!(read.len(), 50);
+    for ((position, data), (wrote_at, wrote)) in read.iter().zip(&written) {
+        assert_eq!(position, wrote_at);
+        assert_eq!(data.as_ptr(), wrote.as_ptr(), "served from the cache: the bytes the add was given");
+    }
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses), (50, 0), "{stats:?}");
+
+    // The entry before the reader is a miss, read from the bookies, and the same content.
+    let before = ledger.read_entries(first, 1).await.expect("read");
+    assert_eq!(before[0].1, Bytes::from("before anyone reads"));
+    assert_eq!(cache.stats().misses, 1);
+
+    // Past them all: they are evicted; with no reader left, nothing more is cached.
+    let last = written.last().expect("written").0;
+    reader.at(Position::new(last.ledger_id, last.entry_id + 1));
+    assert_eq!(cache.stats().entries, 0);
+    drop(reader);
+    add(&ledger, "after the reader left").await;
+    assert_eq!(cache.stats().entries, 0);
+    ledger.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_catch_up_read_loads_the_next_entries_ahead_from_every_copy() {
+    let cluster = Cluster::start(2).await;
+    let ledger = cluster.open("t/ns/persistent/catch-up", config()).await;
+    let mut written = Vec::new();
+    for i in 0..1000 {
+        written.push((add(&ledger, format!("entry {i}")).await, Bytes::from(format!("entry {i}"))));
+    }
+    // A second managed ledger object on the same log would be another broker; here a new
+    // cache with a reader from the start stands for a subscription catching up.
+    let cache = EntryCacheManager::new(EntryCacheConfig::default());
+    ledger.close().await.expect("close");
+    let ledger = cluster.open_cached("t/ns/persistent/catch-up", config(), &cache).await;
+    let reader = ledger.cache_reader();
+    reader.at(written[0].0);
+    let mut read = Vec::new();
+    let mut from = written[0].0;
+    while read.len() < written.len() {
+        let batch = ledger.read_entries(from, 100).await.expect("read");
+        assert!(!batch.is_empty());
+        let last = batch.last().expect("batch").0;
+        from = Position::new(last.ledger_id, last.entry_id + 1);
+        read.extend(batch);
+        reader.at(from);
+    }
+    assert_eq!(read, written, "every entry once, in order");
+    let stats = cache.stats();
+    assert!(stats.hits > 0, "the read-ahead served later batches: {stats:?}");
+    assert!(stats.misses < 10, "most batches came from the read-ahead: {stats:?}");
+    assert!(u64::from(READ_AHEAD_ENTRIES) >= 400);
+    ledger.close().await.expect("close");
 }

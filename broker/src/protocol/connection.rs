@@ -167,9 +167,18 @@ where
     'read: loop {
         loop {
             match codec.decode(&mut buffer) {
-                Ok(Some(frame)) => {
-                    if !connection.handle(frame.command, frame.payload).await {
-                        break 'read;
+                Ok(Some(mut frame)) => {
+                    // The commands of every message take a short way: a `BaseCommand` is
+                    // large, and moving it through `handle` costs copies per message.
+                    match connection.frequent(&mut frame.command) {
+                        Some(Frequent::Send(send)) => connection.on_send(send, frame.payload).await,
+                        Some(Frequent::Ack(ack)) => connection.on_ack(ack).await,
+                        Some(Frequent::Flow(flow)) => connection.on_flow(&flow),
+                        None => {
+                            if !connection.handle(frame.command, frame.payload).await {
+                                break 'read;
+                            }
+                        }
                     }
                 }
                 Ok(None) => break,
@@ -213,33 +222,87 @@ where
     debug!(%peer, "connection closed");
 }
 
+/// Writes what is queued for the connection, gathering every frame waiting into one
+/// vectored write: commands (and small payloads) are encoded into one buffer, and a stored
+/// entry's payload is written from its own bytes, never copied, however many consumers get it.
+/// A command taken the short way (see [`Connection::frequent`]).
+enum Frequent {
+    Send(pb::CommandSend),
+    Ack(pb::CommandAck),
+    Flow(pb::CommandFlow),
+}
+
 async fn write_frames<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut queue: mpsc::Receiver<Outbound>,
     max_frame_size: usize,
     peer: SocketAddr,
 ) {
-    let mut buffer = BytesMut::with_capacity(64 * 1024);
+    let mut heads = BytesMut::with_capacity(64 * 1024);
+    let mut parts: Vec<Bytes> = Vec::new();
     while let Some(first) = queue.recv().await {
         let mut next = Some(first);
-        // Gather what is queued into one write.
+        let mut gathered = 0usize;
         while let Some(frame) = next.take() {
-            if let Err(error) =
-                frame::encode_parts(&frame.command, frame.payload.as_deref(), max_frame_size, &mut buffer)
-            {
-                warn!(%peer, %error, "cannot encode an outgoing frame; dropping it");
+            let payload_len = frame.payload.as_ref().map_or(0, Bytes::len);
+            match frame::encode_head(&frame.command, payload_len, max_frame_size, &mut heads) {
+                Ok(()) => match frame.payload {
+                    Some(payload) if payload.len() >= COPY_PAYLOADS_BELOW => {
+                        parts.push(heads.split().freeze());
+                        parts.push(payload);
+                    }
+                    Some(payload) => heads.extend_from_slice(&payload),
+                    None => {}
+                },
+                Err(error) => warn!(%peer, %error, "cannot encode an outgoing frame; dropping it"),
             }
-            if buffer.len() < 256 * 1024 {
+            gathered += payload_len;
+            if gathered + heads.len() < 256 * 1024 && parts.len() < MAX_WRITE_PARTS {
                 next = queue.try_recv().ok();
             }
         }
-        if let Err(error) = writer.write_all(&buffer).await {
+        if !heads.is_empty() {
+            parts.push(heads.split().freeze());
+        }
+        if let Err(error) = write_all_parts(&mut writer, &mut parts).await {
             debug!(%peer, %error, "write failed");
             return;
         }
-        buffer.clear();
     }
     let _ = writer.shutdown().await;
+}
+
+/// Payloads shorter than this are copied next to their command (cheaper than a separate
+/// slice of the vectored write).
+const COPY_PAYLOADS_BELOW: usize = 512;
+/// Slices in one gathered write (Linux takes at most 1024 per writev).
+const MAX_WRITE_PARTS: usize = 1000;
+
+/// Writes every part in order with vectored writes, emptying `parts`.
+async fn write_all_parts<W: AsyncWrite + Unpin>(writer: &mut W, parts: &mut Vec<Bytes>) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < parts.len() {
+        let slices: Vec<std::io::IoSlice<'_>> =
+            parts[done..].iter().take(MAX_WRITE_PARTS).map(|part| std::io::IoSlice::new(part)).collect();
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let part = &mut parts[done];
+            let taken = written.min(part.len());
+            bytes::Buf::advance(part, taken);
+            written -= taken;
+            if part.is_empty() {
+                done += 1;
+            }
+        }
+        while done < parts.len() && parts[done].is_empty() {
+            done += 1;
+        }
+    }
+    parts.clear();
+    Ok(())
 }
 
 /// Adds the broker's `pulsar+ssl://` URL to a lookup answer.
@@ -327,6 +390,36 @@ impl Connection {
     }
 
     /// Handles one command; false closes the connection.
+    /// Takes SEND (of a persistent topic's producer), ACK and FLOW out of `command` once the
+    /// connection is established: the commands every message brings, handled without `handle`.
+    fn frequent(&self, command: &mut BaseCommand) -> Option<Frequent> {
+        if !self.connected {
+            return None;
+        }
+        match Type::try_from(command.command_type) {
+            Ok(Type::Send)
+                if command.send.as_ref().is_some_and(|s| !self.np_producers.contains_key(&s.producer_id)) =>
+            {
+                command.send.take().map(Frequent::Send)
+            }
+            Ok(Type::Ack) if command.ack.as_ref().is_some_and(|a| !self.np_consumers.contains_key(&a.consumer_id)) => {
+                command.ack.take().map(Frequent::Ack)
+            }
+            Ok(Type::Flow)
+                if command.flow.as_ref().is_some_and(|f| !self.np_consumers.contains_key(&f.consumer_id)) =>
+            {
+                command.flow.take().map(Frequent::Flow)
+            }
+            _ => None,
+        }
+    }
+
+    fn on_flow(&self, flow: &pb::CommandFlow) {
+        if let Some(consumer) = self.consumers.get(&flow.consumer_id) {
+            consumer.subscription.add_permits(consumer.key, flow.message_permits);
+        }
+    }
+
     async fn handle(&mut self, command: BaseCommand, payload: Option<Payload>) -> bool {
         let Ok(command_type) = Type::try_from(command.command_type) else {
             // The codec refuses unknown types; this is defensive.
@@ -364,11 +457,7 @@ impl Connection {
                 self.send(command::success(close.request_id)).await;
             }
             (Type::Subscribe, BaseCommand { subscribe: Some(subscribe), .. }) => self.on_subscribe(subscribe).await,
-            (Type::Flow, BaseCommand { flow: Some(flow), .. }) => {
-                if let Some(consumer) = self.consumers.get(&flow.consumer_id) {
-                    consumer.subscription.add_permits(consumer.key, flow.message_permits);
-                }
-            }
+            (Type::Flow, BaseCommand { flow: Some(flow), .. }) => self.on_flow(&flow),
             (Type::Ack, BaseCommand { ack: Some(ack), .. }) => self.on_ack(ack).await,
             (Type::RedeliverUnacknowledgedMessages, BaseCommand { redeliver_unacknowledged_messages: Some(r), .. }) => {
                 if let Some(consumer) = self.consumers.get(&r.consumer_id) {

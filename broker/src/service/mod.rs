@@ -26,7 +26,7 @@ use crate::cluster::load_report;
 use crate::cluster::ownership::{LookupAnswer, Ownership};
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
-use crate::managed_ledger::ManagedLedger;
+use crate::managed_ledger::{EntryCacheManager, ManagedLedger};
 use crate::metrics::{Gauges, Metrics, SubscriptionGauges, TopicGauges};
 use crate::non_persistent::NonPersistentTopic;
 use crate::partitions;
@@ -64,6 +64,8 @@ pub struct BrokerService {
     pub schemas: SchemaRegistry,
     /// Bookies running in this process (standalone): their metrics join `/metrics`.
     pub local_bookies: parking_lot::RwLock<Vec<magnetar_bookie::http::BookieHttp>>,
+    /// The entry cache every managed ledger of this broker shares.
+    pub entry_cache: Arc<EntryCacheManager>,
 }
 
 impl BrokerService {
@@ -84,6 +86,10 @@ impl BrokerService {
     ) -> Arc<Self> {
         let bookies = Bookies::secured(meta.clone(), config.bookie_security.clone());
         let schemas = SchemaRegistry::new(meta.clone());
+        let entry_cache = EntryCacheManager::new(config.managed_ledger.cache);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            entry_cache.spawn_sweeper();
+        }
         Arc::new(BrokerService {
             config,
             meta,
@@ -99,6 +105,7 @@ impl BrokerService {
             security,
             schemas,
             local_bookies: Default::default(),
+            entry_cache,
         })
     }
 
@@ -122,6 +129,7 @@ impl BrokerService {
                     self.bookies.clone(),
                     self.config.ledger,
                     self.config.managed_ledger,
+                    &self.entry_cache,
                 )
                 .await?;
                 let limits = self.limits_of(name, Some(&namespace));
@@ -260,7 +268,11 @@ impl BrokerService {
     }
 
     pub async fn gauges(&self) -> Gauges {
-        let mut gauges = Gauges { topic_level: self.config.expose_topic_level_metrics, ..Gauges::default() };
+        let mut gauges = Gauges {
+            topic_level: self.config.expose_topic_level_metrics,
+            entry_cache: self.entry_cache.stats(),
+            ..Gauges::default()
+        };
         for topic in self.loaded_topics() {
             let ledger = topic.ledger();
             let (received, (in_messages, in_bytes)) = (topic.received().rates(), topic.received().totals());

@@ -137,11 +137,13 @@ impl Outstanding {
     }
 }
 
-/// A subscription's unacknowledged-message limits (none: no limit).
+/// A subscription's unacknowledged-message limits (none: no limit), and the most entries it
+/// reads at a time (none: [`MAX_READ_BATCH`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UnackedLimits {
     pub per_consumer: Option<u32>,
     pub per_subscription: Option<u32>,
+    pub read_batch: Option<u32>,
 }
 
 /// The delivery state of one subscription; see the module doc.
@@ -169,6 +171,10 @@ pub struct Delivery {
     /// Set when a pass over `replay` sent nothing (consumers without permits); cleared by
     /// anything that may change that. New entries are read meanwhile.
     replay_blocked: bool,
+    /// Messages per entry of the entries read lately (a moving average), so that a read of
+    /// batch entries asks for about as many entries as the consumers' permits hold messages,
+    /// as Pulsar's dispatchers do with `avgMessagesPerEntry`.
+    messages_per_entry: f64,
     /// Times each position was delivered before, for the next send.
     redelivery_counts: HashMap<Position, u32>,
     /// Messages held until their deliver-at time (ms since the epoch).
@@ -198,6 +204,7 @@ impl Delivery {
             blocked: false,
             replay: BTreeMap::new(),
             replay_blocked: false,
+            messages_per_entry: 1.0,
             redelivery_counts: HashMap::new(),
             delayed: BTreeSet::new(),
         }
@@ -238,6 +245,13 @@ impl Delivery {
     /// The last position read in log order (`None`: from the start).
     pub fn read_after(&self) -> Option<Position> {
         self.read_after
+    }
+
+    /// The first position this subscription will read again or anew: the first message
+    /// waiting for redelivery, else the one after the delivery position.
+    pub fn next_needed(&self) -> Position {
+        let next = self.read_after.map_or(Position::new(0, 0), |p| Position::new(p.ledger_id, p.entry_id + 1));
+        self.replay.keys().next().map_or(next, |first| next.min(*first))
     }
 
     /// A compacted view read everything up to `horizon`: reading goes on after it, unless a
@@ -528,7 +542,9 @@ impl Delivery {
         if permits <= 0 || self.blocked {
             return Next::Wait { until_ms };
         }
-        let max = permits.min(i64::from(MAX_READ_BATCH)) as usize;
+        let batch = self.limits.read_batch.unwrap_or(MAX_READ_BATCH).max(1);
+        let entries = ((permits as f64 / self.messages_per_entry) as i64).max(1);
+        let max = entries.min(i64::from(batch)) as usize;
         if !self.replay.is_empty() && !self.replay_blocked {
             let positions = self.replay.keys().take(max).copied().collect();
             return Next::Replay { positions, epoch: self.epoch };
@@ -584,6 +600,7 @@ impl Delivery {
             if self.read_after.is_none_or(|r| position > r) {
                 self.read_after = Some(position);
             }
+            self.messages_per_entry = 0.9 * self.messages_per_entry + 0.1 * meta.messages.max(1) as f64;
             if self.delivered.contains_key(&position) || self.replay.contains_key(&position) {
                 return None;
             }

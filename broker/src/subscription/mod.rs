@@ -270,6 +270,16 @@ impl Subscription {
         self.inner.lock().delivery.has_consumer(consumer_id)
     }
 
+    /// The first position this subscription reads next (again or anew), for the entry cache:
+    /// `None` while it has no consumers (it holds nothing in the cache then).
+    pub fn cache_position(&self) -> Option<Position> {
+        let inner = self.inner.lock();
+        if inner.delivery.consumers().is_empty() {
+            return None;
+        }
+        Some(inner.delivery.next_needed())
+    }
+
     pub fn consumer_count(&self) -> usize {
         self.inner.lock().delivery.consumers().len()
     }

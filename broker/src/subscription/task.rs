@@ -26,6 +26,9 @@ pub const READ_RETRY_DELAY: Duration = Duration::from_millis(200);
 pub async fn run(subscription: Arc<Subscription>) {
     let cancel = subscription.stopped();
     let mut confirmed = subscription.ledger().watch_confirmed();
+    // Entries written after where this subscription reads stay cached for it while it has
+    // consumers.
+    let cache = subscription.ledger().cache_reader();
     loop {
         if cancel.is_cancelled() {
             break;
@@ -33,6 +36,10 @@ pub async fn run(subscription: Arc<Subscription>) {
         // Register interest before checking, so a wake between check and wait is not lost.
         let notified = subscription.notified();
         confirmed.borrow_and_update();
+        match subscription.cache_position() {
+            Some(position) => cache.at(position),
+            None => cache.idle(),
+        }
         let (read, epoch, from_replay) = match subscription.next() {
             Next::Wait { until_ms } => {
                 subscription.announce_end_of_topic();

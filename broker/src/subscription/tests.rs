@@ -446,7 +446,7 @@ fn a_consumer_at_its_unacked_limit_is_sent_nothing_until_acks_bring_it_to_half()
     let view = LedgerPositions { ledgers: vec![(1, 8)] };
     let meta = EntryMeta { messages: 1, deliver_at_ms: None, hash: 0 };
     let mut delivery = Delivery::new("t", "s", SubscriptionType::Shared, None, CursorState::at(None));
-    delivery.set_limits(UnackedLimits { per_consumer: Some(4), per_subscription: None });
+    delivery.set_limits(UnackedLimits { per_consumer: Some(4), per_subscription: None, read_batch: None });
     let options = SubscribeOptions { sub_type: SubscriptionType::Shared, key_shared: None };
     let consumer = Consumer { id: 1, name: "c".into(), priority_level: 0, permits: 0, blocked: false };
     delivery.attach(consumer, &options).expect("attach");
@@ -464,6 +464,6 @@ fn a_consumer_at_its_unacked_limit_is_sent_nothing_until_acks_bring_it_to_half()
     // The entries read while it was blocked wait in the replay set, sent first.
     assert!(matches!(delivery.next(0, &view), Next::Replay { .. }), "2 held: half the limit, unblocked");
     // The subscription's own limit blocks everyone.
-    delivery.set_limits(UnackedLimits { per_consumer: None, per_subscription: Some(2) });
+    delivery.set_limits(UnackedLimits { per_consumer: None, per_subscription: Some(2), read_batch: None });
     assert!(matches!(delivery.next(0, &view), Next::Wait { .. }), "the subscription holds 2 of 2");
 }

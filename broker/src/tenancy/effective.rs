@@ -57,6 +57,9 @@ pub struct PolicyDefaults {
     pub dispatch_rate_per_subscription: Rate,
     /// `subscriptionExpirationTimeMinutes` (0: never).
     pub subscription_expiration_minutes: u64,
+    /// `dispatcherMaxReadBatchSize` (100): most entries a subscription reads at a time (fewer
+    /// when its consumers have fewer permits).
+    pub dispatcher_max_read_batch_size: u32,
     /// `backlogQuotaCheckIntervalInSeconds` (60): how often a topic measures its backlog
     /// against its quotas (a new producer and each send check the size quota at once).
     pub backlog_quota_check_interval: Duration,
@@ -100,6 +103,7 @@ impl Default for PolicyDefaults {
             dispatch_rate_per_topic: Rate::NONE,
             dispatch_rate_per_subscription: Rate::NONE,
             subscription_expiration_minutes: 0,
+            dispatcher_max_read_batch_size: crate::dispatcher::MAX_READ_BATCH,
             backlog_quota_check_interval: Duration::from_secs(60),
             message_expiry_check_interval: Duration::from_secs(5 * 60),
             inactive_topic_check_interval: Duration::from_secs(60),
@@ -184,6 +188,8 @@ pub struct TopicLimits {
     pub dispatch_rate: Rate,
     pub subscription_dispatch_rate: Rate,
     pub subscription_expiration: Option<Duration>,
+    /// Most entries a subscription reads at a time (the broker's `dispatcherMaxReadBatchSize`).
+    pub read_batch: u32,
     pub inactive: Option<InactiveRule>,
     /// The topic's own message size limit, below the broker's `maxMessageSize`.
     pub max_message_size: Option<usize>,
@@ -319,6 +325,7 @@ impl TopicLimits {
             dispatch_rate,
             subscription_dispatch_rate,
             subscription_expiration: (expiration > 0).then(|| Duration::from_secs(expiration * 60)),
+            read_batch: defaults.dispatcher_max_read_batch_size.max(1),
             inactive,
             max_message_size,
             compaction_threshold: topic

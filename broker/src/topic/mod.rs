@@ -604,5 +604,6 @@ fn unacked_limits(limits: &TopicLimits) -> UnackedLimits {
     UnackedLimits {
         per_consumer: limits.max_unacked_per_consumer,
         per_subscription: limits.max_unacked_per_subscription,
+        read_batch: Some(limits.read_batch),
     }
 }

@@ -69,6 +69,7 @@ pub(crate) const KEYS: &[(&str, &str, Kind)] = &[
     ("dispatchThrottlingRatePerSubscriptionInMsg", "dispatch_throttling_rate_per_subscription_in_msg", Kind::Integer),
     ("dispatchThrottlingRatePerSubscriptionInByte", "dispatch_throttling_rate_per_subscription_in_byte", Kind::Integer),
     ("subscriptionExpirationTimeMinutes", "subscription_expiration_time_minutes", Kind::Integer),
+    ("dispatcherMaxReadBatchSize", "dispatcher_max_read_batch_size", Kind::Integer),
     ("brokerDeleteInactiveTopicsEnabled", "broker_delete_inactive_topics_enabled", Kind::Bool),
     ("brokerDeleteInactiveTopicsMode", "broker_delete_inactive_topics_mode", Kind::Text),
     (
@@ -97,6 +98,13 @@ pub(crate) const KEYS: &[(&str, &str, Kind)] = &[
     ("defaultRetentionTimeInMinutes", "managed_ledger.default_retention_time_in_minutes", Kind::Integer),
     ("defaultRetentionSizeInMB", "managed_ledger.default_retention_size_in_mb", Kind::Integer),
     ("retentionCheckIntervalInSeconds", "managed_ledger.retention_check_interval_in_seconds", Kind::Integer),
+    ("managedLedgerCacheSizeMB", "managed_ledger.managed_ledger_cache_size_mb", Kind::Integer),
+    ("managedLedgerCacheEvictionWatermark", "managed_ledger.managed_ledger_cache_eviction_watermark", Kind::Float),
+    (
+        "managedLedgerCacheEvictionTimeThresholdMillis",
+        "managed_ledger.managed_ledger_cache_eviction_time_threshold_millis",
+        Kind::Integer,
+    ),
     ("brokerServicePortTls", "broker_service_port_tls", Kind::Integer),
     ("webServicePortTls", "web_service_port_tls", Kind::Integer),
     ("tlsCertificateFilePath", "tls_certificate_file_path", Kind::Text),

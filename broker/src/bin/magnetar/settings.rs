@@ -104,6 +104,8 @@ pub struct BrokerSettings {
     pub dispatch_throttling_rate_per_subscription_in_msg: Option<u64>,
     pub dispatch_throttling_rate_per_subscription_in_byte: Option<u64>,
     pub subscription_expiration_time_minutes: Option<u64>,
+    /// Most entries a subscription reads at a time [default: 100].
+    pub dispatcher_max_read_batch_size: Option<u32>,
     pub broker_delete_inactive_topics_enabled: Option<bool>,
     /// `delete_when_no_subscriptions` or `delete_when_subscriptions_caught_up`.
     pub broker_delete_inactive_topics_mode: Option<String>,
@@ -458,6 +460,11 @@ impl BrokerSettings {
             subscription_expiration_minutes: self
                 .subscription_expiration_time_minutes
                 .unwrap_or(d.subscription_expiration_minutes),
+            dispatcher_max_read_batch_size: match self.dispatcher_max_read_batch_size {
+                Some(0) => anyhow::bail!("invalid setting dispatcher_max_read_batch_size = 0: must be at least 1"),
+                Some(size) => size,
+                None => d.dispatcher_max_read_batch_size,
+            },
             backlog_quota_check_interval: positive(
                 self.backlog_quota_check_interval_in_seconds,
                 "backlog_quota_check_interval_in_seconds",

@@ -11,10 +11,11 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use magnetar_client::{InitialPosition, SubscriptionType};
+use magnetar_client::{Consumer, InitialPosition, Message, SubscriptionType};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::quantile_ms;
+use crate::{quantile_ms, Sample};
 
 /// `magnetar-perf consume` flags.
 #[derive(Debug, clap::Args)]
@@ -55,7 +56,7 @@ pub struct ConsumeArgs {
     json: bool,
 }
 
-fn parse_subscription_type(text: &str) -> Result<SubscriptionType, String> {
+pub(crate) fn parse_subscription_type(text: &str) -> Result<SubscriptionType, String> {
     text.parse().map_err(|error: magnetar_client::ClientError| error.to_string())
 }
 
@@ -65,11 +66,12 @@ fn parse_position(text: &str) -> Result<InitialPosition, String> {
 
 /// What one consumer measured.
 #[derive(Default)]
-struct ConsumerRun {
-    messages: u64,
-    bytes: u64,
-    /// End-to-end latencies in microseconds (millisecond resolution: publish times are ms).
-    latencies_us: Vec<u32>,
+pub(crate) struct ConsumerRun {
+    pub messages: u64,
+    pub bytes: u64,
+    /// One per message: when it arrived on the run's clock, and its end-to-end latency
+    /// (millisecond resolution: publish times are ms).
+    pub samples: Vec<Sample>,
 }
 
 pub async fn consume_benchmark(args: ConsumeArgs) -> anyhow::Result<()> {
@@ -94,47 +96,63 @@ pub async fn consume_benchmark(args: ConsumeArgs) -> anyhow::Result<()> {
         consumers.push(consumer);
     }
     let start = Instant::now();
-    let end = start + Duration::from_secs_f64(args.seconds);
+    let stop = crate::cancel_at(start + Duration::from_secs_f64(args.seconds));
     let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(f64::from(args.consumers) / args.rate));
     let mut tasks = Vec::new();
-    for mut consumer in consumers {
-        tasks.push(tokio::spawn(async move {
-            let mut run = ConsumerRun::default();
-            let mut next = start;
-            loop {
-                if let Some(interval) = interval {
-                    if next >= end {
-                        break;
-                    }
-                    tokio::time::sleep_until(next).await;
-                    next += interval;
-                }
-                let message = match tokio::time::timeout_at(end, consumer.receive()).await {
-                    Err(_) => break,
-                    Ok(Ok(message)) => message,
-                    Ok(Err(error)) if error.is_message_error() => continue,
-                    Ok(Err(error)) => return Err(anyhow::Error::from(error).context("receive")),
-                };
-                let latency_ms = magnetar_proto::clock::now_ms().saturating_sub(message.publish_time);
-                run.latencies_us.push(u32::try_from(latency_ms.saturating_mul(1000)).unwrap_or(u32::MAX));
-                run.messages += 1;
-                run.bytes += message.payload.len() as u64;
-                consumer.ack(&message).await.context("acknowledge")?;
-            }
-            let _ = consumer.close().await;
-            Ok(run)
-        }));
+    for consumer in consumers {
+        tasks.push(tokio::spawn(run_consumer(consumer, start, interval, stop.clone(), |_, _| {})));
     }
     let mut total = ConsumerRun::default();
     for task in tasks {
         let run = task.await.context("consumer task")??;
         total.messages += run.messages;
         total.bytes += run.bytes;
-        total.latencies_us.extend(run.latencies_us);
+        total.samples.extend(run.samples);
     }
     let elapsed = start.elapsed();
-    total.latencies_us.sort_unstable();
     print_figures(&args, &service_url, &total, elapsed)
+}
+
+/// Receives and acknowledges (one by one) every message until `stop`, with `interval` at most
+/// one per interval from `clock` on, calling `on_message` with each message and its arrival;
+/// then closes the consumer.
+pub(crate) async fn run_consumer(
+    mut consumer: Consumer,
+    clock: Instant,
+    interval: Option<Duration>,
+    stop: CancellationToken,
+    mut on_message: impl FnMut(&Message, Instant),
+) -> anyhow::Result<ConsumerRun> {
+    let mut run = ConsumerRun::default();
+    let mut next = clock;
+    loop {
+        if let Some(interval) = interval {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = stop.cancelled() => break,
+            }
+            next += interval;
+        }
+        let received = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            received = consumer.receive() => received,
+        };
+        let message = match received {
+            Ok(message) => message,
+            Err(error) if error.is_message_error() => continue,
+            Err(error) => return Err(anyhow::Error::from(error).context("receive")),
+        };
+        let now = Instant::now();
+        let latency_ms = magnetar_proto::clock::now_ms().saturating_sub(message.publish_time);
+        run.samples.push(Sample::new(clock, now, Duration::from_millis(latency_ms)));
+        run.messages += 1;
+        run.bytes += message.payload.len() as u64;
+        on_message(&message, now);
+        consumer.ack(&message).await.context("acknowledge")?;
+    }
+    let _ = consumer.close().await;
+    Ok(run)
 }
 
 fn print_figures(args: &ConsumeArgs, service_url: &str, run: &ConsumerRun, elapsed: Duration) -> anyhow::Result<()> {
@@ -142,7 +160,8 @@ fn print_figures(args: &ConsumeArgs, service_url: &str, run: &ConsumerRun, elaps
     let seconds = elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
     let msgs_per_sec = run.messages as f64 / seconds;
     let mb_per_sec = run.bytes as f64 / seconds / (1024.0 * 1024.0);
-    let latency = |quantile| quantile_ms(&run.latencies_us, quantile);
+    let latencies = crate::sorted_latencies(&run.samples);
+    let latency = |quantile| quantile_ms(&latencies, quantile);
     let mut out = std::io::stdout().lock();
     if args.json {
         let object = serde_json::json!({

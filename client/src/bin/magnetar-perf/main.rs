@@ -7,12 +7,27 @@
 //! magnetar-perf produce --topic T -u pulsar+ssl://broker:6651 --trust-cert-file ca.pem \
 //!     --auth-plugin org.apache.pulsar.client.impl.auth.AuthenticationToken --auth-params token:...
 //! magnetar-perf consume --topic T --client-conf conf/client.conf
+//! magnetar-perf e2e [--topic perf-e2e] [--topics 1] [--producers 1] [--subscriptions 1]
+//!     [--consumers 1] [--subscription-type Exclusive] [--size 1024] [--rate 0] [--seconds 10]
+//!     [--warmup-seconds 1] [--batch-max-messages 1] [--max-pending P] [--receiver-queue-size Q]
+//!     [--backlog K [--catch-up-timeout 300]] [--server-pid PID]... [--disk-dir DIR |
+//!     --no-disk-baseline] [-u pulsar://127.0.0.1:6650] [--json]
+//! magnetar-perf e2e -u pulsar://127.0.0.1:6650 --rate 5000 --subscriptions 4 --seconds 5 --json
+//! magnetar-perf e2e --topics 1000 --rate 2000          # 2 msgs/s on each of 1000 topics
+//! magnetar-perf e2e --backlog 50000 --rate 1000        # catch-up reads while publishing
 //! ```
 //!
-//! `produce` and `consume` take Pulsar's security flags (`--auth-plugin`, `--auth-params`,
-//! `--trust-cert-file` or `--tls-trust-cert-path`, `--tls-allow-insecure`, `--client-conf`);
-//! flags win over client.conf, whose `brokerServiceUrl` is used when `--service-url` is not
-//! given.
+//! `e2e` runs producers and consumers together (subscriptions first) and reports, over a
+//! measured window after a warmup: published msgs/s and MB/s, publish latency, consumed msgs/s
+//! per subscription, `keep_up` (received over published), end-to-end latency, server and own
+//! CPU per message, and the disk's 4 KiB fdatasync latency; with `--backlog` also how fast the
+//! subscriptions read a backlog: see `e2e.rs`. `produce` reports the same CPU figures, and the
+//! disk baseline with `--disk-baseline` (see `host.rs`).
+//!
+//! `produce`, `consume`, `compact` and `e2e` take Pulsar's security flags (`--auth-plugin`,
+//! `--auth-params`, `--trust-cert-file` or `--tls-trust-cert-path`, `--tls-allow-insecure`,
+//! `--client-conf`); flags win over client.conf, whose `brokerServiceUrl` is used when
+//! `--service-url` is not given.
 //!
 //! `produce` publishes through our client library to a running broker: see `produce.rs`.
 //!
@@ -31,6 +46,7 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -51,6 +67,8 @@ use tracing_subscriber::EnvFilter;
 
 mod compact;
 mod consume;
+mod e2e;
+mod host;
 mod produce;
 
 /// The line `magnetar bookie` prints on stderr once it serves, followed by its address.
@@ -63,7 +81,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_GRPC_MESSAGE: usize = 6 * 1024 * 1024 + 64 * 1024;
 /// Size of one raw-baseline write.
 const RAW_CHUNK: usize = 1024 * 1024;
-/// Connects the client of `produce`, `consume` and `compact`: --service-url, else
+/// Connects the client of `produce`, `consume`, `compact` and `e2e`: --service-url, else
 /// client.conf's brokerServiceUrl, else [`DEFAULT_SERVICE_URL`], with the security flags.
 pub(crate) async fn connect_client(
     connection: &magnetar_client::ConnectionArgs,
@@ -101,6 +119,10 @@ enum PerfCommand {
     /// Fill a topic with keyed messages, compact it, and measure compaction against a plain
     /// read of the same topic.
     Compact(compact::CompactArgs),
+    /// Publish and consume at the same time (subscriptions first) and measure throughput,
+    /// publish and end-to-end latency, whether consumers keep up, catch-up reads of a backlog,
+    /// server CPU per message and the disk's fdatasync latency.
+    E2e(e2e::E2eArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -159,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
                 PerfCommand::Produce(args) => produce::produce_benchmark(args).await,
                 PerfCommand::Consume(args) => consume::consume_benchmark(args).await,
                 PerfCommand::Compact(args) => compact::compact_benchmark(args).await,
+                PerfCommand::E2e(args) => e2e::e2e_benchmark(args).await,
             }
         } => result,
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),
@@ -214,6 +237,70 @@ fn quantile_ms(sorted: &[u32], quantile: f64) -> f64 {
     }
     let rank = ((sorted.len() - 1) as f64 * quantile).round() as usize;
     f64::from(sorted[rank.min(sorted.len() - 1)]) / 1000.0
+}
+
+/// One timed message of `produce`, `consume` or `e2e`: when (milliseconds after the run's
+/// clock: a producer's due time, a consumer's receipt) and its latency in microseconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sample {
+    pub at_ms: u32,
+    pub latency_us: u32,
+}
+
+impl Sample {
+    /// The sample of an event at `at` with `latency`, on the run's `clock`.
+    pub(crate) fn new(clock: tokio::time::Instant, at: tokio::time::Instant, latency: Duration) -> Sample {
+        Sample {
+            at_ms: u32::try_from(at.saturating_duration_since(clock).as_millis()).unwrap_or(u32::MAX),
+            latency_us: u32::try_from(latency.as_micros()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// The latencies of `samples`, sorted for [`quantile_ms`].
+pub(crate) fn sorted_latencies<'a>(samples: impl IntoIterator<Item = &'a Sample>) -> Vec<u32> {
+    let mut latencies: Vec<u32> = samples.into_iter().map(|sample| sample.latency_us).collect();
+    latencies.sort_unstable();
+    latencies
+}
+
+/// A token cancelled at `deadline` (the end of a timed run).
+pub(crate) fn cancel_at(deadline: tokio::time::Instant) -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(deadline).await;
+        cancel.cancel();
+    });
+    token
+}
+
+/// Parses one command's flags (tests).
+#[cfg(test)]
+pub(crate) fn parse_flags<T: clap::Args>(flags: &[&str]) -> Result<T, clap::Error> {
+    #[derive(Parser)]
+    struct Wrapper<T: clap::Args> {
+        #[command(flatten)]
+        args: T,
+    }
+    Wrapper::<T>::try_parse_from(std::iter::once("magnetar-perf").chain(flags.iter().copied()))
+        .map(|wrapper| wrapper.args)
+}
+
+/// A flag of seconds or messages/s that must be a finite number of at least zero.
+pub(crate) fn non_negative_number(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value >= 0.0 && value.is_finite() => Ok(value),
+        _ => Err(format!("{text:?} is not a number of at least 0")),
+    }
+}
+
+/// A flag of seconds that must be a finite number above zero.
+pub(crate) fn positive_number(text: &str) -> Result<f64, String> {
+    match non_negative_number(text) {
+        Ok(value) if value > 0.0 => Ok(value),
+        _ => Err(format!("{text:?} is not a number above 0")),
+    }
 }
 
 async fn bookie_benchmark(args: BookieArgs) -> anyhow::Result<()> {
@@ -569,16 +656,49 @@ async fn writer(
 fn raw_sequential_fdatasync(path: &Path, bytes: u64) -> anyhow::Result<Duration> {
     let chunk: Vec<u8> = (0..RAW_CHUNK).map(|i| (i % 253) as u8).collect();
     let chunks = bytes.div_ceil(RAW_CHUNK as u64);
-    let mut file = File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let file = File::create(path).with_context(|| format!("create {}", path.display()))?;
     let start = Instant::now();
-    for _ in 0..chunks {
-        file.write_all(&chunk).with_context(|| format!("write {}", path.display()))?;
-        file.sync_data().with_context(|| format!("fdatasync {}", path.display()))?;
-    }
+    fdatasync_steps(&file, path, &chunk, chunks)?;
     let elapsed = start.elapsed();
     drop(file);
     std::fs::remove_file(path).with_context(|| format!("remove {}", path.display()))?;
     Ok(elapsed)
+}
+
+/// Size of one write of the journal baseline.
+const JOURNAL_WRITE: usize = 4096;
+
+/// The disk's fdatasync latency as a journal that reuses its file pays it: `writes` 4 KiB
+/// writes one after the other over a new file in `dir`, each followed by fdatasync. The file is
+/// written in full and synced first, so that the timed steps flush data only (no file size or
+/// extent metadata), and removed at the end. The step latencies in microseconds, sorted.
+/// Blocking.
+pub(crate) fn journal_fdatasync_latencies(dir: &Path, writes: u64) -> anyhow::Result<Vec<u32>> {
+    let file = tempfile::Builder::new()
+        .prefix("magnetar-perf-fdatasync-")
+        .tempfile_in(dir)
+        .with_context(|| format!("create a file in {}", dir.display()))?;
+    let region = writes * JOURNAL_WRITE as u64;
+    fdatasync_steps(file.as_file(), file.path(), &vec![0; RAW_CHUNK], region.div_ceil(RAW_CHUNK as u64))?;
+    let block: Vec<u8> = (0..JOURNAL_WRITE).map(|i| (i % 253) as u8).collect();
+    let steps = fdatasync_steps(file.as_file(), file.path(), &block, writes)?;
+    let mut latencies_us: Vec<u32> =
+        steps.iter().map(|step| u32::try_from(step.as_micros()).unwrap_or(u32::MAX)).collect();
+    latencies_us.sort_unstable();
+    Ok(latencies_us)
+}
+
+/// Writes `chunk` `count` times to `file` at offsets 0, len, 2 len, ..., each write followed by
+/// fdatasync; how long each step took. Blocking.
+fn fdatasync_steps(file: &File, path: &Path, chunk: &[u8], count: u64) -> anyhow::Result<Vec<Duration>> {
+    let mut steps = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    for index in 0..count {
+        let started = Instant::now();
+        file.write_all_at(chunk, index * chunk.len() as u64).with_context(|| format!("write {}", path.display()))?;
+        file.sync_data().with_context(|| format!("fdatasync {}", path.display()))?;
+        steps.push(started.elapsed());
+    }
+    Ok(steps)
 }
 
 /// A `magnetar bookie` process of this run, on local metadata in a temp dir; SIGKILLed when

@@ -14,7 +14,12 @@
 //! together send `R` messages/s, evenly interleaved; latency starts at the due time, not at
 //! the moment the send actually happened. A producer that falls behind (a full window, a slow
 //! broker) sends the overdue messages as soon as it can and their wait counts in their
-//! latency: no coordinated omission.
+//! latency: no coordinated omission. Producers wait for due times to within the OS's sleep
+//! precision ([`wait_until`]), not tokio's whole milliseconds.
+//!
+//! It also reports the CPU time the server processes and this process spent while sending
+//! (`--server-pid`, see `host.rs`) and, with `--disk-baseline` or `--disk-dir`, the disk's
+//! 4 KiB fdatasync latency measured after the run.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,12 +27,14 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use magnetar_client::schema::{JsonSchema, Schema, TypedProducer};
-use magnetar_client::{ClientError, Producer, ProducerMessage, SendReceipt};
+use magnetar_client::{ClientError, MessageId, Producer, ProducerMessage, SendReceipt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::quantile_ms;
+use crate::host::{CpuUse, DiskBaseline, HostArgs};
+use crate::{quantile_ms, Sample};
 
 /// `magnetar-perf produce` flags.
 #[derive(Debug, clap::Args)]
@@ -72,11 +79,13 @@ pub struct ProduceArgs {
     /// application pays: one serde encoding per message, the schema registered once).
     #[arg(long, default_value = "bytes", value_parser = ["bytes", "json"])]
     schema: String,
+    #[command(flatten)]
+    host: HostArgs,
 }
 
 /// The record `--schema json` sends.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct PerfRecord {
+pub(crate) struct PerfRecord {
     seq: i64,
     sent_at_us: i64,
     body: String,
@@ -87,12 +96,17 @@ const PERF_RECORD: &str = r#"{"type":"record","name":"PerfRecord","namespace":"m
 
 /// What each message is: the same bytes, or a record encoded per message.
 #[derive(Clone)]
-enum Payloads {
+pub(crate) enum Payloads {
     Raw(Bytes),
     Json { schema: JsonSchema<PerfRecord>, body: Arc<str>, start: Instant },
 }
 
 impl Payloads {
+    /// `size` bytes, the same in every message.
+    pub(crate) fn raw(size: u32) -> Payloads {
+        Payloads::Raw(Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>()))
+    }
+
     fn message(&self, seq: u64) -> Result<ProducerMessage, ClientError> {
         match self {
             Payloads::Raw(payload) => Ok(ProducerMessage::new(payload.clone())),
@@ -114,15 +128,25 @@ fn parse_compression(text: &str) -> Result<magnetar_client::CompressionType, Str
 
 /// What one producer measured.
 #[derive(Default)]
-struct ProducerRun {
-    messages: u64,
-    errors: u64,
-    first_error: Option<String>,
-    /// Publish latencies in microseconds, in receipt order.
-    latencies_us: Vec<u32>,
+pub(crate) struct ProducerRun {
+    pub messages: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// One per stored message, in receipt order: its due time on the plan's clock and its
+    /// publish latency.
+    pub samples: Vec<Sample>,
+    /// The lowest and the highest id stored (of a batch, the entry's id).
+    pub ids: Option<(MessageId, MessageId)>,
 }
 
 impl ProducerRun {
+    fn stored(&mut self, id: MessageId) {
+        self.ids = Some(match self.ids {
+            None => (id, id),
+            Some((first, last)) => (first.min(id), last.max(id)),
+        });
+    }
+
     fn failed(&mut self, messages: u64, error: &ClientError) {
         self.errors += messages;
         if self.first_error.is_none() {
@@ -162,13 +186,7 @@ pub async fn produce_benchmark(args: ProduceArgs) -> anyhow::Result<()> {
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         bail!("--rate must be 0 (as fast as possible) or a positive number of messages/s, not {}", args.rate);
     }
-    if args.batch_max_messages > args.max_pending {
-        bail!(
-            "--batch-max-messages {} exceeds --max-pending {}: a batch must fit in the pending window",
-            args.batch_max_messages,
-            args.max_pending
-        );
-    }
+    check_batch_fits(args.batch_max_messages, args.max_pending)?;
     let (client, service_url) = crate::connect_client(&args.connection, args.service_url.as_deref()).await?;
     let start = Instant::now();
     let payloads = match args.schema.as_str() {
@@ -177,7 +195,7 @@ pub async fn produce_benchmark(args: ProduceArgs) -> anyhow::Result<()> {
             let body: String = "x".repeat((args.size as usize).saturating_sub(60).max(1));
             Payloads::Json { schema: JsonSchema::new(PERF_RECORD)?, body: body.into(), start }
         }
-        _ => Payloads::Raw(Bytes::from((0..args.size).map(|i| (i % 251) as u8).collect::<Vec<u8>>())),
+        _ => Payloads::raw(args.size),
     };
     let mut producers = Vec::with_capacity(args.producers as usize);
     for index in 0..args.producers {
@@ -197,22 +215,22 @@ pub async fn produce_benchmark(args: ProduceArgs) -> anyhow::Result<()> {
         "benchmark starting");
 
     let pacing = Pacing { rate: args.rate, producers: args.producers };
+    let mut cpu = args.host.cpu_meter()?;
     let start = Instant::now();
-    let deadline = start + Duration::from_secs_f64(args.seconds);
+    let stop = crate::cancel_at(start + Duration::from_secs_f64(args.seconds));
     let mut tasks = Vec::with_capacity(producers.len());
     for (index, producer) in producers.into_iter().enumerate() {
-        let batch = args.batch_max_messages as usize;
-        let window = args.max_pending as usize;
-        tasks.push(tokio::spawn(run_producer(
-            producer,
-            index as u32,
+        let plan = SendPlan {
+            index: index as u32,
             pacing,
-            payloads.clone(),
-            batch,
-            window,
+            batch_max_messages: args.batch_max_messages as usize,
+            max_pending: args.max_pending as usize,
             start,
-            deadline,
-        )));
+            clock: start,
+            stop: stop.clone(),
+            limit: None,
+        };
+        tasks.push(tokio::spawn(run_producer(producer, plan, payloads.clone())));
     }
     let mut figures =
         ProduceFigures { messages: 0, errors: 0, first_error: None, elapsed: Duration::ZERO, latencies_us: Vec::new() };
@@ -223,30 +241,62 @@ pub async fn produce_benchmark(args: ProduceArgs) -> anyhow::Result<()> {
         if figures.first_error.is_none() {
             figures.first_error = run.first_error;
         }
-        figures.latencies_us.extend(run.latencies_us);
+        figures.latencies_us.extend(run.samples.iter().map(|sample| sample.latency_us));
     }
     figures.elapsed = start.elapsed();
     figures.latencies_us.sort_unstable();
+    let cpu = cpu.lap()?;
     client.close();
+    let disk = match args.host.disk_dir(false) {
+        Some(dir) => Some(DiskBaseline::measure(dir).await?),
+        None => None,
+    };
 
-    print_figures(&args, &service_url, &figures)?;
+    print_figures(&args, &service_url, &figures, &cpu, disk.as_ref())?;
     if figures.messages == 0 {
         bail!("no message was stored{}", figures.first_error.map(|error| format!(": {error}")).unwrap_or_default());
     }
     Ok(())
 }
 
+/// A batch must fit in the producer's pending window.
+pub(crate) fn check_batch_fits(batch_max_messages: u32, max_pending: u32) -> anyhow::Result<()> {
+    if batch_max_messages > max_pending {
+        bail!(
+            "--batch-max-messages {batch_max_messages} exceeds --max-pending {max_pending}: a batch must fit in the \
+             pending window"
+        );
+    }
+    Ok(())
+}
+
+/// Waits until `at`, to within the OS's sleep precision (tens of microseconds). Tokio's timer
+/// wakes on whole milliseconds: a paced producer waiting on it sends each message up to 1 ms
+/// after it is due, and since latency counts from the due time, every paced figure would carry
+/// about half a millisecond that is the benchmark's own. The last stretch is slept on a
+/// blocking thread instead.
+pub(crate) async fn wait_until(at: Instant) {
+    let coarse = Duration::from_millis(2);
+    if at.saturating_duration_since(Instant::now()) > coarse {
+        tokio::time::sleep_until(at - coarse / 2).await;
+    }
+    let rest = at.saturating_duration_since(Instant::now());
+    if !rest.is_zero() {
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+    }
+}
+
 /// When messages are due (see the module doc).
 #[derive(Debug, Clone, Copy)]
-struct Pacing {
+pub(crate) struct Pacing {
     /// Messages/s over all producers; 0: unpaced.
-    rate: f64,
-    producers: u32,
+    pub rate: f64,
+    pub producers: u32,
 }
 
 impl Pacing {
     /// When message `k` of producer `index` is due; `None` when unpaced.
-    fn due(&self, start: Instant, index: u32, k: u64) -> Option<Instant> {
+    pub(crate) fn due(&self, start: Instant, index: u32, k: u64) -> Option<Instant> {
         if self.rate == 0.0 {
             return None;
         }
@@ -261,30 +311,41 @@ struct InFlight {
     due: Vec<Instant>,
 }
 
-/// Sends until `deadline`, then waits for the receipts still due and closes the producer.
-#[allow(clippy::too_many_arguments)]
-async fn run_producer(
-    mut producer: Producer,
-    index: u32,
-    pacing: Pacing,
-    payloads: Payloads,
-    batch_max_messages: usize,
-    max_pending: usize,
-    start: Instant,
-    deadline: Instant,
-) -> ProducerRun {
+/// How one producer sends.
+#[derive(Debug, Clone)]
+pub(crate) struct SendPlan {
+    /// This producer's place among `pacing.producers`.
+    pub index: u32,
+    pub pacing: Pacing,
+    pub batch_max_messages: usize,
+    /// The producer's window (its max pending messages).
+    pub max_pending: usize,
+    /// When the first messages are due.
+    pub start: Instant,
+    /// The origin of the samples' times.
+    pub clock: Instant,
+    /// Sending stops once this is cancelled...
+    pub stop: CancellationToken,
+    /// ... or after this many messages.
+    pub limit: Option<u64>,
+}
+
+/// Sends until `plan.stop` (or `plan.limit`), then waits for the receipts still due and closes
+/// the producer.
+pub(crate) async fn run_producer(mut producer: Producer, plan: SendPlan, payloads: Payloads) -> ProducerRun {
     // At most `max_pending` messages wait for receipts (the producer's window), so this queue
     // never holds more entries than that: sends wait on the window, not on the queue.
-    let (in_flight, mut receipts) = mpsc::channel::<InFlight>(max_pending);
+    let (in_flight, mut receipts) = mpsc::channel::<InFlight>(plan.max_pending);
+    let clock = plan.clock;
     let collector = tokio::spawn(async move {
         let mut run = ProducerRun::default();
         while let Some(InFlight { receipt, due }) = receipts.recv().await {
             match receipt.await {
-                Ok(_) => {
+                Ok(id) => {
                     let now = Instant::now();
                     run.messages += due.len() as u64;
-                    run.latencies_us
-                        .extend(due.iter().map(|due| u32::try_from((now - *due).as_micros()).unwrap_or(u32::MAX)));
+                    run.stored(id);
+                    run.samples.extend(due.iter().map(|due| Sample::new(clock, *due, now - *due)));
                 }
                 Err(error) => run.failed(due.len() as u64, &error),
             }
@@ -294,16 +355,14 @@ async fn run_producer(
 
     let mut send_error = None;
     let mut next = 0u64;
-    loop {
+    let limit = plan.limit.unwrap_or(u64::MAX);
+    while next < limit && !plan.stop.is_cancelled() {
         let now = Instant::now();
-        if now >= deadline {
-            break;
-        }
         // The messages of the next entry: every due one up to the batch size (unpaced: a full
         // batch, due now).
-        let mut due = Vec::with_capacity(batch_max_messages);
-        while due.len() < batch_max_messages {
-            match pacing.due(start, index, next) {
+        let mut due = Vec::with_capacity(plan.batch_max_messages);
+        while due.len() < plan.batch_max_messages && next < limit {
+            match plan.pacing.due(plan.start, plan.index, next) {
                 None => due.push(now),
                 Some(at) if at <= now => due.push(at),
                 Some(_) => break,
@@ -311,19 +370,17 @@ async fn run_producer(
             next += 1;
         }
         if due.is_empty() {
-            let Some(at) = pacing.due(start, index, next) else { continue };
-            if at >= deadline {
-                tokio::time::sleep_until(deadline).await;
-                break;
+            let Some(at) = plan.pacing.due(plan.start, plan.index, next) else { continue };
+            tokio::select! {
+                () = wait_until(at) => continue,
+                _ = plan.stop.cancelled() => break,
             }
-            tokio::time::sleep_until(at).await;
-            continue;
         }
         let first = next - due.len() as u64;
         let messages: Result<Vec<ProducerMessage>, ClientError> =
             (first..next).map(|seq| payloads.message(seq)).collect();
         let sent = match messages {
-            Ok(mut messages) if batch_max_messages == 1 => match messages.pop() {
+            Ok(mut messages) if plan.batch_max_messages == 1 => match messages.pop() {
                 Some(message) => producer.send_async(message).await,
                 None => continue,
             },
@@ -360,11 +417,17 @@ async fn run_producer(
     run
 }
 
-fn print_figures(args: &ProduceArgs, service_url: &str, figures: &ProduceFigures) -> anyhow::Result<()> {
+fn print_figures(
+    args: &ProduceArgs,
+    service_url: &str,
+    figures: &ProduceFigures,
+    cpu: &CpuUse,
+    disk: Option<&DiskBaseline>,
+) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     if args.json {
-        let object = serde_json::json!({
+        let mut object = serde_json::json!({
             "msgs_per_sec": figures.msgs_per_sec(),
             "mb_per_sec": figures.mb_per_sec(args.size),
             "p50_ms": figures.latency_ms(0.50),
@@ -385,6 +448,12 @@ fn print_figures(args: &ProduceArgs, service_url: &str, figures: &ProduceFigures
             "compression": args.compression.as_str(),
             "service_url": service_url,
         });
+        if let Some(fields) = object.as_object_mut() {
+            fields.extend(cpu.json_fields(figures.messages, None));
+            if let Some(disk) = disk {
+                fields.extend(disk.json_fields(figures.latency_ms(0.50), figures.latency_ms(0.99)));
+            }
+        }
         writeln!(out, "{object}")?;
         return Ok(());
     }
@@ -417,6 +486,10 @@ fn print_figures(args: &ProduceArgs, service_url: &str, figures: &ProduceFigures
         figures.latency_ms(1.0),
         if args.rate == 0.0 { "" } else { ", from the intended send time" }
     )?;
+    cpu.write_text(&mut out, "", figures.messages, None)?;
+    if let Some(disk) = disk {
+        disk.write_text(&mut out, figures.latency_ms(0.50))?;
+    }
     if let Some(error) = &figures.first_error {
         writeln!(out, "first error: {error}")?;
     }
