@@ -528,3 +528,32 @@ def test_subscription_verbs_on_a_partitioned_topic_apply_to_every_partition(
     status, body = http(magnetar, "POST", admin_path(name, "/subscription/nope/skip_all"))
     assert status == 404 and "partition 0" in body["reason"], body
     producer.close()
+
+
+def test_tailing_subscriptions_are_served_from_the_entry_cache(
+    magnetar: MagnetarProcess, client: pulsar.Client
+) -> None:
+    """Two subscriptions tail a topic with Pulsar's client: every entry they get comes from the
+    broker's entry cache (one write cached, read by both), as /metrics counts it."""
+    topic = f"persistent://{NAMESPACE}/{unique('cache')}"
+    hits = lambda text: sample(text, "pulsar_ml_cache_hits_total") or 0  # noqa: E731
+    consumers = [client.subscribe(topic, f"tail-{i}", consumer_type=pulsar.ConsumerType.Exclusive) for i in (1, 2)]
+    before = metrics(magnetar)
+    producer = client.create_producer(topic, batching_enabled=False)
+    sent = [f"cached-{i}".encode() for i in range(50)]
+    for payload in sent:
+        producer.send(payload)
+    for consumer in consumers:
+        received = []
+        for _ in sent:
+            message = consumer.receive(timeout_millis=10_000)
+            received.append(message.data())
+            consumer.acknowledge(message)
+        assert received == sent
+    after = metrics(magnetar)
+    assert hits(after) - hits(before) >= 2 * len(sent), (hits(before), hits(after))
+    for name in ("pulsar_ml_cache_used_size", "pulsar_ml_cache_misses_total", "pulsar_ml_cache_evictions_total"):
+        assert sample(after, name) is not None, name
+    producer.close()
+    for consumer in consumers:
+        consumer.close()

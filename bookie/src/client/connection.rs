@@ -378,8 +378,13 @@ impl Bookies {
 
     /// Bookies reached over gRPC with `security`'s token and CA.
     pub fn secured(meta: Arc<dyn MetadataStore>, security: ClientSecurity) -> Self {
+        Self::secured_with(meta, security, ClientOptions::default())
+    }
+
+    /// As [`Bookies::secured`], with `options`' time limits.
+    pub fn secured_with(meta: Arc<dyn MetadataStore>, security: ClientSecurity, options: ClientOptions) -> Self {
         let connector = Arc::new(GrpcConnector::with_security(meta.clone(), security));
-        Self::with_connector(meta, connector, ClientOptions::default())
+        Self::with_connector(meta, connector, options)
     }
 
     /// Bookies reached through `connector` (a simulated network in tests).

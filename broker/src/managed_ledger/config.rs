@@ -41,6 +41,9 @@ pub struct ManagedLedgerSettings {
     pub managed_ledger_cache_eviction_watermark: f64,
     /// Cached entries older than this (milliseconds) are evicted.
     pub managed_ledger_cache_eviction_time_threshold_millis: u64,
+    /// A bookie read unanswered this long (milliseconds) is also sent to the next copy;
+    /// 0: only after a failure (Pulsar's `bookkeeperClientSpeculativeReadTimeoutInMillis`).
+    pub bookkeeper_client_speculative_read_timeout_in_millis: u64,
 }
 
 impl Default for ManagedLedgerSettings {
@@ -57,6 +60,7 @@ impl Default for ManagedLedgerSettings {
             managed_ledger_cache_size_mb: DEFAULT_CACHE_SIZE_MB,
             managed_ledger_cache_eviction_watermark: 0.9,
             managed_ledger_cache_eviction_time_threshold_millis: 1000,
+            bookkeeper_client_speculative_read_timeout_in_millis: 500,
         }
     }
 }
@@ -90,6 +94,7 @@ pub struct ManagedLedgerConfig {
     pub retention: Retention,
     pub check_interval: Duration,
     pub cache: EntryCacheConfig,
+    pub speculative_read_timeout: Duration,
 }
 
 impl Default for ManagedLedgerConfig {
@@ -104,6 +109,7 @@ impl Default for ManagedLedgerConfig {
             retention: Retention::NONE,
             check_interval: Duration::from_secs(120),
             cache: EntryCacheConfig::default(),
+            speculative_read_timeout: Duration::from_millis(500),
         })
     }
 }
@@ -191,6 +197,7 @@ impl ManagedLedgerConfig {
                 eviction_watermark: watermark,
                 eviction_time: Duration::from_millis(s.managed_ledger_cache_eviction_time_threshold_millis),
             },
+            speculative_read_timeout: Duration::from_millis(s.bookkeeper_client_speculative_read_timeout_in_millis),
         })
     }
 }

@@ -104,6 +104,7 @@ fn config() -> ManagedLedgerConfig {
         retention: Retention::INFINITE,
         check_interval: Duration::from_secs(3600),
         cache: EntryCacheConfig::default(),
+        speculative_read_timeout: Duration::from_millis(500),
     }
 }
 

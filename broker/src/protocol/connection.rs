@@ -1232,3 +1232,97 @@ fn producer_success_waiting(request_id: u64, producer_name: &str, ready: bool, l
     }
     answer
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// Takes at most `limit` bytes per write, like a socket with a full buffer.
+    struct Trickle {
+        written: Vec<u8>,
+        limit: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.limit);
+            self.written.extend_from_slice(&buf[..n]);
+            self.calls += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut n = 0;
+            for buf in bufs {
+                let take = buf.len().min(self.limit - n);
+                self.written.extend_from_slice(&buf[..take]);
+                n += take;
+                if n == self.limit {
+                    break;
+                }
+            }
+            self.calls += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn gathered_writes_keep_every_byte_in_order_through_short_writes() {
+        let parts: Vec<Bytes> =
+            vec![Bytes::from_static(b"head-1"), Bytes::from(vec![1u8; 1000]), Bytes::new(), Bytes::from_static(b"h2")];
+        let expected: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+        for limit in [1, 7, 999, 5000] {
+            let mut writer = Trickle { written: Vec::new(), limit, calls: 0 };
+            let mut queued = parts.clone();
+            write_all_parts(&mut writer, &mut queued).await.expect("written");
+            assert_eq!(writer.written, expected, "limit {limit}");
+            assert!(queued.is_empty());
+            if limit == 5000 {
+                assert_eq!(writer.calls, 1, "one gathered write when the socket takes it all");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_written_from_the_queue_decode_as_sent_with_payloads_uncopied() {
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        let (queue, frames) = mpsc::channel(16);
+        let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
+        let writer = tokio::spawn(write_frames(client, frames, 5 * 1024 * 1024, peer));
+        let big = Bytes::from(vec![9u8; 4096]);
+        let small = Bytes::from_static(b"tiny payload");
+        queue.send(Outbound::command(command::pong())).await.expect("queued");
+        queue.send(Outbound { command: command::ping(), payload: Some(big.clone()) }).await.expect("queued");
+        queue.send(Outbound { command: command::pong(), payload: Some(small.clone()) }).await.expect("queued");
+        drop(queue);
+        writer.await.expect("writer");
+        let mut bytes = BytesMut::new();
+        server.read_buf(&mut bytes).await.expect("read");
+        while server.read_buf(&mut bytes).await.expect("read") > 0 {}
+        let mut expected = BytesMut::new();
+        frame::encode_parts(&command::pong(), None, usize::MAX, &mut expected).expect("encode");
+        frame::encode_parts(&command::ping(), Some(&big[..]), usize::MAX, &mut expected).expect("encode");
+        frame::encode_parts(&command::pong(), Some(&small[..]), usize::MAX, &mut expected).expect("encode");
+        assert_eq!(bytes, expected);
+    }
+}

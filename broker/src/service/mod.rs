@@ -84,7 +84,11 @@ impl BrokerService {
         policies: Arc<PolicyCache>,
         security: Security,
     ) -> Arc<Self> {
-        let bookies = Bookies::secured(meta.clone(), config.bookie_security.clone());
+        let options = magnetar_bookie::client::ClientOptions {
+            speculative_read_timeout: config.managed_ledger.speculative_read_timeout,
+            ..Default::default()
+        };
+        let bookies = Bookies::secured_with(meta.clone(), config.bookie_security.clone(), options);
         let schemas = SchemaRegistry::new(meta.clone());
         let entry_cache = EntryCacheManager::new(config.managed_ledger.cache);
         if tokio::runtime::Handle::try_current().is_ok() {

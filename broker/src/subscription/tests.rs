@@ -467,3 +467,40 @@ fn a_consumer_at_its_unacked_limit_is_sent_nothing_until_acks_bring_it_to_half()
     delivery.set_limits(UnackedLimits { per_consumer: None, per_subscription: Some(2), read_batch: None });
     assert!(matches!(delivery.next(0, &view), Next::Wait { .. }), "the subscription holds 2 of 2");
 }
+
+#[test]
+fn reads_ask_for_about_as_many_entries_as_the_permits_hold_messages() {
+    use super::delivery::UnackedLimits;
+    let view = LedgerPositions { ledgers: vec![(1, 10_000)] };
+    let mut delivery = Delivery::new("t", "s", SubscriptionType::Exclusive, None, CursorState::at(None));
+    let options = SubscribeOptions { sub_type: SubscriptionType::Exclusive, key_shared: None };
+    let consumer = Consumer { id: 1, name: "c".into(), priority_level: 0, permits: 0, blocked: false };
+    delivery.attach(consumer, &options).expect("attach");
+    delivery.flow(1, 1000);
+    let max_of = |delivery: &mut Delivery| match delivery.next(0, &view) {
+        Next::Read { max, .. } => max,
+        other => panic!("expected a read, got {other:?}"),
+    };
+    assert_eq!(max_of(&mut delivery), 100, "unknown entries: one message each, at most the read batch");
+    // Batch entries of 100 messages: the reads shrink to what the permits hold.
+    let batch = EntryMeta { messages: 100, deliver_at_ms: None, hash: 0 };
+    let mut next_entry = 0;
+    for _ in 0..40 {
+        delivery.flow(1, 1000);
+        let Next::Read { epoch, max, .. } = delivery.next(0, &view) else { panic!("a read") };
+        let entries: Vec<(Position, EntryMeta)> =
+            (next_entry..next_entry + u64::from(max)).map(|e| (Position::new(1, e), batch)).collect();
+        next_entry += u64::from(max);
+        delivery.dispatch(&entries, epoch, false, 0);
+        let sent: Vec<Position> = entries.iter().map(|(p, _)| *p).collect();
+        let acks: Vec<(Position, Vec<i64>)> = sent.iter().map(|p| (*p, Vec::new())).collect();
+        delivery.ack(&acks, false, &view).expect("ack");
+    }
+    // The consumer holds about 1,000 permits again: about 10 entries of 100 messages.
+    delivery.flow(1, 1000);
+    let max = max_of(&mut delivery);
+    assert!((5..=20).contains(&max), "about permits / 100 entries, not {max}");
+    // The broker's read batch caps it.
+    delivery.set_limits(UnackedLimits { read_batch: Some(3), ..UnackedLimits::default() });
+    assert!(max_of(&mut delivery) <= 3);
+}

@@ -99,6 +99,11 @@ pub(crate) const KEYS: &[(&str, &str, Kind)] = &[
     ("defaultRetentionSizeInMB", "managed_ledger.default_retention_size_in_mb", Kind::Integer),
     ("retentionCheckIntervalInSeconds", "managed_ledger.retention_check_interval_in_seconds", Kind::Integer),
     ("managedLedgerCacheSizeMB", "managed_ledger.managed_ledger_cache_size_mb", Kind::Integer),
+    (
+        "bookkeeperClientSpeculativeReadTimeoutInMillis",
+        "managed_ledger.bookkeeper_client_speculative_read_timeout_in_millis",
+        Kind::Integer,
+    ),
     ("managedLedgerCacheEvictionWatermark", "managed_ledger.managed_ledger_cache_eviction_watermark", Kind::Float),
     (
         "managedLedgerCacheEvictionTimeThresholdMillis",

@@ -623,6 +623,44 @@ mod tests {
     }
 
     #[test]
+    fn the_entry_cache_and_read_settings_are_read_from_toml_and_pulsar_conf() {
+        let settings = load(
+            "dispatcher_max_read_batch_size = 500\n[managed_ledger]\nmanaged_ledger_cache_size_mb = 64\n\
+             managed_ledger_cache_eviction_watermark = 0.5\nmanaged_ledger_cache_eviction_time_threshold_millis = 250\n\
+             bookkeeper_client_speculative_read_timeout_in_millis = 0\n",
+        )
+        .expect("valid file");
+        let config = settings.managed_ledger_config().expect("valid settings");
+        assert_eq!(config.cache.size_bytes, 64 * 1024 * 1024);
+        assert_eq!(config.cache.eviction_watermark, 0.5);
+        assert_eq!(config.cache.eviction_time, Duration::from_millis(250));
+        assert_eq!(config.speculative_read_timeout, Duration::ZERO);
+        assert_eq!(settings.policy_defaults().expect("defaults").dispatcher_max_read_batch_size, 500);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("broker.conf");
+        let conf = "managedLedgerCacheSizeMB=32\nmanagedLedgerCacheEvictionWatermark=0.8\n\
+                    managedLedgerCacheEvictionTimeThresholdMillis=2000\ndispatcherMaxReadBatchSize=50\n\
+                    bookkeeperClientSpeculativeReadTimeoutInMillis=100\n";
+        std::fs::write(&path, conf).expect("write");
+        let settings = BrokerSettings::load(&path).expect("valid conf");
+        let config = settings.managed_ledger_config().expect("valid settings");
+        assert_eq!(config.cache.size_bytes, 32 * 1024 * 1024);
+        assert_eq!(config.cache.eviction_watermark, 0.8);
+        assert_eq!(config.cache.eviction_time, Duration::from_secs(2));
+        assert_eq!(config.speculative_read_timeout, Duration::from_millis(100));
+        assert_eq!(settings.policy_defaults().expect("defaults").dispatcher_max_read_batch_size, 50);
+
+        let error = format!(
+            "{:#}",
+            load("[managed_ledger]\nmanaged_ledger_cache_eviction_watermark = 1.5\n").expect_err("a watermark above 1")
+        );
+        assert!(error.contains("managed_ledger_cache_eviction_watermark"), "{error}");
+        let error = format!("{:#}", load("dispatcher_max_read_batch_size = 0\n").expect_err("zero"));
+        assert!(error.contains("dispatcher_max_read_batch_size"), "{error}");
+    }
+
+    #[test]
     fn unknown_fields_and_bad_values_are_named() {
         let error = format!("{:#}", load("[managed_ledger]\nmax_entries = 5\n").expect_err("unknown field"));
         assert!(error.contains("max_entries") && error.contains("broker.toml"), "{error}");
