@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::entry_cache::EntryCacheConfig;
-
 /// The managed ledger section of the broker's settings, as written in a config file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -82,6 +80,27 @@ impl Retention {
 /// Default of `managed_ledger_cache_size_mb` (Pulsar's default is a fifth of the broker's
 /// direct memory).
 pub const DEFAULT_CACHE_SIZE_MB: u64 = 512;
+
+/// Checked entry cache settings (see [`super::entry_cache`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EntryCacheConfig {
+    /// Most payload bytes cached over the broker; 0 disables the cache.
+    pub size_bytes: u64,
+    /// Eviction under pressure goes down to this fraction of `size_bytes`.
+    pub eviction_watermark: f64,
+    /// Entries older than this are dropped.
+    pub eviction_time: Duration,
+}
+
+impl Default for EntryCacheConfig {
+    fn default() -> Self {
+        EntryCacheConfig {
+            size_bytes: DEFAULT_CACHE_SIZE_MB * 1024 * 1024,
+            eviction_watermark: 0.9,
+            eviction_time: Duration::from_secs(1),
+        }
+    }
+}
 
 /// Checked managed ledger settings, in the units the code uses.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -30,28 +30,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::config::EntryCacheConfig;
 use super::Position;
-
-/// Checked entry cache settings (see the module doc).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct EntryCacheConfig {
-    /// Most payload bytes cached over the broker; 0 disables the cache.
-    pub size_bytes: u64,
-    /// Eviction under pressure goes down to this fraction of `size_bytes`.
-    pub eviction_watermark: f64,
-    /// Entries older than this are dropped.
-    pub eviction_time: Duration,
-}
-
-impl Default for EntryCacheConfig {
-    fn default() -> Self {
-        EntryCacheConfig {
-            size_bytes: super::config::DEFAULT_CACHE_SIZE_MB * 1024 * 1024,
-            eviction_watermark: 0.9,
-            eviction_time: Duration::from_secs(1),
-        }
-    }
-}
 
 /// Counters and size of the broker's entry cache, for `/metrics`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

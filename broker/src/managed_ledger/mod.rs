@@ -56,10 +56,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use config::{ManagedLedgerConfig, Retention};
+pub use config::{EntryCacheConfig, ManagedLedgerConfig, Retention};
 pub use cursor::ManagedCursor;
 pub use cursor_state::{CursorState, LedgerPositions, PositionView};
-pub use entry_cache::{CacheReader, EntryCache, EntryCacheConfig, EntryCacheManager, EntryCacheStats};
+pub use entry_cache::{CacheReader, EntryCache, EntryCacheManager, EntryCacheStats};
 pub use position::Position;
 
 use crate::error::BrokerError;
