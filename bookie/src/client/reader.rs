@@ -88,7 +88,8 @@ pub(super) async fn read_entry(
     bookie_ids: &[&String],
 ) -> Result<Bytes, BookieError> {
     let what = format!("read of entry {entry_id}");
-    first_answer(bookies.options(), bookie_ids.len(), &what, |index| async move {
+    let bookie_of = |index: usize| bookie_ids[index].as_str();
+    first_answer(bookies.options(), bookie_ids.len(), &what, bookie_of, |index| async move {
         let bookie_id = bookie_ids[index];
         let bookie = bookies.get(bookie_id).await?;
         bookie.read_entry(ledger_id, entry_id, None).await.map(|(payload, _)| payload)
@@ -111,8 +112,9 @@ async fn read_range(
 ) -> Result<Vec<(EntryId, Bytes)>, BookieError> {
     let (first, last) = range;
     let what = format!("read of entries {first}..={last}");
-    first_answer(bookies.options(), ensemble.len(), &what, |offset| async move {
-        let bookie_id = &ensemble[(preferred + offset) % ensemble.len()];
+    let bookie_of = |offset: usize| ensemble[(preferred + offset) % ensemble.len()].as_str();
+    first_answer(bookies.options(), ensemble.len(), &what, bookie_of, |offset| async move {
+        let bookie_id = bookie_of(offset);
         let bookie = bookies.get(bookie_id).await?;
         let entries = bookie.read_range(ledger_id, first, last, max_entries, max_bytes).await?;
         // A bookie may miss entries it never acknowledged: keep the run from `first`.
@@ -131,14 +133,16 @@ async fn read_range(
     .map_err(|error| error.unwrap_or(BookieError::NoSuchEntry { ledger_id: ledger_id.0, entry_id: first.0 }))
 }
 
-/// Asks candidates `0..count` in turn with `attempt` (each bounded by the read timeout): the
+/// Asks candidates `0..count` (the bookie `bookie_of` names) in turn with `attempt` (each
+/// bounded by the read timeout): the
 /// next one at once when one fails, and also, speculatively, when the ones asked have not
 /// answered within [`ClientOptions::speculative_read_timeout`](super::ClientOptions). The
 /// first success wins (the slower attempts are dropped); the last error if every one failed.
-async fn first_answer<T, F, Fut>(
+async fn first_answer<'a, T, F, Fut>(
     options: &ClientOptions,
     count: usize,
     what: &str,
+    bookie_of: impl Fn(usize) -> &'a str,
     attempt: F,
 ) -> Result<T, Option<BookieError>>
 where
@@ -150,11 +154,12 @@ where
     let mut next = 0;
     let mut last_error = None;
     let launch = |index: usize| {
-        let attempt = attempt(index);
+        let (attempt, bookie) = (attempt(index), bookie_of(index));
         async move {
-            tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| {
-                Err(BookieError::Timeout { bookie: format!("copy {index}"), what: what.to_owned() })
-            })
+            let result = tokio::time::timeout(timeout, attempt)
+                .await
+                .unwrap_or_else(|_| Err(BookieError::Timeout { bookie: bookie.to_owned(), what: what.to_owned() }));
+            (bookie, result)
         }
     };
     while next < count || !running.is_empty() {
@@ -167,8 +172,8 @@ where
             Some(result) = running.next() => Some(result),
             () = tokio::time::sleep(speculative), if hedge => None,
         };
-        let Some(result) = answered else {
-            tracing::debug!(what, copy = next, "read slow; asking the next copy as well");
+        let Some((bookie, result)) = answered else {
+            tracing::debug!(what, bookie = bookie_of(next), "read slow; asking the next copy as well");
             running.push(launch(next));
             next += 1;
             continue;
@@ -176,7 +181,7 @@ where
         match result {
             Ok(value) => return Ok(value),
             Err(error) => {
-                tracing::debug!(what, %error, "read failed, trying the next copy");
+                tracing::debug!(what, bookie, %error, "read failed, trying the next copy");
                 last_error = Some(error);
             }
         }
@@ -309,6 +314,10 @@ mod tests {
         }
     }
 
+    fn copy(index: usize) -> &'static str {
+        ["bookie-0", "bookie-1", "bookie-2"][index]
+    }
+
     /// Copy 0 hangs, copy 1 answers at once when asked.
     async fn hanging_first(index: usize) -> Result<usize, BookieError> {
         if index == 0 {
@@ -320,7 +329,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_copy_is_hedged_by_the_next_after_the_speculative_timeout() {
         let started = tokio::time::Instant::now();
-        let answer = first_answer(&options(500), 3, "test read", hanging_first).await;
+        let answer = first_answer(&options(500), 3, "test read", copy, hanging_first).await;
         assert_eq!(answer.ok(), Some(1), "the second copy answered");
         assert_eq!(started.elapsed(), Duration::from_millis(500), "asked once the first was slow");
     }
@@ -328,7 +337,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn without_speculation_a_slow_copy_is_waited_for() {
         let started = tokio::time::Instant::now();
-        let answer = first_answer(&options(0), 3, "test read", hanging_first).await;
+        let answer = first_answer(&options(0), 3, "test read", copy, hanging_first).await;
         assert_eq!(answer.ok(), Some(0));
         assert_eq!(started.elapsed(), Duration::from_secs(20));
     }
@@ -336,7 +345,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_failed_copy_moves_on_at_once_and_the_last_error_is_kept() {
         let started = tokio::time::Instant::now();
-        let answer = first_answer(&options(500), 3, "test read", |index| async move {
+        let answer = first_answer(&options(500), 3, "test read", copy, |index| async move {
             match index {
                 2 => Ok(index),
                 _ => Err(BookieError::NoSuchEntry { ledger_id: 1, entry_id: index as u64 }),
@@ -345,7 +354,7 @@ mod tests {
         .await;
         assert_eq!(answer.ok(), Some(2));
         assert_eq!(started.elapsed(), Duration::ZERO);
-        let failed: Result<usize, _> = first_answer(&options(500), 2, "test read", |index| async move {
+        let failed: Result<usize, _> = first_answer(&options(500), 2, "test read", copy, |index| async move {
             Err(BookieError::NoSuchEntry { ledger_id: 1, entry_id: index as u64 })
         })
         .await;
@@ -355,7 +364,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_copy_past_the_read_timeout_counts_as_failed() {
         let options = ClientOptions { read_timeout: Duration::from_secs(1), ..options(0) };
-        let answer = first_answer(&options, 2, "test read", hanging_first).await;
+        let answer = first_answer(&options, 2, "test read", copy, hanging_first).await;
         assert_eq!(answer.ok(), Some(1), "the first timed out, the second answered");
+        let timed_out: Result<usize, _> =
+            first_answer(&options, 1, "test read", copy, |_| std::future::pending()).await;
+        assert!(
+            matches!(&timed_out, Err(Some(BookieError::Timeout { bookie, .. })) if bookie == "bookie-0"),
+            "the error names the bookie: {timed_out:?}"
+        );
     }
 }

@@ -72,10 +72,6 @@ impl EntryCacheManager {
         })
     }
 
-    pub fn config(&self) -> EntryCacheConfig {
-        self.config
-    }
-
     /// A cache for one managed ledger, counted in this budget.
     pub fn cache(self: &Arc<Self>) -> Arc<EntryCache> {
         let cache = Arc::new(EntryCache { manager: self.clone(), inner: Mutex::new(Inner::default()) });

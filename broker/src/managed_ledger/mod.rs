@@ -394,7 +394,9 @@ impl ManagedLedger {
             let unanswered = Unanswered::new(&self.unanswered);
             let answer = match writer.place(data.clone()).await {
                 Ok((entry_id, answer)) => {
-                    // Cached before it can be confirmed, so a reader at the tail finds it.
+                    // Cached as soon as it has its id: confirming it takes a bookie round trip
+                    // (an fdatasync), so a reader at the tail finds it cached. Should it ever
+                    // be confirmed first, that read is a miss served from the bookies.
                     self.entries.insert(Position::new(writer.ledger_id().0, entry_id), &data);
                     answer
                 }

@@ -391,7 +391,8 @@ impl Connection {
 
     /// Handles one command; false closes the connection.
     /// Takes SEND (of a persistent topic's producer), ACK and FLOW out of `command` once the
-    /// connection is established: the commands every message brings, handled without `handle`.
+    /// connection is established: the commands every message brings, handled without `handle`
+    /// (which sees them only for non-persistent topics, or malformed, without their body).
     fn frequent(&self, command: &mut BaseCommand) -> Option<Frequent> {
         if !self.connected {
             return None;
@@ -436,7 +437,7 @@ impl Connection {
             return false;
         }
         // Boxed: its future is large, and inlined it would grow every command's stack frame.
-        let Some((command, payload)) = Box::pin(self.route_non_persistent(command_type, command, payload)).await else {
+        let Some(command) = Box::pin(self.route_non_persistent(command_type, command, payload)).await else {
             return true;
         };
         match (command_type, command) {
@@ -451,14 +452,11 @@ impl Connection {
                 self.on_partitioned_metadata(request).await
             }
             (Type::Producer, BaseCommand { producer: Some(producer), .. }) => self.on_producer(producer).await,
-            (Type::Send, BaseCommand { send: Some(send), .. }) => self.on_send(send, payload).await,
             (Type::CloseProducer, BaseCommand { close_producer: Some(close), .. }) => {
                 self.remove_producer(close.producer_id);
                 self.send(command::success(close.request_id)).await;
             }
             (Type::Subscribe, BaseCommand { subscribe: Some(subscribe), .. }) => self.on_subscribe(subscribe).await,
-            (Type::Flow, BaseCommand { flow: Some(flow), .. }) => self.on_flow(&flow),
-            (Type::Ack, BaseCommand { ack: Some(ack), .. }) => self.on_ack(ack).await,
             (Type::RedeliverUnacknowledgedMessages, BaseCommand { redeliver_unacknowledged_messages: Some(r), .. }) => {
                 if let Some(consumer) = self.consumers.get(&r.consumer_id) {
                     consumer.subscription.redeliver(consumer.key, &convert::positions(&r.message_ids));

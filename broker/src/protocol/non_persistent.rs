@@ -40,7 +40,7 @@ impl Connection {
         command_type: Type,
         command: BaseCommand,
         payload: Option<Payload>,
-    ) -> Option<(BaseCommand, Option<Payload>)> {
+    ) -> Option<BaseCommand> {
         match (command_type, &command) {
             (Type::Producer, BaseCommand { producer: Some(request), .. }) if is_non_persistent(&request.topic) => {
                 let request = request.clone();
@@ -121,7 +121,7 @@ impl Connection {
                 let request = request.clone();
                 self.on_np_consumer_stats(request).await;
             }
-            _ => return Some((command, payload)),
+            _ => return Some(command),
         }
         None
     }
